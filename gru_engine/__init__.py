@@ -1,0 +1,17 @@
+"""gru_engine: session-based recommendation with recurrent networks (GRU4Rec), framework-free.
+
+``SessionGRU`` is the GRU4Rec model; ``gru_engine.baselines`` holds POP, S-POP, Item-KNN and
+BPR-MF; ``gru_engine.evaluation`` ranks the true next item against all items for any of them.
+"""
+from .exceptions import ModelFitError, NotFittedError
+
+__version__ = "0.1.0"
+__all__ = ["SessionGRU", "ModelFitError", "NotFittedError", "__version__"]
+
+
+def __getattr__(name):
+    # The model pulls in Numba; import it only when asked for.
+    if name == "SessionGRU":
+        from .model import SessionGRU
+        return SessionGRU
+    raise AttributeError(f"module 'gru_engine' has no attribute {name!r}")

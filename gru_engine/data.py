@@ -1,0 +1,336 @@
+"""Event tables to sessions: column extraction, validation, item-id mapping, CSR sessions.
+
+Every model and the evaluator consume :class:`Sessions` (events sorted by session then time,
+sessions as offsets into one item-index array) and an :class:`ItemIndex` (original item id <->
+dense index). Input tables may be a pandas DataFrame, a dict of arrays, or any object whose
+``obj[column]`` returns a 1-D sequence.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger("gru_engine")
+
+DEFAULT_KEYS = {"session_key": "SessionId", "item_key": "ItemId", "time_key": "Time"}
+
+
+# ---------------------------------------------------------------------------------------------
+# column access and validation
+# ---------------------------------------------------------------------------------------------
+def _column(data, key: str) -> np.ndarray:
+    try:
+        col = data[key]
+    except (KeyError, IndexError, TypeError, ValueError):
+        available = _column_names(data)
+        raise ValueError(f"missing column {key!r}; available columns: {available}") from None
+    arr = getattr(col, "to_numpy", None)
+    arr = arr() if callable(arr) else np.asarray(col)
+    if arr.ndim != 1:
+        raise ValueError(f"column {key!r} must be one-dimensional, got shape {arr.shape}")
+    return arr
+
+
+def _column_names(data):
+    cols = getattr(data, "columns", None)
+    if cols is not None:
+        return list(cols)
+    keys = getattr(data, "keys", None)
+    return list(keys()) if callable(keys) else "unknown"
+
+
+def _missing_mask(values: np.ndarray) -> np.ndarray:
+    """True where an id is None / NaN / pandas NA."""
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    if values.dtype.kind == "O":
+        return np.fromiter((v is None or v != v for v in values), dtype=bool, count=len(values))
+    return np.zeros(len(values), dtype=bool)
+
+
+def _ids(data, key: str) -> np.ndarray:
+    values = _column(data, key)
+    if values.dtype.kind in "mM":
+        raise ValueError(f"column {key!r} holds datetimes; ids must be integers or strings")
+    bad = _missing_mask(values)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"column {key!r} has {int(bad.sum())} missing (NaN/None) ids; first at row {first}")
+    if values.dtype.kind == "f":
+        if not np.all(values == np.round(values)):
+            raise ValueError(f"column {key!r} holds non-integer floats; ids must be integers or strings")
+        values = values.astype(np.int64)
+    if values.dtype.kind == "O":
+        kinds = {type(v) for v in values[: min(len(values), 10000)]}
+        if len(kinds) > 1 and not all(issubclass(k, (int, np.integer)) for k in kinds):
+            raise ValueError(f"column {key!r} mixes id types {sorted(k.__name__ for k in kinds)}; use one type")
+        if kinds and all(issubclass(k, str) for k in kinds):
+            values = values.astype(str)
+        elif kinds and all(issubclass(k, (int, np.integer)) for k in kinds):
+            values = values.astype(np.int64)
+    return values
+
+
+def _times(data, key: str) -> np.ndarray:
+    values = _column(data, key)
+    if values.dtype.kind == "M":
+        return values.astype("datetime64[ns]").astype(np.int64) / 1e9
+    if values.dtype.kind not in "iuf":
+        try:
+            values = values.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"column {key!r} must be numeric (seconds or an ordinal) or datetime64, "
+                             f"got dtype {values.dtype}") from None
+    values = values.astype(np.float64)
+    if np.isnan(values).any():
+        raise ValueError(f"column {key!r} has {int(np.isnan(values).sum())} missing (NaN) times")
+    return values
+
+
+def extract_events(data, session_key: str = "SessionId", item_key: str = "ItemId",
+                   time_key: str = "Time"):
+    """Validated ``(session_ids, item_ids, times)`` arrays of an event table.
+
+    Raises ``ValueError`` for a missing column, an empty table, missing ids or times, and
+    non-numeric times. Times are float64 (datetime64 columns become Unix seconds).
+    """
+    sessions = _ids(data, session_key)
+    items = _ids(data, item_key)
+    times = _times(data, time_key)
+    if not (len(sessions) == len(items) == len(times)):
+        raise ValueError("session, item and time columns have different lengths")
+    if len(sessions) == 0:
+        raise ValueError("the event table is empty")
+    return sessions, items, times
+
+
+# ---------------------------------------------------------------------------------------------
+# item ids <-> dense indices
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ItemIndex:
+    """Bijection between original item ids and dense indices ``0..n_items-1``.
+
+    ``ids[i]`` is the original id of item index ``i``; indices follow the order of first
+    appearance in the training table (as the official GRU4Rec).
+    """
+
+    ids: np.ndarray
+    _sorted_ids: np.ndarray = field(init=False, repr=False, compare=False)
+    _sorted_pos: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        order = np.argsort(self.ids, kind="stable")
+        object.__setattr__(self, "_sorted_ids", self.ids[order])
+        object.__setattr__(self, "_sorted_pos", order.astype(np.int32))
+        if len(self.ids) > 1 and np.any(self._sorted_ids[1:] == self._sorted_ids[:-1]):
+            raise ValueError("item ids of an ItemIndex must be unique")
+
+    @classmethod
+    def from_events(cls, item_ids: np.ndarray) -> "ItemIndex":
+        """Index of the distinct ids in ``item_ids``, numbered by first appearance."""
+        _, first = np.unique(item_ids, return_index=True)
+        return cls(item_ids[np.sort(first)])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lookup(self, item_ids) -> np.ndarray:
+        """Dense indices (int32) of ``item_ids``; -1 where an id is unknown."""
+        item_ids = np.asarray(item_ids)
+        if len(self.ids) == 0 or item_ids.size == 0:
+            return np.full(item_ids.shape, -1, dtype=np.int32)
+        if item_ids.dtype.kind != self.ids.dtype.kind and not (
+                item_ids.dtype.kind in "iu" and self.ids.dtype.kind in "iu"):
+            try:
+                item_ids = item_ids.astype(self.ids.dtype)
+            except (TypeError, ValueError):
+                return np.full(item_ids.shape, -1, dtype=np.int32)
+        pos = np.searchsorted(self._sorted_ids, item_ids)
+        pos = np.minimum(pos, len(self.ids) - 1)
+        found = self._sorted_ids[pos] == item_ids
+        return np.where(found, self._sorted_pos[pos], -1).astype(np.int32)
+
+    def to_index(self, item_ids) -> np.ndarray:
+        """Dense indices (int32) of ``item_ids``; ``KeyError`` naming the first unknown id."""
+        idx = self.lookup(item_ids)
+        if np.any(idx < 0):
+            unknown = np.asarray(item_ids)[idx < 0]
+            raise KeyError(f"{len(unknown)} item id(s) unknown to the model, e.g. {unknown[0]!r}")
+        return idx
+
+
+# ---------------------------------------------------------------------------------------------
+# sessions in CSR form
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Sessions:
+    """Events grouped into sessions, sorted by (session id, time), stably.
+
+    items:       (n_events,) int32 dense item indices
+    offsets:     (n_sessions + 1,) int64; session ``s`` is ``items[offsets[s]:offsets[s+1]]``
+    times:       (n_events,) float64 event times
+    session_ids: (n_sessions,) original session ids
+    """
+
+    items: np.ndarray
+    offsets: np.ndarray
+    times: np.ndarray
+    session_ids: np.ndarray
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_events(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def order_by_start_time(self) -> np.ndarray:
+        """(n_sessions,) int64 session numbers ordered by their first event's time (stable)."""
+        return np.argsort(self.times[self.offsets[:-1]], kind="stable").astype(np.int64)
+
+    def positions(self) -> np.ndarray:
+        """(n_events,) int32 position of each event in its session (0 = first click)."""
+        starts = np.repeat(self.offsets[:-1], self.lengths)
+        return (np.arange(self.n_events, dtype=np.int64) - starts).astype(np.int32)
+
+    def item_support(self, n_items: int) -> np.ndarray:
+        """(n_items,) int64 number of events of each item."""
+        return np.bincount(self.items, minlength=n_items).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What :func:`build_sessions` removed, so that nothing is dropped silently."""
+
+    n_events_in: int
+    n_unknown_item_events: int
+    n_short_sessions: int
+    n_short_session_events: int
+
+    @property
+    def n_events_kept(self) -> int:
+        return self.n_events_in - self.n_unknown_item_events - self.n_short_session_events
+
+
+def build_sessions(data, item_index: ItemIndex | None = None, session_key: str = "SessionId",
+                   item_key: str = "ItemId", time_key: str = "Time", min_session_length: int = 2):
+    """Turn an event table into :class:`Sessions`.
+
+    With ``item_index=None`` (training) the index is built from the table. With a given index
+    (test data) events of unknown items are removed first, then sessions are formed from what
+    remains, as the official GRU4Rec evaluation does. Sessions shorter than
+    ``min_session_length`` are dropped; every removal is counted in the returned report and
+    logged as a warning.
+
+    Returns ``(sessions, item_index, report)``.
+    """
+    session_ids, item_ids, times = extract_events(data, session_key, item_key, time_key)
+    n_in = len(item_ids)
+    if item_index is None:
+        item_index = ItemIndex.from_events(item_ids)
+    idx = item_index.lookup(item_ids)
+    known = idx >= 0
+    n_unknown = int(n_in - known.sum())
+    if n_unknown:
+        session_ids, idx, times = session_ids[known], idx[known], times[known]
+        logger.warning("removed %d of %d events whose item is unknown to the model", n_unknown, n_in)
+
+    session_codes_sorted, session_codes = np.unique(session_ids, return_inverse=True)
+    order = np.lexsort((times, session_codes))
+    codes = session_codes[order]
+    counts = np.bincount(codes, minlength=len(session_codes_sorted))
+    keep_session = counts >= min_session_length
+    n_short = int(np.count_nonzero((counts > 0) & ~keep_session))
+    n_short_events = int(counts[~keep_session].sum())
+    if n_short:
+        logger.warning("dropped %d sessions shorter than %d events (%d events)",
+                       n_short, min_session_length, n_short_events)
+    keep_event = keep_session[codes]
+    order = order[keep_event]
+    lengths = counts[keep_session]
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    sessions = Sessions(items=np.ascontiguousarray(idx[order], dtype=np.int32), offsets=offsets,
+                        times=np.ascontiguousarray(times[order]),
+                        session_ids=session_codes_sorted[keep_session])
+    report = BuildReport(n_in, n_unknown, n_short, n_short_events)
+    if sessions.n_sessions == 0:
+        raise ValueError(f"no session with at least {min_session_length} events is left "
+                         f"({n_in} events in, {n_unknown} with unknown items)")
+    return sessions, item_index, report
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------------------------
+def read_events(path: str | os.PathLike, sep: str = "\t", columns=None) -> dict:
+    """Read a delimited event file with a header line (``.gz`` accepted) into a dict of arrays.
+
+    Uses pandas when installed (fast), the csv module otherwise. Numeric-looking columns become
+    int64 or float64; others stay strings. ``columns`` limits which columns are kept.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such event file: {path}")
+    try:
+        import pandas as pd
+    except ImportError:
+        pd = None
+    if pd is not None:
+        try:
+            frame = pd.read_csv(path, sep=sep, usecols=columns)
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"{path} is empty") from None
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        return {c: frame[c].to_numpy() for c in frame.columns}
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", newline="") as f:
+        reader = csv.reader(f, delimiter=sep)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path} is empty")
+        rows = list(reader)
+    keep = header if columns is None else list(columns)
+    missing = [c for c in keep if c not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; header is {header}")
+    out = {}
+    for name in keep:
+        j = header.index(name)
+        out[name] = _parse_column([r[j] for r in rows])
+    return out
+
+
+def _parse_column(values: list) -> np.ndarray:
+    for dtype in (np.int64, np.float64):
+        try:
+            return np.array(values, dtype=dtype)
+        except ValueError:
+            continue
+    return np.array(values, dtype=str)
+
+
+def write_events(path: str | os.PathLike, columns: dict, sep: str = "\t") -> None:
+    """Write a dict of equal-length arrays as a delimited file with a header (gzip for ``.gz``)."""
+    path = os.fspath(path)
+    names = list(columns)
+    arrays = [np.asarray(columns[n]) for n in names]
+    opener = gzip.open if path.endswith(".gz") else open
+    tmp = path + ".tmp"
+    with opener(tmp, "wt", newline="") as f:
+        writer = csv.writer(f, delimiter=sep, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(zip(*(a.tolist() for a in arrays)))
+    os.replace(tmp, path)
