@@ -1,0 +1,134 @@
+"""What every recommender of the engine shares: estimator contract, evaluation and serving.
+
+A model subclasses :class:`SessionModel`, implements ``_fit(sessions, **fit_args)`` and
+``scorer()`` (an object following :class:`gru_engine.evaluation.SessionScorer`), and inherits
+``fit``, ``evaluate`` and ``recommend``.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+
+import numpy as np
+
+from .data import DEFAULT_KEYS, build_sessions
+from .exceptions import NotFittedError
+
+logger = logging.getLogger("gru_engine")
+
+
+class SessionModel:
+    """Base class: scikit-learn-style parameters plus ``fit``/``evaluate``/``recommend``.
+
+    ``__init__`` of a subclass only stores its arguments under the same names.
+    Fitted attributes: ``item_index_`` (:class:`~gru_engine.data.ItemIndex`), ``keys_`` (the
+    column names used in ``fit``), ``fit_report_`` (:class:`~gru_engine.data.BuildReport`).
+    """
+
+    # ---- parameters -------------------------------------------------------------------------
+    @classmethod
+    def _param_names(cls):
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Hyperparameters as a dict (``deep`` is accepted for scikit-learn compatibility)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        """Set hyperparameters by name; ``ValueError`` on an unknown name. Returns self."""
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"unknown parameter {name!r} for {type(self).__name__}; "
+                                 f"valid: {sorted(valid)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # ---- fitting ----------------------------------------------------------------------------
+    def fit(self, data, session_key: str = "SessionId", item_key: str = "ItemId",
+            time_key: str = "Time", **fit_args):
+        """Train on an event table (DataFrame, dict of arrays, or column-accessible object).
+
+        Item ids may be of any hashable scalar type; they are mapped to dense indices stored in
+        ``item_index_``. Sessions with fewer than 2 events are dropped (count logged). Returns self.
+        """
+        sessions, item_index, report = build_sessions(data, None, session_key, item_key, time_key)
+        self.item_index_ = item_index
+        self.keys_ = {"session_key": session_key, "item_key": item_key, "time_key": time_key}
+        self.fit_report_ = report
+        self._fit(sessions, **fit_args)
+        return self
+
+    def _fit(self, sessions, **fit_args):
+        raise NotImplementedError
+
+    def _check_fitted(self):
+        if not hasattr(self, "item_index_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit() first")
+
+    @property
+    def n_items_(self) -> int:
+        self._check_fitted()
+        return len(self.item_index_)
+
+    # ---- scoring ----------------------------------------------------------------------------
+    def scorer(self):
+        """A fresh :class:`~gru_engine.evaluation.SessionScorer` over the fitted model."""
+        raise NotImplementedError
+
+    def evaluate(self, test, cutoffs=(1, 5, 10, 20), mode: str = "conservative",
+                 batch_size: int = 512, session_key: str | None = None,
+                 item_key: str | None = None, time_key: str | None = None,
+                 by_position: bool = True) -> dict:
+        """Next-item evaluation on a test event table (GRU4Rec protocol).
+
+        Test events of items unknown to the model are removed first, then sessions of at least
+        2 events are replayed click by click; after each click the true next item is ranked
+        against all items. Returns ``{'recall@k': .., 'mrr@k': .., 'n_events': n_predictions,
+        'n_unknown_item_events': .., 'by_position': [...]}``; see
+        :func:`gru_engine.evaluation.evaluate_sessions`.
+        """
+        from .evaluation import evaluate_sessions
+        self._check_fitted()
+        keys = dict(DEFAULT_KEYS, **self.keys_)
+        keys.update({k: v for k, v in (("session_key", session_key), ("item_key", item_key),
+                                        ("time_key", time_key)) if v is not None})
+        sessions, _, report = build_sessions(test, self.item_index_, **keys)
+        result = evaluate_sessions(self.scorer(), sessions, cutoffs=cutoffs, mode=mode,
+                                   batch_size=batch_size, by_position=by_position)
+        result["n_unknown_item_events"] = report.n_unknown_item_events
+        return result
+
+    def recommend(self, session_items, k: int = 20, exclude=None):
+        """Top-``k`` next items after the clicks ``session_items`` (original ids, in order).
+
+        ``exclude``: item ids never to recommend (e.g. the ones already clicked). Returns
+        ``(item_ids, scores)``, best first. Unknown item ids raise ``KeyError``.
+        """
+        from .evaluation import top_k
+        self._check_fitted()
+        items = self.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
+        if len(items) == 0:
+            raise ValueError("session_items is empty: a session needs at least one click")
+        if not (isinstance(k, (int, np.integer)) and k >= 1):
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        scorer = self.scorer()
+        scorer.begin(1)
+        row = np.zeros(1, dtype=np.int64)
+        for step, item in enumerate(items):
+            scores = scorer.score(row, np.array([item], dtype=np.int32),
+                                  np.array([step == 0]))
+        scores = np.array(scores, dtype=np.float32, copy=True).reshape(1, -1)
+        if exclude is not None:
+            excl = self.item_index_.lookup(np.atleast_1d(np.asarray(exclude)))
+            scores[0, excl[excl >= 0]] = -np.inf
+        k = min(int(k), scores.shape[1])
+        idx, vals = top_k(scores, k)
+        keep = np.isfinite(vals[0])
+        return self.item_index_.ids[idx[0][keep]], vals[0][keep]
