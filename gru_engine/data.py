@@ -29,6 +29,9 @@ def _column(data, key: str) -> np.ndarray:
     except (KeyError, IndexError, TypeError, ValueError):
         available = _column_names(data)
         raise ValueError(f"missing column {key!r}; available columns: {available}") from None
+    if getattr(getattr(col, "dtype", None), "tz", None) is not None:
+        # pandas tz-aware datetimes: to_numpy() would give an object array of Timestamps.
+        col = col.dt.tz_convert("UTC").dt.tz_localize(None)
     arr = getattr(col, "to_numpy", None)
     arr = arr() if callable(arr) else np.asarray(col)
     if arr.ndim != 1:
@@ -44,16 +47,28 @@ def _column_names(data):
     return list(keys()) if callable(keys) else "unknown"
 
 
+def _is_missing(value) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN
+    except TypeError:  # pandas.NA refuses bool(); it is missing
+        return True
+
+
 def _missing_mask(values: np.ndarray) -> np.ndarray:
-    """True where an id is None / NaN / pandas NA."""
+    """True where an id is None / NaN / NaT / pandas NA."""
     if values.dtype.kind == "f":
         return np.isnan(values)
+    if values.dtype.kind in "mM":
+        return np.isnat(values)
     if values.dtype.kind == "O":
-        return np.fromiter((v is None or v != v for v in values), dtype=bool, count=len(values))
+        return np.fromiter((_is_missing(v) for v in values), dtype=bool, count=len(values))
     return np.zeros(len(values), dtype=bool)
 
 
 def _ids(data, key: str) -> np.ndarray:
+    """Id column as int64 or str (the only kinds an :class:`ItemIndex` stores and saves)."""
     values = _column(data, key)
     if values.dtype.kind in "mM":
         raise ValueError(f"column {key!r} holds datetimes; ids must be integers or strings")
@@ -61,24 +76,34 @@ def _ids(data, key: str) -> np.ndarray:
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise ValueError(f"column {key!r} has {int(bad.sum())} missing (NaN/None) ids; first at row {first}")
-    if values.dtype.kind == "f":
+    kind = values.dtype.kind
+    if kind in "iu":
+        return values.astype(np.int64, copy=False)
+    if kind == "U":
+        return values
+    if kind == "S":
+        return values.astype(str)
+    if kind == "f":
         if not np.all(values == np.round(values)):
             raise ValueError(f"column {key!r} holds non-integer floats; ids must be integers or strings")
-        values = values.astype(np.int64)
-    if values.dtype.kind == "O":
-        kinds = {type(v) for v in values[: min(len(values), 10000)]}
-        if len(kinds) > 1 and not all(issubclass(k, (int, np.integer)) for k in kinds):
-            raise ValueError(f"column {key!r} mixes id types {sorted(k.__name__ for k in kinds)}; use one type")
+        return values.astype(np.int64)
+    if kind == "O":
+        kinds = set(map(type, values))
         if kinds and all(issubclass(k, str) for k in kinds):
-            values = values.astype(str)
-        elif kinds and all(issubclass(k, (int, np.integer)) for k in kinds):
-            values = values.astype(np.int64)
-    return values
+            return values.astype(str)
+        if kinds and all(issubclass(k, (int, np.integer)) and not issubclass(k, (bool, np.bool_))
+                         for k in kinds):
+            return values.astype(np.int64)
+        raise ValueError(f"column {key!r} holds ids of type(s) {sorted(k.__name__ for k in kinds)}; "
+                         "ids must be all integers or all strings")
+    raise ValueError(f"column {key!r} has dtype {values.dtype}; ids must be integers or strings")
 
 
 def _times(data, key: str) -> np.ndarray:
     values = _column(data, key)
     if values.dtype.kind == "M":
+        if np.isnat(values).any():
+            raise ValueError(f"column {key!r} has {int(np.isnat(values).sum())} missing (NaT) times")
         return values.astype("datetime64[ns]").astype(np.int64) / 1e9
     if values.dtype.kind not in "iuf":
         try:
@@ -89,6 +114,8 @@ def _times(data, key: str) -> np.ndarray:
     values = values.astype(np.float64)
     if np.isnan(values).any():
         raise ValueError(f"column {key!r} has {int(np.isnan(values).sum())} missing (NaN) times")
+    if np.isinf(values).any():
+        raise ValueError(f"column {key!r} has {int(np.isinf(values).sum())} infinite times")
     return values
 
 
@@ -96,8 +123,12 @@ def extract_events(data, session_key: str = "SessionId", item_key: str = "ItemId
                    time_key: str = "Time"):
     """Validated ``(session_ids, item_ids, times)`` arrays of an event table.
 
-    Raises ``ValueError`` for a missing column, an empty table, missing ids or times, and
-    non-numeric times. Times are float64 (datetime64 columns become Unix seconds).
+    Raises ``ValueError`` for a missing column, an empty table, missing ids or times, ids that
+    are neither all integers nor all strings, and non-numeric or infinite times.
+
+    Returns ``session_ids`` (n,) int64 or str, ``item_ids`` (n,) int64 or str and ``times`` (n,)
+    float64 (numeric columns as given; datetime64 columns, tz-aware ones too, become Unix
+    seconds).
     """
     sessions = _ids(data, session_key)
     items = _ids(data, item_key)
@@ -125,10 +156,14 @@ class ItemIndex:
     _sorted_pos: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        order = np.argsort(self.ids, kind="stable")
-        object.__setattr__(self, "_sorted_ids", self.ids[order])
+        ids = np.asarray(self.ids)
+        if ids.ndim != 1:
+            raise ValueError(f"item ids of an ItemIndex must be one-dimensional, got shape {ids.shape}")
+        object.__setattr__(self, "ids", ids)
+        order = np.argsort(ids, kind="stable")
+        object.__setattr__(self, "_sorted_ids", ids[order])
         object.__setattr__(self, "_sorted_pos", order.astype(np.int32))
-        if len(self.ids) > 1 and np.any(self._sorted_ids[1:] == self._sorted_ids[:-1]):
+        if len(ids) > 1 and np.any(self._sorted_ids[1:] == self._sorted_ids[:-1]):
             raise ValueError("item ids of an ItemIndex must be unique")
 
     @classmethod
@@ -141,20 +176,50 @@ class ItemIndex:
         return len(self.ids)
 
     def lookup(self, item_ids) -> np.ndarray:
-        """Dense indices (int32) of ``item_ids``; -1 where an id is unknown."""
+        """Dense indices (int32, shape of ``item_ids``); -1 where an id is unknown.
+
+        Ids match by value within one kind: integers (integral floats too) against an integer
+        index, strings against a string index. An id of the other kind (``"5"`` against the
+        integer 5) is unknown, never converted.
+        """
         item_ids = np.asarray(item_ids)
         if len(self.ids) == 0 or item_ids.size == 0:
             return np.full(item_ids.shape, -1, dtype=np.int32)
-        if item_ids.dtype.kind != self.ids.dtype.kind and not (
-                item_ids.dtype.kind in "iu" and self.ids.dtype.kind in "iu"):
-            try:
-                item_ids = item_ids.astype(self.ids.dtype)
-            except (TypeError, ValueError):
-                return np.full(item_ids.shape, -1, dtype=np.int32)
-        pos = np.searchsorted(self._sorted_ids, item_ids)
+        query, valid = self._comparable(item_ids)
+        pos = np.searchsorted(self._sorted_ids, query)
         pos = np.minimum(pos, len(self.ids) - 1)
-        found = self._sorted_ids[pos] == item_ids
+        found = self._sorted_ids[pos] == query
+        if valid is not None:
+            found &= valid
         return np.where(found, self._sorted_pos[pos], -1).astype(np.int32)
+
+    def _comparable(self, q: np.ndarray):
+        """``q`` in the index's kind and a mask of the entries that could match (None = all)."""
+        kind, qk = self.ids.dtype.kind, q.dtype.kind
+        if kind in "iu":
+            if qk in "iu":
+                return q, None
+            if qk == "f":
+                valid = np.isfinite(q) & (q == np.round(q))
+                return np.where(valid, q, 0).astype(np.int64), valid
+            if qk == "O":
+                valid = np.fromiter((isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                                     for v in q.flat), dtype=bool, count=q.size).reshape(q.shape)
+                conv = np.fromiter((int(v) if ok else 0 for v, ok in zip(q.flat, valid.flat)),
+                                   dtype=np.int64, count=q.size).reshape(q.shape)
+                return conv, valid
+        elif kind in "US":
+            if qk in "US":
+                return (q.astype(kind) if qk != kind else q), None
+            if qk == "O":
+                valid = np.fromiter((isinstance(v, str) for v in q.flat), dtype=bool,
+                                    count=q.size).reshape(q.shape)
+                conv = np.array([v if ok else "" for v, ok in zip(q.flat, valid.flat)],
+                                dtype=str).reshape(q.shape)
+                return conv, valid
+        elif kind == qk:
+            return q, None
+        return np.zeros(q.shape, dtype=self.ids.dtype), np.zeros(q.shape, dtype=bool)
 
     def to_index(self, item_ids) -> np.ndarray:
         """Dense indices (int32) of ``item_ids``; ``KeyError`` naming the first unknown id."""
@@ -274,11 +339,15 @@ def build_sessions(data, item_index: ItemIndex | None = None, session_key: str =
 # ---------------------------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------------------------
-def read_events(path: str | os.PathLike, sep: str = "\t", columns=None) -> dict:
-    """Read a delimited event file with a header line (``.gz`` accepted) into a dict of arrays.
+def read_events(path: str | os.PathLike, sep: str = "\t", columns=None, names=None) -> dict:
+    """Read a delimited event file (``.gz`` accepted) into a dict of 1-D arrays.
 
-    Uses pandas when installed (fast), the csv module otherwise. Numeric-looking columns become
-    int64 or float64; others stay strings. ``columns`` limits which columns are kept.
+    The first line is the header, unless ``names`` (the column names, in file order) is given
+    for a file without one. ``columns`` limits which columns are kept (in that order).
+    Uses pandas when installed (fast), the csv module otherwise (kept columns only; several
+    times slower and larger in memory). Integer-looking columns become int64, other numeric
+    ones float64, the rest str (pandas may give object arrays of str); with pandas, empty or
+    ``NA`` fields become NaN.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -289,28 +358,33 @@ def read_events(path: str | os.PathLike, sep: str = "\t", columns=None) -> dict:
         pd = None
     if pd is not None:
         try:
-            frame = pd.read_csv(path, sep=sep, usecols=columns)
+            frame = pd.read_csv(path, sep=sep, usecols=columns, header=None if names else "infer",
+                                names=names)
         except pd.errors.EmptyDataError:
             raise ValueError(f"{path} is empty") from None
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
-        return {c: frame[c].to_numpy() for c in frame.columns}
+        keep = frame.columns if columns is None else list(columns)
+        return {c: frame[c].to_numpy() for c in keep}
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", newline="") as f:
         reader = csv.reader(f, delimiter=sep)
-        header = next(reader, None)
+        header = list(names) if names else next(reader, None)
         if header is None:
             raise ValueError(f"{path} is empty")
-        rows = list(reader)
-    keep = header if columns is None else list(columns)
-    missing = [c for c in keep if c not in header]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; header is {header}")
-    out = {}
-    for name in keep:
-        j = header.index(name)
-        out[name] = _parse_column([r[j] for r in rows])
-    return out
+        keep = header if columns is None else list(columns)
+        missing = [c for c in keep if c not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; header is {header}")
+        positions = [header.index(c) for c in keep]
+        values = [[] for _ in keep]
+        appenders = [v.append for v in values]
+        for line, row in enumerate(reader, start=1 if names else 2):
+            if len(row) != len(header):
+                raise ValueError(f"{path}, line {line}: {len(row)} fields, expected {len(header)}")
+            for append, j in zip(appenders, positions):
+                append(row[j])
+    return {name: _parse_column(v) for name, v in zip(keep, values)}
 
 
 def _parse_column(values: list) -> np.ndarray:
@@ -322,15 +396,33 @@ def _parse_column(values: list) -> np.ndarray:
     return np.array(values, dtype=str)
 
 
-def write_events(path: str | os.PathLike, columns: dict, sep: str = "\t") -> None:
-    """Write a dict of equal-length arrays as a delimited file with a header (gzip for ``.gz``)."""
+def write_events(path: str | os.PathLike, columns: dict, sep: str = "\t",
+                 chunk_rows: int = 1_000_000) -> None:
+    """Write a dict of equal-length 1-D arrays as a delimited file with a header line.
+
+    ``.gz`` paths are gzip-compressed (level 6). Floats are written with ``repr`` (exact round
+    trip). The file appears atomically (written to ``path + '.tmp'``, then renamed).
+    """
     path = os.fspath(path)
     names = list(columns)
     arrays = [np.asarray(columns[n]) for n in names]
-    opener = gzip.open if path.endswith(".gz") else open
+    lengths = {len(a) for a in arrays}
+    if len(lengths) > 1:
+        raise ValueError(f"columns {names} have different lengths {sorted(lengths)}")
+    n_rows = lengths.pop() if lengths else 0
     tmp = path + ".tmp"
-    with opener(tmp, "wt", newline="") as f:
-        writer = csv.writer(f, delimiter=sep, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows(zip(*(a.tolist() for a in arrays)))
-    os.replace(tmp, path)
+    if path.endswith(".gz"):
+        f = gzip.open(tmp, "wt", newline="", compresslevel=6)
+    else:
+        f = open(tmp, "w", newline="")
+    try:
+        with f:
+            writer = csv.writer(f, delimiter=sep, lineterminator="\n")
+            writer.writerow(names)
+            for lo in range(0, n_rows, chunk_rows):
+                writer.writerows(zip(*(a[lo:lo + chunk_rows].tolist() for a in arrays)))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
