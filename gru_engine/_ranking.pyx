@@ -1,0 +1,180 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Ranking kernels for evaluation and serving (no GIL; OpenMP over rows when built with it).
+
+Low-level: arguments are NOT validated here (the wrappers in :mod:`gru_engine.evaluation` do
+that). Every score block is a C-contiguous ``(B, n_items)`` float32 array with ``B >= 1`` and
+``1 <= n_items < 2**31``; each row is handled by one thread.
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint8_t
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int gru_openmp_enabled(void) { return 1; }
+    static int gru_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int gru_openmp_enabled(void) { return 0; }
+    static int gru_max_threads(void) { return 1; }
+    #endif
+    """
+    int gru_openmp_enabled() noexcept nogil
+    int gru_max_threads() noexcept nogil
+
+# Below this many scores per call the OpenMP team costs more than it saves.
+cdef Py_ssize_t _PARALLEL_MIN_WORK = 1 << 16
+
+
+def openmp_enabled() -> bool:
+    """True when the extension was compiled with OpenMP (rows are processed in parallel)."""
+    return bool(gru_openmp_enabled())
+
+
+def max_threads() -> int:
+    """Threads a kernel uses with ``n_threads=0`` (OpenMP's default; 1 without OpenMP)."""
+    return gru_max_threads()
+
+
+cdef inline int _n_threads(int requested) noexcept nogil:
+    return requested if requested > 0 else gru_max_threads()
+
+
+# ---------------------------------------------------------------------------------------------
+# rank: one pass per row, branch-free counting
+# ---------------------------------------------------------------------------------------------
+cdef inline void _count_row(const float* row, Py_ssize_t n, float t, int64_t* n_greater,
+                            int64_t* n_equal, uint8_t* has_nan) noexcept nogil:
+    # 32-bit counters keep the lanes as wide as the float32 lanes so that GCC vectorises the
+    # loop into compare + subtract; n < 2**31 is checked by the caller.
+    cdef int gt = 0
+    cdef int eq = 0
+    cdef int nan = 0
+    cdef Py_ssize_t j
+    cdef float s
+    for j in range(n):
+        s = row[j]
+        gt += s > t
+        eq += s == t
+        nan |= s != s
+    n_greater[0] = gt
+    n_equal[0] = eq
+    has_nan[0] = nan
+
+
+def rank_counts(const float[:, ::1] scores, const int64_t[::1] targets,
+                int64_t[::1] n_greater, int64_t[::1] n_equal, uint8_t[::1] has_nan,
+                int n_threads=0):
+    """Per row ``i``: items scoring above / equal to ``scores[i, targets[i]]``, and a NaN flag.
+
+    scores:    (B, n_items) float32, C-contiguous
+    targets:   (B,) int64 in ``[0, n_items)`` (not checked here)
+    n_greater: (B,) int64 out, ``#{j: scores[i, j] > scores[i, targets[i]]}``
+    n_equal:   (B,) int64 out, ``#{j: scores[i, j] == scores[i, targets[i]]}`` (the target
+               itself included unless its score is NaN)
+    has_nan:   (B,) uint8 out, 1 where row ``i`` holds a NaN (its counts are then meaningless)
+    n_threads: OpenMP threads, 0 = OpenMP's default
+    """
+    cdef Py_ssize_t B = scores.shape[0]
+    cdef Py_ssize_t n = scores.shape[1]
+    cdef Py_ssize_t i
+    cdef int nt = _n_threads(n_threads)
+    cdef bint parallel = nt > 1 and B > 1 and B * n >= _PARALLEL_MIN_WORK
+    if B == 0 or n == 0:
+        return
+    with nogil:
+        for i in prange(B, num_threads=nt, schedule="static", use_threads_if=parallel):
+            _count_row(&scores[i, 0], n, scores[i, targets[i]],
+                       &n_greater[i], &n_equal[i], &has_nan[i])
+
+
+# ---------------------------------------------------------------------------------------------
+# top-k: size-k heap per row (root = the worst kept entry), then an in-place heap sort
+# ---------------------------------------------------------------------------------------------
+cdef inline bint _worse(float va, int64_t ia, float vb, int64_t ib) noexcept nogil:
+    # Order of the output: higher score first, then lower item index first.
+    return va < vb or (va == vb and ia > ib)
+
+
+cdef inline void _sift_down(float* v, int64_t* idx, Py_ssize_t size, Py_ssize_t pos) noexcept nogil:
+    cdef float tv = v[pos]
+    cdef int64_t ti = idx[pos]
+    cdef Py_ssize_t child
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        if child + 1 < size and _worse(v[child + 1], idx[child + 1], v[child], idx[child]):
+            child += 1
+        if not _worse(v[child], idx[child], tv, ti):
+            break
+        v[pos] = v[child]
+        idx[pos] = idx[child]
+        pos = child
+    v[pos] = tv
+    idx[pos] = ti
+
+
+cdef inline void _top_k_row(const float* row, Py_ssize_t n, Py_ssize_t k, float* v,
+                            int64_t* idx, uint8_t* has_nan) noexcept nogil:
+    cdef Py_ssize_t j, p
+    cdef float s, thr, tv
+    cdef int64_t ti
+    cdef int nan = 0
+    for j in range(k):
+        s = row[j]
+        v[j] = s
+        idx[j] = j
+        nan |= s != s
+    p = k // 2
+    while p > 0:
+        p -= 1
+        _sift_down(v, idx, k, p)
+    thr = v[0]
+    for j in range(k, n):
+        s = row[j]
+        # Items come in increasing index order, so an item tying with the worst kept one
+        # loses the tie: only a strictly higher score enters. NaN fails `s <= thr` too.
+        if not (s <= thr):
+            if s != s:
+                nan = 1
+                continue
+            v[0] = s
+            idx[0] = j
+            _sift_down(v, idx, k, 0)
+            thr = v[0]
+    # Heap sort: moving the worst to the back leaves the row ordered best first.
+    p = k - 1
+    while p > 0:
+        tv = v[0]
+        ti = idx[0]
+        v[0] = v[p]
+        idx[0] = idx[p]
+        v[p] = tv
+        idx[p] = ti
+        _sift_down(v, idx, p, 0)
+        p -= 1
+    has_nan[0] = nan
+
+
+def top_k_rows(const float[:, ::1] scores, int64_t[:, ::1] indices, float[:, ::1] values,
+               uint8_t[::1] has_nan, int n_threads=0):
+    """Per row: the ``k`` largest scores, best first, ties to the lower item index.
+
+    scores:  (B, n_items) float32, C-contiguous; -inf entries are ordinary (excluded) values
+    indices: (B, k) int64 out, ``1 <= k <= n_items`` (not checked here)
+    values:  (B, k) float32 out
+    has_nan: (B,) uint8 out, 1 where row ``i`` holds a NaN (its output is then meaningless)
+    n_threads: OpenMP threads, 0 = OpenMP's default
+    """
+    cdef Py_ssize_t B = scores.shape[0]
+    cdef Py_ssize_t n = scores.shape[1]
+    cdef Py_ssize_t k = indices.shape[1]
+    cdef Py_ssize_t i
+    cdef int nt = _n_threads(n_threads)
+    cdef bint parallel = nt > 1 and B > 1 and B * n >= _PARALLEL_MIN_WORK
+    if B == 0 or n == 0 or k == 0:
+        return
+    with nogil:
+        for i in prange(B, num_threads=nt, schedule="static", use_threads_if=parallel):
+            _top_k_row(&scores[i, 0], n, k, &values[i, 0], &indices[i, 0], &has_nan[i])

@@ -1,0 +1,347 @@
+"""Next-item evaluation (GRU4Rec protocol) and the ranking helpers every model shares.
+
+* :func:`rank_targets` — rank of each row's target item among all items, with the official tie
+  modes; :func:`top_k` — the best ``k`` items per row. Both run the Cython kernels of
+  :mod:`gru_engine._ranking` (one pass per row, no sort, OpenMP over rows).
+* :class:`SessionScorer` — the small protocol a model exposes (``SessionModel.scorer()``) so that
+  one evaluator and one ``recommend`` serve every model.
+* :func:`evaluate_sessions` — session-parallel replay of test sessions; after every click but
+  the last of a session the true next item is ranked against all items; Recall@k and MRR@k.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from .exceptions import ModelFitError
+
+logger = logging.getLogger("gru_engine")
+
+#: Tie modes of :func:`rank_targets`; ``standard`` is the official name of ``optimistic``.
+RANK_MODES = ("conservative", "optimistic", "standard", "median")
+#: Predictions at this position (1-based) and later share the last ``by_position`` bucket.
+LAST_POSITION_BUCKET = 20
+_LOG_EVERY_S = 10.0
+
+
+def _kernels():
+    try:
+        from . import _ranking
+    except ImportError as exc:  # a source checkout that was never built
+        raise ImportError("gru_engine._ranking is not built; run "
+                          "`python setup.py build_ext --inplace` in the source tree") from exc
+    return _ranking
+
+
+# ---------------------------------------------------------------------------------------------
+# ranking
+# ---------------------------------------------------------------------------------------------
+def _score_block(scores, name: str = "scores") -> np.ndarray:
+    """``scores`` as a C-contiguous (B, n_items) float32 array (copied only when needed)."""
+    arr = np.asarray(scores)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (batch, n_items) array, got shape {arr.shape}")
+    if arr.dtype.kind not in "fiu" or arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has no item column (shape {arr.shape})")
+    if arr.shape[1] >= 2**31:
+        raise ValueError(f"{name} has {arr.shape[1]} columns; at most 2**31 - 1 are supported")
+    if arr.dtype != np.float32 or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return arr
+
+
+def _raise_on_nan(has_nan: np.ndarray, what: str) -> None:
+    if has_nan.any():
+        rows = np.flatnonzero(has_nan)
+        raise ModelFitError(f"{what}: {len(rows)} of {len(has_nan)} score rows contain NaN "
+                            f"(first: row {rows[0]}); the model produced NaN and is refused")
+
+
+def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 0) -> np.ndarray:
+    """Rank of each row's target item among all items (1 = best).
+
+    scores:  (B, n_items) scores, higher is better. float32 C-contiguous input is used as is;
+             anything else (float64, strided, integer) is converted once to a C-contiguous
+             float32 copy — note that rounding float64 to float32 can create ties.
+    targets: (B,) integer item indices in ``[0, n_items)``.
+    mode:    ``'conservative'`` (default): number of items scoring >= the target (the target
+             counts itself, ties count against the model); ``'optimistic'`` (alias
+             ``'standard'``): number scoring > the target, plus 1; ``'median'``: halfway
+             between the two.
+    n_threads: OpenMP threads for the kernel, 0 = OpenMP's default.
+
+    Returns (B,) float64 ranks (whole numbers except in ``median`` mode).
+    Raises ``ValueError`` on a bad shape, dtype, target or mode and
+    :class:`~gru_engine.exceptions.ModelFitError` when a row contains NaN.
+    """
+    if mode not in RANK_MODES:
+        raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+    block = _score_block(scores)
+    batch, n_items = block.shape
+    tgt = np.asarray(targets)
+    if tgt.ndim != 1 or len(tgt) != batch:
+        raise ValueError(f"targets must have shape ({batch},) to match scores {block.shape}, "
+                         f"got {tgt.shape}")
+    if tgt.dtype.kind not in "iu":
+        raise ValueError(f"targets must be integer item indices, got dtype {tgt.dtype}")
+    if batch == 0:
+        return np.zeros(0, dtype=np.float64)
+    lo, hi = tgt.min(), tgt.max()
+    if lo < 0 or hi >= n_items:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"target item index {bad} is outside [0, {n_items})")
+    tgt = np.ascontiguousarray(tgt, dtype=np.int64)
+    n_greater = np.empty(batch, dtype=np.int64)
+    n_equal = np.empty(batch, dtype=np.int64)
+    has_nan = np.empty(batch, dtype=np.uint8)
+    _kernels().rank_counts(block, tgt, n_greater, n_equal, has_nan, int(n_threads))
+    _raise_on_nan(has_nan, "rank_targets")
+    if mode == "conservative":
+        return (n_greater + n_equal).astype(np.float64)
+    if mode == "median":
+        return n_greater + 0.5 * (n_equal + 1)
+    return (n_greater + 1).astype(np.float64)
+
+
+def top_k(scores, k: int, n_threads: int = 0):
+    """The ``k`` best items of each row, best first; ties go to the lower item index.
+
+    scores: (B, n_items) scores (converted as in :func:`rank_targets`); ``-inf`` marks items
+            that must not be recommended — they are ordinary values here and appear last, so
+            callers drop non-finite values from the output if they wish.
+    k:      ``1 <= k <= n_items``.
+    n_threads: OpenMP threads for the kernel, 0 = OpenMP's default.
+
+    Returns ``(indices, values)``: (B, k) int64 item indices and (B, k) float32 scores.
+    Raises ``ValueError`` on a bad shape or k, ``ModelFitError`` when a row contains NaN.
+    """
+    block = _score_block(scores)
+    batch, n_items = block.shape
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_items:
+        raise ValueError(f"k must be an integer in [1, n_items={n_items}], got {k!r}")
+    indices = np.empty((batch, int(k)), dtype=np.int64)
+    values = np.empty((batch, int(k)), dtype=np.float32)
+    if batch == 0:
+        return indices, values
+    has_nan = np.empty(batch, dtype=np.uint8)
+    _kernels().top_k_rows(block, indices, values, has_nan, int(n_threads))
+    _raise_on_nan(has_nan, "top_k")
+    return indices, values
+
+
+# ---------------------------------------------------------------------------------------------
+# the scorer protocol
+# ---------------------------------------------------------------------------------------------
+@runtime_checkable
+class SessionScorer(Protocol):
+    """What a model hands the evaluator and ``recommend``: next-item scores for many sessions.
+
+    The caller keeps up to ``n_rows`` sessions alive at once, each in a *slot* (row number);
+    the scorer holds the per-slot state (e.g. the GRU hidden states).
+
+    ``n_items``: int, number of items; scores cover item indices ``0..n_items-1``.
+
+    ``begin(n_rows)``: allocate and zero the state of slots ``0..n_rows-1``; forgets any
+    earlier state. Called once before a replay.
+
+    ``score(rows, items, new_session)`` with
+      rows:        (R,) int64 distinct slot numbers in ``[0, n_rows)``,
+      items:       (R,) int32 the item clicked in each of those sessions,
+      new_session: (R,) bool, True where this click starts a new session in the slot;
+    for each entry ``i``: reset slot ``rows[i]`` to the empty-session state first if
+    ``new_session[i]``, then consume click ``items[i]``. Returns (R, n_items) float32,
+    C-contiguous: row ``i`` scores every item as the next click of slot ``rows[i]``'s session.
+    The result may be an internal buffer, valid until the next call; the input arrays may be
+    views the scorer must not modify. Slots not in ``rows`` keep their state.
+    """
+
+    n_items: int
+
+    def begin(self, n_rows: int) -> None: ...
+
+    def score(self, rows: np.ndarray, items: np.ndarray, new_session: np.ndarray) -> np.ndarray: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# session-parallel replay
+# ---------------------------------------------------------------------------------------------
+def _check_cutoffs(cutoffs) -> tuple:
+    try:
+        values = list(cutoffs)
+    except TypeError:
+        values = [cutoffs]
+    if not values:
+        raise ValueError("cutoffs is empty; give at least one positive integer, e.g. (5, 20)")
+    for c in values:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
+            raise ValueError(f"cutoffs must be positive integers, got {c!r} in {cutoffs!r}")
+    return tuple(sorted({int(c) for c in values}))
+
+
+def _schedule(sessions, batch_size: int):
+    """The replay as flat arrays of predictions, ordered by (step, slot).
+
+    Sessions with at least two events are visited in order of their first event's time; a slot
+    takes the next session as soon as its current one has no next event, lower slots first
+    (the official GRU4Rec order). Returns ``(step_bounds, rows, inputs, targets, new_session,
+    position, is_last, n_slots)``: predictions of step ``s`` are ``step_bounds[s]:step_bounds[s+1]``;
+    ``position`` is 1-based (the prediction follows the ``position``-th click).
+    """
+    order = sessions.order_by_start_time()
+    lengths = sessions.lengths
+    order = order[lengths[order] >= 2]
+    n_sess = len(order)
+    if n_sess == 0:
+        raise ValueError("no session with at least 2 events to evaluate")
+    n_pred = (lengths[order] - 1).astype(np.int64)
+    n_slots = min(batch_size, n_sess)
+    slot = np.empty(n_sess, dtype=np.int64)
+    start = np.empty(n_sess, dtype=np.int64)
+    slot[:n_slots] = np.arange(n_slots)
+    start[:n_slots] = 0
+    free_at = [(int(n_pred[s]), s) for s in range(n_slots)]  # (step the slot frees up, slot)
+    heapq.heapify(free_at)
+    steps = n_pred.tolist()
+    for s in range(n_slots, n_sess):
+        t, r = free_at[0]
+        slot[s] = r
+        start[s] = t
+        heapq.heapreplace(free_at, (t + steps[s], r))
+
+    total = int(n_pred.sum())
+    first = np.zeros(n_sess, dtype=np.int64)
+    np.cumsum(n_pred[:-1], out=first[1:])
+    owner = np.repeat(np.arange(n_sess), n_pred)
+    pos0 = np.arange(total, dtype=np.int64) - first[owner]
+    step = start[owner] + pos0
+    rows = slot[owner]
+    perm = np.argsort(step * n_slots + rows, kind="stable")
+    owner, pos0, step, rows = owner[perm], pos0[perm], step[perm], rows[perm]
+    event = sessions.offsets[order][owner] + pos0
+    items = np.ascontiguousarray(sessions.items[event], dtype=np.int32)
+    targets = sessions.items[event + 1].astype(np.int64)
+    n_steps = int(step[-1]) + 1
+    bounds = np.searchsorted(step, np.arange(n_steps + 1)).astype(np.int64)
+    return (bounds, np.ascontiguousarray(rows), items, targets, pos0 == 0, pos0 + 1,
+            pos0 == n_pred[owner] - 1, n_slots)
+
+
+def _metrics(ranks: np.ndarray, cutoffs: tuple) -> dict:
+    out = {}
+    for k in cutoffs:
+        hit = ranks <= k
+        out[f"recall@{k}"] = float(hit.mean())
+        out[f"mrr@{k}"] = float(np.where(hit, 1.0 / ranks, 0.0).mean())
+    return out
+
+
+def _by_position(ranks: np.ndarray, position: np.ndarray, cutoffs: tuple) -> list:
+    bucket = np.minimum(position, LAST_POSITION_BUCKET)
+    counts = np.bincount(bucket, minlength=LAST_POSITION_BUCKET + 1)
+    sums = {}
+    for k in cutoffs:
+        hit = ranks <= k
+        sums[f"recall@{k}"] = np.bincount(bucket, weights=hit, minlength=LAST_POSITION_BUCKET + 1)
+        sums[f"mrr@{k}"] = np.bincount(bucket, weights=np.where(hit, 1.0 / ranks, 0.0),
+                                       minlength=LAST_POSITION_BUCKET + 1)
+    out = []
+    for p in range(1, LAST_POSITION_BUCKET + 1):
+        n = int(counts[p])
+        if n == 0:
+            continue
+        entry = {"position": p if p < LAST_POSITION_BUCKET else f"{LAST_POSITION_BUCKET}+", "n": n}
+        for k in cutoffs:
+            entry[f"recall@{k}"] = float(sums[f"recall@{k}"][p] / n)
+            entry[f"mrr@{k}"] = float(sums[f"mrr@{k}"][p] / n)
+        out.append(entry)
+    return out
+
+
+def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
+                      mode: str = "conservative", batch_size: int = 512, by_position: bool = True,
+                      targets: str = "all", progress: Callable[[int, int], None] | None = None,
+                      n_threads: int = 0) -> dict:
+    """Replay test sessions through ``scorer`` and rank every true next item (GRU4Rec protocol).
+
+    scorer:   a :class:`SessionScorer` (``n_items`` must cover every item in ``sessions``).
+    sessions: :class:`gru_engine.data.Sessions`; sessions shorter than 2 events are skipped.
+    cutoffs:  positive ints k for Recall@k and MRR@k (deduplicated, sorted).
+    mode:     tie mode of :func:`rank_targets`.
+    batch_size: number of slots (sessions replayed in parallel); the results do not depend on it.
+    by_position: also report metrics per position of the prediction in its session.
+    targets:  ``'all'`` ranks the next item after every click but the last; ``'last'`` ranks only
+              the last event of each session (leave-last-out), still feeding every earlier click.
+    progress: optional ``progress(n_done, n_total)`` called after every step, counted in scored
+              clicks (``n_total`` = number of ``score`` rows of the whole replay).
+    n_threads: OpenMP threads of the rank kernel, 0 = OpenMP's default.
+
+    Each of ``batch_size`` slots walks one session (sessions taken in order of their first
+    event's time); after a session's second-to-last click the slot takes the next session with
+    ``new_session=True``; when none are left the batch shrinks and only active slots are passed.
+
+    Returns a dict: ``'recall@k'`` and ``'mrr@k'`` (MRR@k = mean of 1/rank if rank <= k else 0)
+    per cutoff, ``'n_events'`` (number of ranked predictions), ``'n_sessions'`` (sessions
+    replayed), ``'seconds'`` (wall time of the replay) and, with ``by_position``,
+    ``'by_position'``: one dict per position p = 1, 2, ... of the prediction (made after the
+    p-th click) that has predictions, with ``'position'``, ``'n'`` and the metrics; positions
+    >= 20 share the last bucket, ``position='20+'``. Raises ``ModelFitError`` if the scorer
+    produces NaN.
+    """
+    if mode not in RANK_MODES:
+        raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+    cutoffs = _check_cutoffs(cutoffs)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if targets not in ("all", "last"):
+        raise ValueError(f"targets must be 'all' or 'last', got {targets!r}")
+    n_items = int(scorer.n_items)
+    if sessions.n_events and int(sessions.items.max()) >= n_items:
+        raise ValueError(f"sessions hold item index {int(sessions.items.max())} but the scorer "
+                         f"has n_items={n_items}")
+
+    t0 = time.perf_counter()
+    bounds, rows, items, target_items, new_session, position, is_last, n_slots = \
+        _schedule(sessions, int(batch_size))
+    n_total = len(rows)
+    ranked = is_last if targets == "last" else np.ones(n_total, dtype=bool)
+    ranks = np.zeros(n_total, dtype=np.float64)
+    scorer.begin(n_slots)
+    next_log = time.monotonic() + _LOG_EVERY_S
+    for step in range(len(bounds) - 1):
+        a, b = int(bounds[step]), int(bounds[step + 1])
+        scores = scorer.score(rows[a:b], items[a:b], new_session[a:b])
+        if getattr(scores, "shape", None) != (b - a, n_items):
+            raise ValueError(f"scorer.score returned shape {getattr(scores, 'shape', None)} "
+                             f"for {b - a} rows; expected ({b - a}, {n_items})")
+        if targets == "all":
+            ranks[a:b] = rank_targets(scores, target_items[a:b], mode, n_threads)
+        else:
+            sel = np.flatnonzero(ranked[a:b])
+            if len(sel):
+                ranks[a + sel] = rank_targets(np.asarray(scores)[sel], target_items[a + sel],
+                                              mode, n_threads)
+        if progress is not None:
+            progress(b, n_total)
+        now = time.monotonic()
+        if now >= next_log:
+            next_log = now + _LOG_EVERY_S
+            elapsed = time.perf_counter() - t0
+            logger.info("evaluation: %d / %d clicks scored (%.0f/s)", b, n_total, b / elapsed)
+    seconds = time.perf_counter() - t0
+
+    ranks, position = ranks[ranked], position[ranked]
+    result = _metrics(ranks, cutoffs)
+    result["n_events"] = int(len(ranks))
+    result["n_sessions"] = int(np.count_nonzero(is_last))
+    result["seconds"] = seconds
+    if by_position:
+        result["by_position"] = _by_position(ranks, position, cutoffs)
+    logger.info("evaluated %d predictions of %d sessions in %.2f s (%.0f/s), mode=%s",
+                len(ranks), result["n_sessions"], seconds, len(ranks) / max(seconds, 1e-9), mode)
+    return result
