@@ -88,6 +88,8 @@ def _ids(data, key: str) -> np.ndarray:
             raise ValueError(f"column {key!r} holds non-integer floats; ids must be integers or strings")
         return values.astype(np.int64)
     if kind == "O":
+        if len(values) == 0:
+            return values.astype(np.int64)
         kinds = set(map(type, values))
         if kinds and all(issubclass(k, str) for k in kinds):
             return values.astype(str)
