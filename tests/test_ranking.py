@@ -1,0 +1,208 @@
+"""The Cython rank and top-k kernels (through rank_targets / top_k) against plain NumPy."""
+import numpy as np
+import pytest
+
+from gru_engine import _ranking
+from gru_engine.evaluation import rank_targets, top_k
+from gru_engine.exceptions import ModelFitError
+
+
+def reference_ranks(scores, targets, mode):
+    scores = np.asarray(scores, dtype=np.float32)
+    t = scores[np.arange(len(targets)), targets][:, None]
+    greater = (scores > t).sum(1)
+    equal = (scores == t).sum(1)
+    if mode == "conservative":
+        return (greater + equal).astype(np.float64)
+    if mode in ("optimistic", "standard"):
+        return greater + 1.0
+    return greater + 0.5 * (equal + 1)
+
+
+def reference_top_k(scores, k):
+    # Stable argsort of the negated scores: higher first, lower index first among ties.
+    order = np.argsort(-np.asarray(scores, dtype=np.float32), axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+def tied_scores(rng, batch, n_items, levels=4):
+    """Scores with only ``levels`` distinct values, so most targets tie with many items."""
+    return rng.integers(0, levels, size=(batch, n_items)).astype(np.float32) / levels
+
+
+SHAPES = [(1, 1), (1, 7), (3, 1), (5, 17), (2, 33), (64, 1000), (7, 4099)]
+
+
+@pytest.mark.parametrize("mode", ["conservative", "optimistic", "standard", "median"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rank_matches_numpy_with_many_ties(mode, shape):
+    rng = np.random.default_rng(hash(shape) % 2**32)
+    scores = tied_scores(rng, *shape)
+    targets = rng.integers(0, shape[1], size=shape[0])
+    got = rank_targets(scores, targets, mode)
+    assert got.dtype == np.float64 and got.shape == (shape[0],)
+    np.testing.assert_array_equal(got, reference_ranks(scores, targets, mode))
+
+
+def test_rank_modes_on_a_hand_example():
+    scores = np.array([[0.5, 0.9, 0.5, 0.1, 0.5]], dtype=np.float32)
+    target = np.array([0])
+    # one item above the target, three (target included) equal to it
+    assert rank_targets(scores, target, "conservative")[0] == 4
+    assert rank_targets(scores, target, "optimistic")[0] == 2
+    assert rank_targets(scores, target, "standard")[0] == 2
+    assert rank_targets(scores, target, "median")[0] == 3
+    assert rank_targets(scores, np.array([1]))[0] == 1
+    assert rank_targets(scores, np.array([3]))[0] == 5
+
+
+def test_rank_with_infinities():
+    scores = np.array([[-np.inf, 1.0, np.inf, -np.inf, 0.0]], dtype=np.float32)
+    assert rank_targets(scores, [0])[0] == 5
+    assert rank_targets(scores, [0], "optimistic")[0] == 4
+    assert rank_targets(scores, [2])[0] == 1
+
+
+def test_rank_distinct_scores_random():
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((33, 1001)).astype(np.float32)
+    targets = rng.integers(0, 1001, size=33)
+    for mode in ("conservative", "optimistic", "median"):
+        np.testing.assert_array_equal(rank_targets(scores, targets, mode),
+                                      reference_ranks(scores, targets, "optimistic"))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_rank_thread_counts_agree(n_threads):
+    rng = np.random.default_rng(2)
+    scores = tied_scores(rng, 40, 3001, levels=7)  # big enough to use the OpenMP path
+    targets = rng.integers(0, 3001, size=40)
+    np.testing.assert_array_equal(rank_targets(scores, targets, n_threads=n_threads),
+                                  reference_ranks(scores, targets, "conservative"))
+
+
+def test_rank_converts_float64_and_strided_input():
+    rng = np.random.default_rng(3)
+    base = tied_scores(rng, 12, 50)
+    targets = rng.integers(0, 25, size=6)
+    strided = base[::2, ::2]  # non-contiguous float32
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(rank_targets(strided, targets),
+                                  reference_ranks(np.ascontiguousarray(strided), targets, "conservative"))
+    fortran = np.asfortranarray(base)
+    t12 = rng.integers(0, 50, size=12)
+    np.testing.assert_array_equal(rank_targets(fortran, t12), reference_ranks(base, t12, "conservative"))
+    as64 = base.astype(np.float64)
+    np.testing.assert_array_equal(rank_targets(as64, t12), reference_ranks(base, t12, "conservative"))
+    as_int = (base * 4).astype(np.int64)
+    np.testing.assert_array_equal(rank_targets(as_int, t12), reference_ranks(base, t12, "conservative"))
+    # int32 / uint targets are accepted
+    np.testing.assert_array_equal(rank_targets(base, t12.astype(np.int32)),
+                                  rank_targets(base, t12.astype(np.uint16)))
+
+
+def test_rank_readonly_input():
+    scores = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    scores.setflags(write=False)
+    assert rank_targets(scores, [0])[0] == 3
+
+
+def test_rank_nan_raises_model_fit_error():
+    scores = np.zeros((4, 100), dtype=np.float32)
+    scores[2, 77] = np.nan
+    with pytest.raises(ModelFitError, match="row 2"):
+        rank_targets(scores, np.zeros(4, dtype=np.int64))
+    scores[2, 77] = 0
+    scores[3, 5] = np.nan  # the target itself is NaN
+    with pytest.raises(ModelFitError, match="row 3"):
+        rank_targets(scores, np.full(4, 5))
+
+
+@pytest.mark.parametrize("scores, targets, match", [
+    (np.zeros(5, dtype=np.float32), [0], "2-D"),
+    (np.zeros((2, 5), dtype=np.float32), [0], "shape"),
+    (np.zeros((2, 5), dtype=np.float32), [[0], [1]], "shape"),
+    (np.zeros((2, 5), dtype=np.float32), [0, 5], "outside"),
+    (np.zeros((2, 5), dtype=np.float32), [-1, 0], "outside"),
+    (np.zeros((2, 5), dtype=np.float32), [0.0, 1.0], "integer"),
+    (np.zeros((2, 0), dtype=np.float32), [0, 0], "no item"),
+    (np.zeros((2, 5), dtype=complex), [0, 0], "real"),
+    (np.array([["a", "b"]]), [0], "real"),
+])
+def test_rank_bad_input(scores, targets, match):
+    with pytest.raises(ValueError, match=match):
+        rank_targets(scores, targets)
+
+
+def test_rank_bad_mode_and_empty_batch():
+    with pytest.raises(ValueError, match="mode"):
+        rank_targets(np.zeros((1, 3), dtype=np.float32), [0], "pessimistic")
+    assert rank_targets(np.zeros((0, 3), dtype=np.float32), np.zeros(0, dtype=np.int64)).shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------------
+# top-k
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape, k", [((1, 1), 1), ((3, 7), 7), ((5, 17), 3), ((4, 100), 1),
+                                      ((16, 1000), 20), ((3, 4099), 50), ((2, 33), 32)])
+@pytest.mark.parametrize("levels", [3, 1000])
+def test_top_k_matches_stable_argsort(shape, k, levels):
+    rng = np.random.default_rng(shape[1] * 7 + k)
+    scores = tied_scores(rng, *shape, levels=levels)
+    idx, val = top_k(scores, k)
+    ref_idx, ref_val = reference_top_k(scores, k)
+    assert idx.dtype == np.int64 and val.dtype == np.float32 and idx.shape == (shape[0], k)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(val, ref_val)
+
+
+def test_top_k_with_minus_inf_excluded_items():
+    rng = np.random.default_rng(5)
+    scores = tied_scores(rng, 8, 60)
+    scores[rng.random(scores.shape) < 0.6] = -np.inf
+    scores[0, :] = -np.inf
+    scores[1, 3] = np.inf
+    for k in (1, 10, 60):
+        idx, val = top_k(scores, k)
+        ref_idx, ref_val = reference_top_k(scores, k)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_array_equal(val, ref_val)
+    assert list(top_k(scores, 3)[0][0]) == [0, 1, 2]  # all excluded: lowest indices, -inf
+
+
+def test_top_k_descending_input_is_worst_case_for_heap():
+    scores = np.tile(np.arange(500, dtype=np.float32), (3, 1))
+    scores[1] = scores[1][::-1]
+    idx, _ = top_k(scores, 10)
+    np.testing.assert_array_equal(idx[0], np.arange(499, 489, -1))
+    np.testing.assert_array_equal(idx[1], np.arange(10))
+
+
+def test_top_k_threads_and_conversion():
+    rng = np.random.default_rng(6)
+    scores = tied_scores(rng, 50, 2000, levels=5).astype(np.float64)
+    ref_idx, _ = reference_top_k(scores.astype(np.float32), 25)
+    for n_threads in (1, 2):
+        np.testing.assert_array_equal(top_k(scores, 25, n_threads=n_threads)[0], ref_idx)
+    np.testing.assert_array_equal(top_k(np.asfortranarray(scores), 25)[0], ref_idx)
+
+
+def test_top_k_nan_and_bad_k():
+    scores = np.zeros((2, 10), dtype=np.float32)
+    scores[1, 8] = np.nan
+    with pytest.raises(ModelFitError, match="row 1"):
+        top_k(scores, 3)
+    scores[1, 8] = 0
+    scores[0, 1] = np.nan  # inside the first k
+    with pytest.raises(ModelFitError, match="row 0"):
+        top_k(scores, 3)
+    for k in (0, 11, -1, 2.0, True, None):
+        with pytest.raises(ValueError, match="k must be"):
+            top_k(np.zeros((2, 10), dtype=np.float32), k)
+    idx, val = top_k(np.zeros((0, 10), dtype=np.float32), 4)
+    assert idx.shape == (0, 4) and val.shape == (0, 4)
+
+
+def test_kernel_introspection():
+    assert isinstance(_ranking.openmp_enabled(), bool)
+    assert _ranking.max_threads() >= 1
