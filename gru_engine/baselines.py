@@ -97,6 +97,19 @@ def _check_batch(n_items, rows, items, new_session):
     return rows, items, new_session
 
 
+def _out_buffer(scorer, n_rows):
+    """(n_rows, n_items) float32 view of a buffer kept by ``scorer`` across calls.
+
+    Reusing it avoids allocating (and page-faulting) a fresh score block at every step; the
+    protocol allows returning an internal buffer that is valid until the next call.
+    """
+    buf = getattr(scorer, "_buf", None)
+    if buf is None or buf.shape[0] < n_rows:
+        buf = np.empty((max(n_rows, 1), scorer.n_items), dtype=np.float32)
+        scorer._buf = buf
+    return buf[:n_rows]
+
+
 # ---------------------------------------------------------------------------------------------
 # POP
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +125,9 @@ class _PopScorer:
 
     def score(self, rows, items, new_session):
         rows, items, new_session = _check_batch(self.n_items, rows, items, new_session)
-        return np.tile(self.scores, (len(rows), 1))
+        out = _out_buffer(self, len(rows))
+        out[:] = self.scores
+        return out
 
 
 class Pop(SessionModel):
@@ -160,7 +175,7 @@ class _SessionPopScorer:
             raise ValueError("call begin(n_rows) before score()")
         rows, items, new_session = _check_batch(self.n_items, rows, items, new_session)
         self.history.push(rows, items, new_session)
-        out = np.empty((len(rows), self.n_items), dtype=np.float32)
+        out = _out_buffer(self, len(rows))
         _spop_scores(out, self.base, self.history.items, self.history.length, rows)
         return out
 
@@ -235,7 +250,7 @@ class _ItemKNNScorer:
 
     def score(self, rows, items, new_session):
         rows, items, new_session = _check_batch(self.n_items, rows, items, new_session)
-        out = np.empty((len(rows), self.n_items), dtype=np.float32)
+        out = _out_buffer(self, len(rows))
         _knn_scores(out, self.indptr, self.indices, self.data, items)
         return out
 
@@ -369,9 +384,10 @@ class _BPRMFScorer:
         self.sums[rows] += self.V[items]
         self.counts[rows] += 1.0
         mean = self.sums[rows] / self.counts[rows, None]
-        out = mean @ self.V.T
+        out = _out_buffer(self, len(rows))
+        np.matmul(mean, self.V.T, out=out)
         out += self.b
-        return np.ascontiguousarray(out, dtype=np.float32)
+        return out
 
 
 class BPRMF(SessionModel):

@@ -168,27 +168,21 @@ def test_bprmf_reset_between_sessions():
     np.testing.assert_allclose(out[0], V[3] @ V.T + b, rtol=1e-5, atol=1e-6)
 
 
-def recall_at(scorer, sessions_idx, k):
-    """Share of next clicks ranked in the top k (conservative: ties count against)."""
-    hits = n = 0
-    scorer.begin(1)
-    for items in sessions_idx:
-        for t in range(len(items) - 1):
-            s = scorer.score(np.array([0]), np.array([items[t]], dtype=np.int32),
-                             np.array([t == 0]))[0]
-            hits += np.count_nonzero(s >= s[items[t + 1]]) <= k
-            n += 1
-    return hits / n
-
-
 def test_bprmf_learns_cluster_pattern_and_beats_pop():
     train = generated_clusters(600, seed=0)
     test = generated_clusters(60, seed=1)
     bpr = BPRMF(n_factors=16, n_epochs=15, learning_rate=0.1, random_state=0).fit(table(train))
     pop = Pop().fit(table(train))
-    idx = [bpr.item_index_.to_index(s) for s in test]
-    r_bpr, r_pop = recall_at(bpr.scorer(), idx, 12), recall_at(pop.scorer(), idx, 12)
+    r_bpr = bpr.evaluate(table(test), cutoffs=(12,))["recall@12"]
+    r_pop = pop.evaluate(table(test), cutoffs=(12,))["recall@12"]
     assert r_pop < 0.3 and r_bpr > 0.8, (r_bpr, r_pop)
+
+
+def test_evaluate_interface_on_knn():
+    """Item-KNN through the shared evaluator: 'x -> partner' pairs are learned exactly."""
+    train = [[2 * i, 2 * i + 1] for i in range(10)] * 3
+    res = ItemKNN(lambda_=0.0).fit(table(train)).evaluate(table(train[:10]), cutoffs=(1, 20))
+    assert res["n_events"] == 10 and res["recall@1"] == 1.0 and res["mrr@20"] == 1.0
 
 
 def test_bprmf_is_deterministic_with_random_state():
