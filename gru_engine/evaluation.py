@@ -190,8 +190,11 @@ def _schedule(sessions, batch_size: int):
     Sessions with at least two events are visited in order of their first event's time; a slot
     takes the next session as soon as its current one has no next event, lower slots first
     (the official GRU4Rec order). Returns ``(step_bounds, rows, inputs, targets, new_session,
-    position, is_last, n_slots)``: predictions of step ``s`` are ``step_bounds[s]:step_bounds[s+1]``;
-    ``position`` is 1-based (the prediction follows the ``position``-th click).
+    position, is_last, n_slots, canonical)``: predictions of step ``s`` are
+    ``step_bounds[s]:step_bounds[s+1]``; ``position`` is 1-based (the prediction follows the
+    ``position``-th click); ``canonical[i]`` is where the ``i``-th prediction in (session,
+    position) order sits, an order independent of ``batch_size`` so that the summed metrics are
+    bit-identical for every batch size.
     """
     order = sessions.order_by_start_time()
     lengths = sessions.lengths
@@ -228,8 +231,10 @@ def _schedule(sessions, batch_size: int):
     targets = sessions.items[event + 1].astype(np.int64)
     n_steps = int(step[-1]) + 1
     bounds = np.searchsorted(step, np.arange(n_steps + 1)).astype(np.int64)
+    canonical = np.empty(total, dtype=np.int64)
+    canonical[perm] = np.arange(total)
     return (bounds, np.ascontiguousarray(rows), items, targets, pos0 == 0, pos0 + 1,
-            pos0 == n_pred[owner] - 1, n_slots)
+            pos0 == n_pred[owner] - 1, n_slots, canonical)
 
 
 def _metrics(ranks: np.ndarray, cutoffs: tuple) -> dict:
@@ -291,7 +296,7 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
     ``'by_position'``: one dict per position p = 1, 2, ... of the prediction (made after the
     p-th click) that has predictions, with ``'position'``, ``'n'`` and the metrics; positions
     >= 20 share the last bucket, ``position='20+'``. Raises ``ModelFitError`` if the scorer
-    produces NaN.
+    produces NaN for any scored click (also one not ranked under ``targets='last'``).
     """
     if mode not in RANK_MODES:
         raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
@@ -306,7 +311,7 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
                          f"has n_items={n_items}")
 
     t0 = time.perf_counter()
-    bounds, rows, items, target_items, new_session, position, is_last, n_slots = \
+    bounds, rows, items, target_items, new_session, position, is_last, n_slots, canonical = \
         _schedule(sessions, int(batch_size))
     n_total = len(rows)
     ranked = is_last if targets == "last" else np.ones(n_total, dtype=bool)
@@ -319,13 +324,9 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
         if getattr(scores, "shape", None) != (b - a, n_items):
             raise ValueError(f"scorer.score returned shape {getattr(scores, 'shape', None)} "
                              f"for {b - a} rows; expected ({b - a}, {n_items})")
-        if targets == "all":
-            ranks[a:b] = rank_targets(scores, target_items[a:b], mode, n_threads)
-        else:
-            sel = np.flatnonzero(ranked[a:b])
-            if len(sel):
-                ranks[a + sel] = rank_targets(np.asarray(scores)[sel], target_items[a + sel],
-                                              mode, n_threads)
+        # With targets='last' every row is still ranked (one cheap pass) so that a NaN
+        # anywhere refuses the model; only the selected ranks count.
+        ranks[a:b] = rank_targets(scores, target_items[a:b], mode, n_threads)
         if progress is not None:
             progress(b, n_total)
         now = time.monotonic()
@@ -335,7 +336,8 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
             logger.info("evaluation: %d / %d clicks scored (%.0f/s)", b, n_total, b / elapsed)
     seconds = time.perf_counter() - t0
 
-    ranks, position = ranks[ranked], position[ranked]
+    keep = canonical[ranked[canonical]]
+    ranks, position = ranks[keep], position[keep]
     result = _metrics(ranks, cutoffs)
     result["n_events"] = int(len(ranks))
     result["n_sessions"] = int(np.count_nonzero(is_last))
