@@ -24,6 +24,9 @@ cdef extern from *:
 
 # Below this many scores per call the OpenMP team costs more than it saves.
 cdef Py_ssize_t _PARALLEL_MIN_WORK = 1 << 16
+# Top-k scans a row in chunks of this many scores; see _top_k_row.
+cdef enum:
+    _TOP_K_CHUNK = 32
 
 
 def openmp_enabled() -> bool:
@@ -117,10 +120,11 @@ cdef inline void _sift_down(float* v, int64_t* idx, Py_ssize_t size, Py_ssize_t 
 
 cdef inline void _top_k_row(const float* row, Py_ssize_t n, Py_ssize_t k, float* v,
                             int64_t* idx, uint8_t* has_nan) noexcept nogil:
-    cdef Py_ssize_t j, p
+    cdef Py_ssize_t j, p, start, end
     cdef float s, thr, tv
     cdef int64_t ti
     cdef int nan = 0
+    cdef int hits
     for j in range(k):
         s = row[j]
         v[j] = s
@@ -131,18 +135,28 @@ cdef inline void _top_k_row(const float* row, Py_ssize_t n, Py_ssize_t k, float*
         p -= 1
         _sift_down(v, idx, k, p)
     thr = v[0]
-    for j in range(k, n):
-        s = row[j]
-        # Items come in increasing index order, so an item tying with the worst kept one
-        # loses the tie: only a strictly higher score enters. NaN fails `s <= thr` too.
-        if not (s <= thr):
-            if s != s:
-                nan = 1
-                continue
-            v[0] = s
-            idx[0] = j
-            _sift_down(v, idx, k, 0)
-            thr = v[0]
+    start = k
+    while start < n:
+        end = start + _TOP_K_CHUNK if n - start > _TOP_K_CHUNK else n
+        # Branch-free (vectorised) test first: most chunks hold nothing better than the worst
+        # kept entry once the heap has filled up; NaN fails `s <= thr` too.
+        hits = 0
+        for j in range(start, end):
+            hits += not (row[j] <= thr)
+        if hits:
+            for j in range(start, end):
+                s = row[j]
+                # Items come in increasing index order, so an item tying with the worst kept
+                # one loses the tie: only a strictly higher score enters.
+                if not (s <= thr):
+                    if s != s:
+                        nan = 1
+                        continue
+                    v[0] = s
+                    idx[0] = j
+                    _sift_down(v, idx, k, 0)
+                    thr = v[0]
+        start = end
     # Heap sort: moving the worst to the back leaves the row ordered best first.
     p = k - 1
     while p > 0:

@@ -196,6 +196,10 @@ def test_top_k_nan_and_bad_k():
     scores[0, 1] = np.nan  # inside the first k
     with pytest.raises(ModelFitError, match="row 0"):
         top_k(scores, 3)
+    far = np.zeros((3, 1000), dtype=np.float32)
+    far[2, 901] = np.nan  # in a late chunk where nothing else beats the kept entries
+    with pytest.raises(ModelFitError, match="row 2"):
+        top_k(far, 5)
     for k in (0, 11, -1, 2.0, True, None):
         with pytest.raises(ValueError, match="k must be"):
             top_k(np.zeros((2, 10), dtype=np.float32), k)

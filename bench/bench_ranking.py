@@ -1,0 +1,124 @@
+"""Rank and top-k kernels (gru_engine._ranking) against the NumPy one-liners they replace.
+
+    python bench/bench_ranking.py                      # 512 x 40000, all threads
+    python bench/bench_ranking.py --threads 1 --repeat 20
+
+Rank: ``rank_targets(scores, t)`` vs ``(scores > scores[arange(B), t][:, None]).sum(1)``.
+Top-k: ``top_k(scores, k)`` (sorted, best first) vs ``np.argpartition(-scores, k-1, 1)[:, :k]``
+(unsorted, so NumPy is given the easier task). Times are wall-clock seconds per call on the
+same random float32 block after one warm-up call; best and median over ``--repeat`` calls.
+Writes ``bench/out/ranking.json`` and prints a line for bench/RESULTS.md.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+from gru_engine import _ranking  # noqa: E402
+from gru_engine.evaluation import rank_targets, top_k  # noqa: E402
+
+
+def timed(fn, repeat):
+    fn()  # warm-up: page in the buffers, start the OpenMP team
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"best_s": min(times), "median_s": statistics.median(times), "repeat": repeat}
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=512, help="rows of the score block")
+    parser.add_argument("--items", type=int, default=40000, help="columns (items)")
+    parser.add_argument("--k", type=int, default=20, help="k of top-k")
+    parser.add_argument("--repeat", type=int, default=10, help="timed calls per variant")
+    parser.add_argument("--threads", type=int, default=0, help="kernel threads (0 = OpenMP default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                      "out", "ranking.json"))
+    args = parser.parse_args(argv)
+    if args.batch < 1 or args.items < 1 or not 1 <= args.k <= args.items or args.repeat < 1:
+        parser.error("need batch >= 1, items >= 1, 1 <= k <= items, repeat >= 1")
+
+    rng = np.random.default_rng(args.seed)
+    scores = rng.standard_normal((args.batch, args.items), dtype=np.float32)
+    targets = rng.integers(0, args.items, size=args.batch)
+    rows = np.arange(args.batch)
+
+    def numpy_rank():
+        return (scores > scores[rows, targets][:, None]).sum(1)
+
+    def kernel_rank():
+        return rank_targets(scores, targets, "optimistic", n_threads=args.threads)
+
+    def numpy_top_k():
+        return np.argpartition(-scores, args.k - 1, axis=1)[:, :args.k]
+
+    def kernel_top_k():
+        return top_k(scores, args.k, n_threads=args.threads)
+
+    # the two sides must agree before they are timed
+    if not np.array_equal(kernel_rank(), numpy_rank() + 1.0):
+        raise SystemExit("rank kernel disagrees with NumPy")
+    ref = np.sort(np.take_along_axis(scores, numpy_top_k(), 1), axis=1)[:, ::-1]
+    if not np.array_equal(kernel_top_k()[1], ref):
+        raise SystemExit("top-k kernel disagrees with NumPy")
+
+    results = {
+        "rank": {"kernel": timed(kernel_rank, args.repeat), "numpy": timed(numpy_rank, args.repeat)},
+        "top_k": {"kernel": timed(kernel_top_k, args.repeat),
+                  "numpy_argpartition": timed(numpy_top_k, args.repeat)},
+    }
+    rank_speedup = results["rank"]["numpy"]["best_s"] / results["rank"]["kernel"]["best_s"]
+    topk_speedup = (results["top_k"]["numpy_argpartition"]["best_s"]
+                    / results["top_k"]["kernel"]["best_s"])
+    threads = args.threads or _ranking.max_threads()
+    record = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs",
+        "command": "python bench/bench_ranking.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "shape": [args.batch, args.items], "k": args.k, "threads": threads,
+        "openmp": _ranking.openmp_enabled(), "numpy": np.__version__,
+        "rank_speedup_best": rank_speedup, "top_k_speedup_best": topk_speedup, **results,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=2)
+
+    def ms(d):
+        return f"{d['best_s'] * 1e3:.2f} ms (median {d['median_s'] * 1e3:.2f})"
+
+    print(f"rank  {args.batch}x{args.items}: kernel {ms(results['rank']['kernel'])}, "
+          f"numpy {ms(results['rank']['numpy'])}, speed-up {rank_speedup:.1f}x")
+    print(f"top-{args.k} {args.batch}x{args.items}: kernel {ms(results['top_k']['kernel'])}, "
+          f"argpartition {ms(results['top_k']['numpy_argpartition'])}, speed-up {topk_speedup:.1f}x")
+    print(f"| {record['date']} | {record['machine']} | `{record['command'].strip()}` | "
+          f"rank {args.batch}x{args.items} {threads} thread(s): "
+          f"{results['rank']['kernel']['best_s'] * 1e3:.2f} ms vs NumPy "
+          f"{results['rank']['numpy']['best_s'] * 1e3:.2f} ms ({rank_speedup:.1f}x); top-{args.k}: "
+          f"{results['top_k']['kernel']['best_s'] * 1e3:.2f} ms vs argpartition "
+          f"{results['top_k']['numpy_argpartition']['best_s'] * 1e3:.2f} ms ({topk_speedup:.1f}x) |")
+
+
+if __name__ == "__main__":
+    main()
