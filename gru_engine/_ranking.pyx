@@ -43,6 +43,12 @@ cdef inline int _n_threads(int requested) noexcept nogil:
     return requested if requested > 0 else gru_max_threads()
 
 
+cdef inline Py_ssize_t _rows_per_chunk(Py_ssize_t n) noexcept nogil:
+    # Dynamic scheduling in chunks of about 16k scores: cheap to hand out, and a thread that
+    # shares its core with another process does not hold the whole call back.
+    return 1 + (1 << 14) // n
+
+
 # ---------------------------------------------------------------------------------------------
 # rank: one pass per row, branch-free counting
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +92,8 @@ def rank_counts(const float[:, ::1] scores, const int64_t[::1] targets,
     if B == 0 or n == 0:
         return
     with nogil:
-        for i in prange(B, num_threads=nt, schedule="static", use_threads_if=parallel):
+        for i in prange(B, num_threads=nt, schedule="dynamic", chunksize=_rows_per_chunk(n),
+                       use_threads_if=parallel):
             _count_row(&scores[i, 0], n, scores[i, targets[i]],
                        &n_greater[i], &n_equal[i], &has_nan[i])
 
@@ -190,5 +197,6 @@ def top_k_rows(const float[:, ::1] scores, int64_t[:, ::1] indices, float[:, ::1
     if B == 0 or n == 0 or k == 0:
         return
     with nogil:
-        for i in prange(B, num_threads=nt, schedule="static", use_threads_if=parallel):
+        for i in prange(B, num_threads=nt, schedule="dynamic", chunksize=_rows_per_chunk(n),
+                       use_threads_if=parallel):
             _top_k_row(&scores[i, 0], n, k, &values[i, 0], &indices[i, 0], &has_nan[i])
