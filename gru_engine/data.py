@@ -402,7 +402,8 @@ def write_events(path: str | os.PathLike, columns: dict, sep: str = "\t",
                  chunk_rows: int = 1_000_000) -> None:
     """Write a dict of equal-length 1-D arrays as a delimited file with a header line.
 
-    ``.gz`` paths are gzip-compressed (level 6). Floats are written with ``repr`` (exact round
+    ``.gz`` paths are gzip-compressed at level 1 (several times faster than level 6, files
+    ~13% larger on event tables). Floats are written with ``repr`` (exact round
     trip). The file appears atomically (written to ``path + '.tmp'``, then renamed).
     """
     path = os.fspath(path)
@@ -414,7 +415,7 @@ def write_events(path: str | os.PathLike, columns: dict, sep: str = "\t",
     n_rows = lengths.pop() if lengths else 0
     tmp = path + ".tmp"
     if path.endswith(".gz"):
-        f = gzip.open(tmp, "wt", newline="", compresslevel=6)
+        f = gzip.open(tmp, "wt", newline="", compresslevel=1)
     else:
         f = open(tmp, "w", newline="")
     try:
