@@ -310,13 +310,19 @@ DATASETS = {
 }
 
 
-def preprocess_file(dataset: str, path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+def preprocess_file(dataset: str, path: str | os.PathLike, out_dir: str | os.PathLike,
                     **options) -> dict:
-    """Read a raw file of ``dataset`` (a key of :data:`DATASETS`) and run :func:`preprocess`
-    with that dataset's defaults, overridden by ``options``; files are named ``<dataset>_*``."""
+    """Raw file of ``dataset`` (a key of :data:`DATASETS`) -> the four split files in ``out_dir``.
+
+    Runs the dataset's reader and :func:`preprocess` with that dataset's defaults, overridden
+    by ``options``; files are named ``<out_dir>/<dataset>_{train_full,test,train_tr,
+    train_valid}.tsv.gz``. Returns the step counts (``preprocess(...)['stats']``: step name ->
+    ``{'events', 'sessions', 'items'}``); call the reader and :func:`preprocess` directly for
+    the arrays.
+    """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
     reader, defaults = DATASETS[dataset]
     events = reader(path)
     kwargs = {**defaults, "name": dataset, **options}
-    return preprocess(events, out_dir=out_dir, **kwargs)
+    return preprocess(events, out_dir=out_dir, **kwargs)["stats"]

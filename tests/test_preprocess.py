@@ -368,16 +368,21 @@ def test_preprocess_file_uses_dataset_defaults(tmp_path):
         for k, item in enumerate((1, 2, 3)):
             lines.append(f"{int((T0 + day * 86400 + k * 60) * 1000)},{day},view,{item},")
     (tmp_path / "events.csv").write_text("\n".join(lines) + "\n")
-    result = P.preprocess_file("retailrocket", tmp_path / "events.csv", tmp_path / "out")
+    stats = P.preprocess_file("retailrocket", tmp_path / "events.csv", tmp_path / "out")
     # default 7 days: t_max = day 20 +120 s, threshold day 13 +120 s (inclusive) -> days 13..20
-    assert result["stats"]["test"]["sessions"] == 8
-    assert result["stats"]["train_valid"]["sessions"] == 8  # days 5..12
-    assert result["stats"]["train_tr"]["sessions"] == 5  # days 0..4
-    assert (tmp_path / "out" / "retailrocket_train_full.tsv.gz").exists()
-    result = P.preprocess_file("retailrocket", tmp_path / "events.csv", test_days=2.5)
-    assert result["stats"]["test"]["sessions"] == 3 and result["paths"] == {}
+    assert stats["test"]["sessions"] == 8
+    assert stats["train_valid"]["sessions"] == 8  # days 5..12
+    assert stats["train_tr"]["sessions"] == 5  # days 0..4
+    for suffix in ("train_full", "test", "train_tr", "train_valid"):
+        back = read_events(tmp_path / "out" / f"retailrocket_{suffix}.tsv.gz")
+        key = {"train_full": "train"}.get(suffix, suffix)
+        assert len(back["ItemId"]) == stats[key]["events"]
+    stats = P.preprocess_file("retailrocket", tmp_path / "events.csv", tmp_path / "o2",
+                              test_days=2.5, name="rr")
+    assert stats["test"]["sessions"] == 3
+    assert (tmp_path / "o2" / "rr_test.tsv.gz").exists()
     with pytest.raises(ValueError, match="unknown dataset 'foo'"):
-        P.preprocess_file("foo", tmp_path / "events.csv")
+        P.preprocess_file("foo", tmp_path / "events.csv", tmp_path)
 
 
 def test_written_files_read_back_with_the_data_layer(tmp_path):
