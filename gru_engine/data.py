@@ -41,6 +41,8 @@ def _column(data, key: str) -> np.ndarray:
 
 def _column_names(data):
     cols = getattr(data, "columns", None)
+    if cols is None:
+        cols = getattr(getattr(data, "dtype", None), "names", None)  # numpy structured array
     if cols is not None:
         return list(cols)
     keys = getattr(data, "keys", None)

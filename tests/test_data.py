@@ -196,6 +196,16 @@ def test_dict_dataframe_and_column_object_give_the_same_sessions():
         assert report == ref_report
 
 
+def test_numpy_structured_array_input():
+    rec = np.array([(1, 7, 0.5), (1, 8, 0.25), (2, 7, 1.0), (2, 9, 2.0)],
+                   dtype=[("SessionId", "i8"), ("ItemId", "i4"), ("Time", "f8")])
+    sessions, index, _ = build_sessions(rec)
+    assert index.ids.tolist() == [7, 8, 9]
+    assert sessions.items.tolist() == [1, 0, 0, 2]
+    with pytest.raises(ValueError, match=r"missing column 'sid'; available columns: \['SessionId'"):
+        build_sessions(rec, session_key="sid")
+
+
 def test_custom_column_names():
     frame = pd.DataFrame({"sid": [1, 1, 2, 2], "iid": [5, 6, 6, 5], "ts": [3.0, 4.0, 1.0, 2.0],
                           "other": [0, 0, 0, 0]})
@@ -270,6 +280,17 @@ def test_order_by_start_time_visits_sessions_by_first_event_stably():
     order = sessions.order_by_start_time()
     assert order.dtype == np.int64
     assert sessions.session_ids[order].tolist() == [2, 4, 1, 3]
+
+
+def test_order_by_start_time_is_stable_with_many_ties():
+    # enough tied sessions that an unstable sort (quicksort) would reorder them
+    rng = np.random.default_rng(5)
+    n = 500
+    start = rng.integers(0, 3, n).astype(float)
+    data = table(np.repeat(np.arange(n), 2), np.tile([1, 2], n), np.repeat(start, 2) + [0, 1] * n)
+    sessions, _, _ = build_sessions(data)
+    expected = sorted(range(n), key=lambda s: (start[s], s))  # ties: by session number
+    assert sessions.order_by_start_time().tolist() == expected
 
 
 def test_datetime64_times_become_unix_seconds():
