@@ -7,6 +7,14 @@
   one evaluator and one ``recommend`` serve every model.
 * :func:`evaluate_sessions` — session-parallel replay of test sessions; after every click but
   the last of a session the true next item is ranked against all items; Recall@k and MRR@k.
+
+Threads: the kernels split rows over OpenMP threads when asked (``n_threads=0``: OpenMP's
+default, i.e. OMP_NUM_THREADS or all cores; ``n_threads=n``: n threads) but default to 1. One
+thread already beats the NumPy expressions they replace several times over (bench/
+bench_ranking.py), while idle OpenMP workers spin-wait after each call and compete with the
+scorer's BLAS threads and with other processes: on a shared, busy 2-core machine a replay with 2
+rank threads ran 30x slower than with 1 (OMP_WAIT_POLICY=passive removes the spinning). Ask for
+more threads for large blocks on a dedicated machine.
 """
 from __future__ import annotations
 
@@ -45,7 +53,7 @@ def _score_block(scores, name: str = "scores") -> np.ndarray:
     arr = np.asarray(scores)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (batch, n_items) array, got shape {arr.shape}")
-    if arr.dtype.kind not in "fiu" or arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+    if arr.dtype.kind not in "fiu":
         raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if arr.shape[1] == 0:
         raise ValueError(f"{name} has no item column (shape {arr.shape})")
@@ -56,6 +64,12 @@ def _score_block(scores, name: str = "scores") -> np.ndarray:
     return arr
 
 
+def _check_threads(n_threads) -> int:
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 0:
+        raise ValueError(f"n_threads must be an integer >= 0 (0 = OpenMP's default), got {n_threads!r}")
+    return int(n_threads)
+
+
 def _raise_on_nan(has_nan: np.ndarray, what: str) -> None:
     if has_nan.any():
         rows = np.flatnonzero(has_nan)
@@ -63,7 +77,7 @@ def _raise_on_nan(has_nan: np.ndarray, what: str) -> None:
                             f"(first: row {rows[0]}); the model produced NaN and is refused")
 
 
-def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 0) -> np.ndarray:
+def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 1) -> np.ndarray:
     """Rank of each row's target item among all items (1 = best).
 
     scores:  (B, n_items) scores, higher is better. float32 C-contiguous input is used as is;
@@ -74,7 +88,7 @@ def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 0
              counts itself, ties count against the model); ``'optimistic'`` (alias
              ``'standard'``): number scoring > the target, plus 1; ``'median'``: halfway
              between the two.
-    n_threads: OpenMP threads for the kernel, 0 = OpenMP's default.
+    n_threads: OpenMP threads over rows (module docstring, *Threads*); 0 = OpenMP's default.
 
     Returns (B,) float64 ranks (whole numbers except in ``median`` mode).
     Raises ``ValueError`` on a bad shape, dtype, target or mode and
@@ -82,6 +96,7 @@ def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 0
     """
     if mode not in RANK_MODES:
         raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+    n_threads = _check_threads(n_threads)
     block = _score_block(scores)
     batch, n_items = block.shape
     tgt = np.asarray(targets)
@@ -100,7 +115,7 @@ def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 0
     n_greater = np.empty(batch, dtype=np.int64)
     n_equal = np.empty(batch, dtype=np.int64)
     has_nan = np.empty(batch, dtype=np.uint8)
-    _kernels().rank_counts(block, tgt, n_greater, n_equal, has_nan, int(n_threads))
+    _kernels().rank_counts(block, tgt, n_greater, n_equal, has_nan, n_threads)
     _raise_on_nan(has_nan, "rank_targets")
     if mode == "conservative":
         return (n_greater + n_equal).astype(np.float64)
@@ -109,18 +124,19 @@ def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 0
     return (n_greater + 1).astype(np.float64)
 
 
-def top_k(scores, k: int, n_threads: int = 0):
+def top_k(scores, k: int, n_threads: int = 1):
     """The ``k`` best items of each row, best first; ties go to the lower item index.
 
     scores: (B, n_items) scores (converted as in :func:`rank_targets`); ``-inf`` marks items
             that must not be recommended — they are ordinary values here and appear last, so
             callers drop non-finite values from the output if they wish.
     k:      ``1 <= k <= n_items``.
-    n_threads: OpenMP threads for the kernel, 0 = OpenMP's default.
+    n_threads: OpenMP threads over rows (module docstring, *Threads*); 0 = OpenMP's default.
 
     Returns ``(indices, values)``: (B, k) int64 item indices and (B, k) float32 scores.
     Raises ``ValueError`` on a bad shape or k, ``ModelFitError`` when a row contains NaN.
     """
+    n_threads = _check_threads(n_threads)
     block = _score_block(scores)
     batch, n_items = block.shape
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_items:
@@ -130,7 +146,7 @@ def top_k(scores, k: int, n_threads: int = 0):
     if batch == 0:
         return indices, values
     has_nan = np.empty(batch, dtype=np.uint8)
-    _kernels().top_k_rows(block, indices, values, has_nan, int(n_threads))
+    _kernels().top_k_rows(block, indices, values, has_nan, n_threads)
     _raise_on_nan(has_nan, "top_k")
     return indices, values
 
@@ -271,7 +287,7 @@ def _by_position(ranks: np.ndarray, position: np.ndarray, cutoffs: tuple) -> lis
 def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
                       mode: str = "conservative", batch_size: int = 512, by_position: bool = True,
                       targets: str = "all", progress: Callable[[int, int], None] | None = None,
-                      n_threads: int = 0) -> dict:
+                      n_threads: int = 1) -> dict:
     """Replay test sessions through ``scorer`` and rank every true next item (GRU4Rec protocol).
 
     scorer:   a :class:`SessionScorer` (``n_items`` must cover every item in ``sessions``).
@@ -284,7 +300,8 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
               the last event of each session (leave-last-out), still feeding every earlier click.
     progress: optional ``progress(n_done, n_total)`` called after every step, counted in scored
               clicks (``n_total`` = number of ``score`` rows of the whole replay).
-    n_threads: OpenMP threads of the rank kernel, 0 = OpenMP's default.
+    n_threads: OpenMP threads of the rank kernel (module docstring, *Threads*); 0 = OpenMP's
+              default.
 
     Each of ``batch_size`` slots walks one session (sessions taken in order of their first
     event's time); after a session's second-to-last click the slot takes the next session with
@@ -305,6 +322,7 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if targets not in ("all", "last"):
         raise ValueError(f"targets must be 'all' or 'last', got {targets!r}")
+    n_threads = _check_threads(n_threads)
     n_items = int(scorer.n_items)
     if sessions.n_events and int(sessions.items.max()) >= n_items:
         raise ValueError(f"sessions hold item index {int(sessions.items.max())} but the scorer "

@@ -330,6 +330,7 @@ def test_nan_scores_are_refused():
     ({"batch_size": 0}, "batch_size"),
     ({"batch_size": 2.0}, "batch_size"),
     ({"targets": "first"}, "targets"),
+    ({"n_threads": -1}, "n_threads"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

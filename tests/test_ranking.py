@@ -72,7 +72,7 @@ def test_rank_distinct_scores_random():
                                       reference_ranks(scores, targets, "optimistic"))
 
 
-@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("n_threads", [0, 1, 2, 3])
 def test_rank_thread_counts_agree(n_threads):
     rng = np.random.default_rng(2)
     scores = tied_scores(rng, 40, 3001, levels=7)  # big enough to use the OpenMP path
@@ -182,7 +182,7 @@ def test_top_k_threads_and_conversion():
     rng = np.random.default_rng(6)
     scores = tied_scores(rng, 50, 2000, levels=5).astype(np.float64)
     ref_idx, _ = reference_top_k(scores.astype(np.float32), 25)
-    for n_threads in (1, 2):
+    for n_threads in (0, 1, 2, 3):
         np.testing.assert_array_equal(top_k(scores, 25, n_threads=n_threads)[0], ref_idx)
     np.testing.assert_array_equal(top_k(np.asfortranarray(scores), 25)[0], ref_idx)
 
@@ -205,6 +205,15 @@ def test_top_k_nan_and_bad_k():
             top_k(np.zeros((2, 10), dtype=np.float32), k)
     idx, val = top_k(np.zeros((0, 10), dtype=np.float32), 4)
     assert idx.shape == (0, 4) and val.shape == (0, 4)
+
+
+@pytest.mark.parametrize("n_threads", [-1, 1.0, True, None])
+def test_bad_thread_counts(n_threads):
+    scores = np.zeros((2, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="n_threads"):
+        rank_targets(scores, [0, 1], n_threads=n_threads)
+    with pytest.raises(ValueError, match="n_threads"):
+        top_k(scores, 1, n_threads=n_threads)
 
 
 def test_kernel_introspection():
