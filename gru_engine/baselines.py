@@ -403,18 +403,23 @@ class BPRMF(SessionModel):
     Parameters
     ----------
     n_factors : int >= 1, default 100.
-    n_epochs : int >= 1, default 10.
-    learning_rate : float > 0, default 0.05 (plain SGD step).
-    lambda_session, lambda_item : float >= 0, default 0.0 / 0.0 — L2 regularisation.
+    n_epochs : int >= 1, default 20.
+    learning_rate : float > 0, default 0.2 (plain SGD step).
+    lambda_session, lambda_item : float >= 0, default 0.001 — L2 regularisation.
     init_std : float > 0, default 0.05 — factors start as Normal(0, init_std); biases start at 0.
     random_state : int or None — seeds initialisation, event order and negatives.
+
+    The defaults were chosen on validation splits (rsc15-100k train_tr -> train_valid and the
+    last 10% of the diginetica training sessions): with factors this small at the start, a
+    learning rate of 0.01-0.05 for 10 epochs barely moves them (Recall@20 0.01-0.15 on
+    diginetica), 0.2 for 20 epochs reaches ~0.38-0.40 there.
 
     Fitted: ``item_factors_`` (n_items, n_factors) float32, ``item_bias_`` (n_items,) float32,
     ``loss_history_`` list of mean BPR loss per epoch.
     """
 
-    def __init__(self, n_factors: int = 100, n_epochs: int = 10, learning_rate: float = 0.05,
-                 lambda_session: float = 0.0, lambda_item: float = 0.0, init_std: float = 0.05,
+    def __init__(self, n_factors: int = 100, n_epochs: int = 20, learning_rate: float = 0.2,
+                 lambda_session: float = 0.001, lambda_item: float = 0.001, init_std: float = 0.05,
                  random_state: int | None = None):
         self.n_factors = n_factors
         self.n_epochs = n_epochs
