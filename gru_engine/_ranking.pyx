@@ -22,7 +22,7 @@ cdef extern from *:
     int gru_openmp_enabled() noexcept nogil
     int gru_max_threads() noexcept nogil
 
-# Below this many scores per call the OpenMP team costs more than it saves.
+# Calls with fewer scores than this stay on the calling thread (waking a team is not free).
 cdef Py_ssize_t _PARALLEL_MIN_WORK = 1 << 16
 # Top-k scans a row in chunks of this many scores; see _top_k_row.
 cdef enum:
