@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gru_engine import preprocess as P
-from gru_engine.data import read_events, write_events
+from gru_engine.data import read_events
 
 T0 = 1_400_000_000.0
 
@@ -261,6 +261,8 @@ def test_bundled_sample_split_is_reproduced():
 def reader(request, monkeypatch):
     if request.param == "csv":
         monkeypatch.setitem(sys.modules, "pandas", None)
+    else:
+        pytest.importorskip("pandas")
     return request.param
 
 
@@ -392,4 +394,3 @@ def test_written_files_read_back_with_the_data_layer(tmp_path):
     test_sessions, _, test_report = build_sessions(read_events(result["paths"]["test"]), index)
     assert report.n_short_sessions == 0 and test_report.n_unknown_item_events == 0
     assert train_sessions.n_events == 16 and test_sessions.n_events == 5
-    write_events(tmp_path / "x.tsv", result["test"])
