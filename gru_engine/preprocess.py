@@ -35,7 +35,7 @@ import os
 
 import numpy as np
 
-from .data import read_events, write_events
+from .data import extract_events, read_events, write_events
 
 logger = logging.getLogger("gru_engine")
 
@@ -157,7 +157,9 @@ def preprocess(events: dict, min_item_support: int = 5, min_session_length: int 
                out_dir: str | os.PathLike | None = None, name: str = "events") -> dict:
     """Run the GRU4Rec preprocessing (module docstring, steps 1-7) on raw events.
 
-    events: dict with 'SessionId', 'ItemId', 'Time' (Unix seconds) equal-length 1-D arrays.
+    events: dict with 'SessionId', 'ItemId', 'Time' (Unix seconds) equal-length 1-D arrays,
+    validated as by :func:`~gru_engine.data.extract_events` (``ValueError`` on missing ids,
+    NaN / infinite / non-numeric times, an empty table).
     Returns a dict: ``'train'``, ``'test'``, ``'train_tr'``, ``'train_valid'`` (event dicts, each
     sorted by session then time), ``'stats'`` (step name -> ``{'events', 'sessions', 'items'}``,
     in pipeline order) and ``'paths'`` (split -> file written; empty without ``out_dir``).
@@ -169,6 +171,7 @@ def preprocess(events: dict, min_item_support: int = 5, min_session_length: int 
         raise ValueError(f"min_item_support and min_session_length must be >= 1, got "
                          f"{min_item_support} and {min_session_length}")
     valid_days = test_days if valid_days is None else valid_days
+    events = dict(zip(KEYS, extract_events(events, *KEYS)))
     stats: dict = {}
     data = _log_step(stats, "input", sort_events(events))
     data = _log_step(stats, "filter_short_sessions", filter_short_sessions(data, min_session_length))

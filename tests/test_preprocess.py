@@ -224,6 +224,12 @@ def test_pipeline_errors():
         P.preprocess(one_day, min_item_support=1)
     with pytest.raises(ValueError, match="must be >= 1"):
         P.preprocess(one_day, min_item_support=0)
+    bad = hand_events()
+    bad["Time"][3] = np.nan
+    with pytest.raises(ValueError, match="'Time' has 1 missing"):
+        P.preprocess(bad)
+    with pytest.raises(ValueError, match="empty"):
+        P.preprocess({k: np.array([]) for k in P.KEYS})
 
 
 def test_empty_splits_are_warned_about(caplog):
