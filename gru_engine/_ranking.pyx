@@ -10,6 +10,42 @@ from libc.stdint cimport int64_t, uint8_t
 
 cdef extern from *:
     """
+    #include <stdint.h>
+    /* The two scans that dominate the kernels, in C so that GCC can also build AVX2 clones of
+       them, picked at load time on CPUs that have AVX2 (the baseline x86-64 build is SSE2). */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define GRU_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+    #else
+    #define GRU_SIMD_CLONES
+    #endif
+
+    /* Branch-free counts over one row; 32-bit counters keep the lanes as wide as the float32
+       lanes, so the loop vectorises into compare + subtract (n < 2**31 is checked by the
+       caller). */
+    GRU_SIMD_CLONES
+    static void gru_count_row(const float *row, Py_ssize_t n, float t, int64_t *n_greater,
+                              int64_t *n_equal, uint8_t *has_nan) {
+        int gt = 0, eq = 0, nan = 0;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            float s = row[j];
+            gt += s > t;
+            eq += s == t;
+            nan |= s != s;
+        }
+        *n_greater = gt;
+        *n_equal = eq;
+        *has_nan = (uint8_t)nan;
+    }
+
+    /* Number of scores in row[0:n] that are not <= thr (greater, or NaN). */
+    GRU_SIMD_CLONES
+    static int gru_count_not_le(const float *row, Py_ssize_t n, float thr) {
+        int hits = 0;
+        for (Py_ssize_t j = 0; j < n; j++)
+            hits += !(row[j] <= thr);
+        return hits;
+    }
+
     #ifdef _OPENMP
     #include <omp.h>
     static int gru_openmp_enabled(void) { return 1; }
@@ -21,6 +57,9 @@ cdef extern from *:
     """
     int gru_openmp_enabled() noexcept nogil
     int gru_max_threads() noexcept nogil
+    void gru_count_row(const float* row, Py_ssize_t n, float t, int64_t* n_greater,
+                       int64_t* n_equal, uint8_t* has_nan) noexcept nogil
+    int gru_count_not_le(const float* row, Py_ssize_t n, float thr) noexcept nogil
 
 # Calls with fewer scores than this stay on the calling thread (waking a team is not free).
 cdef Py_ssize_t _PARALLEL_MIN_WORK = 1 << 16
@@ -52,25 +91,6 @@ cdef inline Py_ssize_t _rows_per_chunk(Py_ssize_t n) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 # rank: one pass per row, branch-free counting
 # ---------------------------------------------------------------------------------------------
-cdef inline void _count_row(const float* row, Py_ssize_t n, float t, int64_t* n_greater,
-                            int64_t* n_equal, uint8_t* has_nan) noexcept nogil:
-    # 32-bit counters keep the lanes as wide as the float32 lanes so that GCC vectorises the
-    # loop into compare + subtract; n < 2**31 is checked by the caller.
-    cdef int gt = 0
-    cdef int eq = 0
-    cdef int nan = 0
-    cdef Py_ssize_t j
-    cdef float s
-    for j in range(n):
-        s = row[j]
-        gt += s > t
-        eq += s == t
-        nan |= s != s
-    n_greater[0] = gt
-    n_equal[0] = eq
-    has_nan[0] = nan
-
-
 def rank_counts(const float[:, ::1] scores, const int64_t[::1] targets,
                 int64_t[::1] n_greater, int64_t[::1] n_equal, uint8_t[::1] has_nan,
                 int n_threads=0):
@@ -94,8 +114,8 @@ def rank_counts(const float[:, ::1] scores, const int64_t[::1] targets,
     with nogil:
         for i in prange(B, num_threads=nt, schedule="dynamic", chunksize=_rows_per_chunk(n),
                        use_threads_if=parallel):
-            _count_row(&scores[i, 0], n, scores[i, targets[i]],
-                       &n_greater[i], &n_equal[i], &has_nan[i])
+            gru_count_row(&scores[i, 0], n, scores[i, targets[i]],
+                          &n_greater[i], &n_equal[i], &has_nan[i])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +151,6 @@ cdef inline void _top_k_row(const float* row, Py_ssize_t n, Py_ssize_t k, float*
     cdef float s, thr, tv
     cdef int64_t ti
     cdef int nan = 0
-    cdef int hits
     for j in range(k):
         s = row[j]
         v[j] = s
@@ -147,10 +166,7 @@ cdef inline void _top_k_row(const float* row, Py_ssize_t n, Py_ssize_t k, float*
         end = start + _TOP_K_CHUNK if n - start > _TOP_K_CHUNK else n
         # Branch-free (vectorised) test first: most chunks hold nothing better than the worst
         # kept entry once the heap has filled up; NaN fails `s <= thr` too.
-        hits = 0
-        for j in range(start, end):
-            hits += not (row[j] <= thr)
-        if hits:
+        if gru_count_not_le(row + start, end - start, thr):
             for j in range(start, end):
                 s = row[j]
                 # Items come in increasing index order, so an item tying with the worst kept
