@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+import warnings
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -49,7 +50,8 @@ def _kernels():
 # ranking
 # ---------------------------------------------------------------------------------------------
 def _score_block(scores, name: str = "scores") -> np.ndarray:
-    """``scores`` as a C-contiguous (B, n_items) float32 array (copied only when needed)."""
+    """``scores`` as a C-contiguous (B, n_items) float32 array (copied only when needed; a
+    warning when the dtype changes)."""
     arr = np.asarray(scores)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (batch, n_items) array, got shape {arr.shape}")
@@ -59,6 +61,9 @@ def _score_block(scores, name: str = "scores") -> np.ndarray:
         raise ValueError(f"{name} has no item column (shape {arr.shape})")
     if arr.shape[1] >= 2**31:
         raise ValueError(f"{name} has {arr.shape[1]} columns; at most 2**31 - 1 are supported")
+    if arr.dtype != np.float32:
+        warnings.warn(f"{name} converted from {arr.dtype} to float32 (rounding can create ties); "
+                      "pass float32 to avoid the copy", stacklevel=3)
     if arr.dtype != np.float32 or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr, dtype=np.float32)
     return arr
@@ -82,7 +87,8 @@ def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 1
 
     scores:  (B, n_items) scores, higher is better. float32 C-contiguous input is used as is;
              anything else (float64, strided, integer) is converted once to a C-contiguous
-             float32 copy — note that rounding float64 to float32 can create ties.
+             float32 copy, with a ``UserWarning`` when the dtype changes (rounding float64 to
+             float32 can create ties).
     targets: (B,) integer item indices in ``[0, n_items)``.
     mode:    ``'conservative'`` (default): number of items scoring >= the target (the target
              counts itself, ties count against the model); ``'optimistic'`` (alias

@@ -288,7 +288,8 @@ def test_scorers_follow_the_protocol():
 
 def test_float64_scores_are_accepted():
     sessions = make_sessions(HAND_SESSIONS)
-    a = evaluate_sessions(TableScorer(HAND_TABLE, np.float64), sessions)
+    with pytest.warns(UserWarning, match="float64"):
+        a = evaluate_sessions(TableScorer(HAND_TABLE, np.float64), sessions)
     b = evaluate_sessions(TableScorer(HAND_TABLE), sessions)
     assert strip(a) == strip(b)
 

@@ -81,24 +81,34 @@ def test_rank_thread_counts_agree(n_threads):
                                   reference_ranks(scores, targets, "conservative"))
 
 
-def test_rank_converts_float64_and_strided_input():
+def test_rank_converts_float64_and_strided_input(recwarn):
     rng = np.random.default_rng(3)
     base = tied_scores(rng, 12, 50)
     targets = rng.integers(0, 25, size=6)
-    strided = base[::2, ::2]  # non-contiguous float32
+    strided = base[::2, ::2]  # non-contiguous float32: copied silently
     assert not strided.flags.c_contiguous
     np.testing.assert_array_equal(rank_targets(strided, targets),
                                   reference_ranks(np.ascontiguousarray(strided), targets, "conservative"))
     fortran = np.asfortranarray(base)
     t12 = rng.integers(0, 50, size=12)
     np.testing.assert_array_equal(rank_targets(fortran, t12), reference_ranks(base, t12, "conservative"))
+    assert len(recwarn) == 0
     as64 = base.astype(np.float64)
-    np.testing.assert_array_equal(rank_targets(as64, t12), reference_ranks(base, t12, "conservative"))
+    with pytest.warns(UserWarning, match="float64 to float32"):
+        np.testing.assert_array_equal(rank_targets(as64, t12), reference_ranks(base, t12, "conservative"))
     as_int = (base * 4).astype(np.int64)
-    np.testing.assert_array_equal(rank_targets(as_int, t12), reference_ranks(base, t12, "conservative"))
+    with pytest.warns(UserWarning, match="int64 to float32"):
+        np.testing.assert_array_equal(rank_targets(as_int, t12), reference_ranks(base, t12, "conservative"))
     # int32 / uint targets are accepted
     np.testing.assert_array_equal(rank_targets(base, t12.astype(np.int32)),
                                   rank_targets(base, t12.astype(np.uint16)))
+
+
+def test_float64_rounding_ties_are_counted():
+    # 1 + 1e-12 and 1 differ in float64 but are the same float32: a tie after conversion
+    scores = np.array([[1.0 + 1e-12, 1.0, 0.5]])
+    with pytest.warns(UserWarning, match="ties"):
+        assert rank_targets(scores, [1])[0] == 2
 
 
 def test_rank_readonly_input():
@@ -180,11 +190,13 @@ def test_top_k_descending_input_is_worst_case_for_heap():
 
 def test_top_k_threads_and_conversion():
     rng = np.random.default_rng(6)
-    scores = tied_scores(rng, 50, 2000, levels=5).astype(np.float64)
-    ref_idx, _ = reference_top_k(scores.astype(np.float32), 25)
+    scores = tied_scores(rng, 50, 2000, levels=5)
+    ref_idx, _ = reference_top_k(scores, 25)
     for n_threads in (0, 1, 2, 3):
         np.testing.assert_array_equal(top_k(scores, 25, n_threads=n_threads)[0], ref_idx)
     np.testing.assert_array_equal(top_k(np.asfortranarray(scores), 25)[0], ref_idx)
+    with pytest.warns(UserWarning, match="float64"):
+        np.testing.assert_array_equal(top_k(scores.astype(np.float64), 25)[0], ref_idx)
 
 
 def test_top_k_nan_and_bad_k():
