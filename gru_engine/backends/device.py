@@ -120,9 +120,12 @@ class Device:
                     raise ValueError(f"kernel {kernel} argument {pos}: expected a {kind[0]} "
                                      f"scalar, got {type(arg).__name__}")
                 dtype = np.dtype(kind[0])
+                if dtype.kind in "iu":
+                    info = np.iinfo(dtype)
+                    if not (isinstance(arg, (int, np.integer)) and info.min <= int(arg) <= info.max):
+                        raise ValueError(f"kernel {kernel} argument {pos}: {arg!r} is not an "
+                                         f"integer or overflows {kind[0]}")
                 value = dtype.type(arg)
-                if dtype.kind in "iu" and int(value) != int(arg):
-                    raise ValueError(f"kernel {kernel} argument {pos}: {arg!r} overflows {kind[0]}")
                 out.append(value)
         self.stats["launches"] += 1
         return out

@@ -1,0 +1,479 @@
+"""GRU4Rec training step and scoring on a CUDA device, written once against :class:`Device`.
+
+:class:`CudaTrainer` runs the session-parallel training step of the reference page
+(``/work/shared/GRU4REC-REFERENCE.md``) on device arrays; :class:`CudaScorer` follows the
+evaluator's scorer protocol (``begin(n_rows)``, ``score(rows, items, new_session)``) and adds
+device-side ``rank`` and ``topk``. Both run unchanged on :class:`~.device.CupyDevice` (GPU) and
+:class:`~.device.EmulatedDevice` (the CPU emulator used by the tests).
+
+Parameter layout (shared with the CPU backend; float32): ``{'Wx': [L], 'bx': [L], 'Wh': [L],
+'bhn': [L], 'Wy': (n_items, H_last), 'By': (n_items,), 'E': (n_items, k) optional}``, gates
+[r | z | n]. Input mode: ``'E'`` present -> embedding; else ``constrained_embedding=True`` ->
+``x = Wy[item]``; else one-hot (``Wx[0]`` is (n_items, 3H_0), a row lookup).
+
+One training step with R rows, L layers, C = R + n_sample sampled columns::
+
+    layer-0 input gather (+ dropout)  -> per layer: GEMM x@Wx, bias, GEMM h@Wh, fused cell
+    -> gather Wy/By[cols] -> GEMM scores, bias [-> final act] -> fused loss (+ dS)
+    -> GEMMs dBy/dWy/dh -> per layer: fused cell backward, GEMMs dWx/dWh/dx, column sums
+    -> dense Adagrad per GRU array -> sparse Adagrad (claim/combine/update) for item rows
+
+Launches per step (counted with ``device.stats`` in the tests): 9L + 12 kernels and 5L + 3 GEMMs
+for L layers (one-hot input: one kernel more, 3 GEMMs fewer; dropout adds L (+1) mask kernels,
+logq 2 gathers, a final activation 2 kernels). Why launch overhead is not the bottleneck: at
+the smallest benchmark shape (H=100, B=64, n_sample=2048) a step issues ~30 launches x ~3 us
+of CPU-side enqueue = ~0.1 ms, while the work (mostly the (64 x 100) @ (100 x 2112) score GEMM,
+its two backward GEMMs and the per-row loss over 2112 columns, see ``bench/cuda_static.py``) is
+of the same order; the launches are asynchronous, so the GPU runs step t while Python enqueues
+step t+1, and nothing in a step synchronises with the host (the loss accumulates on the device
+and is read once per epoch). At H=1000, B=256 the GEMMs dominate by ~10x. Where launch latency
+still shows (very small shapes), the whole step can be captured once into a CUDA graph with
+CuPy stream capture (``stream.begin_capture(); trainer.step(...); graph = stream.end_capture()``)
+and replayed per step, provided the per-step inputs are first copied into the same fixed
+staging buffers (``in_items``/``out_items``/``reset``/``src``/``sample``) and R is constant
+(true for every step but the shrinking tail of an epoch, which runs uncaptured).
+
+Data stays on the device for the whole epoch: :meth:`CudaTrainer.run_epoch` copies the epoch's
+schedule and sample store once and only slices them per step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .device import Device
+
+INT_MAX = 2 ** 31 - 1
+BLOCK = 256
+LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
+RANK_MODES = {"conservative": 0, "optimistic": 1, "standard": 1, "median": 2}
+
+
+def _grid(n: int) -> int:
+    return max(1, (int(n) + BLOCK - 1) // BLOCK)
+
+
+def _as_list(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+class _Net:
+    """Shapes and device arrays of the network parameters (shared by trainer and scorer)."""
+
+    def __init__(self, device: Device, params: dict, constrained_embedding: bool):
+        self.dev = device
+        for key in ("Wx", "bx", "Wh", "bhn", "Wy", "By"):
+            if key not in params:
+                raise ValueError(f"params lacks {key!r}")
+        p = {k: [device.to_device(a, np.float32) for a in _as_list(params[k])]
+             for k in ("Wx", "bx", "Wh", "bhn")}
+        p["Wy"] = device.to_device(params["Wy"], np.float32)
+        p["By"] = device.to_device(np.reshape(params["By"], -1), np.float32)
+        if params.get("E") is not None:
+            p["E"] = device.to_device(params["E"], np.float32)
+        self.p = p
+        self.L = len(p["Wh"])
+        self.H = [int(w.shape[0]) for w in p["Wh"]]
+        self.n_items = int(p["Wy"].shape[0])
+        if "E" in p:
+            self.mode = "embedding"
+        elif constrained_embedding:
+            self.mode = "constrained"
+        else:
+            self.mode = "onehot"
+        in0 = {"embedding": lambda: int(p["E"].shape[1]), "constrained": lambda: self.H[-1],
+               "onehot": lambda: self.n_items}[self.mode]()
+        self.in_sizes = [in0] + self.H[:-1]
+        for l in range(self.L):
+            H = self.H[l]
+            want = {"Wx": (self.in_sizes[l], 3 * H), "bx": (3 * H,), "Wh": (H, 3 * H), "bhn": (H,)}
+            for key, shape in want.items():
+                if tuple(p[key][l].shape) != shape:
+                    raise ValueError(f"params[{key!r}][{l}] has shape {tuple(p[key][l].shape)}, "
+                                     f"expected {shape} (mode {self.mode})")
+        if tuple(p["Wy"].shape) != (self.n_items, self.H[-1]) or p["By"].shape[0] != self.n_items:
+            raise ValueError(f"Wy/By shapes {tuple(p['Wy'].shape)}/{tuple(p['By'].shape)} do "
+                             f"not match n_items={self.n_items}, H_last={self.H[-1]}")
+
+    def to_host(self) -> dict:
+        out = {k: [self.dev.to_host(a) for a in self.p[k]] for k in ("Wx", "bx", "Wh", "bhn")}
+        for k in ("Wy", "By", "E"):
+            if k in self.p:
+                out[k] = self.dev.to_host(self.p[k])
+        return out
+
+    def input_layer0(self, items, R, gx0, x0, embed_scale=None):
+        """gx0 (R, 3H0) of the layer-0 input; x0 (R, in0) receives the input vector (not in
+        one-hot mode). embed_scale: (R, in0) dropout mask, or (R,) per-row scale for one-hot."""
+        d, p, H3 = self.dev, self.p, 3 * self.H[0]
+        if self.mode == "onehot":
+            d.launch("gather_rows", _grid(R * H3), BLOCK,
+                     [p["Wx"][0], H3, items, R, H3, p["bx"][0], embed_scale, gx0, H3])
+            return
+        src = p["E"] if self.mode == "embedding" else p["Wy"]
+        k = self.in_sizes[0]
+        d.launch("gather_rows", _grid(R * k), BLOCK, [src, k, items, R, k, None, None, x0, k])
+        if embed_scale is not None:
+            d.launch("multiply_inplace", _grid(R * k), BLOCK, [x0, embed_scale, R * k])
+        d.gemm(x0, p["Wx"][0], out=gx0)
+        d.launch("add_bias", _grid(R * H3), BLOCK, [gx0, p["bx"][0], R, H3])
+
+
+class CudaTrainer:
+    """Session-parallel GRU4Rec training on a :class:`Device` (see the module docstring).
+
+    Arguments mirror the model's hyperparameters. ``item_support`` (n_items,) training event
+    counts, needed for ``logq > 0`` with cross-entropy. ``final_act``: (code, param) as
+    :func:`gru_engine.params.parse_final_act` (0 linear, 1 relu, 2 tanh, 3 leaky, 4 elu).
+    Hidden state: ``self.h[l]`` (batch_size, H_l) device arrays, rows compact (row r of a step
+    is row r of the state after it).
+    """
+
+    def __init__(self, device: Device, params: dict, *, batch_size: int, n_sample: int,
+                 loss: str = "cross-entropy", constrained_embedding: bool = True,
+                 final_act=(0, 0.0), bpreg: float = 0.0, elu_param: float = 0.0,
+                 logq: float = 0.0, sample_alpha: float = 0.5, item_support=None,
+                 learning_rate: float = 0.05, momentum: float = 0.0,
+                 dropout_p_embed: float = 0.0, dropout_p_hidden: float = 0.0, seed: int = 42):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.dev = device
+        self.net = _Net(device, params, constrained_embedding)
+        self.loss = loss
+        self.batch_size, self.n_sample = int(batch_size), int(n_sample)
+        self.final_act = (int(final_act[0]), float(final_act[1]))
+        self.bpreg, self.elu_param = float(bpreg), float(elu_param)
+        self.lr, self.momentum = float(learning_rate), float(momentum)
+        self.p_embed, self.p_hidden = float(dropout_p_embed), float(dropout_p_hidden)
+        self.seed = int(seed) & 0xFFFFFFFF
+        self.n_steps = 0
+        d, net = device, self.net
+        self.acc = {k: [d.zeros(a.shape) for a in v] if isinstance(v, list) else d.zeros(v.shape)
+                    for k, v in net.p.items()}
+        self.vel = {k: [d.zeros(a.shape) for a in v] if isinstance(v, list) else d.zeros(v.shape)
+                    for k, v in net.p.items()}
+        self.corr_item = None
+        if loss == "cross-entropy" and logq > 0:
+            if item_support is None:
+                raise ValueError("logq > 0 needs item_support (training event count per item)")
+            log_q = np.log(np.asarray(item_support, dtype=np.float64))
+            # in-batch columns use the raw support, sampled columns support^sample_alpha
+            self.corr_item = (d.to_device(logq * log_q, np.float32),
+                              d.to_device(logq * sample_alpha * log_q, np.float32))
+        B, C = self.batch_size, self.batch_size + self.n_sample
+        self.owner = d.full((net.n_items,), INT_MAX, np.int32)
+        self.loss_sum = d.zeros((1,))
+        self.h = [d.zeros((B, H)) for H in net.H]
+        self.h_prev = [d.zeros((B, H)) for H in net.H]
+        self.arange = d.to_device(np.arange(max(B, C), dtype=np.int32))
+        self._flat = {}
+
+    # ---- scratch buffers: flat allocations, viewed per step at the current size ------------
+    def _buf(self, name, shape, dtype=np.float32):
+        n = int(np.prod(shape))
+        cur = self._flat.get(name)
+        if cur is None or cur.size < n or cur.dtype != np.dtype(dtype):
+            cur = self.dev.empty((max(n, 1),), dtype)
+            self._flat[name] = cur
+        return cur[:n].reshape(shape)
+
+    def reset_state(self):
+        """Zero the hidden state (start of an epoch)."""
+        for h in self.h:
+            h.fill(0)
+
+    def params_to_host(self) -> dict:
+        return self.net.to_host()
+
+    def take_loss_sum(self) -> float:
+        """Sum of step losses (each = sum over rows / batch_size) since the last call; syncs."""
+        value = float(self.dev.to_host(self.loss_sum)[0])
+        self.loss_sum.fill(0)
+        return value
+
+    def _masks(self, R, masks):
+        """Dropout masks of this step: given (tests) or drawn by the ``dropout_mask`` kernel."""
+        net, d = self.net, self.dev
+        embed = hidden = None
+        if masks is not None:
+            embed, hidden = masks.get("embed"), masks.get("hidden")
+        step_stream = self.n_steps * (net.L + 1)
+        if embed is None and self.p_embed > 0:
+            width = 1 if net.mode == "onehot" else net.in_sizes[0]
+            embed = self._buf("mask_e", (R,) if width == 1 else (R, width))
+            d.launch("dropout_mask", _grid(embed.size), BLOCK,
+                     [embed, embed.size, self.p_embed, self.seed, step_stream])
+        if hidden is None:
+            hidden = [None] * net.L
+            if self.p_hidden > 0:
+                for l in range(net.L):
+                    hidden[l] = self._buf(f"mask_h{l}", (R, net.H[l]))
+                    d.launch("dropout_mask", _grid(R * net.H[l]), BLOCK,
+                             [hidden[l], R * net.H[l], self.p_hidden, self.seed,
+                              step_stream + 1 + l])
+        return embed, hidden
+
+    def _sparse_update(self, p, acc, vel, G, idx, n, W):
+        d = self.dev
+        blk = min(BLOCK, 32 * ((W + 31) // 32))
+        d.launch("sparse_claim", _grid(n), BLOCK, [idx, n, self.owner])
+        d.launch("sparse_combine", n, blk, [G, idx, n, W, self.owner])
+        d.launch("sparse_adagrad", n, blk,
+                 [p, acc, vel, G, idx, n, W, self.owner, self.lr, self.momentum])
+
+    def _dense_update(self, p, acc, vel, g):
+        self.dev.launch("adagrad_dense", _grid(p.size), BLOCK,
+                        [p, g, acc, vel, p.size, self.lr, self.momentum])
+
+    def step(self, in_items, out_items, reset, sample, src=None, masks=None):
+        """One training step; nothing is synchronised with the host.
+
+        in_items, out_items: (R,) int32 device arrays (input / target item per row);
+        reset: (R,) uint8, 1 where the row's session starts (hidden state 0);
+        sample: (n_sample,) int32 shared negatives; src: (R,) int32 row of each row in the
+        previous step's state (None = the same row; rows compact as in ``batching.py``);
+        masks: optional ``{'embed': .., 'hidden': [..]}`` fixed dropout masks (tests).
+        The step loss (sum over rows / batch_size) is added to ``self.loss_sum``.
+        """
+        d, net, p = self.dev, self.net, self.net.p
+        R = int(in_items.shape[0])
+        if not 1 <= R <= self.batch_size or int(sample.shape[0]) != self.n_sample:
+            raise ValueError(f"step with {R} rows / {int(sample.shape[0])} samples; trainer "
+                             f"built for batch_size={self.batch_size}, n_sample={self.n_sample}")
+        C, L, Hl = R + self.n_sample, net.L, net.H[-1]
+        embed_mask, hidden_masks = self._masks(R, masks)
+        # ---- forward --------------------------------------------------------------------
+        xs, gxs, saveds, hpes, outs = [], [], [], [], []
+        for l in range(L):
+            H = net.H[l]
+            gx = self._buf(f"gx{l}", (R, 3 * H))
+            if l == 0:
+                x = None if net.mode == "onehot" else self._buf("x0", (R, net.in_sizes[0]))
+                net.input_layer0(in_items, R, gx, x, embed_mask)
+            else:
+                x = outs[l - 1]
+                d.gemm(x, p["Wx"][l], out=gx)
+                d.launch("add_bias", _grid(R * 3 * H), BLOCK, [gx, p["bx"][l], R, 3 * H])
+            if src is None:
+                hprev = self.h[l][:R]
+            else:
+                hprev = self.h_prev[l][:R]
+                d.launch("gather_rows", _grid(R * H), BLOCK,
+                         [self.h[l], H, src, R, H, None, None, hprev, H])
+            gh = self._buf(f"gh{l}", (R, 3 * H))
+            d.gemm(hprev, p["Wh"][l], out=gh)
+            out, saved, hpe = (self._buf(f"out{l}", (R, H)), self._buf(f"saved{l}", (R, 4 * H)),
+                               self._buf(f"hpe{l}", (R, H)))
+            d.launch("gru_cell_forward", _grid(R * H), BLOCK,
+                     [gx, gh, p["bhn"][l], hprev, reset, hidden_masks[l], out, saved, hpe, R, H])
+            d.copy(self.h[l][:R], out)  # the dropped-out output is the carried state
+            xs.append(x); gxs.append(gx); saveds.append(saved); hpes.append(hpe); outs.append(out)
+        h_last = outs[-1]
+        # sampled columns [targets | negatives]; idx_wy also holds the inputs (constrained)
+        idx_wy = self._buf("idx_wy", (C + R,), np.int32)
+        cols = idx_wy[:C]
+        d.copy(cols[:R], out_items)
+        d.copy(cols[R:], sample)
+        wy_c = self._buf("wy_c", (C, Hl))
+        by_c = self._buf("by_c", (C,))
+        d.launch("gather_rows", _grid(C * Hl), BLOCK, [p["Wy"], Hl, cols, C, Hl, None, None, wy_c, Hl])
+        d.launch("gather_rows", _grid(C), BLOCK, [p["By"], 1, cols, C, 1, None, None, by_c, 1])
+        S = self._buf("S", (R, C))
+        d.gemm(h_last, wy_c, out=S, trans_b=True)
+        d.launch("add_bias", _grid(R * C), BLOCK, [S, by_c, R, C])
+        act, act_param = self.final_act
+        S_loss = S
+        if act != 0:
+            S_loss = self._buf("S_act", (R, C))
+            d.launch("final_act_forward", _grid(R * C), BLOCK, [S, S_loss, R * C, act, act_param])
+        dS = self._buf("dS", (R, C))
+        row_loss = self._buf("row_loss", (R,))
+        scale = 1.0 / self.batch_size
+        if self.loss == "cross-entropy":
+            corr = None
+            if self.corr_item is not None:
+                corr = self._buf("corr", (C,))
+                d.launch("gather_rows", _grid(R), BLOCK,
+                         [self.corr_item[0], 1, out_items, R, 1, None, None, corr, 1])
+                if self.n_sample:
+                    d.launch("gather_rows", _grid(self.n_sample), BLOCK,
+                             [self.corr_item[1], 1, sample, self.n_sample, 1, None, None,
+                              corr[R:], 1])
+            args = [S_loss, R, C, corr, None, scale, row_loss, self.loss_sum, dS]
+        elif self.loss == "bpr-max":
+            args = [S_loss, R, C, None, scale, self.bpreg, self.elu_param, row_loss,
+                    self.loss_sum, dS]
+        else:
+            args = [S_loss, R, C, None, scale, row_loss, self.loss_sum, dS]
+        d.launch("loss_" + self.loss.replace("-", "_"), R, BLOCK, args)
+        if act != 0:
+            d.launch("final_act_backward", _grid(R * C), BLOCK, [S, dS, dS, R * C, act, act_param])
+        # ---- backward (all gradients before any update) --------------------------------
+        dBy = self._buf("dBy", (C,))
+        d.launch("column_sum", _grid(C), BLOCK, [dS, R, C, C, dBy])
+        n_wy = C + R if net.mode == "constrained" else C
+        G_wy = self._buf("G_wy", (n_wy, Hl))
+        d.gemm(dS, h_last, out=G_wy[:C], trans_a=True)
+        dh = self._buf(f"dh{L - 1}", (R, Hl))
+        d.gemm(dS, wy_c, out=dh)
+        dense = []  # (param, acc, vel, grad)
+        G_in = None
+        for l in reversed(range(L)):
+            H = net.H[l]
+            d_gx, d_gh = self._buf(f"dgx{l}", (R, 3 * H)), self._buf(f"dgh{l}", (R, 3 * H))
+            d.launch("gru_cell_backward", _grid(R * H), BLOCK,
+                     [dh, saveds[l], hpes[l], hidden_masks[l], d_gx, d_gh, R, H])
+            dWh, dbx, dbhn = (self._buf(f"dWh{l}", (H, 3 * H)), self._buf(f"dbx{l}", (3 * H,)),
+                              self._buf(f"dbhn{l}", (H,)))
+            d.gemm(hpes[l], d_gh, out=dWh, trans_a=True)
+            d.launch("column_sum", _grid(3 * H), BLOCK, [d_gx, R, 3 * H, 3 * H, dbx])
+            d.launch("column_sum", _grid(H), BLOCK, [d_gh.reshape(-1)[2 * H:], R, 3 * H, H, dbhn])
+            dense += [(p["Wh"][l], self.acc["Wh"][l], self.vel["Wh"][l], dWh),
+                      (p["bx"][l], self.acc["bx"][l], self.vel["bx"][l], dbx),
+                      (p["bhn"][l], self.acc["bhn"][l], self.vel["bhn"][l], dbhn)]
+            if l == 0 and net.mode == "onehot":
+                G_in = d_gx
+                if embed_mask is not None:
+                    G_in = self._buf("G_in", (R, 3 * H))
+                    d.launch("gather_rows", _grid(R * 3 * H), BLOCK,
+                             [d_gx, 3 * H, self.arange, R, 3 * H, None, embed_mask, G_in, 3 * H])
+                continue
+            x = xs[l] if l == 0 else outs[l - 1]
+            dWx = self._buf(f"dWx{l}", (net.in_sizes[l], 3 * H))
+            d.gemm(x, d_gx, out=dWx, trans_a=True)
+            dense.append((p["Wx"][l], self.acc["Wx"][l], self.vel["Wx"][l], dWx))
+            if l > 0:
+                dh = self._buf(f"dh{l - 1}", (R, net.H[l - 1]))
+                d.gemm(d_gx, p["Wx"][l], out=dh, trans_b=True)
+            else:
+                G_in = G_wy[C:] if net.mode == "constrained" else self._buf("G_e", (R, net.in_sizes[0]))
+                d.gemm(d_gx, p["Wx"][0], out=G_in, trans_b=True)
+                if embed_mask is not None:
+                    d.launch("multiply_inplace", _grid(G_in.size), BLOCK, [G_in, embed_mask, G_in.size])
+        # ---- optimiser -------------------------------------------------------------------
+        for prm, acc, vel, g in dense:
+            self._dense_update(prm, acc, vel, g)
+        if net.mode == "constrained":
+            d.copy(idx_wy[C:], in_items)
+        self._sparse_update(p["Wy"], self.acc["Wy"], self.vel["Wy"], G_wy, idx_wy, n_wy, Hl)
+        self._sparse_update(p["By"], self.acc["By"], self.vel["By"], dBy, cols, C, 1)
+        if net.mode == "onehot":
+            H3 = 3 * net.H[0]
+            self._sparse_update(p["Wx"][0], self.acc["Wx"][0], self.vel["Wx"][0], G_in,
+                                in_items, R, H3)
+        elif net.mode == "embedding":
+            k = net.in_sizes[0]
+            self._sparse_update(p["E"], self.acc["E"], self.vel["E"], G_in, in_items, R, k)
+        self.n_steps += 1
+
+    def run_epoch(self, step_rows, inputs, targets, resets, srcs, sample_store, sample_offsets):
+        """Train one epoch from host arrays copied to the device ONCE, then sliced per step.
+
+        step_rows (n_steps,) rows per step; inputs/targets (sum rows,) int item indices;
+        resets (sum rows,) bool; srcs (sum rows,) int previous row of each row (as
+        ``batching.schedule_advance``'s ``src``); sample_store (store,) int item indices;
+        sample_offsets (n_steps,) start of each step's n_sample block in the store.
+        Returns the epoch's sum of step losses (one host sync at the end).
+        """
+        d = self.dev
+        ins = d.to_device(inputs, np.int32)
+        outs = d.to_device(targets, np.int32)
+        rst = d.to_device(np.asarray(resets).astype(np.uint8))
+        srcd = d.to_device(srcs, np.int32)
+        store = d.to_device(sample_store, np.int32)
+        pos = 0
+        for t, R in enumerate(np.asarray(step_rows, dtype=np.int64)):
+            R = int(R)
+            o = int(sample_offsets[t])
+            self.step(ins[pos:pos + R], outs[pos:pos + R], rst[pos:pos + R],
+                      store[o:o + self.n_sample], srcd[pos:pos + R])
+            pos += R
+        return self.take_loss_sum()
+
+
+class CudaScorer:
+    """Inference on the device for the evaluator's scorer protocol (no dropout).
+
+    ``begin(n_rows)`` zeroes an (n_rows, H_l) hidden state per layer; ``score(rows, items,
+    new_session)`` feeds one click per listed row (rows: (R,) int indices into the state,
+    distinct; items: (R,) int item indices; new_session: (R,) bool, True resets that row) and
+    returns float32 (R, n_items) scores ``h_last @ Wy.T + By`` on the host. ``rank`` and
+    ``topk`` do the same step but keep the score block on the device.
+    """
+
+    def __init__(self, device: Device, params: dict, constrained_embedding: bool = True):
+        self.dev = device
+        self.net = _Net(device, params, constrained_embedding)
+        self.h = None
+        self._flat = {}
+
+    _buf = CudaTrainer._buf
+
+    def begin(self, n_rows: int):
+        self.h = [self.dev.zeros((int(n_rows), H)) for H in self.net.H]
+
+    def _scores_device(self, rows, items, new_session):
+        if self.h is None:
+            raise ValueError("call begin(n_rows) before score()")
+        d, net, p = self.dev, self.net, self.net.p
+        R = len(rows)
+        rows_d = d.to_device(np.asarray(rows), np.int32)
+        items_d = d.to_device(np.asarray(items), np.int32)
+        reset_d = d.to_device(np.asarray(new_session).astype(np.uint8))
+        x = None
+        for l in range(net.L):
+            H = net.H[l]
+            gx = self._buf(f"gx{l}", (R, 3 * H))
+            if l == 0:
+                x0 = None if net.mode == "onehot" else self._buf("x0", (R, net.in_sizes[0]))
+                net.input_layer0(items_d, R, gx, x0)
+            else:
+                d.gemm(x, p["Wx"][l], out=gx)
+                d.launch("add_bias", _grid(R * 3 * H), BLOCK, [gx, p["bx"][l], R, 3 * H])
+            hprev = self._buf(f"hprev{l}", (R, H))
+            d.launch("gather_rows", _grid(R * H), BLOCK,
+                     [self.h[l], H, rows_d, R, H, None, None, hprev, H])
+            gh = self._buf(f"gh{l}", (R, 3 * H))
+            d.gemm(hprev, p["Wh"][l], out=gh)
+            out = self._buf(f"out{l}", (R, H))
+            d.launch("gru_cell_forward", _grid(R * H), BLOCK,
+                     [gx, gh, p["bhn"][l], hprev, reset_d, None, out,
+                      self._buf(f"saved{l}", (R, 4 * H)), self._buf(f"hpe{l}", (R, H)), R, H])
+            d.launch("scatter_rows", _grid(R * H), BLOCK, [out, rows_d, R, H, self.h[l]])
+            x = out
+        N = net.n_items
+        S = self._buf("S", (R, N))
+        d.gemm(x, p["Wy"], out=S, trans_b=True)
+        d.launch("add_bias", _grid(R * N), BLOCK, [S, p["By"], R, N])
+        return S
+
+    def score(self, rows, items, new_session):
+        return self.dev.to_host(self._scores_device(rows, items, new_session))
+
+    def rank(self, rows, items, new_session, targets, mode: str = "conservative"):
+        """(R,) float32 rank of each row's target item among all items (1 = best)."""
+        if mode not in RANK_MODES:
+            raise ValueError(f"mode must be one of {sorted(RANK_MODES)}, got {mode!r}")
+        S = self._scores_device(rows, items, new_session)
+        R, N = S.shape
+        ranks = self._buf("ranks", (R,))
+        self.dev.launch("rank_targets", R, BLOCK,
+                        [S, R, N, self.dev.to_device(np.asarray(targets), np.int32),
+                         RANK_MODES[mode], ranks])
+        return self.dev.to_host(ranks)
+
+    def topk(self, rows, items, new_session, k: int):
+        """Top-k items per row, best first (ties: lower index first): (R, k) int32 indices
+        and float32 scores."""
+        S = self._scores_device(rows, items, new_session)
+        return topk_device(self.dev, S, k)
+
+
+def topk_device(device: Device, S, k: int):
+    """Top-k of each row of a device score block S (R, N); returns host (idx, vals)."""
+    R, N = S.shape
+    if not 1 <= int(k) <= N:
+        raise ValueError(f"k must be in [1, {N}], got {k!r}")
+    idx = device.empty((R, int(k)), np.int32)
+    vals = device.empty((R, int(k)), np.float32)
+    device.launch("topk_rows", R, BLOCK, [S, R, N, int(k), idx, vals], shared_mem=8 * int(k))
+    return device.to_host(idx), device.to_host(vals)

@@ -1,0 +1,627 @@
+"""The CUDA kernels (kernels/*.cu) and the CUDA training step, run through the CPU emulator.
+
+Every kernel output buffer is pre-filled with NaN (an unwritten element fails) and compared with
+the float64 references of tests/cuda_reference.py on awkward sizes. The emulator itself is
+checked on deliberately broken kernels (tests/cuda_fixtures/racy.cu).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cuda_reference as ref
+from gru_engine.backends import kernels as K
+from gru_engine.backends.cuda import BLOCK, CudaScorer, CudaTrainer, topk_device
+from gru_engine.backends.device import EmulatedDevice, EmulatedLibrary, get_device
+
+pytestmark = [pytest.mark.cuda_emulated,
+              pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found: the CUDA "
+                                 "emulator compiles kernels/*.cu with g++")]
+
+FIXTURES = Path(__file__).parent / "cuda_fixtures"
+RTOL, ATOL = 1e-4, 1e-5
+
+# Every extern "C" __global__ entry point of kernels/*.cu -> the test exercising it here.
+KERNEL_TESTS = {
+    "gru_cell_forward": "test_gru_cell_forward",
+    "gru_cell_backward": "test_gru_cell_backward",
+    "gather_rows": "test_gather_rows",
+    "scatter_rows": "test_scatter_rows",
+    "add_bias": "test_add_bias",
+    "column_sum": "test_column_sum",
+    "multiply_inplace": "test_multiply_inplace",
+    "dropout_mask": "test_dropout_mask",
+    "final_act_forward": "test_final_act",
+    "final_act_backward": "test_final_act",
+    "loss_cross_entropy": "test_loss_kernel",
+    "loss_bpr_max": "test_loss_kernel",
+    "loss_top1_max": "test_loss_kernel",
+    "loss_bpr": "test_loss_kernel",
+    "loss_top1": "test_loss_kernel",
+    "adagrad_dense": "test_adagrad_dense",
+    "sparse_claim": "test_sparse_adagrad",
+    "sparse_combine": "test_sparse_adagrad",
+    "sparse_adagrad": "test_sparse_adagrad",
+    "rank_targets": "test_rank_targets",
+    "topk_rows": "test_topk_rows",
+}
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return EmulatedDevice()
+
+
+def nan(shape, dtype=np.float32):
+    return np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -7, dtype=dtype)
+
+
+def f32(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def close(a, b, rtol=RTOL, atol=ATOL):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=atol)
+
+
+def grid(n):
+    return max(1, (n + BLOCK - 1) // BLOCK)
+
+
+# ---- coverage and the emulator itself ------------------------------------------------------
+def test_every_kernel_has_an_emulated_test():
+    found = {}
+    for path in sorted(K.kernel_dir().glob("*.cu")):
+        for name in K.parse_entry_points(path.read_text()):
+            found[name] = path.name
+    missing = sorted(set(found) - set(KERNEL_TESTS))
+    assert not missing, f"kernels without an emulated test: {missing}"
+    assert set(KERNEL_TESTS) <= set(found), sorted(set(KERNEL_TESTS) - set(found))
+    for test in set(KERNEL_TESTS.values()):
+        assert callable(globals().get(test)), test
+    assert set(found) == set(K.kernel_index())  # every file is in KERNEL_FILES
+
+
+@pytest.fixture(scope="module")
+def racy_lib():
+    return EmulatedLibrary(FIXTURES / "racy.cu")
+
+
+def _sum_kernel(lib, name, x, block):
+    out = nan((x.shape[0],))
+    lib.launch(name, x.shape[0], block, [x, np.int32(x.shape[1]), out])
+    return out
+
+
+def test_emulator_block_reduction_correct(racy_lib):
+    x = np.random.default_rng(0).random((3, 1000)).astype(np.float32)
+    for block in (32, 64, 256, 1024):
+        close(_sum_kernel(racy_lib, "block_sum_correct", x, block), x.sum(1, dtype=np.float64))
+
+
+def test_emulator_catches_missing_syncthreads(racy_lib):
+    x = np.random.default_rng(0).random((3, 1000)).astype(np.float32)
+    out = _sum_kernel(racy_lib, "block_sum_racy", x, 256)
+    assert not np.allclose(out, x.sum(1), rtol=1e-4), "race between warps went unnoticed"
+
+
+def test_emulator_partial_warp_shuffle_is_poison(racy_lib):
+    # A full-mask shuffle in a block of 100 threads reads lanes that do not exist: undefined on
+    # a GPU, NaN here.
+    x = np.ones((2, 100), np.float32)
+    assert np.isnan(_sum_kernel(racy_lib, "block_sum_correct", x, 100)).all()
+
+
+def test_emulator_reports_deadlock(racy_lib):
+    with pytest.raises(RuntimeError, match="deadlock"):
+        racy_lib.launch("divergent_barrier", 1, 32, [nan((32,))])
+
+
+def test_device_checks_arguments(dev):
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="dtype"):
+        dev.launch("add_bias", 1, 32, [x.astype(np.float64), np.zeros(3, np.float32), 4, 3])
+    with pytest.raises(ValueError, match="takes 4 arguments"):
+        dev.launch("add_bias", 1, 32, [x, np.zeros(3, np.float32), 4])
+    with pytest.raises(ValueError, match="unknown CUDA kernel"):
+        dev.launch("no_such_kernel", 1, 32, [])
+    with pytest.raises(ValueError, match="overflows"):
+        dev.launch("add_bias", 1, 32, [x, np.zeros(3, np.float32), 2 ** 40, 3])
+
+
+def test_cuda_device_without_gpu_is_a_clear_error():
+    from gru_engine.backends.device import cuda_available
+    if cuda_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="CuPy"):
+        get_device("cuda")
+
+
+# ---- GRU cell ------------------------------------------------------------------------------
+CELL_SHAPES = [(1, 1), (1, 37), (7, 45), (9, 33)]
+
+
+def _cell_inputs(rng, B, H, dropout):
+    reset = (rng.random(B) < 0.4).astype(np.uint8)
+    reset[0] = 1 if B > 1 else reset[0]
+    mask = None
+    if dropout:
+        mask = ((rng.random((B, H)) >= 0.3) / 0.7).astype(np.float32)
+    h_prev = f32(rng, B, H)
+    h_prev[reset == 1] = np.nan  # a reset row must not read its stale state
+    gh = f32(rng, B, 3 * H)
+    gh[reset == 1] = np.nan
+    return f32(rng, B, 3 * H), gh, f32(rng, H), h_prev, reset, mask
+
+
+@pytest.mark.parametrize("B,H", CELL_SHAPES)
+@pytest.mark.parametrize("dropout", [False, True])
+def test_gru_cell_forward(dev, B, H, dropout):
+    rng = np.random.default_rng(B * 100 + H)
+    gx, gh, bhn, hp, reset, mask = _cell_inputs(rng, B, H, dropout)
+    out, saved, hpe = nan((B, H)), nan((B, 4 * H)), nan((B, H))
+    dev.launch("gru_cell_forward", grid(B * H), BLOCK, [gx, gh, bhn, hp, reset, mask, out, saved, hpe, B, H])
+    r_out, r_saved, r_hpe = ref.gru_forward(np.nan_to_num(gx), np.nan_to_num(gh), bhn,
+                                            np.nan_to_num(hp), reset, mask)
+    close(out, r_out)
+    close(saved, r_saved)
+    close(hpe, r_hpe)
+
+
+@pytest.mark.parametrize("B,H", CELL_SHAPES)
+@pytest.mark.parametrize("dropout", [False, True])
+def test_gru_cell_backward(dev, B, H, dropout):
+    rng = np.random.default_rng(B * 100 + H + 1)
+    gx, gh, bhn, hp, reset, mask = _cell_inputs(rng, B, H, dropout)
+    gh, hp = np.nan_to_num(gh), np.nan_to_num(hp)
+    out, saved, hpe = nan((B, H)), nan((B, 4 * H)), nan((B, H))
+    dev.launch("gru_cell_forward", grid(B * H), BLOCK, [gx, gh, bhn, hp, reset, mask, out, saved, hpe, B, H])
+    dh = f32(rng, B, H)
+    d_gx, d_gh = nan((B, 3 * H)), nan((B, 3 * H))
+    dev.launch("gru_cell_backward", grid(B * H), BLOCK, [dh, saved, hpe, mask, d_gx, d_gh, B, H])
+    r_gx, r_gh = ref.gru_backward(dh, gx, gh, bhn, hp, reset, mask)
+    close(d_gx, r_gx)
+    close(d_gh, r_gh)
+
+
+def test_gru_reference_backward_matches_finite_differences():
+    rng = np.random.default_rng(5)
+    B, H = 3, 4
+    gx, gh, bhn, hp = (rng.standard_normal(s) for s in ((B, 3 * H), (B, 3 * H), H, (B, H)))
+    reset = np.array([0, 1, 0])
+    mask = rng.random((B, H)) * 2
+    dh = rng.standard_normal((B, H))
+    d_gx, d_gh = ref.gru_backward(dh, gx, gh, bhn, hp, reset, mask)
+    f = lambda gx_, gh_: np.sum(dh * ref.gru_forward(gx_, gh_, bhn, hp, reset, mask)[0])
+    eps = 1e-6
+    for arr, grad, which in ((gx, d_gx, 0), (gh, d_gh, 1)):
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            a1, a2 = arr.copy(), arr.copy()
+            a1[idx] += eps
+            a2[idx] -= eps
+            args1 = (a1, gh) if which == 0 else (gx, a1)
+            args2 = (a2, gh) if which == 0 else (gx, a2)
+            num[idx] = (f(*args1) - f(*args2)) / (2 * eps)
+        if which == 1:  # gh of reset rows is ignored by the forward pass: no gradient there
+            num[reset == 1] = grad[reset == 1]
+        np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-8)
+
+
+# ---- tensor helpers -----------------------------------------------------------------------
+def test_gather_rows(dev):
+    rng = np.random.default_rng(1)
+    src = f32(rng, 50, 13)
+    idx = np.array([3, 3, 49, 0, 7], np.int32)
+    bias, scale = f32(rng, 13), f32(rng, 5)
+    out = nan((5, 13))
+    dev.launch("gather_rows", grid(65), BLOCK, [src, 13, idx, 5, 13, None, None, out, 13])
+    close(out, src[idx])
+    out = nan((5, 13))
+    dev.launch("gather_rows", grid(65), BLOCK, [src, 13, idx, 5, 13, bias, scale, out, 13])
+    close(out, src[idx] * scale[:, None] + bias)
+    vec = f32(rng, 50)  # width 1 from a vector (By, logq corrections)
+    out = nan((5,))
+    dev.launch("gather_rows", 1, BLOCK, [vec, 1, idx, 5, 1, None, None, out, 1])
+    close(out, vec[idx])
+
+
+def test_scatter_rows(dev):
+    rng = np.random.default_rng(2)
+    dst = f32(rng, 9, 7)
+    before = dst.copy()
+    src = f32(rng, 3, 7)
+    idx = np.array([8, 0, 4], np.int32)
+    dev.launch("scatter_rows", 1, BLOCK, [src, idx, 3, 7, dst])
+    before[idx] = src
+    close(dst, before)
+
+
+def test_add_bias(dev):
+    rng = np.random.default_rng(3)
+    s, b = f32(rng, 5, 301), f32(rng, 301)
+    want = s + b
+    dev.launch("add_bias", grid(5 * 301), BLOCK, [s, b, 5, 301])
+    close(s, want)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (7, 300), (64, 517)])
+def test_column_sum(dev, rows, cols):
+    a = f32(np.random.default_rng(rows), rows, cols + 5)
+    out = nan((cols,))
+    flat = a.reshape(-1)[5:]  # columns 5.. of a wider matrix (ld = cols + 5)
+    dev.launch("column_sum", grid(cols), BLOCK, [flat, rows, cols + 5, cols, out])
+    close(out, a[:, 5:].astype(np.float64).sum(0))
+
+
+def test_multiply_inplace(dev):
+    rng = np.random.default_rng(4)
+    x, m = f32(rng, 333), f32(rng, 333)
+    want = x.astype(np.float64) * m
+    dev.launch("multiply_inplace", grid(333), BLOCK, [x, m, 333])
+    close(x, want)
+
+
+def test_dropout_mask(dev):
+    n, p = 20001, 0.3
+    m = nan((n,))
+    dev.launch("dropout_mask", grid(n), BLOCK, [m, n, p, 7, 0])
+    np.testing.assert_allclose(np.unique(m), [0.0, 1 / 0.7], rtol=1e-6)
+    assert abs((m == 0).mean() - p) < 0.02
+    m2 = nan((n,))
+    dev.launch("dropout_mask", grid(n), BLOCK, [m2, n, p, 7, 0])
+    np.testing.assert_array_equal(m, m2)  # deterministic for (seed, stream)
+    dev.launch("dropout_mask", grid(n), BLOCK, [m2, n, p, 7, 1])
+    assert (m != m2).mean() > 0.2  # another stream gives another mask
+
+
+@pytest.mark.parametrize("kind,param", [(0, 0.0), (1, 0.0), (2, 0.0), (3, 0.01), (4, 0.5)])
+def test_final_act(dev, kind, param):
+    rng = np.random.default_rng(kind)
+    x = f32(rng, 211)
+    x[:3] = [0.0, -0.0, 1e-3]
+    y = nan((211,))
+    dev.launch("final_act_forward", grid(211), BLOCK, [x, y, 211, kind, param])
+    close(y, ref.final_act(kind, x, param))
+    dy = f32(rng, 211)
+    dx = nan((211,))
+    dev.launch("final_act_backward", grid(211), BLOCK, [x, dy, dx, 211, kind, param])
+    close(dx, dy * ref.final_act_grad(kind, x, param))
+
+
+# ---- losses -------------------------------------------------------------------------------
+LOSS_CASES = [
+    ("cross-entropy", {}), ("cross-entropy", {"logq": True}),
+    ("bpr-max", {"bpreg": 0.0, "elu": 0.0}), ("bpr-max", {"bpreg": 1.95, "elu": 0.5}),
+    ("top1-max", {}), ("bpr", {}), ("top1", {}),
+]
+LOSS_SHAPES = [(1, 0), (1, 3), (7, 0), (5, 300), (3, 1000)]
+
+
+def _launch_loss(dev, name, S, corr, row_mask, scale, opts):
+    R, C = S.shape
+    row_loss, loss_sum, dS = nan((R,)), np.zeros(1, np.float32), nan((R, C))
+    kernel = "loss_" + name.replace("-", "_")
+    if name == "cross-entropy":
+        args = [S, R, C, corr, row_mask, scale, row_loss, loss_sum, dS]
+    elif name == "bpr-max":
+        args = [S, R, C, row_mask, scale, opts.get("bpreg", 0.0), opts.get("elu", 0.0),
+                row_loss, loss_sum, dS]
+    else:
+        args = [S, R, C, row_mask, scale, row_loss, loss_sum, dS]
+    dev.launch(kernel, R, BLOCK, args)
+    return row_loss, loss_sum[0], dS
+
+
+@pytest.mark.parametrize("name,opts", LOSS_CASES)
+@pytest.mark.parametrize("R,n_sample", LOSS_SHAPES)
+def test_loss_kernel(dev, name, opts, R, n_sample):
+    rng = np.random.default_rng(R * 7 + n_sample)
+    C = R + n_sample
+    S = f32(rng, R, C, scale=2.0)
+    S[:, -1] = S[:, 0]  # ties and duplicates of the positive score
+    corr = f32(rng, C) if opts.get("logq") else None
+    kw = dict(corr=corr, bpreg=opts.get("bpreg", 0.0), elu=opts.get("elu", 0.0))
+    scale = 1.0 / 8
+    row_loss, loss_sum, dS = _launch_loss(dev, name, S, corr, None, scale, opts)
+    want = ref.loss_rows(name, S, **kw)
+    close(row_loss, want, rtol=2e-4)
+    close(loss_sum, want.sum() * scale, rtol=2e-4)
+    close(dS, ref.loss_grad(name, S, **kw) * scale, rtol=2e-4, atol=1e-6)
+    if R > 1:  # inactive rows of a shrunk batch: zero loss and gradient
+        row_mask = np.ones(R, np.uint8)
+        row_mask[1] = 0
+        row_loss, loss_sum, dS = _launch_loss(dev, name, S, corr, row_mask, scale, opts)
+        assert row_loss[1] == 0 and not dS[1].any()
+        keep = row_mask == 1
+        close(row_loss[keep], want[keep], rtol=2e-4)
+        close(loss_sum, want[keep].sum() * scale, rtol=2e-4)
+
+
+@pytest.mark.parametrize("name,opts", LOSS_CASES)
+def test_loss_reference_gradient_matches_finite_differences(name, opts):
+    rng = np.random.default_rng(11)
+    R, C = 3, 7
+    S = rng.standard_normal((R, C)) * 1.5
+    corr = rng.standard_normal(C) if opts.get("logq") else None
+    kw = dict(corr=corr, bpreg=opts.get("bpreg", 0.0), elu=opts.get("elu", 0.0))
+    G = ref.loss_grad(name, S, **kw)
+    eps = 1e-6
+    num = np.zeros_like(S)
+    for i, j in np.ndindex(S.shape):
+        a, b = S.copy(), S.copy()
+        a[i, j] += eps
+        b[i, j] -= eps
+        num[i, j] = (ref.loss_rows(name, a, **kw)[i] - ref.loss_rows(name, b, **kw)[i]) / (2 * eps)
+    np.testing.assert_allclose(G, num, rtol=1e-5, atol=1e-8)
+
+
+def test_loss_softmax_is_safe_for_large_scores(dev):
+    S = np.array([[80.0, 90.0, -50.0, 85.0]], np.float32)
+    for name in ("cross-entropy", "bpr-max", "top1-max"):
+        row_loss, _, dS = _launch_loss(dev, name, S, None, None, 1.0, {})
+        assert np.isfinite(row_loss).all() and np.isfinite(dS).all(), name
+        close(row_loss, ref.loss_rows(name, S), rtol=2e-4)
+
+
+# ---- optimiser ---------------------------------------------------------------------------
+@pytest.mark.parametrize("momentum", [0.0, 0.3])
+def test_adagrad_dense(dev, momentum):
+    rng = np.random.default_rng(6)
+    n = 1037
+    p, g, acc, v = f32(rng, n), f32(rng, n), np.abs(f32(rng, n)), f32(rng, n)
+    want = ref.adagrad(p, g, acc, v, 0.05, momentum)
+    dev.launch("adagrad_dense", grid(n), BLOCK, [p, g, acc, v, n, 0.05, momentum])
+    for got, w in zip((p, acc, v), want):
+        close(got, w)
+
+
+@pytest.mark.parametrize("W", [1, 13, 300])
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+def test_sparse_adagrad(dev, W, momentum):
+    rng = np.random.default_rng(W)
+    N = 40
+    idx = np.array([5, 17, 5, 0, 39, 17, 5, 22], np.int32)
+    n = len(idx)
+    p, acc, v = f32(rng, N, W), np.abs(f32(rng, N, W)), f32(rng, N, W)
+    G = f32(rng, n, W)
+    want = ref.adagrad_sparse(p, G, idx, acc, v, 0.1, momentum)
+    owner = np.full(N, 2 ** 31 - 1, np.int32)
+    blk = min(BLOCK, 32 * ((W + 31) // 32))
+    dev.launch("sparse_claim", grid(n), BLOCK, [idx, n, owner])
+    dev.launch("sparse_combine", n, blk, [G, idx, n, W, owner])
+    dev.launch("sparse_adagrad", n, blk, [p, acc, v, G, idx, n, W, owner, 0.1, momentum])
+    for got, w in zip((p, acc, v), want):
+        close(got, w)  # untouched rows compared exactly too (reference leaves them as they were)
+    assert (owner == 2 ** 31 - 1).all(), "owner map must be restored for the next update"
+
+
+# ---- evaluation --------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,code", [("conservative", 0), ("optimistic", 1), ("median", 2)])
+@pytest.mark.parametrize("R,N", [(1, 1), (1, 257), (6, 1000)])
+def test_rank_targets(dev, mode, code, R, N):
+    rng = np.random.default_rng(N)
+    S = rng.integers(0, 5, (R, N)).astype(np.float32)  # many ties
+    S[0, :N // 3] = -np.inf
+    targets = rng.integers(0, N, R).astype(np.int32)
+    out = nan((R,))
+    dev.launch("rank_targets", R, BLOCK, [S, R, N, targets, code, out])
+    close(out, ref.ranks(S, targets, mode), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("R,N,k", [(1, 1, 1), (2, 5, 5), (3, 1000, 20), (2, 3001, 100), (1, 700, 256)])
+def test_topk_rows(dev, R, N, k):
+    rng = np.random.default_rng(N + k)
+    S = rng.integers(-3, 4, (R, N)).astype(np.float32) / 2  # heavy ties
+    S[0, rng.integers(0, N, N // 2)] = -np.inf
+    if N > 10:
+        S[-1, 3] = -0.0
+        S[-1, 4] = 0.0
+        S[-1, 7] = np.nan
+    idx, vals = nan((R, k), np.int32), nan((R, k))
+    dev.launch("topk_rows", R, BLOCK, [S, R, N, k, idx, vals], shared_mem=8 * k)
+    S_ref = np.where(np.isnan(S), -np.inf, S) + 0.0  # NaN ranks last; -0 == +0
+    want_idx, want_vals = ref.topk(S_ref, k)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(vals + 0.0, np.take_along_axis(S, want_idx, 1) + 0.0)
+
+
+def test_topk_device_helper(dev):
+    S = np.array([[1.0, 3.0, 3.0, -np.inf, 2.0]], np.float32)
+    idx, vals = topk_device(dev, S, 3)
+    np.testing.assert_array_equal(idx, [[1, 2, 4]])
+    np.testing.assert_array_equal(vals, [[3.0, 3.0, 2.0]])
+
+
+# ---- the training step -------------------------------------------------------------------
+N_ITEMS = 53
+
+
+def _init_params(rng, mode, layers, k_embed=6):
+    in0 = {"onehot": N_ITEMS, "embedding": k_embed, "constrained": layers[-1]}[mode]
+    params = {"Wx": [], "bx": [], "Wh": [], "bhn": []}
+    for l, H in enumerate(layers):
+        i = in0 if l == 0 else layers[l - 1]
+        params["Wx"].append(f32(rng, i, 3 * H, scale=0.3))
+        params["bx"].append(f32(rng, 3 * H, scale=0.1))
+        params["Wh"].append(f32(rng, H, 3 * H, scale=0.3))
+        params["bhn"].append(f32(rng, H, scale=0.1))
+    params["Wy"] = f32(rng, N_ITEMS, layers[-1], scale=0.3)
+    params["By"] = f32(rng, N_ITEMS, scale=0.1)
+    if mode == "embedding":
+        params["E"] = f32(rng, N_ITEMS, k_embed, scale=0.3)
+    return params
+
+
+def _zeros_like(params):
+    return {k: [np.zeros_like(a) for a in v] if isinstance(v, list) else np.zeros_like(v)
+            for k, v in params.items()}
+
+
+def _run_step_parity(dev, mode, layers, loss, *, dropout=False, final_act=(0, 0.0), logq=0.0,
+                     momentum=0.2, n_steps=2, shrink=False, opts=None):
+    opts = opts or {}
+    rng = np.random.default_rng(hash((mode, tuple(layers), loss)) % 2 ** 32)
+    B, n_sample = 6, 7
+    params = _init_params(rng, mode, layers)
+    support = rng.integers(1, 50, N_ITEMS)
+    trainer = CudaTrainer(dev, params, batch_size=B, n_sample=n_sample, loss=loss,
+                          constrained_embedding=(mode == "constrained"), final_act=final_act,
+                          bpreg=opts.get("bpreg", 0.0), elu_param=opts.get("elu", 0.0),
+                          logq=logq, sample_alpha=0.5, item_support=support,
+                          learning_rate=0.05, momentum=momentum)
+    P = {k: ([a.astype(np.float64) for a in v] if isinstance(v, list) else v.astype(np.float64))
+         for k, v in params.items()}
+    A, V = _zeros_like(P), _zeros_like(P)
+    h_ref = [np.zeros((B, H)) for H in layers]
+    total = 0.0
+    R = B
+    for t in range(n_steps):
+        src = None
+        if shrink and t > 0:
+            src = np.array([0, 2, 3, 5][:R - 2], np.int32)
+            R = len(src)
+        ins = rng.integers(0, N_ITEMS, R).astype(np.int32)
+        outs = rng.integers(0, N_ITEMS, R).astype(np.int32)
+        outs[-1] = outs[0]  # duplicate target column
+        ins[1 % R] = ins[0]  # duplicate input rows (sparse duplicates)
+        reset = (rng.random(R) < 0.3).astype(np.uint8)
+        reset[0] = 1 if t == 0 else reset[0]
+        sample = rng.integers(0, N_ITEMS, n_sample).astype(np.int32)
+        sample[0] = outs[0]
+        masks = None
+        if dropout:
+            width = 1 if mode == "onehot" else (6 if mode == "embedding" else layers[-1])
+            emb = ((rng.random((R, width) if width > 1 else (R,)) >= 0.25) / 0.75).astype(np.float32)
+            hid = [((rng.random((R, H)) >= 0.4) / 0.6).astype(np.float32) for H in layers]
+            masks = {"embed": emb, "hidden": hid}
+        logq_corr = None
+        if logq:
+            cols = np.concatenate([outs, sample])
+            logq_corr = np.concatenate([logq * np.log(support[outs]),
+                                        logq * 0.5 * np.log(support[sample])])
+        hyper = dict(mode=mode, loss=loss, batch_size=B, bpreg=opts.get("bpreg", 0.0),
+                     elu=opts.get("elu", 0.0), logq_corr=logq_corr, final_act=final_act,
+                     lr=0.05, momentum=momentum)
+        batch = dict(in_items=ins, out_items=outs, reset=reset, sample=sample, src=src,
+                     masks=None if masks is None else {"embed": masks["embed"].astype(np.float64),
+                                                       "hidden": [m.astype(np.float64) for m in masks["hidden"]]})
+        loss_ref, P, A, V, h_new = ref.train_step(P, A, V, h_ref, batch, hyper)
+        h_ref = h_new
+        total += loss_ref
+        trainer.step(ins, outs, reset, sample, src=src, masks=masks)
+    close(trainer.take_loss_sum(), total, rtol=2e-4)
+    got = trainer.params_to_host()
+    for key, want in P.items():
+        for l, (g, w) in enumerate(zip(_as_list(got[key]), _as_list(want))):
+            np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-5, err_msg=f"{key}[{l}]")
+    for l, H in enumerate(layers):
+        close(trainer.h[l][:len(h_ref[l])], h_ref[l], rtol=1e-3, atol=2e-5)
+
+
+def _as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+@pytest.mark.parametrize("loss,opts", [("cross-entropy", {}), ("bpr-max", {"bpreg": 1.95, "elu": 0.5}),
+                                       ("bpr-max", {"bpreg": 0.5}), ("top1-max", {}),
+                                       ("bpr", {}), ("top1", {})])
+def test_train_step_every_loss(dev, loss, opts):
+    _run_step_parity(dev, "constrained", [11], loss, opts=opts)
+
+
+@pytest.mark.parametrize("mode", ["onehot", "embedding", "constrained"])
+@pytest.mark.parametrize("layers", [[11], [13, 9]])
+def test_train_step_modes_layers_dropout(dev, mode, layers):
+    _run_step_parity(dev, mode, layers, "cross-entropy", dropout=True, logq=1.0)
+
+
+def test_train_step_shrinking_batch_and_final_act(dev):
+    _run_step_parity(dev, "constrained", [10, 7], "top1-max", final_act=(4, 1.0), n_steps=3,
+                     shrink=True, momentum=0.0)
+
+
+def test_train_step_launch_counts(dev):
+    # 9L + 12 kernels and 5L + 3 GEMMs per step (constrained/embedding input, no dropout);
+    # one-hot input: one kernel more (its sparse update replaces a dense one), 3 GEMMs fewer.
+    rng = np.random.default_rng(0)
+    for mode, layers, launches, gemms in (("constrained", [8], 21, 8), ("constrained", [8, 5], 30, 13),
+                                          ("onehot", [8], 22, 5)):
+        trainer = CudaTrainer(dev, _init_params(rng, mode, layers), batch_size=4, n_sample=5,
+                              constrained_embedding=mode == "constrained")
+        dev.reset_stats()
+        trainer.step(np.arange(4, dtype=np.int32), np.arange(4, 8, dtype=np.int32),
+                     np.ones(4, np.uint8), np.arange(5, dtype=np.int32))
+        assert (dev.stats["launches"], dev.stats["gemms"]) == (launches, gemms), (mode, layers)
+
+
+def test_run_epoch_keeps_schedule_on_device(dev):
+    rng = np.random.default_rng(1)
+    params = _init_params(rng, "constrained", [8])
+    t1 = CudaTrainer(dev, params, batch_size=3, n_sample=4)
+    t2 = CudaTrainer(dev, params, batch_size=3, n_sample=4)
+    step_rows = np.array([3, 3, 2])
+    ins, outs = rng.integers(0, N_ITEMS, 8), rng.integers(0, N_ITEMS, 8)
+    resets = np.array([1, 1, 1, 0, 1, 0, 0, 0], bool)
+    srcs = np.array([0, 1, 2, 0, 1, 2, 0, 2])
+    store = rng.integers(0, N_ITEMS, 20)
+    offsets = np.array([0, 4, 8])
+    total = t1.run_epoch(step_rows, ins, outs, resets, srcs, store, offsets)
+    pos = 0
+    for t, R in enumerate(step_rows):
+        sl = slice(pos, pos + R)
+        t2.step(ins[sl].astype(np.int32), outs[sl].astype(np.int32), resets[sl].astype(np.uint8),
+                store[offsets[t]:offsets[t] + 4].astype(np.int32), src=srcs[sl].astype(np.int32))
+        pos += R
+    close(total, t2.take_loss_sum())
+    close(t1.params_to_host()["Wy"], t2.params_to_host()["Wy"])
+
+
+# ---- scorer --------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,layers", [("constrained", [9]), ("onehot", [7, 5]), ("embedding", [6])])
+def test_scorer_matches_reference(dev, mode, layers):
+    rng = np.random.default_rng(3)
+    params = _init_params(rng, mode, layers)
+    scorer = CudaScorer(dev, params, constrained_embedding=mode == "constrained")
+    scorer.begin(4)
+    h = [np.zeros((4, H)) for H in layers]
+    P = {k: ([a.astype(np.float64) for a in v] if isinstance(v, list) else v.astype(np.float64))
+         for k, v in params.items()}
+    for step in range(3):
+        rows = np.array([0, 2, 3]) if step != 1 else np.array([3, 1])
+        items = rng.integers(0, N_ITEMS, len(rows))
+        new = np.array([step == 0] * len(rows))
+        if step == 2:
+            new[1] = True
+        got = scorer.score(rows, items, new)
+        # reference forward
+        if mode == "onehot":
+            x_gx = P["Wx"][0][items] + P["bx"][0]
+        else:
+            src = P["E"] if mode == "embedding" else P["Wy"]
+            x_gx = src[items] @ P["Wx"][0] + P["bx"][0]
+        x = None
+        for l in range(len(layers)):
+            gx = x_gx if l == 0 else x @ P["Wx"][l] + P["bx"][l]
+            hp = h[l][rows]
+            out, _, _ = ref.gru_forward(gx, hp @ P["Wh"][l], P["bhn"][l], hp, new.astype(np.uint8))
+            h[l][rows] = out
+            x = out
+        want = x @ P["Wy"].T + P["By"]
+        close(got, want, rtol=1e-4, atol=1e-5)
+        assert got.dtype == np.float32 and got.shape == (len(rows), N_ITEMS)
+    targets = rng.integers(0, N_ITEMS, 2)
+    for mode_name in ("conservative", "median", "standard"):
+        scorer.begin(2)
+        r = scorer.rank(np.array([0, 1]), np.array([1, 2]), np.array([True, True]), targets, mode_name)
+        scorer.begin(2)
+        S = scorer.score(np.array([0, 1]), np.array([1, 2]), np.array([True, True]))
+        close(r, ref.ranks(S, targets, "optimistic" if mode_name == "standard" else mode_name), atol=0)
+    scorer.begin(1)
+    idx, vals = scorer.topk(np.array([0]), np.array([4]), np.array([True]), 10)
+    scorer.begin(1)
+    S = scorer.score(np.array([0]), np.array([4]), np.array([True]))
+    np.testing.assert_array_equal(idx, ref.topk(S, 10)[0])
