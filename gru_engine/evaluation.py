@@ -181,6 +181,13 @@ class SessionScorer(Protocol):
     C-contiguous: row ``i`` scores every item as the next click of slot ``rows[i]``'s session.
     The result may be an internal buffer, valid until the next call; the input arrays may be
     views the scorer must not modify. Slots not in ``rows`` keep their state.
+
+    Optional: a scorer whose scores live elsewhere (a GPU) may also define
+    ``rank(rows, items, new_session, targets, mode)`` — the same state update as ``score``, then
+    the (R,) rank of item ``targets[i]`` (int64) in row ``i`` under tie mode ``mode``, as
+    :func:`rank_targets` computes it, and NaN as the rank of a row whose scores hold NaN.
+    :func:`evaluate_sessions` then calls ``rank`` instead of ``score``, so that the score block
+    never leaves the device.
     """
 
     n_items: int
@@ -259,6 +266,21 @@ def _schedule(sessions, batch_size: int):
             pos0 == n_pred[owner] - 1, n_slots, canonical)
 
 
+def _checked_ranks(ranks, n_rows: int, n_items: int) -> np.ndarray:
+    """Ranks from a scorer's own ``rank`` method, checked: NaN or a rank below 1 (what a
+    counting kernel gives for a NaN target score) refuse the model."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.shape != (n_rows,):
+        raise ValueError(f"scorer.rank returned shape {ranks.shape} for {n_rows} rows")
+    bad = ~((ranks >= 1) & (ranks <= n_items))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ModelFitError(f"scorer.rank returned {int(bad.sum())} invalid ranks (e.g. "
+                            f"{ranks[first]} in row {first}; valid: 1..{n_items}); the model "
+                            "produced NaN scores and is refused")
+    return ranks
+
+
 def _metrics(ranks: np.ndarray, cutoffs: tuple) -> dict:
     out = {}
     for k in cutoffs:
@@ -296,7 +318,8 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
                       n_threads: int = 1) -> dict:
     """Replay test sessions through ``scorer`` and rank every true next item (GRU4Rec protocol).
 
-    scorer:   a :class:`SessionScorer` (``n_items`` must cover every item in ``sessions``).
+    scorer:   a :class:`SessionScorer` (``n_items`` must cover every item in ``sessions``);
+              its optional ``rank`` method is used instead of ``score`` when it has one.
     sessions: :class:`gru_engine.data.Sessions`; sessions shorter than 2 events are skipped.
     cutoffs:  positive ints k for Recall@k and MRR@k (deduplicated, sorted).
     mode:     tie mode of :func:`rank_targets`.
@@ -342,15 +365,20 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
     ranks = np.zeros(n_total, dtype=np.float64)
     scorer.begin(n_slots)
     next_log = time.monotonic() + _LOG_EVERY_S
+    device_rank = getattr(scorer, "rank", None)
     for step in range(len(bounds) - 1):
         a, b = int(bounds[step]), int(bounds[step + 1])
-        scores = scorer.score(rows[a:b], items[a:b], new_session[a:b])
-        if getattr(scores, "shape", None) != (b - a, n_items):
-            raise ValueError(f"scorer.score returned shape {getattr(scores, 'shape', None)} "
-                             f"for {b - a} rows; expected ({b - a}, {n_items})")
         # With targets='last' every row is still ranked (one cheap pass) so that a NaN
         # anywhere refuses the model; only the selected ranks count.
-        ranks[a:b] = rank_targets(scores, target_items[a:b], mode, n_threads)
+        if callable(device_rank):
+            ranks[a:b] = _checked_ranks(device_rank(rows[a:b], items[a:b], new_session[a:b],
+                                                    target_items[a:b], mode), b - a, n_items)
+        else:
+            scores = scorer.score(rows[a:b], items[a:b], new_session[a:b])
+            if getattr(scores, "shape", None) != (b - a, n_items):
+                raise ValueError(f"scorer.score returned shape {getattr(scores, 'shape', None)} "
+                                 f"for {b - a} rows; expected ({b - a}, {n_items})")
+            ranks[a:b] = rank_targets(scores, target_items[a:b], mode, n_threads)
         if progress is not None:
             progress(b, n_total)
         now = time.monotonic()

@@ -320,6 +320,53 @@ def test_nan_scores_are_refused():
     assert evaluate_sessions(TableScorer(table), make_sessions([[3, 1, 2]]))["n_events"] == 2
 
 
+class RankingScorer(HistoryScorer):
+    """A scorer with its own ``rank`` (as a GPU scorer has): ranks without handing out scores."""
+
+    def __init__(self, T, U):
+        super().__init__(T, U)
+        self.n_score_calls = 0
+        self.n_rank_calls = 0
+
+    def score(self, rows, items, new_session):
+        self.n_score_calls += 1
+        return super().score(rows, items, new_session)
+
+    def rank(self, rows, items, new_session, targets, mode):
+        self.n_rank_calls += 1
+        assert targets.dtype == np.int64 and len(targets) == len(rows)
+        scores = HistoryScorer.score(self, rows, items, new_session)
+        nan_rows = np.isnan(scores).any(1)
+        ranks = evaluation.rank_targets(np.nan_to_num(scores), targets, mode)
+        return np.where(nan_rows, np.nan, ranks).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["conservative", "median"])
+def test_scorer_with_its_own_rank(mode):
+    rng = np.random.default_rng(5)
+    sessions = random_sessions(rng, 40, 15)
+    plain = history_scorer(rng, 15)
+    ranking = RankingScorer(plain.T, plain.U)
+    expected = evaluate_sessions(plain, sessions, mode=mode, batch_size=8)
+    got = evaluate_sessions(ranking, sessions, mode=mode, batch_size=8)
+    assert strip(got) == strip(expected)
+    assert ranking.n_score_calls == 0 and ranking.n_rank_calls == len(plain.calls)
+
+
+def test_scorer_rank_nan_or_out_of_range_is_refused():
+    table = np.eye(4, dtype=np.float32)
+    table[2, 1] = np.nan
+    scorer = RankingScorer(table, np.zeros((5, 4), dtype=np.float32))
+    with pytest.raises(ModelFitError, match="invalid ranks"):
+        evaluate_sessions(scorer, make_sessions([[0, 1, 2, 3]]))
+
+    class ZeroRank(RankingScorer):  # what a counting kernel returns for a NaN target score
+        def rank(self, rows, items, new_session, targets, mode):
+            return np.zeros(len(rows))
+    with pytest.raises(ModelFitError, match="invalid ranks"):
+        evaluate_sessions(ZeroRank(np.eye(4), np.zeros((5, 4))), make_sessions([[0, 1]]))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"cutoffs": ()}, "cutoffs"),
     ({"cutoffs": (0, 5)}, "cutoffs"),
