@@ -84,17 +84,23 @@ class _History:
         self.length[rows] += 1
 
 
-def _check_batch(n_items, rows, items, new_session):
-    rows = np.asarray(rows, dtype=np.int64)
-    items = np.asarray(items, dtype=np.int32)
+def _check_batch(n_items, rows, items, new_session, n_rows=None):
+    """Validated ``(rows int64, items int32, new_session bool)`` of one ``score`` call."""
+    rows = np.asarray(rows)
+    items = np.asarray(items)
     new_session = np.asarray(new_session, dtype=bool)
     if not (rows.shape == items.shape == new_session.shape and rows.ndim == 1):
         raise ValueError(f"rows, items and new_session must be 1-D of equal length, got shapes "
                          f"{rows.shape}, {items.shape}, {new_session.shape}")
+    if rows.dtype.kind not in "iu" or items.dtype.kind not in "iu":
+        raise ValueError(f"rows and items must be integer arrays, got {rows.dtype} and {items.dtype}")
     if items.size and (items.min() < 0 or items.max() >= n_items):
         raise ValueError(f"item indices must be in [0, {n_items}), got range "
                          f"[{items.min()}, {items.max()}]")
-    return rows, items, new_session
+    if n_rows is not None and rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+        raise ValueError(f"rows must be in [0, {n_rows}) (the n_rows given to begin), got range "
+                         f"[{rows.min()}, {rows.max()}]")
+    return rows.astype(np.int64, copy=False), items.astype(np.int32, copy=False), new_session
 
 
 def _out_buffer(scorer, n_rows):
@@ -173,7 +179,8 @@ class _SessionPopScorer:
     def score(self, rows, items, new_session):
         if self.history is None:
             raise ValueError("call begin(n_rows) before score()")
-        rows, items, new_session = _check_batch(self.n_items, rows, items, new_session)
+        rows, items, new_session = _check_batch(self.n_items, rows, items, new_session,
+                                                len(self.history.length))
         self.history.push(rows, items, new_session)
         out = _out_buffer(self, len(rows))
         _spop_scores(out, self.base, self.history.items, self.history.length, rows)
@@ -377,7 +384,8 @@ class _BPRMFScorer:
     def score(self, rows, items, new_session):
         if self.sums is None:
             raise ValueError("call begin(n_rows) before score()")
-        rows, items, new_session = _check_batch(self.n_items, rows, items, new_session)
+        rows, items, new_session = _check_batch(self.n_items, rows, items, new_session,
+                                                len(self.counts))
         reset = rows[new_session]
         self.sums[reset] = 0.0
         self.counts[reset] = 0.0

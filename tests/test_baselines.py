@@ -207,8 +207,12 @@ def test_scorer_output_contract(cls):
                    np.array([True, True]))
     assert out.shape == (2, model.n_items_) and sc.n_items == model.n_items_
     assert out.dtype == np.float32 and out.flags.c_contiguous
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="item indices"):
         sc.score(np.array([0]), np.array([model.n_items_], dtype=np.int32), np.array([True]))
+    if cls in (SessionPop, BPRMF):  # per-row state: a slot outside begin(n_rows) is refused
+        for bad_row in (-1, 4):
+            with pytest.raises(ValueError, match="rows must be in"):
+                sc.score(np.array([bad_row]), np.array([0], dtype=np.int32), np.array([True]))
 
 
 @pytest.mark.parametrize("cls", ALL_MODELS)
