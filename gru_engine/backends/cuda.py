@@ -20,18 +20,19 @@ One training step with R rows, L layers, C = R + n_sample sampled columns::
 
 Launches per step (counted with ``device.stats`` in the tests): 9L + 12 kernels and 5L + 3 GEMMs
 for L layers (one-hot input: one kernel more, 3 GEMMs fewer; dropout adds L (+1) mask kernels,
-logq 2 gathers, a final activation 2 kernels). Why launch overhead is not the bottleneck: at
-the smallest benchmark shape (H=100, B=64, n_sample=2048) a step issues ~30 launches x ~3 us
-of CPU-side enqueue = ~0.1 ms, while the work (mostly the (64 x 100) @ (100 x 2112) score GEMM,
-its two backward GEMMs and the per-row loss over 2112 columns, see ``bench/cuda_static.py``) is
-of the same order; the launches are asynchronous, so the GPU runs step t while Python enqueues
-step t+1, and nothing in a step synchronises with the host (the loss accumulates on the device
-and is read once per epoch). At H=1000, B=256 the GEMMs dominate by ~10x. Where launch latency
-still shows (very small shapes), the whole step can be captured once into a CUDA graph with
-CuPy stream capture (``stream.begin_capture(); trainer.step(...); graph = stream.end_capture()``)
-and replayed per step, provided the per-step inputs are first copied into the same fixed
-staging buffers (``in_items``/``out_items``/``reset``/``src``/``sample``) and R is constant
-(true for every step but the shrinking tail of an epoch, which runs uncaptured).
+logq 2 gathers, a final activation 2 kernels). Launch overhead, honestly: the roofline MODEL of
+``bench/cuda_static.py`` puts the work of a step at ~6 us on an H100 at hidden 100 / batch 64 /
+2048 samples, so at that shape the ~31 launches, not the arithmetic, set the GPU-side time
+(~0.1 ms at a few us per launch, still ~0.7 M events/s modelled, far beyond the CPU reference's
+11-13k events/s); at hidden 1000 / batch 256 the modelled work (~130-260 us) dominates the
+launches. Launches are asynchronous and nothing in a step synchronises with the host (the loss
+accumulates on the device and is read once per epoch), so Python enqueues step t+1 while the
+GPU runs step t. Where launch latency matters, the whole step can be captured once into a CUDA
+graph with CuPy stream capture (``stream.begin_capture(); trainer.step(...); graph =
+stream.end_capture()``, then ``graph.launch()`` per step), provided the per-step inputs are
+first copied into fixed staging buffers (``in_items``/``out_items``/``reset``/``src``/
+``sample``) and R is constant (true for every step but the shrinking tail of an epoch, which
+runs uncaptured); dropout masks then need a per-step seed in device memory. Not done yet.
 
 Data stays on the device for the whole epoch: :meth:`CudaTrainer.run_epoch` copies the epoch's
 schedule and sample store once and only slices them per step.
