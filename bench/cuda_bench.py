@@ -1,0 +1,168 @@
+"""GPU benchmark of the CUDA backend (needs CuPy and an NVIDIA GPU; run by bench/gpu_check.sh).
+
+At the shapes of ``bench/cuda_static.py`` (hidden 100 / batch 64 and hidden 1000 / batch 256,
+n_sample 2048, 40,000 items, 1 layer, constrained embedding, cross-entropy with logq):
+
+* training events/s of :class:`CudaTrainer` (random schedule, steps timed with CUDA events
+  after warm-up) and evaluation predictions/s of :class:`CudaScorer.rank` (batches of 512);
+* measured ceilings on this GPU: SGEMM FLOP/s (``cupy.matmul`` 8192^3 float32) and
+  device-to-device copy bytes/s (1 GiB);
+* achieved FLOP/s and bytes/s of a step, from the model FLOPs/bytes of ``cuda_static.step_ops``
+  divided by the measured step time, as a share of those ceilings;
+* the PyTorch reference step (``bench/torch_reference_step.py``) at the same shapes when torch
+  is installed.
+
+Writes ``bench/out/cuda_bench.json`` and prints Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from cuda_static import SHAPES, eval_ops, step_ops  # noqa: E402
+from gru_engine.backends.cuda import CudaScorer, CudaTrainer  # noqa: E402
+from gru_engine.backends.device import CupyDevice, cuda_available  # noqa: E402
+
+logger = logging.getLogger("gru_engine.bench")
+
+
+def _timed(cp, fn, reps):
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record()
+    for _ in range(reps):
+        fn()
+    stop.record()
+    stop.synchronize()
+    return cp.cuda.get_elapsed_time(start, stop) / 1e3
+
+
+def ceilings(cp):
+    n = 8192
+    a = cp.random.random((n, n), dtype=cp.float32)
+    b = cp.random.random((n, n), dtype=cp.float32)
+    c = cp.empty((n, n), cp.float32)
+    cp.matmul(a, b, out=c)
+    t = _timed(cp, lambda: cp.matmul(a, b, out=c), 10)
+    gemm = 2 * n ** 3 * 10 / t
+    x = cp.empty(2 ** 28, cp.float32)
+    y = cp.empty_like(x)
+    y[...] = x
+    t = _timed(cp, lambda: cp.copyto(y, x), 20)
+    copy = 2 * x.nbytes * 20 / t  # read + write
+    return dict(sgemm_flops=gemm, copy_bytes_per_s=copy)
+
+
+def params_for(rng, H, n_items):
+    s = np.sqrt(6 / (H + H))
+    return {"Wx": [rng.uniform(-s, s, (H, 3 * H)).astype(np.float32)],
+            "bx": [np.zeros(3 * H, np.float32)],
+            "Wh": [rng.uniform(-s, s, (H, 3 * H)).astype(np.float32)],
+            "bhn": [np.zeros(H, np.float32)],
+            "Wy": rng.uniform(-0.01, 0.01, (n_items, H)).astype(np.float32),
+            "By": np.zeros(n_items, np.float32)}
+
+
+def bench_shape(dev, cp, shape, steps, warmup):
+    H, B, ns, N = shape["H"], shape["B"], shape["n_sample"], shape["n_items"]
+    rng = np.random.default_rng(0)
+    support = rng.integers(1, 1000, N)
+    trainer = CudaTrainer(dev, params_for(rng, H, N), batch_size=B, n_sample=ns, logq=1.0,
+                          item_support=support, learning_rate=0.2, momentum=0.2,
+                          dropout_p_hidden=0.4)
+    total = steps + warmup
+    ins = dev.to_device(rng.integers(0, N, (total, B)), np.int32)
+    outs = dev.to_device(rng.integers(0, N, (total, B)), np.int32)
+    rst = dev.to_device((rng.random((total, B)) < 0.15).astype(np.uint8))
+    smp = dev.to_device(rng.integers(0, N, (total, ns)), np.int32)
+    for t in range(warmup):
+        trainer.step(ins[t], outs[t], rst[t], smp[t])
+    next_step = iter(range(warmup, total)).__next__
+
+    def one_step():
+        t = next_step()
+        trainer.step(ins[t], outs[t], rst[t], smp[t])
+
+    train_s = _timed(cp, one_step, steps)
+    scorer = CudaScorer(dev, trainer.params_to_host())
+    R = shape["eval_batch"]
+    scorer.begin(R)
+    rows = np.arange(R)
+    items = rng.integers(0, N, R)
+    targets = rng.integers(0, N, R)
+    new = np.zeros(R, bool)
+    scorer.rank(rows, items, new, targets)
+    eval_reps = 20
+    eval_s = _timed(cp, lambda: scorer.rank(rows, items, new, targets), eval_reps)
+    flops = sum(op[2] for op in step_ops(**shape))
+    nbytes = sum(op[3] for op in step_ops(**shape))
+    step_s = train_s / steps
+    return dict(train_events_per_s=B * steps / train_s, step_us=step_s * 1e6,
+                eval_predictions_per_s=R * eval_reps / eval_s,
+                achieved_flops=flops / step_s, achieved_bytes_per_s=nbytes / step_s,
+                eval_model_flops=sum(op[2] for op in eval_ops(**shape)),
+                note="eval timing includes host->device copies of rows/items/targets and the "
+                     "device->host copy of the ranks")
+
+
+def torch_reference(shape, steps):
+    try:
+        import torch  # noqa: F401  (bench-only comparison)
+    except ImportError:
+        return {"skipped": "torch not installed"}
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "torch_reference_step.py"),
+                          "--hidden", str(shape["H"]), "--batch", str(shape["B"]),
+                          "--n-sample", str(shape["n_sample"]), "--n-items", str(shape["n_items"]),
+                          "--steps", str(steps)], capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"failed": res.stderr[-2000:]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "cuda_bench.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not cuda_available():
+        parser.error("no CUDA device visible to CuPy (or CuPy missing): nothing to measure")
+    import cupy as cp
+    dev = CupyDevice()
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    ceil = ceilings(cp)
+    result = dict(date=datetime.datetime.utcnow().isoformat() + "Z",
+                  gpu=props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+                  ceilings=ceil, shapes={})
+    print(f"GPU: {result['gpu']}; measured SGEMM {ceil['sgemm_flops'] / 1e12:.1f} TFLOP/s, "
+          f"copy {ceil['copy_bytes_per_s'] / 1e9:.0f} GB/s\n")
+    print("| shape | ours train events/s | step us | achieved GFLOP/s (% SGEMM) | achieved GB/s (% copy) | "
+          "ours eval predictions/s | torch train events/s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, shape in SHAPES.items():
+        ours = bench_shape(dev, cp, shape, args.steps, args.warmup)
+        ref = torch_reference(shape, args.steps)
+        result["shapes"][name] = dict(shape=shape, ours=ours, torch=ref)
+        print(f"| {name} | {ours['train_events_per_s']:,.0f} | {ours['step_us']:.1f} | "
+              f"{ours['achieved_flops'] / 1e9:,.0f} ({ours['achieved_flops'] / ceil['sgemm_flops']:.1%}) | "
+              f"{ours['achieved_bytes_per_s'] / 1e9:,.0f} ({ours['achieved_bytes_per_s'] / ceil['copy_bytes_per_s']:.1%}) | "
+              f"{ours['eval_predictions_per_s']:,.0f} | "
+              f"{ref.get('events_per_s', float('nan')):,.0f} {'' if 'events_per_s' in ref else str(ref)[:60]} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    logger.info("wrote %s", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Everything checkable about the CUDA backend, in one call:
+#   1. static analysis (nvcc -ptx/-cubin for sm_90, registers/spills/occupancy, roofline MODEL)
+#   2. the kernels and the training step through the CPU emulator (pytest -m cuda_emulated)
+#   3. on a machine with an NVIDIA GPU and CuPy: the GPU parity tests (pytest -m cuda) and the
+#      GPU benchmark (bench/cuda_bench.py: events/s, FLOP/s and bytes/s vs measured ceilings,
+#      PyTorch reference step when torch is installed)
+# Whatever cannot run here is reported as SKIPPED with the reason. Exit status: 0 when every
+# part that ran passed.
+set -u
+cd "$(dirname "$0")/.."
+status=0
+skipped=()
+
+echo "== 1/3 static analysis (nvcc, sm_90)"
+if command -v nvcc >/dev/null 2>&1; then
+    python bench/cuda_static.py || status=1
+else
+    skipped+=("static analysis: nvcc not found (install the CUDA toolkit)")
+fi
+
+echo "== 2/3 CUDA kernels through the CPU emulator"
+if command -v "${CXX:-g++}" >/dev/null 2>&1; then
+    python -m pytest -q -m cuda_emulated tests/test_cuda_emulated.py || status=1
+else
+    skipped+=("emulated kernel tests: no C++ compiler (${CXX:-g++})")
+fi
+
+echo "== 3/3 real GPU"
+reason=$(python - <<'PY'
+try:
+    import cupy
+except ImportError:
+    print("CuPy is not installed (pip install cupy-cuda12x)")
+else:
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+        print("" if n > 0 else "CuPy sees no CUDA device")
+    except Exception as e:  # no driver
+        print(f"CuPy cannot reach a CUDA device ({type(e).__name__}: {e})")
+PY
+)
+if [ -z "$reason" ]; then
+    python -m pytest -q -m cuda tests/test_cuda_gpu.py || status=1
+    python bench/cuda_bench.py || status=1
+else
+    skipped+=("GPU parity tests (pytest -m cuda) and GPU benchmarks (bench/cuda_bench.py): $reason")
+fi
+
+echo
+if [ ${#skipped[@]} -gt 0 ]; then
+    for s in "${skipped[@]}"; do echo "SKIPPED: $s"; done
+fi
+if [ $status -eq 0 ]; then echo "gpu_check: every part that ran passed"; else echo "gpu_check: FAILURES above"; fi
+exit $status

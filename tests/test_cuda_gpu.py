@@ -1,0 +1,66 @@
+"""The CUDA parity checks of test_cuda_emulated.py, run on a real GPU through CupyDevice.
+
+Skipped (with the reason) when CuPy is not installed or sees no CUDA device. The kernel tests
+are reused unchanged: :class:`HostMirrorDevice` copies NumPy arguments to the GPU for each
+launch and the results back, so each test compares GPU output with the float64 references.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gru_engine.backends.device import CupyDevice, EmulatedDevice, cuda_available
+
+pytestmark = pytest.mark.cuda
+
+pytest.importorskip("cupy", reason="CuPy is not installed (pip install cupy-cuda12x): the GPU "
+                    "parity tests need CuPy and an NVIDIA GPU")
+if not cuda_available():
+    pytest.skip("CuPy sees no CUDA device: the GPU parity tests need an NVIDIA GPU",
+                allow_module_level=True)
+
+from test_cuda_emulated import (  # noqa: E402,F401  (collected here against the GPU)
+    test_adagrad_dense, test_add_bias, test_column_sum, test_dropout_mask, test_final_act,
+    test_gather_rows, test_gru_cell_backward, test_gru_cell_forward, test_loss_kernel,
+    test_loss_softmax_is_safe_for_large_scores, test_multiply_inplace, test_rank_targets,
+    test_run_epoch_keeps_schedule_on_device, test_scatter_rows, test_scorer_matches_reference,
+    test_sparse_adagrad, test_topk_device_helper, test_topk_rows, test_train_step_every_loss,
+    test_train_step_launch_counts, test_train_step_modes_layers_dropout,
+    test_train_step_shrinking_batch_and_final_act)
+
+
+class HostMirrorDevice(CupyDevice):
+    """CupyDevice that accepts NumPy arrays in ``launch``/``copy`` (copied in, results copied
+    back), so host-side kernel tests run on the GPU unchanged."""
+
+    def _is_array(self, obj):
+        return isinstance(obj, (np.ndarray, self._cp.ndarray))
+
+    def launch(self, kernel, grid, block, args, shared_mem=0):
+        dev_args, back = [], []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                d = self._cp.asarray(a)
+                dev_args.append(d)
+                back.append((a, d))
+            else:
+                dev_args.append(a)
+        super().launch(kernel, grid, block, dev_args, shared_mem)
+        for host, d in back:
+            host[...] = self._cp.asnumpy(d)
+
+    def copy(self, dst, src):
+        super().copy(dst, self._cp.asarray(src))
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return HostMirrorDevice()
+
+
+def test_dropout_masks_identical_to_emulator(dev):
+    n = 10007
+    gpu, emu = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
+    dev.launch("dropout_mask", (n + 255) // 256, 256, [gpu, n, 0.4, 123, 5])
+    EmulatedDevice().launch("dropout_mask", (n + 255) // 256, 256, [emu, n, 0.4, 123, 5])
+    np.testing.assert_array_equal(gpu, emu)
