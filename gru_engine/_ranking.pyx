@@ -12,8 +12,9 @@ cdef extern from *:
     """
     #include <stdint.h>
     /* The two scans that dominate the kernels, in C so that GCC can also build AVX2 clones of
-       them, picked at load time on CPUs that have AVX2 (the baseline x86-64 build is SSE2). */
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+       them, picked at load time on CPUs that have AVX2 (the baseline x86-64 build is SSE2).
+       Clones need ifunc, hence glibc. */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
     #define GRU_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
     #else
     #define GRU_SIMD_CLONES
