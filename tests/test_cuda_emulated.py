@@ -569,14 +569,15 @@ def test_run_epoch_keeps_schedule_on_device(dev):
     srcs = np.array([0, 1, 2, 0, 1, 2, 0, 2])
     store = rng.integers(0, N_ITEMS, 20)
     offsets = np.array([0, 4, 8])
-    total = t1.run_epoch(step_rows, ins, outs, resets, srcs, store, offsets)
+    losses = t1.run_epoch(step_rows, ins, outs, resets, srcs, store, offsets)
+    assert losses.shape == (3,) and np.isfinite(losses).all()
     pos = 0
     for t, R in enumerate(step_rows):
         sl = slice(pos, pos + R)
         t2.step(ins[sl].astype(np.int32), outs[sl].astype(np.int32), resets[sl].astype(np.uint8),
                 store[offsets[t]:offsets[t] + 4].astype(np.int32), src=srcs[sl].astype(np.int32))
         pos += R
-    close(total, t2.take_loss_sum())
+    close(losses.sum(), t2.take_loss_sum())
     close(t1.params_to_host()["Wy"], t2.params_to_host()["Wy"])
 
 
@@ -586,6 +587,8 @@ def test_scorer_matches_reference(dev, mode, layers):
     rng = np.random.default_rng(3)
     params = _init_params(rng, mode, layers)
     scorer = CudaScorer(dev, params, constrained_embedding=mode == "constrained")
+    act_scorer = CudaScorer(dev, params, constrained_embedding=mode == "constrained",
+                            final_act=(3, 0.1))
     scorer.begin(4)
     h = [np.zeros((4, H)) for H in layers]
     P = {k: ([a.astype(np.float64) for a in v] if isinstance(v, list) else v.astype(np.float64))
@@ -596,6 +599,10 @@ def test_scorer_matches_reference(dev, mode, layers):
         new = np.array([step == 0] * len(rows))
         if step == 2:
             new[1] = True
+        if step == 0:
+            act_scorer.begin(4)
+            close(act_scorer.score(rows, items, new), ref.final_act(3, scorer.score(rows, items, new), 0.1))
+            scorer.begin(4)
         got = scorer.score(rows, items, new)
         # reference forward
         if mode == "onehot":

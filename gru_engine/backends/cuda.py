@@ -225,7 +225,7 @@ class CudaTrainer:
         self.dev.launch("adagrad_dense", _grid(p.size), BLOCK,
                         [p, g, acc, vel, p.size, self.lr, self.momentum])
 
-    def step(self, in_items, out_items, reset, sample, src=None, masks=None):
+    def step(self, in_items, out_items, reset, sample, src=None, masks=None, loss_slot=None):
         """One training step; nothing is synchronised with the host.
 
         in_items, out_items: (R,) int32 device arrays (input / target item per row);
@@ -233,7 +233,8 @@ class CudaTrainer:
         sample: (n_sample,) int32 shared negatives; src: (R,) int32 row of each row in the
         previous step's state (None = the same row; rows compact as in ``batching.py``);
         masks: optional ``{'embed': .., 'hidden': [..]}`` fixed dropout masks (tests).
-        The step loss (sum over rows / batch_size) is added to ``self.loss_sum``.
+        The step loss (sum over rows / batch_size) is added to ``loss_slot`` (a 1-element
+        float32 device array; default ``self.loss_sum``).
         """
         d, net, p = self.dev, self.net, self.net.p
         R = int(in_items.shape[0])
@@ -289,6 +290,7 @@ class CudaTrainer:
         dS = self._buf("dS", (R, C))
         row_loss = self._buf("row_loss", (R,))
         scale = 1.0 / self.batch_size
+        loss_acc = self.loss_sum if loss_slot is None else loss_slot
         if self.loss == "cross-entropy":
             corr = None
             if self.corr_item is not None:
@@ -299,12 +301,11 @@ class CudaTrainer:
                     d.launch("gather_rows", _grid(self.n_sample), BLOCK,
                              [self.corr_item[1], 1, sample, self.n_sample, 1, None, None,
                               corr[R:], 1])
-            args = [S_loss, R, C, corr, None, scale, row_loss, self.loss_sum, dS]
+            args = [S_loss, R, C, corr, None, scale, row_loss, loss_acc, dS]
         elif self.loss == "bpr-max":
-            args = [S_loss, R, C, None, scale, self.bpreg, self.elu_param, row_loss,
-                    self.loss_sum, dS]
+            args = [S_loss, R, C, None, scale, self.bpreg, self.elu_param, row_loss, loss_acc, dS]
         else:
-            args = [S_loss, R, C, None, scale, row_loss, self.loss_sum, dS]
+            args = [S_loss, R, C, None, scale, row_loss, loss_acc, dS]
         d.launch("loss_" + self.loss.replace("-", "_"), R, BLOCK, args)
         if act != 0:
             d.launch("final_act_backward", _grid(R * C), BLOCK, [S, dS, dS, R * C, act, act_param])
@@ -373,7 +374,9 @@ class CudaTrainer:
         resets (sum rows,) bool; srcs (sum rows,) int previous row of each row (as
         ``batching.schedule_advance``'s ``src``); sample_store (store,) int item indices;
         sample_offsets (n_steps,) start of each step's n_sample block in the store.
-        Returns the epoch's sum of step losses (one host sync at the end).
+        Returns the (n_steps,) float32 step losses (each = sum over rows / batch_size), read
+        with one host sync at the end; the official epoch loss is
+        ``(losses * step_rows).sum() / step_rows.sum()``.
         """
         d = self.dev
         ins = d.to_device(inputs, np.int32)
@@ -381,14 +384,16 @@ class CudaTrainer:
         rst = d.to_device(np.asarray(resets).astype(np.uint8))
         srcd = d.to_device(srcs, np.int32)
         store = d.to_device(sample_store, np.int32)
+        step_rows = np.asarray(step_rows, dtype=np.int64)
+        losses = d.zeros((len(step_rows),))
         pos = 0
-        for t, R in enumerate(np.asarray(step_rows, dtype=np.int64)):
+        for t, R in enumerate(step_rows):
             R = int(R)
             o = int(sample_offsets[t])
             self.step(ins[pos:pos + R], outs[pos:pos + R], rst[pos:pos + R],
-                      store[o:o + self.n_sample], srcd[pos:pos + R])
+                      store[o:o + self.n_sample], srcd[pos:pos + R], loss_slot=losses[t:t + 1])
             pos += R
-        return self.take_loss_sum()
+        return d.to_host(losses)
 
 
 class CudaScorer:
@@ -397,13 +402,15 @@ class CudaScorer:
     ``begin(n_rows)`` zeroes an (n_rows, H_l) hidden state per layer; ``score(rows, items,
     new_session)`` feeds one click per listed row (rows: (R,) int indices into the state,
     distinct; items: (R,) int item indices; new_session: (R,) bool, True resets that row) and
-    returns float32 (R, n_items) scores ``h_last @ Wy.T + By`` on the host. ``rank`` and
-    ``topk`` do the same step but keep the score block on the device.
+    returns float32 (R, n_items) scores ``final_act(h_last @ Wy.T + By)`` on the host (as the
+    CPU scorer). ``rank`` and ``topk`` do the same step but keep the score block on the device.
     """
 
-    def __init__(self, device: Device, params: dict, constrained_embedding: bool = True):
+    def __init__(self, device: Device, params: dict, constrained_embedding: bool = True,
+                 final_act=(0, 0.0)):
         self.dev = device
         self.net = _Net(device, params, constrained_embedding)
+        self.final_act = (int(final_act[0]), float(final_act[1]))
         self.h = None
         self._flat = {}
 
@@ -445,6 +452,11 @@ class CudaScorer:
         S = self._buf("S", (R, N))
         d.gemm(x, p["Wy"], out=S, trans_b=True)
         d.launch("add_bias", _grid(R * N), BLOCK, [S, p["By"], R, N])
+        if self.final_act[0] != 0:
+            S_act = self._buf("S_act", (R, N))
+            d.launch("final_act_forward", _grid(R * N), BLOCK,
+                     [S, S_act, R * N, self.final_act[0], self.final_act[1]])
+            return S_act
         return S
 
     def score(self, rows, items, new_session):
