@@ -85,12 +85,13 @@ class SessionModel:
     def evaluate(self, test, cutoffs=(1, 5, 10, 20), mode: str = "conservative",
                  batch_size: int = 512, session_key: str | None = None,
                  item_key: str | None = None, time_key: str | None = None,
-                 by_position: bool = True) -> dict:
+                 by_position: bool = True, targets: str = "all") -> dict:
         """Next-item evaluation on a test event table (GRU4Rec protocol).
 
         Test events of items unknown to the model are removed first, then sessions of at least
         2 events are replayed click by click; after each click the true next item is ranked
-        against all items. Returns ``{'recall@k': .., 'mrr@k': .., 'n_events': n_predictions,
+        against all items (``targets='last'``: only the last click of each session is
+        predicted, the leave-last-out protocol). Returns ``{'recall@k': .., 'mrr@k': .., 'n_events': n_predictions,
         'n_unknown_item_events': .., 'by_position': [...]}``; see
         :func:`gru_engine.evaluation.evaluate_sessions`.
         """
@@ -101,7 +102,8 @@ class SessionModel:
                                         ("time_key", time_key)) if v is not None})
         sessions, _, report = build_sessions(test, self.item_index_, **keys)
         result = evaluate_sessions(self.scorer(), sessions, cutoffs=cutoffs, mode=mode,
-                                   batch_size=batch_size, by_position=by_position)
+                                   batch_size=batch_size, by_position=by_position,
+                                   targets=targets)
         result["n_unknown_item_events"] = report.n_unknown_item_events
         return result
 
