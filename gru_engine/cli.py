@@ -97,13 +97,11 @@ def cmd_train(args) -> int:
         params["device"] = args.device
     if args.threads:
         params["n_threads"] = args.threads
-    model = SessionGRU(**params)
     if args.load:
         model = SessionGRU.load(args.load)
         logger.info("loaded %s", args.load)
     else:
-        train = _read(args.train, args)
-        model.fit(train, **_keys(args))
+        model = SessionGRU(**params).fit(_read(args.train, args), **_keys(args))
     if args.save:
         model.save(args.save)
         logger.info("saved the model to %s", args.save)
@@ -134,8 +132,13 @@ def cmd_evaluate(args) -> int:
 def cmd_recommend(args) -> int:
     from .model import SessionGRU
     model = SessionGRU.load(args.model_file)
-    exclude = args.items if args.exclude_seen else None
-    ids, scores = model.recommend(np.array(args.items), k=args.k, exclude=exclude)
+    id_dtype = model.item_index_.ids.dtype
+    try:
+        items = np.array(args.items).astype(id_dtype)
+    except ValueError:
+        raise ValueError(f"item ids {args.items} do not parse as the model's ids ({id_dtype})") from None
+    exclude = items if args.exclude_seen else None
+    ids, scores = model.recommend(items, k=args.k, exclude=exclude)
     for rank, (item, score) in enumerate(zip(ids, scores), 1):
         print(f"{rank}\t{item}\t{score:.6f}")
     return 0
