@@ -1,0 +1,127 @@
+"""Session-parallel mini-batches (GRU4Rec paper, Fig. 2), compiled with Numba.
+
+``batch_size`` rows each walk one session; at every step a row's input is its current event and
+its target the next event. A row whose session has no next event takes the next unvisited session
+(hidden state reset to zero); when no session is left, finished rows drop out and the surviving
+rows are compacted in order (the batch shrinks). The epoch stops when no row is left, or when
+fewer than ``min_rows`` rows are left (2 with ``n_sample=0``, as the official code).
+
+State of a schedule (all preallocated with ``batch_size`` entries):
+    cur:   int64, index into ``items`` of each row's current (input) event
+    end:   int64, one past the last event of the row's session
+    reset: bool, True for rows whose session starts at this step (hidden state must be zero)
+    src:   int64, for each row the row it occupied in the previous step (rows only move up)
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def _next_session(order, offsets, next_sess):
+    """First unvisited session (position in ``order``) with >= 2 events, or -1."""
+    while next_sess < len(order):
+        s = order[next_sess]
+        if offsets[s + 1] - offsets[s] >= 2:
+            return next_sess
+        next_sess += 1
+    return -1
+
+
+@njit(cache=True)
+def schedule_start(order, offsets, batch_size, cur, end, reset, src):
+    """Fill the first step's rows; returns ``(n_rows, next_sess)``.
+
+    order: (n_sessions,) int64 visiting order of sessions; offsets: (n_sessions+1,) int64 CSR.
+    """
+    n_rows = 0
+    next_sess = 0
+    while n_rows < batch_size:
+        k = _next_session(order, offsets, next_sess)
+        if k < 0:
+            next_sess = len(order)
+            break
+        s = order[k]
+        cur[n_rows] = offsets[s]
+        end[n_rows] = offsets[s + 1]
+        reset[n_rows] = True
+        src[n_rows] = n_rows
+        n_rows += 1
+        next_sess = k + 1
+    return n_rows, next_sess
+
+
+@njit(cache=True)
+def schedule_advance(order, offsets, n_rows, next_sess, min_rows, cur, end, reset, src):
+    """Move every row one event forward; returns the new ``(n_rows, next_sess)``.
+
+    Finished rows take the next unvisited sessions in row order; rows left without a session
+    are removed and the rest compacted (``src`` says where each row came from). ``n_rows`` is 0
+    when the epoch is over.
+    """
+    w = 0
+    for r in range(n_rows):
+        c = cur[r] + 1
+        e = end[r]
+        rs = False
+        if c + 1 >= e:
+            k = _next_session(order, offsets, next_sess)
+            if k < 0:
+                next_sess = len(order)
+                continue
+            s = order[k]
+            next_sess = k + 1
+            c = offsets[s]
+            e = offsets[s + 1]
+            rs = True
+        cur[w] = c
+        end[w] = e
+        reset[w] = rs
+        src[w] = r
+        w += 1
+    if w < min_rows:
+        w = 0
+    return w, next_sess
+
+
+@njit(cache=True)
+def full_schedule(items, order, offsets, batch_size, min_rows):
+    """The whole epoch's schedule as flat arrays (for tests and inspection).
+
+    Returns ``(step_rows, inputs, targets, resets)``: ``step_rows`` (n_steps,) int64 rows per
+    step; the other three concatenate the steps' rows: int32 input items, int32 target items,
+    bool reset flags.
+    """
+    cur = np.empty(batch_size, np.int64)
+    end = np.empty(batch_size, np.int64)
+    reset = np.empty(batch_size, np.bool_)
+    src = np.empty(batch_size, np.int64)
+    n_rows, next_sess = schedule_start(order, offsets, batch_size, cur, end, reset, src)
+    if n_rows < min_rows:
+        n_rows = 0
+    total = len(items)
+    step_rows = np.empty(total + 1, np.int64)
+    inputs = np.empty(total, np.int32)
+    targets = np.empty(total, np.int32)
+    resets = np.empty(total, np.bool_)
+    n_steps = 0
+    pos = 0
+    while n_rows > 0:
+        step_rows[n_steps] = n_rows
+        for r in range(n_rows):
+            inputs[pos] = items[cur[r]]
+            targets[pos] = items[cur[r] + 1]
+            resets[pos] = reset[r]
+            pos += 1
+        n_steps += 1
+        n_rows, next_sess = schedule_advance(order, offsets, n_rows, next_sess, min_rows,
+                                             cur, end, reset, src)
+    return step_rows[:n_steps].copy(), inputs[:pos].copy(), targets[:pos].copy(), resets[:pos].copy()
+
+
+def session_order(sessions, shuffle: bool = False, rng=None) -> np.ndarray:
+    """(n_sessions,) int64 visiting order: by start time (official), or a random permutation."""
+    if shuffle:
+        return rng.permutation(sessions.n_sessions).astype(np.int64)
+    return sessions.order_by_start_time()

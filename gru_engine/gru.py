@@ -1,0 +1,101 @@
+"""GRU layer kernels (forward, hand-written backward) and dropout masks, compiled with Numba.
+
+Shared layout (see the project brief): gate order ``[r | z | n]`` along the 3H axis,
+``gx = x @ Wx + bx``, ``gh = h @ Wh``, ``r = sigmoid(gx_r + gh_r)``, ``z = sigmoid(gx_z + gh_z)``,
+``n = tanh(gx_n + r * (gh_n + bhn))``, ``h' = (1 - z) * n + z * h``.
+Kernels are dtype-generic (float32 in training, float64 in gradient checks); every buffer has at
+least ``B`` rows and only the first ``B`` are used. Scalar math runs in float64.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def gru_forward(gx, h, Wh, bhn, gh, gates, hout, B):
+    """One GRU step for the first ``B`` rows.
+
+    gx:    (>=B, 3H) input pre-activations ``x @ Wx + bx`` (read)
+    h:     (>=B, H) previous hidden state, zero rows for sessions that start now (read)
+    Wh:    (H, 3H), bhn: (H,)
+    gh:    (>=B, 3H) out: ``h @ Wh``, whose n-block is replaced by ``a = gh_n + bhn``
+    gates: (>=B, 3H) out: ``[r | z | n]``
+    hout:  (>=B, H) out: new hidden state (before dropout)
+    """
+    H = h.shape[1]
+    np.dot(h[:B], Wh, gh[:B])
+    for i in range(B):
+        for j in range(H):
+            r = 1.0 / (1.0 + np.exp(-(gx[i, j] + gh[i, j])))
+            z = 1.0 / (1.0 + np.exp(-(gx[i, H + j] + gh[i, H + j])))
+            a = gh[i, 2 * H + j] + bhn[j]
+            n = np.tanh(gx[i, 2 * H + j] + r * a)
+            gates[i, j] = r
+            gates[i, H + j] = z
+            gates[i, 2 * H + j] = n
+            gh[i, 2 * H + j] = a
+            hout[i, j] = (1.0 - z) * n + z * h[i, j]
+
+
+@njit(cache=True)
+def gru_backward(dh, h, gates, gh, dgx, dgh, B):
+    """Backward of :func:`gru_forward` through the gates (previous state held constant).
+
+    dh:  (>=B, H) gradient w.r.t. the step's output ``h'`` (before dropout)
+    h, gates, gh: as left by :func:`gru_forward`
+    dgx: (>=B, 3H) out: gradient w.r.t. ``gx`` (so ``dWx = x^T dgx``, ``dbx = sum dgx``)
+    dgh: (>=B, 3H) out: gradient w.r.t. ``[gh_r | gh_z | a]`` (so ``dWh = h^T dgh``,
+         ``dbhn = sum dgh[:, 2H:]``)
+    """
+    H = h.shape[1]
+    for i in range(B):
+        for j in range(H):
+            r = gates[i, j]
+            z = gates[i, H + j]
+            n = gates[i, 2 * H + j]
+            d = dh[i, j]
+            dn = d * (1.0 - z) * (1.0 - n * n)
+            dz = d * (h[i, j] - n) * z * (1.0 - z)
+            dr = dn * gh[i, 2 * H + j] * r * (1.0 - r)
+            dgx[i, j] = dr
+            dgx[i, H + j] = dz
+            dgx[i, 2 * H + j] = dn
+            dgh[i, j] = dr
+            dgh[i, H + j] = dz
+            dgh[i, 2 * H + j] = dn * r
+
+
+@njit(cache=True)
+def column_sums(D, B, out, col0, ncols):
+    """``out[k] = sum_{i<B} D[i, col0 + k]`` for ``k < ncols``."""
+    for k in range(ncols):
+        out[k] = 0.0
+    for i in range(B):
+        for k in range(ncols):
+            out[k] += D[i, col0 + k]
+
+
+@njit(cache=True)
+def dropout_mask(mask, B, p):
+    """Fill ``mask[:B]`` with inverted-dropout factors: 0 with probability ``p``, else 1/(1-p).
+
+    Draws ``B * mask.shape[1]`` uniforms from Numba's generator (row-major) when ``p > 0``;
+    draws nothing when ``p == 0`` (all ones), so the random stream does not depend on unused
+    dropout.
+    """
+    if p <= 0.0:
+        mask[:B] = 1.0
+        return
+    keep = 1.0 / (1.0 - p)
+    for i in range(B):
+        for j in range(mask.shape[1]):
+            mask[i, j] = 0.0 if np.random.random() < p else keep
+
+
+@njit(cache=True)
+def multiply_rows(X, M, B):
+    """``X[:B] *= M[:B]`` elementwise."""
+    for i in range(B):
+        for j in range(X.shape[1]):
+            X[i, j] *= M[i, j]

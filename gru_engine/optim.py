@@ -1,0 +1,117 @@
+"""Adagrad with plain (heavy-ball) momentum, dense and sparse-row, compiled with Numba.
+
+Per parameter: ``acc += g^2``; ``step = g / sqrt(acc + 1e-6)``; with ``momentum > 0``:
+``v = momentum * v - lr * step``, ``p += v``; else ``p -= lr * step`` (reference page; not
+Nesterov). Item-indexed matrices are updated only in the rows of the step: gradients of repeated
+items are first summed into one row (:func:`accumulate_rows`), rows not touched keep their
+``acc`` and ``v`` unchanged.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+EPS = 1e-6
+
+
+@njit(cache=True)
+def adagrad_flat(p, g, acc, vel, lr, mom):
+    """Dense update of 1-D views ``p``, ``g``, ``acc``, ``vel`` (same length)."""
+    if mom > 0.0:
+        for k in range(p.shape[0]):
+            gk = g[k]
+            a = acc[k] + gk * gk
+            acc[k] = a
+            v = mom * vel[k] - lr * (gk / np.sqrt(a + EPS))
+            vel[k] = v
+            p[k] += v
+    else:
+        for k in range(p.shape[0]):
+            gk = g[k]
+            a = acc[k] + gk * gk
+            acc[k] = a
+            p[k] -= lr * (gk / np.sqrt(a + EPS))
+
+
+@njit(cache=True)
+def adagrad_dense(p, g, acc, vel, lr, mom):
+    """Dense update of C-contiguous arrays of any rank (same shape)."""
+    adagrad_flat(p.reshape(p.size), g.reshape(g.size), acc.reshape(acc.size),
+                 vel.reshape(vel.size), lr, mom)
+
+
+@njit(cache=True)
+def adagrad_rows(P, acc, vel, rows, G, n, lr, mom):
+    """Sparse update: ``P[rows[u]]`` with gradient ``G[u]`` for ``u < n`` (rows unique).
+
+    P, acc, vel: (n_items, d); rows: (>=n,) int32; G: (>=n, d).
+    """
+    for u in range(n):
+        adagrad_flat(P[rows[u]], G[u], acc[rows[u]], vel[rows[u]], lr, mom)
+
+
+@njit(cache=True)
+def adagrad_rows_1d(b, acc, vel, rows, g, n, lr, mom):
+    """Sparse update of a vector: ``b[rows[u]]`` with gradient ``g[u]`` for ``u < n``."""
+    if mom > 0.0:
+        for u in range(n):
+            k = rows[u]
+            a = acc[k] + g[u] * g[u]
+            acc[k] = a
+            v = mom * vel[k] - lr * (g[u] / np.sqrt(a + EPS))
+            vel[k] = v
+            b[k] += v
+    else:
+        for u in range(n):
+            k = rows[u]
+            a = acc[k] + g[u] * g[u]
+            acc[k] = a
+            b[k] -= lr * (g[u] / np.sqrt(a + EPS))
+
+
+@njit(cache=True)
+def accumulate_rows(slot, rows, n_rows, G, items, D, n, scale_by, use_scale):
+    """Sum gradient rows per item: ``G[slot[items[j]]] += D[j] (* scale_by[j])`` for ``j < n``.
+
+    slot: (n_items,) int32, -1 for items without a row yet (new rows are appended to ``rows``
+    and zeroed); rows: (cap,) int32 item of each accumulator row; G: (cap, d).
+    ``use_scale`` multiplies ``D[j]`` elementwise by ``scale_by[j]`` (a dropout mask row; a
+    mask of one column scales the whole row). Returns the new number of accumulator rows.
+    """
+    d = G.shape[1]
+    per_row = scale_by.shape[1] == 1
+    for j in range(n):
+        it = items[j]
+        s = slot[it]
+        if s < 0:
+            s = n_rows
+            slot[it] = s
+            rows[s] = it
+            for k in range(d):
+                G[s, k] = 0.0
+            n_rows += 1
+        if use_scale and per_row:
+            m = scale_by[j, 0]
+            for k in range(d):
+                G[s, k] += D[j, k] * m
+        elif use_scale:
+            for k in range(d):
+                G[s, k] += D[j, k] * scale_by[j, k]
+        else:
+            for k in range(d):
+                G[s, k] += D[j, k]
+    return n_rows
+
+
+@njit(cache=True)
+def accumulate_rows_1d(slot, g, items, d, n):
+    """``g[slot[items[j]]] += d[j]`` for ``j < n``; every item must already have a slot."""
+    for j in range(n):
+        g[slot[items[j]]] += d[j]
+
+
+@njit(cache=True)
+def release_rows(slot, rows, n_rows):
+    """Reset ``slot`` to -1 for the accumulated items (ready for the next step)."""
+    for u in range(n_rows):
+        slot[rows[u]] = -1

@@ -1,0 +1,180 @@
+"""SessionGRU hyperparameters: defaults, validation and the official ``key=value`` strings.
+
+Names follow the official GRU4Rec release so that its published parameter files carry over,
+e.g. ``parse_param_string("loss=bpr-max,layers=224/224,batch_size=80")``.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+DEFAULTS = {
+    "layers": [100],
+    "loss": "cross-entropy",
+    "final_act": "linear",
+    "batch_size": 32,
+    "n_epochs": 10,
+    "n_sample": 2048,
+    "sample_alpha": 0.5,
+    "sample_store_size": 10_000_000,
+    "logq": 1.0,
+    "bpreg": 0.0,
+    "elu_param": 0.0,
+    "embedding": 0,
+    "constrained_embedding": True,
+    "dropout_p_embed": 0.0,
+    "dropout_p_hidden": 0.0,
+    "learning_rate": 0.1,
+    "momentum": 0.0,
+    "random_state": None,
+    "n_threads": None,
+    "device": "cpu",
+    "shuffle_sessions": False,
+    "show_progress": False,
+}
+
+LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
+#: loss name -> integer code used by the compiled kernels
+LOSS_CODES = {name: i for i, name in enumerate(LOSSES)}
+#: final activation kind -> integer code used by the compiled kernels
+ACT_CODES = {"linear": 0, "relu": 1, "tanh": 2, "leaky": 3, "elu": 4}
+DEVICES = ("cpu", "cuda", "auto")
+
+_ACT_RE = re.compile(r"^(linear|relu|tanh|leaky-[^-].*|elu-[^-].*)$")
+_INT_KEYS = ("batch_size", "n_epochs", "n_sample", "sample_store_size", "embedding")
+_FLOAT_KEYS = ("sample_alpha", "logq", "bpreg", "elu_param", "dropout_p_embed",
+               "dropout_p_hidden", "learning_rate", "momentum")
+_BOOL_KEYS = ("constrained_embedding", "shuffle_sessions", "show_progress")
+
+
+def parse_final_act(final_act: str) -> tuple[int, float]:
+    """``'linear'|'relu'|'tanh'|'leaky-<x>'|'elu-<x>'`` -> (activation code, parameter).
+
+    ``leaky-0.01`` is a leaky ReLU with negative slope 0.01; ``elu-1`` an ELU with alpha 1.
+    Raises ``ValueError`` on anything else.
+    """
+    if not isinstance(final_act, str) or not _ACT_RE.match(final_act):
+        raise ValueError(f"final_act must be 'linear', 'relu', 'tanh', 'leaky-<x>' or 'elu-<x>', "
+                         f"got {final_act!r}")
+    kind, _, arg = final_act.partition("-")
+    if not arg:
+        return ACT_CODES[kind], 0.0
+    try:
+        value = float(arg)
+    except ValueError:
+        raise ValueError(f"final_act {final_act!r}: {arg!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"final_act {final_act!r}: the parameter must be finite and >= 0")
+    return ACT_CODES[kind], value
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) or type(v).__name__.startswith("int")
+
+
+def validate(params: dict) -> dict:
+    """Check a full hyperparameter dict; return a normalised copy (``layers`` a list of ints).
+
+    Raises ``ValueError`` naming the parameter and the bad value.
+    """
+    p = dict(params)
+    layers = p["layers"]
+    if _is_int(layers):
+        layers = [layers]
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise ValueError(f"layers must be a list of positive ints, got {p['layers']!r}") from None
+    if not layers or not all(_is_int(h) and int(h) > 0 for h in layers):
+        raise ValueError(f"layers must be a non-empty list of positive ints, got {p['layers']!r}")
+    p["layers"] = [int(h) for h in layers]
+    if p["loss"] not in LOSSES:
+        raise ValueError(f"unknown loss {p['loss']!r}; choose one of {list(LOSSES)}")
+    parse_final_act(p["final_act"])
+    for key, low in (("batch_size", 1), ("n_epochs", 0), ("n_sample", 0),
+                     ("sample_store_size", 0), ("embedding", 0)):
+        v = p[key]
+        if not _is_int(v) or int(v) < low:
+            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+        p[key] = int(v)
+    for key in _FLOAT_KEYS:
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) and not type(v).__name__.startswith("float"):
+            raise ValueError(f"{key} must be a number, got {v!r}")
+        if not math.isfinite(float(v)):
+            raise ValueError(f"{key} must be finite, got {v!r}")
+        p[key] = float(v)
+    for key in ("sample_alpha", "logq", "bpreg", "elu_param", "momentum"):
+        if p[key] < 0:
+            raise ValueError(f"{key} must be >= 0, got {p[key]!r}")
+    if p["momentum"] >= 1:
+        raise ValueError(f"momentum must be in [0, 1), got {p['momentum']!r}")
+    if p["learning_rate"] <= 0:
+        raise ValueError(f"learning_rate must be > 0, got {p['learning_rate']!r}")
+    for key in ("dropout_p_embed", "dropout_p_hidden"):
+        if not 0.0 <= p[key] < 1.0:
+            raise ValueError(f"{key} must be in [0, 1), got {p[key]!r}")
+    if p["n_sample"] > 0 and p["sample_store_size"] < p["n_sample"] and p["sample_store_size"] != 0:
+        raise ValueError(f"sample_store_size ({p['sample_store_size']}) must be 0 or at least "
+                         f"n_sample ({p['n_sample']})")
+    for key in _BOOL_KEYS:
+        if not isinstance(p[key], (bool, type(None))) and type(p[key]).__name__ != "bool_":
+            raise ValueError(f"{key} must be True or False, got {p[key]!r}")
+        p[key] = bool(p[key])
+    rs = p["random_state"]
+    if rs is not None and not (_is_int(rs) and int(rs) >= 0):
+        raise ValueError(f"random_state must be None or a non-negative int, got {rs!r}")
+    nt = p["n_threads"]
+    if nt is not None and not (_is_int(nt) and int(nt) >= 1):
+        raise ValueError(f"n_threads must be None or a positive int, got {nt!r}")
+    if p["device"] not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)}, got {p['device']!r}")
+    return p
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise ValueError(f"parameter {key!r}: {text!r} is not a boolean (True/False)")
+
+
+def parse_param_string(text: str) -> dict:
+    """Parse an official parameter string ``"loss=bpr-max,layers=224/224,batch_size=80"``.
+
+    ``,`` separates parameters, ``=`` a name from its value and ``/`` the values of a list
+    (``layers``). Values are converted to the parameter's type. Unknown names and malformed
+    values raise ``ValueError``. Returns ``{name: value}`` for the names given.
+    """
+    out = {}
+    if not text or not text.strip():
+        return out
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ValueError(f"parameter {part!r} has no '=': expected key=value")
+        key, value = (s.strip() for s in part.split("=", 1))
+        if key not in DEFAULTS:
+            raise ValueError(f"unknown parameter {key!r}; valid: {sorted(DEFAULTS)}")
+        try:
+            if key == "layers":
+                out[key] = [int(v) for v in value.split("/")]
+            elif key in _INT_KEYS:
+                out[key] = int(float(value)) if float(value).is_integer() else int(value)
+            elif key in _FLOAT_KEYS:
+                out[key] = float(value)
+            elif key in _BOOL_KEYS:
+                out[key] = _parse_bool(key, value)
+            elif key in ("random_state", "n_threads"):
+                out[key] = None if value.lower() == "none" else int(value)
+            else:
+                out[key] = value
+        except ValueError as exc:
+            if "boolean" in str(exc):
+                raise
+            raise ValueError(f"parameter {key!r}: cannot parse {value!r}") from None
+    return out

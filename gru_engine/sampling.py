@@ -1,0 +1,74 @@
+"""Negative samples drawn with probability proportional to ``support ** sample_alpha``.
+
+As the official GRU4Rec, samples come from a pre-drawn store of ``sample_store_size`` items, cut
+into blocks of ``n_sample`` per training step and redrawn when used up. Drawing is inverse-CDF:
+uniform numbers in ``[0, total)`` located in the cumulative weights with a binary search.
+The draws use Numba's generator (seed it with :func:`seed_numba`), so the redraw inside the
+compiled training epoch continues the same random stream.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+def sampling_cdf(support: np.ndarray, alpha: float) -> np.ndarray:
+    """(n_items,) float64 cumulative sum of ``support ** alpha`` (``support``: event counts)."""
+    weights = np.power(np.asarray(support, dtype=np.float64), alpha)
+    weights[np.asarray(support) <= 0] = 0.0
+    cdf = np.cumsum(weights)
+    if cdf.size == 0 or cdf[-1] <= 0:
+        raise ValueError("cannot sample negatives: every item has zero support")
+    return cdf
+
+
+@njit(cache=True)
+def seed_numba(seed):
+    """Seed Numba's (per-thread) NumPy-compatible generator."""
+    np.random.seed(seed)
+
+
+@njit(cache=True)
+def draw(cdf, out):
+    """Fill ``out`` (int32) with item indices drawn from the cumulative weights ``cdf``."""
+    total = cdf[-1]
+    last = len(cdf) - 1
+    for k in range(len(out)):
+        i = np.searchsorted(cdf, np.random.random() * total, side="right")
+        out[k] = i if i <= last else last
+
+
+def store_capacity(n_sample: int, store_size: int) -> int:
+    """Items held by the store: whole blocks of ``n_sample``, at least one block."""
+    if n_sample <= 0:
+        return 0
+    return max(1, store_size // n_sample) * n_sample
+
+
+class SampleStore:
+    """Pre-drawn negatives (int32) consumed ``n_sample`` at a time.
+
+    ``samples``: (capacity,) int32; ``pos``: next unused position (== capacity: redraw first).
+    """
+
+    def __init__(self, support: np.ndarray, alpha: float, n_sample: int, store_size: int):
+        self.n_sample = int(n_sample)
+        self.cdf = sampling_cdf(support, alpha) if n_sample > 0 else np.ones(1, np.float64)
+        self.samples = np.empty(store_capacity(n_sample, store_size), dtype=np.int32)
+        self.pos = len(self.samples)
+
+    def fill(self):
+        """(Re)draw the whole store (seed Numba's generator first for reproducibility)."""
+        if len(self.samples):
+            draw(self.cdf, self.samples)
+        self.pos = 0
+
+    def next_block(self) -> np.ndarray:
+        """The next ``n_sample`` negatives, redrawing the store when it is used up."""
+        if self.n_sample == 0:
+            return self.samples[:0]
+        if self.pos + self.n_sample > len(self.samples):
+            self.fill()
+        block = self.samples[self.pos:self.pos + self.n_sample]
+        self.pos += self.n_sample
+        return block
