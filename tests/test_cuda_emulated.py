@@ -462,8 +462,22 @@ def _zeros_like(params):
             for k, v in params.items()}
 
 
+def _drawn_masks(dev, trainer, R, t, mode, layers):
+    """The masks the trainer's dropout_mask launches draw at step t (same seed and streams)."""
+    L = len(layers)
+    width = 1 if mode == "onehot" else trainer.net.in_sizes[0]
+    emb = nan((R,) if width == 1 else (R, width))
+    dev.launch("dropout_mask", grid(emb.size), BLOCK, [emb, emb.size, 0.25, trainer.seed, t * (L + 1)])
+    hid = []
+    for l, H in enumerate(layers):
+        m = nan((R, H))
+        dev.launch("dropout_mask", grid(m.size), BLOCK, [m, m.size, 0.4, trainer.seed, t * (L + 1) + 1 + l])
+        hid.append(m)
+    return {"embed": emb, "hidden": hid}
+
+
 def _run_step_parity(dev, mode, layers, loss, *, dropout=False, final_act=(0, 0.0), logq=0.0,
-                     momentum=0.2, n_steps=2, shrink=False, opts=None):
+                     momentum=0.2, n_steps=2, shrink=False, opts=None, draw=False):
     opts = opts or {}
     rng = np.random.default_rng(zlib.crc32(repr((mode, layers, loss, opts)).encode()))
     B, n_sample = 6, 7
@@ -473,7 +487,8 @@ def _run_step_parity(dev, mode, layers, loss, *, dropout=False, final_act=(0, 0.
                           constrained_embedding=(mode == "constrained"), final_act=final_act,
                           bpreg=opts.get("bpreg", 0.0), elu_param=opts.get("elu", 0.0),
                           logq=logq, sample_alpha=0.5, item_support=support,
-                          learning_rate=0.05, momentum=momentum)
+                          learning_rate=0.05, momentum=momentum,
+                          dropout_p_embed=0.25 if draw else 0.0, dropout_p_hidden=0.4 if draw else 0.0)
     P = {k: ([a.astype(np.float64) for a in v] if isinstance(v, list) else v.astype(np.float64))
          for k, v in params.items()}
     A, V = _zeros_like(P), _zeros_like(P)
@@ -499,6 +514,8 @@ def _run_step_parity(dev, mode, layers, loss, *, dropout=False, final_act=(0, 0.
             emb = ((rng.random((R, width) if width > 1 else (R,)) >= 0.25) / 0.75).astype(np.float32)
             hid = [((rng.random((R, H)) >= 0.4) / 0.6).astype(np.float32) for H in layers]
             masks = {"embed": emb, "hidden": hid}
+        if draw:
+            masks = _drawn_masks(dev, trainer, R, t, mode, layers)
         logq_corr = None
         if logq:
             logq_corr = np.concatenate([logq * np.log(support[outs]),
@@ -512,7 +529,7 @@ def _run_step_parity(dev, mode, layers, loss, *, dropout=False, final_act=(0, 0.
         loss_ref, P, A, V, h_new = ref.train_step(P, A, V, h_ref, batch, hyper)
         h_ref = h_new
         total += loss_ref
-        trainer.step(ins, outs, reset, sample, src=src, masks=masks)
+        trainer.step(ins, outs, reset, sample, src=src, masks=None if draw else masks)
     close(trainer.take_loss_sum(), total, rtol=2e-4)
     got = trainer.params_to_host()
     for key, want in P.items():
@@ -537,6 +554,12 @@ def test_train_step_every_loss(dev, loss, opts):
 @pytest.mark.parametrize("layers", [[11], [13, 9]])
 def test_train_step_modes_layers_dropout(dev, mode, layers):
     _run_step_parity(dev, mode, layers, "cross-entropy", dropout=True, logq=1.0)
+
+
+@pytest.mark.parametrize("mode", ["onehot", "constrained"])
+def test_train_step_with_drawn_dropout_masks(dev, mode):
+    _run_step_parity(dev, mode, [9, 6], "bpr-max", opts={"bpreg": 1.0, "elu": 1.0}, draw=True,
+                     n_steps=3)
 
 
 def test_train_step_shrinking_batch_and_final_act(dev):
