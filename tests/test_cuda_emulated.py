@@ -56,8 +56,27 @@ def dev():
     return EmulatedDevice()
 
 
+GUARD = 64
+_guarded = []
+
+
 def nan(shape, dtype=np.float32):
-    return np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -7, dtype=dtype)
+    """An output buffer full of NaN (-7 for ints) inside guard zones that must stay untouched."""
+    n = int(np.prod(shape))
+    base = np.full(n + 2 * GUARD, 7.25e5 if np.dtype(dtype).kind == "f" else -123456789, dtype)
+    view = base[GUARD:GUARD + n]
+    view[:] = np.nan if np.dtype(dtype).kind == "f" else -7
+    _guarded.append(base)
+    return view.reshape(shape)
+
+
+@pytest.fixture(autouse=True)
+def _out_of_bounds_writes_fail():
+    _guarded.clear()
+    yield
+    for base in _guarded:
+        guards = np.concatenate([base[:GUARD], base[-GUARD:]])
+        assert (guards == base[0]).all(), "a kernel wrote outside its output buffer"
 
 
 def f32(rng, *shape, scale=1.0):
