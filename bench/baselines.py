@@ -248,7 +248,8 @@ def markdown(rows: list, meta: dict) -> str:
         out += ["", "Recall@20 split by target (diagnostic replay; 'check' must equal Recall@20):",
                 "", "| dataset | model | check | target already in session | new target |",
                 "|---|---|---|---|---|"]
-        fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+        def fmt(v):
+            return "–" if v is None else f"{v:.4f}"
         out += [f"| {r['dataset']} | {r['model']} | {fmt(r['recall@20_check'])} | "
                 f"{fmt(r['recall@20_target_seen'])} | {fmt(r['recall@20_target_new'])} |"
                 for r in rows]
