@@ -674,3 +674,87 @@ def test_scorer_matches_reference(dev, mode, layers):
     scorer.begin(1)
     S = scorer.score(np.array([0]), np.array([4]), np.array([True]))
     np.testing.assert_array_equal(idx, ref.topk(S, 10)[0])
+
+
+# ---- the CupyDevice code path, on a stand-in CuPy ----------------------------------------------
+class _FakeCupyArray(np.ndarray):
+    """NumPy array posing as cupy.ndarray (only for the CupyDevice plumbing test below)."""
+
+
+def _fake_cupy_module(tmp_path):
+    """A minimal stand-in for the parts of CuPy that CupyDevice uses. RawModule compiles the
+    exact source CupyDevice hands to NVRTC (with its ``#line`` prefix) through the emulator;
+    a ``numpy.uint64(0)`` in a pointer slot is passed as a null pointer, as CuPy does."""
+    import types
+
+    cp = types.ModuleType("cupy")
+    as_fake = lambda a: np.ascontiguousarray(a).view(_FakeCupyArray)
+    cp.ndarray = _FakeCupyArray
+    cp.empty = lambda shape, dtype=np.float32: np.empty(shape, dtype).view(_FakeCupyArray)
+    cp.zeros = lambda shape, dtype=np.float32: np.zeros(shape, dtype).view(_FakeCupyArray)
+    cp.full = lambda shape, v, dtype=np.float32: np.full(shape, v, dtype).view(_FakeCupyArray)
+    cp.asarray = lambda a, dtype=None: as_fake(np.array(a, dtype=dtype, copy=True))  # host->device copies
+    cp.ascontiguousarray = as_fake
+    cp.asnumpy = lambda a: np.array(a, copy=True).view(np.ndarray)
+    cp.copyto = np.copyto
+    cp.matmul = lambda a, b, out=None: np.matmul(a, b, out=out)
+    compiled = []
+
+    class RawModule:
+        def __init__(self, code, options=()):
+            assert code.startswith('#line 1 "') and "-std=c++17" in options
+            path = tmp_path / f"module{len(compiled)}.cu"
+            path.write_text(code)
+            compiled.append(path)
+            self.lib = EmulatedLibrary(path)
+
+        def get_function(self, name):
+            kinds = self.lib.entry_points[name]
+
+            def call(grid, block, args, shared_mem=0):
+                vals = [None if k[0] == "ptr" and isinstance(a, np.uint64) else
+                        (a.view(np.ndarray) if isinstance(a, np.ndarray) else a)
+                        for a, k in zip(args, kinds)]
+                self.lib.launch(name, grid, block, vals, shared_mem)
+            return call
+
+    cp.RawModule = RawModule
+    cp.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+        Device=lambda i: types.SimpleNamespace(use=lambda: None),
+        get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None))
+    return cp, compiled
+
+
+def test_cupy_device_code_path_on_a_stand_in_cupy(tmp_path, monkeypatch):
+    """Not a GPU test: runs CupyDevice's plumbing (source loading with #line, argument
+    conversion, null pointers, GEMM/copy calls) against a stand-in CuPy whose kernels run in the
+    emulator, and checks a training step and the scorer agree with EmulatedDevice."""
+    from gru_engine.backends import device as device_mod
+    fake, compiled = _fake_cupy_module(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "cupy", fake)
+    device_mod.cuda_available.cache_clear()
+    device_mod._cupy_module.cache_clear()
+    try:
+        gpu = get_device("cuda")
+        assert isinstance(gpu, device_mod.CupyDevice)
+        rng = np.random.default_rng(8)
+        params = _init_params(rng, "constrained", [10, 6])
+        batch = [rng.integers(0, N_ITEMS, 5).astype(np.int32), rng.integers(0, N_ITEMS, 5).astype(np.int32),
+                 np.array([1, 0, 1, 0, 0], np.uint8), rng.integers(0, N_ITEMS, 4).astype(np.int32)]
+        results = []
+        for d in (gpu, EmulatedDevice()):
+            tr = CudaTrainer(d, params, batch_size=5, n_sample=4, loss="bpr-max", bpreg=0.5,
+                             elu_param=1.0, dropout_p_hidden=0.3, momentum=0.1)
+            tr.step(*[d.to_device(a) for a in batch])
+            sc = CudaScorer(d, tr.params_to_host())
+            sc.begin(2)
+            results.append((tr.take_loss_sum(), tr.params_to_host()["Wy"],
+                            sc.score(np.array([0, 1]), np.array([3, 4]), np.array([True, True]))))
+        assert compiled and all(p.read_text().startswith('#line 1 "') for p in compiled)
+        close(results[0][0], results[1][0])
+        close(results[0][1], results[1][1])
+        close(results[0][2], results[1][2])
+    finally:
+        device_mod.cuda_available.cache_clear()
+        device_mod._cupy_module.cache_clear()

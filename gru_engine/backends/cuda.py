@@ -156,7 +156,7 @@ class CudaTrainer:
         if loss == "cross-entropy" and logq > 0:
             if item_support is None:
                 raise ValueError("logq > 0 needs item_support (training event count per item)")
-            log_q = np.log(np.asarray(item_support, dtype=np.float64))
+            log_q = np.log(np.maximum(np.asarray(item_support, dtype=np.float64), 1.0))
             # in-batch columns use the raw support, sampled columns support^sample_alpha
             self.corr_item = (d.to_device(logq * log_q, np.float32),
                               d.to_device(logq * sample_alpha * log_q, np.float32))
