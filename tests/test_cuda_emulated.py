@@ -496,10 +496,10 @@ def _drawn_masks(dev, trainer, R, t, mode, layers):
 
 
 def _run_step_parity(dev, mode, layers, loss, *, dropout=False, final_act=(0, 0.0), logq=0.0,
-                     momentum=0.2, n_steps=2, shrink=False, opts=None, draw=False):
+                     momentum=0.2, n_steps=2, shrink=False, opts=None, draw=False, n_sample=7):
     opts = opts or {}
     rng = np.random.default_rng(zlib.crc32(repr((mode, layers, loss, opts)).encode()))
-    B, n_sample = 6, 7
+    B = 6
     params = _init_params(rng, mode, layers)
     support = rng.integers(1, 50, N_ITEMS)
     trainer = CudaTrainer(dev, params, batch_size=B, n_sample=n_sample, loss=loss,
@@ -526,7 +526,8 @@ def _run_step_parity(dev, mode, layers, loss, *, dropout=False, final_act=(0, 0.
         reset = (rng.random(R) < 0.3).astype(np.uint8)
         reset[0] = 1 if t == 0 else reset[0]
         sample = rng.integers(0, N_ITEMS, n_sample).astype(np.int32)
-        sample[0] = outs[0]
+        if n_sample:
+            sample[0] = outs[0]
         masks = None
         if dropout:
             width = 1 if mode == "onehot" else (6 if mode == "embedding" else layers[-1])
@@ -579,6 +580,11 @@ def test_train_step_modes_layers_dropout(dev, mode, layers):
 def test_train_step_with_drawn_dropout_masks(dev, mode):
     _run_step_parity(dev, mode, [9, 6], "bpr-max", opts={"bpreg": 1.0, "elu": 1.0}, draw=True,
                      n_steps=3)
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "top1"])
+def test_train_step_without_extra_negatives(dev, loss):
+    _run_step_parity(dev, "onehot", [12], loss, n_sample=0, logq=1.0)
 
 
 def test_train_step_shrinking_batch_and_final_act(dev):

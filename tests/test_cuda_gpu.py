@@ -26,7 +26,7 @@ from test_cuda_emulated import (  # noqa: E402,F401  (collected here against the
     test_run_epoch_keeps_schedule_on_device, test_scatter_rows, test_scorer_matches_reference,
     test_sparse_adagrad, test_topk_device_helper, test_topk_rows, test_train_step_every_loss,
     test_train_step_launch_counts, test_train_step_modes_layers_dropout,
-    test_train_step_with_drawn_dropout_masks,
+    test_train_step_with_drawn_dropout_masks, test_train_step_without_extra_negatives,
     test_train_step_shrinking_batch_and_final_act)
 
 
