@@ -62,7 +62,13 @@ class SessionModel:
         self.item_index_ = item_index
         self.keys_ = {"session_key": session_key, "item_key": item_key, "time_key": time_key}
         self.fit_report_ = report
-        self._fit(sessions, **fit_args)
+        try:
+            self._fit(sessions, **fit_args)
+        except BaseException:
+            # A failed fit must not leave a model that looks fitted.
+            for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+                delattr(self, name)
+            raise
         return self
 
     def _fit(self, sessions, **fit_args):
