@@ -27,7 +27,8 @@ Training strategies (``strategy``):
 
 Parameters live in flat arrays (one compiled specialisation whatever the number of subnets):
 ``params_['theta']`` all dense GRU weights and combine weights, ``params_['T']`` all embedding
-tables, ``Wy``, ``By``; ``layout_`` says where each piece is (see :meth:`subnet_params`).
+tables, ``Wy``, ``By``; the layout tables ``params_['SI']`` (per subnet) and ``params_['LI']``
+(per layer) say where each piece is; :meth:`FeatureSessionGRU.subnet_params` gives views.
 """
 from __future__ import annotations
 

@@ -177,12 +177,12 @@ class DenseFeatures:
         ids, m = self.validate(name)
         rows, items = _align(ids, item_index, name)
         d = m.shape[1]
-        lists, wts = [], []
-        for r in rows:
-            nz = np.flatnonzero(m[r])
-            lists.append(nz)
-            wts.append(m[r, nz])
-        indptr, indices, weights = _csr(len(item_index), items, lists, wts)
+        order = np.argsort(items, kind="stable")
+        sub = m[rows[order]]
+        r, c = np.nonzero(sub)  # row-major: sorted by item
+        indptr = np.zeros(len(item_index) + 1, np.int64)
+        np.cumsum(np.bincount(items[order][r], minlength=len(item_index)), out=indptr[1:])
+        indices, weights = c.astype(np.int32), sub[r, c]
         if self.project is None:
             return EncodedFeature(name, RAW, indptr, indices, weights, d, d,
                                   {"type": "dense", "d": d, "project": None})
@@ -216,6 +216,8 @@ def _code_array(values, name: str, what: str) -> np.ndarray:
 
 def _is_ragged(values) -> bool:
     """True for a sequence of sequences (multi-hot lists / token bags)."""
+    if callable(getattr(values, "to_numpy", None)):  # pandas Series of lists
+        values = values.to_numpy()
     if isinstance(values, np.ndarray):
         return values.dtype.kind == "O" and values.ndim == 1 and any(
             isinstance(v, (list, tuple, np.ndarray)) for v in values)

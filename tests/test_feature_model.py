@@ -406,3 +406,48 @@ def test_missing_features_error():
     with pytest.raises(ValueError, match="duplicate"):
         FeatureSessionGRU(**SMALL).fit(events, item_features={"v": DenseFeatures([1, 1], np.ones((2, 2)))})
     assert "architecture" in FeatureSessionGRU().get_params()
+
+
+@pytest.mark.parametrize("mode", ["constrained", "onehot", "embedding"])
+def test_id_subnet_alone_matches_gru4rec_step(mode):
+    """With no feature source, the parallel trainer's step is GRU4Rec's: same loss and
+    gradients as the ID-only CPU trainer on the same parameters, inputs and masks."""
+    from gru_engine.backends import cpu
+    from gru_engine.feature_model import L_BHN, L_BX, L_H, L_HOFF, L_WH, L_WX, S_TOFF
+    tr, params, rng = _trainer("parallel", "concat", mode, [], layers=(5, 4))
+    LI, SI = params["LI"], tr.SI
+    th = params["theta"]
+    p = {"Wx": [], "bx": [], "Wh": [], "bhn": [], "Wy": params["Wy"], "By": params["By"]}
+    for g in range(LI.shape[0]):
+        H = LI[g, L_H]
+        n_in = LI[g, 1]
+        p["Wx"].append(params["T"][:N_ITEMS * 3 * H].reshape(N_ITEMS, 3 * H) if LI[g, L_WX] < 0
+                       else th[LI[g, L_WX]:LI[g, L_WX] + n_in * 3 * H].reshape(n_in, 3 * H))
+        p["bx"].append(th[LI[g, L_BX]:LI[g, L_BX] + 3 * H])
+        p["Wh"].append(th[LI[g, L_WH]:LI[g, L_WH] + 3 * H * H].reshape(H, 3 * H))
+        p["bhn"].append(th[LI[g, L_BHN]:LI[g, L_BHN] + H])
+    if mode == "embedding":
+        p["E"] = params["T"][SI[0, S_TOFF]:SI[0, S_TOFF] + N_ITEMS * 3].reshape(N_ITEMS, 3)
+    modes = {"onehot": cpu.ONEHOT, "embedding": cpu.EMBEDDING, "constrained": cpu.CONSTRAINED}
+    ref = cpu.CPUTrainer(p, modes[mode], N_ITEMS, np.ones(N_ITEMS), 4, 3, 0.5, 100,
+                         hp.LOSS_CODES["cross-entropy"], 0, 0.0, 1.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0)
+    B = 4
+    for g in range(LI.shape[0]):
+        H = LI[g, L_H]
+        ref.hprev[g][:] = tr.HP[4 * LI[g, L_HOFF]:4 * (LI[g, L_HOFF] + H)].reshape(4, H)
+        tr.MK[4 * LI[g, L_HOFF]:4 * (LI[g, L_HOFF] + H)] = 1.0
+        ref.mask[g][:] = 1.0
+    tr.M0f[:] = 1.0
+    ref.mask0[:] = 1.0
+    ref.lq[:] = tr.lq
+    in_items = rng.integers(0, N_ITEMS, B).astype(np.int32)
+    cols = rng.integers(0, N_ITEMS, B + 3).astype(np.int32)
+    loss, grads = tr.forward_backward(in_items, B, cols, B + 3)
+    ref_loss = ref.forward_backward(in_items, B, cols, B + 3)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for g in range(LI.shape[0]):
+        H = LI[g, L_H]
+        np.testing.assert_allclose(grads["theta"][LI[g, L_WH]:LI[g, L_WH] + 3 * H * H],
+                                   ref.gWh[g].ravel(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(grads["theta"][LI[g, L_BX]:LI[g, L_BX] + 3 * H],
+                                   ref.gbx[g], rtol=1e-10, atol=1e-12)
