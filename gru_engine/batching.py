@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _next_session(order, offsets, next_sess):
     """First unvisited session (position in ``order``) with >= 2 events, or -1."""
     while next_sess < len(order):
@@ -29,7 +29,7 @@ def _next_session(order, offsets, next_sess):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def schedule_start(order, offsets, batch_size, cur, end, reset, src):
     """Fill the first step's rows; returns ``(n_rows, next_sess)``.
 
@@ -52,7 +52,7 @@ def schedule_start(order, offsets, batch_size, cur, end, reset, src):
     return n_rows, next_sess
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def schedule_advance(order, offsets, n_rows, next_sess, min_rows, cur, end, reset, src):
     """Move every row one event forward; returns the new ``(n_rows, next_sess)``.
 
@@ -85,7 +85,7 @@ def schedule_advance(order, offsets, n_rows, next_sess, min_rows, cur, end, rese
     return w, next_sess
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def full_schedule(items, order, offsets, batch_size, min_rows):
     """The whole epoch's schedule as flat arrays (for tests and inspection).
 

@@ -4,15 +4,18 @@ Shared layout (see the project brief): gate order ``[r | z | n]`` along the 3H a
 ``gx = x @ Wx + bx``, ``gh = h @ Wh``, ``r = sigmoid(gx_r + gh_r)``, ``z = sigmoid(gx_z + gh_z)``,
 ``n = tanh(gx_n + r * (gh_n + bhn))``, ``h' = (1 - z) * n + z * h``.
 Kernels are dtype-generic (float32 in training, float64 in gradient checks); every buffer has at
-least ``B`` rows and only the first ``B`` are used. Scalar math runs in float64.
+least ``B`` rows and only the first ``B`` are used. Gate math runs in the arrays' precision with
+the vectorisable exp of :mod:`gru_engine.mathfuncs`.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+from .mathfuncs import cast_like, fsigmoid, ftanh
 
-@njit(cache=True)
+
+@njit(cache=True, error_model="numpy")
 def gru_forward(gx, h, Wh, bhn, gh, gates, hout, B):
     """One GRU step for the first ``B`` rows.
 
@@ -24,21 +27,25 @@ def gru_forward(gx, h, Wh, bhn, gh, gates, hout, B):
     hout:  (>=B, H) out: new hidden state (before dropout)
     """
     H = h.shape[1]
+    one = cast_like(h, 1.0)
     np.dot(h[:B], Wh, gh[:B])
     for i in range(B):
+        # row views and separate simple loops: each loop vectorises (a fused one does not)
+        gxi, ghi, gi, hi, ho = gx[i], gh[i], gates[i], h[i], hout[i]
+        for j in range(2 * H):
+            gi[j] = fsigmoid(gxi[j] + ghi[j])
         for j in range(H):
-            r = 1.0 / (1.0 + np.exp(-(gx[i, j] + gh[i, j])))
-            z = 1.0 / (1.0 + np.exp(-(gx[i, H + j] + gh[i, H + j])))
-            a = gh[i, 2 * H + j] + bhn[j]
-            n = np.tanh(gx[i, 2 * H + j] + r * a)
-            gates[i, j] = r
-            gates[i, H + j] = z
-            gates[i, 2 * H + j] = n
-            gh[i, 2 * H + j] = a
-            hout[i, j] = (1.0 - z) * n + z * h[i, j]
+            a = ghi[2 * H + j] + bhn[j]
+            ghi[2 * H + j] = a
+            gi[2 * H + j] = gxi[2 * H + j] + gi[j] * a
+        for j in range(H):
+            gi[2 * H + j] = ftanh(gi[2 * H + j])
+        for j in range(H):
+            z = gi[H + j]
+            ho[j] = (one - z) * gi[2 * H + j] + z * hi[j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_backward(dh, h, gates, gh, dgx, dgh, B):
     """Backward of :func:`gru_forward` through the gates (previous state held constant).
 
@@ -49,15 +56,16 @@ def gru_backward(dh, h, gates, gh, dgx, dgh, B):
          ``dbhn = sum dgh[:, 2H:]``)
     """
     H = h.shape[1]
+    one = cast_like(h, 1.0)
     for i in range(B):
         for j in range(H):
             r = gates[i, j]
             z = gates[i, H + j]
             n = gates[i, 2 * H + j]
             d = dh[i, j]
-            dn = d * (1.0 - z) * (1.0 - n * n)
-            dz = d * (h[i, j] - n) * z * (1.0 - z)
-            dr = dn * gh[i, 2 * H + j] * r * (1.0 - r)
+            dn = d * (one - z) * (one - n * n)
+            dz = d * (h[i, j] - n) * z * (one - z)
+            dr = dn * gh[i, 2 * H + j] * r * (one - r)
             dgx[i, j] = dr
             dgx[i, H + j] = dz
             dgx[i, 2 * H + j] = dn
@@ -66,7 +74,7 @@ def gru_backward(dh, h, gates, gh, dgx, dgh, B):
             dgh[i, 2 * H + j] = dn * r
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def column_sums(D, B, out, col0, ncols):
     """``out[k] = sum_{i<B} D[i, col0 + k]`` for ``k < ncols``."""
     for k in range(ncols):
@@ -76,7 +84,7 @@ def column_sums(D, B, out, col0, ncols):
             out[k] += D[i, col0 + k]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def dropout_mask(mask, B, p):
     """Fill ``mask[:B]`` with inverted-dropout factors: 0 with probability ``p``, else 1/(1-p).
 
@@ -93,7 +101,7 @@ def dropout_mask(mask, B, p):
             mask[i, j] = 0.0 if np.random.random() < p else keep
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def multiply_rows(X, M, B):
     """``X[:B] *= M[:B]`` elementwise."""
     for i in range(B):

@@ -20,17 +20,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .mathfuncs import fexp, fsigmoid
+
 CROSS_ENTROPY, BPR_MAX, TOP1_MAX, BPR, TOP1 = 0, 1, 2, 3, 4
 LINEAR, RELU, TANH, LEAKY, ELU = 0, 1, 2, 3, 4
 LOG_EPS = 1e-24
 
 
-@njit(cache=True)
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _softplus(x):
     """log(1 + exp(x)), stable for large |x|."""
     if x > 0.0:
@@ -38,7 +35,7 @@ def _softplus(x):
     return np.log1p(np.exp(x))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def activate(x, act, param):
     """Final activation of one score."""
     if act == RELU:
@@ -48,11 +45,11 @@ def activate(x, act, param):
     if act == LEAKY:
         return x if x > 0.0 else param * x
     if act == ELU:
-        return x if x > 0.0 else param * (np.exp(x) - 1.0)
+        return x if x > 0.0 else param * (fexp(x) - 1.0)
     return x
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def activate_grad(y, act, param):
     """Derivative of :func:`activate` expressed through its output ``y``."""
     if act == RELU:
@@ -66,24 +63,28 @@ def activate_grad(y, act, param):
     return 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu):
     """Loss of one row and its gradient ``g`` w.r.t. the activated scores ``a`` (C,).
 
-    ``r`` (C,) is scratch. Returns the row loss.
+    ``r`` (C,) is scratch. Returns the row loss. Needs ``C >= 2`` for the ranking losses.
     """
     if loss == CROSS_ENTROPY:
-        m = -np.inf
-        for j in range(C):
-            t = a[j] - logq * lq[j] if logq > 0.0 else a[j]
-            r[j] = t
-            if t > m:
-                m = t
+        if logq > 0.0:
+            for j in range(C):
+                r[j] = a[j] - logq * lq[j]
+        else:
+            for j in range(C):
+                r[j] = a[j]
+        m = r[0]
+        for j in range(1, C):
+            if r[j] > m:
+                m = r[j]
+        for j in range(C):  # separate loops: this one vectorises, the sum below cannot
+            r[j] = fexp(r[j] - m)
         z = 0.0
         for j in range(C):
-            e = np.exp(r[j] - m)
-            r[j] = e
-            z += e
+            z += r[j]
         p_pos = r[i] / z
         c = p_pos / (p_pos + LOG_EPS)
         for j in range(C):
@@ -95,7 +96,7 @@ def _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu):
     for j in range(C):
         x = a[j]
         if loss == BPR_MAX and elu > 0.0 and x <= 0.0:
-            x = elu * (np.exp(x) - 1.0)
+            x = elu * (fexp(x) - 1.0)
         r[j] = x
     rp = r[i]
     total = 0.0
@@ -107,12 +108,12 @@ def _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu):
                 continue
             if loss == BPR:
                 total += _softplus(r[j] - rp)
-                d = _sigmoid(r[j] - rp) * inv
+                d = fsigmoid(r[j] - rp) * inv
                 g[j] = d
                 gp -= d
             else:
-                sa = _sigmoid(r[j] - rp)
-                sb = _sigmoid(r[j] * r[j])
+                sa = fsigmoid(r[j] - rp)
+                sb = fsigmoid(r[j] * r[j])
                 total += sa + sb
                 g[j] = (sa * (1.0 - sa) + sb * (1.0 - sb) * 2.0 * r[j]) * inv
                 gp -= sa * (1.0 - sa) * inv
@@ -120,18 +121,16 @@ def _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu):
         total *= inv
     else:
         # softmax over the negatives: g holds s_j temporarily
-        m = -np.inf
+        m = r[1] if i == 0 else r[0]
         for j in range(C):
             if j != i and r[j] > m:
                 m = r[j]
+        for j in range(C):
+            g[j] = fexp(r[j] - m)
+        g[i] = 0.0
         z = 0.0
         for j in range(C):
-            if j == i:
-                g[j] = 0.0
-            else:
-                e = np.exp(r[j] - m)
-                g[j] = e
-                z += e
+            z += g[j]
         for j in range(C):
             g[j] /= z
         gp = 0.0
@@ -140,7 +139,7 @@ def _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu):
             Q = 0.0
             for j in range(C):
                 if j != i:
-                    sg = _sigmoid(rp - r[j])
+                    sg = fsigmoid(rp - r[j])
                     A += g[j] * sg
                     Q += g[j] * r[j] * r[j]
             inv = 1.0 / (A + LOG_EPS)
@@ -148,7 +147,7 @@ def _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu):
                 if j == i:
                     continue
                 s = g[j]
-                sg = _sigmoid(rp - r[j])
+                sg = fsigmoid(rp - r[j])
                 gp -= inv * s * sg * (1.0 - sg)
                 g[j] = -inv * s * (sg * sg - A) + bpreg * s * (r[j] * r[j] - Q + 2.0 * r[j])
             total = -np.log(A + LOG_EPS) + bpreg * Q
@@ -156,13 +155,13 @@ def _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu):
             T = 0.0
             for j in range(C):
                 if j != i:
-                    T += g[j] * (_sigmoid(r[j] - rp) + _sigmoid(r[j] * r[j]))
+                    T += g[j] * (fsigmoid(r[j] - rp) + fsigmoid(r[j] * r[j]))
             for j in range(C):
                 if j == i:
                     continue
                 s = g[j]
-                sa = _sigmoid(r[j] - rp)
-                sb = _sigmoid(r[j] * r[j])
+                sa = fsigmoid(r[j] - rp)
+                sb = fsigmoid(r[j] * r[j])
                 gp -= s * sa * (1.0 - sa)
                 g[j] = s * (sa + sb - T) + s * (sa * (1.0 - sa) + sb * (1.0 - sb) * 2.0 * r[j])
             total = T
@@ -174,7 +173,7 @@ def _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, scale, a, r, g):
     """Step loss over the first ``B`` rows of ``O``; ``O[:B, :C]`` is overwritten with dL/dO.
 
@@ -183,10 +182,15 @@ def loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, s
     """
     total = 0.0
     inv_scale = 1.0 / scale
+    n_bad = 0
     for i in range(B):
         for j in range(C):
             a[j] = activate(O[i, j], act, act_param)
+        for j in range(C):
+            n_bad += (a[j] - a[j]) != 0.0  # NaN or inf (the fast exp would hide them)
         total += _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu)
         for j in range(C):
             O[i, j] = g[j] * activate_grad(a[j], act, act_param) * inv_scale
+    if n_bad > 0:
+        return np.nan
     return total * inv_scale

@@ -11,18 +11,23 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .mathfuncs import cast_like
+
 EPS = 1e-6
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adagrad_flat(p, g, acc, vel, lr, mom):
     """Dense update of 1-D views ``p``, ``g``, ``acc``, ``vel`` (same length)."""
+    eps = cast_like(p, EPS)
+    rate = cast_like(p, lr)
+    beta = cast_like(p, mom)
     if mom > 0.0:
         for k in range(p.shape[0]):
             gk = g[k]
             a = acc[k] + gk * gk
             acc[k] = a
-            v = mom * vel[k] - lr * (gk / np.sqrt(a + EPS))
+            v = beta * vel[k] - rate * (gk / np.sqrt(a + eps))
             vel[k] = v
             p[k] += v
     else:
@@ -30,17 +35,17 @@ def adagrad_flat(p, g, acc, vel, lr, mom):
             gk = g[k]
             a = acc[k] + gk * gk
             acc[k] = a
-            p[k] -= lr * (gk / np.sqrt(a + EPS))
+            p[k] -= rate * (gk / np.sqrt(a + eps))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adagrad_dense(p, g, acc, vel, lr, mom):
     """Dense update of C-contiguous arrays of any rank (same shape)."""
     adagrad_flat(p.reshape(p.size), g.reshape(g.size), acc.reshape(acc.size),
                  vel.reshape(vel.size), lr, mom)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adagrad_rows(P, acc, vel, rows, G, n, lr, mom):
     """Sparse update: ``P[rows[u]]`` with gradient ``G[u]`` for ``u < n`` (rows unique).
 
@@ -50,7 +55,7 @@ def adagrad_rows(P, acc, vel, rows, G, n, lr, mom):
         adagrad_flat(P[rows[u]], G[u], acc[rows[u]], vel[rows[u]], lr, mom)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def adagrad_rows_1d(b, acc, vel, rows, g, n, lr, mom):
     """Sparse update of a vector: ``b[rows[u]]`` with gradient ``g[u]`` for ``u < n``."""
     if mom > 0.0:
@@ -69,7 +74,7 @@ def adagrad_rows_1d(b, acc, vel, rows, g, n, lr, mom):
             b[k] -= lr * (g[u] / np.sqrt(a + EPS))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def accumulate_rows(slot, rows, n_rows, G, items, D, n, scale_by, use_scale):
     """Sum gradient rows per item: ``G[slot[items[j]]] += D[j] (* scale_by[j])`` for ``j < n``.
 
@@ -103,14 +108,14 @@ def accumulate_rows(slot, rows, n_rows, G, items, D, n, scale_by, use_scale):
     return n_rows
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def accumulate_rows_1d(slot, g, items, d, n):
     """``g[slot[items[j]]] += d[j]`` for ``j < n``; every item must already have a slot."""
     for j in range(n):
         g[slot[items[j]]] += d[j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def release_rows(slot, rows, n_rows):
     """Reset ``slot`` to -1 for the accumulated items (ready for the next step)."""
     for u in range(n_rows):

@@ -22,13 +22,13 @@ def sampling_cdf(support: np.ndarray, alpha: float) -> np.ndarray:
     return cdf
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def seed_numba(seed):
     """Seed Numba's (per-thread) NumPy-compatible generator."""
     np.random.seed(seed)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def draw(cdf, out):
     """Fill ``out`` (int32) with item indices drawn from the cumulative weights ``cdf``."""
     total = cdf[-1]

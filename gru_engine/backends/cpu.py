@@ -44,7 +44,7 @@ ONEHOT, EMBEDDING, CONSTRAINED = 0, 1, 2
 # ---------------------------------------------------------------------------------------------
 # one training step
 # ---------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _layer0_input(mode, in_items, B, Wx0, bx0, E, Wy, x0, mask0, gx0):
     """gx0[:B] = layer-0 input pre-activations (see the module docstring)."""
     G3 = gx0.shape[1]
@@ -65,14 +65,14 @@ def _layer0_input(mode, in_items, B, Wx0, bx0, E, Wy, x0, mask0, gx0):
     _add_bias(gx0, bx0, B)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _add_bias(X, b, B):
     for i in range(B):
         for k in range(X.shape[1]):
             X[i, k] += b[k]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def step_forward(mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, x0, mask0, hprev, hout, y, mask,
                  gx, gh, gates):
     """Forward through all GRU layers for the first ``B`` rows (steps 4 of the module doc).
@@ -95,7 +95,7 @@ def step_forward(mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, x0, mask0, hprev, ho
                 Yl[i, k] = Hl[i, k] * Ml[i, k]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def step_forward_backward(mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, By,
                           gWx, gbx, gWh, gbhn,
                           x0, mask0, dx0, hprev, hout, y, mask, gx, gh, gates, dgx, dgh, dy,
@@ -162,7 +162,7 @@ def step_forward_backward(mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, By,
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def step_update(mode, Wx, bx, Wh, bhn, E, Wy, By, gWx, gbx, gWh, gbhn, acc, vel,
                 slotY, rowsY, GY, gBy, slotI, rowsI, GI, counts, lr, mom):
     """Adagrad + momentum with the gradients of :func:`step_forward_backward` (step 8).
@@ -191,7 +191,7 @@ def step_update(mode, Wx, bx, Wh, bhn, E, Wy, By, gWx, gbx, gWh, gbhn, acc, vel,
 # ---------------------------------------------------------------------------------------------
 # the epoch
 # ---------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def epoch_start(order, offsets, batch_size, min_rows, sched, cur, end, reset, src, hprev):
     """Start an epoch: first rows of the schedule, zero hidden state.
 
@@ -207,7 +207,7 @@ def epoch_start(order, offsets, batch_size, min_rows, sched, cur, end, reset, sr
         hprev[l][:] = 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, reset, src,
                 in_items, store, cdf, log_support, n_sample, sample_alpha, p_embed, p_hidden,
                 mode, Wx, bx, Wh, bhn, E, Wy, By, gWx, gbx, gWh, gbhn, acc, vel,
@@ -287,7 +287,7 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
 # ---------------------------------------------------------------------------------------------
 # inference
 # ---------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def infer_step(mode, rows, items, new_session, state, Wx, bx, Wh, bhn, E, Wy,
                x0, ones0, hprev, hout, ones, gx, gh, gates, out_aug):
     """GRU forward (no dropout) for ``R = len(rows)`` live sessions.
@@ -321,7 +321,7 @@ def infer_step(mode, rows, items, new_session, state, Wx, bx, Wh, bhn, E, Wy,
         out_aug[i, H] = 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def apply_final_act(S, R, act, param):
     """``S[:R] = final_act(S[:R])`` in place."""
     for i in range(R):

@@ -1,0 +1,93 @@
+"""Scalar math for the Numba kernels: exp, sigmoid and tanh that vectorise in float32.
+
+Numba's ``np.exp`` on a scalar calls libm one value at a time (no SVML here), which made the
+softmax of the sampled loss and the GRU gates the slowest parts of a training step. For float32
+arguments :func:`fexp` uses a branch-free Cephes-style polynomial (range reduction by powers of
+two, max relative error about 1 ulp on [-87, 88]; clamped outside that range, so callers check
+NaN/inf themselves), which LLVM vectorises. For float64 (gradient checks) all functions are the
+exact NumPy ones.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+
+@intrinsic
+def _int32_bits_as_float32(typingctx, x):
+    if x != types.int32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@njit(inline="always")
+def _exp32(x):
+    x = min(max(x, np.float32(-87.3)), np.float32(88.7))
+    n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
+    f = x - n * np.float32(0.693359375)
+    f = f + n * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * f + np.float32(1.3981999507e-3)
+    p = p * f + np.float32(8.3334519073e-3)
+    p = p * f + np.float32(4.1665795894e-2)
+    p = p * f + np.float32(1.6666665459e-1)
+    p = p * f + np.float32(5.0000001201e-1)
+    p = p * f * f + f + np.float32(1.0)
+    return p * _int32_bits_as_float32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+
+
+def fexp(x):
+    """exp(x): fast polynomial for float32, ``np.exp`` otherwise (Numba only)."""
+    raise NotImplementedError("fexp is for Numba-compiled code")
+
+
+def fsigmoid(x):
+    """1 / (1 + exp(-x)) in the argument's precision (Numba only)."""
+    raise NotImplementedError("fsigmoid is for Numba-compiled code")
+
+
+def ftanh(x):
+    """tanh(x): via exp for float32 (Taylor near 0), ``np.tanh`` otherwise (Numba only)."""
+    raise NotImplementedError("ftanh is for Numba-compiled code")
+
+
+def cast_like(arr, x):
+    """``x`` converted to the dtype of array ``arr`` (Numba only)."""
+    raise NotImplementedError("cast_like is for Numba-compiled code")
+
+
+@overload(fexp, inline="always")
+def _ov_fexp(x):
+    if x == types.float32:
+        return lambda x: _exp32(x)
+    return lambda x: np.exp(x)
+
+
+@overload(fsigmoid, inline="always")
+def _ov_fsigmoid(x):
+    if x == types.float32:
+        return lambda x: np.float32(1.0) / (np.float32(1.0) + _exp32(-x))
+    return lambda x: 1.0 / (1.0 + np.exp(-x))
+
+
+@overload(ftanh, inline="always")
+def _ov_ftanh(x):
+    if x == types.float32:
+        def impl(x):
+            if abs(x) < np.float32(0.004):
+                return x * (np.float32(1.0) - x * x * np.float32(1.0 / 3.0))
+            return np.float32(1.0) - np.float32(2.0) / (_exp32(np.float32(2.0) * x) + np.float32(1.0))
+        return impl
+    return lambda x: np.tanh(x)
+
+
+@overload(cast_like, inline="always")
+def _ov_cast_like(arr, x):
+    if isinstance(arr, types.Array) and arr.dtype == types.float32:
+        return lambda arr, x: np.float32(x)
+    return lambda arr, x: np.float64(x)

@@ -1,0 +1,38 @@
+"""The vectorisable float32 exp/sigmoid/tanh of the kernels against NumPy float64."""
+import numpy as np
+from numba import njit
+
+from gru_engine.mathfuncs import cast_like, fexp, fsigmoid, ftanh
+
+
+@njit(error_model="numpy")
+def _apply(x, e, s, t):
+    for i in range(len(x)):
+        e[i] = fexp(x[i])
+        s[i] = fsigmoid(x[i])
+        t[i] = ftanh(x[i])
+    return cast_like(x, 0.1)
+
+
+def _run(dtype):
+    x = np.concatenate([np.linspace(-80, 80, 20001), np.linspace(-0.01, 0.01, 2001)]).astype(dtype)
+    out = [np.empty_like(x) for _ in range(3)]
+    c = _apply(x, *out)
+    return x.astype(np.float64), out, c
+
+
+def test_float32_accuracy():
+    x, (e, s, t), c = _run(np.float32)
+    ref = np.exp(x)
+    assert np.max(np.abs(e - ref) / ref) < 2e-7
+    assert np.max(np.abs(s - 1 / (1 + np.exp(-x)))) < 2e-7
+    assert np.max(np.abs(t - np.tanh(x))) < 5e-7
+    assert c == np.float32(0.1)
+
+
+def test_float64_is_exact_numpy():
+    x, (e, s, t), c = _run(np.float64)
+    np.testing.assert_array_equal(e, np.exp(x))
+    np.testing.assert_array_equal(t, np.tanh(x))
+    np.testing.assert_allclose(s, 1 / (1 + np.exp(-x)), rtol=1e-15)
+    assert c == 0.1
