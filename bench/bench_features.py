@@ -224,7 +224,26 @@ def run_dataset(name, args) -> dict:
     return out
 
 
-def write_markdown(results, args, path):
+def throughput_check(name, args, rounds: int = 3) -> dict:
+    """Training events/s of ID-only and of each feature variant, fitted in alternation
+    (``rounds`` times, 2 epochs each, the second epoch timed) on the same training split, so
+    that both see the same machine load; ratios of medians."""
+    d = load(args.data_dir, name)
+    variants = [v for v in args.variants if v != "id"]
+    speeds = {v: [] for v in ["id"] + variants}
+    targs = argparse.Namespace(**dict(vars(args), epochs=2))
+    for _ in range(rounds):
+        for v in ["id"] + variants:
+            model = make_model(v, args.lrs[0], targs)
+            model.fit(d["train"], item_features=d["features"])
+            speeds[v].append(model.events_per_s_[-1])
+    base = float(np.median(speeds["id"]))
+    return {"dataset": name, "rounds": rounds,
+            "events_per_s": {v: float(np.median(x)) for v, x in speeds.items()},
+            "ratio_vs_id": {v: float(np.median(x)) / base for v, x in speeds.items()}}
+
+
+def write_markdown(results, args, path, throughput=None):
     lines = ["# Item features (p-RNN) vs ID-only GRU4Rec", "",
              f"- date (UTC): {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
              f"- machine: `{platform.platform()}`, {os.cpu_count()} logical cpus, shared with other "
@@ -254,6 +273,13 @@ def write_markdown(results, args, path):
                   "|---|" + "---|" * len(buckets)]
         for v, r in res["variants"].items():
             lines.append(f"| {r['label']} | " + " | ".join(f"{b['recall@20']:.4f}" for b in r["by_position"]) + " |")
+        lines.append("")
+    if throughput:
+        lines += ["## Training throughput, variants fitted in alternation with ID-only "
+                  f"({throughput['dataset']}, median of {throughput['rounds']} rounds, epoch 2 timed)", "",
+                  "| variant | train events/s | vs ID |", "|---|---|---|"]
+        for v, eps in throughput["events_per_s"].items():
+            lines.append(f"| {VARIANTS[v][0]} | {eps:.0f} | {throughput['ratio_vs_id'][v]:.2f} |")
         lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -297,20 +323,37 @@ def main(argv=None):
     ap.add_argument("--momentum", type=float, default=0.0)
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--throughput-dataset", default="amazon-beauty", choices=DATASETS + ("none",),
+                    help="dataset of the alternating throughput measurement ('none': skip)")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="only the throughput measurement (keeps the accuracy results of features.json)")
     args = ap.parse_args(argv)
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (residual trains the subnets one after another)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("gru_engine").setLevel(logging.INFO)
     os.makedirs(args.out, exist_ok=True)
-    results = []
     t0 = time.perf_counter()
-    for name in args.datasets:
-        results.append(run_dataset(name, args))
-        with open(os.path.join(args.out, "features.json"), "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1)
-        write_markdown(results, args, os.path.join(args.out, "features.md"))
-    plot(results, os.path.join(args.out, "features_by_position.png"))
+    json_path = os.path.join(args.out, "features.json")
+    if args.throughput_only:
+        with open(json_path) as f:
+            saved = json.load(f)
+        results = saved["results"]
+        args = argparse.Namespace(**dict(saved["args"], throughput_dataset=args.throughput_dataset))
+    else:
+        results = []
+        for name in args.datasets:
+            results.append(run_dataset(name, args))
+            with open(json_path, "w") as f:
+                json.dump({"args": vars(args), "results": results}, f, indent=1)
+            write_markdown(results, args, os.path.join(args.out, "features.md"))
+        plot(results, os.path.join(args.out, "features_by_position.png"))
+    throughput = None
+    if args.throughput_dataset != "none":
+        throughput = throughput_check(args.throughput_dataset, args)
+        with open(json_path, "w") as f:
+            json.dump({"args": vars(args), "results": results, "throughput": throughput}, f, indent=1)
+        write_markdown(results, args, os.path.join(args.out, "features.md"), throughput)
     logger.info("done in %.0f s", time.perf_counter() - t0)
 
 
