@@ -235,6 +235,11 @@ class SessionGRU(SessionModel):
             from .exceptions import NotFittedError
             raise NotFittedError("this SessionGRU is not fitted yet; call fit() first")
 
+    def evaluate(self, test, *args, **kwargs) -> dict:
+        """Next-item evaluation (see :meth:`SessionModel.evaluate`), under ``n_threads``."""
+        with _thread_limit(self.n_threads):
+            return super().evaluate(test, *args, **kwargs)
+
     def predict_next(self, sessions_items) -> np.ndarray:
         """Scores of every item as the next click of each live session.
 
