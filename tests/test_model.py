@@ -292,3 +292,14 @@ def test_sample_fit_beats_popularity():
                               for i in range(s.n_sessions)])
     pop_recall = np.isin(targets, top).mean()
     assert res["recall@20"] > 0.45 and res["recall@20"] > 2 * pop_recall
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(embedding=4, constrained_embedding=False),
+                                dict(constrained_embedding=False, layers=[5, 6])])
+def test_scorer_input_table_equals_direct_forward(kw, monkeypatch):
+    """The scorer's precomputed layer-0 table gives the scores of the direct computation."""
+    m = SessionGRU(**{**SMALL, **kw}).fit(_events())
+    sess = [[m.item_index_.ids[i] for i in (1, 2, 3)], [m.item_index_.ids[4]]]
+    fast = m.predict_next(sess)
+    monkeypatch.setattr(cpu.GRUScorer, "MAX_TABLE", 0)
+    np.testing.assert_allclose(m.predict_next(sess), fast, rtol=1e-5, atol=1e-6)

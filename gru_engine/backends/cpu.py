@@ -465,12 +465,23 @@ class GRUScorer:
     which the returned array views (valid until the next call).
     """
 
+    #: largest (n_items x 3 H_0) input-projection table precomputed for embedding inputs
+    MAX_TABLE = 50_000_000
+
     def __init__(self, params: dict, mode: int, act: int = 0, act_param: float = 0.0):
         dt = np.float32
-        self.mode = mode
         self.act, self.act_param = act, act_param
-        self.Wx = tuple(np.ascontiguousarray(w, dt) for w in params["Wx"])
-        self.bx = tuple(np.ascontiguousarray(b, dt) for b in params["bx"])
+        Wx = [np.ascontiguousarray(w, dt) for w in params["Wx"]]
+        bx = [np.ascontiguousarray(b, dt) for b in params["bx"]]
+        if mode != ONEHOT and params["Wy"].shape[0] * Wx[0].shape[1] <= self.MAX_TABLE:
+            # No dropout at inference, so layer 0's input projection of every item can be
+            # computed once: x @ Wx[0] + bx[0] becomes a row lookup (as for one-hot input).
+            src = params["E"] if mode == EMBEDDING else params["Wy"]
+            Wx[0] = np.ascontiguousarray(np.asarray(src, dt) @ Wx[0] + bx[0])
+            bx[0] = np.zeros_like(bx[0])
+            mode = ONEHOT
+        self.mode = mode
+        self.Wx, self.bx = tuple(Wx), tuple(bx)
         self.Wh = tuple(np.ascontiguousarray(w, dt) for w in params["Wh"])
         self.bhn = tuple(np.ascontiguousarray(b, dt) for b in params["bhn"])
         self.Wy = np.ascontiguousarray(params["Wy"], dt)
