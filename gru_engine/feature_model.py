@@ -44,8 +44,8 @@ from numba import njit
 from . import params as hp
 from .batching import schedule_advance, schedule_start, session_order
 from .data import ItemIndex
-from .exceptions import ModelFitError, NotFittedError
-from .features import BAG, RAW, EncodedFeature, encode_item_features, validate_item_features
+from .exceptions import ModelFitError
+from .features import RAW, encode_item_features, validate_item_features
 from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
 from .losses import CROSS_ENTROPY, activate, loss_forward_backward
 from .model import SessionGRU, _progress_bar, _thread_limit
@@ -663,22 +663,19 @@ def build_layout(n_items: int, architecture: str, combine: str, input_mode: str,
     }
 
 
-def _bag_caps(SI, indptr, batch_size: int) -> None:
-    """Fill the table-gradient capacities/offsets (``S_GCAP``, ``S_GOFF``, ``S_ROFF``) in place."""
+def _bag_caps(SI, indptr, batch_size: int, n_items: int) -> None:
+    """Fill the table-gradient capacities/offsets (``S_GCAP``, ``S_GOFF``, ``S_ROFF``) in place:
+    a step touches at most ``batch_size * longest bag`` rows of a subnet's table."""
     g_off = r_off = 0
     for s in range(SI.shape[0]):
         if SI[s, S_TAB] != T_OWN:
             continue
-        cap = int(min(SI[s, S_TROWS], batch_size * max(_max_bag(SI, s, indptr), 1)))
+        ip = indptr[SI[s, S_IPOFF]:SI[s, S_IPOFF] + n_items + 1]
+        longest = int(np.diff(ip).max()) if n_items > 0 else 0
+        cap = int(min(SI[s, S_TROWS], batch_size * max(longest, 1)))
         SI[s, S_GCAP], SI[s, S_GOFF], SI[s, S_ROFF] = cap, g_off, r_off
         g_off += cap * SI[s, S_TCOLS]
         r_off += cap
-
-
-def _max_bag(SI, s, indptr) -> int:
-    n_items = (len(indptr) // SI.shape[0]) - 1
-    ip = indptr[SI[s, S_IPOFF]:SI[s, S_IPOFF] + n_items + 1]
-    return int(np.diff(ip).max()) if n_items > 0 else 0
 
 
 class FeatureTrainer:
@@ -699,7 +696,7 @@ class FeatureTrainer:
         bs = int(batch_size)
         cmax = bs + n_sample
         SI = p["SI"].copy()
-        _bag_caps(SI, p["indptr"], bs)
+        _bag_caps(SI, p["indptr"], bs, n_items)
         self.SI, self.LI = SI, p["LI"]
         S, G = SI.shape[0], self.LI.shape[0]
         self.params = p

@@ -133,11 +133,6 @@ class EncodedFeature:
     dim: int
     info: dict = field(default_factory=dict)
 
-    @property
-    def max_bag(self) -> int:
-        """Longest bag (entries of one item)."""
-        return int(np.diff(self.indptr).max()) if len(self.indptr) > 1 else 0
-
 
 class DenseFeatures:
     """Float vectors per item id.

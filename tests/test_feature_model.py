@@ -5,7 +5,7 @@ import pytest
 
 from gru_engine import params as hp
 from gru_engine.data import ItemIndex
-from gru_engine.feature_model import (S_A, S_C0, S_C1, S_D0, S_D1, FeatureSessionGRU,
+from gru_engine.feature_model import (S_C0, S_C1, S_D0, S_D1, FeatureSessionGRU,
                                       FeatureTrainer, build_layout, epoch_plan)
 from gru_engine.features import (CategoricalFeatures, DenseFeatures, TokenFeatures,
                                  encode_item_features)
