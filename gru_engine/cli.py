@@ -173,8 +173,8 @@ def cmd_demo(args) -> int:
         print(f"{name} baseline: Recall@{k}: {result[f'recall@{k}']:.4f}  "
               f"MRR@{k}: {result[f'mrr@{k}']:.4f}")
     session = test["ItemId"][:3]
-    ids, scores = model.recommend(session, k=5)
-    print(f"Next-item recommendations after the clicks {list(session)}: {list(ids)}")
+    ids, _ = model.recommend(session, k=5)
+    print(f"Next-item recommendations after the clicks {session.tolist()}: {ids.tolist()}")
     return 0
 
 
