@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .mathfuncs import fexp, fsigmoid
+from .mathfuncs import cast_like, fexp, fsigmoid
 
 CROSS_ENTROPY, BPR_MAX, TOP1_MAX, BPR, TOP1 = 0, 1, 2, 3, 4
 LINEAR, RELU, TANH, LEAKY, ELU = 0, 1, 2, 3, 4
@@ -64,11 +64,33 @@ def activate_grad(y, act, param):
 
 
 @njit(cache=True, error_model="numpy")
-def _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu):
+def _softmax_negatives(r, g, i, C):
+    """``g[:C]`` = softmax of ``r[:C]`` over the columns other than ``i`` (``g[i] = 0``)."""
+    m = r[1] if i == 0 else r[0]
+    for j in range(C):
+        if j != i and r[j] > m:
+            m = r[j]
+    for j in range(C):
+        g[j] = fexp(r[j] - m)
+    g[i] = 0.0
+    z = 0.0
+    for j in range(C):
+        z += g[j]
+    inv_z = cast_like(g, 1.0 / z)
+    for j in range(C):
+        g[j] *= inv_z
+
+
+@njit(cache=True, error_model="numpy")
+def _row_loss(a, r, g, scr, i, C, loss, logq, lq, bpreg, elu):
     """Loss of one row and its gradient ``g`` w.r.t. the activated scores ``a`` (C,).
 
-    ``r`` (C,) is scratch. Returns the row loss. Needs ``C >= 2`` for the ranking losses.
+    ``r`` (C,) and ``scr`` (2, C) are scratch. Returns the row loss. Needs ``C >= 2`` for the
+    ranking losses. Loops are kept simple (no branches, array precision) so that they
+    vectorise; sums run sequentially in float64.
     """
+    one = cast_like(g, 1.0)
+    two = cast_like(g, 2.0)
     if loss == CROSS_ENTROPY:
         if logq > 0.0:
             for j in range(C):
@@ -80,105 +102,113 @@ def _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu):
         for j in range(1, C):
             if r[j] > m:
                 m = r[j]
-        for j in range(C):  # separate loops: this one vectorises, the sum below cannot
+        for j in range(C):
             r[j] = fexp(r[j] - m)
         z = 0.0
         for j in range(C):
             z += r[j]
         p_pos = r[i] / z
         c = p_pos / (p_pos + LOG_EPS)
+        cz = cast_like(g, c / z)
         for j in range(C):
-            g[j] = c * (r[j] / z)
+            g[j] = cz * r[j]
         g[i] -= c
         return -np.log(p_pos + LOG_EPS)
 
-    # ranking losses: r = scores (ELU'd for bpr-max), i = positive
-    for j in range(C):
-        x = a[j]
-        if loss == BPR_MAX and elu > 0.0 and x <= 0.0:
-            x = elu * (fexp(x) - 1.0)
-        r[j] = x
+    # ranking losses on r = scores (ELU'd for bpr-max); i = the positive column
+    if loss == BPR_MAX and elu > 0.0:
+        el = cast_like(r, elu)
+        for j in range(C):
+            x = a[j]
+            r[j] = x if x > 0.0 else el * (fexp(x) - one)
+    else:
+        for j in range(C):
+            r[j] = a[j]
     rp = r[i]
+    sa, sb = scr[0], scr[1]
     total = 0.0
     if loss == BPR or loss == TOP1:
         inv = 1.0 / (C - 1)
-        gp = 0.0
+        inv_c = cast_like(g, inv)
         for j in range(C):
-            if j == i:
-                continue
-            if loss == BPR:
-                total += _softplus(r[j] - rp)
-                d = fsigmoid(r[j] - rp) * inv
-                g[j] = d
-                gp -= d
-            else:
-                sa = fsigmoid(r[j] - rp)
-                sb = fsigmoid(r[j] * r[j])
-                total += sa + sb
-                g[j] = (sa * (1.0 - sa) + sb * (1.0 - sb) * 2.0 * r[j]) * inv
-                gp -= sa * (1.0 - sa) * inv
-        g[i] = gp
-        total *= inv
-    else:
-        # softmax over the negatives: g holds s_j temporarily
-        m = r[1] if i == 0 else r[0]
-        for j in range(C):
-            if j != i and r[j] > m:
-                m = r[j]
-        for j in range(C):
-            g[j] = fexp(r[j] - m)
-        g[i] = 0.0
-        z = 0.0
-        for j in range(C):
-            z += g[j]
-        for j in range(C):
-            g[j] /= z
-        gp = 0.0
-        if loss == BPR_MAX:
-            A = 0.0
-            Q = 0.0
+            sa[j] = fsigmoid(r[j] - rp)
+        if loss == BPR:
+            for j in range(C):
+                g[j] = sa[j] * inv_c
+            s = 0.0
+            for j in range(C):
+                s += sa[j]
             for j in range(C):
                 if j != i:
-                    sg = fsigmoid(rp - r[j])
-                    A += g[j] * sg
-                    Q += g[j] * r[j] * r[j]
-            inv = 1.0 / (A + LOG_EPS)
-            for j in range(C):
-                if j == i:
-                    continue
-                s = g[j]
-                sg = fsigmoid(rp - r[j])
-                gp -= inv * s * sg * (1.0 - sg)
-                g[j] = -inv * s * (sg * sg - A) + bpreg * s * (r[j] * r[j] - Q + 2.0 * r[j])
-            total = -np.log(A + LOG_EPS) + bpreg * Q
+                    total += _softplus(r[j] - rp)
+            g[i] = -(s - sa[i]) * inv
         else:
-            T = 0.0
             for j in range(C):
-                if j != i:
-                    T += g[j] * (fsigmoid(r[j] - rp) + fsigmoid(r[j] * r[j]))
+                sb[j] = fsigmoid(r[j] * r[j])
+            d = 0.0
             for j in range(C):
-                if j == i:
-                    continue
-                s = g[j]
-                sa = fsigmoid(r[j] - rp)
-                sb = fsigmoid(r[j] * r[j])
-                gp -= s * sa * (1.0 - sa)
-                g[j] = s * (sa + sb - T) + s * (sa * (1.0 - sa) + sb * (1.0 - sb) * 2.0 * r[j])
-            total = T
-        g[i] = gp
-    if loss == BPR_MAX and elu > 0.0:
+                total += sa[j] + sb[j]
+                d += sa[j] * (1.0 - sa[j])
+            total -= sa[i] + sb[i]
+            d -= sa[i] * (1.0 - sa[i])
+            for j in range(C):
+                g[j] = (sa[j] * (one - sa[j]) + sb[j] * (one - sb[j]) * two * r[j]) * inv_c
+            g[i] = -d * inv
+        total *= inv
+    elif loss == BPR_MAX:
+        _softmax_negatives(r, g, i, C)
         for j in range(C):
-            if r[j] <= 0.0:
-                g[j] *= r[j] + elu
+            sa[j] = fsigmoid(rp - r[j])
+        A = 0.0
+        Q = 0.0
+        D = 0.0
+        for j in range(C):  # g[i] == 0: sums over all columns are sums over the negatives
+            s = g[j]
+            A += s * sa[j]
+            Q += s * r[j] * r[j]
+            D += s * sa[j] * (1.0 - sa[j])
+        inv = 1.0 / (A + LOG_EPS)
+        ninv = cast_like(g, -inv)
+        A_c = cast_like(g, A)
+        Q_c = cast_like(g, Q)
+        reg = cast_like(g, bpreg)
+        for j in range(C):
+            s = g[j]
+            g[j] = ninv * s * (sa[j] * sa[j] - A_c) + reg * s * (r[j] * r[j] - Q_c + two * r[j])
+        g[i] = -inv * D
+        total = -np.log(A + LOG_EPS) + bpreg * Q
+        if elu > 0.0:
+            el = cast_like(r, elu)
+            for j in range(C):
+                g[j] *= (r[j] + el) if r[j] <= 0.0 else one
+    else:  # TOP1_MAX
+        _softmax_negatives(r, g, i, C)
+        for j in range(C):
+            sa[j] = fsigmoid(r[j] - rp)
+            sb[j] = fsigmoid(r[j] * r[j])
+        T = 0.0
+        D = 0.0
+        for j in range(C):
+            s = g[j]
+            T += s * (sa[j] + sb[j])
+            D += s * sa[j] * (1.0 - sa[j])
+        T_c = cast_like(g, T)
+        for j in range(C):
+            s = g[j]
+            g[j] = s * (sa[j] + sb[j] - T_c) + s * (sa[j] * (one - sa[j])
+                                                     + sb[j] * (one - sb[j]) * two * r[j])
+        g[i] = -D
+        total = T
     return total
 
 
 @njit(cache=True, error_model="numpy")
-def loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, scale, a, r, g):
+def loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, scale, a, r, g,
+                          scr):
     """Step loss over the first ``B`` rows of ``O``; ``O[:B, :C]`` is overwritten with dL/dO.
 
     O: (>=B, >=C) raw scores ``h @ Wy[cols].T + By[cols]``; lq: (>=C,) log q per column (used by
-    cross-entropy when ``logq > 0``); a, r, g: (>=C,) scratch. Returns ``sum_rows loss / scale``.
+    cross-entropy when ``logq > 0``); a, r, g: (>=C,) and scr: (2, >=C) scratch. Returns ``sum_rows loss / scale``.
     """
     total = 0.0
     inv_scale = 1.0 / scale
@@ -188,7 +218,7 @@ def loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, s
             a[j] = activate(O[i, j], act, act_param)
         for j in range(C):
             n_bad += (a[j] - a[j]) != 0.0  # NaN or inf (the fast exp would hide them)
-        total += _row_loss(a, r, g, i, C, loss, logq, lq, bpreg, elu)
+        total += _row_loss(a, r, g, scr, i, C, loss, logq, lq, bpreg, elu)
         for j in range(C):
             O[i, j] = g[j] * activate_grad(a[j], act, act_param) * inv_scale
     if n_bad > 0:

@@ -99,7 +99,7 @@ def step_forward(mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, x0, mask0, hprev, ho
 def step_forward_backward(mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, By,
                           gWx, gbx, gWh, gbhn,
                           x0, mask0, dx0, hprev, hout, y, mask, gx, gh, gates, dgx, dgh, dy,
-                          cols, C, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc,
+                          cols, C, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc, rs,
                           loss, act, act_param, logq, bpreg, elu, scale,
                           slotY, rowsY, GY, gBy, slotI, rowsI, GI, counts):
     """Forward, loss and all gradients of one step (steps 4-7 of the module doc).
@@ -126,7 +126,7 @@ def step_forward_backward(mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, By,
         for j in range(C):
             O[i, j] += bc[j]
     total = loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, scale,
-                                  ra, rb, rc)
+                                  ra, rb, rc, rs)
     # output layer
     np.dot(O.T, yl[:B], dWc[:C])
     column_sums(O, B, dbc, 0, C)
@@ -212,7 +212,7 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
                 in_items, store, cdf, log_support, n_sample, sample_alpha, p_embed, p_hidden,
                 mode, Wx, bx, Wh, bhn, E, Wy, By, gWx, gbx, gWh, gbhn, acc, vel,
                 x0, mask0, dx0, hprev, hout, y, mask, gx, gh, gates, dgx, dgh, dy,
-                cols, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc,
+                cols, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc, rs,
                 loss, act, act_param, logq, bpreg, elu, batch_size, lr, mom,
                 slotY, rowsY, GY, gBy, slotI, rowsI, GI, counts):
     """Run up to ``max_steps`` steps (all remaining when < 0) of the epoch started by
@@ -252,7 +252,7 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
         step_loss = step_forward_backward(
             mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, By, gWx, gbx, gWh, gbhn,
             x0, mask0, dx0, hprev, hout, y, mask, gx, gh, gates, dgx, dgh, dy,
-            cols, C, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc,
+            cols, C, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc, rs,
             loss, act, act_param, logq, bpreg, elu, batch_size,
             slotY, rowsY, GY, gBy, slotI, rowsI, GI, counts)
         if not np.isfinite(step_loss):
@@ -387,6 +387,7 @@ class CPUTrainer:
         self.dWc = np.zeros((cmax, H), dt)
         self.dbc, self.lq = np.zeros(cmax, dt), np.zeros(cmax, dt)
         self.ra, self.rb, self.rc = np.zeros(cmax, dt), np.zeros(cmax, dt), np.zeros(cmax, dt)
+        self.rs = np.zeros((2, cmax), dt)
         self.slotY = np.full(n_items, -1, np.int32)
         self.rowsY = np.zeros(cmax + bs, np.int32)
         self.GY = np.zeros((cmax + bs, H), dt)
@@ -430,7 +431,7 @@ class CPUTrainer:
             p["By"], self.gWx, self.gbx, self.gWh, self.gbhn, self.acc, self.vel,
             self.x0, self.mask0, self.dx0, self.hprev, self.hout, self.y, self.mask, self.gx,
             self.gh, self.gates, self.dgx, self.dgh, self.dy, self.cols, self.Wc, self.bc,
-            self.O_flat, self.dWc, self.dbc, self.lq, self.ra, self.rb, self.rc,
+            self.O_flat, self.dWc, self.dbc, self.lq, self.ra, self.rb, self.rc, self.rs,
             loss, act, act_param, logq, bpreg, elu, scale, lr, mom,
             self.slotY, self.rowsY, self.GY, self.gBy, self.slotI, self.rowsI, self.GI,
             self.counts)
@@ -449,7 +450,8 @@ class CPUTrainer:
             p["By"], self.gWx, self.gbx, self.gWh, self.gbhn, self.x0, self.mask0, self.dx0,
             self.hprev, self.hout, self.y, self.mask, self.gx, self.gh, self.gates, self.dgx,
             self.dgh, self.dy, self.cols, C, self.Wc, self.bc, self.O_flat, self.dWc, self.dbc,
-            self.lq, self.ra, self.rb, self.rc, loss, act, act_param, logq, bpreg, elu, scale,
+            self.lq, self.ra, self.rb, self.rc, self.rs, loss, act, act_param, logq, bpreg, elu,
+            scale,
             self.slotY, self.rowsY, self.GY, self.gBy, self.slotI, self.rowsI, self.GI,
             self.counts)
         release_rows(self.slotY, self.rowsY, self.counts[0])
