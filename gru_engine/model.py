@@ -92,6 +92,10 @@ class SessionGRU(SessionModel):
     2018). Hyperparameters keep the official names; see :mod:`gru_engine.params` for checks and
     ``parse_param_string`` for the official ``key=value`` syntax.
 
+    ``n_threads``: BLAS threads during training and evaluation. ``None`` trains with one BLAS
+    thread (the per-step GEMMs are small; multi-threaded OpenBLAS on them collapses when the
+    cores are shared) and leaves evaluation at the library default.
+
     Example::
 
         model = SessionGRU(layers=[100], loss="cross-entropy", n_epochs=3).fit(train_df)
@@ -163,6 +167,13 @@ class SessionGRU(SessionModel):
         return "embedding" if p["embedding"] > 0 else "onehot"
 
     def _fit(self, sessions, callback=None):
+        try:
+            self._train(sessions, callback)
+        except ModelFitError:
+            del self.params_  # a diverged model must not be used: NotFittedError from now on
+            raise
+
+    def _train(self, sessions, callback):
         p = self._validated()
         n_items = len(self.item_index_)
         seq = np.random.SeedSequence(p["random_state"])

@@ -248,6 +248,8 @@ def test_nan_loss_raises_model_fit_error():
     m = SessionGRU(**{**SMALL, "learning_rate": 1e30, "n_epochs": 3, "loss": "bpr-max"})
     with pytest.raises(ModelFitError, match="epoch"):
         m.fit(_events())
+    with pytest.raises(NotFittedError):
+        m.predict_next([[7]])
 
 
 def test_get_set_params_round_trip_and_param_strings():
