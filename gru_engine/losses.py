@@ -20,19 +20,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .mathfuncs import cast_like, fexp, fsigmoid
+from .mathfuncs import cast_like, fexp, fsigmoid, fsoftplus
 
 CROSS_ENTROPY, BPR_MAX, TOP1_MAX, BPR, TOP1 = 0, 1, 2, 3, 4
 LINEAR, RELU, TANH, LEAKY, ELU = 0, 1, 2, 3, 4
 LOG_EPS = 1e-24
-
-
-@njit(cache=True, error_model="numpy")
-def _softplus(x):
-    """log(1 + exp(x)), stable for large |x|."""
-    if x > 0.0:
-        return x + np.log1p(np.exp(-x))
-    return np.log1p(np.exp(x))
 
 
 @njit(cache=True, error_model="numpy")
@@ -135,12 +127,13 @@ def _row_loss(a, r, g, scr, i, C, loss, logq, lq, bpreg, elu):
         if loss == BPR:
             for j in range(C):
                 g[j] = sa[j] * inv_c
+            for j in range(C):
+                sb[j] = fsoftplus(r[j] - rp)
             s = 0.0
             for j in range(C):
                 s += sa[j]
-            for j in range(C):
-                if j != i:
-                    total += _softplus(r[j] - rp)
+                total += sb[j]
+            total -= sb[i]
             g[i] = -(s - sa[i]) * inv
         else:
             for j in range(C):

@@ -91,3 +91,36 @@ def _ov_cast_like(arr, x):
     if isinstance(arr, types.Array) and arr.dtype == types.float32:
         return lambda arr, x: np.float32(x)
     return lambda arr, x: np.float64(x)
+
+
+def fsoftplus(x):
+    """log(1 + exp(x)), stable; vectorisable series for float32 (Numba only)."""
+    raise NotImplementedError("fsoftplus is for Numba-compiled code")
+
+
+@njit(inline="always")
+def _log1p_unit32(y):
+    """log(1 + y) for float32 ``y`` in [0, 1]: 2 atanh(s), s = y / (2 + y) <= 1/3."""
+    s = y / (np.float32(2.0) + y)
+    s2 = s * s
+    p = np.float32(1.0 / 17.0)
+    p = p * s2 + np.float32(1.0 / 15.0)
+    p = p * s2 + np.float32(1.0 / 13.0)
+    p = p * s2 + np.float32(1.0 / 11.0)
+    p = p * s2 + np.float32(1.0 / 9.0)
+    p = p * s2 + np.float32(1.0 / 7.0)
+    p = p * s2 + np.float32(1.0 / 5.0)
+    p = p * s2 + np.float32(1.0 / 3.0)
+    return np.float32(2.0) * s * (np.float32(1.0) + s2 * p)
+
+
+@overload(fsoftplus, inline="always")
+def _ov_fsoftplus(x):
+    if x == types.float32:
+        return lambda x: max(x, np.float32(0.0)) + _log1p_unit32(_exp32(-abs(x)))
+
+    def impl(x):
+        if x > 0.0:
+            return x + np.log1p(np.exp(-x))
+        return np.log1p(np.exp(x))
+    return impl

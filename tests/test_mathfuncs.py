@@ -2,7 +2,7 @@
 import numpy as np
 from numba import njit
 
-from gru_engine.mathfuncs import cast_like, fexp, fsigmoid, ftanh
+from gru_engine.mathfuncs import cast_like, fexp, fsigmoid, fsoftplus, ftanh
 
 
 @njit(error_model="numpy")
@@ -36,3 +36,18 @@ def test_float64_is_exact_numpy():
     np.testing.assert_allclose(t, np.tanh(x), rtol=1e-15, atol=1e-300)
     np.testing.assert_allclose(s, 1 / (1 + np.exp(-x)), rtol=1e-15)
     assert c == 0.1
+
+
+@njit(error_model="numpy")
+def _softplus(x, out):
+    for i in range(len(x)):
+        out[i] = fsoftplus(x[i])
+
+
+def test_softplus():
+    for dtype, tol in ((np.float32, 3e-7), (np.float64, 1e-15)):
+        x = np.linspace(-100, 100, 40001).astype(dtype)
+        out = np.empty_like(x)
+        _softplus(x, out)
+        ref = np.logaddexp(0.0, x.astype(np.float64))
+        assert np.max(np.abs(out - ref) / np.maximum(ref, 1e-30)) < tol
