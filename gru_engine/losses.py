@@ -197,12 +197,14 @@ def _row_loss(a, r, g, scr, i, C, loss, logq, lq, bpreg, elu):
 
 @njit(cache=True, error_model="numpy")
 def loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, scale, a, r, g,
-                          scr):
+                          scr=None):
     """Step loss over the first ``B`` rows of ``O``; ``O[:B, :C]`` is overwritten with dL/dO.
 
     O: (>=B, >=C) raw scores ``h @ Wy[cols].T + By[cols]``; lq: (>=C,) log q per column (used by
-    cross-entropy when ``logq > 0``); a, r, g: (>=C,) and scr: (2, >=C) scratch. Returns ``sum_rows loss / scale``.
+    cross-entropy when ``logq > 0``); a, r, g: (>=C,) and scr: (2, >=C) scratch (allocated per
+    call when not given). Returns ``sum_rows loss / scale``.
     """
+    work = np.empty((2, len(a)), a.dtype) if scr is None else scr
     total = 0.0
     inv_scale = 1.0 / scale
     n_bad = 0
@@ -211,7 +213,7 @@ def loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, s
             a[j] = activate(O[i, j], act, act_param)
         for j in range(C):
             n_bad += (a[j] - a[j]) != 0.0  # NaN or inf (the fast exp would hide them)
-        total += _row_loss(a, r, g, scr, i, C, loss, logq, lq, bpreg, elu)
+        total += _row_loss(a, r, g, work, i, C, loss, logq, lq, bpreg, elu)
         for j in range(C):
             O[i, j] = g[j] * activate_grad(a[j], act, act_param) * inv_scale
     if n_bad > 0:
