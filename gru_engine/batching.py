@@ -87,11 +87,14 @@ def schedule_advance(order, offsets, n_rows, next_sess, min_rows, cur, end, rese
 
 @njit(cache=True, error_model="numpy")
 def full_schedule(items, order, offsets, batch_size, min_rows):
-    """The whole epoch's schedule as flat arrays (for tests and inspection).
+    """The whole epoch's schedule as flat arrays (the CUDA backend copies it to the device once
+    per epoch; also used by tests and benchmarks).
 
-    Returns ``(step_rows, inputs, targets, resets)``: ``step_rows`` (n_steps,) int64 rows per
-    step; the other three concatenate the steps' rows: int32 input items, int32 target items,
-    bool reset flags.
+    Returns ``(step_rows, inputs, targets, resets, srcs)``: ``step_rows`` (n_steps,) int64 rows
+    per step; the other four concatenate the steps' rows: int32 input items, int32 target
+    items, bool reset flags, int32 ``src`` (the row each row occupied in the previous step, so
+    its hidden state is row ``src`` of the previous step's output; ``r`` itself in the first
+    step).
     """
     cur = np.empty(batch_size, np.int64)
     end = np.empty(batch_size, np.int64)
@@ -105,6 +108,7 @@ def full_schedule(items, order, offsets, batch_size, min_rows):
     inputs = np.empty(total, np.int32)
     targets = np.empty(total, np.int32)
     resets = np.empty(total, np.bool_)
+    srcs = np.empty(total, np.int32)
     n_steps = 0
     pos = 0
     while n_rows > 0:
@@ -113,11 +117,13 @@ def full_schedule(items, order, offsets, batch_size, min_rows):
             inputs[pos] = items[cur[r]]
             targets[pos] = items[cur[r] + 1]
             resets[pos] = reset[r]
+            srcs[pos] = src[r]
             pos += 1
         n_steps += 1
         n_rows, next_sess = schedule_advance(order, offsets, n_rows, next_sess, min_rows,
                                              cur, end, reset, src)
-    return step_rows[:n_steps].copy(), inputs[:pos].copy(), targets[:pos].copy(), resets[:pos].copy()
+    return (step_rows[:n_steps].copy(), inputs[:pos].copy(), targets[:pos].copy(),
+            resets[:pos].copy(), srcs[:pos].copy())
 
 
 def session_order(sessions, shuffle: bool = False, rng=None) -> np.ndarray:

@@ -1,10 +1,18 @@
 """SessionGRU: GRU4Rec (session-parallel mini-batches, sampled output, GRU4Rec losses).
 
 The estimator holds hyperparameters (official GRU4Rec names, see :mod:`gru_engine.params`),
-initialises parameters, runs the epochs through a backend (``backends/cpu.py``: the whole epoch
-in Numba) and exposes a scorer for evaluation and ``recommend``.
+initialises parameters, runs the epochs through a backend and exposes a scorer for evaluation
+and ``recommend``. Backends (``device``): ``'cpu'`` (``backends/cpu.py``: the whole epoch in
+Numba), ``'cuda'`` (``backends/cuda.py``: CUDA kernels through CuPy; ``ValueError`` without
+CuPy and a GPU), ``'auto'`` (CUDA when CuPy sees a GPU, else CPU; checked once, lazily). Both
+backends are driven by the same epoch loop (:meth:`SessionGRU._train`) through the trainer
+interface ``fill_store() / start_epoch(items, order, offsets) / rows_left() / run(max_steps)
+-> (loss_sum, events, finite) / host_params()``, consume the same negative-sample draws in the
+same order and give the same parameters up to float32 rounding (without dropout: the CUDA
+backend draws its dropout masks on the device).
 
 Fitted attributes:
+    device_:          'cpu' | 'cuda', the backend that trained the model (and scores it)
     params_:          dict of parameter arrays (float32): ``Wx``, ``bx``, ``Wh``, ``bhn`` (lists,
                       one array per layer), ``Wy`` (n_items, H_last), ``By`` (n_items,), and ``E``
                       (n_items, embedding) only with a separate input embedding
@@ -25,6 +33,7 @@ import numpy as np
 
 from . import params as hp
 from .backends import cpu
+from .backends.device import Device
 from .base import SessionModel
 from .batching import session_order
 from .exceptions import ModelFitError
@@ -56,6 +65,24 @@ def _thread_limit(n_threads):
         numba.set_num_threads(old_numba)
         if limiter is not None:
             limiter.restore_original_limits()
+
+
+def _resolve_device(name: str) -> Device | None:
+    """The compute device for ``device=name``: None for the CPU backend, else a CUDA
+    :class:`~gru_engine.backends.device.Device`. ``'auto'`` picks CUDA when CuPy sees a GPU
+    (checked once per process); ``'cuda'`` without them raises ``ValueError``. The CPU path
+    never imports CuPy. (Tests replace this function to run the CUDA backend in the emulator.)
+    """
+    if name == "cpu":
+        return None
+    from .backends.device import CupyDevice, cuda_available
+    if cuda_available():
+        return CupyDevice()
+    if name == "auto":
+        return None
+    raise ValueError("device='cuda' needs CuPy and an NVIDIA GPU, but CuPy is not installed or "
+                     "sees no CUDA device (pip install cupy-cuda12x, or use device='cpu' or "
+                     "'auto')")
 
 
 def init_params(n_items: int, layers, mode: str, embedding: int, rng, dtype=np.float32) -> dict:
@@ -154,8 +181,7 @@ class SessionGRU(SessionModel):
     def _validated(self) -> dict:
         p = hp.validate(self.get_params())
         if p["device"] == "cuda":
-            raise ValueError("device='cuda': CUDA backend not available in this build; "
-                             "use device='cpu' or 'auto'")
+            _resolve_device("cuda")  # ValueError now, before the data is read, without a GPU
         return p
 
     def _input_mode(self, p) -> str:
@@ -173,8 +199,30 @@ class SessionGRU(SessionModel):
             del self.params_  # a diverged model must not be used: NotFittedError from now on
             raise
 
+    def _make_trainer(self, p, params, mode, support, device, seed):
+        """The backend's trainer (see the module docstring) over the initial ``params``."""
+        act, act_param = hp.parse_final_act(p["final_act"])
+        if device is None:
+            return cpu.CPUTrainer(params, _MODES[mode], len(support), support, p["batch_size"],
+                                  p["n_sample"], p["sample_alpha"], p["sample_store_size"],
+                                  loss=hp.LOSS_CODES[p["loss"]], act=act, act_param=act_param,
+                                  logq=p["logq"], bpreg=p["bpreg"], elu=p["elu_param"],
+                                  lr=p["learning_rate"], mom=p["momentum"],
+                                  p_embed=p["dropout_p_embed"], p_hidden=p["dropout_p_hidden"])
+        from .backends.cuda import EpochTrainer
+        return EpochTrainer(device, params, batch_size=p["batch_size"], n_sample=p["n_sample"],
+                            sample_alpha=p["sample_alpha"],
+                            sample_store_size=p["sample_store_size"], item_support=support,
+                            loss=p["loss"], constrained_embedding=mode == "constrained",
+                            final_act=(act, act_param), bpreg=p["bpreg"],
+                            elu_param=p["elu_param"], logq=p["logq"],
+                            learning_rate=p["learning_rate"], momentum=p["momentum"],
+                            dropout_p_embed=p["dropout_p_embed"],
+                            dropout_p_hidden=p["dropout_p_hidden"], seed=seed)
+
     def _train(self, sessions, callback):
         p = self._validated()
+        device = _resolve_device(p["device"])
         n_items = len(self.item_index_)
         seq = np.random.SeedSequence(p["random_state"])
         init_seed, order_seed, numba_seed = seq.spawn(3)
@@ -183,20 +231,17 @@ class SessionGRU(SessionModel):
         mode = self._input_mode(p)
         params = init_params(n_items, p["layers"], mode, p["embedding"], rng)
         support = sessions.item_support(n_items)
+        self.device_ = "cpu" if device is None else "cuda"
         self.item_support_ = support
         self.input_mode_ = mode
         self.params_ = params
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
-        act, act_param = hp.parse_final_act(p["final_act"])
-        trainer = cpu.CPUTrainer(params, _MODES[mode], n_items, support, p["batch_size"],
-                                 p["n_sample"], p["sample_alpha"], p["sample_store_size"],
-                                 loss=hp.LOSS_CODES[p["loss"]], act=act, act_param=act_param,
-                                 logq=p["logq"], bpreg=p["bpreg"], elu=p["elu_param"],
-                                 lr=p["learning_rate"], mom=p["momentum"],
-                                 p_embed=p["dropout_p_embed"], p_hidden=p["dropout_p_hidden"])
+        numba_state = numba_seed.generate_state(2)
+        trainer = self._make_trainer(p, params, mode, support, device, int(numba_state[1]))
+        logger.info("training on %s", "CPU" if device is None else f"CUDA ({device.name})")
         threads = 1 if p["n_threads"] is None else p["n_threads"]
         with _thread_limit(threads):
-            seed_numba(int(numba_seed.generate_state(1)[0] & 0x7FFFFFFF))
+            seed_numba(int(numba_state[0] & 0x7FFFFFFF))
             t0 = time.perf_counter()
             trainer.fill_store()
             self.sample_store_seconds_ = time.perf_counter() - t0
@@ -205,9 +250,9 @@ class SessionGRU(SessionModel):
             progress = _progress_bar(p["show_progress"])
             for epoch in range(1, p["n_epochs"] + 1):
                 order = session_order(sessions, p["shuffle_sessions"], order_rng)
+                t0 = time.perf_counter()
                 trainer.start_epoch(sessions.items, order, sessions.offsets)
                 bar = progress(epoch, sessions.n_events - sessions.n_sessions)
-                t0 = time.perf_counter()
                 loss_sum, events, finite = 0.0, 0, True
                 while trainer.rows_left() and finite:
                     ls, ev, finite = trainer.run(500 if bar is not None else -1)
@@ -229,15 +274,25 @@ class SessionGRU(SessionModel):
                             loss, events, self.events_per_s_[-1], elapsed)
                 if callback is not None:
                     callback(epoch, elapsed, loss)
+        params = trainer.host_params()
+        self.params_ = params
         bad = [k for k, v in _flat_params(params) if not np.all(np.isfinite(v))]
         if bad:
             raise ModelFitError(f"training produced non-finite parameters in {bad}")
 
     # ---- scoring ----------------------------------------------------------------------------
     def scorer(self):
-        """A fresh :class:`gru_engine.backends.cpu.GRUScorer` (evaluation protocol)."""
+        """A fresh scorer (evaluation protocol): :class:`gru_engine.backends.cuda.CudaScorer`
+        when the model was trained on CUDA (``device_ == 'cuda'``; evaluation then ranks on the
+        device), else :class:`gru_engine.backends.cpu.GRUScorer`. A loaded model scores on the
+        CPU."""
         self._check_fitted()
         act, act_param = hp.parse_final_act(self.final_act)
+        if getattr(self, "device_", "cpu") == "cuda":
+            from .backends.cuda import CudaScorer
+            return CudaScorer(_resolve_device("cuda"), self.params_,
+                              constrained_embedding=self.input_mode_ == "constrained",
+                              final_act=(act, act_param))
         return cpu.GRUScorer(self.params_, _MODES[self.input_mode_], act, act_param)
 
     def _check_fitted(self):

@@ -22,23 +22,27 @@ static __device__ __forceinline__ int block_sum_int(int v) {
 
 // Rank of item targets[r] in row r. mode 0 conservative = #(S >= target score) (ties against
 // us); 1 optimistic ("standard") = #(S > target score) + 1; 2 median = halfway between them.
+// A row holding NaN anywhere gets rank NaN (the evaluator then refuses the model, as the CPU
+// rank kernel does): a NaN score would otherwise just drop out of both counts.
 extern "C" __global__ void rank_targets(const float* __restrict__ S, int R, int N,
                                         const int* __restrict__ targets, int mode,
                                         float* __restrict__ rank) {
     int r = blockIdx.x;
     const float* s = S + (long long)r * N;
     float t = s[targets[r]];
-    int ge = 0, gt = 0;
+    int ge = 0, gt = 0, nan = 0;
     for (int j = threadIdx.x; j < N; j += blockDim.x) {
         float v = s[j];
         ge += v >= t;
         gt += v > t;
+        nan |= v != v;
     }
     ge = block_sum_int(ge);
     gt = block_sum_int(gt);
+    nan = block_sum_int(nan);
     if (threadIdx.x == 0) {
         float out = mode == 0 ? (float)ge : mode == 1 ? (float)(gt + 1) : 0.5f * (float)(ge + gt + 1);
-        rank[r] = out;
+        rank[r] = nan ? __int_as_float(0x7fc00000) : out;
     }
 }
 

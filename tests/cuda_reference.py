@@ -180,7 +180,8 @@ def ranks(S, targets, mode):
     t = S[np.arange(len(targets)), targets][:, None]
     ge = (S >= t).sum(1)
     gt = (S > t).sum(1)
-    return {"conservative": ge, "optimistic": gt + 1, "median": (ge + gt + 1) / 2}[mode]
+    out = {"conservative": ge, "optimistic": gt + 1, "median": (ge + gt + 1) / 2}[mode]
+    return np.where(np.isnan(S).any(1), np.nan, out)  # a NaN anywhere: rank NaN
 
 
 def topk(S, k):

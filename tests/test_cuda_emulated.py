@@ -432,6 +432,23 @@ def test_rank_targets(dev, mode, code, R, N):
     close(out, ref.ranks(S, targets, mode), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("code", [0, 1, 2])
+def test_rank_targets_nan_anywhere_gives_nan(dev, code):
+    """A NaN score in a row (target or any other item) makes that row's rank NaN, in every tie
+    mode (without the check a NaN elsewhere drops out of both counts and a NaN target gets
+    rank 1 in 'standard' mode)."""
+    R, N = 4, 600
+    S = np.random.default_rng(2).standard_normal((R, N)).astype(np.float32)
+    targets = np.array([5, 7, 9, 11], np.int32)
+    S[0, 599] = np.nan          # a non-target item
+    S[2, 9] = np.nan            # the target itself
+    out = nan((R,))
+    dev.launch("rank_targets", R, BLOCK, [S, R, N, targets, code, out])
+    assert np.isnan(out[[0, 2]]).all() and np.isfinite(out[[1, 3]]).all()
+    mode = ("conservative", "optimistic", "median")[code]
+    close(out, ref.ranks(S, targets, mode), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("R,N,k", [(1, 1, 1), (2, 5, 5), (3, 1000, 20), (2, 3001, 100), (1, 700, 256)])
 def test_topk_rows(dev, R, N, k):
     rng = np.random.default_rng(N + k)

@@ -223,7 +223,7 @@ def test_every_configuration_learns(kw):
     (dict(final_act="leaky-x"), "final_act"), (dict(learning_rate=0), "learning_rate"),
     (dict(momentum=1.0), "momentum"), (dict(embedding=-2), "embedding"),
     (dict(sample_alpha=float("nan")), "sample_alpha"), (dict(device="tpu"), "device"),
-    (dict(device="cuda"), "CUDA backend not available"), (dict(random_state=-1), "random_state"),
+    (dict(device="cuda"), "CuPy and an NVIDIA GPU"), (dict(random_state=-1), "random_state"),
     (dict(n_threads=0), "n_threads")])
 def test_bad_hyperparameters_raise_in_fit(kw, match):
     m = SessionGRU(**kw)  # __init__ only stores

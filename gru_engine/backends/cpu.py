@@ -210,7 +210,7 @@ def epoch_start(order, offsets, batch_size, min_rows, sched, cur, end, reset, sr
 @njit(cache=True, error_model="numpy")
 def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, reset, src,
                 in_items, store, cdf, log_support, n_sample, sample_alpha, p_embed, p_hidden,
-                mode, Wx, bx, Wh, bhn, E, Wy, By, gWx, gbx, gWh, gbhn, acc, vel,
+                draw_masks, mode, Wx, bx, Wh, bhn, E, Wy, By, gWx, gbx, gWh, gbhn, acc, vel,
                 x0, mask0, dx0, hprev, hout, y, mask, gx, gh, gates, dgx, dgh, dy,
                 cols, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc, rs,
                 loss, act, act_param, logq, bpreg, elu, batch_size, lr, mom,
@@ -218,6 +218,7 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
     """Run up to ``max_steps`` steps (all remaining when < 0) of the epoch started by
     :func:`epoch_start`. Returns ``(sum of step_loss * rows, events, finite)``; stops at the
     first non-finite step loss (``finite`` False, parameters of that step not updated).
+    ``draw_masks`` False keeps the dropout masks in ``mask0``/``mask`` as they are (tests).
     """
     L = len(Wx)
     loss_sum = 0.0
@@ -246,9 +247,10 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
                 lq[j] = log_support[cols[j]]
             for j in range(B, C):
                 lq[j] = sample_alpha * log_support[cols[j]]
-        dropout_mask(mask0, B, p_embed)
-        for l in range(L):
-            dropout_mask(mask[l], B, p_hidden)
+        if draw_masks:
+            dropout_mask(mask0, B, p_embed)
+            for l in range(L):
+                dropout_mask(mask[l], B, p_hidden)
         step_loss = step_forward_backward(
             mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, By, gWx, gbx, gWh, gbhn,
             x0, mask0, dx0, hprev, hout, y, mask, gx, gh, gates, dgx, dgh, dy,
@@ -403,6 +405,22 @@ class CPUTrainer:
         self.src = np.zeros(bs, np.int64)
         self.in_items = np.zeros(bs, np.int32)
         self.items = self.order = self.offsets = None
+        self.draw_masks = True
+
+    def fix_dropout_masks(self, embed, hidden):
+        """Test hook: use these inverted-dropout masks in every step instead of drawing them.
+
+        embed: (batch_size, width) layer-0 input mask (width 1 for one-hot input: one factor per
+        row); hidden: one (batch_size, H_l) mask per layer. A step of R rows uses rows ``:R``.
+        """
+        self.mask0[:] = np.asarray(embed, self.mask0.dtype).reshape(self.mask0.shape)
+        for m, h in zip(self.mask, hidden):
+            m[:] = h
+        self.draw_masks = False
+
+    def host_params(self) -> dict:
+        """The trained parameters (host arrays, updated in place during training)."""
+        return self.params
 
     def fill_store(self):
         """Draw the negative-sample store (Numba's generator: seed it first)."""
@@ -427,7 +445,7 @@ class CPUTrainer:
             max_steps, self.items, self.order, self.offsets, self.min_rows, self.sched,
             self.cur, self.end, self.reset, self.src, self.in_items, self.store.samples,
             self.store.cdf, self.log_support, self.n_sample, self.sample_alpha, self.p_embed,
-            self.p_hidden, self.mode, self.Wx, self.bx, self.Wh, self.bhn, self.E, p["Wy"],
+            self.p_hidden, self.draw_masks, self.mode, self.Wx, self.bx, self.Wh, self.bhn, self.E, p["Wy"],
             p["By"], self.gWx, self.gbx, self.gWh, self.gbhn, self.acc, self.vel,
             self.x0, self.mask0, self.dx0, self.hprev, self.hout, self.y, self.mask, self.gx,
             self.gh, self.gates, self.dgx, self.dgh, self.dy, self.cols, self.Wc, self.bc,

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..batching import full_schedule
+from ..sampling import SampleStore
 from .device import Device
 
 INT_MAX = 2 ** 31 - 1
@@ -394,6 +396,109 @@ class CudaTrainer:
                       store[o:o + self.n_sample], srcd[pos:pos + R], loss_slot=losses[t:t + 1])
             pos += R
         return d.to_host(losses)
+
+
+class EpochTrainer:
+    """:class:`CudaTrainer` behind the interface SessionGRU's epoch loop drives (the same as
+    :class:`gru_engine.backends.cpu.CPUTrainer`): ``fill_store()``, ``start_epoch(items, order,
+    offsets)``, ``rows_left()``, ``run(max_steps) -> (loss_sum, events, finite)``,
+    ``host_params()``.
+
+    The epoch's schedule is built on the host once per epoch (:func:`batching.full_schedule`,
+    the CPU backend's scheduler) and copied to the device once; the negative-sample store is the
+    CPU backend's :class:`SampleStore` (drawn with Numba's generator, redrawn when used up, so
+    the same blocks are consumed in the same order as on the CPU) and is copied to the device
+    once per (re)draw. Step losses accumulate on the device and are read once per :meth:`run`.
+    Dropout masks are drawn on the device (``dropout_mask`` kernel, seeded by ``seed``), so a
+    fit with dropout follows a different random stream than on the CPU.
+
+    ``params``: host parameter dict (copied to the device); the other arguments are those of
+    :class:`CudaTrainer` plus ``sample_store_size``.
+    """
+
+    def __init__(self, device: Device, params: dict, *, batch_size: int, n_sample: int,
+                 sample_alpha: float, sample_store_size: int, item_support, **trainer_args):
+        self.dev = device
+        self.trainer = CudaTrainer(device, params, batch_size=batch_size, n_sample=n_sample,
+                                   sample_alpha=sample_alpha, item_support=item_support,
+                                   **trainer_args)
+        self.batch_size, self.n_sample = int(batch_size), int(n_sample)
+        self.min_rows = 2 if self.n_sample == 0 else 1
+        self.store = SampleStore(np.asarray(item_support), sample_alpha, n_sample,
+                                 sample_store_size)
+        self._store_dev = None
+        self._no_sample = device.zeros((0,), np.int32)
+        self._masks = None
+        self._rows = np.zeros(0, np.int64)
+        self._step = 0
+
+    def fill_store(self):
+        """Draw the negative-sample store (seed Numba's generator first)."""
+        self.store.fill()
+        self._store_dev = None
+
+    def _sample_block(self):
+        if self.n_sample == 0:
+            return self._no_sample
+        st = self.store
+        if st.pos + self.n_sample > len(st.samples):
+            self.fill_store()
+        if self._store_dev is None:
+            self._store_dev = self.dev.to_device(st.samples, np.int32)
+        block = self._store_dev[st.pos:st.pos + self.n_sample]
+        st.pos += self.n_sample
+        return block
+
+    def start_epoch(self, items, order, offsets):
+        """items: (n_events,) int32; order: (n_sessions,) int64 visiting order; offsets: CSR."""
+        rows, ins, tgts, rsts, srcs = full_schedule(items, order, offsets, self.batch_size,
+                                                    self.min_rows)
+        d = self.dev
+        self._rows = rows
+        self._starts = np.concatenate([[0], np.cumsum(rows)])
+        self._ins, self._tgts = d.to_device(ins, np.int32), d.to_device(tgts, np.int32)
+        self._rsts = d.to_device(rsts.astype(np.uint8))
+        self._srcs = d.to_device(srcs, np.int32)
+        self._step = 0
+        self.trainer.reset_state()
+
+    def rows_left(self) -> bool:
+        return self._step < len(self._rows)
+
+    def fix_dropout_masks(self, embed, hidden):
+        """Test hook: use these masks in every step (as ``CPUTrainer.fix_dropout_masks``)."""
+        d, net = self.dev, self.trainer.net
+        embed = np.asarray(embed, np.float32)
+        embed = embed.reshape(len(embed), -1)
+        if net.mode == "onehot":
+            embed = embed[:, 0]
+        self._masks = (d.to_device(embed, np.float32),
+                       [d.to_device(h, np.float32) for h in hidden])
+
+    def run(self, max_steps: int = -1):
+        """Up to ``max_steps`` steps (-1: to the end of the epoch); one host sync at the end.
+        Returns ``(sum of step_loss * rows, events, finite)``."""
+        t0 = self._step
+        t1 = len(self._rows) if max_steps < 0 else min(len(self._rows), t0 + int(max_steps))
+        losses = self.dev.zeros((max(t1 - t0, 1),))
+        for t in range(t0, t1):
+            a, b = int(self._starts[t]), int(self._starts[t + 1])
+            masks = None
+            if self._masks is not None:
+                masks = {"embed": self._masks[0][:b - a],
+                         "hidden": [h[:b - a] for h in self._masks[1]]}
+            self.trainer.step(self._ins[a:b], self._tgts[a:b], self._rsts[a:b],
+                              self._sample_block(), self._srcs[a:b], masks=masks,
+                              loss_slot=losses[t - t0:t - t0 + 1])
+        self._step = t1
+        step_loss = self.dev.to_host(losses)[:t1 - t0].astype(np.float64)
+        rows = self._rows[t0:t1]
+        finite = bool(np.isfinite(step_loss).all())
+        return float(step_loss @ rows), int(rows.sum()), finite
+
+    def host_params(self) -> dict:
+        """The trained parameters copied to the host (float32 arrays, CPU layout)."""
+        return self.trainer.params_to_host()
 
 
 class CudaScorer:
