@@ -516,6 +516,7 @@ class CudaScorer:
         self.dev = device
         self.net = _Net(device, params, constrained_embedding)
         self.final_act = (int(final_act[0]), float(final_act[1]))
+        self.n_items = self.net.n_items
         self.h = None
         self._flat = {}
 
@@ -568,7 +569,9 @@ class CudaScorer:
         return self.dev.to_host(self._scores_device(rows, items, new_session))
 
     def rank(self, rows, items, new_session, targets, mode: str = "conservative"):
-        """(R,) float32 rank of each row's target item among all items (1 = best)."""
+        """(R,) float32 rank of each row's target item among all items (1 = best); NaN for a
+        row whose scores hold NaN anywhere (``evaluate_sessions`` then refuses the model with
+        ``ModelFitError``)."""
         if mode not in RANK_MODES:
             raise ValueError(f"mode must be one of {sorted(RANK_MODES)}, got {mode!r}")
         S = self._scores_device(rows, items, new_session)
