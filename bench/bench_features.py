@@ -243,18 +243,20 @@ def throughput_check(name, args, rounds: int = 3) -> dict:
             "ratio_vs_id": {v: float(np.median(x)) / base for v, x in speeds.items()}}
 
 
-def write_markdown(results, args, path, throughput=None):
+def write_markdown(results, args, path, throughput=None, commands=()):
     lines = ["# Item features (p-RNN) vs ID-only GRU4Rec", "",
              f"- date (UTC): {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
              f"- machine: `{platform.platform()}`, {os.cpu_count()} logical cpus, shared with other "
              "jobs: timings are under contention",
-             f"- command: `python {' '.join(sys.argv)}`",
+             "- commands: " + ", ".join(f"`{c}`" for c in commands),
              f"- fixed: hidden {args.hidden} (ID and feature subnets), batch {args.batch_size}, "
              f"n_sample {args.n_sample}, {args.epochs} epochs, cross-entropy, logq 1, momentum "
              f"{args.momentum}, dropout_hidden {args.dropout}, 1 thread; learning rate tuned over "
              f"{args.lrs} on the validation split (same budget per variant)",
-             "- Recall/MRR@20 over all training items, conservative ties; throughput = median "
-             "training events/s over epochs 2.., relative to ID-only in the same run", ""]
+             "- Recall/MRR@20 over all training items, conservative ties. 'train events/s' = median "
+             "over epochs 2.. of the final fit; these fits ran one after another on a shared machine, "
+             "so 'vs ID' there is noisy: the throughput table at the end (variants fitted in "
+             "alternation with ID-only) is the one to quote", ""]
     for res in results:
         lines += [f"## {res['dataset']} ({'leave-last-out' if res['targets'] == 'last' else 'next click, all positions'})",
                   "", f"info: {json.dumps(res['info'])}", "",
@@ -273,6 +275,16 @@ def write_markdown(results, args, path, throughput=None):
                   "|---|" + "---|" * len(buckets)]
         for v, r in res["variants"].items():
             lines.append(f"| {r['label']} | " + " | ".join(f"{b['recall@20']:.4f}" for b in r["by_position"]) + " |")
+        base = res["variants"].get("id")
+        if base is not None:
+            lines += ["", "Recall@20 by position minus ID-only's:", "",
+                      "| variant | " + " | ".join(b["positions"] for b in base["by_position"]) + " |",
+                      "|---|" + "---|" * len(buckets)]
+            for v, r in res["variants"].items():
+                if v != "id":
+                    lines.append(f"| {r['label']} | " + " | ".join(
+                        f"{b['recall@20'] - a['recall@20']:+.4f}"
+                        for b, a in zip(r["by_position"], base["by_position"])) + " |")
         lines.append("")
     if throughput:
         lines += ["## Training throughput, variants fitted in alternation with ID-only "
@@ -286,6 +298,7 @@ def write_markdown(results, args, path, throughput=None):
 
 
 def plot(results, path) -> bool:
+    """Recall@20 by position (top row) and its difference to ID-only (bottom row)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -293,16 +306,24 @@ def plot(results, path) -> bool:
     except ImportError:
         logger.warning("matplotlib is not installed: no plot")
         return False
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
-    for ax, res in zip(axes[0], results):
+    fig, axes = plt.subplots(2, len(results), figsize=(5 * len(results), 7.5), squeeze=False)
+    for col, res in enumerate(results):
+        base = res["variants"].get("id")
         for v, r in res["variants"].items():
             xs = [b["positions"] for b in r["by_position"]]
-            ax.plot(range(len(xs)), [b["recall@20"] for b in r["by_position"]], marker="o",
-                    label=r["label"], lw=2.5 if v == "id" else 1.2)
-            ax.set_xticks(range(len(xs)), xs)
-        ax.set_title(res["dataset"])
-        ax.set_xlabel("clicks before the prediction")
-        ax.set_ylabel("Recall@20")
+            ys = [b["recall@20"] for b in r["by_position"]]
+            style = dict(marker="o", label=r["label"], lw=2.5 if v == "id" else 1.2)
+            axes[0][col].plot(range(len(xs)), ys, **style)
+            if base is not None:
+                d = [y - b["recall@20"] for y, b in zip(ys, base["by_position"])]
+                axes[1][col].plot(range(len(xs)), d, **style)
+            for ax in axes[:, col]:
+                ax.set_xticks(range(len(xs)), xs)
+        axes[0][col].set_title(res["dataset"])
+        axes[0][col].set_ylabel("Recall@20")
+        axes[1][col].set_ylabel("Recall@20 minus ID-only")
+        axes[1][col].axhline(0, color="grey", lw=0.8)
+        axes[1][col].set_xlabel("clicks before the prediction")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -327,6 +348,8 @@ def main(argv=None):
                     help="dataset of the alternating throughput measurement ('none': skip)")
     ap.add_argument("--throughput-only", action="store_true",
                     help="only the throughput measurement (keeps the accuracy results of features.json)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only rewrite features.md and the plot from features.json")
     args = ap.parse_args(argv)
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (residual trains the subnets one after another)")
@@ -335,25 +358,36 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
     json_path = os.path.join(args.out, "features.json")
+    commands = ["python " + " ".join(sys.argv)]
+    if args.report_only:
+        with open(json_path) as f:
+            saved = json.load(f)
+        saved_args = argparse.Namespace(**saved["args"])
+        write_markdown(saved["results"], saved_args, os.path.join(args.out, "features.md"),
+                       saved.get("throughput"), saved.get("commands", ()))
+        plot(saved["results"], os.path.join(args.out, "features_by_position.png"))
+        return
     if args.throughput_only:
         with open(json_path) as f:
             saved = json.load(f)
         results = saved["results"]
+        commands = saved.get("commands", []) + commands
         args = argparse.Namespace(**dict(saved["args"], throughput_dataset=args.throughput_dataset))
     else:
         results = []
         for name in args.datasets:
             results.append(run_dataset(name, args))
             with open(json_path, "w") as f:
-                json.dump({"args": vars(args), "results": results}, f, indent=1)
-            write_markdown(results, args, os.path.join(args.out, "features.md"))
+                json.dump({"args": vars(args), "results": results, "commands": commands}, f, indent=1)
+            write_markdown(results, args, os.path.join(args.out, "features.md"), None, commands)
         plot(results, os.path.join(args.out, "features_by_position.png"))
     throughput = None
     if args.throughput_dataset != "none":
         throughput = throughput_check(args.throughput_dataset, args)
         with open(json_path, "w") as f:
-            json.dump({"args": vars(args), "results": results, "throughput": throughput}, f, indent=1)
-        write_markdown(results, args, os.path.join(args.out, "features.md"), throughput)
+            json.dump({"args": vars(args), "results": results, "throughput": throughput,
+                       "commands": commands}, f, indent=1)
+        write_markdown(results, args, os.path.join(args.out, "features.md"), throughput, commands)
     logger.info("done in %.0f s", time.perf_counter() - t0)
 
 
