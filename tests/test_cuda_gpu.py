@@ -1,8 +1,12 @@
-"""The CUDA parity checks of test_cuda_emulated.py, run on a real GPU through CupyDevice.
+"""The CUDA parity checks of test_cuda_emulated.py and test_cuda_model.py, run on a real GPU
+through CupyDevice.
 
 Skipped (with the reason) when CuPy is not installed or sees no CUDA device. The kernel tests
 are reused unchanged: :class:`HostMirrorDevice` copies NumPy arguments to the GPU for each
 launch and the results back, so each test compares GPU output with the float64 references.
+The model tests (``SessionGRU(device='cuda')`` against the Numba CPU path: training steps per
+loss / input mode / depth / dropout, a small fit's metrics, device ranking vs the Cython
+evaluator, save/load, NaN refusal) run with ``cuda_device`` overridden to a plain CupyDevice.
 """
 from __future__ import annotations
 
@@ -27,7 +31,16 @@ from test_cuda_emulated import (  # noqa: E402,F401  (collected here against the
     test_sparse_adagrad, test_topk_device_helper, test_topk_rows, test_train_step_every_loss,
     test_train_step_launch_counts, test_train_step_modes_layers_dropout,
     test_train_step_with_drawn_dropout_masks, test_train_step_without_extra_negatives,
-    test_train_step_shrinking_batch_and_final_act)
+    test_train_step_shrinking_batch_and_final_act, test_rank_targets_nan_anywhere_gives_nan)
+from test_cuda_model import (  # noqa: E402,F401  (SessionGRU(device='cuda') on the GPU)
+    cuda_model, data, fitted_pair, test_training_steps_equal_cpu_every_loss,
+    test_training_steps_equal_cpu_inputs_layers_dropout,
+    test_epoch_with_resets_shrinking_batch_and_store_redraws_equals_cpu,
+    test_fit_metrics_equal_cpu_and_device_ranking_equals_cython,
+    test_save_load_cpu_scores_equal_cuda_scores,
+    test_nan_in_a_cuda_model_is_refused_by_device_evaluation,
+    test_cuda_fit_that_diverges_raises_and_leaves_model_unfitted,
+    test_device_auto_uses_the_resolved_device)
 
 
 class HostMirrorDevice(CupyDevice):
@@ -57,6 +70,19 @@ class HostMirrorDevice(CupyDevice):
 @pytest.fixture(scope="module")
 def dev():
     return HostMirrorDevice()
+
+
+@pytest.fixture(scope="module")
+def cuda_device():
+    """The device SessionGRU(device='cuda') resolves to in the model tests."""
+    return CupyDevice()
+
+
+def test_model_resolves_cuda_to_cupy_without_a_fixture():
+    from gru_engine.model import _resolve_device
+    assert isinstance(_resolve_device("cuda"), CupyDevice)
+    assert isinstance(_resolve_device("auto"), CupyDevice)
+    assert _resolve_device("cpu") is None
 
 
 def test_dropout_masks_identical_to_emulator(dev):

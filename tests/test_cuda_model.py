@@ -281,3 +281,28 @@ def test_cpu_device_never_asks_for_cuda(monkeypatch, data):
     monkeypatch.setattr(device_mod, "cuda_available", no_cuda)
     m = SessionGRU(**{**FIT, "n_epochs": 1}, device="cpu").fit(data[0])
     assert m.device_ == "cpu"
+
+
+def test_real_device_resolution_on_a_stand_in_cupy(tmp_path, monkeypatch, data):
+    """Not a GPU test: with a stand-in CuPy module whose kernels run in the emulator (see
+    test_cuda_emulated), the unpatched resolution gives SessionGRU(device='cuda'|'auto') a
+    CupyDevice, and fit/evaluate through CupyDevice's plumbing match the CPU path."""
+    import sys
+    from test_cuda_emulated import _fake_cupy_module
+    fake, _ = _fake_cupy_module(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    device_mod.cuda_available.cache_clear()
+    device_mod._cupy_module.cache_clear()
+    try:
+        kw = {**FIT, "n_epochs": 1}
+        train, test = data
+        gpu = SessionGRU(**kw, device="auto").fit(train)
+        assert gpu.device_ == "cuda"
+        assert isinstance(gpu.scorer().dev, device_mod.CupyDevice)
+        cpu = SessionGRU(**kw, device="cpu").fit(train)
+        np.testing.assert_allclose(gpu.params_["Wy"], cpu.params_["Wy"], rtol=1e-4, atol=1e-5)
+        r_gpu, r_cpu = gpu.evaluate(test, cutoffs=(20,)), cpu.evaluate(test, cutoffs=(20,))
+        assert abs(r_gpu["recall@20"] - r_cpu["recall@20"]) <= 0.01 * r_cpu["recall@20"]
+    finally:
+        device_mod.cuda_available.cache_clear()
+        device_mod._cupy_module.cache_clear()
