@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     diffs = {k: abs(results["cuda"][k] - results["cpu"][k]) / max(results["cpu"][k], 1e-12)
              for k in ("recall@20", "mrr@20")}
     ok = all(d <= args.tolerance for d in diffs.values())
-    out = {"kind": "cuda_model_check", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    out = {"kind": "cuda_model_check", "date": now,
            "machine": platform.node(), "emulated": args.emulated, "params": PARAMS,
            "epochs": args.epochs, "max_sessions": args.max_sessions, "results": results,
            "relative_differences": diffs, "tolerance": args.tolerance, "ok": ok}

@@ -123,6 +123,11 @@ class SessionGRU(SessionModel):
     thread (the per-step GEMMs are small; multi-threaded OpenBLAS on them collapses when the
     cores are shared) and leaves evaluation at the library default.
 
+    ``device``: ``'cpu'`` (default), ``'cuda'`` (needs CuPy and an NVIDIA GPU; ``ValueError``
+    in ``fit`` otherwise) or ``'auto'`` (CUDA when available, else CPU). The backend used is
+    ``device_``; a CUDA model also scores and evaluates on the GPU, while ``params_`` always
+    holds host arrays (``save``/``load`` and a loaded model work on the CPU).
+
     Example::
 
         model = SessionGRU(layers=[100], loss="cross-entropy", n_epochs=3).fit(train_df)

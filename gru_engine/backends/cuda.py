@@ -3,7 +3,10 @@
 :class:`CudaTrainer` runs the session-parallel training step of the reference page
 (``/work/shared/GRU4REC-REFERENCE.md``) on device arrays; :class:`CudaScorer` follows the
 evaluator's scorer protocol (``begin(n_rows)``, ``score(rows, items, new_session)``) and adds
-device-side ``rank`` and ``topk``. Both run unchanged on :class:`~.device.CupyDevice` (GPU) and
+device-side ``rank`` and ``topk``. :class:`EpochTrainer` puts a :class:`CudaTrainer` behind
+the trainer interface of ``SessionGRU``'s epoch loop (that of ``backends/cpu.CPUTrainer``), so
+``SessionGRU(device='cuda')`` trains with the same schedule and negative samples as on the
+CPU. All run unchanged on :class:`~.device.CupyDevice` (GPU) and
 :class:`~.device.EmulatedDevice` (the CPU emulator used by the tests).
 
 Parameter layout (shared with the CPU backend; float32): ``{'Wx': [L], 'bx': [L], 'Wh': [L],
@@ -34,8 +37,9 @@ first copied into fixed staging buffers (``in_items``/``out_items``/``reset``/``
 ``sample``) and R is constant (true for every step but the shrinking tail of an epoch, which
 runs uncaptured); dropout masks then need a per-step seed in device memory. Not done yet.
 
-Data stays on the device for the whole epoch: :meth:`CudaTrainer.run_epoch` copies the epoch's
-schedule and sample store once and only slices them per step.
+Data stays on the device for the whole epoch: :meth:`CudaTrainer.run_epoch` and
+:class:`EpochTrainer` copy the epoch's schedule once (and the sample store once per draw) and
+only slice them per step.
 """
 from __future__ import annotations
 
