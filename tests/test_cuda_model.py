@@ -9,6 +9,7 @@ save/load, NaN refusal and device resolution.
 """
 from __future__ import annotations
 
+import copy
 import shutil
 
 import numpy as np
@@ -27,6 +28,9 @@ from gru_engine.model import SessionGRU
 pytestmark = [pytest.mark.cuda_emulated,
               pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found: the CUDA "
                                  "emulator compiles kernels/*.cu with g++")]
+
+
+_REAL_RESOLVE = model_mod._resolve_device
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +189,15 @@ def data():
     return _markov_events(300, 150, seed=7), _markov_events(100, 150, seed=8, t0=1e6)
 
 
-@pytest.fixture
-def fitted_pair(cuda_model, data):
+@pytest.fixture(scope="module")
+def fitted_pair(cuda_device, data):
+    """(CPU model, CUDA model) fitted once for the module (tests must not modify them)."""
     train, _ = data
-    return SessionGRU(**FIT, device="cpu").fit(train), SessionGRU(**FIT, device="cuda").fit(train)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model_mod, "_resolve_device",
+                   lambda name: None if name == "cpu" else cuda_device)
+        yield (SessionGRU(**FIT, device="cpu").fit(train),
+               SessionGRU(**FIT, device="cuda").fit(train))
 
 
 class _ScoresOnly:
@@ -242,7 +251,8 @@ def test_save_load_cpu_scores_equal_cuda_scores(fitted_pair, tmp_path):
 
 
 def test_nan_in_a_cuda_model_is_refused_by_device_evaluation(fitted_pair, data):
-    _, gpu = fitted_pair
+    gpu = copy.deepcopy(fitted_pair[1])
+    assert gpu.device_ == "cuda"
     gpu.params_["Wy"][3, 0] = np.nan  # item 3 scores NaN in every row
     with pytest.raises(ModelFitError, match="NaN"):
         gpu.evaluate(data[1], cutoffs=(20,))
@@ -266,6 +276,7 @@ def test_device_auto_uses_the_resolved_device(cuda_model, data):
 
 # ---- device resolution without a GPU (independent of the machine) -----------------------------
 def test_device_cuda_without_gpu_is_a_clear_error_and_auto_falls_back(monkeypatch, data):
+    monkeypatch.setattr(model_mod, "_resolve_device", _REAL_RESOLVE)
     monkeypatch.setattr(device_mod, "cuda_available", lambda: False)
     m = SessionGRU(**FIT, device="cuda")  # __init__ only stores
     with pytest.raises(ValueError, match="CuPy and an NVIDIA GPU"):
@@ -278,6 +289,7 @@ def test_device_cuda_without_gpu_is_a_clear_error_and_auto_falls_back(monkeypatc
 def test_cpu_device_never_asks_for_cuda(monkeypatch, data):
     def no_cuda():
         raise AssertionError("device='cpu' must not look for CuPy")
+    monkeypatch.setattr(model_mod, "_resolve_device", _REAL_RESOLVE)
     monkeypatch.setattr(device_mod, "cuda_available", no_cuda)
     m = SessionGRU(**{**FIT, "n_epochs": 1}, device="cpu").fit(data[0])
     assert m.device_ == "cpu"
@@ -290,6 +302,7 @@ def test_real_device_resolution_on_a_stand_in_cupy(tmp_path, monkeypatch, data):
     import sys
     from test_cuda_emulated import _fake_cupy_module
     fake, _ = _fake_cupy_module(tmp_path)
+    monkeypatch.setattr(model_mod, "_resolve_device", _REAL_RESOLVE)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     device_mod.cuda_available.cache_clear()
     device_mod._cupy_module.cache_clear()
