@@ -960,6 +960,9 @@ class FeatureSessionGRU(SessionGRU):
         self.feature_layers = feature_layers
 
     def _validated(self) -> dict:
+        if self.architecture != "id" and self.device == "cuda":
+            raise ValueError(f"device='cuda': architecture={self.architecture!r} has a CPU backend "
+                             "only; use device='cpu' or 'auto' (architecture='id' runs on CUDA)")
         p = super()._validated()
         if p["architecture"] not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {list(ARCHITECTURES)}, got {p['architecture']!r}")
@@ -1009,6 +1012,10 @@ class FeatureSessionGRU(SessionGRU):
         if p["architecture"] == "id":
             self.subnet_names_ = ["id"]
             return super()._fit(sessions, callback=callback)
+        if p["device"] == "auto":
+            logger.info("device='auto': architecture=%r trains on the CPU (no CUDA backend)",
+                        p["architecture"])
+        self.device_ = "cpu"
         n_items = len(self.item_index_)
         encoded = encode_item_features(item_features, self.item_index_)
         self.feature_info_ = [dict(e.info, name=e.name) for e in encoded]

@@ -392,6 +392,7 @@ def test_save_load_roundtrip(tmp_path, arch):
     ({"feature_layers": [0]}, "feature_layers"),
     ({"combine": "sum", "feature_layers": [4]}, "same size|one size"),
     ({"strategy": "residual", "combine": "sum"}, "residual"),
+    ({"device": "cuda"}, "CPU backend only"),
 ])
 def test_parameter_errors(kwargs, msg):
     events, feats = _small()
