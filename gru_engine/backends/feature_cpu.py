@@ -21,11 +21,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..batching import schedule_advance, schedule_start
+from ..batching import schedule_advance
 from ..gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
-from ..losses import CROSS_ENTROPY, activate, loss_forward_backward
+from ..losses import CROSS_ENTROPY, loss_forward_backward
 from ..optim import accumulate_rows, accumulate_rows_1d, adagrad_flat, adagrad_rows_1d, release_rows
 from ..sampling import SampleStore, draw
+from .cpu import _add_bias, apply_final_act, epoch_start
 
 # subnet input kinds
 K_RAW, K_BAG, K_DIRECT = 0, 1, 2
@@ -40,27 +41,20 @@ L_H, L_IN, L_WX, L_BX, L_WH, L_BHN, L_HOFF, L_GOFF, L_STOFF, N_LCOL = range(10)
 # ---------------------------------------------------------------------------------------------
 # compiled step
 # ---------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _v2(flat, off, rows, cols):
     """Row-major ``(rows, cols)`` view of ``flat[off:off + rows*cols]``."""
     return flat[off:off + rows * cols].reshape(rows, cols)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _bv(buf, col_off, bs, cols):
     """``(bs, cols)`` view of a work buffer that stores blocks of ``bs`` rows; ``col_off`` is the
     block's column offset (sum of the widths before it)."""
     return buf[bs * col_off:bs * (col_off + cols)].reshape(bs, cols)
 
 
-@njit(cache=True)
-def _add_bias(X, b, B):
-    for i in range(B):
-        for k in range(X.shape[1]):
-            X[i, k] += b[k]
-
-
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _gather_input(s, SI, in_items, B, bs, indptr, indices, weights, T, Wy, Xf, M0f):
     """Subnet ``s``'s (dropped-out) input rows ``X[:B] = bag(item) * mask0``; returns X."""
     kind, tab, din = SI[s, S_KIND], SI[s, S_TAB], SI[s, S_IN]
@@ -88,7 +82,7 @@ def _gather_input(s, SI, in_items, B, bs, indptr, indices, weights, T, Wy, Xf, M
     return X
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def subnet_forward(s, SI, LI, in_items, B, bs, indptr, indices, weights, T, Wy, theta,
                    Xf, M0f, HP, HO, Y, MK, GX, GH, GA):
     """Forward of subnet ``s`` for the first ``B`` rows: input gather, its GRU layers, outputs
@@ -124,7 +118,7 @@ def subnet_forward(s, SI, LI, in_items, B, bs, indptr, indices, weights, T, Wy, 
                 y[i, k] = ho[i, k] * mk[i, k]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def combine_forward(SI, LI, active, B, bs, theta, Y, hc, sum_mode):
     """``hc[:B]`` = concatenation (or ``a_s``-weighted sum) of the active subnets' outputs;
     inactive subnets contribute zero."""
@@ -144,10 +138,11 @@ def combine_forward(SI, LI, active, B, bs, theta, Y, hc, sum_mode):
                 hc[i, c0 + k] += a * y[i, k]
 
 
-@njit(cache=True)
-def _acc_bag(slot, rows, n, G, ip0, indptr, indices, weights, in_items, B, DX):
-    """``G[slot[c]] += w * DX[i]`` for every bag entry ``(c, w)`` of row ``i``'s item; new rows
-    are appended (``rows``) and zeroed. Returns the new row count."""
+@njit(cache=True, error_model="numpy")
+def _acc_bag(slot, rows, n, G, col0, ip0, indptr, indices, weights, in_items, B, DX):
+    """``G[slot[c], col0:col0 + d] += w * DX[i]`` for every bag entry ``(c, w)`` of row ``i``'s
+    item (``DX`` (>=B, d)); new rows are appended (``rows``) and zeroed over their full width.
+    Returns the new row count."""
     d = DX.shape[1]
     for i in range(B):
         it = in_items[i]
@@ -163,11 +158,11 @@ def _acc_bag(slot, rows, n, G, ip0, indptr, indices, weights, in_items, B, DX):
                     G[u, k] = 0.0
                 n += 1
             for k in range(d):
-                G[u, k] += w * DX[i, k]
+                G[u, col0 + k] += w * DX[i, k]
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def subnet_backward(s, SI, LI, in_items, B, bs, indptr, indices, weights, theta, gtheta,
                     Xf, M0f, DXf, HP, Y, MK, GH, GA, DY, DGX, DGH, dhc, sum_mode,
                     slotT, rowsT, GT, nT, slotY, rowsY, GY, nY):
@@ -229,33 +224,20 @@ def subnet_backward(s, SI, LI, in_items, B, bs, indptr, indices, weights, theta,
         return nY
     multiply_rows(DX, M0, B)
     if tab == T_WY:
-        # the constrained ID input is its own block of Wy: gradient rows are full width,
-        # only that block is non-zero
-        wy0 = SI[s, S_WYC0]
-        d = din
-        for i in range(B):
-            it = in_items[i]
-            u = slotY[it]
-            if u < 0:
-                u = nY
-                slotY[it] = u
-                rowsY[u] = it
-                for k in range(GY.shape[1]):
-                    GY[u, k] = 0.0
-                nY += 1
-            for k in range(d):
-                GY[u, wy0 + k] += DX[i, k]
-        return nY
+        # the constrained ID input (identity bag) is its own block of Wy: gradient rows are
+        # full width, only that block is non-zero
+        return _acc_bag(slotY, rowsY, nY, GY, SI[s, S_WYC0], SI[s, S_IPOFF], indptr, indices,
+                        weights, in_items, B, DX)
     tc = SI[s, S_TCOLS]
     cap = SI[s, S_GCAP]
     nT[s] = _acc_bag(slotT[SI[s, S_SOFF]:SI[s, S_SOFF] + SI[s, S_TROWS]],
                      rowsT[SI[s, S_ROFF]:SI[s, S_ROFF] + cap], 0,
-                     _v2(GT, SI[s, S_GOFF], cap, tc), SI[s, S_IPOFF], indptr, indices, weights,
-                     in_items, B, DX)
+                     _v2(GT, SI[s, S_GOFF], cap, tc), 0, SI[s, S_IPOFF], indptr, indices,
+                     weights, in_items, B, DX)
     return nY
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def step_forward_backward(SI, LI, active, train, sum_mode, in_items, B, bs, indptr, indices,
                           weights, theta, gtheta, T, Wy, By, Xf, M0f, DXf, HP, HO, Y, MK, GX, GH,
                           GA, DY, DGX, DGH, hc, dhc, cols, C, Wc, bc, O_flat, dWc, dbc, lq,
@@ -301,7 +283,7 @@ def step_forward_backward(SI, LI, active, train, sum_mode, in_items, B, bs, indp
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def release_all(SI, slotT, rowsT, nT, slotY, rowsY, counts):
     """Reset every slot used by the last step."""
     release_rows(slotY, rowsY, counts[0])
@@ -311,7 +293,7 @@ def release_all(SI, slotT, rowsT, nT, slotY, rowsY, counts):
                          rowsT[SI[s, S_ROFF]:SI[s, S_ROFF] + SI[s, S_GCAP]], nT[s])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def step_update(SI, active, train, sum_mode, freeze_out, theta, gtheta, acc_d, vel_d, T, acc_t,
                 vel_t, Wy, acc_y, vel_y, By, acc_b, vel_b, slotT, rowsT, GT, nT, slotY, rowsY,
                 GY, gBy, counts, lr, mom):
@@ -354,7 +336,7 @@ def step_update(SI, active, train, sum_mode, freeze_out, theta, gtheta, acc_d, v
     release_all(SI, slotT, rowsT, nT, slotY, rowsY, counts)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _draw_masks(SI, LI, active, B, bs, M0f, MK, p_embed, p_hidden):
     """Inverted-dropout masks of the active subnets: input (one factor per row for one-hot
     input), then each layer's output."""
@@ -375,7 +357,7 @@ def _draw_masks(SI, LI, active, B, bs, M0f, MK, p_embed, p_hidden):
             dropout_mask(_bv(MK, LI[g, L_HOFF], bs, LI[g, L_H]), B, p_hidden)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, reset, src, in_items,
                 store, cdf, log_support, n_sample, sample_alpha, p_embed, p_hidden,
                 SI, LI, active, train, interleave, freeze_out, sum_mode, indptr, indices, weights,
@@ -384,8 +366,8 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
                 cols, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc,
                 loss, act, act_param, logq, bpreg, elu, batch_size, lr, mom,
                 slotT, rowsT, GT, nT, slotY, rowsY, GY, gBy, counts, dummy_mask):
-    """Up to ``max_steps`` steps (all when < 0) of the epoch started by :func:`epoch_start`.
-    With ``interleave`` the trained subnet is ``sched[3] % S`` (global step count). Returns
+    """Up to ``max_steps`` steps (all when < 0) of the epoch started by :func:`~gru_engine.backends.cpu.epoch_start`.
+    With ``interleave`` the trained subnet is ``sched[4] % S`` (global step count). Returns
     ``(sum of step_loss * rows, events, finite)`` as the ID-only trainer."""
     S = SI.shape[0]
     G = LI.shape[0]
@@ -458,19 +440,7 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
     return loss_sum, events, finite
 
 
-@njit(cache=True)
-def epoch_start(order, offsets, batch_size, min_rows, sched, cur, end, reset, src, HP):
-    """First rows of the epoch's schedule; every hidden state zero."""
-    n_rows, next_sess = schedule_start(order, offsets, batch_size, cur, end, reset, src)
-    if n_rows < min_rows:
-        n_rows = 0
-    sched[0] = n_rows
-    sched[1] = next_sess
-    sched[3] = 0
-    HP[:] = 0.0
-
-
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def infer_step(SI, LI, active, sum_mode, rows, items, new_session, state, indptr, indices,
                weights, theta, T, Wy, Xf, M0f, HP, HO, Y, MK, GX, GH, GA, hc_aug):
     """Inference step (no dropout: ``M0f``, ``MK`` all ones) for ``R = len(rows)`` live sessions.
@@ -503,13 +473,6 @@ def infer_step(SI, LI, active, sum_mode, rows, items, new_session, state, indptr
         for i in range(R):
             for k in range(H):
                 state[rows[i], st0 + k] = y[i, k]
-
-
-@njit(cache=True)
-def _apply_final_act(S, R, act, param):
-    for i in range(R):
-        for j in range(S.shape[1]):
-            S[i, j] = activate(S[i, j], act, param)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -615,7 +578,7 @@ class FeatureTrainer:
     def start_epoch(self, items, order, offsets):
         self.items, self.order, self.offsets = items, order, offsets
         epoch_start(order, offsets, self.batch_size, self.min_rows, self.sched, self.cur,
-                    self.end, self.reset, self.src, self.HP)
+                    self.end, self.reset, self.src, (self.HP,))
 
     def rows_left(self) -> bool:
         return bool(self.sched[0] > 0)
@@ -735,5 +698,5 @@ class FeatureScorer:
         out = self.out[:R]
         np.dot(self.aug[:R], self.WyB.T, out=out)
         if self.act != 0:
-            _apply_final_act(out, R, self.act, self.act_param)
+            apply_final_act(out, R, self.act, self.act_param)
         return out
