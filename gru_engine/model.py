@@ -297,7 +297,7 @@ class SessionGRU(SessionModel):
             from .backends.cuda import CudaScorer
             return CudaScorer(_resolve_device("cuda"), self.params_,
                               constrained_embedding=self.input_mode_ == "constrained",
-                              final_act=(act, act_param))
+                              final_act=(act, act_param), cache_on=self)
         return cpu.GRUScorer(self.params_, _MODES[self.input_mode_], act, act_param)
 
     def _check_fitted(self):

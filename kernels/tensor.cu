@@ -55,7 +55,10 @@ extern "C" __global__ void multiply_inplace(float* __restrict__ x, const float* 
 }
 
 // Inverted-dropout mask from a counter-based hash (same bits on GPU and in the emulator):
-// u = hash(seed, stream, t) in [0, 1); m[t] = u >= p ? 1/(1-p) : 0.
+// u = hash(seed, stream, t) in [0, 1); m[t] = u >= p ? 1/(1-p) : 0, with
+// stream = (step ? step[0] : 0) * stride + offset. The step counter lives in device memory so
+// that a step captured into a CUDA graph draws fresh masks on every replay (a scalar argument
+// would be frozen at capture time); advance it with counter_add.
 static __device__ __forceinline__ unsigned mix32(unsigned x) {
     x ^= x >> 16; x *= 0x7feb352du;
     x ^= x >> 15; x *= 0x846ca68bu;
@@ -63,13 +66,20 @@ static __device__ __forceinline__ unsigned mix32(unsigned x) {
     return x;
 }
 extern "C" __global__ void dropout_mask(float* __restrict__ m, long long n, float p,
-                                        unsigned seed, unsigned stream) {
+                                        unsigned seed, const unsigned* __restrict__ step,
+                                        unsigned stride, unsigned offset) {
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n) return;
+    unsigned stream = (step ? step[0] : 0u) * stride + offset;
     unsigned h = mix32(mix32(seed ^ 0x9e3779b9u) ^ mix32(stream + 0x85ebca6bu) ^ (unsigned)t);
     h = mix32(h ^ (unsigned)(t >> 32));
     float u = (float)(h >> 8) * (1.0f / 16777216.0f);
     m[t] = u >= p ? 1.0f / (1.0f - p) : 0.0f;
+}
+
+// c[0] += v (one thread): advances a device-side counter such as dropout_mask's step.
+extern "C" __global__ void counter_add(unsigned* c, unsigned v) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) c[0] += v;
 }
 
 // Final activation of the score block before the loss: kind 0 linear, 1 relu, 2 tanh,

@@ -35,6 +35,7 @@ KERNEL_TESTS = {
     "column_sum": "test_column_sum",
     "multiply_inplace": "test_multiply_inplace",
     "dropout_mask": "test_dropout_mask",
+    "counter_add": "test_dropout_mask",
     "final_act_forward": "test_final_act",
     "final_act_backward": "test_final_act",
     "loss_cross_entropy": "test_loss_kernel",
@@ -288,14 +289,23 @@ def test_multiply_inplace(dev):
 def test_dropout_mask(dev):
     n, p = 20001, 0.3
     m = nan((n,))
-    dev.launch("dropout_mask", grid(n), BLOCK, [m, n, p, 7, 0])
+    dev.launch("dropout_mask", grid(n), BLOCK, [m, n, p, 7, None, 0, 0])
     np.testing.assert_allclose(np.unique(m), [0.0, 1 / 0.7], rtol=1e-6)
     assert abs((m == 0).mean() - p) < 0.02
     m2 = nan((n,))
-    dev.launch("dropout_mask", grid(n), BLOCK, [m2, n, p, 7, 0])
+    dev.launch("dropout_mask", grid(n), BLOCK, [m2, n, p, 7, None, 0, 0])
     np.testing.assert_array_equal(m, m2)  # deterministic for (seed, stream)
-    dev.launch("dropout_mask", grid(n), BLOCK, [m2, n, p, 7, 1])
+    dev.launch("dropout_mask", grid(n), BLOCK, [m2, n, p, 7, None, 0, 1])
     assert (m != m2).mean() > 0.2  # another stream gives another mask
+    # stream = step[0] * stride + offset with the step read from device memory
+    step = np.zeros(1, np.uint32)
+    dev.launch("counter_add", 1, 1, [step, 3])
+    dev.launch("counter_add", 1, 1, [step, 2])
+    assert step[0] == 5
+    m3 = nan((n,))
+    dev.launch("dropout_mask", grid(n), BLOCK, [m3, n, p, 7, step, 4, 3])  # 5 * 4 + 3
+    dev.launch("dropout_mask", grid(n), BLOCK, [m2, n, p, 7, None, 0, 23])
+    np.testing.assert_array_equal(m3, m2)
 
 
 @pytest.mark.parametrize("kind,param", [(0, 0.0), (1, 0.0), (2, 0.0), (3, 0.01), (4, 0.5)])
@@ -503,11 +513,13 @@ def _drawn_masks(dev, trainer, R, t, mode, layers):
     L = len(layers)
     width = 1 if mode == "onehot" else trainer.net.in_sizes[0]
     emb = nan((R,) if width == 1 else (R, width))
-    dev.launch("dropout_mask", grid(emb.size), BLOCK, [emb, emb.size, 0.25, trainer.seed, t * (L + 1)])
+    dev.launch("dropout_mask", grid(emb.size), BLOCK,
+               [emb, emb.size, 0.25, trainer.seed, None, 0, t * (L + 1)])
     hid = []
     for l, H in enumerate(layers):
         m = nan((R, H))
-        dev.launch("dropout_mask", grid(m.size), BLOCK, [m, m.size, 0.4, trainer.seed, t * (L + 1) + 1 + l])
+        dev.launch("dropout_mask", grid(m.size), BLOCK,
+                   [m, m.size, 0.4, trainer.seed, None, 0, t * (L + 1) + 1 + l])
         hid.append(m)
     return {"embed": emb, "hidden": hid}
 
@@ -707,21 +719,72 @@ class _FakeCupyArray(np.ndarray):
 def _fake_cupy_module(tmp_path):
     """A minimal stand-in for the parts of CuPy that CupyDevice uses. RawModule compiles the
     exact source CupyDevice hands to NVRTC (with its ``#line`` prefix) through the emulator;
-    a ``numpy.uint64(0)`` in a pointer slot is passed as a null pointer, as CuPy does."""
+    a ``numpy.uint64(0)`` in a pointer slot is passed as a null pointer, as CuPy does. Stream
+    capture as in CUDA: between ``begin_capture`` and ``end_capture`` of a non-blocking
+    ``cuda.Stream``, kernels, ``copyto`` and ``matmul`` are recorded, not run, and
+    ``Graph.launch`` replays them; ``cuda.using_allocator(f)`` routes allocations through f."""
+    import contextlib
     import types
 
+    state = {"rec": None, "alloc": None}
+
+    def alloc(make, shape, dtype):
+        if state["alloc"] is not None:
+            state["alloc"](int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        return make().view(_FakeCupyArray)
+
+    def run(fn, *args, **kwargs):
+        if state["rec"] is not None:
+            state["rec"].append((fn, args, kwargs))
+            return kwargs.get("out")
+        return fn(*args, **kwargs)
+
     cp = types.ModuleType("cupy")
-    as_fake = lambda a: np.ascontiguousarray(a).view(_FakeCupyArray)
+    as_fake = lambda a: alloc(lambda: np.ascontiguousarray(a), np.shape(a), np.asarray(a).dtype)
     cp.ndarray = _FakeCupyArray
-    cp.empty = lambda shape, dtype=np.float32: np.empty(shape, dtype).view(_FakeCupyArray)
-    cp.zeros = lambda shape, dtype=np.float32: np.zeros(shape, dtype).view(_FakeCupyArray)
-    cp.full = lambda shape, v, dtype=np.float32: np.full(shape, v, dtype).view(_FakeCupyArray)
+    cp.empty = lambda shape, dtype=np.float32: alloc(lambda: np.empty(shape, dtype), shape, dtype)
+    cp.zeros = lambda shape, dtype=np.float32: alloc(lambda: np.zeros(shape, dtype), shape, dtype)
+    cp.full = lambda shape, v, dtype=np.float32: alloc(lambda: np.full(shape, v, dtype), shape, dtype)
     cp.asarray = lambda a, dtype=None: as_fake(np.array(a, dtype=dtype, copy=True))  # host->device copies
     cp.ascontiguousarray = as_fake
     cp.asnumpy = lambda a: np.array(a, copy=True).view(np.ndarray)
-    cp.copyto = np.copyto
-    cp.matmul = lambda a, b, out=None: np.matmul(a, b, out=out)
+    cp.copyto = lambda dst, src: run(np.copyto, dst, src)
+    cp.matmul = lambda a, b, out=None: run(np.matmul, a, b, out=out)
     compiled = []
+
+    class Graph:
+        def __init__(self, ops):
+            self.ops = ops
+
+        def launch(self, stream=None):
+            for fn, args, kwargs in self.ops:
+                fn(*args, **kwargs)
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            assert non_blocking, "the legacy default stream cannot capture"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def begin_capture(self):
+            assert state["rec"] is None
+            state["rec"] = []
+
+        def end_capture(self):
+            ops, state["rec"] = state["rec"], None
+            return Graph(ops)
+
+    @contextlib.contextmanager
+    def using_allocator(fn):
+        state["alloc"] = fn
+        try:
+            yield
+        finally:
+            state["alloc"] = None
 
     class RawModule:
         def __init__(self, code, options=()):
@@ -738,14 +801,15 @@ def _fake_cupy_module(tmp_path):
                 vals = [None if k[0] == "ptr" and isinstance(a, np.uint64) else
                         (a.view(np.ndarray) if isinstance(a, np.ndarray) else a)
                         for a, k in zip(args, kinds)]
-                self.lib.launch(name, grid, block, vals, shared_mem)
+                run(self.lib.launch, name, grid, block, vals, shared_mem)
             return call
 
     cp.RawModule = RawModule
     cp.cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
         Device=lambda i: types.SimpleNamespace(use=lambda: None),
-        get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None))
+        get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None),
+        Stream=Stream, using_allocator=using_allocator)
     return cp, compiled
 
 

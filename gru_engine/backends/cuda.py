@@ -43,11 +43,16 @@ only slice them per step.
 """
 from __future__ import annotations
 
+import logging
+import weakref
+
 import numpy as np
 
 from ..batching import full_schedule
 from ..sampling import SampleStore
-from .device import Device
+from .device import Device, GraphCaptureError
+
+logger = logging.getLogger("gru_engine")
 
 INT_MAX = 2 ** 31 - 1
 BLOCK = 256
@@ -61,6 +66,14 @@ def _grid(n: int) -> int:
 
 def _as_list(v):
     return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _flat_arrays(params: dict):
+    return [(f"{k}[{i}]", a) for k, v in params.items() for i, a in enumerate(_as_list(v))]
+
+
+# model -> (params dict, key, _Net): device parameters reused by CudaScorer(cache_on=model)
+_SCORER_NETS = weakref.WeakKeyDictionary()
 
 
 class _Net:
@@ -140,7 +153,8 @@ class CudaTrainer:
                  final_act=(0, 0.0), bpreg: float = 0.0, elu_param: float = 0.0,
                  logq: float = 0.0, sample_alpha: float = 0.5, item_support=None,
                  learning_rate: float = 0.05, momentum: float = 0.0,
-                 dropout_p_embed: float = 0.0, dropout_p_hidden: float = 0.0, seed: int = 42):
+                 dropout_p_embed: float = 0.0, dropout_p_hidden: float = 0.0, seed: int = 42,
+                 use_graphs: bool | None = None):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.dev = device
@@ -173,6 +187,12 @@ class CudaTrainer:
         self.h_prev = [d.zeros((B, H)) for H in net.H]
         self.arange = d.to_device(np.arange(max(B, C), dtype=np.int32))
         self._flat = {}
+        # dropout's step counter in device memory (a graph replay must not freeze it)
+        self.step_counter = d.zeros((1,), np.uint32)
+        self.use_graphs = device.name == "cuda" if use_graphs is None else bool(use_graphs)
+        self._graph = None
+        self._stage = None
+        self._warm = False
 
     # ---- scratch buffers: flat allocations, viewed per step at the current size ------------
     def _buf(self, name, shape, dtype=np.float32):
@@ -203,12 +223,11 @@ class CudaTrainer:
         embed = hidden = None
         if masks is not None:
             embed, hidden = masks.get("embed"), masks.get("hidden")
-        step_stream = self.n_steps * (net.L + 1)
         if embed is None and self.p_embed > 0:
             width = 1 if net.mode == "onehot" else net.in_sizes[0]
             embed = self._buf("mask_e", (R,) if width == 1 else (R, width))
             d.launch("dropout_mask", _grid(embed.size), BLOCK,
-                     [embed, embed.size, self.p_embed, self.seed, step_stream])
+                     [embed, embed.size, self.p_embed, self.seed, *self._mask_stream(0)])
         if hidden is None:
             hidden = [None] * net.L
             if self.p_hidden > 0:
@@ -216,8 +235,14 @@ class CudaTrainer:
                     hidden[l] = self._buf(f"mask_h{l}", (R, net.H[l]))
                     d.launch("dropout_mask", _grid(R * net.H[l]), BLOCK,
                              [hidden[l], R * net.H[l], self.p_hidden, self.seed,
-                              step_stream + 1 + l])
+                              *self._mask_stream(1 + l)])
         return embed, hidden
+
+    def _mask_stream(self, offset):
+        """``dropout_mask``'s (step, stride, offset) arguments: mask ``offset`` of step t uses
+        stream ``t * (L + 1) + offset`` with t read from ``self.step_counter`` on the device
+        (advanced by ``counter_add`` at the end of each step), so graph replays stay correct."""
+        return [self.step_counter, self.net.L + 1, offset]
 
     def _sparse_update(self, p, acc, vel, G, idx, n, W):
         d = self.dev
@@ -234,6 +259,11 @@ class CudaTrainer:
     def step(self, in_items, out_items, reset, sample, src=None, masks=None, loss_slot=None):
         """One training step; nothing is synchronised with the host.
 
+        With ``use_graphs``, a full step (R == batch_size, ``src`` given, no fixed ``masks``)
+        runs as a replay of a CUDA graph captured once (see :meth:`_graph_step`); any other
+        step, and every step when capture is off or failed, runs kernel by kernel. Both give
+        the same bits.
+
         in_items, out_items: (R,) int32 device arrays (input / target item per row);
         reset: (R,) uint8, 1 where the row's session starts (hidden state 0);
         sample: (n_sample,) int32 shared negatives; src: (R,) int32 row of each row in the
@@ -242,11 +272,67 @@ class CudaTrainer:
         The step loss (sum over rows / batch_size) is added to ``loss_slot`` (a 1-element
         float32 device array; default ``self.loss_sum``).
         """
-        d, net, p = self.dev, self.net, self.net.p
         R = int(in_items.shape[0])
         if not 1 <= R <= self.batch_size or int(sample.shape[0]) != self.n_sample:
             raise ValueError(f"step with {R} rows / {int(sample.shape[0])} samples; trainer "
                              f"built for batch_size={self.batch_size}, n_sample={self.n_sample}")
+        if self.use_graphs and R == self.batch_size and src is not None and masks is None:
+            if self._warm:
+                self._graph_step(in_items, out_items, reset, sample, src, loss_slot)
+                return
+            self._warm = True  # this full step, run directly, sizes every scratch buffer
+        self._step(in_items, out_items, reset, sample, src, masks, loss_slot)
+        self.n_steps += 1
+
+    def _capture(self):
+        """Allocate the staging buffers and capture one full step reading them."""
+        d, B = self.dev, self.batch_size
+        st = {"in": d.zeros((B,), np.int32), "out": d.zeros((B,), np.int32),
+              "reset": d.zeros((B,), np.uint8), "src": d.zeros((B,), np.int32),
+              "sample": d.zeros((self.n_sample,), np.int32), "loss": d.zeros((1,)),
+              "zero": d.zeros((1,))}
+
+        def body():
+            d.copy(st["loss"], st["zero"])
+            self._step(st["in"], st["out"], st["reset"], st["sample"], st["src"], None,
+                       st["loss"])
+
+        self._graph = d.capture(body)
+        self._stage = st
+
+    def _graph_step(self, in_items, out_items, reset, sample, src, loss_slot):
+        """A full step as a graph replay. Host calls: copies of the step's inputs into the
+        staging buffers (4, +1 with negative samples), ONE graph launch, one ``add_bias``
+        adding the staged step loss into ``loss_slot``. The graph holds the whole step: the
+        loss-slot reset, every kernel and GEMM of :meth:`_step`, and the dropout counter
+        advance (per-step values come from device memory, never from kernel arguments)."""
+        d = self.dev
+        if self._graph is None:
+            try:
+                self._capture()
+            except GraphCaptureError as exc:
+                logger.warning("CUDA graph capture of the training step failed (%s); training "
+                               "continues kernel by kernel", exc)
+                self.use_graphs = False
+                self._step(in_items, out_items, reset, sample, src, None, loss_slot)
+                self.n_steps += 1
+                return
+        st = self._stage
+        d.copy(st["in"], in_items)
+        d.copy(st["out"], out_items)
+        d.copy(st["reset"], reset)
+        d.copy(st["src"], src)
+        if self.n_sample:
+            d.copy(st["sample"], sample)
+        self._graph.launch()
+        d.launch("add_bias", 1, BLOCK, [self.loss_sum if loss_slot is None else loss_slot,
+                                        st["loss"], 1, 1])
+        self.n_steps += 1
+
+    def _step(self, in_items, out_items, reset, sample, src, masks, loss_slot):
+        """The step's kernels and GEMMs (arguments as :meth:`step`); also what is captured."""
+        d, net, p = self.dev, self.net, self.net.p
+        R = int(in_items.shape[0])
         C, L, Hl = R + self.n_sample, net.L, net.H[-1]
         embed_mask, hidden_masks = self._masks(R, masks)
         # ---- forward --------------------------------------------------------------------
@@ -371,7 +457,8 @@ class CudaTrainer:
         elif net.mode == "embedding":
             k = net.in_sizes[0]
             self._sparse_update(p["E"], self.acc["E"], self.vel["E"], G_in, in_items, R, k)
-        self.n_steps += 1
+        if self.p_embed > 0 or self.p_hidden > 0:
+            d.launch("counter_add", 1, 1, [self.step_counter, 1])
 
     def run_epoch(self, step_rows, inputs, targets, resets, srcs, sample_store, sample_offsets):
         """Train one epoch from host arrays copied to the device ONCE, then sliced per step.
@@ -513,12 +600,27 @@ class CudaScorer:
     distinct; items: (R,) int item indices; new_session: (R,) bool, True resets that row) and
     returns float32 (R, n_items) scores ``final_act(h_last @ Wy.T + By)`` on the host (as the
     CPU scorer). ``rank`` and ``topk`` do the same step but keep the score block on the device.
+
+    ``cache_on``: an object (the model) for which the device copy of ``params`` is kept
+    between scorers (in a weak-keyed table of this module, so copies and pickles of the model
+    never carry device arrays), reused while ``params`` is the very same dict holding the very
+    same arrays, on the same device: a fit or load gives the model a new params dict, so the
+    copy is uploaded again then. Values written INTO the arrays in place are not seen by a
+    cached copy (assign a new array or dict instead).
     """
 
     def __init__(self, device: Device, params: dict, constrained_embedding: bool = True,
-                 final_act=(0, 0.0)):
+                 final_act=(0, 0.0), cache_on=None):
         self.dev = device
-        self.net = _Net(device, params, constrained_embedding)
+        key = (device.name, getattr(device, "device_id", None), bool(constrained_embedding),
+               id(params), tuple(id(a) for _, a in sorted(_flat_arrays(params))))
+        cached = _SCORER_NETS.get(cache_on) if cache_on is not None else None
+        if cached is not None and cached[0] is params and cached[1] == key:
+            self.net = cached[2]
+        else:
+            self.net = _Net(device, params, constrained_embedding)
+            if cache_on is not None:
+                _SCORER_NETS[cache_on] = (params, key, self.net)
         self.final_act = (int(final_act[0]), float(final_act[1]))
         self.n_items = self.net.n_items
         self.h = None

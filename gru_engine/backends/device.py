@@ -2,8 +2,9 @@
 
 :class:`Device` is the whole surface the training step and the scorer of
 :mod:`gru_engine.backends.cuda` use: allocate (``empty``/``zeros``/``full``), move
-(``to_device``/``to_host``/``copy``), multiply (``gemm``) and launch a kernel of ``kernels/*.cu``
-by name (``launch``).
+(``to_device``/``to_host``/``copy``), multiply (``gemm``), launch a kernel of ``kernels/*.cu``
+by name (``launch``) and record a fixed sequence of those into a graph replayed with one call
+(``capture``; a CUDA graph on the GPU).
 
 * :class:`CupyDevice` -- a real NVIDIA GPU: CuPy arrays, kernels compiled by NVRTC through
   ``cupy.RawModule`` (each source read once per process with ``#line 1 "<file>"`` prepended so
@@ -16,7 +17,11 @@ by name (``launch``).
 
 Launch arguments are checked against the kernel's declared parameters on both devices (pointer
 dtype, scalar width); Python ints and floats are converted to the declared scalar type and
-``None`` passes a null pointer. GPU detection (:func:`cuda_available`) happens once, lazily;
+``None`` passes a null pointer. Capture follows CUDA stream-capture semantics on both devices: inside ``capture(fn)`` the work
+``fn`` issues is recorded, not run; every array and scalar argument is baked into the graph, so
+a replay reads the CURRENT contents of the same buffers with the SAME scalars (a per-step value
+passed as a scalar is frozen); allocating or reading back to the host inside a capture is an
+error (:class:`GraphCaptureError`). GPU detection (:func:`cuda_available`) happens once, lazily;
 nothing here imports CuPy unless a :class:`CupyDevice` is asked for.
 """
 from __future__ import annotations
@@ -37,11 +42,18 @@ from . import kernels as _kernels
 logger = logging.getLogger("gru_engine")
 
 
+class GraphCaptureError(RuntimeError):
+    """A capture failed: the captured function allocated, synchronised with the host, or (on
+    CuPy) called something that cannot be captured. Nothing of the captured work has run."""
+
+
 class Device:
     """Minimal device API; arrays are the device's own type (NumPy or CuPy), float32 mostly.
 
-    ``stats`` counts ``launches``, ``gemms`` and ``gemm_flops`` (2*m*n*k per GEMM) since the
-    last :meth:`reset_stats`, for launch/byte accounting of a training step.
+    ``stats`` counts the host-side calls since the last :meth:`reset_stats`: ``launches``
+    (kernels), ``gemms`` (and ``gemm_flops``, 2*m*n*k each), ``copies`` (device-to-device) and
+    ``graph_launches``; work recorded by :meth:`capture` counts when it is recorded, not when a
+    graph replays it (a replay is one ``graph_launches``).
     """
 
     name = "abstract"
@@ -51,7 +63,8 @@ class Device:
         self.reset_stats()
 
     def reset_stats(self):
-        self.stats = {"launches": 0, "gemms": 0, "gemm_flops": 0}
+        self.stats = {"launches": 0, "gemms": 0, "gemm_flops": 0, "copies": 0,
+                      "graph_launches": 0}
 
     # -- memory ---------------------------------------------------------------------------
     def empty(self, shape, dtype=np.float32):
@@ -77,6 +90,13 @@ class Device:
 
     def synchronize(self):
         """Wait for queued work (no-op on the emulator)."""
+
+    def capture(self, fn):
+        """Record the ``launch``/``gemm``/``copy`` calls of ``fn()`` (which must not allocate
+        or read back) into a graph without running them; returns an object whose ``launch()``
+        runs the recorded work once, in order, on the current stream. Raises
+        :class:`GraphCaptureError` when ``fn`` does something a capture cannot hold."""
+        raise NotImplementedError
 
     # -- compute --------------------------------------------------------------------------
     def gemm(self, a, b, out=None, trans_a=False, trans_b=False):
@@ -225,38 +245,90 @@ class EmulatedDevice(Device):
 
     name = "emulated"
 
+    def __init__(self):
+        super().__init__()
+        self._recording = None  # list of recorded ops while capturing
+
     def _is_array(self, obj):
         return isinstance(obj, np.ndarray)
 
+    def _no_capture(self, what):
+        if self._recording is not None:
+            raise GraphCaptureError(f"{what} inside a graph capture (allocate every buffer and "
+                                    f"read results back outside the captured function)")
+
     def empty(self, shape, dtype=np.float32):
+        self._no_capture("allocation")
         return np.empty(shape, dtype=dtype)
 
     def zeros(self, shape, dtype=np.float32):
+        self._no_capture("allocation")
         return np.zeros(shape, dtype=dtype)
 
     def full(self, shape, value, dtype=np.float32):
+        self._no_capture("allocation")
         return np.full(shape, value, dtype=dtype)
 
     def to_device(self, host_array, dtype=None):
+        self._no_capture("host-to-device upload")
         return np.array(host_array, dtype=dtype, order="C", copy=True)
 
     def to_host(self, array):
+        self._no_capture("read-back to the host")
         return np.array(array, copy=True)
 
     def copy(self, dst, src):
-        np.copyto(dst, src)
+        self.stats["copies"] += 1
+        if self._recording is not None:
+            self._recording.append((np.copyto, (dst, src), {}))
+        else:
+            np.copyto(dst, src)
 
     def gemm(self, a, b, out=None, trans_a=False, trans_b=False):
         a2 = a.T if trans_a else a
         b2 = b.T if trans_b else b
         self.stats["gemms"] += 1
         self.stats["gemm_flops"] += 2 * a2.shape[0] * a2.shape[1] * b2.shape[1]
+        if self._recording is not None:
+            if out is None:
+                raise GraphCaptureError("gemm without out= inside a graph capture allocates")
+            self._recording.append((np.matmul, (a2, b2), {"out": out}))
+            return out
         return np.matmul(a2, b2, out=out)
 
     def launch(self, kernel, grid, block, args, shared_mem=0):
         index = _kernels.kernel_index()
         values = self._convert_args(kernel, args, index)
-        _emulated_library(index[kernel][0]).launch(kernel, grid, block, values, shared_mem)
+        lib = _emulated_library(index[kernel][0])
+        if self._recording is not None:
+            self._recording.append((lib.launch, (kernel, grid, block, values, shared_mem), {}))
+        else:
+            lib.launch(kernel, grid, block, values, shared_mem)
+
+    def capture(self, fn):
+        if self._recording is not None:
+            raise GraphCaptureError("nested graph capture")
+        self._recording = []
+        try:
+            fn()
+        finally:
+            ops, self._recording = self._recording, None
+        return EmulatedGraph(self, ops)
+
+
+class EmulatedGraph:
+    """What :meth:`EmulatedDevice.capture` recorded: every call with the arrays (views of the
+    same memory) and the converted scalars it was given; ``launch()`` replays them in order.
+    ``n_nodes`` is the number of recorded kernels, GEMMs and copies."""
+
+    def __init__(self, device: EmulatedDevice, ops):
+        self._dev, self._ops = device, ops
+        self.n_nodes = len(ops)
+
+    def launch(self):
+        self._dev.stats["graph_launches"] += 1
+        for fn, args, kwargs in self._ops:
+            fn(*args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,10 +387,38 @@ class CupyDevice(Device):
         return self._cp.asnumpy(array)
 
     def copy(self, dst, src):
+        self.stats["copies"] += 1
         self._cp.copyto(dst, src)
 
     def synchronize(self):
         self._cp.cuda.get_current_stream().synchronize()
+
+    def capture(self, fn):
+        """CuPy stream capture of ``fn()`` on a private non-blocking stream (the legacy default
+        stream cannot capture), under an allocator that refuses every allocation so that a
+        memory-pool block can never be baked into the graph; the graph is launched on the
+        current stream, ordered after the copies that fill its inputs. Everything ``fn`` calls
+        must already be compiled/loaded (run it once uncaptured first). Any failure (an
+        allocation, a library call CuPy does not allow during capture) ends the capture and
+        raises :class:`GraphCaptureError`."""
+        cp = self._cp
+
+        def refuse(size):
+            raise GraphCaptureError(f"allocation of {size} bytes inside a graph capture")
+
+        stream = cp.cuda.Stream(non_blocking=True)
+        try:
+            with stream, cp.cuda.using_allocator(refuse):
+                stream.begin_capture()
+                try:
+                    fn()
+                finally:
+                    graph = stream.end_capture()
+        except GraphCaptureError:
+            raise
+        except Exception as exc:  # CUDA/cuBLAS/CuPy refusals during capture
+            raise GraphCaptureError(f"CUDA graph capture failed: {exc}") from exc
+        return _CupyGraph(self, graph)
 
     def gemm(self, a, b, out=None, trans_a=False, trans_b=False):
         a2 = a.T if trans_a else a
@@ -333,6 +433,17 @@ class CupyDevice(Device):
         values = [np.uint64(0) if v is None else v for v in values]  # null pointer
         fn = _cupy_module(index[kernel][0]).get_function(kernel)
         fn(_dims(grid), _dims(block), tuple(values), shared_mem=int(shared_mem))
+
+
+class _CupyGraph:
+    """A captured ``cupy.cuda.Graph``; ``launch()`` runs it on the current stream."""
+
+    def __init__(self, device: CupyDevice, graph):
+        self._dev, self._graph = device, graph
+
+    def launch(self):
+        self._dev.stats["graph_launches"] += 1
+        self._graph.launch(stream=self._dev._cp.cuda.get_current_stream())
 
 
 def get_device(kind: str = "cuda") -> Device:
