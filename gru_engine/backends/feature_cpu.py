@@ -241,7 +241,7 @@ def subnet_backward(s, SI, LI, in_items, B, bs, indptr, indices, weights, theta,
 def step_forward_backward(SI, LI, active, train, sum_mode, in_items, B, bs, indptr, indices,
                           weights, theta, gtheta, T, Wy, By, Xf, M0f, DXf, HP, HO, Y, MK, GX, GH,
                           GA, DY, DGX, DGH, hc, dhc, cols, C, Wc, bc, O_flat, dWc, dbc, lq,
-                          ra, rb, rc, loss, act, act_param, logq, bpreg, elu, scale,
+                          ra, rb, rc, rs, loss, act, act_param, logq, bpreg, elu, scale,
                           slotT, rowsT, GT, nT, slotY, rowsY, GY, gBy, counts, dummy_mask):
     """Forward over the active subnets, sampled loss, and the gradients of the trained subnets
     and of the output layer. ``counts`` gets ``[n Wy rows, n output rows]``; table rows per
@@ -265,7 +265,7 @@ def step_forward_backward(SI, LI, active, train, sum_mode, in_items, B, bs, indp
         for j in range(C):
             O[i, j] += bc[j]
     total = loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, scale,
-                                  ra, rb, rc)
+                                  ra, rb, rc, rs)
     np.dot(O.T, hc[:B], dWc[:C])
     column_sums(O, B, dbc, 0, C)
     np.dot(O, Wc[:C], dhc[:B])
@@ -358,12 +358,53 @@ def _draw_masks(SI, LI, active, B, bs, M0f, MK, p_embed, p_hidden):
 
 
 @njit(cache=True, error_model="numpy")
+def step_columns(items, cur, B, in_items, cols, store, store_pos, cdf, n_sample, sample_alpha,
+                 log_support, loss, logq, lq):
+    """Inputs and sampled output columns of one step, as the ID-only backend: ``in_items[:B]``
+    (int32) the rows' current items, ``cols[:C] = [targets (B) | n_sample negatives]`` taken
+    from ``store`` at ``store_pos`` (redrawn from ``cdf`` when used up), and for cross-entropy
+    with logq ``lq[:C] = [log support[targets] | alpha * log support[negatives]]``.
+    Returns ``(C, new store_pos)``."""
+    for r in range(B):
+        in_items[r] = items[cur[r]]
+        cols[r] = items[cur[r] + 1]
+    C = B
+    if n_sample > 0:
+        if store_pos + n_sample > len(store):
+            draw(cdf, store)
+            store_pos = 0
+        for k in range(n_sample):
+            cols[B + k] = store[store_pos + k]
+        store_pos += n_sample
+        C = B + n_sample
+    if loss == CROSS_ENTROPY and logq > 0.0:
+        for j in range(B):
+            lq[j] = log_support[cols[j]]
+        for j in range(B, C):
+            lq[j] = sample_alpha * log_support[cols[j]]
+    return C, store_pos
+
+
+@njit(cache=True, error_model="numpy")
+def carry_hidden(hp, y, reset, src, n_rows):
+    """Hidden state for the next step: ``hp[r] = y[src[r]]`` (the dropped-out output of the
+    row's session), zero where ``reset[r]`` (a session starts). hp, y: (>=n_rows, H)."""
+    for r in range(n_rows):
+        if reset[r]:
+            hp[r, :] = 0.0
+        else:
+            s = src[r]
+            for k in range(hp.shape[1]):
+                hp[r, k] = y[s, k]
+
+
+@njit(cache=True, error_model="numpy")
 def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, reset, src, in_items,
                 store, cdf, log_support, n_sample, sample_alpha, p_embed, p_hidden,
                 SI, LI, active, train, interleave, freeze_out, sum_mode, indptr, indices, weights,
                 theta, gtheta, acc_d, vel_d, T, acc_t, vel_t, Wy, acc_y, vel_y, By, acc_b, vel_b,
                 Xf, M0f, DXf, HP, HO, Y, MK, GX, GH, GA, DY, DGX, DGH, hc, dhc,
-                cols, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc,
+                cols, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc, rs,
                 loss, act, act_param, logq, bpreg, elu, batch_size, lr, mom,
                 slotT, rowsT, GT, nT, slotY, rowsY, GY, gBy, counts, dummy_mask):
     """Up to ``max_steps`` steps (all when < 0) of the epoch started by :func:`~gru_engine.backends.cpu.epoch_start`.
@@ -385,28 +426,13 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
             k = sched[4] % S
             for s in range(S):
                 train[s] = s == k
-        for r in range(B):
-            in_items[r] = items[cur[r]]
-            cols[r] = items[cur[r] + 1]
-        C = B
-        if n_sample > 0:
-            if store_pos + n_sample > len(store):
-                draw(cdf, store)
-                store_pos = 0
-            for k in range(n_sample):
-                cols[B + k] = store[store_pos + k]
-            store_pos += n_sample
-            C = B + n_sample
-        if loss == CROSS_ENTROPY and logq > 0.0:
-            for j in range(B):
-                lq[j] = log_support[cols[j]]
-            for j in range(B, C):
-                lq[j] = sample_alpha * log_support[cols[j]]
+        C, store_pos = step_columns(items, cur, B, in_items, cols, store, store_pos, cdf,
+                                    n_sample, sample_alpha, log_support, loss, logq, lq)
         _draw_masks(SI, LI, active, B, bs, M0f, MK, p_embed, p_hidden)
         step_loss = step_forward_backward(
             SI, LI, active, train, sum_mode, in_items, B, bs, indptr, indices, weights, theta,
             gtheta, T, Wy, By, Xf, M0f, DXf, HP, HO, Y, MK, GX, GH, GA, DY, DGX, DGH, hc, dhc,
-            cols, C, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc, loss, act, act_param, logq,
+            cols, C, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc, rs, loss, act, act_param, logq,
             bpreg, elu, float(batch_size), slotT, rowsT, GT, nT, slotY, rowsY, GY, gBy, counts,
             dummy_mask)
         if not np.isfinite(step_loss):
@@ -424,15 +450,8 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
                                              cur, end, reset, src)
         for g in range(G):
             H = LI[g, L_H]
-            hp = _bv(HP, LI[g, L_HOFF], bs, H)
-            y = _bv(Y, LI[g, L_HOFF], bs, H)
-            for r in range(n_rows):
-                if reset[r]:
-                    hp[r, :] = 0.0
-                else:
-                    s_ = src[r]
-                    for k in range(H):
-                        hp[r, k] = y[s_, k]
+            carry_hidden(_bv(HP, LI[g, L_HOFF], bs, H), _bv(Y, LI[g, L_HOFF], bs, H), reset, src,
+                         n_rows)
     sched[0] = n_rows
     sched[1] = next_sess
     sched[2] = store_pos
@@ -456,8 +475,10 @@ def infer_step(SI, LI, active, sum_mode, rows, items, new_session, state, indptr
         st0 = LI[g, L_STOFF]
         hp = _bv(HP, LI[g, L_HOFF], bs, H)
         for i in range(R):
-            for k in range(H):
-                hp[i, k] = 0.0 if new_session[i] else state[rows[i], st0 + k]
+            if new_session[i]:
+                hp[i, :] = 0.0
+            else:
+                hp[i, :] = state[rows[i], st0:st0 + H]
     for s in range(SI.shape[0]):
         subnet_forward(s, SI, LI, items, R, bs, indptr, indices, weights, T, Wy, theta,
                        Xf, M0f, HP, HO, Y, MK, GX, GH, GA)
@@ -471,8 +492,7 @@ def infer_step(SI, LI, active, sum_mode, rows, items, new_session, state, indptr
         st0 = LI[g, L_STOFF]
         y = _bv(Y, LI[g, L_HOFF], bs, H)
         for i in range(R):
-            for k in range(H):
-                state[rows[i], st0 + k] = y[i, k]
+            state[rows[i], st0:st0 + H] = y[i, :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,6 +562,7 @@ class FeatureTrainer:
         self.bc, self.dbc, self.lq = z(cmax), z(cmax), z(cmax)
         self.O_flat = z(bs * cmax)
         self.ra, self.rb, self.rc = z(cmax), z(cmax), z(cmax)
+        self.rs = np.zeros((2, cmax), dt)
         own = SI[:, S_TAB] == T_OWN
         self.slotT = np.full(max(int(SI[own, S_TROWS].sum()), 1), -1, np.int32)
         self.rowsT = np.zeros(max(int(SI[own, S_GCAP].sum()), 1), np.int32)
@@ -598,7 +619,7 @@ class FeatureTrainer:
             self.vel_y, p["By"], self.acc_b, self.vel_b, self.Xf, self.M0f, self.DXf, self.HP,
             self.HO, self.Y, self.MK, self.GX, self.GH, self.GA, self.DY, self.DGX, self.DGH,
             self.hc, self.dhc, self.cols, self.Wc, self.bc, self.O_flat, self.dWc, self.dbc,
-            self.lq, self.ra, self.rb, self.rc, loss, act, act_param, logq, bpreg, elu,
+            self.lq, self.ra, self.rb, self.rc, self.rs, loss, act, act_param, logq, bpreg, elu,
             self.batch_size, lr, mom, self.slotT, self.rowsT, self.GT, self.nT, self.slotY,
             self.rowsY, self.GY, self.gBy, self.counts, self.dummy_mask)
 
@@ -618,7 +639,7 @@ class FeatureTrainer:
             p["T"], p["Wy"], p["By"], self.Xf, self.M0f, self.DXf, self.HP, self.HO, self.Y,
             self.MK, self.GX, self.GH, self.GA, self.DY, self.DGX, self.DGH, self.hc, self.dhc,
             self.cols, C, self.Wc, self.bc, self.O_flat, self.dWc, self.dbc, self.lq, self.ra,
-            self.rb, self.rc, loss, act, act_param, logq, bpreg, elu, scale, self.slotT,
+            self.rb, self.rc, self.rs, loss, act, act_param, logq, bpreg, elu, scale, self.slotT,
             self.rowsT, self.GT, self.nT, self.slotY, self.rowsY, self.GY, self.gBy, self.counts,
             self.dummy_mask)
         grads = {"theta": np.zeros_like(p["theta"]), "T": np.zeros_like(p["T"]),
