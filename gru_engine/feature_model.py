@@ -60,6 +60,8 @@ COMBINES = ("concat", "sum")
 STRATEGIES = ("simultaneous", "alternating", "residual", "interleaved")
 FORMAT = "gru_engine.FeatureSessionGRU"
 FORMAT_VERSION = 1
+#: keys of ``params_`` (flat parameters and layout arrays), as saved
+PARAM_KEYS = ("SI", "LI", "indptr", "indices", "weights", "theta", "T", "Wy", "By")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,54 +306,74 @@ class FeatureSessionGRU(SessionGRU):
         if p["architecture"] == "id":
             self.subnet_names_ = ["id"]
             return super()._fit(sessions, callback=callback)
+        encoded = encode_item_features(item_features, self.item_index_)
+        S = len(encoded) + (p["architecture"] == "parallel")
+        if p["strategy"] == "residual" and p["n_epochs"] < S:
+            raise ValueError(f"strategy='residual' trains the {S} subnets one after another: "
+                             f"n_epochs ({p['n_epochs']}) must be >= {S}")
+        self.feature_info_ = [dict(e.info, name=e.name) for e in encoded]
+        self._train_features(sessions, callback, encoded)
+
+    def _init_params(self, p, n_items: int, mode: str, rng, encoded) -> dict:
+        """Initial flat parameters and layout arrays (:func:`build_layout`); sets
+        ``subnet_names_``."""
+        layout = build_layout(n_items, p["architecture"], p["combine"], mode, p["layers"],
+                              p["embedding"], p["feature_layers"], encoded, rng)
+        self.subnet_names_ = layout["names"]
+        return {k: layout[k] for k in PARAM_KEYS}
+
+    def _make_trainer(self, p, params, mode, support, device, seed):
+        """:class:`~gru_engine.backends.feature_cpu.FeatureTrainer` following the strategy's
+        :func:`epoch_plan` (SessionGRU's trainer for ``architecture='id'``)."""
+        if p["architecture"] == "id":
+            return super()._make_trainer(p, params, mode, support, device, seed)
+        act, act_param = hp.parse_final_act(p["final_act"])
+        return FeatureTrainer(params, len(support), support, p["batch_size"], p["n_sample"],
+                              p["sample_alpha"], p["sample_store_size"],
+                              loss=hp.LOSS_CODES[p["loss"]], act=act, act_param=act_param,
+                              logq=p["logq"], bpreg=p["bpreg"], elu=p["elu_param"],
+                              lr=p["learning_rate"], mom=p["momentum"],
+                              p_embed=p["dropout_p_embed"], p_hidden=p["dropout_p_hidden"],
+                              sum_mode=p["combine"] == "sum",
+                              plan=epoch_plan(p["strategy"], len(self.subnet_names_),
+                                              p["n_epochs"]),
+                              names=self.subnet_names_)
+
+    def _train_features(self, sessions, callback, encoded):
+        # SessionGRU._train with the feature layout (_init_params) and trainer (_make_trainer)
+        # on the CPU backend; the same seeds, loop, logging and checks.
+        p = self._validated()
         if p["device"] == "auto":
             logger.info("device='auto': architecture=%r trains on the CPU (no CUDA backend)",
                         p["architecture"])
-        self.device_ = "cpu"
+        device = None
         n_items = len(self.item_index_)
-        encoded = encode_item_features(item_features, self.item_index_)
-        self.feature_info_ = [dict(e.info, name=e.name) for e in encoded]
         seq = np.random.SeedSequence(p["random_state"])
         init_seed, order_seed, numba_seed = seq.spawn(3)
         rng = np.random.default_rng(init_seed)
         order_rng = np.random.default_rng(order_seed)
         mode = self._input_mode(p)
-        layout = build_layout(n_items, p["architecture"], p["combine"], mode, p["layers"],
-                              p["embedding"], p["feature_layers"], encoded, rng)
-        self.subnet_names_ = layout["names"]
-        S = len(self.subnet_names_)
-        if p["strategy"] == "residual" and p["n_epochs"] < S:
-            raise ValueError(f"strategy='residual' trains the {S} subnets one after another: "
-                             f"n_epochs ({p['n_epochs']}) must be >= {S}")
-        params = {k: layout[k] for k in ("SI", "LI", "indptr", "indices", "weights", "theta",
-                                         "T", "Wy", "By")}
+        params = self._init_params(p, n_items, mode, rng, encoded)
         support = sessions.item_support(n_items)
+        self.device_ = "cpu"
         self.item_support_ = support
         self.input_mode_ = mode
         self.params_ = params
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
-        act, act_param = hp.parse_final_act(p["final_act"])
-        trainer = FeatureTrainer(params, n_items, support, p["batch_size"], p["n_sample"],
-                                 p["sample_alpha"], p["sample_store_size"],
-                                 loss=hp.LOSS_CODES[p["loss"]], act=act, act_param=act_param,
-                                 logq=p["logq"], bpreg=p["bpreg"], elu=p["elu_param"],
-                                 lr=p["learning_rate"], mom=p["momentum"],
-                                 p_embed=p["dropout_p_embed"], p_hidden=p["dropout_p_hidden"],
-                                 sum_mode=p["combine"] == "sum")
-        plan = epoch_plan(p["strategy"], S, p["n_epochs"])
+        numba_state = numba_seed.generate_state(2)
+        trainer = self._make_trainer(p, params, mode, support, device, int(numba_state[1]))
         threads = 1 if p["n_threads"] is None else p["n_threads"]
         with _thread_limit(threads):
-            seed_numba(int(numba_seed.generate_state(1)[0] & 0x7FFFFFFF))
+            seed_numba(int(numba_state[0] & 0x7FFFFFFF))
             t0 = time.perf_counter()
             trainer.fill_store()
             self.sample_store_seconds_ = time.perf_counter() - t0
             progress = _progress_bar(p["show_progress"])
             for epoch in range(1, p["n_epochs"] + 1):
-                trainer.set_phase(*plan[epoch - 1])
                 order = session_order(sessions, p["shuffle_sessions"], order_rng)
+                t0 = time.perf_counter()
                 trainer.start_epoch(sessions.items, order, sessions.offsets)
                 bar = progress(epoch, sessions.n_events - sessions.n_sessions)
-                t0 = time.perf_counter()
                 loss_sum, events, finite = 0.0, 0, True
                 while trainer.rows_left() and finite:
                     ls, ev, finite = trainer.run(500 if bar is not None else -1)
@@ -369,12 +391,12 @@ class FeatureSessionGRU(SessionGRU):
                 self.loss_history_.append(loss)
                 self.epoch_times_.append(elapsed)
                 self.events_per_s_.append(events / elapsed if elapsed > 0 else float("inf"))
-                logger.info("epoch %d (%s, training %s): loss %.6f, %d events, %.0f events/s",
-                            epoch, p["strategy"],
-                            [n for n, t in zip(self.subnet_names_, plan[epoch - 1][1]) if t],
-                            loss, events, self.events_per_s_[-1])
+                logger.info("epoch %d: loss %.6f, %d events, %.0f events/s (%.2f s)", epoch,
+                            loss, events, self.events_per_s_[-1], elapsed)
                 if callback is not None:
                     callback(epoch, elapsed, loss)
+        params = trainer.host_params()
+        self.params_ = params
         bad = [k for k in ("theta", "T", "Wy", "By") if not np.all(np.isfinite(params[k]))]
         if bad:
             raise ModelFitError(f"training produced non-finite parameters in {bad}")
@@ -472,8 +494,7 @@ class FeatureSessionGRU(SessionGRU):
                                  f"{header.get('format_version')!r} is not supported")
             if header.get("class") != cls.__name__:
                 raise ValueError(f"{path} holds a {header.get('class')!r}, not a {cls.__name__}")
-            params = {k: np.array(f[k]) for k in ("SI", "LI", "indptr", "indices", "weights",
-                                                  "theta", "T", "Wy", "By")}
+            params = {k: np.array(f[k]) for k in PARAM_KEYS}
             ids = np.array(f["item_ids"])
             support = np.array(f["item_support"])
         model = cls(**header["params"])

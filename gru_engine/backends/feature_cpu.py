@@ -18,6 +18,8 @@ kernels (``gru.py``), losses (``losses.py``), optimiser (``optim.py``), schedule
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from numba import njit
 
@@ -27,6 +29,8 @@ from ..losses import CROSS_ENTROPY, loss_forward_backward
 from ..optim import accumulate_rows, accumulate_rows_1d, adagrad_flat, adagrad_rows_1d, release_rows
 from ..sampling import SampleStore, draw
 from .cpu import _add_bias, apply_final_act, epoch_start
+
+logger = logging.getLogger("gru_engine")
 
 # subnet input kinds
 K_RAW, K_BAG, K_DIRECT = 0, 1, 2
@@ -518,14 +522,18 @@ class FeatureTrainer:
     :meth:`run` executes training steps in compiled code.
 
     params: dict with ``theta``, ``T``, ``Wy``, ``By`` (updated in place) and the layout arrays
-    ``SI``, ``LI``, ``indptr``, ``indices``, ``weights`` of :func:`build_layout`; arrays of one
-    float dtype (float32 in training, float64 in gradient checks).
+    ``SI``, ``LI``, ``indptr``, ``indices``, ``weights`` of
+    :func:`~gru_engine.feature_model.build_layout`; arrays of one float dtype (float32 in
+    training, float64 in gradient checks). ``plan``: optional per-epoch phases ``(active, train,
+    interleave, freeze_out)`` (:func:`~gru_engine.feature_model.epoch_plan`) applied by
+    :meth:`start_epoch`; without it the phase is whatever :meth:`set_phase` set last (default:
+    all subnets run and train). ``names``: subnet names for the log.
     """
 
     def __init__(self, params: dict, n_items: int, support, batch_size: int, n_sample: int,
                  sample_alpha: float, sample_store_size: int, loss: int, act: int,
                  act_param: float, logq: float, bpreg: float, elu: float, lr: float, mom: float,
-                 p_embed: float, p_hidden: float, sum_mode: bool):
+                 p_embed: float, p_hidden: float, sum_mode: bool, plan=None, names=None):
         p = params
         dt = p["Wy"].dtype
         bs = int(batch_size)
@@ -583,6 +591,8 @@ class FeatureTrainer:
         self.interleave = False
         self.freeze_out = False
         self.items = self.order = self.offsets = None
+        self.plan, self.epoch = plan, 0
+        self.names = list(names) if names is not None else [str(s) for s in range(S)]
 
     def set_phase(self, active, train, interleave: bool = False, freeze_out: bool = False):
         """Which subnets run (``active``) and learn (``train``) from now on."""
@@ -596,7 +606,18 @@ class FeatureTrainer:
         self.store.fill()
         self.sched[2] = self.store.pos
 
+    def host_params(self) -> dict:
+        """The trained parameters (host arrays, updated in place during training)."""
+        return self.params
+
     def start_epoch(self, items, order, offsets):
+        """items: (n_events,) int32; order: (n_sessions,) int64 visiting order; offsets: CSR.
+        With a ``plan``, the epoch's phase is ``plan[epoch]`` (see :meth:`set_phase`)."""
+        if self.plan is not None:
+            self.set_phase(*self.plan[self.epoch])
+            logger.info("epoch %d trains subnets %s", self.epoch + 1,
+                        [n for n, t in zip(self.names, self.train) if t])
+            self.epoch += 1
         self.items, self.order, self.offsets = items, order, offsets
         epoch_start(order, offsets, self.batch_size, self.min_rows, self.sched, self.cur,
                     self.end, self.reset, self.src, (self.HP,))
