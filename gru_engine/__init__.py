@@ -1,12 +1,14 @@
 """gru_engine: session-based recommendation with recurrent networks (GRU4Rec), framework-free.
 
-``SessionGRU`` is the GRU4Rec model; ``gru_engine.baselines`` holds POP, S-POP, Item-KNN and
-BPR-MF; ``gru_engine.evaluation`` ranks the true next item against all items for any of them.
+``SessionGRU`` is the GRU4Rec model, ``FeatureSessionGRU`` its feature-rich p-RNN variant
+(parallel subnets over item features, :mod:`gru_engine.features`); ``gru_engine.baselines``
+holds POP, S-POP, Item-KNN and BPR-MF; ``gru_engine.evaluation`` ranks the true next item
+against all items for any of them.
 """
 from .exceptions import ModelFitError, NotFittedError
 
 __version__ = "0.1.0"
-__all__ = ["SessionGRU", "ModelFitError", "NotFittedError", "__version__"]
+__all__ = ["SessionGRU", "FeatureSessionGRU", "ModelFitError", "NotFittedError", "__version__"]
 
 
 def __getattr__(name):
@@ -14,4 +16,7 @@ def __getattr__(name):
     if name == "SessionGRU":
         from .model import SessionGRU
         return SessionGRU
+    if name == "FeatureSessionGRU":
+        from .feature_model import FeatureSessionGRU
+        return FeatureSessionGRU
     raise AttributeError(f"module 'gru_engine' has no attribute {name!r}")

@@ -461,29 +461,14 @@ class FeatureSessionGRU(SessionGRU):
         arrays = {"header": np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
                   "item_ids": ids, "item_support": np.asarray(self.item_support_, np.int64)}
         arrays.update(self.params_)
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
-                                   suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        _write_npz(os.fspath(path), arrays)
 
     @classmethod
     def load(cls, path) -> "FeatureSessionGRU":
         """Read a model written by :meth:`save`; ``ValueError`` for a foreign or newer file."""
         path = os.fspath(path)
         with np.load(path, allow_pickle=False) as f:
-            if "header" not in f.files:
-                raise ValueError(f"{path} is not a gru_engine model file (no header)")
-            try:
-                header = json.loads(bytes(f["header"]).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise ValueError(f"{path}: unreadable model header") from None
+            header = _read_header(f, path)
             if header.get("format") != FORMAT:
                 from .io import load_model
                 model = load_model(path, cls)
@@ -507,3 +492,28 @@ class FeatureSessionGRU(SessionGRU):
         model.feature_info_ = header["feature_info"]
         model.loss_history_ = header["loss_history"]
         return model
+
+
+def _write_npz(path: str, arrays: dict) -> None:
+    """``np.savez(path, **arrays)`` atomically: a temporary file in the same folder, renamed."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
+                               suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read_header(f, path: str) -> dict:
+    """The JSON header of an opened model file ``f`` (``np.load``); ``ValueError`` when it is
+    missing or unreadable."""
+    if "header" not in f.files:
+        raise ValueError(f"{path} is not a gru_engine model file (no header)")
+    try:
+        return json.loads(bytes(f["header"]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{path}: unreadable model header") from None

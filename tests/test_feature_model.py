@@ -452,3 +452,9 @@ def test_id_subnet_alone_matches_gru4rec_step(mode):
                                    ref.gWh[g].ravel(), rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(grads["theta"][LI[g, L_BX]:LI[g, L_BX] + 3 * H],
                                    ref.gbx[g], rtol=1e-10, atol=1e-12)
+
+
+def test_package_exposes_feature_model():
+    import gru_engine
+    assert gru_engine.FeatureSessionGRU is FeatureSessionGRU
+    assert "FeatureSessionGRU" in gru_engine.__all__
