@@ -250,6 +250,19 @@ def test_save_load_cpu_scores_equal_cuda_scores(fitted_pair, tmp_path):
     assert (got_ids == want_ids).mean() >= 0.8  # near-ties may swap
 
 
+def test_scorer_reuses_device_parameters_until_they_change(fitted_pair, cuda_model, data):
+    gpu = copy.deepcopy(fitted_pair[1])  # a copy carries no device parameters
+    first = gpu.scorer()
+    assert gpu.scorer().net is first.net  # no upload per scorer() / predict_next call
+    np.testing.assert_array_equal(cuda_model.to_host(first.net.p["Wy"]), gpu.params_["Wy"])
+    gpu.params_ = {**gpu.params_, "By": gpu.params_["By"] + 1.0}  # new dict: uploaded again
+    second = gpu.scorer()
+    assert second.net is not first.net
+    np.testing.assert_array_equal(cuda_model.to_host(second.net.p["By"]), gpu.params_["By"])
+    gpu.set_params(n_epochs=1).fit(data[0])  # a fit gives new parameters
+    assert gpu.scorer().net is not second.net
+
+
 def test_nan_in_a_cuda_model_is_refused_by_device_evaluation(fitted_pair, data):
     gpu = copy.deepcopy(fitted_pair[1])
     assert gpu.device_ == "cuda"
