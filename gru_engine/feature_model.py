@@ -7,9 +7,11 @@ embedding, or constrained: its own block of ``Wy``), a feature subnet reads the 
 feature vector (:mod:`gru_engine.features`). The subnets' last hidden states are combined
 (``concat``, or ``sum``: a learned weight per subnet) and fed to the shared sampled output layer
 ``Wy`` (n_items, H_comb), ``By`` as in GRU4Rec; losses, negative sampling, session-parallel
-batching and Adagrad+momentum are GRU4Rec's (the kernels of ``gru.py``, ``losses.py``,
-``optim.py``, ``batching.py``, ``sampling.py`` are reused). Every subnet's hidden state is reset
-at session boundaries.
+batching and Adagrad+momentum are GRU4Rec's. Every subnet's hidden state is reset at session
+boundaries. This module is the estimator (hyperparameters, checks, parameter layout and
+initialisation, the epoch loop, files); training and inference run in the CPU backend
+:mod:`gru_engine.backends.feature_cpu`, which reuses the kernels of ``gru.py``, ``losses.py``,
+``optim.py``, ``batching.py``, ``sampling.py`` and ``backends/cpu.py``.
 
 Training strategies (``strategy``):
 - ``simultaneous``: all subnets every step;
@@ -28,7 +30,8 @@ Training strategies (``strategy``):
 Parameters live in flat arrays (one compiled specialisation whatever the number of subnets):
 ``params_['theta']`` all dense GRU weights and combine weights, ``params_['T']`` all embedding
 tables, ``Wy``, ``By``; the layout tables ``params_['SI']`` (per subnet) and ``params_['LI']``
-(per layer) say where each piece is; :meth:`FeatureSessionGRU.subnet_params` gives views.
+(per layer; columns documented in the backend) say where each piece is;
+:meth:`FeatureSessionGRU.subnet_params` gives views.
 """
 from __future__ import annotations
 

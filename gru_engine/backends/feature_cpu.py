@@ -32,14 +32,27 @@ from .cpu import _add_bias, apply_final_act, epoch_start
 
 logger = logging.getLogger("gru_engine")
 
-# subnet input kinds
+# Subnet input kinds: K_RAW the item's raw feature vector (its bag holds (column, value)) times
+# Wx; K_BAG the weighted sum of table rows of the item's bag, times Wx; K_DIRECT one-hot ID
+# input: the table row is the layer-0 gate pre-activation itself (no Wx).
 K_RAW, K_BAG, K_DIRECT = 0, 1, 2
-# table sources
+# Table sources: none (raw), the subnet's own block of T, or its column block of Wy
+# (constrained ID input).
 T_NONE, T_OWN, T_WY = -1, 0, 1
-# columns of the (S, N_SCOL) subnet layout table
+# Columns of the subnet table SI (S, N_SCOL) int64: S_KIND, S_TAB as above; S_TOFF, S_TROWS,
+# S_TCOLS its table's offset in T and shape; S_IN its input width; S_IPOFF the offset of its bag
+# CSR in indptr (n_items + 1 entries per subnet); S_L0:S_L1 its rows of LI; S_C0:S_C1 its
+# columns of the combined state and of Wy (all Hc columns under combine='sum'); S_A its combine
+# weight in theta (-1 under 'concat'); S_D0:S_D1 its range of theta; S_XOFF its input's column
+# offset in the input buffers; S_GOFF, S_GCAP, S_ROFF, S_SOFF its table-gradient offset in GT,
+# capacity (rows), offset in rowsT and offset in slotT (set by _bag_caps); S_WYC0 the first Wy
+# column of its constrained input block.
 (S_KIND, S_TAB, S_TOFF, S_TROWS, S_TCOLS, S_IN, S_IPOFF, S_L0, S_L1, S_C0, S_C1, S_A, S_D0,
  S_D1, S_XOFF, S_GOFF, S_GCAP, S_ROFF, S_SOFF, S_WYC0, N_SCOL) = range(21)
-# columns of the (G, N_LCOL) layer layout table
+# Columns of the layer table LI (G, N_LCOL) int64: L_H hidden size, L_IN input size (0 for a
+# K_DIRECT layer 0), L_WX, L_BX, L_WH, L_BHN offsets of Wx (in_l, 3H) (-1: none), bx (3H,),
+# Wh (H, 3H), bhn (H,) in theta; L_HOFF, L_GOFF column offsets of the layer's block in the
+# H-wide and 3H-wide work buffers; L_STOFF its columns in the scorer's state rows.
 L_H, L_IN, L_WX, L_BX, L_WH, L_BHN, L_HOFF, L_GOFF, L_STOFF, N_LCOL = range(10)
 
 # ---------------------------------------------------------------------------------------------
@@ -528,6 +541,14 @@ class FeatureTrainer:
     interleave, freeze_out)`` (:func:`~gru_engine.feature_model.epoch_plan`) applied by
     :meth:`start_epoch`; without it the phase is whatever :meth:`set_phase` set last (default:
     all subnets run and train). ``names``: subnet names for the log.
+
+    Flat work buffers (``bs`` = batch_size, ``X`` = sum of input widths, ``W`` = sum of all
+    layers' hidden sizes; blocks read through ``_bv``): ``Xf``, ``M0f``, ``DXf`` (bs * X,)
+    inputs, input dropout masks, input gradients; ``HP``, ``HO``, ``Y``, ``MK``, ``DY`` (bs * W,)
+    previous hidden states, new states, dropped-out outputs, output masks, output gradients;
+    ``GX``, ``GH``, ``GA``, ``DGX``, ``DGH`` (3 * bs * W,) gate buffers of ``gru.py``; ``hc``,
+    ``dhc`` (bs, Hc) combined state and its gradient. Sparse accumulators: ``slotY``/``rowsY``/
+    ``GY``/``gBy`` for rows of Wy/By, ``slotT``/``rowsT``/``GT``/``nT`` for table rows per subnet.
     """
 
     def __init__(self, params: dict, n_items: int, support, batch_size: int, n_sample: int,
