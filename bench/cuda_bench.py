@@ -4,7 +4,7 @@ At the shapes of ``bench/cuda_static.py`` (hidden 100 / batch 64 and hidden 1000
 n_sample 2048, 40,000 items, 1 layer, constrained embedding, cross-entropy with logq):
 
 * training events/s of :class:`CudaTrainer` (random schedule, steps timed with CUDA events
-  after warm-up) and evaluation predictions/s of :class:`CudaScorer.rank` (batches of 512);
+  after warm-up), with the full step replayed as a CUDA graph (default) and kernel by kernel and evaluation predictions/s of :class:`CudaScorer.rank` (batches of 512);
 * measured ceilings on this GPU: SGEMM FLOP/s (``cupy.matmul`` 8192^3 float32) and
   device-to-device copy bytes/s (1 GiB);
 * achieved FLOP/s and bytes/s of a step, from the model FLOPs/bytes of ``cuda_static.step_ops``
@@ -72,25 +72,27 @@ def params_for(rng, H, n_items):
             "By": np.zeros(n_items, np.float32)}
 
 
-def bench_shape(dev, cp, shape, steps, warmup):
+def bench_shape(dev, cp, shape, steps, warmup, use_graphs=True):
     H, B, ns, N = shape["H"], shape["B"], shape["n_sample"], shape["n_items"]
     rng = np.random.default_rng(0)
     support = rng.integers(1, 1000, N)
     trainer = CudaTrainer(dev, params_for(rng, H, N), batch_size=B, n_sample=ns, logq=1.0,
                           item_support=support, learning_rate=0.2, momentum=0.2,
-                          dropout_p_hidden=0.4)
+                          dropout_p_hidden=0.4, use_graphs=use_graphs)
     total = steps + warmup
     ins = dev.to_device(rng.integers(0, N, (total, B)), np.int32)
     outs = dev.to_device(rng.integers(0, N, (total, B)), np.int32)
     rst = dev.to_device((rng.random((total, B)) < 0.15).astype(np.uint8))
     smp = dev.to_device(rng.integers(0, N, (total, ns)), np.int32)
+    src = dev.to_device(np.arange(B), np.int32)  # rows carried as in an epoch: full steps
+    # replay the captured CUDA graph when use_graphs (the first full step runs directly)
     for t in range(warmup):
-        trainer.step(ins[t], outs[t], rst[t], smp[t])
+        trainer.step(ins[t], outs[t], rst[t], smp[t], src)
     next_step = iter(range(warmup, total)).__next__
 
     def one_step():
         t = next_step()
-        trainer.step(ins[t], outs[t], rst[t], smp[t])
+        trainer.step(ins[t], outs[t], rst[t], smp[t], src)
 
     train_s = _timed(cp, one_step, steps)
     scorer = CudaScorer(dev, trainer.params_to_host())
@@ -107,6 +109,7 @@ def bench_shape(dev, cp, shape, steps, warmup):
     nbytes = sum(op[3] for op in step_ops(**shape))
     step_s = train_s / steps
     return dict(train_events_per_s=B * steps / train_s, step_us=step_s * 1e6,
+                graphs_used=trainer.use_graphs,
                 eval_predictions_per_s=R * eval_reps / eval_s,
                 achieved_flops=flops / step_s, achieved_bytes_per_s=nbytes / step_s,
                 eval_model_flops=sum(op[2] for op in eval_ops(**shape)),
@@ -146,14 +149,18 @@ def main(argv=None):
                   ceilings=ceil, shapes={})
     print(f"GPU: {result['gpu']}; measured SGEMM {ceil['sgemm_flops'] / 1e12:.1f} TFLOP/s, "
           f"copy {ceil['copy_bytes_per_s'] / 1e9:.0f} GB/s\n")
-    print("| shape | ours train events/s | step us | achieved GFLOP/s (% SGEMM) | achieved GB/s (% copy) | "
+    print("| shape | ours train events/s (graph) | step us | no-graph events/s (step us) | "
+          "achieved GFLOP/s (% SGEMM) | achieved GB/s (% copy) | "
           "ours eval predictions/s | torch train events/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, shape in SHAPES.items():
         ours = bench_shape(dev, cp, shape, args.steps, args.warmup)
+        plain = bench_shape(dev, cp, shape, args.steps, args.warmup, use_graphs=False)
         ref = torch_reference(shape, args.steps)
-        result["shapes"][name] = dict(shape=shape, ours=ours, torch=ref)
-        print(f"| {name} | {ours['train_events_per_s']:,.0f} | {ours['step_us']:.1f} | "
+        result["shapes"][name] = dict(shape=shape, ours=ours, ours_no_graph=plain, torch=ref)
+        graph = "" if ours["graphs_used"] else " (capture FAILED: no graph)"
+        print(f"| {name} | {ours['train_events_per_s']:,.0f}{graph} | {ours['step_us']:.1f} | "
+              f"{plain['train_events_per_s']:,.0f} ({plain['step_us']:.1f}) | "
               f"{ours['achieved_flops'] / 1e9:,.0f} ({ours['achieved_flops'] / ceil['sgemm_flops']:.1%}) | "
               f"{ours['achieved_bytes_per_s'] / 1e9:,.0f} ({ours['achieved_bytes_per_s'] / ceil['copy_bytes_per_s']:.1%}) | "
               f"{ours['eval_predictions_per_s']:,.0f} | "

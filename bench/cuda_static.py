@@ -17,7 +17,14 @@ Nothing here runs on a GPU. For every ``kernels/*.cu``:
    not a measurement, and a LOWER bound on time: it assumes every op reaches the peak, which
    small GEMMs (64 x 300 x 100) and one-block-per-row kernels with 64 rows (64 blocks on 132
    SMs) cannot; it ignores launch latency, which ``--launch-floor-us`` adds as a stated
-   ASSUMPTION (a per-kernel floor) in a second column.
+   ASSUMPTION (a floor per host-issued kernel/GEMM/copy) in a second figure;
+4. the same step replayed as a CUDA graph (``CudaTrainer(use_graphs=True)``, the default on a
+   GPU): the host issues 5 staging copies, 1 graph launch and 1 loss-slot kernel per full step
+   instead of every kernel, GEMM and copy (counts asserted in
+   ``tests/test_cuda_graphs.py::test_host_calls_per_full_step``), so the per-launch floor
+   applies to those 7 calls only, plus an ASSUMED ``--graph-node-us`` per node executed inside
+   the graph (a CUDA graph removes the host launch cost of its nodes, not their execution).
+   Both floors are assumptions, not published or measured figures: a MODEL.
 
 Usage: ``python bench/cuda_static.py [--out bench/out/cuda_static.json]`` (prints Markdown).
 """
@@ -55,6 +62,7 @@ BLOCK = 256
 LAUNCH = {name: (BLOCK, 0) for name in K.kernel_index()}
 LAUNCH["sparse_combine"] = LAUNCH["sparse_adagrad"] = (128, 0)  # H = 100 rows (min(256, 32*ceil(W/32)))
 LAUNCH["topk_rows"] = (BLOCK, 8 * 100)                           # k = 100
+LAUNCH["counter_add"] = (1, 0)                                    # one thread
 
 SHAPES = {
     "H100_B64": dict(H=100, B=64, n_sample=2048, n_items=40000, eval_batch=512),
@@ -161,7 +169,8 @@ def eval_ops(H, n_items, eval_batch, **_):
     ]
 
 
-def roofline(ops, n_events, launch_floor_s, n_launches):
+def roofline(ops, n_events, launch_floor_s, n_launches, graph=None):
+    """graph: None, or (host calls per step, graph nodes, node floor in s) for the graph MODEL."""
     rows, t32, ttf = [], 0.0, 0.0
     for name, kind, flops, nbytes in ops:
         t_mem = nbytes / HBM_BW
@@ -173,10 +182,16 @@ def roofline(ops, n_events, launch_floor_s, n_launches):
                          time_tf32_us=b * 1e6,
                          bound="memory" if t_mem >= flops / PEAK_FP32 else "compute"))
     floor = n_launches * launch_floor_s
-    return dict(ops=rows, time_fp32_us=t32 * 1e6, time_tf32_us=ttf * 1e6,
-                events_per_s_fp32=n_events / t32, events_per_s_tf32=n_events / ttf,
-                launches=n_launches, time_with_launch_floor_us=(t32 + floor) * 1e6,
-                events_per_s_with_launch_floor=n_events / (t32 + floor))
+    out = dict(ops=rows, time_fp32_us=t32 * 1e6, time_tf32_us=ttf * 1e6,
+               events_per_s_fp32=n_events / t32, events_per_s_tf32=n_events / ttf,
+               launches=n_launches, time_with_launch_floor_us=(t32 + floor) * 1e6,
+               events_per_s_with_launch_floor=n_events / (t32 + floor))
+    if graph is not None:
+        host_calls, nodes, node_s = graph
+        g = host_calls * launch_floor_s + nodes * node_s
+        out.update(graph_host_calls=host_calls, graph_nodes=nodes,
+                   time_with_graph_us=(t32 + g) * 1e6, events_per_s_with_graph=n_events / (t32 + g))
+    return out
 
 
 def main(argv=None):
@@ -184,6 +199,9 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "cuda_static.json"))
     parser.add_argument("--launch-floor-us", type=float, default=3.0,
                         help="ASSUMED minimum GPU time per kernel/GEMM launch (not a published figure)")
+    parser.add_argument("--graph-node-us", type=float, default=1.0,
+                        help="ASSUMED minimum GPU time per node inside a CUDA graph (not a "
+                             "published figure)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if shutil.which("nvcc") is None:
@@ -203,10 +221,14 @@ def main(argv=None):
                 problems.append(f"{name}: spills {res['spill_stores']}/{res['spill_loads']} bytes")
     models = {}
     for shape_name, shape in SHAPES.items():
-        # launches: 23 kernels + 8 GEMMs per step (1 layer, constrained, logq; counted in
-        # tests/test_cuda_emulated.py::test_train_step_launch_counts without the 2 logq gathers);
+        # A full step of an epoch (rows carried from the previous step; 1 layer, constrained,
+        # logq): 24 kernels + 8 GEMMs + 4 copies = 36 host calls (counted in
+        # tests/test_cuda_graphs.py::test_host_calls_per_full_step: 22 + 8 + 4 without the 2
+        # logq gathers). As a graph: 7 host calls (5 staging copies, 1 graph launch, 1 kernel)
+        # and 37 graph nodes (the 36 plus the loss-slot reset).
         # evaluation: 6 kernels + 3 GEMMs per batch (CudaScorer.rank)
-        step = roofline(step_ops(**shape), shape["B"], args.launch_floor_us * 1e-6, 23 + 8)
+        step = roofline(step_ops(**shape), shape["B"], args.launch_floor_us * 1e-6, 24 + 8 + 4,
+                        graph=(7, 37, args.graph_node_us * 1e-6))
         ev = roofline(eval_ops(**shape), shape["eval_batch"], args.launch_floor_us * 1e-6, 6 + 3)
         models[shape_name] = dict(shape=shape, train_step=step, eval_batch=ev)
 
@@ -221,7 +243,9 @@ def main(argv=None):
           f"{'clean for every file' if not problems else 'PROBLEMS: ' + '; '.join(problems)}\n")
     print("## Roofline MODEL of an H100 SXM (not a measurement)\n")
     print("Peaks (NVIDIA published): FP32 67 TFLOP/s, TF32 tensor 494.7 TFLOP/s dense, HBM3 3.35 TB/s. "
-          f"'+floor' adds an ASSUMED {args.launch_floor_us} us per launch. A roofline is a lower bound "
+          f"'+floor' adds an ASSUMED {args.launch_floor_us} us per launch; 'graph' adds that floor for "
+          f"the 7 host calls of a graph-replayed step plus an ASSUMED {args.graph_node_us} us per graph "
+          "node. A roofline is a lower bound "
           "on time: small GEMMs and 64-row kernels (64 blocks on 132 SMs) do not reach the peaks.\n")
     for shape_name, m in models.items():
         s, st, ev = m["shape"], m["train_step"], m["eval_batch"]
@@ -235,7 +259,9 @@ def main(argv=None):
         print(f"\nTraining step: {st['time_fp32_us']:.1f} us FP32 -> {st['events_per_s_fp32']:,.0f} events/s; "
               f"TF32 GEMMs {st['time_tf32_us']:.1f} us -> {st['events_per_s_tf32']:,.0f} events/s; "
               f"+floor ({st['launches']} launches) {st['time_with_launch_floor_us']:.1f} us -> "
-              f"{st['events_per_s_with_launch_floor']:,.0f} events/s.")
+              f"{st['events_per_s_with_launch_floor']:,.0f} events/s; graph ({st['graph_host_calls']} "
+              f"host calls, {st['graph_nodes']} nodes) {st['time_with_graph_us']:.1f} us -> "
+              f"{st['events_per_s_with_graph']:,.0f} events/s.")
         print(f"Evaluation batch of {s['eval_batch']}: {ev['time_fp32_us']:.1f} us FP32 -> "
               f"{ev['events_per_s_fp32']:,.0f} predictions/s; +floor {ev['time_with_launch_floor_us']:.1f} us -> "
               f"{ev['events_per_s_with_launch_floor']:,.0f} predictions/s (host transfer of scores "
@@ -243,7 +269,8 @@ def main(argv=None):
     result = dict(kind="static model, not a measurement", date=datetime.datetime.utcnow().isoformat() + "Z",
                   machine=platform.node(), nvcc=version.strip().splitlines()[-1],
                   peaks=dict(fp32=PEAK_FP32, tf32=PEAK_TF32, hbm_bw=HBM_BW, source="NVIDIA H100 SXM published"),
-                  launch_floor_us_assumed=args.launch_floor_us, sm90_limits=SM90, kernels=kernels,
+                  launch_floor_us_assumed=args.launch_floor_us,
+                  graph_node_us_assumed=args.graph_node_us, sm90_limits=SM90, kernels=kernels,
                   ptx_problems=problems, models=models)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

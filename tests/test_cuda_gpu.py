@@ -88,6 +88,25 @@ def test_model_resolves_cuda_to_cupy_without_a_fixture():
 def test_dropout_masks_identical_to_emulator(dev):
     n = 10007
     gpu, emu = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
-    dev.launch("dropout_mask", (n + 255) // 256, 256, [gpu, n, 0.4, 123, 5])
-    EmulatedDevice().launch("dropout_mask", (n + 255) // 256, 256, [emu, n, 0.4, 123, 5])
+    dev.launch("dropout_mask", (n + 255) // 256, 256, [gpu, n, 0.4, 123, None, 0, 5])
+    EmulatedDevice().launch("dropout_mask", (n + 255) // 256, 256, [emu, n, 0.4, 123, None, 0, 5])
     np.testing.assert_array_equal(gpu, emu)
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_graph_epochs_equal_uncaptured_on_the_gpu(dropout):
+    """The CUDA-graph training step on the real GPU: captured (no fallback) and equal to the
+    kernel-by-kernel epochs (cuBLAS may pick another algorithm inside a capture, so equality
+    is to float32 rounding, not asserted bitwise as in the emulator)."""
+    from test_cuda_graphs import _fit, _sessions
+    sessions = _sessions()
+    plain, graph = CupyDevice(), CupyDevice()
+    l0, p0, _ = _fit(plain, sessions, use_graphs=False, layers=(7, 5), dropout=dropout)
+    l1, p1, et = _fit(graph, sessions, use_graphs=True, layers=(7, 5), dropout=dropout)
+    assert et.trainer.use_graphs, "capture failed on the GPU (see the logged warning)"
+    assert graph.stats["graph_launches"] == sum(et.full_steps) - 1
+    np.testing.assert_allclose([x[0] for x in l1], [x[0] for x in l0], rtol=1e-5)
+    for k in p0:
+        for a, b in zip(p0[k] if isinstance(p0[k], list) else [p0[k]],
+                        p1[k] if isinstance(p1[k], list) else [p1[k]]):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=k)
