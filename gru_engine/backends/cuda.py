@@ -22,20 +22,34 @@ One training step with R rows, L layers, C = R + n_sample sampled columns::
     -> dense Adagrad per GRU array -> sparse Adagrad (claim/combine/update) for item rows
 
 Launches per step (counted with ``device.stats`` in the tests): 9L + 12 kernels and 5L + 3 GEMMs
-for L layers (one-hot input: one kernel more, 3 GEMMs fewer; dropout adds L (+1) mask kernels,
-logq 2 gathers, a final activation 2 kernels). Launch overhead, honestly: the roofline MODEL of
+for L layers (one-hot input: one kernel more, 3 GEMMs fewer; rows carried from the previous
+step, as in every epoch step, add L state gathers; dropout adds L (+1) mask kernels, with an
+embedding/constrained input 2 mask multiplies, and 1 step-counter kernel; logq 2 gathers, a
+final activation 2 kernels), plus L + 3 device-to-device copies. The roofline MODEL of
 ``bench/cuda_static.py`` puts the work of a step at ~6 us on an H100 at hidden 100 / batch 64 /
-2048 samples, so at that shape the ~31 launches, not the arithmetic, set the GPU-side time
-(~0.1 ms at a few us per launch, still ~0.7 M events/s modelled, far beyond the CPU reference's
-11-13k events/s); at hidden 1000 / batch 256 the modelled work (~130-260 us) dominates the
-launches. Launches are asynchronous and nothing in a step synchronises with the host (the loss
-accumulates on the device and is read once per epoch), so Python enqueues step t+1 while the
-GPU runs step t. Where launch latency matters, the whole step can be captured once into a CUDA
-graph with CuPy stream capture (``stream.begin_capture(); trainer.step(...); graph =
-stream.end_capture()``, then ``graph.launch()`` per step), provided the per-step inputs are
-first copied into fixed staging buffers (``in_items``/``out_items``/``reset``/``src``/
-``sample``) and R is constant (true for every step but the shrinking tail of an epoch, which
-runs uncaptured); dropout masks then need a per-step seed in device memory. Not done yet.
+2048 samples, so at that shape the 36 host-issued calls of an epoch step (1 layer, logq),
+not the arithmetic, would set the time (~114 us modelled with an ASSUMED 3 us per launch); at
+hidden 1000 / batch 256 the modelled work (~130-260 us) dominates. Launches are asynchronous and
+nothing in a step synchronises with the host (the loss accumulates on the device and is read
+once per :meth:`EpochTrainer.run`).
+
+CUDA graphs (``use_graphs``, default on a :class:`~.device.CupyDevice`): the first full step
+(R == batch_size, rows carried) runs kernel by kernel and sizes every scratch buffer; the next
+one captures the whole step once (:meth:`Device.capture`: CuPy stream capture on the GPU, a
+recorded replay in the emulator) over fixed staging buffers for ``in_items``/``out_items``/
+``reset``/``src``/the sample block and a fixed loss slot; every later full step, in every epoch,
+is 5 device-to-device copies into the staging buffers (4 without negative samples), ONE graph
+launch and one kernel adding the step loss to the caller's slot: 7 host calls instead of 36.
+What the graph removes is the host-side cost of launching its 37 nodes (Python + CuPy + driver
+per call) and most inter-kernel gaps; the nodes still execute one after another on the GPU.
+Per-step values never reach a captured kernel as a scalar argument (it would be frozen at
+capture): the dropout step index is a counter in device memory (``dropout_mask`` reads it,
+``counter_add`` advances it inside the step), R is fixed by the capture shape, and the inputs
+come through the staging buffers. The shrinking tail of an epoch, steps with fixed test
+masks, and steps without ``src`` run uncaptured; a capture that fails (an allocation inside
+the step, a library call CuPy refuses during capture) is logged and training continues kernel
+by kernel with identical results. In the emulator a graph epoch equals the uncaptured epoch
+bit for bit (``tests/test_cuda_graphs.py``, which also shows a frozen per-step scalar caught).
 
 Data stays on the device for the whole epoch: :meth:`CudaTrainer.run_epoch` and
 :class:`EpochTrainer` copy the epoch's schedule once (and the sample store once per draw) and
@@ -145,7 +159,8 @@ class CudaTrainer:
     counts, needed for ``logq > 0`` with cross-entropy. ``final_act``: (code, param) as
     :func:`gru_engine.params.parse_final_act` (0 linear, 1 relu, 2 tanh, 3 leaky, 4 elu).
     Hidden state: ``self.h[l]`` (batch_size, H_l) device arrays, rows compact (row r of a step
-    is row r of the state after it).
+    is row r of the state after it). ``use_graphs``: replay full steps from a captured CUDA
+    graph (module docstring); None = on for a CupyDevice, off otherwise.
     """
 
     def __init__(self, device: Device, params: dict, *, batch_size: int, n_sample: int,
