@@ -93,7 +93,8 @@ def build_layout(n_items: int, architecture: str, combine: str, input_mode: str,
     if architecture == "parallel":
         csr = _identity_bag(n_items)
         if input_mode == "onehot":
-            subnets.append(("id", K_DIRECT, T_OWN, n_items, 3 * layers[0], 3 * layers[0], layers, csr))
+            G0 = 3 * layers[0]
+            subnets.append(("id", K_DIRECT, T_OWN, n_items, G0, G0, layers, csr))
         elif input_mode == "embedding":
             subnets.append(("id", K_BAG, T_OWN, n_items, embedding, embedding, layers, csr))
         else:
@@ -224,7 +225,8 @@ class FeatureSessionGRU(SessionGRU):
     Example::
 
         feats = {"category": CategoricalFeatures(cat_ids, cat_codes, dim=16)}
-        model = FeatureSessionGRU(layers=[100], architecture="parallel").fit(train, item_features=feats)
+        model = FeatureSessionGRU(layers=[100], architecture="parallel")
+        model.fit(train, item_features=feats)
         model.evaluate(test)["recall@20"]
 
     Items that have features but did not occur in the training events are not part of the
@@ -262,7 +264,8 @@ class FeatureSessionGRU(SessionGRU):
                              "only; use device='cpu' or 'auto' (architecture='id' runs on CUDA)")
         p = super()._validated()
         if p["architecture"] not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {list(ARCHITECTURES)}, got {p['architecture']!r}")
+            raise ValueError(f"architecture must be one of {list(ARCHITECTURES)}, "
+                             f"got {p['architecture']!r}")
         if p["combine"] not in COMBINES:
             raise ValueError(f"combine must be one of {list(COMBINES)}, got {p['combine']!r}")
         if p["strategy"] not in STRATEGIES:
@@ -277,16 +280,16 @@ class FeatureSessionGRU(SessionGRU):
                              f"got {p['feature_layers']!r}") from None
         p["feature_layers"] = fl
         if p["combine"] == "sum" and p["architecture"] == "parallel" and fl[-1] != p["layers"][-1]:
-            raise ValueError(f"combine='sum' needs subnets of one size: layers[-1]={p['layers'][-1]} "
-                             f"but feature_layers[-1]={fl[-1]}")
+            raise ValueError(f"combine='sum' needs subnets of one size: "
+                             f"layers[-1]={p['layers'][-1]} but feature_layers[-1]={fl[-1]}")
         if p["strategy"] == "residual" and p["combine"] != "concat":
             raise ValueError("strategy='residual' needs combine='concat' (each subnet has its own "
                              "output block)")
         return p
 
     # ---- fitting ----------------------------------------------------------------------------
-    def fit(self, data, item_features=None, session_key: str = "SessionId", item_key: str = "ItemId",
-            time_key: str = "Time", callback=None):
+    def fit(self, data, item_features=None, session_key: str = "SessionId",
+            item_key: str = "ItemId", time_key: str = "Time", callback=None):
         """Train on an event table and item features ``{source_name: spec}`` (specs of
         :mod:`gru_engine.features`; not needed for ``architecture='id'``). ``callback(epoch,
         elapsed_s, loss)`` after every epoch. Returns self.
@@ -431,7 +434,8 @@ class FeatureSessionGRU(SessionGRU):
         out = {"Wx": [], "bx": [], "Wh": [], "bhn": []}
         for g in range(SI[s, S_L0], SI[s, S_L1]):
             H, n_in = int(LI[g, L_H]), int(LI[g, L_IN])
-            out["Wx"].append(None if LI[g, L_WX] < 0 else th[LI[g, L_WX]:LI[g, L_WX] + n_in * 3 * H].reshape(n_in, 3 * H))
+            wx = LI[g, L_WX]
+            out["Wx"].append(None if wx < 0 else th[wx:wx + n_in * 3 * H].reshape(n_in, 3 * H))
             out["bx"].append(th[LI[g, L_BX]:LI[g, L_BX] + 3 * H])
             out["Wh"].append(th[LI[g, L_WH]:LI[g, L_WH] + 3 * H * H].reshape(H, 3 * H))
             out["bhn"].append(th[LI[g, L_BHN]:LI[g, L_BHN] + H])
@@ -452,7 +456,8 @@ class FeatureSessionGRU(SessionGRU):
             return super().save(path)
         ids = np.asarray(self.item_index_.ids)
         if ids.dtype.kind not in "iuU":
-            raise ValueError(f"cannot save item ids of dtype {ids.dtype}: only integer or string ids")
+            raise ValueError(f"cannot save item ids of dtype {ids.dtype}: only integer or string "
+                             "ids")
         params = self.get_params()
         params["layers"] = [int(h) for h in np.atleast_1d(params["layers"])]
         if params["feature_layers"] is not None:

@@ -225,7 +225,8 @@ def subnet_backward(s, SI, LI, in_items, B, bs, indptr, indices, weights, theta,
         if g > l0:
             Hp = LI[g - 1, L_H]
             Wx = _v2(theta, LI[g, L_WX], Hp, 3 * H)
-            np.dot(_bv(Y, LI[g - 1, L_HOFF], bs, Hp)[:B].T, dgx[:B], _v2(gtheta, LI[g, L_WX], Hp, 3 * H))
+            np.dot(_bv(Y, LI[g - 1, L_HOFF], bs, Hp)[:B].T, dgx[:B],
+                   _v2(gtheta, LI[g, L_WX], Hp, 3 * H))
             np.dot(dgx[:B], Wx.T, _bv(DY, LI[g - 1, L_HOFF], bs, Hp)[:B])
         else:
             if kind == K_DIRECT:
@@ -424,9 +425,10 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
                 cols, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc, rs,
                 loss, act, act_param, logq, bpreg, elu, batch_size, lr, mom,
                 slotT, rowsT, GT, nT, slotY, rowsY, GY, gBy, counts, dummy_mask):
-    """Up to ``max_steps`` steps (all when < 0) of the epoch started by :func:`~gru_engine.backends.cpu.epoch_start`.
-    With ``interleave`` the trained subnet is ``sched[4] % S`` (global step count). Returns
-    ``(sum of step_loss * rows, events, finite)`` as the ID-only trainer."""
+    """Up to ``max_steps`` steps (all when < 0) of the epoch started by
+    :func:`~gru_engine.backends.cpu.epoch_start`. With ``interleave`` the trained subnet is
+    ``sched[4] % S`` (global step count). Returns ``(sum of step_loss * rows, events, finite)``
+    as the ID-only trainer."""
     S = SI.shape[0]
     G = LI.shape[0]
     bs = batch_size
@@ -576,7 +578,8 @@ class FeatureTrainer:
         sumH = int(self.LI[:, L_H].sum())
         xw = int(SI[:, S_IN].sum())
         z = lambda n: np.zeros(n, dt)
-        self.gtheta, self.acc_d, self.vel_d = z(len(p["theta"])), z(len(p["theta"])), z(len(p["theta"]))
+        nth = len(p["theta"])
+        self.gtheta, self.acc_d, self.vel_d = z(nth), z(nth), z(nth)
         self.acc_t, self.vel_t = np.zeros_like(p["T"]), np.zeros_like(p["T"])
         self.acc_y, self.vel_y = np.zeros_like(p["Wy"]), np.zeros_like(p["Wy"])
         self.acc_b, self.vel_b = np.zeros_like(p["By"]), np.zeros_like(p["By"])
@@ -695,7 +698,8 @@ class FeatureTrainer:
                 tc, toff, goff, roff = SI[s, S_TCOLS], SI[s, S_TOFF], SI[s, S_GOFF], SI[s, S_ROFF]
                 for u in range(self.nT[s]):
                     r = self.rowsT[roff + u]
-                    grads["T"][toff + r * tc:toff + (r + 1) * tc] += self.GT[goff + u * tc:goff + (u + 1) * tc]
+                    g0 = goff + u * tc
+                    grads["T"][toff + r * tc:toff + (r + 1) * tc] += self.GT[g0:g0 + tc]
         nY, n_out = self.counts
         for u in range(nY):
             grads["Wy"][self.rowsY[u]] += self.GY[u]
@@ -739,7 +743,8 @@ class FeatureScorer:
         self.Xf, self.M0f = z(cap * self.x_width), np.ones(cap * self.x_width, dt)
         self.HP, self.HO, self.Y = z(cap * self.width), z(cap * self.width), z(cap * self.width)
         self.MK = np.ones(cap * self.width, dt)
-        self.GX, self.GH, self.GA = z(3 * cap * self.width), z(3 * cap * self.width), z(3 * cap * self.width)
+        n3 = 3 * cap * self.width
+        self.GX, self.GH, self.GA = z(n3), z(n3), z(n3)
         self.aug = np.zeros((cap, self.Hc + 1), dt)
         self.out = np.zeros((cap, self.n_items), dt)
         self._cap = cap
