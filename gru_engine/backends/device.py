@@ -418,7 +418,7 @@ class CupyDevice(Device):
             raise
         except Exception as exc:  # CUDA/cuBLAS/CuPy refusals during capture
             raise GraphCaptureError(f"CUDA graph capture failed: {exc}") from exc
-        return _CupyGraph(self, graph)
+        return _CupyGraph(self, graph, stream)
 
     def gemm(self, a, b, out=None, trans_a=False, trans_b=False):
         a2 = a.T if trans_a else a
@@ -438,8 +438,8 @@ class CupyDevice(Device):
 class _CupyGraph:
     """A captured ``cupy.cuda.Graph``; ``launch()`` runs it on the current stream."""
 
-    def __init__(self, device: CupyDevice, graph):
-        self._dev, self._graph = device, graph
+    def __init__(self, device: CupyDevice, graph, capture_stream):
+        self._dev, self._graph, self._stream = device, graph, capture_stream
 
     def launch(self):
         self._dev.stats["graph_launches"] += 1
