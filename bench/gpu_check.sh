@@ -2,7 +2,8 @@
 # Everything checkable about the CUDA backend, in one call:
 #   1. static analysis (nvcc -ptx/-cubin for sm_90, registers/spills/occupancy, roofline MODEL)
 #   2. the kernels, the training step and SessionGRU(device='cuda') through the CPU emulator
-#      (pytest -m cuda_emulated: tests/test_cuda_emulated.py, tests/test_cuda_model.py)
+#      (pytest -m cuda_emulated: tests/test_cuda_emulated.py, tests/test_cuda_model.py,
+#      tests/test_cuda_graphs.py)
 #   3. on a machine with an NVIDIA GPU and CuPy: the GPU parity tests (pytest -m cuda: kernels,
 #      training step, and SessionGRU(device='cuda') fits/evaluation against the CPU path), the
 #      end-to-end model check on the bundled sample (bench/cuda_model_check.py: SessionGRU
@@ -25,7 +26,8 @@ fi
 
 echo "== 2/3 CUDA kernels through the CPU emulator"
 if command -v "${CXX:-g++}" >/dev/null 2>&1; then
-    python -m pytest -q -m cuda_emulated tests/test_cuda_emulated.py tests/test_cuda_model.py || status=1
+    python -m pytest -q -m cuda_emulated tests/test_cuda_emulated.py tests/test_cuda_model.py \
+        tests/test_cuda_graphs.py || status=1
 else
     skipped+=("emulated kernel tests: no C++ compiler (${CXX:-g++})")
 fi
