@@ -46,7 +46,8 @@ def _as_ids(ids, name: str) -> np.ndarray:
     """Feature-table ids as int64 or str, 1-D, unique."""
     arr = np.asarray(ids)
     if arr.ndim != 1:
-        raise ValueError(f"item features {name!r}: ids must be one-dimensional, got shape {arr.shape}")
+        raise ValueError(f"item features {name!r}: ids must be one-dimensional, "
+                         f"got shape {arr.shape}")
     if arr.dtype.kind == "O":
         kinds = {type(v) for v in arr}
         if kinds and all(issubclass(k, str) for k in kinds):
@@ -64,7 +65,8 @@ def _as_ids(ids, name: str) -> np.ndarray:
             raise ValueError(f"item features {name!r}: float ids must be finite integers")
         arr = arr.astype(np.int64)
     if arr.dtype.kind == "b" or arr.dtype.kind not in "iuUS":
-        raise ValueError(f"item features {name!r}: ids must be integers or strings, got dtype {arr.dtype}")
+        raise ValueError(f"item features {name!r}: ids must be integers or strings, "
+                         f"got dtype {arr.dtype}")
     if arr.dtype.kind == "S":
         arr = arr.astype(str)
     if arr.dtype.kind in "iu":
@@ -154,18 +156,17 @@ class DenseFeatures:
         if m.dtype.kind not in "iuf" or m.dtype.kind == "b":
             raise ValueError(f"item features {name!r}: matrix must be numeric, got dtype {m.dtype}")
         if m.ndim != 2:
-            raise ValueError(f"item features {name!r}: matrix must be 2-D (n_ids, d), got shape {m.shape}")
+            raise ValueError(f"item features {name!r}: matrix must be 2-D (n_ids, d), "
+                             f"got shape {m.shape}")
         if m.shape[0] != len(ids):
-            raise ValueError(f"item features {name!r}: matrix has {m.shape[0]} rows for {len(ids)} ids")
+            raise ValueError(f"item features {name!r}: matrix has {m.shape[0]} rows for "
+                             f"{len(ids)} ids")
         if m.shape[1] < 1:
             raise ValueError(f"item features {name!r}: matrix has no columns")
         if not np.all(np.isfinite(m)):
             raise ValueError(f"item features {name!r}: matrix holds {int((~np.isfinite(m)).sum())} "
                              "NaN or infinite values")
-        if self.project is not None and not (isinstance(self.project, numbers.Integral)
-                                             and not isinstance(self.project, bool) and self.project >= 1):
-            raise ValueError(f"item features {name!r}: project must be None or a positive int, "
-                             f"got {self.project!r}")
+        _check_positive_int(self.project, name, "project", optional=True)
         return ids, m.astype(np.float32)
 
     def encode(self, name: str, item_index) -> EncodedFeature:
@@ -192,7 +193,8 @@ def _code_array(values, name: str, what: str) -> np.ndarray:
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"item features {name!r}: {what} hold NaN or infinite values")
         if not np.all(arr == np.round(arr)):
-            raise ValueError(f"item features {name!r}: {what} must be integers or strings, got non-integer floats")
+            raise ValueError(f"item features {name!r}: {what} must be integers or strings, "
+                             "got non-integer floats")
         return arr.astype(np.int64)
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64)
@@ -206,7 +208,8 @@ def _code_array(values, name: str, what: str) -> np.ndarray:
             return arr.astype(str)
         if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in flat):
             return arr.astype(np.int64)
-    raise ValueError(f"item features {name!r}: {what} must be integers or strings, got dtype {arr.dtype}")
+    raise ValueError(f"item features {name!r}: {what} must be integers or strings, "
+                     f"got dtype {arr.dtype}")
 
 
 def _is_ragged(values) -> bool:
@@ -216,7 +219,8 @@ def _is_ragged(values) -> bool:
     if isinstance(values, np.ndarray):
         return values.dtype.kind == "O" and values.ndim == 1 and any(
             isinstance(v, (list, tuple, np.ndarray)) for v in values)
-    return isinstance(values, (list, tuple)) and any(isinstance(v, (list, tuple, np.ndarray)) for v in values)
+    return isinstance(values, (list, tuple)) and any(isinstance(v, (list, tuple, np.ndarray))
+                                                     for v in values)
 
 
 def _bags(values, n: int, name: str, what: str, split_strings: bool = False) -> list:
@@ -226,14 +230,16 @@ def _bags(values, n: int, name: str, what: str, split_strings: bool = False) -> 
     try:
         seq = list(values)
     except TypeError:
-        raise ValueError(f"item features {name!r}: {what} must be a sequence of sequences") from None
+        raise ValueError(f"item features {name!r}: {what} must be a sequence of "
+                         "sequences") from None
     if len(seq) != n:
         raise ValueError(f"item features {name!r}: {len(seq)} {what} for {n} ids")
     out = []
     kind = None
     for v in seq:
         if isinstance(v, (str, bytes)) or not hasattr(v, "__len__"):
-            raise ValueError(f"item features {name!r}: each entry of {what} must be a sequence, got {v!r}")
+            raise ValueError(f"item features {name!r}: each entry of {what} must be a "
+                             f"sequence, got {v!r}")
         a = _code_array(list(v), name, what) if len(v) else np.zeros(0, np.int64)
         if len(a):
             k = "U" if a.dtype.kind == "U" else "i"
@@ -243,6 +249,16 @@ def _bags(values, n: int, name: str, what: str, split_strings: bool = False) -> 
                 raise ValueError(f"item features {name!r}: {what} mix integer and string codes")
         out.append(a)
     return out
+
+
+def _check_positive_int(value, name: str, what: str, optional: bool = False) -> None:
+    """``ValueError`` naming source ``name`` and parameter ``what`` unless ``value`` is a positive
+    int (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
+        allowed = "None or a positive int" if optional else "a positive int"
+        raise ValueError(f"item features {name!r}: {what} must be {allowed}, got {value!r}")
 
 
 def _init_info(type_, **kw) -> dict:
@@ -267,10 +283,10 @@ class CategoricalFeatures:
         self.pooling = pooling
 
     def _check(self, name):
-        if not (isinstance(self.dim, numbers.Integral) and not isinstance(self.dim, bool) and self.dim >= 1):
-            raise ValueError(f"item features {name!r}: dim must be a positive int, got {self.dim!r}")
+        _check_positive_int(self.dim, name, "dim")
         if self.pooling not in ("sum", "mean"):
-            raise ValueError(f"item features {name!r}: pooling must be 'sum' or 'mean', got {self.pooling!r}")
+            raise ValueError(f"item features {name!r}: pooling must be 'sum' or 'mean', "
+                             f"got {self.pooling!r}")
 
     def validate(self, name: str):
         self._check(name)
@@ -284,7 +300,8 @@ class CategoricalFeatures:
             raise ValueError(f"item features {name!r}: codes must be 1-D, 2-D or a list of lists, "
                              f"got shape {codes.shape}")
         if codes.shape[0] != len(ids):
-            raise ValueError(f"item features {name!r}: codes have {codes.shape[0]} rows for {len(ids)} ids")
+            raise ValueError(f"item features {name!r}: codes have {codes.shape[0]} rows for "
+                             f"{len(ids)} ids")
         return ids, codes, False
 
     def encode(self, name: str, item_index) -> EncodedFeature:
@@ -335,7 +352,8 @@ class TokenFeatures:
     """Bags of words per item id, embedded and mean-pooled.
 
     ids:       (n,) item ids (integers or strings, unique)
-    tokens:    sequence of n token sequences (integers or strings), or n whitespace-separated strings
+    tokens:    sequence of n token sequences (integers or strings), or n whitespace-separated
+               strings
     dim:       embedding size (int >= 1)
     n_buckets: None (one row per distinct token seen) or int >= 1 (hashing: integers modulo,
                strings by CRC-32, modulo)
@@ -349,11 +367,8 @@ class TokenFeatures:
         self.n_buckets = n_buckets
 
     def validate(self, name: str):
-        if not (isinstance(self.dim, numbers.Integral) and not isinstance(self.dim, bool) and self.dim >= 1):
-            raise ValueError(f"item features {name!r}: dim must be a positive int, got {self.dim!r}")
-        nb = self.n_buckets
-        if nb is not None and not (isinstance(nb, numbers.Integral) and not isinstance(nb, bool) and nb >= 1):
-            raise ValueError(f"item features {name!r}: n_buckets must be None or a positive int, got {nb!r}")
+        _check_positive_int(self.dim, name, "dim")
+        _check_positive_int(self.n_buckets, name, "n_buckets", optional=True)
         ids = _as_ids(self.ids, name)
         return ids, _bags(self.tokens, len(ids), name, "token bags", split_strings=True)
 
@@ -393,8 +408,8 @@ def validate_item_features(item_features) -> dict:
         if not isinstance(name, str) or not name:
             raise ValueError(f"item_features: source names must be non-empty strings, got {name!r}")
         if not isinstance(spec, SPEC_TYPES):
-            raise ValueError(f"item features {name!r}: spec must be DenseFeatures, CategoricalFeatures "
-                             f"or TokenFeatures, got {type(spec).__name__}")
+            raise ValueError(f"item features {name!r}: spec must be DenseFeatures, "
+                             f"CategoricalFeatures or TokenFeatures, got {type(spec).__name__}")
         spec.validate(name)
     return dict(item_features)
 
