@@ -38,8 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
-import time
 
 import numpy as np
 
@@ -49,12 +47,10 @@ from .backends.feature_cpu import (K_BAG, K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, 
                                    S_D1, S_IN, S_IPOFF, S_KIND, S_L0, S_L1, S_SOFF, S_TAB,
                                    S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE, T_OWN, T_WY,
                                    FeatureScorer, FeatureTrainer)
-from .batching import session_order
 from .data import ItemIndex
-from .exceptions import ModelFitError
 from .features import RAW, encode_item_features, validate_item_features
-from .model import SessionGRU, _progress_bar, _thread_limit
-from .sampling import seed_numba
+from .io import load_model, read_header, write_npz
+from .model import SessionGRU, init_block
 
 logger = logging.getLogger("gru_engine")
 
@@ -70,11 +66,6 @@ PARAM_KEYS = ("SI", "LI", "indptr", "indices", "weights", "theta", "T", "Wy", "B
 # ---------------------------------------------------------------------------------------------
 # layout: subnets, layers, flat parameters
 # ---------------------------------------------------------------------------------------------
-def _block(rng, rows, cols, n_blocks, dtype):
-    s = np.sqrt(6.0 / (rows + cols))
-    return rng.uniform(-s, s, size=(rows, cols * n_blocks)).astype(dtype)
-
-
 def _identity_bag(n_items: int):
     return (np.arange(n_items + 1, dtype=np.int64), np.arange(n_items, dtype=np.int32),
             np.ones(n_items, np.float32))
@@ -135,13 +126,13 @@ def build_layout(n_items: int, architecture: str, combine: str, input_mode: str,
                 LI[g, L_IN], LI[g, L_WX] = 0, -1
             else:
                 LI[g, L_IN], LI[g, L_WX] = n_in, d_off
-                theta_parts.append(_block(rng, n_in, H, 3, dtype).ravel())
+                theta_parts.append(init_block(rng, n_in, H, 3, dtype).ravel())
                 d_off += n_in * 3 * H
             LI[g, L_BX] = d_off
             theta_parts.append(np.zeros(3 * H, dtype))
             d_off += 3 * H
             LI[g, L_WH] = d_off
-            theta_parts.append(_block(rng, H, H, 3, dtype).ravel())
+            theta_parts.append(init_block(rng, H, H, 3, dtype).ravel())
             d_off += 3 * H * H
             LI[g, L_BHN] = d_off
             theta_parts.append(np.zeros(H, dtype))
@@ -164,14 +155,14 @@ def build_layout(n_items: int, architecture: str, combine: str, input_mode: str,
         if tab == T_OWN:
             SI[s, S_TOFF] = t_off
             if kind == K_DIRECT:
-                table_parts.append(_block(rng, trows, lay[0], 3, dtype).ravel())
+                table_parts.append(init_block(rng, trows, lay[0], 3, dtype).ravel())
             else:
-                table_parts.append(_block(rng, trows, tcols, 1, dtype).ravel())
+                table_parts.append(init_block(rng, trows, tcols, 1, dtype).ravel())
             t_off += trows * tcols
             SI[s, S_SOFF] = s_off
             s_off += trows
         x_off += din
-    Wy = _block(rng, n_items, Hc, 1, dtype)
+    Wy = init_block(rng, n_items, Hc, 1, dtype)
     return {
         "SI": SI, "LI": LI,
         "indptr": np.concatenate(indptrs).astype(np.int64),
@@ -318,13 +309,28 @@ class FeatureSessionGRU(SessionGRU):
             raise ValueError(f"strategy='residual' trains the {S} subnets one after another: "
                              f"n_epochs ({p['n_epochs']}) must be >= {S}")
         self.feature_info_ = [dict(e.info, name=e.name) for e in encoded]
-        self._train_features(sessions, callback, encoded)
+        self._encoded = encoded  # read by _init_params during SessionGRU's fit
+        try:
+            super()._fit(sessions, callback=callback)
+        finally:
+            del self._encoded
 
-    def _init_params(self, p, n_items: int, mode: str, rng, encoded) -> dict:
+    def _train_device(self, p):
+        """The CPU (None) for feature architectures: they have no CUDA backend."""
+        if p["architecture"] == "id":
+            return super()._train_device(p)
+        if p["device"] == "auto":
+            logger.info("device='auto': architecture=%r trains on the CPU (no CUDA backend)",
+                        p["architecture"])
+        return None
+
+    def _init_params(self, p, n_items: int, mode: str, rng) -> dict:
         """Initial flat parameters and layout arrays (:func:`build_layout`); sets
         ``subnet_names_``."""
+        if p["architecture"] == "id":
+            return super()._init_params(p, n_items, mode, rng)
         layout = build_layout(n_items, p["architecture"], p["combine"], mode, p["layers"],
-                              p["embedding"], p["feature_layers"], encoded, rng)
+                              p["embedding"], p["feature_layers"], self._encoded, rng)
         self.subnet_names_ = layout["names"]
         return {k: layout[k] for k in PARAM_KEYS}
 
@@ -344,68 +350,6 @@ class FeatureSessionGRU(SessionGRU):
                               plan=epoch_plan(p["strategy"], len(self.subnet_names_),
                                               p["n_epochs"]),
                               names=self.subnet_names_)
-
-    def _train_features(self, sessions, callback, encoded):
-        # SessionGRU._train with the feature layout (_init_params) and trainer (_make_trainer)
-        # on the CPU backend; the same seeds, loop, logging and checks.
-        p = self._validated()
-        if p["device"] == "auto":
-            logger.info("device='auto': architecture=%r trains on the CPU (no CUDA backend)",
-                        p["architecture"])
-        device = None
-        n_items = len(self.item_index_)
-        seq = np.random.SeedSequence(p["random_state"])
-        init_seed, order_seed, numba_seed = seq.spawn(3)
-        rng = np.random.default_rng(init_seed)
-        order_rng = np.random.default_rng(order_seed)
-        mode = self._input_mode(p)
-        params = self._init_params(p, n_items, mode, rng, encoded)
-        support = sessions.item_support(n_items)
-        self.device_ = "cpu"
-        self.item_support_ = support
-        self.input_mode_ = mode
-        self.params_ = params
-        self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
-        numba_state = numba_seed.generate_state(2)
-        trainer = self._make_trainer(p, params, mode, support, device, int(numba_state[1]))
-        threads = 1 if p["n_threads"] is None else p["n_threads"]
-        with _thread_limit(threads):
-            seed_numba(int(numba_state[0] & 0x7FFFFFFF))
-            t0 = time.perf_counter()
-            trainer.fill_store()
-            self.sample_store_seconds_ = time.perf_counter() - t0
-            progress = _progress_bar(p["show_progress"])
-            for epoch in range(1, p["n_epochs"] + 1):
-                order = session_order(sessions, p["shuffle_sessions"], order_rng)
-                t0 = time.perf_counter()
-                trainer.start_epoch(sessions.items, order, sessions.offsets)
-                bar = progress(epoch, sessions.n_events - sessions.n_sessions)
-                loss_sum, events, finite = 0.0, 0, True
-                while trainer.rows_left() and finite:
-                    ls, ev, finite = trainer.run(500 if bar is not None else -1)
-                    loss_sum += ls
-                    events += ev
-                    if bar is not None:
-                        bar.update(ev)
-                elapsed = time.perf_counter() - t0
-                if bar is not None:
-                    bar.close()
-                if not finite:
-                    raise ModelFitError(f"training diverged: the loss became NaN or infinite "
-                                        f"in epoch {epoch}; lower learning_rate or check the data")
-                loss = loss_sum / max(events, 1)
-                self.loss_history_.append(loss)
-                self.epoch_times_.append(elapsed)
-                self.events_per_s_.append(events / elapsed if elapsed > 0 else float("inf"))
-                logger.info("epoch %d: loss %.6f, %d events, %.0f events/s (%.2f s)", epoch,
-                            loss, events, self.events_per_s_[-1], elapsed)
-                if callback is not None:
-                    callback(epoch, elapsed, loss)
-        params = trainer.host_params()
-        self.params_ = params
-        bad = [k for k in ("theta", "T", "Wy", "By") if not np.all(np.isfinite(params[k]))]
-        if bad:
-            raise ModelFitError(f"training produced non-finite parameters in {bad}")
 
     # ---- scoring ----------------------------------------------------------------------------
     def _is_id(self) -> bool:
@@ -469,16 +413,15 @@ class FeatureSessionGRU(SessionGRU):
         arrays = {"header": np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
                   "item_ids": ids, "item_support": np.asarray(self.item_support_, np.int64)}
         arrays.update(self.params_)
-        _write_npz(os.fspath(path), arrays)
+        write_npz(os.fspath(path), arrays)
 
     @classmethod
     def load(cls, path) -> "FeatureSessionGRU":
         """Read a model written by :meth:`save`; ``ValueError`` for a foreign or newer file."""
         path = os.fspath(path)
         with np.load(path, allow_pickle=False) as f:
-            header = _read_header(f, path)
+            header = read_header(f, path)
             if header.get("format") != FORMAT:
-                from .io import load_model
                 model = load_model(path, cls)
                 model.subnet_names_, model.feature_info_ = ["id"], []
                 return model
@@ -500,28 +443,3 @@ class FeatureSessionGRU(SessionGRU):
         model.feature_info_ = header["feature_info"]
         model.loss_history_ = header["loss_history"]
         return model
-
-
-def _write_npz(path: str, arrays: dict) -> None:
-    """``np.savez(path, **arrays)`` atomically: a temporary file in the same folder, renamed."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
-                               suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _read_header(f, path: str) -> dict:
-    """The JSON header of an opened model file ``f`` (``np.load``); ``ValueError`` when it is
-    missing or unreadable."""
-    if "header" not in f.files:
-        raise ValueError(f"{path} is not a gru_engine model file (no header)")
-    try:
-        return json.loads(bytes(f["header"]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError(f"{path}: unreadable model header") from None

@@ -43,9 +43,13 @@ def save_model(model, path) -> None:
     for key in ("Wy", "By", "E"):
         if key in model.params_:
             arrays[key] = model.params_[key]
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    write_npz(os.fspath(path), arrays)
+
+
+def write_npz(path: str, arrays: dict) -> None:
+    """``np.savez(path, **arrays)`` atomically: a temporary file in the same folder, renamed."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
+                               suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -56,17 +60,23 @@ def save_model(model, path) -> None:
         raise
 
 
+def read_header(f, path: str) -> dict:
+    """The JSON header of an opened model file ``f`` (``np.load``); ``ValueError`` when it is
+    missing or unreadable."""
+    if "header" not in f.files:
+        raise ValueError(f"{path} is not a gru_engine model file (no header)")
+    try:
+        return json.loads(bytes(f["header"]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{path}: unreadable model header") from None
+
+
 def load_model(path, cls):
     """Read a model written by :func:`save_model`; ``ValueError`` for a foreign/newer file."""
     from .data import ItemIndex
     path = os.fspath(path)
     with np.load(path, allow_pickle=False) as f:
-        if "header" not in f.files:
-            raise ValueError(f"{path} is not a gru_engine model file (no header)")
-        try:
-            header = json.loads(bytes(f["header"]).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"{path}: unreadable model header") from None
+        header = read_header(f, path)
         version = header.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
             raise ValueError(f"{path}: model format version {version!r} is not supported "

@@ -85,12 +85,18 @@ def _resolve_device(name: str) -> Device | None:
                      "'auto')")
 
 
+def init_block(rng, rows: int, cols: int, n_blocks: int = 1, dtype=np.float32) -> np.ndarray:
+    """(rows, cols * n_blocks) weights, each (rows, cols) block uniform in ``[-s, s]``,
+    ``s = sqrt(6 / (rows + cols))`` (drawn in one call, row-major)."""
+    s = np.sqrt(6.0 / (rows + cols))
+    return rng.uniform(-s, s, size=(rows, cols * n_blocks)).astype(dtype)
+
+
 def init_params(n_items: int, layers, mode: str, embedding: int, rng, dtype=np.float32) -> dict:
     """Initial parameters: every per-gate weight block uniform in ``[-s, s]``,
     ``s = sqrt(6 / (fan_in + fan_out))``; biases zero (reference page)."""
     def block(rows, cols, n_blocks=1):
-        s = np.sqrt(6.0 / (rows + cols))
-        return rng.uniform(-s, s, size=(rows, cols * n_blocks)).astype(dtype)
+        return init_block(rng, rows, cols, n_blocks, dtype)
 
     H_last = layers[-1]
     p = {"Wx": [], "bx": [], "Wh": [], "bhn": []}
@@ -204,6 +210,14 @@ class SessionGRU(SessionModel):
             del self.params_  # a diverged model must not be used: NotFittedError from now on
             raise
 
+    def _train_device(self, p) -> Device | None:
+        """The device of this fit (see :func:`_resolve_device`); subclasses restrict it."""
+        return _resolve_device(p["device"])
+
+    def _init_params(self, p, n_items: int, mode: str, rng) -> dict:
+        """Initial parameters of this fit (:func:`init_params`); subclasses change the layout."""
+        return init_params(n_items, p["layers"], mode, p["embedding"], rng)
+
     def _make_trainer(self, p, params, mode, support, device, seed):
         """The backend's trainer (see the module docstring) over the initial ``params``."""
         act, act_param = hp.parse_final_act(p["final_act"])
@@ -227,14 +241,14 @@ class SessionGRU(SessionModel):
 
     def _train(self, sessions, callback):
         p = self._validated()
-        device = _resolve_device(p["device"])
+        device = self._train_device(p)
         n_items = len(self.item_index_)
         seq = np.random.SeedSequence(p["random_state"])
         init_seed, order_seed, numba_seed = seq.spawn(3)
         rng = np.random.default_rng(init_seed)
         order_rng = np.random.default_rng(order_seed)
         mode = self._input_mode(p)
-        params = init_params(n_items, p["layers"], mode, p["embedding"], rng)
+        params = self._init_params(p, n_items, mode, rng)
         support = sessions.item_support(n_items)
         self.device_ = "cpu" if device is None else "cuda"
         self.item_support_ = support

@@ -75,6 +75,21 @@ def adagrad_rows_1d(b, acc, vel, rows, g, n, lr, mom):
 
 
 @njit(cache=True, error_model="numpy")
+def claim_row(slot, rows, n_rows, G, item):
+    """Accumulator row of ``item``: ``slot[item]``, or when it has none a new zeroed row
+    ``n_rows`` of ``G`` (recorded in ``slot`` and ``rows``). Returns ``(row, new n_rows)``."""
+    s = slot[item]
+    if s < 0:
+        s = n_rows
+        slot[item] = s
+        rows[s] = item
+        for k in range(G.shape[1]):
+            G[s, k] = 0.0
+        n_rows += 1
+    return s, n_rows
+
+
+@njit(cache=True, error_model="numpy")
 def accumulate_rows(slot, rows, n_rows, G, items, D, n, scale_by, use_scale):
     """Sum gradient rows per item: ``G[slot[items[j]]] += D[j] (* scale_by[j])`` for ``j < n``.
 
@@ -86,15 +101,7 @@ def accumulate_rows(slot, rows, n_rows, G, items, D, n, scale_by, use_scale):
     d = G.shape[1]
     per_row = scale_by.shape[1] == 1
     for j in range(n):
-        it = items[j]
-        s = slot[it]
-        if s < 0:
-            s = n_rows
-            slot[it] = s
-            rows[s] = it
-            for k in range(d):
-                G[s, k] = 0.0
-            n_rows += 1
+        s, n_rows = claim_row(slot, rows, n_rows, G, items[j])
         if use_scale and per_row:
             m = scale_by[j, 0]
             for k in range(d):

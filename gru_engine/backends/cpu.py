@@ -208,6 +208,47 @@ def epoch_start(order, offsets, batch_size, min_rows, sched, cur, end, reset, sr
 
 
 @njit(cache=True, error_model="numpy")
+def step_columns(items, cur, B, in_items, cols, store, store_pos, cdf, n_sample, sample_alpha,
+                 log_support, loss, logq, lq):
+    """Inputs and sampled output columns of one step, (steps 1-2 of the module doc): ``in_items[:B]``
+    (int32) the rows' current items, ``cols[:C] = [targets (B) | n_sample negatives]`` taken
+    from ``store`` at ``store_pos`` (redrawn from ``cdf`` when used up), and for cross-entropy
+    with logq ``lq[:C] = [log support[targets] | alpha * log support[negatives]]``.
+    Returns ``(C, new store_pos)``."""
+    for r in range(B):
+        in_items[r] = items[cur[r]]
+        cols[r] = items[cur[r] + 1]
+    C = B
+    if n_sample > 0:
+        if store_pos + n_sample > len(store):
+            draw(cdf, store)
+            store_pos = 0
+        for k in range(n_sample):
+            cols[B + k] = store[store_pos + k]
+        store_pos += n_sample
+        C = B + n_sample
+    if loss == CROSS_ENTROPY and logq > 0.0:
+        for j in range(B):
+            lq[j] = log_support[cols[j]]
+        for j in range(B, C):
+            lq[j] = sample_alpha * log_support[cols[j]]
+    return C, store_pos
+
+
+@njit(cache=True, error_model="numpy")
+def carry_hidden(hp, y, reset, src, n_rows):
+    """Hidden state for the next step: ``hp[r] = y[src[r]]`` (the dropped-out output of the
+    row's session), zero where ``reset[r]`` (a session starts). hp, y: (>=n_rows, H)."""
+    for r in range(n_rows):
+        if reset[r]:
+            hp[r, :] = 0.0
+        else:
+            s = src[r]
+            for k in range(hp.shape[1]):
+                hp[r, k] = y[s, k]
+
+
+@njit(cache=True, error_model="numpy")
 def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, reset, src,
                 in_items, store, cdf, log_support, n_sample, sample_alpha, p_embed, p_hidden,
                 draw_masks, mode, Wx, bx, Wh, bhn, E, Wy, By, gWx, gbx, gWh, gbhn, acc, vel,
@@ -230,23 +271,8 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
     finite = True
     while n_rows > 0 and (max_steps < 0 or steps < max_steps):
         B = n_rows
-        for r in range(B):
-            in_items[r] = items[cur[r]]
-            cols[r] = items[cur[r] + 1]
-        C = B
-        if n_sample > 0:
-            if store_pos + n_sample > len(store):
-                draw(cdf, store)
-                store_pos = 0
-            for k in range(n_sample):
-                cols[B + k] = store[store_pos + k]
-            store_pos += n_sample
-            C = B + n_sample
-        if loss == CROSS_ENTROPY and logq > 0.0:
-            for j in range(B):
-                lq[j] = log_support[cols[j]]
-            for j in range(B, C):
-                lq[j] = sample_alpha * log_support[cols[j]]
+        C, store_pos = step_columns(items, cur, B, in_items, cols, store, store_pos, cdf,
+                                    n_sample, sample_alpha, log_support, loss, logq, lq)
         if draw_masks:
             dropout_mask(mask0, B, p_embed)
             for l in range(L):
@@ -270,15 +296,7 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
         n_rows, next_sess = schedule_advance(order, offsets, n_rows, next_sess, min_rows,
                                              cur, end, reset, src)
         for l in range(L):
-            hp = hprev[l]
-            yl = y[l]
-            for r in range(n_rows):
-                if reset[r]:
-                    hp[r, :] = 0.0
-                else:
-                    s = src[r]
-                    for k in range(hp.shape[1]):
-                        hp[r, k] = yl[s, k]
+            carry_hidden(hprev[l], y[l], reset, src, n_rows)
     sched[0] = n_rows
     sched[1] = next_sess
     sched[2] = store_pos

@@ -25,10 +25,11 @@ from numba import njit
 
 from ..batching import schedule_advance
 from ..gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
-from ..losses import CROSS_ENTROPY, loss_forward_backward
-from ..optim import accumulate_rows, accumulate_rows_1d, adagrad_flat, adagrad_rows_1d, release_rows
-from ..sampling import SampleStore, draw
-from .cpu import _add_bias, apply_final_act, epoch_start
+from ..losses import loss_forward_backward
+from ..optim import (accumulate_rows, accumulate_rows_1d, adagrad_flat, adagrad_rows_1d, claim_row,
+                     release_rows)
+from ..sampling import SampleStore
+from .cpu import _add_bias, apply_final_act, carry_hidden, epoch_start, step_columns
 
 logger = logging.getLogger("gru_engine")
 
@@ -166,14 +167,7 @@ def _acc_bag(slot, rows, n, G, col0, ip0, indptr, indices, weights, in_items, B,
         for j in range(indptr[ip0 + it], indptr[ip0 + it + 1]):
             c = indices[j]
             w = weights[j]
-            u = slot[c]
-            if u < 0:
-                u = n
-                slot[c] = u
-                rows[u] = c
-                for k in range(G.shape[1]):
-                    G[u, k] = 0.0
-                n += 1
+            u, n = claim_row(slot, rows, n, G, c)
             for k in range(d):
                 G[u, col0 + k] += w * DX[i, k]
     return n
@@ -373,47 +367,6 @@ def _draw_masks(SI, LI, active, B, bs, M0f, MK, p_embed, p_hidden):
             dropout_mask(M0, B, p_embed)
         for g in range(SI[s, S_L0], SI[s, S_L1]):
             dropout_mask(_bv(MK, LI[g, L_HOFF], bs, LI[g, L_H]), B, p_hidden)
-
-
-@njit(cache=True, error_model="numpy")
-def step_columns(items, cur, B, in_items, cols, store, store_pos, cdf, n_sample, sample_alpha,
-                 log_support, loss, logq, lq):
-    """Inputs and sampled output columns of one step, as the ID-only backend: ``in_items[:B]``
-    (int32) the rows' current items, ``cols[:C] = [targets (B) | n_sample negatives]`` taken
-    from ``store`` at ``store_pos`` (redrawn from ``cdf`` when used up), and for cross-entropy
-    with logq ``lq[:C] = [log support[targets] | alpha * log support[negatives]]``.
-    Returns ``(C, new store_pos)``."""
-    for r in range(B):
-        in_items[r] = items[cur[r]]
-        cols[r] = items[cur[r] + 1]
-    C = B
-    if n_sample > 0:
-        if store_pos + n_sample > len(store):
-            draw(cdf, store)
-            store_pos = 0
-        for k in range(n_sample):
-            cols[B + k] = store[store_pos + k]
-        store_pos += n_sample
-        C = B + n_sample
-    if loss == CROSS_ENTROPY and logq > 0.0:
-        for j in range(B):
-            lq[j] = log_support[cols[j]]
-        for j in range(B, C):
-            lq[j] = sample_alpha * log_support[cols[j]]
-    return C, store_pos
-
-
-@njit(cache=True, error_model="numpy")
-def carry_hidden(hp, y, reset, src, n_rows):
-    """Hidden state for the next step: ``hp[r] = y[src[r]]`` (the dropped-out output of the
-    row's session), zero where ``reset[r]`` (a session starts). hp, y: (>=n_rows, H)."""
-    for r in range(n_rows):
-        if reset[r]:
-            hp[r, :] = 0.0
-        else:
-            s = src[r]
-            for k in range(hp.shape[1]):
-                hp[r, k] = y[s, k]
 
 
 @njit(cache=True, error_model="numpy")
