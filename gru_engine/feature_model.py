@@ -47,9 +47,8 @@ from .backends.feature_cpu import (K_BAG, K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, 
                                    S_D1, S_IN, S_IPOFF, S_KIND, S_L0, S_L1, S_SOFF, S_TAB,
                                    S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE, T_OWN, T_WY,
                                    FeatureScorer, FeatureTrainer)
-from .data import ItemIndex
 from .features import RAW, encode_item_features, validate_item_features
-from .io import load_model, read_header, write_npz
+from .io import load_model, read_header, restore_model, write_npz
 from .model import SessionGRU, init_block
 
 logger = logging.getLogger("gru_engine")
@@ -433,13 +432,7 @@ class FeatureSessionGRU(SessionGRU):
             params = {k: np.array(f[k]) for k in PARAM_KEYS}
             ids = np.array(f["item_ids"])
             support = np.array(f["item_support"])
-        model = cls(**header["params"])
-        model.item_index_ = ItemIndex(ids)
-        model.keys_ = header["keys"]
-        model.params_ = params
-        model.input_mode_ = header["input_mode"]
-        model.item_support_ = support
+        model = restore_model(cls, header, ids, support, params)
         model.subnet_names_ = header["subnet_names"]
         model.feature_info_ = header["feature_info"]
-        model.loss_history_ = header["loss_history"]
         return model

@@ -73,7 +73,6 @@ def read_header(f, path: str) -> dict:
 
 def load_model(path, cls):
     """Read a model written by :func:`save_model`; ``ValueError`` for a foreign/newer file."""
-    from .data import ItemIndex
     path = os.fspath(path)
     with np.load(path, allow_pickle=False) as f:
         header = read_header(f, path)
@@ -90,6 +89,13 @@ def load_model(path, cls):
                 params[key] = np.array(f[key])
         ids = np.array(f["item_ids"])
         support = np.array(f["item_support"])
+    return restore_model(cls, header, ids, support, params)
+
+
+def restore_model(cls, header: dict, ids, support, params: dict):
+    """A fitted ``cls`` from a file's header (``params``, ``keys``, ``input_mode``,
+    ``loss_history``), item ids, item support and parameter dict."""
+    from .data import ItemIndex
     model = cls(**header["params"])
     model.item_index_ = ItemIndex(ids)
     model.keys_ = header["keys"]

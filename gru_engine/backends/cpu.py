@@ -96,6 +96,37 @@ def step_forward(mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, x0, mask0, hprev, ho
 
 
 @njit(cache=True, error_model="numpy")
+def output_forward_backward(h, dh, B, cols, C, Wy, By, Wc, bc, O_flat, dWc, dbc, lq, ra, rb, rc,
+                            rs, loss, act, act_param, logq, bpreg, elu, scale, slotY, rowsY, GY,
+                            gBy, any_mask):
+    """Sampled output layer of one step (steps 4-7 for the scores): ``O = h[:B] @ Wy[cols].T +
+    By[cols]`` (h: (>=B, H)), the loss, ``dh[:B] = dO @ Wy[cols]`` and the output rows of the
+    sparse sums, ``GY[u]``/``gBy[u]`` for item ``rowsY[u]`` (slots ``0..n_out-1``).
+    Wc, dWc: (>=C, H) and bc, dbc: (>=C,) scratch; ``any_mask`` an unused (.., 1) float array
+    of the parameters' dtype. Returns ``(step loss, n_out)``."""
+    H = h.shape[1]
+    for j in range(C):
+        c = cols[j]
+        for k in range(H):
+            Wc[j, k] = Wy[c, k]
+        bc[j] = By[c]
+    O = O_flat[:B * C].reshape(B, C)
+    np.dot(h[:B], Wc[:C].T, O)
+    for i in range(B):
+        for j in range(C):
+            O[i, j] += bc[j]
+    total = loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, scale,
+                                  ra, rb, rc, rs)
+    np.dot(O.T, h[:B], dWc[:C])
+    column_sums(O, B, dbc, 0, C)
+    np.dot(O, Wc[:C], dh[:B])
+    n_out = accumulate_rows(slotY, rowsY, 0, GY, cols, dWc, C, any_mask, False)
+    gBy[:n_out] = 0.0
+    accumulate_rows_1d(slotY, gBy, cols, dbc, C)
+    return total, n_out
+
+
+@njit(cache=True, error_model="numpy")
 def step_forward_backward(mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, By,
                           gWx, gbx, gWh, gbhn,
                           x0, mask0, dx0, hprev, hout, y, mask, gx, gh, gates, dgx, dgh, dy,
@@ -113,28 +144,10 @@ def step_forward_backward(mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, By,
     L = len(Wx)
     step_forward(mode, in_items, B, Wx, bx, Wh, bhn, E, Wy, x0, mask0, hprev, hout, y, mask,
                  gx, gh, gates)
-    yl = y[L - 1]
-    H = yl.shape[1]
-    for j in range(C):
-        c = cols[j]
-        for k in range(H):
-            Wc[j, k] = Wy[c, k]
-        bc[j] = By[c]
-    O = O_flat[:B * C].reshape(B, C)
-    np.dot(yl[:B], Wc[:C].T, O)
-    for i in range(B):
-        for j in range(C):
-            O[i, j] += bc[j]
-    total = loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, scale,
-                                  ra, rb, rc, rs)
-    # output layer
-    np.dot(O.T, yl[:B], dWc[:C])
-    column_sums(O, B, dbc, 0, C)
-    np.dot(O, Wc[:C], dy[L - 1][:B])
-    nY = accumulate_rows(slotY, rowsY, 0, GY, cols, dWc, C, mask0, False)
+    total, nY = output_forward_backward(y[L - 1], dy[L - 1], B, cols, C, Wy, By, Wc, bc, O_flat,
+                                        dWc, dbc, lq, ra, rb, rc, rs, loss, act, act_param,
+                                        logq, bpreg, elu, scale, slotY, rowsY, GY, gBy, mask0)
     n_out = nY
-    gBy[:n_out] = 0.0
-    accumulate_rows_1d(slotY, gBy, cols, dbc, C)
     # GRU layers, top down
     nI = 0
     for l in range(L - 1, -1, -1):

@@ -25,11 +25,10 @@ from numba import njit
 
 from ..batching import schedule_advance
 from ..gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
-from ..losses import loss_forward_backward
-from ..optim import (accumulate_rows, accumulate_rows_1d, adagrad_flat, adagrad_rows_1d, claim_row,
-                     release_rows)
+from ..optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
 from ..sampling import SampleStore
-from .cpu import _add_bias, apply_final_act, carry_hidden, epoch_start, step_columns
+from .cpu import (_add_bias, apply_final_act, carry_hidden, epoch_start, output_forward_backward,
+                  step_columns)
 
 logger = logging.getLogger("gru_engine")
 
@@ -265,26 +264,10 @@ def step_forward_backward(SI, LI, active, train, sum_mode, in_items, B, bs, indp
             subnet_forward(s, SI, LI, in_items, B, bs, indptr, indices, weights, T, Wy, theta,
                            Xf, M0f, HP, HO, Y, MK, GX, GH, GA)
     combine_forward(SI, LI, active, B, bs, theta, Y, hc, sum_mode)
-    Hc = hc.shape[1]
-    for j in range(C):
-        c = cols[j]
-        for k in range(Hc):
-            Wc[j, k] = Wy[c, k]
-        bc[j] = By[c]
-    O = O_flat[:B * C].reshape(B, C)
-    np.dot(hc[:B], Wc[:C].T, O)
-    for i in range(B):
-        for j in range(C):
-            O[i, j] += bc[j]
-    total = loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, scale,
-                                  ra, rb, rc, rs)
-    np.dot(O.T, hc[:B], dWc[:C])
-    column_sums(O, B, dbc, 0, C)
-    np.dot(O, Wc[:C], dhc[:B])
-    nY = accumulate_rows(slotY, rowsY, 0, GY, cols, dWc, C, dummy_mask, False)
+    total, nY = output_forward_backward(hc, dhc, B, cols, C, Wy, By, Wc, bc, O_flat, dWc, dbc,
+                                        lq, ra, rb, rc, rs, loss, act, act_param, logq, bpreg,
+                                        elu, scale, slotY, rowsY, GY, gBy, dummy_mask)
     n_out = nY
-    gBy[:n_out] = 0.0
-    accumulate_rows_1d(slotY, gBy, cols, dbc, C)
     for s in range(S):
         if active[s] and train[s]:
             nY = subnet_backward(s, SI, LI, in_items, B, bs, indptr, indices, weights, theta,
