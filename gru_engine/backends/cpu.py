@@ -223,8 +223,8 @@ def epoch_start(order, offsets, batch_size, min_rows, sched, cur, end, reset, sr
 @njit(cache=True, error_model="numpy")
 def step_columns(items, cur, B, in_items, cols, store, store_pos, cdf, n_sample, sample_alpha,
                  log_support, loss, logq, lq):
-    """Inputs and sampled output columns of one step, (steps 1-2 of the module doc): ``in_items[:B]``
-    (int32) the rows' current items, ``cols[:C] = [targets (B) | n_sample negatives]`` taken
+    """Inputs and sampled output columns of one step (steps 1-2 of the module doc):
+    ``in_items[:B]`` (int32) the rows' current items, ``cols[:C] = [targets (B) | n_sample negatives]`` taken
     from ``store`` at ``store_pos`` (redrawn from ``cdf`` when used up), and for cross-entropy
     with logq ``lq[:C] = [log support[targets] | alpha * log support[negatives]]``.
     Returns ``(C, new store_pos)``."""
