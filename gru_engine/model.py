@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 
 import numpy as np
@@ -313,7 +314,8 @@ class SessionGRU(SessionModel):
             return CudaScorer(_resolve_device("cuda"), self.params_,
                               constrained_embedding=self.input_mode_ == "constrained",
                               final_act=(act, act_param), cache_on=self)
-        return cpu.GRUScorer(self.params_, _MODES[self.input_mode_], act, act_param)
+        threads = (os.cpu_count() or 1) if self.n_threads is None else self.n_threads
+        return cpu.GRUScorer(self.params_, _MODES[self.input_mode_], act, act_param, threads)
 
     def _check_fitted(self):
         super()._check_fitted()
@@ -323,7 +325,8 @@ class SessionGRU(SessionModel):
 
     def evaluate(self, test, *args, **kwargs) -> dict:
         """Next-item evaluation (see :meth:`SessionModel.evaluate`), under ``n_threads``."""
-        with _thread_limit(1 if self.n_threads is None else self.n_threads):
+        # One BLAS thread: the scorer's rank() splits the rows over ``n_threads`` threads.
+        with _thread_limit(1):
             return super().evaluate(test, *args, **kwargs)
 
     def predict_next(self, sessions_items) -> np.ndarray:

@@ -305,3 +305,30 @@ def test_scorer_input_table_equals_direct_forward(kw, monkeypatch):
     fast = m.predict_next(sess)
     monkeypatch.setattr(cpu.GRUScorer, "MAX_TABLE", 0)
     np.testing.assert_allclose(m.predict_next(sess), fast, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_threaded_rank_equals_score_then_rank(fitted, n_threads):
+    """GRUScorer.rank (rows split over threads) gives the ranks of score() + rank_targets()."""
+    from gru_engine.evaluation import rank_targets
+    model = fitted
+    rng = np.random.default_rng(n_threads)
+    R, n = 300, model.n_items_
+    rows = np.arange(R, dtype=np.int64)
+    items = rng.integers(0, n, R).astype(np.int32)
+    fresh = np.ones(R, bool)
+    targets = rng.integers(0, n, R)
+    old = model.n_threads
+    try:
+        a = model.set_params(n_threads=n_threads).scorer()
+        b = model.set_params(n_threads=1).scorer()
+    finally:
+        model.set_params(n_threads=old)
+    assert a.n_threads == n_threads
+    a.begin(R), b.begin(R)
+    for step in range(2):
+        ranks = a.rank(rows, items, fresh if step == 0 else ~fresh, targets, "median")
+        expected = rank_targets(b.score(rows, items, fresh if step == 0 else ~fresh), targets,
+                                "median")
+        np.testing.assert_array_equal(ranks, expected)
+    assert ranks.min() >= 1
