@@ -78,7 +78,7 @@ def main(argv=None):
     ap.add_argument("--test", default=os.path.join(DATA, "rsc15_100k_test.tsv.gz"))
     ap.add_argument("-p", "--params", default=DEFAULT_PARAMS, help="official key=value string")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--threads", type=int, default=2, help="BLAS threads for evaluation and the "
+    ap.add_argument("--threads", type=int, default=2, help="threads for evaluation (scoring blocks, SessionGRU n_threads) and the "
                     "sgemm peak")
     ap.add_argument("--train-threads", type=int, default=1,
                     help="BLAS threads for training (default 1: the step's GEMMs are small, and "
@@ -103,9 +103,9 @@ def main(argv=None):
         model.fit(train)
         sessions, _, _ = build_sessions(train, model.item_index_)
         flops = train_flops_per_epoch(model, sessions)
-        with _thread_limit(args.threads):
-            res = model.evaluate(test, cutoffs=tuple(args.cutoffs), batch_size=args.eval_batch,
-                                 by_position=False)
+        model.set_params(n_threads=args.threads)  # evaluation threads (see SessionGRU.evaluate)
+        res = model.evaluate(test, cutoffs=tuple(args.cutoffs), batch_size=args.eval_batch,
+                             by_position=False)
         run = {
             "seed": seed,
             "metrics": {k: v for k, v in res.items() if k.startswith(("recall", "mrr"))},
