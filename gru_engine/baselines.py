@@ -187,21 +187,15 @@ class _SessionPopScorer:
         return out
 
 
-class SessionPop(SessionModel):
+class SessionPop(Pop):
     """S-POP: the items clicked most often in the current session so far.
 
     score(j) = c_s(j) + pop(j) / (max_pop + 1), where c_s(j) is the number of clicks on j in the
     session so far (including the current one) and pop(j) its number of training events; the
     popularity term is < 1, so it only breaks ties between equal counts. Scores are float32: for
     long sessions (large counts) popularity differences below float32 resolution at that
-    magnitude tie. Fitted: ``popularity_`` (n_items,) int64.
+    magnitude tie. Fitted (as :class:`Pop`): ``popularity_`` (n_items,) int64.
     """
-
-    def __init__(self):
-        pass
-
-    def _fit(self, sessions):
-        self.popularity_ = sessions.item_support(self.n_items_)
 
     def scorer(self):
         _check_fitted_attr(self, "popularity_")
