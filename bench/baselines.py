@@ -33,6 +33,7 @@ import time
 from datetime import datetime, timezone
 
 import numpy as np
+from machine import cpu_name  # bench/machine.py (this folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -210,17 +211,6 @@ def run_dataset(name: str, args) -> list:
     return rows
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def markdown(rows: list, meta: dict) -> str:
     out = [
         "# Baselines: POP, S-POP, Item-KNN, BPR-MF", "",
@@ -300,7 +290,7 @@ def main(argv=None):
 
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "uname": " ".join(platform.uname()), "cpu": _cpu_name(), "n_cpus": os.cpu_count(),
+        "uname": " ".join(platform.uname()), "cpu": cpu_name(), "n_cpus": os.cpu_count(),
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
         "mode": args.mode, "git_commit": _git_commit(),
         "params": {LABEL[m]: make_model(m, args).get_params() for m in args.models},

@@ -15,12 +15,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 import numpy as np
+from machine import cpu_name  # bench/machine.py (this folder is on sys.path)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 from gru_engine import _ranking  # noqa: E402
@@ -35,17 +35,6 @@ def timed(fn, repeat):
         fn()
         times.append(time.perf_counter() - t0)
     return {"best_s": min(times), "median_s": statistics.median(times), "repeat": repeat}
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):
