@@ -323,14 +323,24 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
 # ---------------------------------------------------------------------------------------------
 # inference
 # ---------------------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy")
-def infer_step(mode, rows, items, new_session, state, Wx, bx, Wh, bhn, E, Wy,
-               x0, ones0, hprev, hout, ones, gx, gh, gates, out_aug):
-    """GRU forward (no dropout) for ``R = len(rows)`` live sessions.
+@njit(cache=True, error_model="numpy", nogil=True)
+def apply_final_act(S, R, act, param):
+    """``S[:R] = final_act(S[:R])`` in place."""
+    for i in range(R):
+        for j in range(S.shape[1]):
+            S[i, j] = activate(S[i, j], act, param)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def infer_scores(mode, rows, items, new_session, state, Wx, bx, Wh, bhn, E, Wy,
+                 x0, ones0, hprev, hout, ones, gx, gh, gates, out_aug, WyBT, out, act, act_param):
+    """GRU forward (no dropout) for ``R = len(rows)`` live sessions, then their scores.
 
     state: tuple of (n_slots, H_l) hidden states; rows are gathered (zero where
-    ``new_session``), stepped and scattered back. ``out_aug[:R, :H]`` gets the last layer's
-    output and ``out_aug[:R, H] = 1`` (so one GEMM with ``[Wy | By]`` gives the scores).
+    ``new_session``), stepped and scattered back. ``out_aug[:R] = [h_last | 1]``, so one GEMM
+    with ``WyBT = [Wy | By]^T`` ((H+1, n_items), C order) gives ``out[:R]`` ((R, n_items)
+    scores, ``final_act`` applied). Releases the GIL: calls on disjoint ``rows`` with disjoint
+    buffers may run on separate threads.
     """
     R = len(rows)
     L = len(Wx)
@@ -355,14 +365,9 @@ def infer_step(mode, rows, items, new_session, state, Wx, bx, Wh, bhn, E, Wy,
         for k in range(H):
             out_aug[i, k] = last[i, k]
         out_aug[i, H] = 1.0
-
-
-@njit(cache=True, error_model="numpy")
-def apply_final_act(S, R, act, param):
-    """``S[:R] = final_act(S[:R])`` in place."""
-    for i in range(R):
-        for j in range(S.shape[1]):
-            S[i, j] = activate(S[i, j], act, param)
+    np.dot(out_aug[:R], WyBT, out[:R])
+    if act != 0:
+        apply_final_act(out, R, act, act_param)
 
 
 class CPUTrainer:
@@ -514,13 +519,17 @@ class CPUTrainer:
 class GRUScorer:
     """Evaluation scorer (protocol of :class:`gru_engine.evaluation.SessionScorer`).
 
-    ``score`` runs one GRU step for the given slots (gather hidden rows, step, scatter back),
-    then scores all items with one GEMM ``[h | 1] @ [Wy | By]^T`` into a preallocated buffer,
-    which the returned array views (valid until the next call).
+    One compiled call per block of rows (:func:`infer_scores`) gathers the hidden rows, runs the
+    GRU step, scatters the rows back and scores all items with one GEMM
+    ``[h | 1] @ [Wy | By]^T`` into a preallocated buffer, which ``score`` returns a view of
+    (valid until the next call). ``rank`` splits a step's rows into ``n_threads`` blocks that
+    run the whole chain (step, GEMM, ranking) on their own threads.
     """
 
     #: largest (n_items x 3 H_0) input-projection table precomputed for embedding inputs
     MAX_TABLE = 50_000_000
+    #: fewest rows per thread block in ``rank`` (smaller blocks cost more than they save)
+    MIN_BLOCK_ROWS = 32
 
     def __init__(self, params: dict, mode: int, act: int = 0, act_param: float = 0.0,
                  n_threads: int = 1):
@@ -542,7 +551,10 @@ class GRUScorer:
         self.bhn = tuple(np.ascontiguousarray(b, dt) for b in params["bhn"])
         self.Wy = np.ascontiguousarray(params["Wy"], dt)
         self.E = np.ascontiguousarray(params["E"], dt) if "E" in params else np.zeros((1, 1), dt)
-        self.WyB = np.ascontiguousarray(np.hstack([self.Wy, params["By"].astype(dt)[:, None]]))
+        # (H+1, n_items): the scoring GEMM reads it without a transpose, which OpenBLAS runs
+        # faster than the transposed (n_items, H+1) layout.
+        self.WyBT = np.ascontiguousarray(
+            np.vstack([self.Wy.T, np.asarray(params["By"], dt)[None, :]]))
         self.layers = [w.shape[0] for w in self.Wh]
         self.n_items = self.Wy.shape[0]
         self._cap = 0
@@ -569,48 +581,53 @@ class GRUScorer:
         """Allocate and zero the hidden states of slots ``0..n_rows-1``."""
         self.state = tuple(np.zeros((int(n_rows), h), np.float32) for h in self.layers)
 
-    def _step(self, rows, items, new_session) -> int:
-        R = len(rows)
-        self._grow(R)
-        infer_step(self.mode, np.asarray(rows, np.int64), np.asarray(items, np.int32),
-                   np.asarray(new_session, np.bool_), self.state, self.Wx, self.bx, self.Wh,
-                   self.bhn, self.E, self.Wy, self.x0, self.ones0, self.hprev, self.hout,
-                   self.ones, self.gx, self.gh, self.gates, self.aug)
-        return R
+    def _scores(self, a: int, b: int, rows, items, new_session) -> np.ndarray:
+        """Step and score ``rows[a:b]`` in buffer rows ``a:b``; returns ``out[a:b]``."""
+        cut = lambda bufs: tuple(x[a:b] for x in bufs)
+        infer_scores(self.mode, rows[a:b], items[a:b], new_session[a:b], self.state, self.Wx,
+                     self.bx, self.Wh, self.bhn, self.E, self.Wy, self.x0[a:b],
+                     self.ones0[a:b], cut(self.hprev), cut(self.hout), cut(self.ones),
+                     cut(self.gx), cut(self.gh), cut(self.gates), self.aug[a:b], self.WyBT,
+                     self.out[a:b], self.act, self.act_param)
+        return self.out[a:b]
 
-    def _score_rows(self, a: int, b: int) -> np.ndarray:
-        out = self.out[a:b]
-        np.dot(self.aug[a:b], self.WyB.T, out=out)
-        if self.act != 0:
-            apply_final_act(out, b - a, self.act, self.act_param)
-        return out
+    def _inputs(self, rows, items, new_session):
+        self._grow(len(rows))
+        return (np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(items, np.int32),
+                np.ascontiguousarray(new_session, np.bool_))
 
     def score(self, rows, items, new_session) -> np.ndarray:
         """(R, n_items) float32 scores after clicks ``items`` in slots ``rows``."""
-        R = self._step(rows, items, new_session)
-        return self._score_rows(0, R)
+        rows, items, new_session = self._inputs(rows, items, new_session)
+        return self._scores(0, len(rows), rows, items, new_session)
 
     def rank(self, rows, items, new_session, targets, mode: str = "conservative") -> np.ndarray:
         """(R,) float64 ranks of ``targets`` after the clicks (the evaluator's optional ``rank``).
 
-        The rows are split into ``n_threads`` blocks, each scored (one single-threaded BLAS
-        GEMM) and ranked on its own thread: on small GEMMs this beats multi-threaded BLAS, whose
-        idle workers spin while the rest of the step runs. NaN scores raise ``ModelFitError``.
+        The rows are split into up to ``n_threads`` blocks; each block's GRU step, scoring GEMM
+        (single-threaded BLAS) and ranking run on one thread without the GIL. On small GEMMs
+        this beats multi-threaded BLAS, whose idle workers spin while the rest of the step runs.
+        NaN scores raise ``ModelFitError``.
         """
         from ..evaluation import rank_targets
-        R = self._step(rows, items, new_session)
+        rows, items, new_session = self._inputs(rows, items, new_session)
+        R = len(rows)
         targets = np.asarray(targets, np.int64)
         ranks = np.empty(R, np.float64)
 
         def block(a, b):
-            ranks[a:b] = rank_targets(self._score_rows(a, b), targets[a:b], mode)
+            scores = self._scores(a, b, rows, items, new_session)
+            ranks[a:b] = rank_targets(scores, targets[a:b], mode)
 
-        n_blocks = min(self.n_threads, max(1, R // 64))
+        n_blocks = min(self.n_threads, max(1, R // self.MIN_BLOCK_ROWS))
         if n_blocks == 1:
             block(0, R)
             return ranks
         edges = np.linspace(0, R, n_blocks + 1).astype(int)
-        for future in [_pool(n_blocks).submit(block, a, b) for a, b in zip(edges, edges[1:])]:
+        pool = _pool(n_blocks - 1)
+        futures = [pool.submit(block, a, b) for a, b in zip(edges[1:-1], edges[2:])]
+        block(0, edges[1])  # the calling thread takes the first block
+        for future in futures:
             future.result()
         return ranks
 
