@@ -8,7 +8,7 @@ and the GEMM FLOP rate of training against a measured single-precision GEMM peak
     python bench/bench_gru.py --train /work/shared/data/rsc15-100k/rsc15_100k_train_full.tsv.gz \
         --test /work/shared/data/rsc15-100k/rsc15_100k_test.tsv.gz \
         -p "loss=cross-entropy,layers=100,n_epochs=3,batch_size=32,dropout_p_hidden=0.4,learning_rate=0.2,momentum=0.2" \
-        --seeds 1 2 3 --threads 2 --train-threads 1
+        --seeds 1 2 3 --threads 2
 """
 from __future__ import annotations
 
@@ -80,9 +80,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--threads", type=int, default=2, help="threads for evaluation (scoring blocks, SessionGRU n_threads) and the "
                     "sgemm peak")
-    ap.add_argument("--train-threads", type=int, default=1,
-                    help="BLAS threads for training (default 1: the step's GEMMs are small, and "
-                    "multi-threaded OpenBLAS on them collapses when the cores are shared)")
+    ap.add_argument("--train-threads", type=int, default=None,
+                    help="BLAS threads for training (default: --threads)")
     ap.add_argument("-m", "--cutoffs", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--eval-batch", type=int, default=512)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
@@ -93,7 +92,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     train, test = read_events(args.train), read_events(args.test)
     log.info("read data in %.1f s", time.perf_counter() - t0)
-    train_threads = args.train_threads
+    train_threads = args.train_threads or args.threads
     peak = sgemm_peak(args.threads)
     log.info("sgemm peak with %d threads: %.1f GFLOP/s", args.threads, peak)
     runs = []

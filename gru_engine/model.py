@@ -45,6 +45,16 @@ logger = logging.getLogger("gru_engine")
 _MODES = {"onehot": cpu.ONEHOT, "embedding": cpu.EMBEDDING, "constrained": cpu.CONSTRAINED}
 
 
+def _threads(n_threads) -> int:
+    """``n_threads`` resolved: None means every CPU this process may run on."""
+    if n_threads is not None:
+        return int(n_threads)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def _thread_limit(n_threads):
     """Limit BLAS (and Numba) threads to ``n_threads`` inside the block; restore afterwards."""
@@ -126,10 +136,11 @@ class SessionGRU(SessionModel):
     2018). Hyperparameters keep the official names; see :mod:`gru_engine.params` for checks and
     ``parse_param_string`` for the official ``key=value`` syntax.
 
-    ``n_threads``: BLAS threads during training and evaluation. ``None`` uses one BLAS thread
-    for both: the per-step GEMMs are small, and OpenBLAS worker threads spinning between them
-    compete with the Numba and ranking code on the same cores (on 2 cores, evaluation on the
-    bundled sample ran at 26k predictions/s with 2 BLAS threads and 161k with 1).
+    ``n_threads``: CPU threads (``None``: every CPU the process may use). Training runs the
+    BLAS products of each step on ``n_threads`` threads; evaluation splits each step's rows
+    into ``n_threads`` blocks, each run (GRU step, scoring GEMM with one BLAS thread, ranking)
+    on its own thread. On a machine whose cores are busy with other work, ``n_threads=1`` is
+    often faster: idle OpenBLAS workers spin and fight for the cores.
 
     ``device``: ``'cpu'`` (default), ``'cuda'`` (needs CuPy and an NVIDIA GPU; ``ValueError``
     in ``fit`` otherwise) or ``'auto'`` (CUDA when available, else CPU). The backend used is
@@ -260,8 +271,7 @@ class SessionGRU(SessionModel):
         numba_state = numba_seed.generate_state(2)
         trainer = self._make_trainer(p, params, mode, support, device, int(numba_state[1]))
         logger.info("training on %s", "CPU" if device is None else f"CUDA ({device.name})")
-        threads = 1 if p["n_threads"] is None else p["n_threads"]
-        with _thread_limit(threads):
+        with _thread_limit(_threads(p["n_threads"])):
             seed_numba(int(numba_state[0] & 0x7FFFFFFF))
             t0 = time.perf_counter()
             trainer.fill_store()
@@ -314,8 +324,8 @@ class SessionGRU(SessionModel):
             return CudaScorer(_resolve_device("cuda"), self.params_,
                               constrained_embedding=self.input_mode_ == "constrained",
                               final_act=(act, act_param), cache_on=self)
-        threads = (os.cpu_count() or 1) if self.n_threads is None else self.n_threads
-        return cpu.GRUScorer(self.params_, _MODES[self.input_mode_], act, act_param, threads)
+        return cpu.GRUScorer(self.params_, _MODES[self.input_mode_], act, act_param,
+                             _threads(self.n_threads))
 
     def _check_fitted(self):
         super()._check_fitted()
