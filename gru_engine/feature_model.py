@@ -249,9 +249,6 @@ class FeatureSessionGRU(SessionGRU):
         self.feature_layers = feature_layers
 
     def _validated(self) -> dict:
-        if self.architecture != "id" and self.device == "cuda":
-            raise ValueError(f"device='cuda': architecture={self.architecture!r} has a CPU backend "
-                             "only; use device='cpu' or 'auto' (architecture='id' runs on CUDA)")
         p = super()._validated()
         if p["architecture"] not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {list(ARCHITECTURES)}, "
@@ -314,15 +311,6 @@ class FeatureSessionGRU(SessionGRU):
         finally:
             del self._encoded
 
-    def _train_device(self, p):
-        """The CPU (None) for feature architectures: they have no CUDA backend."""
-        if p["architecture"] == "id":
-            return super()._train_device(p)
-        if p["device"] == "auto":
-            logger.info("device='auto': architecture=%r trains on the CPU (no CUDA backend)",
-                        p["architecture"])
-        return None
-
     def _init_params(self, p, n_items: int, mode: str, rng) -> dict:
         """Initial flat parameters and layout arrays (:func:`build_layout`); sets
         ``subnet_names_``."""
@@ -334,11 +322,25 @@ class FeatureSessionGRU(SessionGRU):
         return {k: layout[k] for k in PARAM_KEYS}
 
     def _make_trainer(self, p, params, mode, support, device, seed):
-        """:class:`~gru_engine.backends.feature_cpu.FeatureTrainer` following the strategy's
-        :func:`epoch_plan` (SessionGRU's trainer for ``architecture='id'``)."""
+        """:class:`~gru_engine.backends.feature_cpu.FeatureTrainer` (CPU) or
+        :class:`~gru_engine.backends.feature_cuda.FeatureEpochTrainer` (CUDA ``device``)
+        following the strategy's :func:`epoch_plan` (SessionGRU's trainer for
+        ``architecture='id'``)."""
         if p["architecture"] == "id":
             return super()._make_trainer(p, params, mode, support, device, seed)
         act, act_param = hp.parse_final_act(p["final_act"])
+        plan = epoch_plan(p["strategy"], len(self.subnet_names_), p["n_epochs"])
+        if device is not None:
+            from .backends.feature_cuda import FeatureEpochTrainer
+            return FeatureEpochTrainer(
+                device, params, batch_size=p["batch_size"], n_sample=p["n_sample"],
+                sample_alpha=p["sample_alpha"], sample_store_size=p["sample_store_size"],
+                item_support=support, plan=plan, names=self.subnet_names_,
+                sum_mode=p["combine"] == "sum", loss=p["loss"], final_act=(act, act_param),
+                bpreg=p["bpreg"], elu_param=p["elu_param"], logq=p["logq"],
+                learning_rate=p["learning_rate"], momentum=p["momentum"],
+                dropout_p_embed=p["dropout_p_embed"], dropout_p_hidden=p["dropout_p_hidden"],
+                seed=seed)
         return FeatureTrainer(params, len(support), support, p["batch_size"], p["n_sample"],
                               p["sample_alpha"], p["sample_store_size"],
                               loss=hp.LOSS_CODES[p["loss"]], act=act, act_param=act_param,
@@ -346,20 +348,25 @@ class FeatureSessionGRU(SessionGRU):
                               lr=p["learning_rate"], mom=p["momentum"],
                               p_embed=p["dropout_p_embed"], p_hidden=p["dropout_p_hidden"],
                               sum_mode=p["combine"] == "sum",
-                              plan=epoch_plan(p["strategy"], len(self.subnet_names_),
-                                              p["n_epochs"]),
-                              names=self.subnet_names_)
+                              plan=plan, names=self.subnet_names_)
 
     # ---- scoring ----------------------------------------------------------------------------
     def _is_id(self) -> bool:
         return "theta" not in getattr(self, "params_", {})
 
     def scorer(self):
-        """A fresh scorer: :class:`FeatureScorer`, or SessionGRU's for ``architecture='id'``."""
+        """A fresh scorer: :class:`FeatureScorer`, on a CUDA-trained model (``device_ ==
+        'cuda'``) :class:`~gru_engine.backends.feature_cuda.FeatureCudaScorer`, or SessionGRU's
+        for ``architecture='id'``."""
         self._check_fitted()
         if self._is_id():
             return super().scorer()
         act, act_param = hp.parse_final_act(self.final_act)
+        if getattr(self, "device_", "cpu") == "cuda":
+            from . import model
+            from .backends.feature_cuda import FeatureCudaScorer
+            return FeatureCudaScorer(model._resolve_device("cuda"), self.params_,
+                                     self.combine == "sum", (act, act_param), cache_on=self)
         return FeatureScorer(self.params_, self.combine == "sum", act, act_param)
 
     def subnet_params(self, name: str) -> dict:

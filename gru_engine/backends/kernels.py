@@ -14,7 +14,8 @@ import importlib.util
 import re
 from pathlib import Path
 
-KERNEL_FILES = ("gru_cell.cu", "tensor.cu", "losses.cu", "optim.cu", "ranking.cu")
+KERNEL_FILES = ("gru_cell.cu", "tensor.cu", "losses.cu", "optim.cu", "ranking.cu",
+                "features.cu")
 EMULATION_HEADER = "emulation/cuda_on_cpu.h"
 
 _ENTRY_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
