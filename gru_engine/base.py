@@ -119,14 +119,17 @@ class SessionModel:
         ``exclude``: item ids never to recommend (e.g. the ones already clicked). Returns
         ``(item_ids, scores)``, best first. Unknown item ids raise ``KeyError``.
         """
-        from .evaluation import top_k
         self._check_fitted()
         items = self.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
+        return self._recommend(self.scorer(), items, k, exclude)
+
+    def _recommend(self, scorer, items, k, exclude):
+        """:meth:`recommend` for the clicks ``items`` (indices understood by ``scorer``)."""
+        from .evaluation import top_k
         if len(items) == 0:
             raise ValueError("session_items is empty: a session needs at least one click")
         if not (isinstance(k, (int, np.integer)) and k >= 1):
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        scorer = self.scorer()
         scorer.begin(1)
         row = np.zeros(1, dtype=np.int64)
         for step, item in enumerate(items):

@@ -47,7 +47,8 @@ from .backends.feature_cpu import (K_BAG, K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, 
                                    S_D1, S_IN, S_IPOFF, S_KIND, S_L0, S_L1, S_SOFF, S_TAB,
                                    S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE, T_OWN, T_WY,
                                    FeatureScorer, FeatureTrainer)
-from .features import RAW, encode_item_features, validate_item_features
+from .data import ItemIndex
+from .features import RAW, encode_item_features, encode_new_items, validate_item_features
 from .io import load_model, read_header, restore_model, write_npz
 from .model import SessionGRU, init_block
 
@@ -57,7 +58,8 @@ ARCHITECTURES = ("id", "parallel", "feature")
 COMBINES = ("concat", "sum")
 STRATEGIES = ("simultaneous", "alternating", "residual", "interleaved")
 FORMAT = "gru_engine.FeatureSessionGRU"
-FORMAT_VERSION = 1
+#: 2 adds the feature encoders' vocabularies (version 1 files load without them)
+FORMAT_VERSION = 2
 #: keys of ``params_`` (flat parameters and layout arrays), as saved
 PARAM_KEYS = ("SI", "LI", "indptr", "indices", "weights", "theta", "T", "Wy", "By")
 
@@ -175,6 +177,31 @@ def build_layout(n_items: int, architecture: str, combine: str, input_mode: str,
     }
 
 
+def with_new_items(params: dict, n_items: int, bags: list, has_id: bool) -> dict:
+    """A copy of fitted ``params`` whose bags also cover ``n`` new items (indices
+    ``n_items..n_items+n-1``), for inference: the ID subnet (``has_id``) gets empty bags for
+    them (a zero input vector), feature subnet ``k`` gets ``bags[k] = (indptr (n+1,), indices,
+    weights)``. Tables, weights and the output layer are shared, not copied."""
+    SI = params["SI"].copy()
+    indptr, indices, weights = params["indptr"], params["indices"], params["weights"]
+    n_new = len(bags[0][0]) - 1
+    empty = (np.zeros(n_new + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    parts_ip, parts_ind, parts_w = [], [], []
+    nnz = 0
+    for s in range(SI.shape[0]):
+        ip = indptr[SI[s, S_IPOFF]:SI[s, S_IPOFF] + n_items + 1]
+        a, b = int(ip[0]), int(ip[-1])
+        new_ip, new_ind, new_w = empty if (has_id and s == 0) else bags[s - has_id]
+        SI[s, S_IPOFF] = s * (n_items + n_new + 1)
+        parts_ip += [ip - a + nnz, new_ip[1:] + (b - a) + nnz]
+        parts_ind += [indices[a:b], new_ind]
+        parts_w += [weights[a:b], new_w]
+        nnz += (b - a) + int(new_ip[-1])
+    return dict(params, SI=SI, indptr=np.concatenate(parts_ip).astype(np.int64),
+                indices=np.concatenate(parts_ind).astype(np.int32),
+                weights=np.concatenate(parts_w).astype(params["weights"].dtype))
+
+
 # ---------------------------------------------------------------------------------------------
 # the estimator
 # ---------------------------------------------------------------------------------------------
@@ -219,12 +246,17 @@ class FeatureSessionGRU(SessionGRU):
         model.fit(train, item_features=feats)
         model.evaluate(test)["recall@20"]
 
-    Items that have features but did not occur in the training events are not part of the
-    model: ``recommend``/``predict_next`` raise ``KeyError`` for them and ``evaluate`` drops their
-    events (as for any unknown item).
+    Items that did not occur in the training events (new items): the output layer is
+    item-indexed, so they are never recommended or scored; as *clicks* of a live session they
+    are understood when their features are given: ``recommend(..., item_features=...)`` and
+    ``predict_next(..., item_features=...)`` encode them with the model's feature encoders
+    (codes or tokens never seen in training get the unknown row) and the ID subnet reads them as
+    a zero input vector. Without features a new item raises ``KeyError``; ``evaluate`` drops the
+    events of new items, as for every model.
 
     Fitted attributes (besides SessionGRU's): ``params_`` (``theta``, ``T``, ``Wy``, ``By`` and the
-    layout arrays), ``subnet_names_`` (ID first), ``feature_info_`` (one dict per source).
+    layout arrays), ``subnet_names_`` (ID first), ``feature_info_`` (one dict per source),
+    ``feature_vocab_`` (per source, the encoder's vocabularies: a list of code arrays).
     """
 
     def __init__(self, layers=(100,), loss="cross-entropy", final_act="linear", batch_size=32,
@@ -295,7 +327,7 @@ class FeatureSessionGRU(SessionGRU):
 
     def _fit(self, sessions, callback=None, item_features=None):
         p = self._validated()
-        self.feature_info_ = []
+        self.feature_info_, self.feature_vocab_ = [], []
         if p["architecture"] == "id":
             self.subnet_names_ = ["id"]
             return super()._fit(sessions, callback=callback)
@@ -305,6 +337,7 @@ class FeatureSessionGRU(SessionGRU):
             raise ValueError(f"strategy='residual' trains the {S} subnets one after another: "
                              f"n_epochs ({p['n_epochs']}) must be >= {S}")
         self.feature_info_ = [dict(e.info, name=e.name) for e in encoded]
+        self.feature_vocab_ = [e.vocab for e in encoded]
         self._encoded = encoded  # read by _init_params during SessionGRU's fit
         try:
             super()._fit(sessions, callback=callback)
@@ -369,6 +402,59 @@ class FeatureSessionGRU(SessionGRU):
                                      self.combine == "sum", (act, act_param), cache_on=self)
         return FeatureScorer(self.params_, self.combine == "sum", act, act_param)
 
+    def recommend(self, session_items, k: int = 20, exclude=None, item_features=None):
+        """Top-``k`` next items after the clicks ``session_items`` (see
+        :meth:`SessionModel.recommend`). ``item_features`` (``{source_name: spec}``, as in
+        ``fit``) lets the session hold new items (class docstring); they are never recommended.
+        """
+        self._check_fitted()
+        scorer, seqs = self._scorer_for([session_items], item_features)
+        return self._recommend(scorer, seqs[0], k, exclude)
+
+    def predict_next(self, sessions_items, item_features=None) -> np.ndarray:
+        """Scores of every model item after each session (see :meth:`SessionGRU.predict_next`);
+        ``item_features`` as in :meth:`recommend`."""
+        self._check_fitted()
+        scorer, seqs = self._scorer_for(sessions_items, item_features)
+        return self._predict_next(scorer, seqs)
+
+    def _scorer_for(self, sessions_items, item_features):
+        """``(scorer, index sequences)`` for sessions of original ids. New items listed in
+        ``item_features`` get indices ``n_items_ + k`` in a CPU scorer whose bags cover them;
+        ``KeyError`` for a new item without features."""
+        seqs = [np.atleast_1d(np.asarray(s)) for s in sessions_items]
+        if item_features is None:
+            return self.scorer(), [self.item_index_.to_index(s) for s in seqs]
+        if self._is_id():
+            raise ValueError("item_features: this model (architecture='id') reads no item "
+                             "features")
+        flat = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
+        new_ids = np.unique(flat[self.item_index_.lookup(flat) < 0])
+        if len(new_ids) == 0:
+            return self.scorer(), [self.item_index_.to_index(s) for s in seqs]
+        if self.feature_vocab_ is None:
+            raise ValueError("this model file (format version 1) has no feature encoders; "
+                             "new items need a model saved by this version")
+        sources = [(info["name"], info, vocab)
+                   for info, vocab in zip(self.feature_info_, self.feature_vocab_)]
+        bags, listed = encode_new_items(item_features, sources, new_ids)
+        if not listed.all():
+            missing = new_ids[~listed]
+            raise KeyError(f"{len(missing)} item id(s) unknown to the model and absent from "
+                           f"item_features, e.g. {missing[0]!r}")
+        new_index = ItemIndex(new_ids)
+        n_items = self.n_items_
+        out = []
+        for s in seqs:
+            idx = self.item_index_.lookup(s).astype(np.int32)
+            new = idx < 0
+            idx[new] = n_items + new_index.lookup(s[new])
+            out.append(idx)
+        params = with_new_items(self.params_, n_items, bags,
+                                has_id=self.subnet_names_[0] == "id")
+        act, act_param = hp.parse_final_act(self.final_act)
+        return FeatureScorer(params, self.combine == "sum", act, act_param), out
+
     def subnet_params(self, name: str) -> dict:
         """Views of one subnet's parameters: ``Wx``, ``bx``, ``Wh``, ``bhn`` (lists per layer;
         ``Wx[0]`` None for one-hot input), ``table`` (its embedding table or None), ``weight``
@@ -399,8 +485,8 @@ class FeatureSessionGRU(SessionGRU):
 
     # ---- files ------------------------------------------------------------------------------
     def save(self, path):
-        """Write the fitted model (parameters, layout, encoded feature tables) to one ``.npz``
-        (JSON header, no pickle, atomic). ``architecture='id'`` uses SessionGRU's format."""
+        """Write the fitted model (parameters, layout, encoded feature tables, the encoders'
+        vocabularies) to one ``.npz`` (JSON header, no pickle, atomic). ``architecture='id'`` uses SessionGRU's format."""
         self._check_fitted()
         if self._is_id():
             return super().save(path)
@@ -415,10 +501,14 @@ class FeatureSessionGRU(SessionGRU):
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, "class": type(self).__name__,
                   "params": params, "keys": self.keys_, "input_mode": self.input_mode_,
                   "subnet_names": self.subnet_names_, "feature_info": self.feature_info_,
+                  "vocab_counts": [len(v) for v in self.feature_vocab_],
                   "loss_history": [float(x) for x in self.loss_history_]}
         arrays = {"header": np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
                   "item_ids": ids, "item_support": np.asarray(self.item_support_, np.int64)}
         arrays.update(self.params_)
+        for s, vocab in enumerate(self.feature_vocab_):
+            for c, codes in enumerate(vocab):
+                arrays[f"vocab_{s}_{c}"] = np.asarray(codes)
         write_npz(os.fspath(path), arrays)
 
     @classmethod
@@ -429,17 +519,21 @@ class FeatureSessionGRU(SessionGRU):
             header = read_header(f, path)
             if header.get("format") != FORMAT:
                 model = load_model(path, cls)
-                model.subnet_names_, model.feature_info_ = ["id"], []
+                model.subnet_names_, model.feature_info_, model.feature_vocab_ = ["id"], [], []
                 return model
-            if header.get("format_version") != FORMAT_VERSION:
+            if header.get("format_version") not in (1, FORMAT_VERSION):
                 raise ValueError(f"{path}: FeatureSessionGRU format version "
                                  f"{header.get('format_version')!r} is not supported")
             if header.get("class") != cls.__name__:
                 raise ValueError(f"{path} holds a {header.get('class')!r}, not a {cls.__name__}")
             params = {k: np.array(f[k]) for k in PARAM_KEYS}
+            counts = header.get("vocab_counts")
+            vocab = None if counts is None else [[np.array(f[f"vocab_{s}_{c}"])
+                                                  for c in range(n)] for s, n in enumerate(counts)]
             ids = np.array(f["item_ids"])
             support = np.array(f["item_support"])
         model = restore_model(cls, header, ids, support, params)
         model.subnet_names_ = header["subnet_names"]
         model.feature_info_ = header["feature_info"]
+        model.feature_vocab_ = vocab
         return model

@@ -93,6 +93,25 @@ def _align(ids: np.ndarray, item_index, name: str) -> tuple[np.ndarray, np.ndarr
     return np.flatnonzero(known), idx[known].astype(np.int64)
 
 
+def _vocab(bags: list, dtype=np.int64) -> np.ndarray:
+    """Sorted distinct codes of a list of code arrays."""
+    nonempty = [b for b in bags if len(b)]
+    return np.unique(np.concatenate(nonempty)) if nonempty else np.zeros(0, dtype)
+
+
+def _code_rows(vocab: np.ndarray, codes: np.ndarray, unknown: int, name: str) -> np.ndarray:
+    """Table rows of ``codes``: the position in ``vocab``, or ``unknown`` for codes not in it.
+    ``ValueError`` when codes and vocabulary are of different kinds (strings vs integers)."""
+    if len(codes) == 0 or len(vocab) == 0:
+        return np.full(len(codes), unknown, np.int64)
+    if (codes.dtype.kind == "U") != (vocab.dtype.kind == "U"):
+        kind = lambda a: "strings" if a.dtype.kind == "U" else "integers"
+        raise ValueError(f"item features {name!r}: codes are {kind(codes)} but the model's "
+                         f"vocabulary holds {kind(vocab)}")
+    pos = np.minimum(np.searchsorted(vocab, codes), len(vocab) - 1)
+    return np.where(vocab[pos] == codes, pos, unknown).astype(np.int64)
+
+
 def _csr(n_items: int, items: np.ndarray, lists: list, weights: list, default=None):
     """CSR ``(indptr, indices, weights)`` over all items; ``default`` = (indices, weights) for
     items without an entry (None: empty bag)."""
@@ -124,6 +143,10 @@ class EncodedFeature:
     kind:    'raw' (no table; ``dim`` = vector length) or 'bag' (learned table ``(n_rows, dim)``)
     n_rows:  table rows ('bag') or vector length ('raw')
     info:    JSON-able description of the spec (kind, sizes, pooling) for model files
+    vocab:   the encoder's vocabularies (sorted int64 or str code arrays: one per categorical
+             column, one for multi-hot codes or unhashed tokens, none for dense features and
+             hashed tokens); with ``info`` they encode items the model was not trained on
+             (:func:`encode_new_items`)
     """
 
     name: str
@@ -134,6 +157,7 @@ class EncodedFeature:
     n_rows: int
     dim: int
     info: dict = field(default_factory=dict)
+    vocab: list = field(default_factory=list)
 
 
 class DenseFeatures:
@@ -169,7 +193,9 @@ class DenseFeatures:
         _check_positive_int(self.project, name, "project", optional=True)
         return ids, m.astype(np.float32)
 
-    def encode(self, name: str, item_index) -> EncodedFeature:
+    def encode(self, name: str, item_index, vocab=None) -> EncodedFeature:
+        """Encode for the items of ``item_index`` (``vocab`` is unused: dense features have
+        none)."""
         ids, m = self.validate(name)
         rows, items = _align(ids, item_index, name)
         d = m.shape[1]
@@ -179,11 +205,11 @@ class DenseFeatures:
         indptr = np.zeros(len(item_index) + 1, np.int64)
         np.cumsum(np.bincount(items[order][r], minlength=len(item_index)), out=indptr[1:])
         indices, weights = c.astype(np.int32), sub[r, c]
-        if self.project is None:
-            return EncodedFeature(name, RAW, indptr, indices, weights, d, d,
-                                  {"type": "dense", "d": d, "project": None})
-        return EncodedFeature(name, BAG, indptr, indices, weights, d, int(self.project),
-                              {"type": "dense", "d": d, "project": int(self.project)})
+        project = None if self.project is None else int(self.project)
+        info = {"type": "dense", "d": d, "project": project}
+        if project is None:
+            return EncodedFeature(name, RAW, indptr, indices, weights, d, d, info)
+        return EncodedFeature(name, BAG, indptr, indices, weights, d, project, info)
 
 
 def _code_array(values, name: str, what: str) -> np.ndarray:
@@ -304,31 +330,34 @@ class CategoricalFeatures:
                              f"{len(ids)} ids")
         return ids, codes, False
 
-    def encode(self, name: str, item_index) -> EncodedFeature:
+    def encode(self, name: str, item_index, vocab=None) -> EncodedFeature:
+        """Encode for the items of ``item_index``: with the vocabularies learned from them
+        (``vocab=None``, at fit), or with a fitted model's ``vocab`` (codes it does not hold
+        get the unknown row)."""
         ids, codes, ragged = self.validate(name)
         rows, items = _align(ids, item_index, name)
         n_items = len(item_index)
         if ragged:
             bags = [codes[r] for r in rows]
-            nonempty = [b for b in bags if len(b)]
-            vocab = np.unique(np.concatenate(nonempty)) if nonempty else np.zeros(0, np.int64)
-            unknown = len(vocab)
-            lists = [np.searchsorted(vocab, b) if len(b) else np.zeros(0, np.int64) for b in bags]
+            vocab = [_vocab(bags)] if vocab is None else vocab
+            unknown = len(vocab[0])
+            lists = [_code_rows(vocab[0], b, unknown, name) for b in bags]
             n_rows, n_cols = unknown + 1, 1
             defaults = (np.array([unknown]), np.ones(1))
         else:
             n_cols = codes.shape[1]
-            lists = [[] for _ in rows]
+            if vocab is None:
+                vocab = [np.unique(codes[rows, c]) for c in range(n_cols)]
+            elif len(vocab) != n_cols:
+                raise ValueError(f"item features {name!r}: {n_cols} code columns, but the model "
+                                 f"was trained with {len(vocab)}")
+            cols, unknown_rows = [], []
             base = 0
-            unknown_rows = []
             for c in range(n_cols):
-                vocab = np.unique(codes[rows, c]) if len(rows) else np.zeros(0, codes.dtype)
-                pos = np.searchsorted(vocab, codes[rows, c]) + base
-                for k in range(len(rows)):
-                    lists[k].append(pos[k])
-                unknown_rows.append(base + len(vocab))
-                base += len(vocab) + 1
-            lists = [np.array(x) for x in lists]
+                cols.append(_code_rows(vocab[c], codes[rows, c], len(vocab[c]), name) + base)
+                unknown_rows.append(base + len(vocab[c]))
+                base += len(vocab[c]) + 1
+            lists = list(np.stack(cols, axis=1))
             n_rows = base
             defaults = (np.array(unknown_rows), np.ones(n_cols))
         if self.pooling == "mean":
@@ -339,7 +368,7 @@ class CategoricalFeatures:
         indptr, indices, weights = _csr(n_items, items, lists, wts, default=defaults)
         return EncodedFeature(name, BAG, indptr, indices, weights, n_rows, int(self.dim),
                               {"type": "categorical", "n_rows": n_rows, "n_cols": n_cols,
-                               "multi_hot": ragged, "pooling": self.pooling})
+                               "multi_hot": ragged, "pooling": self.pooling}, vocab)
 
 
 def _hash_tokens(tokens: np.ndarray, n_buckets: int) -> np.ndarray:
@@ -372,24 +401,26 @@ class TokenFeatures:
         ids = _as_ids(self.ids, name)
         return ids, _bags(self.tokens, len(ids), name, "token bags", split_strings=True)
 
-    def encode(self, name: str, item_index) -> EncodedFeature:
+    def encode(self, name: str, item_index, vocab=None) -> EncodedFeature:
+        """Encode for the items of ``item_index``, with the token vocabulary learned from them
+        (``vocab=None``) or a fitted model's ``vocab`` (unknown tokens get the unknown row)."""
         ids, bags = self.validate(name)
         rows, items = _align(ids, item_index, name)
         bags = [bags[r] for r in rows]
         if self.n_buckets is not None:
             lists = [_hash_tokens(b, int(self.n_buckets)) for b in bags]
             unknown = int(self.n_buckets)
+            vocab = []
         else:
-            nonempty = [b for b in bags if len(b)]
-            vocab = np.unique(np.concatenate(nonempty)) if nonempty else np.zeros(0, np.int64)
-            lists = [np.searchsorted(vocab, b) for b in bags]
-            unknown = len(vocab)
+            vocab = [_vocab(bags)] if vocab is None else vocab
+            unknown = len(vocab[0])
+            lists = [_code_rows(vocab[0], b, unknown, name) for b in bags]
         wts = [np.full(len(x), 1.0 / max(len(x), 1)) for x in lists]
         indptr, indices, weights = _csr(len(item_index), items, lists, wts,
                                         default=(np.array([unknown]), np.ones(1)))
         return EncodedFeature(name, BAG, indptr, indices, weights, unknown + 1, int(self.dim),
                               {"type": "tokens", "n_rows": unknown + 1, "n_buckets": self.n_buckets,
-                               "pooling": "mean"})
+                               "pooling": "mean"}, vocab)
 
 
 SPEC_TYPES = (DenseFeatures, CategoricalFeatures, TokenFeatures)
@@ -417,3 +448,76 @@ def validate_item_features(item_features) -> dict:
 def encode_item_features(item_features: dict, item_index) -> list:
     """Encode every source over the model's items (see :class:`EncodedFeature`)."""
     return [spec.encode(name, item_index) for name, spec in item_features.items()]
+
+
+_SPEC_OF_TYPE = {"dense": DenseFeatures, "categorical": CategoricalFeatures, "tokens": TokenFeatures}
+
+
+def _default_spec(info: dict):
+    """A spec listing no item: every item gets the source's default input."""
+    if info["type"] == "dense":
+        return DenseFeatures(np.zeros(0, np.int64), np.zeros((0, info["d"])), info["project"])
+    if info["type"] == "categorical":
+        codes = [] if info["multi_hot"] else np.zeros((0, info["n_cols"]), np.int64)
+        return CategoricalFeatures(np.zeros(0, np.int64), codes, pooling=info["pooling"])
+    return TokenFeatures(np.zeros(0, np.int64), [], n_buckets=info["n_buckets"])
+
+
+def _as_model_spec(spec, name: str, info: dict):
+    """``spec``'s items and values with the model's encoder settings; ``ValueError`` when its
+    type or shape does not match the source the model was trained with."""
+    want = _SPEC_OF_TYPE[info["type"]]
+    if not isinstance(spec, want):
+        raise ValueError(f"item features {name!r}: the model was trained with {want.__name__}, "
+                         f"got {type(spec).__name__}")
+    if info["type"] == "dense":
+        d = spec.validate(name)[1].shape[1]
+        if d != info["d"]:
+            raise ValueError(f"item features {name!r}: vectors of size {d}, but the model was "
+                             f"trained with size {info['d']}")
+        return DenseFeatures(spec.ids, spec.matrix, info["project"])
+    if info["type"] == "categorical":
+        _, codes, ragged = spec.validate(name)
+        if ragged != info["multi_hot"]:
+            want_codes = "multi-hot lists" if info["multi_hot"] else "code columns"
+            raise ValueError(f"item features {name!r}: the model was trained with "
+                             f"{want_codes}")
+        return CategoricalFeatures(spec.ids, spec.codes, pooling=info["pooling"])
+    return TokenFeatures(spec.ids, spec.tokens, n_buckets=info["n_buckets"])
+
+
+def encode_new_items(item_features: dict, sources: list, new_ids) -> tuple[list, np.ndarray]:
+    """Bags of items a fitted model was not trained on, with the model's encoders.
+
+    item_features: ``{source_name: spec}`` listing (at least) the new items; each name must be
+                   one of the model's sources and each spec of that source's type. Pooling,
+                   hashing and sizes are the model's (the spec's own ``dim``/``pooling``/
+                   ``n_buckets``/``project`` are ignored); codes or tokens the model never saw
+                   get the unknown row. A source not given gives every new item its default.
+    sources:       the model's sources in order, ``(name, info, vocab)`` as in
+                   :class:`EncodedFeature`
+    new_ids:       (n,) original ids (none of them a model item)
+    Returns ``(bags, listed)``: per source ``(indptr (n+1,), indices, weights)`` over the new
+    items in the order of ``new_ids``, and ``listed`` (n,) bool: the id is in some given spec.
+    """
+    from .data import ItemIndex
+    item_features = validate_item_features(item_features)
+    known = [name for name, _, _ in sources]
+    extra = [name for name in item_features if name not in known]
+    if extra:
+        raise ValueError(f"item_features: {extra} are not sources of this model; its sources: "
+                         f"{known}")
+    index = ItemIndex(np.asarray(new_ids))
+    listed = np.zeros(len(index), bool)
+    bags = []
+    for name, info, vocab in sources:
+        spec = item_features.get(name)
+        if spec is None:
+            spec = _default_spec(info)
+        else:
+            spec = _as_model_spec(spec, name, info)
+            listed |= ItemIndex(_as_ids(spec.ids, name)).lookup(index.ids) >= 0
+        vocab = [np.asarray(v) for v in vocab] or None
+        enc = spec.encode(name, index, vocab)
+        bags.append((enc.indptr, enc.indices, enc.weights))
+    return bags, listed

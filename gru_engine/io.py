@@ -76,12 +76,12 @@ def load_model(path, cls):
     path = os.fspath(path)
     with np.load(path, allow_pickle=False) as f:
         header = read_header(f, path)
+        if header.get("class") != cls.__name__:
+            raise ValueError(f"{path} holds a {header.get('class')!r}, not a {cls.__name__}")
         version = header.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
             raise ValueError(f"{path}: model format version {version!r} is not supported "
                              f"(this gru_engine reads versions 1..{FORMAT_VERSION})")
-        if header.get("class") != cls.__name__:
-            raise ValueError(f"{path} holds a {header.get('class')!r}, not a {cls.__name__}")
         L = int(header["n_layers"])
         params = {key: [np.array(f[f"{key}_{l}"]) for l in range(L)] for key in _LAYER_KEYS}
         for key in ("Wy", "By", "E"):

@@ -348,11 +348,14 @@ class SessionGRU(SessionModel):
         """
         self._check_fitted()
         seqs = [self.item_index_.to_index(np.atleast_1d(np.asarray(s))) for s in sessions_items]
+        return self._predict_next(self.scorer(), seqs)
+
+    def _predict_next(self, sc, seqs) -> np.ndarray:
+        """:meth:`predict_next` for sessions of indices understood by the scorer ``sc``."""
         if not seqs:
             return np.zeros((0, self.n_items_), np.float32)
         if any(len(s) == 0 for s in seqs):
             raise ValueError("every session needs at least one click")
-        sc = self.scorer()
         sc.begin(len(seqs))
         out = np.empty((len(seqs), self.n_items_), np.float32)
         lengths = np.array([len(s) for s in seqs])

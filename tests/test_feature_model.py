@@ -351,17 +351,86 @@ def test_scores_match_numpy_reference(combine):
     np.testing.assert_allclose(again[0], fresh, rtol=1e-6)
 
 
-def test_recommend_unseen_item_with_features_raises_keyerror():
+def _same_features_as(feats, orig_id, new_id):
+    """Specs listing only ``new_id``, with the features of item ``orig_id``."""
+    row = int(np.flatnonzero(np.asarray(feats["vec"].ids) == orig_id)[0])
+    return {"vec": DenseFeatures([new_id], feats["vec"].matrix[row:row + 1]),
+            "cat": CategoricalFeatures([new_id], np.asarray(feats["cat"].codes)[row:row + 1])}
+
+
+def test_new_item_with_features_feature_architecture():
+    """Feature-only subnets see only features: a new item with item Y's features is Y."""
     events, feats = _small()
-    feats["extra"] = DenseFeatures([10_000], np.ones((1, 3)))  # an item never in the events
+    m = FeatureSessionGRU(architecture="feature", **SMALL).fit(events, item_features=feats)
+    i = m.item_index_.ids
+    new = _same_features_as(feats, i[5], 10_000)
+    got = m.predict_next([[i[1], 10_000], [10_000]], item_features=new)
+    want = m.predict_next([[i[1], i[5]], [i[5]]])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    ids, _ = m.recommend([i[1], 10_000], k=len(i), item_features=new)
+    assert 10_000 not in ids and len(ids) == len(i)  # never recommended: no output vector
+    # listed in one source only: the other gets its default, like a training item without entry
+    only_vec = {"vec": new["vec"]}
+    assert m.recommend([10_000], k=3, item_features=only_vec)[0].shape == (3,)
+
+
+def test_new_item_with_features_parallel_reads_zero_id_input():
+    """With an ID subnet, a new item is its features plus a zero ID input vector: the same as
+    item Y with Y's (constrained) ID input row zeroed, on every output column but Y's."""
+    import copy
+    events, feats = _small()
     m = FeatureSessionGRU(**SMALL).fit(events, item_features=feats)
     i = m.item_index_.ids
-    ids, scores = m.recommend([i[1], i[2]], k=5)
-    assert len(ids) == 5 and np.all(np.diff(scores) <= 0)
+    new = _same_features_as(feats, i[5], 10_000)
+    got = m.predict_next([[i[1], 10_000, i[2]]], item_features=new)[0]
+    zeroed = copy.deepcopy(m)
+    c0, c1 = zeroed.subnet_params("id")["columns"]
+    zeroed.params_["Wy"][5, c0:c1] = 0.0
+    want = zeroed.predict_next([[i[1], i[5], i[2]]])[0]
+    keep = np.arange(len(i)) != 5
+    np.testing.assert_allclose(got[keep], want[keep], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, m.predict_next([[i[1], i[5], i[2]]])[0])
+
+
+def test_new_items_string_codes_and_tokens_survive_save_load(tmp_path):
+    """Vocabularies are saved: after load, a new item with item Y's string codes and tokens
+    scores as Y, and one with codes/tokens never seen scores as an item without features."""
+    events, _, _ = make_cluster_data(n_items=60, n_clusters=6, n_sessions=80, seed=4)
+    ids = np.arange(59)  # item 59 has no features: unknown rows
+    feats = {"cat": CategoricalFeatures(ids, np.array([f"c{k % 5}" for k in ids]), dim=3),
+             "tok": TokenFeatures(ids, [f"w{k % 4} w{k % 3}" for k in ids], dim=3)}
+    m = FeatureSessionGRU(architecture="feature", **SMALL).fit(events, item_features=feats)
+    path = tmp_path / "m.npz"
+    m.save(path)
+    m2 = FeatureSessionGRU.load(path)
+    new = {"cat": CategoricalFeatures([500, 501], np.array(["c2", "never"])),
+           "tok": TokenFeatures([500, 501], ["w3 w1", "unseen words"])}
+    for model in (m, m2):
+        got = model.predict_next([[500], [501]], item_features=new)
+        want = model.predict_next([[7], [59]])  # 7: c2, "w3 w1"; 59: no features
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_new_item_errors():
+    events, feats = _small()
+    m = FeatureSessionGRU(**SMALL).fit(events, item_features=feats)
+    i = m.item_index_.ids
+    new = _same_features_as(feats, i[5], 10_000)
     with pytest.raises(KeyError, match="unknown"):
-        m.recommend([10_000])
-    with pytest.raises(KeyError):
-        m.predict_next([[i[1], 10_000]])
+        m.recommend([10_000])  # no features given
+    with pytest.raises(KeyError, match="absent from item_features"):
+        m.recommend([10_000, 20_000], item_features=new)
+    with pytest.raises(ValueError, match="not sources of this model"):
+        m.recommend([10_000], item_features={"other": new["vec"]})
+    with pytest.raises(ValueError, match="trained with DenseFeatures"):
+        m.recommend([10_000], item_features={"vec": new["cat"]})
+    with pytest.raises(ValueError, match="size 8"):
+        m.recommend([10_000], item_features={"vec": DenseFeatures([10_000], np.ones((1, 3)))})
+    with pytest.raises(ValueError, match="strings"):
+        m.recommend([10_000], item_features={"cat": CategoricalFeatures([10_000], ["a"])})
+    id_only = FeatureSessionGRU(architecture="id", **SMALL).fit(events)
+    with pytest.raises(ValueError, match="reads no item features"):
+        id_only.recommend([10_000], item_features=new)
 
 
 @pytest.mark.parametrize("arch", ["parallel", "feature", "id"])
@@ -380,6 +449,8 @@ def test_save_load_roundtrip(tmp_path, arch):
     assert m2.recommend(i[4:6], k=3)[0].tolist() == m.recommend(i[4:6], k=3)[0].tolist()
     if arch != "id":
         assert m2.feature_info_ == m.feature_info_ and m2.subnet_names_ == m.subnet_names_
+        for v2, v in zip(m2.feature_vocab_, m.feature_vocab_):
+            assert len(v2) == len(v) and all(np.array_equal(a, b) for a, b in zip(v2, v))
     with pytest.raises(ValueError, match="holds a 'FeatureSessionGRU'"):
         SessionGRU.load(path)
 
@@ -392,7 +463,6 @@ def test_save_load_roundtrip(tmp_path, arch):
     ({"feature_layers": [0]}, "feature_layers"),
     ({"combine": "sum", "feature_layers": [4]}, "same size|one size"),
     ({"strategy": "residual", "combine": "sum"}, "residual"),
-    ({"device": "cuda"}, "CPU backend only"),
 ])
 def test_parameter_errors(kwargs, msg):
     events, feats = _small()
