@@ -94,15 +94,19 @@ def grid(n):
 
 # ---- coverage and the emulator itself ------------------------------------------------------
 def test_every_kernel_has_an_emulated_test():
+    import test_feature_cuda  # kernels/features.cu is tested there
     found = {}
     for path in sorted(K.kernel_dir().glob("*.cu")):
         for name in K.parse_entry_points(path.read_text()):
             found[name] = path.name
-    missing = sorted(set(found) - set(KERNEL_TESTS))
+    tests = {**KERNEL_TESTS, **test_feature_cuda.KERNEL_TESTS}
+    missing = sorted(set(found) - set(tests))
     assert not missing, f"kernels without an emulated test: {missing}"
-    assert set(KERNEL_TESTS) <= set(found), sorted(set(KERNEL_TESTS) - set(found))
+    assert set(tests) <= set(found), sorted(set(tests) - set(found))
     for test in set(KERNEL_TESTS.values()):
         assert callable(globals().get(test)), test
+    for test in set(test_feature_cuda.KERNEL_TESTS.values()):
+        assert callable(getattr(test_feature_cuda, test, None)), test
     assert set(found) == set(K.kernel_index())  # every file is in KERNEL_FILES
 
 
