@@ -295,7 +295,7 @@ def _device_grads(d, tr, params, n_table, n_wy, cols):
     return g
 
 
-def _cpu_inputs(cpu, rng, B, n_sample, logq):
+def _cpu_inputs(cpu, rng, B, n_sample):
     """Non-trivial previous hidden states, dropout masks (one factor per row for one-hot ID
     input, as the CPU draws them) and the step's columns / logq corrections."""
     SI, LI = cpu.SI, cpu.LI
@@ -332,7 +332,7 @@ def _check_step(d, case, phase=None):
     if phase is not None:
         cpu.set_phase(*phase)
         gpu.set_phase(phase[0], phase[1], phase[3])
-    in_items, cols, m0s, mks, hps = _cpu_inputs(cpu, rng, B, n_sample, loss == "cross-entropy")
+    in_items, cols, m0s, mks, hps = _cpu_inputs(cpu, rng, B, n_sample)
     want_loss, want = cpu.forward_backward(in_items, B, cols, len(cols))
     for g, hp_ in enumerate(hps):
         gpu.h[g][:B] = d.to_device(hp_)
@@ -446,6 +446,8 @@ FIT_CASES = {
                                feature_layers=[3], constrained_embedding=False, embedding=4),
     "feature-concat-2layers": dict(architecture="feature", combine="concat", layers=[5],
                                    feature_layers=[4, 3], loss="bpr-max", bpreg=1.0),
+    "parallel-no-negatives": dict(architecture="parallel", combine="concat", layers=[5],
+                                  feature_layers=[3], n_sample=0, loss="cross-entropy"),
     "feature-sum": dict(architecture="feature", combine="sum", layers=[5], feature_layers=[4],
                         loss="cross-entropy", logq=1.0, sample_alpha=0.75),
 }
