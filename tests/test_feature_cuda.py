@@ -513,6 +513,29 @@ def test_dropout_masks_drawn_on_the_device(cuda_model):
         assert np.abs(a.params_[key] - c.params_[key]).max() > 1e-4, key
 
 
+def test_fixed_dropout_masks_replace_the_drawn_ones(cuda_model, monkeypatch):
+    """FeatureEpochTrainer.fix_dropout_masks (the test hook of the ID-only EpochTrainer): masks
+    of ones under dropout_p > 0 give exactly the fit without dropout (the CPU's)."""
+    make = FeatureSessionGRU._make_trainer
+
+    def make_fixed(self, p, *args, **kwargs):
+        trainer = make(self, p, *args, **kwargs)
+        if p["device"] == "cuda":
+            B, net = p["batch_size"], trainer.trainer.net
+            trainer.fix_dropout_masks(
+                [np.ones(B if sn.kind == K_DIRECT else (B, sn.din)) for sn in net.sub],
+                [np.ones((B, h)) for h in net.LI[:, L_H]])
+        return trainer
+    monkeypatch.setattr(FeatureSessionGRU, "_make_trainer", make_fixed)
+    kw = dict(BASE, layers=[5], feature_layers=[3], n_epochs=2, constrained_embedding=False)
+    data = _markov_events(20, 10, seed=5)
+    feats = _item_features(10, np.arange(10) * 3 + 1)
+    gpu = FeatureSessionGRU(**kw, dropout_p_embed=0.5, dropout_p_hidden=0.5,
+                            device="cuda").fit(data, item_features=feats)
+    cpu = FeatureSessionGRU(**kw, device="cpu").fit(data, item_features=feats)
+    _assert_fits_equal(cpu, gpu)
+
+
 # ---- fit, evaluate, save/load ---------------------------------------------------------------
 FIT = dict(layers=[16], feature_layers=[8], batch_size=16, n_sample=24, sample_store_size=2000,
            n_epochs=2, learning_rate=0.1, momentum=0.1, random_state=5, loss="cross-entropy",
@@ -617,3 +640,29 @@ def test_device_auto_uses_the_resolved_device(cuda_model):
     m = FeatureSessionGRU(**dict(BASE, layers=[5], feature_layers=[3]), device="auto")
     m.fit(data, item_features=_item_features(10, np.arange(10) * 3 + 1))
     assert m.device_ == "cuda" and isinstance(m.scorer(), FeatureCudaScorer)
+
+
+def test_real_device_resolution_on_a_stand_in_cupy(tmp_path, monkeypatch):
+    """Not a GPU test: with a stand-in CuPy whose kernels run in the emulator (see
+    test_cuda_emulated), the unpatched resolution gives FeatureSessionGRU(device='cuda') a
+    CupyDevice, and its fit and scores through CupyDevice's plumbing match the CPU path."""
+    import sys
+    from test_cuda_emulated import _fake_cupy_module
+    fake, _ = _fake_cupy_module(tmp_path)
+    monkeypatch.setattr(model_mod, "_resolve_device", _REAL_RESOLVE)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    device_mod.cuda_available.cache_clear()
+    device_mod._cupy_module.cache_clear()
+    try:
+        kw = dict(BASE, layers=[5], feature_layers=[5], combine="sum", n_epochs=2)
+        data = _markov_events(20, 10, seed=9)
+        feats = _item_features(10, np.arange(10) * 3 + 1)
+        gpu = FeatureSessionGRU(**kw, device="cuda").fit(data, item_features=feats)
+        cpu = FeatureSessionGRU(**kw, device="cpu").fit(data, item_features=feats)
+        assert isinstance(gpu.scorer().dev, device_mod.CupyDevice)
+        _assert_fits_equal(cpu, gpu)
+        sessions = [[1, 4, 7], [10]]
+        close(gpu.predict_next(sessions), cpu.predict_next(sessions), rtol=1e-4, atol=1e-5)
+    finally:
+        device_mod.cuda_available.cache_clear()
+        device_mod._cupy_module.cache_clear()
