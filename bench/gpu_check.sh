@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Everything checkable about the CUDA backend, in one call:
 #   1. static analysis (nvcc -ptx/-cubin for sm_90, registers/spills/occupancy, roofline MODEL)
-#   2. the kernels, the training step and SessionGRU(device='cuda') through the CPU emulator
-#      (pytest -m cuda_emulated: tests/test_cuda_emulated.py, tests/test_cuda_model.py,
-#      tests/test_cuda_graphs.py)
+#   2. the kernels, the training step, SessionGRU(device='cuda') and FeatureSessionGRU(device=
+#      'cuda') through the CPU emulator (pytest -m cuda_emulated: tests/test_cuda_emulated.py,
+#      tests/test_cuda_model.py, tests/test_cuda_graphs.py, tests/test_feature_cuda.py)
 #   3. on a machine with an NVIDIA GPU and CuPy: the GPU parity tests (pytest -m cuda: kernels,
-#      training step, and SessionGRU(device='cuda') fits/evaluation against the CPU path), the
+#      training step, SessionGRU and FeatureSessionGRU device='cuda' fits/evaluation against the
+#      CPU path), the
 #      end-to-end model check on the bundled sample (bench/cuda_model_check.py: SessionGRU
 #      device='cuda' vs 'cpu', Recall@20/MRR@20, training events/s, evaluation predictions/s)
 #      and the GPU benchmark (bench/cuda_bench.py: events/s, FLOP/s and bytes/s vs measured
@@ -27,7 +28,7 @@ fi
 echo "== 2/3 CUDA kernels through the CPU emulator"
 if command -v "${CXX:-g++}" >/dev/null 2>&1; then
     python -m pytest -q -m cuda_emulated tests/test_cuda_emulated.py tests/test_cuda_model.py \
-        tests/test_cuda_graphs.py || status=1
+        tests/test_cuda_graphs.py tests/test_feature_cuda.py || status=1
 else
     skipped+=("emulated kernel tests: no C++ compiler (${CXX:-g++})")
 fi
@@ -47,7 +48,7 @@ else:
 PY
 )
 if [ -z "$reason" ]; then
-    python -m pytest -q -m cuda tests/test_cuda_gpu.py || status=1
+    python -m pytest -q -m cuda tests/test_cuda_gpu.py tests/test_feature_cuda_gpu.py || status=1
     python bench/cuda_model_check.py || status=1
     python bench/cuda_bench.py || status=1
 else

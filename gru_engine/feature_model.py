@@ -10,8 +10,10 @@ feature vector (:mod:`gru_engine.features`). The subnets' last hidden states are
 batching and Adagrad+momentum are GRU4Rec's. Every subnet's hidden state is reset at session
 boundaries. This module is the estimator (hyperparameters, checks, parameter layout and
 initialisation, the epoch loop, files); training and inference run in the CPU backend
-:mod:`gru_engine.backends.feature_cpu`, which reuses the kernels of ``gru.py``, ``losses.py``,
-``optim.py``, ``batching.py``, ``sampling.py`` and ``backends/cpu.py``.
+:mod:`gru_engine.backends.feature_cpu` or, with ``device='cuda'``, in
+:mod:`gru_engine.backends.feature_cuda` (the same step on the CUDA kernels). The CPU backend
+reuses the kernels of ``gru.py``, ``losses.py``, ``optim.py``, ``batching.py``, ``sampling.py``
+and ``backends/cpu.py``.
 
 Training strategies (``strategy``):
 - ``simultaneous``: all subnets every step;
