@@ -27,17 +27,18 @@ float32 rounding. Dropout masks are drawn on the device (``dropout_mask``, as th
 backend), so a fit with dropout follows another random stream than on the CPU;
 :meth:`FeatureEpochTrainer.fix_dropout_masks` fixes them (tests). CUDA graphs are not used here:
 every step runs kernel by kernel (the ID-only ``architecture='id'`` path keeps them).
+
+What is not feature-specific comes from :mod:`.cuda`: the trainer builds on
+:class:`~.cuda.TrainerBase` (sampled output layer, fused loss, dropout masks, Adagrad), the epoch
+trainer on :class:`~.cuda.EpochLoopBase`, the scorer on :class:`~.cuda.ScorerBase`.
 """
 from __future__ import annotations
 
 import logging
-import weakref
 
 import numpy as np
 
-from ..batching import full_schedule
-from ..sampling import SampleStore
-from .cuda import BLOCK, INT_MAX, LOSSES, RANK_MODES, CudaTrainer, _grid, topk_device
+from .cuda import BLOCK, INT_MAX, EpochLoopBase, ScorerBase, TrainerBase, _cached_net, _grid
 from .device import Device
 from .feature_cpu import (K_DIRECT, L_BHN, L_BX, L_H, L_IN, L_WH, L_WX, S_A, S_C0, S_C1, S_D0,
                           S_D1, S_IN, S_IPOFF, S_KIND, S_L0, S_L1, S_TAB, S_TCOLS, S_TOFF,
@@ -66,7 +67,8 @@ class _FeatureNet:
     """Layout and device parameters of a feature model (shared by trainer and scorer).
 
     Device arrays: ``theta``, ``T``, ``Wy`` (n_items, Hc), ``By`` float32; ``indptr`` (int32,
-    all subnets' CSR pointers), ``indices`` int32, ``weights`` float32.
+    all subnets' CSR pointers), ``indices`` int32, ``weights`` float32. ``H``: hidden size per
+    layer of all subnets (``LI`` order).
     """
 
     def __init__(self, device: Device, params: dict):
@@ -74,8 +76,10 @@ class _FeatureNet:
             if key not in params:
                 raise ValueError(f"params lacks {key!r}")
         self.dev = device
+        self.host = params
         self.SI = np.asarray(params["SI"], np.int64)
         self.LI = np.asarray(params["LI"], np.int64)
+        self.H = [int(h) for h in self.LI[:, L_H]]
         indptr = np.asarray(params["indptr"])
         if len(params["indices"]) > INT_MAX:
             raise ValueError(f"{len(params['indices'])} feature bag entries: the CUDA backend "
@@ -108,8 +112,9 @@ class _FeatureNet:
             return self.th(self.p["T"], sn.toff, (sn.trows, sn.tcols)), sn.tcols, 0
         return None, 0, 0
 
-    def to_host(self, params: dict) -> dict:
-        out = dict(params)
+    def to_host(self) -> dict:
+        """The host parameter dict with ``theta``/``T``/``Wy``/``By`` copied from the device."""
+        out = dict(self.host)
         for k in ("theta", "T", "Wy", "By"):
             out[k] = self.dev.to_host(self.p[k])
         return out
@@ -171,62 +176,31 @@ class _FeatureNet:
         return hc
 
 
-class FeatureCudaTrainer:
+class FeatureCudaTrainer(TrainerBase):
     """One FeatureSessionGRU training step on a :class:`Device` (see the module docstring).
 
     ``params``: host parameter dict of :func:`~gru_engine.feature_model.build_layout` (copied to
-    the device); the other arguments are the model's hyperparameters (``loss`` by name,
-    ``final_act`` a ``(code, param)`` pair). Hidden state: ``self.h[g]`` (batch_size, H_g) per
-    layer of all subnets, rows compact as in ``batching.py``. ``active``/``train`` (bool per
-    subnet) and ``freeze_out`` select the phase (:meth:`set_phase`).
+    the device); the other arguments are those of :class:`~.cuda.TrainerBase` plus
+    ``sum_mode`` (``combine='sum'``). Hidden state: ``self.h[g]`` (batch_size, H_g) per layer of
+    all subnets, rows compact as in ``batching.py``. ``active``/``train`` (bool per subnet) and
+    ``freeze_out`` select the phase (:meth:`set_phase`).
     """
 
-    def __init__(self, device: Device, params: dict, *, batch_size: int, n_sample: int,
-                 sum_mode: bool, loss: str = "cross-entropy", final_act=(0, 0.0),
-                 bpreg: float = 0.0, elu_param: float = 0.0, logq: float = 0.0,
-                 sample_alpha: float = 0.5, item_support=None, learning_rate: float = 0.05,
-                 momentum: float = 0.0, dropout_p_embed: float = 0.0,
-                 dropout_p_hidden: float = 0.0, seed: int = 42):
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        self.dev = d = device
-        self.host = params
+    def __init__(self, device: Device, params: dict, *, sum_mode: bool, **settings):
+        super().__init__(device, **settings)
+        d = device
         self.net = net = _FeatureNet(device, params)
+        self.masks_per_step = net.S + net.G
         self.sum_mode = bool(sum_mode)
-        self.loss = loss
-        self.batch_size, self.n_sample = int(batch_size), int(n_sample)
-        self.final_act = (int(final_act[0]), float(final_act[1]))
-        self.bpreg, self.elu_param = float(bpreg), float(elu_param)
-        self.lr, self.momentum = float(learning_rate), float(momentum)
-        self.p_embed, self.p_hidden = float(dropout_p_embed), float(dropout_p_hidden)
-        self.seed = int(seed) & 0xFFFFFFFF
         self.acc = {k: d.zeros(net.p[k].shape) for k in ("theta", "T", "Wy", "By")}
         self.vel = {k: d.zeros(net.p[k].shape) for k in ("theta", "T", "Wy", "By")}
         self.gtheta = d.zeros(net.p["theta"].shape)
-        self.corr_item = None
-        if loss == "cross-entropy" and logq > 0:
-            if item_support is None:
-                raise ValueError("logq > 0 needs item_support (training event count per item)")
-            log_q = np.log(np.maximum(np.asarray(item_support, dtype=np.float64), 1.0))
-            self.corr_item = (d.to_device(logq * log_q, np.float32),
-                              d.to_device(logq * sample_alpha * log_q, np.float32))
-        B, C = self.batch_size, self.batch_size + self.n_sample
-        rows = max([net.n_items] + [sn.trows for sn in net.sub])
-        self.owner = d.full((rows,), INT_MAX, np.int32)
-        self.loss_sum = d.zeros((1,))
-        H = [int(h) for h in net.LI[:, L_H]]
-        self.h = [d.zeros((B, h)) for h in H]
-        self.h_prev = [d.zeros((B, h)) for h in H]
-        self.arange = d.to_device(np.arange(max(B, C), dtype=np.int32))
-        self.step_counter = d.zeros((1,), np.uint32)
-        self._flat = {}
+        self._init_state(net.H, max([net.n_items] + [sn.trows for sn in net.sub]))
         self.active = [True] * net.S
         self.train = [True] * net.S
         self.freeze_out = False
         self._col_masks = {}  # phase -> (Wy column mask of output rows, of input rows)
         self.set_phase(self.active, self.train)
-
-    _buf = CudaTrainer._buf
 
     def set_phase(self, active, train, freeze_out: bool = False):
         """Which subnets run (``active``) and learn (``train``); ``freeze_out``: the output rows
@@ -252,44 +226,24 @@ class FeatureCudaTrainer:
                 m_in[sn.c0:sn.c1] = 1.0
         self._col_masks[key] = (d.to_device(m_out), d.to_device(m_in))
 
-    def reset_state(self):
-        """Zero the hidden state (start of an epoch)."""
-        for h in self.h:
-            h.fill(0)
-
-    def take_loss_sum(self) -> float:
-        value = float(self.dev.to_host(self.loss_sum)[0])
-        self.loss_sum.fill(0)
-        return value
-
-    def params_to_host(self) -> dict:
-        return self.net.to_host(self.host)
-
     # ---- one step --------------------------------------------------------------------------
     def _draw_masks(self, R, masks):
         """Per subnet the input mask ((R,) for one-hot input, else (R, din); None without
         dropout) and per layer the output mask; fixed ``masks`` = ``(m0s, mks)`` win."""
-        net, d = self.net, self.dev
+        net = self.net
         m0s, mks = [None] * net.S, [None] * net.G
         if masks is not None:
             return [m[:R] if m is not None else None for m in masks[0]], \
                    [m[:R] if m is not None else None for m in masks[1]]
-        stride = net.S + net.G
         for s, sn in enumerate(net.sub):
             if not self.active[s]:
                 continue
             if self.p_embed > 0:
-                m = self._buf(f"m0_{s}", (R,) if sn.kind == K_DIRECT else (R, sn.din))
-                d.launch("dropout_mask", _grid(m.size), BLOCK,
-                         [m, m.size, self.p_embed, self.seed, self.step_counter, stride, s])
-                m0s[s] = m
+                m0s[s] = self._dropout_mask(f"m0_{s}", (R,) if sn.kind == K_DIRECT
+                                            else (R, sn.din), self.p_embed, s)
             if self.p_hidden > 0:
                 for g, H in zip(sn.layers, sn.H):
-                    m = self._buf(f"mk{g}", (R, H))
-                    d.launch("dropout_mask", _grid(m.size), BLOCK,
-                             [m, m.size, self.p_hidden, self.seed, self.step_counter, stride,
-                              net.S + g])
-                    mks[g] = m
+                    mks[g] = self._dropout_mask(f"mk{g}", (R, H), self.p_hidden, net.S + g)
         return m0s, mks
 
     def forward_backward(self, in_items, out_items, reset, sample, src=None, nnz=None,
@@ -307,15 +261,7 @@ class FeatureCudaTrainer:
         m0s, mks = self._draw_masks(R, masks)
         buf = self._buf
         # ---- forward ------------------------------------------------------------------
-        hprevs = [None] * net.G
-        for g in range(net.G):
-            H = self.h[g].shape[1]
-            if src is None:
-                hprevs[g] = self.h[g][:R]
-            else:
-                hprevs[g] = self.h_prev[g][:R]
-                d.launch("gather_rows", _grid(R * H), BLOCK,
-                         [self.h[g], H, src, R, H, None, None, hprevs[g], H])
+        hprevs = [self._prev_state(g, src, R) for g in range(net.G)]
         for s in range(net.S):
             if self.active[s]:
                 net.subnet_forward(s, in_items, R, reset, hprevs, m0s[s], mks, buf)
@@ -327,24 +273,8 @@ class FeatureCudaTrainer:
         wy_in = [s for s in trained if net.sub[s].tab == T_WY]
         n_wy = C + sum(nnz[s] for s in wy_in)
         idx_wy = buf("idx_wy", (n_wy,), np.int32)
-        cols = idx_wy[:C]
-        d.copy(cols[:R], out_items)
-        d.copy(cols[R:], sample)
-        wy_c, by_c = buf("wy_c", (C, Hc)), buf("by_c", (C,))
-        d.launch("gather_rows", _grid(C * Hc), BLOCK,
-                 [p["Wy"], Hc, cols, C, Hc, None, None, wy_c, Hc])
-        d.launch("gather_rows", _grid(C), BLOCK, [p["By"], 1, cols, C, 1, None, None, by_c, 1])
-        S = buf("S", (R, C))
-        d.gemm(hc, wy_c, out=S, trans_b=True)
-        d.launch("add_bias", _grid(R * C), BLOCK, [S, by_c, R, C])
-        dS = self._loss(S, R, C, out_items, sample, loss_slot)
+        _, G_wy, dhc = self._output_layer(hc, out_items, sample, idx_wy, n_wy, "dhc", loss_slot)
         # ---- backward -----------------------------------------------------------------
-        dBy = buf("dBy", (C,))
-        d.launch("column_sum", _grid(C), BLOCK, [dS, R, C, C, dBy])
-        G_wy = buf("G_wy", (n_wy, Hc))
-        d.gemm(dS, hc, out=G_wy[:C], trans_a=True)
-        dhc = buf("dhc", (R, Hc))
-        d.gemm(dS, wy_c, out=dhc)
         n_table = [0] * net.S
         e_wy = C
         for s in trained:
@@ -378,38 +308,6 @@ class FeatureCudaTrainer:
         items = self.dev.to_host(in_items).astype(np.int64)
         return [int(bl[items].sum()) for bl in self.net.bag_len]
 
-    def _loss(self, S, R, C, out_items, sample, loss_slot):
-        """Final activation, fused loss (adds the step loss to ``loss_slot``); returns dS."""
-        d = self.dev
-        act, act_param = self.final_act
-        S_loss = S
-        if act != 0:
-            S_loss = self._buf("S_act", (R, C))
-            d.launch("final_act_forward", _grid(R * C), BLOCK, [S, S_loss, R * C, act, act_param])
-        dS = self._buf("dS", (R, C))
-        row_loss = self._buf("row_loss", (R,))
-        scale = 1.0 / self.batch_size
-        loss_acc = self.loss_sum if loss_slot is None else loss_slot
-        if self.loss == "cross-entropy":
-            corr = None
-            if self.corr_item is not None:
-                corr = self._buf("corr", (C,))
-                d.launch("gather_rows", _grid(R), BLOCK,
-                         [self.corr_item[0], 1, out_items, R, 1, None, None, corr, 1])
-                if self.n_sample:
-                    d.launch("gather_rows", _grid(self.n_sample), BLOCK,
-                             [self.corr_item[1], 1, sample, self.n_sample, 1, None, None,
-                              corr[R:], 1])
-            args = [S_loss, R, C, corr, None, scale, row_loss, loss_acc, dS]
-        elif self.loss == "bpr-max":
-            args = [S_loss, R, C, None, scale, self.bpreg, self.elu_param, row_loss, loss_acc, dS]
-        else:
-            args = [S_loss, R, C, None, scale, row_loss, loss_acc, dS]
-        d.launch("loss_" + self.loss.replace("-", "_"), R, BLOCK, args)
-        if act != 0:
-            d.launch("final_act_backward", _grid(R * C), BLOCK, [S, dS, dS, R * C, act, act_param])
-        return dS
-
     def _subnet_backward(self, s, items, R, dhc, m0, mks, buf):
         """Gradients of subnet ``s`` into ``gtheta``; returns the gradient w.r.t. its
         (dropped-out, masked) input rows ``dx`` (R, din) or None (raw input)."""
@@ -427,16 +325,11 @@ class FeatureCudaTrainer:
         dx = None
         for n in reversed(range(len(sn.layers))):
             g, H = sn.layers[n], sn.H[n]
-            dgx, dgh = buf(f"dgx{g}", (R, 3 * H)), buf(f"dgh{g}", (R, 3 * H))
-            d.launch("gru_cell_backward", _grid(R * H), BLOCK,
-                     [buf(f"dy{g}", (R, H)), buf(f"saved{g}", (R, 4 * H)),
-                      buf(f"hpe{g}", (R, H)), mks[g], dgx, dgh, R, H])
-            d.gemm(buf(f"hpe{g}", (R, H)), dgh, out=net.th(gt, int(LI[g, L_WH]), (H, 3 * H)),
-                   trans_a=True)
-            d.launch("column_sum", _grid(3 * H), BLOCK,
-                     [dgx, R, 3 * H, 3 * H, net.th(gt, int(LI[g, L_BX]), (3 * H,))])
-            d.launch("column_sum", _grid(H), BLOCK,
-                     [dgh.reshape(-1)[2 * H:], R, 3 * H, H, net.th(gt, int(LI[g, L_BHN]), (H,))])
+            dgx = self._cell_backward(g, buf(f"dy{g}", (R, H)), buf(f"saved{g}", (R, 4 * H)),
+                                      buf(f"hpe{g}", (R, H)), mks[g],
+                                      net.th(gt, int(LI[g, L_WH]), (H, 3 * H)),
+                                      net.th(gt, int(LI[g, L_BX]), (3 * H,)),
+                                      net.th(gt, int(LI[g, L_BHN]), (H,)))
             if n == 0 and sn.kind == K_DIRECT:
                 dx = dgx
                 continue
@@ -453,14 +346,6 @@ class FeatureCudaTrainer:
                     d.launch("multiply_inplace", _grid(dx.size), BLOCK, [dx, m0, dx.size])
         return dx
 
-    def _sparse_update(self, prm, acc, vel, G, idx, n, W):
-        d = self.dev
-        blk = min(BLOCK, 32 * ((W + 31) // 32))
-        d.launch("sparse_claim", _grid(n), BLOCK, [idx, n, self.owner])
-        d.launch("sparse_combine", n, blk, [G, idx, n, W, self.owner])
-        d.launch("sparse_adagrad", n, blk,
-                 [prm, acc, vel, G, idx, n, W, self.owner, self.lr, self.momentum])
-
     def step(self, in_items, out_items, reset, sample, src=None, nnz=None, masks=None,
              loss_slot=None):
         """One training step (forward, loss, gradients, Adagrad + momentum updates).
@@ -470,10 +355,7 @@ class FeatureCudaTrainer:
         nnz: per subnet the number of bag entries of ``in_items`` (host ints; counted from a
         host copy when None); masks: fixed dropout masks ``(m0s, mks)`` (tests). The step loss
         (sum over rows / batch_size) is added to ``loss_slot`` (default ``self.loss_sum``)."""
-        R = int(in_items.shape[0])
-        if not 1 <= R <= self.batch_size or int(sample.shape[0]) != self.n_sample:
-            raise ValueError(f"step with {R} rows / {int(sample.shape[0])} samples; trainer "
-                             f"built for batch_size={self.batch_size}, n_sample={self.n_sample}")
+        R = self._step_rows(in_items, sample)
         d, net, p = self.dev, self.net, self.net.p
         n_table, n_wy = self.forward_backward(in_items, out_items, reset, sample, src, nnz,
                                               masks, loss_slot)
@@ -483,9 +365,8 @@ class FeatureCudaTrainer:
                 continue
             if sn.d1 > sn.d0:
                 sl = slice(sn.d0, sn.d1)
-                d.launch("adagrad_dense", _grid(sn.d1 - sn.d0), BLOCK,
-                         [p["theta"][sl], self.gtheta[sl], self.acc["theta"][sl],
-                          self.vel["theta"][sl], sn.d1 - sn.d0, self.lr, self.momentum])
+                self._dense_update(p["theta"][sl], self.acc["theta"][sl], self.vel["theta"][sl],
+                                   self.gtheta[sl])
             if sn.tab == T_OWN and n_table[s] > 0:
                 shape = (sn.trows, sn.tcols)
                 self._sparse_update(net.th(p["T"], sn.toff, shape),
@@ -494,105 +375,57 @@ class FeatureCudaTrainer:
                                     self._buf(f"GT{s}", (n_table[s], sn.tcols)),
                                     self._buf(f"iT{s}", (n_table[s],), np.int32), n_table[s],
                                     sn.tcols)
-        G_wy = self._buf("G_wy", (n_wy, net.Hc))
         idx_wy = self._buf("idx_wy", (n_wy,), np.int32)
-        blk = min(BLOCK, 32 * ((net.Hc + 31) // 32))
-        d.launch("sparse_claim", _grid(n_wy), BLOCK, [idx_wy, n_wy, self.owner])
-        d.launch("sparse_combine", n_wy, blk, [G_wy, idx_wy, n_wy, net.Hc, self.owner])
+        # output rows update the columns m_out, constrained-input rows m_in
         m_out, m_in = self._col_masks[self._phase]
-        d.launch("sparse_adagrad_masked", n_wy, blk,
-                 [p["Wy"], self.acc["Wy"], self.vel["Wy"], G_wy, idx_wy, n_wy, net.Hc,
-                  self.owner, C, m_out, m_in, self.lr, self.momentum])
+        self._sparse_update(p["Wy"], self.acc["Wy"], self.vel["Wy"],
+                            self._buf("G_wy", (n_wy, net.Hc)), idx_wy, n_wy, net.Hc,
+                            col_masks=(C, m_out, m_in))
         self._sparse_update(p["By"], self.acc["By"], self.vel["By"], self._buf("dBy", (C,)),
                             idx_wy[:C], C, 1)
         if masks is None and (self.p_embed > 0 or self.p_hidden > 0):
             d.launch("counter_add", 1, 1, [self.step_counter, 1])
 
 
-class FeatureEpochTrainer:
-    """:class:`FeatureCudaTrainer` behind the trainer interface of SessionGRU's epoch loop (as
-    :class:`~.feature_cpu.FeatureTrainer`): ``fill_store()``, ``store``, ``start_epoch(items,
-    order, offsets)``, ``rows_left()``, ``run(max_steps) -> (loss_sum, events, finite)``,
-    ``host_params()``, ``set_phase``.
 
-    The epoch's schedule is built on the host once per epoch (:func:`batching.full_schedule`)
-    and copied to the device once, with the number of bag entries of every step and subnet;
-    negative samples come from the CPU backend's :class:`SampleStore` (same draws, same order).
+class FeatureEpochTrainer(EpochLoopBase):
+    """:class:`FeatureCudaTrainer` behind the trainer interface of SessionGRU's epoch loop (as
+    :class:`~.feature_cpu.FeatureTrainer`; schedule, sample store and loop of
+    :class:`~.cuda.EpochLoopBase`), plus ``store`` and ``set_phase``. The number of bag entries
+    of every step and subnet is counted on the host once per epoch.
+
     ``plan``: per-epoch ``(active, train, interleave, freeze_out)``
     (:func:`~gru_engine.feature_model.epoch_plan`); with ``interleave`` the trained subnet is
     ``global step % n_subnets`` (as the CPU backend). ``names``: subnet names for the log.
     """
 
-    def __init__(self, device: Device, params: dict, *, batch_size: int, n_sample: int,
-                 sample_alpha: float, sample_store_size: int, item_support, plan=None,
-                 names=None, **trainer_args):
-        self.dev = device
-        self.trainer = FeatureCudaTrainer(device, params, batch_size=batch_size,
-                                          n_sample=n_sample, sample_alpha=sample_alpha,
-                                          item_support=item_support, **trainer_args)
-        self.batch_size, self.n_sample = int(batch_size), int(n_sample)
-        self.min_rows = 2 if self.n_sample == 0 else 1
-        self.store = SampleStore(np.asarray(item_support), sample_alpha, n_sample,
-                                 sample_store_size)
-        self._store_dev = None
-        self._no_sample = device.zeros((0,), np.int32)
-        self._rows = np.zeros(0, np.int64)
-        self._step = 0
+    trainer_class = FeatureCudaTrainer
+
+    def __init__(self, device: Device, params: dict, *, plan=None, names=None, **settings):
+        super().__init__(device, params, **settings)
         self.global_step = 0
         self.plan, self.epoch = plan, 0
         S = self.trainer.net.S
         self.names = list(names) if names is not None else [str(s) for s in range(S)]
         self.interleave = False
-        self._masks = None
 
     def set_phase(self, active, train, interleave: bool = False, freeze_out: bool = False):
         self.interleave = bool(interleave)
         self.trainer.set_phase(active, train, freeze_out)
 
-    def fill_store(self):
-        """Draw the negative-sample store (seed Numba's generator first)."""
-        self.store.fill()
-        self._store_dev = None
-
-    def _sample_block(self):
-        if self.n_sample == 0:
-            return self._no_sample
-        st = self.store
-        if st.pos + self.n_sample > len(st.samples):
-            self.fill_store()
-        if self._store_dev is None:
-            self._store_dev = self.dev.to_device(st.samples, np.int32)
-        block = self._store_dev[st.pos:st.pos + self.n_sample]
-        st.pos += self.n_sample
-        return block
-
-    def start_epoch(self, items, order, offsets):
-        """items: (n_events,) int32; order: (n_sessions,) int64 visiting order; offsets: CSR.
-        With a ``plan``, the epoch's phase is ``plan[epoch]``."""
+    def _prepare_epoch(self, ins):
+        """With a ``plan``, the epoch's phase is ``plan[epoch]``; counts the bag entries per
+        step and subnet (host ints: they size the table-gradient launches)."""
         if self.plan is not None:
             self.set_phase(*self.plan[self.epoch])
             logger.info("epoch %d trains subnets %s", self.epoch + 1,
                         [n for n, t in zip(self.names, self.trainer.train) if t])
             self.epoch += 1
-        rows, ins, tgts, rsts, srcs = full_schedule(items, order, offsets, self.batch_size,
-                                                    self.min_rows)
-        d = self.dev
-        self._rows = rows
-        self._starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         ins64 = np.asarray(ins, np.int64)
-        # bag entries per step and subnet (host ints: they size the table-gradient launches)
-        self._nnz = np.zeros((len(rows), self.trainer.net.S), np.int64)
-        if len(rows):
+        self._nnz = np.zeros((len(self._rows), self.trainer.net.S), np.int64)
+        if len(self._rows):
             for s, bl in enumerate(self.trainer.net.bag_len):
                 self._nnz[:, s] = np.add.reduceat(bl[ins64], self._starts[:-1])
-        self._ins, self._tgts = d.to_device(ins, np.int32), d.to_device(tgts, np.int32)
-        self._rsts = d.to_device(rsts.astype(np.uint8))
-        self._srcs = d.to_device(srcs, np.int32)
-        self._step = 0
-        self.trainer.reset_state()
-
-    def rows_left(self) -> bool:
-        return self._step < len(self._rows)
 
     def fix_dropout_masks(self, m0s, mks):
         """Test hook: these masks in every step (``m0s`` per subnet: (batch,) for one-hot ID
@@ -601,77 +434,38 @@ class FeatureEpochTrainer:
         self._masks = ([None if m is None else d.to_device(m, np.float32) for m in m0s],
                        [None if m is None else d.to_device(m, np.float32) for m in mks])
 
-    def run(self, max_steps: int = -1):
-        """Up to ``max_steps`` steps (-1: to the end of the epoch); one host sync at the end.
-        Returns ``(sum of step_loss * rows, events, finite)``."""
-        t0 = self._step
-        t1 = len(self._rows) if max_steps < 0 else min(len(self._rows), t0 + int(max_steps))
-        losses = self.dev.zeros((max(t1 - t0, 1),))
+    def _train_step(self, t: int, a: int, b: int, loss_slot):
+        """Step t over schedule rows [a, b) (global step decides the interleaved subnet)."""
         tr = self.trainer
         S = tr.net.S
-        for t in range(t0, t1):
-            a, b = int(self._starts[t]), int(self._starts[t + 1])
-            if self.interleave:
-                k = self.global_step % S
-                tr.set_phase(tr.active, [s == k for s in range(S)], tr.freeze_out)
-            tr.step(self._ins[a:b], self._tgts[a:b], self._rsts[a:b], self._sample_block(),
-                    self._srcs[a:b], nnz=[int(v) for v in self._nnz[t]], masks=self._masks,
-                    loss_slot=losses[t - t0:t - t0 + 1])
-            self.global_step += 1
-        self._step = t1
-        step_loss = self.dev.to_host(losses)[:t1 - t0].astype(np.float64)
-        rows = self._rows[t0:t1]
-        finite = bool(np.isfinite(step_loss).all())
-        return float(step_loss @ rows), int(rows.sum()), finite
-
-    def host_params(self) -> dict:
-        """The trained parameters copied to the host (float32; layout arrays unchanged)."""
-        return self.trainer.params_to_host()
+        if self.interleave:
+            k = self.global_step % S
+            tr.set_phase(tr.active, [s == k for s in range(S)], tr.freeze_out)
+        tr.step(*self._step_inputs(a, b), nnz=[int(v) for v in self._nnz[t]], masks=self._masks,
+                loss_slot=loss_slot)
+        self.global_step += 1
 
 
-# model -> (params dict, key, _FeatureNet): device parameters reused by FeatureCudaScorer
-_SCORER_NETS = weakref.WeakKeyDictionary()
-
-
-class FeatureCudaScorer:
-    """Inference of a fitted feature model on the device, for the evaluator's scorer protocol
-    (as :class:`~.cuda.CudaScorer`): ``begin(n_rows)``, ``score(rows, items, new_session)`` ->
-    (R, n_items) float32 host scores ``final_act([h_comb | 1] @ [Wy | By]^T)``, and device-side
-    ``rank`` and ``topk``. No dropout; every subnet runs. ``cache_on``: keep the device copy of
-    ``params`` between scorers of that object while it holds the very same arrays."""
+class FeatureCudaScorer(ScorerBase):
+    """Inference of a fitted feature model on the device (protocol of :class:`~.cuda.ScorerBase`:
+    ``begin``, ``score`` -> (R, n_items) float32 host scores ``final_act([h_comb | 1] @ [Wy |
+    By]^T)``, device-side ``rank`` and ``topk``). No dropout; every subnet runs. ``cache_on``:
+    keep the device copy of ``params`` between scorers of that object while it holds the very
+    same arrays (as :class:`~.cuda.CudaScorer`)."""
 
     def __init__(self, device: Device, params: dict, sum_mode: bool, final_act=(0, 0.0),
                  cache_on=None):
-        self.dev = device
         key = (device.name, getattr(device, "device_id", None),
                tuple(id(params[k]) for k in sorted(params)))
-        cached = _SCORER_NETS.get(cache_on) if cache_on is not None else None
-        if cached is not None and cached[0] is params and cached[1] == key:
-            self.net = cached[2]
-        else:
-            self.net = _FeatureNet(device, params)
-            if cache_on is not None:
-                _SCORER_NETS[cache_on] = (params, key, self.net)
+        super().__init__(device, _cached_net(cache_on, params, key,
+                                             lambda: _FeatureNet(device, params)), final_act)
         self.sum_mode = bool(sum_mode)
-        self.final_act = (int(final_act[0]), float(final_act[1]))
-        self.n_items = self.net.n_items
-        self.h = None
-        self._flat = {}
         self._arange = None
 
-    _buf = CudaTrainer._buf
-
-    def begin(self, n_rows: int):
-        self.h = [self.dev.zeros((int(n_rows), int(H))) for H in self.net.LI[:, L_H]]
-
-    def _scores_device(self, rows, items, new_session):
-        if self.h is None:
-            raise ValueError("call begin(n_rows) before score()")
+    def _forward_rows(self, rows_d, items_d, reset_d, R: int):
+        """One click per row through every subnet (rows_d, items_d (R,) int32, reset_d (R,)
+        uint8); writes the rows' new state into ``self.h``; returns h_comb (R, Hc)."""
         d, net = self.dev, self.net
-        R = len(rows)
-        rows_d = d.to_device(np.asarray(rows), np.int32)
-        items_d = d.to_device(np.asarray(items), np.int32)
-        reset_d = d.to_device(np.asarray(new_session).astype(np.uint8))
         if self._arange is None or self._arange.shape[0] < R:
             self._arange = d.to_device(np.arange(max(R, 64), dtype=np.int32))
         hprevs = []
@@ -687,34 +481,4 @@ class FeatureCudaScorer:
             H = h.shape[1]
             d.launch("scatter_rows", _grid(R * H), BLOCK,
                      [self._buf(f"y{g}", (R, H)), rows_d, R, H, h])
-        hc = net.combine([True] * net.S, R, self.sum_mode, self._arange, self._buf)
-        N = net.n_items
-        S = self._buf("S", (R, N))
-        d.gemm(hc, net.p["Wy"], out=S, trans_b=True)
-        d.launch("add_bias", _grid(R * N), BLOCK, [S, net.p["By"], R, N])
-        if self.final_act[0] != 0:
-            S_act = self._buf("S_act", (R, N))
-            d.launch("final_act_forward", _grid(R * N), BLOCK,
-                     [S, S_act, R * N, self.final_act[0], self.final_act[1]])
-            return S_act
-        return S
-
-    def score(self, rows, items, new_session):
-        return self.dev.to_host(self._scores_device(rows, items, new_session))
-
-    def rank(self, rows, items, new_session, targets, mode: str = "conservative"):
-        """(R,) float32 rank of each row's target among all items (1 = best; NaN for a row
-        with NaN scores), as :meth:`~.cuda.CudaScorer.rank`."""
-        if mode not in RANK_MODES:
-            raise ValueError(f"mode must be one of {sorted(RANK_MODES)}, got {mode!r}")
-        S = self._scores_device(rows, items, new_session)
-        R, N = S.shape
-        ranks = self._buf("ranks", (R,))
-        self.dev.launch("rank_targets", R, BLOCK,
-                        [S, R, N, self.dev.to_device(np.asarray(targets), np.int32),
-                         RANK_MODES[mode], ranks])
-        return self.dev.to_host(ranks)
-
-    def topk(self, rows, items, new_session, k: int):
-        """Top-k items per row, best first: (R, k) int32 indices and float32 scores."""
-        return topk_device(self.dev, self._scores_device(rows, items, new_session), k)
+        return net.combine([True] * net.S, R, self.sum_mode, self._arange, self._buf)
