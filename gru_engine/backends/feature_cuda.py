@@ -28,9 +28,9 @@ backend), so a fit with dropout follows another random stream than on the CPU;
 :meth:`FeatureEpochTrainer.fix_dropout_masks` fixes them (tests). CUDA graphs are not used here:
 every step runs kernel by kernel (the ID-only ``architecture='id'`` path keeps them).
 
-What is not feature-specific comes from :mod:`.cuda`: the trainer builds on
-:class:`~.cuda.TrainerBase` (sampled output layer, fused loss, dropout masks, Adagrad), the epoch
-trainer on :class:`~.cuda.EpochLoopBase`, the scorer on :class:`~.cuda.ScorerBase`.
+What is not feature-specific comes from :mod:`.cuda_common`: the trainer builds on
+:class:`~.cuda_common.TrainerBase` (sampled output layer, fused loss, dropout masks, Adagrad), the epoch
+trainer on :class:`~.cuda_common.EpochLoopBase`, the scorer on :class:`~.cuda_common.ScorerBase`.
 """
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ class FeatureCudaTrainer(TrainerBase):
     """One FeatureSessionGRU training step on a :class:`Device` (see the module docstring).
 
     ``params``: host parameter dict of :func:`~gru_engine.feature_model.build_layout` (copied to
-    the device); the other arguments are those of :class:`~.cuda.TrainerBase` plus
+    the device); the other arguments are those of :class:`~.cuda_common.TrainerBase` plus
     ``sum_mode`` (``combine='sum'``). Hidden state: ``self.h[g]`` (batch_size, H_g) per layer of
     all subnets, rows compact as in ``batching.py``. ``active``/``train`` (bool per subnet) and
     ``freeze_out`` select the phase (:meth:`set_phase`).
@@ -391,7 +391,7 @@ class FeatureCudaTrainer(TrainerBase):
 class FeatureEpochTrainer(EpochLoopBase):
     """:class:`FeatureCudaTrainer` behind the trainer interface of SessionGRU's epoch loop (as
     :class:`~.feature_cpu.FeatureTrainer`; schedule, sample store and loop of
-    :class:`~.cuda.EpochLoopBase`), plus ``store`` and ``set_phase``. The number of bag entries
+    :class:`~.cuda_common.EpochLoopBase`), plus ``store`` and ``set_phase``. The number of bag entries
     of every step and subnet is counted on the host once per epoch.
 
     ``plan``: per-epoch ``(active, train, interleave, freeze_out)``
@@ -447,7 +447,7 @@ class FeatureEpochTrainer(EpochLoopBase):
 
 
 class FeatureCudaScorer(ScorerBase):
-    """Inference of a fitted feature model on the device (protocol of :class:`~.cuda.ScorerBase`:
+    """Inference of a fitted feature model on the device (protocol of :class:`~.cuda_common.ScorerBase`:
     ``begin``, ``score`` -> (R, n_items) float32 host scores ``final_act([h_comb | 1] @ [Wy |
     By]^T)``, device-side ``rank`` and ``topk``). No dropout; every subnet runs. ``cache_on``:
     keep the device copy of ``params`` between scorers of that object while it holds the very
