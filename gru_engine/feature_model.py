@@ -52,7 +52,7 @@ from .backends.feature_cpu import (K_BAG, K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, 
 from .data import ItemIndex
 from .features import RAW, encode_item_features, encode_new_items, validate_item_features
 from .io import load_model, read_header, restore_model, write_npz
-from .model import SessionGRU, init_block
+from .model import SessionGRU, _threads, init_block
 
 logger = logging.getLogger("gru_engine")
 
@@ -402,7 +402,8 @@ class FeatureSessionGRU(SessionGRU):
             from .backends.feature_cuda import FeatureCudaScorer
             return FeatureCudaScorer(model._resolve_device("cuda"), self.params_,
                                      self.combine == "sum", (act, act_param), cache_on=self)
-        return FeatureScorer(self.params_, self.combine == "sum", act, act_param)
+        return FeatureScorer(self.params_, self.combine == "sum", act, act_param,
+                             _threads(self.n_threads))
 
     def recommend(self, session_items, k: int = 20, exclude=None, item_features=None):
         """Top-``k`` next items after the clicks ``session_items`` (see
@@ -455,7 +456,8 @@ class FeatureSessionGRU(SessionGRU):
         params = with_new_items(self.params_, n_items, bags,
                                 has_id=self.subnet_names_[0] == "id")
         act, act_param = hp.parse_final_act(self.final_act)
-        return FeatureScorer(params, self.combine == "sum", act, act_param), out
+        return FeatureScorer(params, self.combine == "sum", act, act_param,
+                             _threads(self.n_threads)), out
 
     def subnet_params(self, name: str) -> dict:
         """Views of one subnet's parameters: ``Wx``, ``bx``, ``Wh``, ``bhn`` (lists per layer;

@@ -528,3 +528,28 @@ def test_package_exposes_feature_model():
     import gru_engine
     assert gru_engine.FeatureSessionGRU is FeatureSessionGRU
     assert "FeatureSessionGRU" in gru_engine.__all__
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_threaded_rank_equals_score_then_rank(n_threads):
+    """FeatureScorer.rank (rows split over threads, a workspace each) gives the ranks of
+    score() + rank_targets(), over two steps of carried state."""
+    from gru_engine.evaluation import rank_targets
+    events, feats = _small()
+    m = FeatureSessionGRU(**dict(SMALL, n_epochs=1, n_threads=n_threads)).fit(
+        events, item_features=feats)
+    a = m.scorer()
+    b = m.set_params(n_threads=1).scorer()
+    assert a.n_threads == n_threads and b.n_threads == 1
+    rng = np.random.default_rng(n_threads)
+    R, n = 200, m.n_items_
+    rows = np.arange(R, dtype=np.int64)
+    targets = rng.integers(0, n, R)
+    a.begin(R), b.begin(R)
+    for step in range(2):
+        items = rng.integers(0, n, R).astype(np.int32)
+        fresh = np.full(R, step == 0)
+        ranks = a.rank(rows, items, fresh, targets, "median")
+        np.testing.assert_array_equal(ranks, rank_targets(b.score(rows, items, fresh), targets,
+                                                          "median"))
+    assert ranks.min() >= 1

@@ -528,8 +528,6 @@ class GRUScorer:
 
     #: largest (n_items x 3 H_0) input-projection table precomputed for embedding inputs
     MAX_TABLE = 50_000_000
-    #: fewest rows per thread block in ``rank`` (smaller blocks cost more than they save)
-    MIN_BLOCK_ROWS = 32
 
     def __init__(self, params: dict, mode: int, act: int = 0, act_param: float = 0.0,
                  n_threads: int = 1):
@@ -611,28 +609,44 @@ class GRUScorer:
         """
         from ..evaluation import rank_targets
         rows, items, new_session = self._inputs(rows, items, new_session)
-        R = len(rows)
         targets = np.asarray(targets, np.int64)
-        ranks = np.empty(R, np.float64)
+        ranks = np.empty(len(rows), np.float64)
 
-        def block(a, b):
+        def block(k, a, b):
             scores = self._scores(a, b, rows, items, new_session)
             ranks[a:b] = rank_targets(scores, targets[a:b], mode)
 
-        n_blocks = min(self.n_threads, max(1, R // self.MIN_BLOCK_ROWS))
-        if n_blocks == 1:
-            block(0, R)
-            return ranks
-        edges = np.linspace(0, R, n_blocks + 1).astype(int)
-        pool = _pool(n_blocks - 1)
-        futures = [pool.submit(block, a, b) for a, b in zip(edges[1:-1], edges[2:])]
-        block(0, edges[1])  # the calling thread takes the first block
+        run_row_blocks(len(rows), self.n_threads, MIN_BLOCK_ROWS, block)
+        return ranks
+
+
+#: fewest rows per thread block of a scorer's ``rank`` (smaller blocks cost more than they save)
+MIN_BLOCK_ROWS = 32
+
+
+def run_row_blocks(n_rows: int, n_threads: int, min_rows: int, block) -> None:
+    """Split rows ``0..n_rows-1`` into up to ``n_threads`` contiguous blocks of at least
+    ``min_rows`` rows (one block if fewer) and run ``block(k, a, b)`` for block ``k`` = rows
+    ``a:b``: block 0 on the calling thread, the others on a shared pool. Returns when all are
+    done (an error in any block is raised). ``block`` must release the GIL for the blocks to
+    overlap.
+    """
+    n_blocks = min(max(1, int(n_threads)), max(1, n_rows // min_rows))
+    if n_blocks == 1:
+        block(0, 0, n_rows)
+        return
+    edges = np.linspace(0, n_rows, n_blocks + 1).astype(int)
+    pool = _pool(n_blocks - 1)
+    futures = [pool.submit(block, k, int(edges[k]), int(edges[k + 1]))
+               for k in range(1, n_blocks)]
+    try:
+        block(0, 0, int(edges[1]))
+    finally:
         for future in futures:
             future.result()
-        return ranks
 
 
 @functools.lru_cache(maxsize=None)
 def _pool(n_workers: int) -> ThreadPoolExecutor:
-    """A process-wide thread pool for :meth:`GRUScorer.rank` (threads idle cheaply when unused)."""
+    """A process-wide thread pool for :func:`run_row_blocks` (threads idle cheaply when unused)."""
     return ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="gru_engine-score")

@@ -27,8 +27,8 @@ from ..batching import schedule_advance
 from ..gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
 from ..optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
 from ..sampling import SampleStore
-from .cpu import (_add_bias, apply_final_act, carry_hidden, epoch_start, output_forward_backward,
-                  step_columns)
+from .cpu import (MIN_BLOCK_ROWS, _add_bias, apply_final_act, carry_hidden, epoch_start,
+                  output_forward_backward, run_row_blocks, step_columns)
 
 logger = logging.getLogger("gru_engine")
 
@@ -414,14 +414,15 @@ def train_steps(max_steps, items, order, offsets, min_rows, sched, cur, end, res
     return loss_sum, events, finite
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def infer_step(SI, LI, active, sum_mode, rows, items, new_session, state, indptr, indices,
                weights, theta, T, Wy, Xf, M0f, HP, HO, Y, MK, GX, GH, GA, hc_aug):
     """Inference step (no dropout: ``M0f``, ``MK`` all ones) for ``R = len(rows)`` live sessions.
 
     state: (n_slots, sum of layer sizes) float32, layer ``g`` in columns ``L_STOFF``..; rows are
     gathered (zero where ``new_session``), stepped and scattered back. ``hc_aug[:R]`` gets
-    ``[combined hidden | 1]``.
+    ``[combined hidden | 1]``. Releases the GIL: calls on disjoint ``rows`` with their own
+    buffers may run on separate threads.
     """
     R = len(rows)
     bs = hc_aug.shape[0]
@@ -648,59 +649,97 @@ class FeatureTrainer:
 # ---------------------------------------------------------------------------------------------
 # inference
 # ---------------------------------------------------------------------------------------------
+class _Workspace:
+    """Inference buffers of one row block (``cap`` rows), see :func:`infer_step`."""
+
+    def __init__(self, cap: int, width: int, x_width: int, Hc: int, n_items: int):
+        dt = np.float32
+        z = lambda n: np.zeros(n, dt)
+        self.cap = cap
+        self.Xf, self.M0f = z(cap * x_width), np.ones(cap * x_width, dt)
+        self.HP, self.HO, self.Y = z(cap * width), z(cap * width), z(cap * width)
+        self.MK = np.ones(cap * width, dt)
+        self.GX, self.GH, self.GA = z(3 * cap * width), z(3 * cap * width), z(3 * cap * width)
+        self.aug = np.zeros((cap, Hc + 1), dt)
+        self.out = np.zeros((cap, n_items), dt)
+
+
 class FeatureScorer:
     """Evaluation scorer (:class:`gru_engine.evaluation.SessionScorer`) over a fitted
     feature-rich model: one step of every subnet for the given slots, then one GEMM
-    ``[h_comb | 1] @ [Wy | By]^T`` into a preallocated buffer (valid until the next call)."""
+    ``[h_comb | 1] @ [Wy | By]^T`` into a preallocated buffer (valid until the next call).
+    ``rank`` splits a step's rows into up to ``n_threads`` blocks, each stepped, scored and
+    ranked on its own thread with its own buffers (as :class:`~.cpu.GRUScorer`)."""
 
-    def __init__(self, params: dict, sum_mode: bool, act: int = 0, act_param: float = 0.0):
+    def __init__(self, params: dict, sum_mode: bool, act: int = 0, act_param: float = 0.0,
+                 n_threads: int = 1):
         dt = np.float32
         self.p = {k: (np.ascontiguousarray(params[k], dt) if k in ("theta", "T", "Wy", "By",
                                                                      "weights") else params[k])
                   for k in ("theta", "T", "Wy", "By", "weights", "indptr", "indices", "SI", "LI")}
         self.sum_mode = bool(sum_mode)
         self.act, self.act_param = act, act_param
-        self.WyB = np.ascontiguousarray(np.hstack([self.p["Wy"], self.p["By"][:, None]]))
-        self.n_items = self.WyB.shape[0]
-        self.Hc = self.WyB.shape[1] - 1
+        self.n_threads = max(1, int(n_threads))
+        # (Hc+1, n_items) in C order: read without a transpose by the scoring GEMM
+        self.WyBT = np.ascontiguousarray(np.vstack([self.p["Wy"].T, self.p["By"][None, :]]))
+        self.n_items = self.WyBT.shape[1]
+        self.Hc = self.WyBT.shape[0] - 1
         LI, SI = self.p["LI"], self.p["SI"]
         self.width = int(LI[:, L_H].sum())
         self.x_width = int(SI[:, S_IN].sum())
         self.active = np.ones(SI.shape[0], np.bool_)
-        self._cap = 0
+        self._ws = []
         self.state = np.zeros((0, self.width), dt)
 
-    def _grow(self, R: int):
-        if R <= self._cap:
-            return
-        cap = max(R, 64)
-        dt = np.float32
-        z = lambda n: np.zeros(n, dt)
-        self.Xf, self.M0f = z(cap * self.x_width), np.ones(cap * self.x_width, dt)
-        self.HP, self.HO, self.Y = z(cap * self.width), z(cap * self.width), z(cap * self.width)
-        self.MK = np.ones(cap * self.width, dt)
-        n3 = 3 * cap * self.width
-        self.GX, self.GH, self.GA = z(n3), z(n3), z(n3)
-        self.aug = np.zeros((cap, self.Hc + 1), dt)
-        self.out = np.zeros((cap, self.n_items), dt)
-        self._cap = cap
+    def _workspace(self, k: int, R: int) -> _Workspace:
+        """Buffers of block ``k`` with room for ``R`` rows."""
+        while len(self._ws) <= k:
+            self._ws.append(None)
+        ws = self._ws[k]
+        if ws is None or ws.cap < R:
+            ws = _Workspace(max(R, 64), self.width, self.x_width, self.Hc, self.n_items)
+            self._ws[k] = ws
+        return ws
 
     def begin(self, n_rows: int) -> None:
         """Allocate and zero the hidden states of slots ``0..n_rows-1``."""
         self.state = np.zeros((int(n_rows), self.width), np.float32)
 
-    def score(self, rows, items, new_session) -> np.ndarray:
-        """(R, n_items) float32 scores after clicks ``items`` in slots ``rows``."""
+    def _scores(self, k: int, rows, items, new_session) -> np.ndarray:
+        """Step and score one block of rows with workspace ``k``; returns its (R, n_items)."""
         R = len(rows)
-        self._grow(R)
+        ws = self._workspace(k, R)
         p = self.p
-        infer_step(p["SI"], p["LI"], self.active, self.sum_mode, np.asarray(rows, np.int64),
-                   np.asarray(items, np.int32), np.asarray(new_session, np.bool_), self.state,
-                   p["indptr"], p["indices"], p["weights"], p["theta"], p["T"], p["Wy"],
-                   self.Xf, self.M0f, self.HP, self.HO, self.Y, self.MK, self.GX, self.GH,
-                   self.GA, self.aug)
-        out = self.out[:R]
-        np.dot(self.aug[:R], self.WyB.T, out=out)
+        infer_step(p["SI"], p["LI"], self.active, self.sum_mode, rows, items, new_session,
+                   self.state, p["indptr"], p["indices"], p["weights"], p["theta"], p["T"],
+                   p["Wy"], ws.Xf, ws.M0f, ws.HP, ws.HO, ws.Y, ws.MK, ws.GX, ws.GH, ws.GA,
+                   ws.aug)
+        out = ws.out[:R]
+        np.dot(ws.aug[:R], self.WyBT, out=out)
         if self.act != 0:
             apply_final_act(out, R, self.act, self.act_param)
         return out
+
+    @staticmethod
+    def _inputs(rows, items, new_session):
+        return (np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(items, np.int32),
+                np.ascontiguousarray(new_session, np.bool_))
+
+    def score(self, rows, items, new_session) -> np.ndarray:
+        """(R, n_items) float32 scores after clicks ``items`` in slots ``rows``."""
+        return self._scores(0, *self._inputs(rows, items, new_session))
+
+    def rank(self, rows, items, new_session, targets, mode: str = "conservative") -> np.ndarray:
+        """(R,) float64 ranks of ``targets`` after the clicks (the evaluator's optional
+        ``rank``); NaN scores raise ``ModelFitError``."""
+        from ..evaluation import rank_targets
+        rows, items, new_session = self._inputs(rows, items, new_session)
+        targets = np.asarray(targets, np.int64)
+        ranks = np.empty(len(rows), np.float64)
+
+        def block(k, a, b):
+            scores = self._scores(k, rows[a:b], items[a:b], new_session[a:b])
+            ranks[a:b] = rank_targets(scores, targets[a:b], mode)
+
+        run_row_blocks(len(rows), self.n_threads, MIN_BLOCK_ROWS, block)
+        return ranks
