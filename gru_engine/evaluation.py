@@ -3,6 +3,8 @@
 * :func:`rank_targets` — rank of each row's target item among all items, with the official tie
   modes; :func:`top_k` — the best ``k`` items per row. Both run the Cython kernels of
   :mod:`gru_engine._ranking` (one pass per row, no sort, OpenMP over rows).
+* :class:`ItemPanels` — a scorer's item matrix packed for the fused score-and-rank kernels
+  (AVX-512): the ranks without writing the (rows x n_items) scores.
 * :class:`SessionScorer` — the small protocol a model exposes (``SessionModel.scorer()``) so that
   one evaluator and one ``recommend`` serve every model.
 * :func:`evaluate_sessions` — session-parallel replay of test sessions; after every click but
@@ -122,12 +124,79 @@ def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 1
     n_equal = np.empty(batch, dtype=np.int64)
     has_nan = np.empty(batch, dtype=np.uint8)
     _kernels().rank_counts(block, tgt, n_greater, n_equal, has_nan, n_threads)
-    _raise_on_nan(has_nan, "rank_targets")
+    return _ranks_from_counts(n_greater, n_equal, has_nan, mode, "rank_targets")
+
+
+def _ranks_from_counts(n_greater, n_equal, has_nan, mode: str, what: str) -> np.ndarray:
+    """Ranks in tie mode ``mode`` from the counting kernels' outputs; NaN rows refuse."""
+    _raise_on_nan(has_nan, what)
     if mode == "conservative":
         return (n_greater + n_equal).astype(np.float64)
     if mode == "median":
         return n_greater + 0.5 * (n_equal + 1)
     return (n_greater + 1).astype(np.float64)
+
+
+class ItemPanels:
+    """The all-item output of a scorer, ``S = A @ B`` with ``B`` (K, n_items) float32 (for
+    SessionGRU ``[Wy | By]^T``, rows of ``A`` being ``[h | 1]``), packed once into the panels of
+    the fused kernels of :mod:`gru_engine._ranking` (a copy of ``B``'s size).
+
+    :meth:`scores` writes ``S``; :meth:`rank` ranks targets among ``S`` without writing it (the
+    scores are counted in registers), exactly as :func:`rank_targets` would rank the output of
+    :meth:`scores`. Both release the GIL. Usable where :func:`panels_available` is true
+    (x86-64 with AVX-512F); elsewhere a BLAS GEMM plus :func:`rank_targets` does the same job.
+    """
+
+    def __init__(self, B):
+        B = np.ascontiguousarray(B, dtype=np.float32)
+        if B.ndim != 2 or B.shape[0] < 1 or not 1 <= B.shape[1] < 2**31:
+            raise ValueError(f"item matrix must be (K >= 1, 1 <= n_items < 2**31), got {B.shape}")
+        self.K, self.n_items = B.shape
+        cols = _kernels().PANEL_COLUMNS
+        self.packed = np.empty(-(-self.n_items // cols) * self.K * cols, np.float32)
+        _kernels().pack_panels(B, self.packed)
+
+    def _rows(self, A) -> np.ndarray:
+        A = np.asarray(A)
+        if A.ndim != 2 or A.shape[1] != self.K or A.dtype != np.float32 or not A.flags.c_contiguous:
+            raise ValueError(f"A must be a C-contiguous float32 (R, {self.K}) array, got "
+                             f"{A.dtype} {A.shape}")
+        return A
+
+    def scores(self, A, out) -> np.ndarray:
+        """``out[:, :n_items] = A @ B`` (out: (R, >= n_items) float32, C order); returns out."""
+        A = self._rows(A)
+        if out.shape[0] != A.shape[0] or out.shape[1] < self.n_items or out.dtype != np.float32 \
+                or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous float32 ({A.shape[0]}, >= "
+                             f"{self.n_items}) array, got {out.dtype} {out.shape}")
+        _kernels().panel_scores(A, self.packed, self.n_items, out)
+        return out
+
+    def rank(self, A, targets, mode: str = "conservative") -> np.ndarray:
+        """(R,) float64 ranks of ``targets`` (R,) among the rows of ``A @ B`` (tie modes of
+        :func:`rank_targets`); ``ModelFitError`` when a row holds NaN."""
+        A = self._rows(A)
+        if mode not in RANK_MODES:
+            raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+        tgt = np.ascontiguousarray(targets, dtype=np.int64)
+        if tgt.shape != (A.shape[0],):
+            raise ValueError(f"targets must have shape ({A.shape[0]},), got {tgt.shape}")
+        if len(tgt) and (tgt.min() < 0 or tgt.max() >= self.n_items):
+            raise ValueError(f"target item index outside [0, {self.n_items})")
+        n = len(tgt)
+        n_greater, n_equal = np.empty(n, np.int64), np.empty(n, np.int64)
+        has_nan = np.zeros(n, np.uint8)
+        _kernels().panel_rank_counts(A, self.packed, self.n_items, tgt, n_greater, n_equal,
+                                     has_nan)
+        return _ranks_from_counts(n_greater, n_equal, has_nan, mode, "ItemPanels.rank")
+
+
+def panels_available() -> bool:
+    """True where :class:`ItemPanels` runs: the kernels are built for x86-64 and the CPU has
+    AVX-512F."""
+    return _kernels().panels_supported()
 
 
 def top_k(scores, k: int, n_threads: int = 1):

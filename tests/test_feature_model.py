@@ -530,11 +530,14 @@ def test_package_exposes_feature_model():
     assert "FeatureSessionGRU" in gru_engine.__all__
 
 
+@pytest.mark.parametrize("use_panels", [True, False])
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_threaded_rank_equals_score_then_rank(n_threads):
+def test_threaded_rank_equals_score_then_rank(n_threads, use_panels, monkeypatch):
     """FeatureScorer.rank (rows split over threads, a workspace each) gives the ranks of
-    score() + rank_targets(), over two steps of carried state."""
+    score() + rank_targets(), over two steps of carried state (fused panel kernels and BLAS)."""
+    from gru_engine.backends.cpu import OutputLayer
     from gru_engine.evaluation import rank_targets
+    monkeypatch.setattr(OutputLayer, "USE_PANELS", use_panels)
     events, feats = _small()
     m = FeatureSessionGRU(**dict(SMALL, n_epochs=1, n_threads=n_threads)).fit(
         events, item_features=feats)

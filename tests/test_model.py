@@ -307,10 +307,38 @@ def test_scorer_input_table_equals_direct_forward(kw, monkeypatch):
     np.testing.assert_allclose(m.predict_next(sess), fast, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("use_panels", [True, False])
+def test_output_layer_panels_and_blas_agree(use_panels, monkeypatch):
+    """OutputLayer scores and ranks on integer-valued data (exact in any summation order) are
+    those of NumPy, through the panel kernels (where the CPU has them) and through BLAS."""
+    from gru_engine.evaluation import rank_targets
+    monkeypatch.setattr(cpu.OutputLayer, "USE_PANELS", use_panels)
+    rng = np.random.default_rng(3)
+    Wy = rng.integers(-3, 4, (301, 12)).astype(np.float32)
+    By = rng.integers(-3, 4, 301).astype(np.float32)
+    aug = np.hstack([rng.integers(-3, 4, (40, 12)), np.ones((40, 1))]).astype(np.float32)
+    want = aug[:, :12] @ Wy.T + By
+    layer = cpu.OutputLayer(Wy, By)
+    if not use_panels:
+        assert layer.panels is None and not layer.fused_rank
+    got = layer.scores(aug, np.empty((40, 301), np.float32))
+    np.testing.assert_array_equal(got, want)
+    targets = rng.integers(0, 301, 40)
+    np.testing.assert_array_equal(layer.rank(aug, targets, "conservative",
+                                             np.empty((40, 301), np.float32)),
+                                  rank_targets(want, targets))
+    tanh = cpu.OutputLayer(Wy, By, act=2)  # a final activation ranks its own scores
+    assert not tanh.fused_rank
+    np.testing.assert_allclose(tanh.scores(aug, np.empty((40, 301), np.float32)),
+                               np.tanh(want), rtol=1e-6)
+
+
+@pytest.mark.parametrize("use_panels", [True, False])
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_threaded_rank_equals_score_then_rank(fitted, n_threads):
+def test_threaded_rank_equals_score_then_rank(fitted, n_threads, use_panels, monkeypatch):
     """GRUScorer.rank (rows split over threads) gives the ranks of score() + rank_targets()."""
     from gru_engine.evaluation import rank_targets
+    monkeypatch.setattr(cpu.OutputLayer, "USE_PANELS", use_panels)
     model = fitted
     rng = np.random.default_rng(n_threads)
     R, n = 300, model.n_items_

@@ -231,3 +231,77 @@ def test_bad_thread_counts(n_threads):
 def test_kernel_introspection():
     assert isinstance(_ranking.openmp_enabled(), bool)
     assert _ranking.max_threads() >= 1
+
+
+# ---- fused scoring + ranking over item panels (AVX-512) ---------------------------------------
+from gru_engine.evaluation import ItemPanels, panels_available  # noqa: E402
+
+needs_panels = pytest.mark.skipif(not panels_available(),
+                                  reason="the panel kernels need x86-64 with AVX-512F")
+
+
+def integer_problem(rng, R, K, N, levels=3):
+    """A @ B with small integer entries: every summation order gives the exact same float32
+    scores (so BLAS is a bit-exact reference) and targets tie with many items."""
+    A = rng.integers(-levels, levels + 1, (R, K)).astype(np.float32)
+    B = rng.integers(-levels, levels + 1, (K, N)).astype(np.float32)
+    return A, B
+
+
+# rows not a multiple of the 8-row tile, items not a multiple of the 32-item panel, K = 1,
+# more rows than the kernel's 256-row chunk
+PANEL_SHAPES = [(1, 1, 1), (3, 1, 5), (8, 7, 32), (13, 101, 2933), (9, 64, 31), (300, 17, 77)]
+
+
+@needs_panels
+@pytest.mark.parametrize("mode", ["conservative", "optimistic", "median"])
+@pytest.mark.parametrize("R,K,N", PANEL_SHAPES)
+def test_panels_scores_and_ranks_exact(R, K, N, mode):
+    rng = np.random.default_rng(R * 1000 + K * 10 + N)
+    A, B = integer_problem(rng, R, K, N)
+    panels = ItemPanels(B)
+    out = np.full((R, N + 3), -7.0, np.float32)  # row stride > n_items: the rest untouched
+    panels.scores(A, out)
+    np.testing.assert_array_equal(out[:, :N], A @ B)
+    assert np.all(out[:, N:] == -7.0)
+    targets = rng.integers(0, N, R)
+    np.testing.assert_array_equal(panels.rank(A, targets, mode),
+                                  reference_ranks(A @ B, targets, mode))
+
+
+@needs_panels
+def test_panels_rank_is_the_rank_of_its_own_scores():
+    """Random floats: the ranks equal rank_targets of the kernel's own scores, ties included
+    (the target's score is the same fmaf chain as its tile entry)."""
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((50, 101)).astype(np.float32)
+    B = rng.standard_normal((101, 1000)).astype(np.float32)
+    B[:, 10:20] = B[:, 3:4]  # ten copies of item 3: exact ties
+    panels = ItemPanels(B)
+    targets = rng.integers(0, 1000, 50)
+    targets[:5] = 3
+    S = panels.scores(A, np.empty((50, 1000), np.float32))
+    for mode in ("conservative", "optimistic", "median"):
+        np.testing.assert_array_equal(panels.rank(A, targets, mode),
+                                      rank_targets(S, targets, mode))
+    np.testing.assert_allclose(S, A.astype(np.float64) @ B, rtol=1e-4, atol=1e-4)
+
+
+@needs_panels
+def test_panels_nan_and_bad_input():
+    rng = np.random.default_rng(6)
+    A, B = integer_problem(rng, 10, 4, 40)
+    A[7, 2] = np.nan
+    panels = ItemPanels(B)
+    with pytest.raises(ModelFitError, match="row 7"):
+        panels.rank(A, np.zeros(10, np.int64))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        panels.rank(A.astype(np.float64), np.zeros(10, np.int64))
+    with pytest.raises(ValueError, match="outside"):
+        panels.rank(np.nan_to_num(A), np.full(10, 40))
+    with pytest.raises(ValueError, match="rank mode"):
+        panels.rank(np.nan_to_num(A), np.zeros(10, np.int64), "best")
+    with pytest.raises(ValueError, match="out must be"):
+        panels.scores(A, np.empty((10, 39), np.float32))
+    with pytest.raises(ValueError, match="item matrix"):
+        ItemPanels(np.zeros((0, 3), np.float32))

@@ -35,6 +35,7 @@ import scipy.linalg.cython_blas  # noqa: F401
 from numba import njit
 
 from ..batching import schedule_advance, schedule_start
+from ..evaluation import ItemPanels, panels_available, rank_targets
 from ..gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
 from ..losses import CROSS_ENTROPY, loss_forward_backward, activate
 from ..optim import (accumulate_rows, accumulate_rows_1d, adagrad_dense, adagrad_rows,
@@ -332,14 +333,13 @@ def apply_final_act(S, R, act, param):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def infer_scores(mode, rows, items, new_session, state, Wx, bx, Wh, bhn, E, Wy,
-                 x0, ones0, hprev, hout, ones, gx, gh, gates, out_aug, WyBT, out, act, act_param):
-    """GRU forward (no dropout) for ``R = len(rows)`` live sessions, then their scores.
+def infer_step(mode, rows, items, new_session, state, Wx, bx, Wh, bhn, E, Wy,
+               x0, ones0, hprev, hout, ones, gx, gh, gates, out_aug):
+    """GRU forward (no dropout) for ``R = len(rows)`` live sessions.
 
     state: tuple of (n_slots, H_l) hidden states; rows are gathered (zero where
-    ``new_session``), stepped and scattered back. ``out_aug[:R] = [h_last | 1]``, so one GEMM
-    with ``WyBT = [Wy | By]^T`` ((H+1, n_items), C order) gives ``out[:R]`` ((R, n_items)
-    scores, ``final_act`` applied). Releases the GIL: calls on disjoint ``rows`` with disjoint
+    ``new_session``), stepped and scattered back. ``out_aug[:R] = [h_last | 1]`` (the input
+    of :class:`OutputLayer`). Releases the GIL: calls on disjoint ``rows`` with disjoint
     buffers may run on separate threads.
     """
     R = len(rows)
@@ -365,9 +365,6 @@ def infer_scores(mode, rows, items, new_session, state, Wx, bx, Wh, bhn, E, Wy,
         for k in range(H):
             out_aug[i, k] = last[i, k]
         out_aug[i, H] = 1.0
-    np.dot(out_aug[:R], WyBT, out[:R])
-    if act != 0:
-        apply_final_act(out, R, act, act_param)
 
 
 class CPUTrainer:
@@ -516,14 +513,55 @@ class CPUTrainer:
         return total
 
 
+class OutputLayer:
+    """All-item scores ``final_act([h | 1] @ [Wy | By]^T)`` of a CPU scorer, and the ranks of
+    targets among them: through :class:`~gru_engine.evaluation.ItemPanels` (fused kernels, the
+    scores never written when ranking) where the CPU has AVX-512F, else one BLAS GEMM (and
+    :func:`~gru_engine.evaluation.rank_targets`). Either way ``rank`` gives exactly the ranks
+    of the scores ``scores`` returns. Stateless after construction (thread-safe).
+    """
+
+    #: use the panel kernels where available (tests switch it off to cover the BLAS path)
+    USE_PANELS = True
+
+    def __init__(self, Wy, By, act: int = 0, act_param: float = 0.0):
+        WyBT = np.ascontiguousarray(np.vstack([np.asarray(Wy, np.float32).T,
+                                               np.asarray(By, np.float32)[None, :]]))
+        self.n_items = WyBT.shape[1]
+        self.act, self.act_param = act, act_param
+        self.panels = ItemPanels(WyBT) if self.USE_PANELS and panels_available() else None
+        # (H+1, n_items) in C order: the GEMM reads it without a transpose, which OpenBLAS
+        # runs faster than the transposed (n_items, H+1) layout
+        self.WyBT = WyBT if self.panels is None else None
+        #: ``rank`` needs no score buffer
+        self.fused_rank = self.panels is not None and act == 0
+
+    def scores(self, aug, out) -> np.ndarray:
+        """``out = final_act(aug @ [Wy | By]^T)``; aug (R, H+1), out (R, n_items) float32."""
+        if self.panels is not None:
+            self.panels.scores(aug, out)
+        else:
+            np.dot(aug, self.WyBT, out=out)
+        if self.act != 0:
+            apply_final_act(out, len(out), self.act, self.act_param)
+        return out
+
+    def rank(self, aug, targets, mode: str, out=None) -> np.ndarray:
+        """(R,) ranks of ``targets`` among each row's scores; ``out``: (R, n_items) scratch,
+        needed unless :attr:`fused_rank`."""
+        if self.fused_rank:
+            return self.panels.rank(aug, targets, mode)
+        return rank_targets(self.scores(aug, out), targets, mode)
+
+
 class GRUScorer:
     """Evaluation scorer (protocol of :class:`gru_engine.evaluation.SessionScorer`).
 
-    One compiled call per block of rows (:func:`infer_scores`) gathers the hidden rows, runs the
-    GRU step, scatters the rows back and scores all items with one GEMM
-    ``[h | 1] @ [Wy | By]^T`` into a preallocated buffer, which ``score`` returns a view of
-    (valid until the next call). ``rank`` splits a step's rows into ``n_threads`` blocks that
-    run the whole chain (step, GEMM, ranking) on their own threads.
+    One compiled call per block of rows (:func:`infer_step`) gathers the hidden rows, runs the
+    GRU step and scatters the rows back; :class:`OutputLayer` scores all items into a
+    preallocated buffer, which ``score`` returns a view of (valid until the next call).
+    ``rank`` splits a step's rows into ``n_threads`` blocks that run the whole chain (step,
+    scoring, ranking) on their own threads.
     """
 
     #: largest (n_items x 3 H_0) input-projection table precomputed for embedding inputs
@@ -532,7 +570,6 @@ class GRUScorer:
     def __init__(self, params: dict, mode: int, act: int = 0, act_param: float = 0.0,
                  n_threads: int = 1):
         dt = np.float32
-        self.act, self.act_param = act, act_param
         self.n_threads = max(1, int(n_threads))
         Wx = [np.ascontiguousarray(w, dt) for w in params["Wx"]]
         bx = [np.ascontiguousarray(b, dt) for b in params["bx"]]
@@ -549,72 +586,74 @@ class GRUScorer:
         self.bhn = tuple(np.ascontiguousarray(b, dt) for b in params["bhn"])
         self.Wy = np.ascontiguousarray(params["Wy"], dt)
         self.E = np.ascontiguousarray(params["E"], dt) if "E" in params else np.zeros((1, 1), dt)
-        # (H+1, n_items): the scoring GEMM reads it without a transpose, which OpenBLAS runs
-        # faster than the transposed (n_items, H+1) layout.
-        self.WyBT = np.ascontiguousarray(
-            np.vstack([self.Wy.T, np.asarray(params["By"], dt)[None, :]]))
+        self.output = OutputLayer(self.Wy, params["By"], act, act_param)
         self.layers = [w.shape[0] for w in self.Wh]
-        self.n_items = self.Wy.shape[0]
+        self.n_items = self.output.n_items
         self._cap = 0
+        self.out = None
         self.state = tuple(np.zeros((0, h), dt) for h in self.layers)
 
-    def _grow(self, R: int):
-        if R <= self._cap:
-            return
-        cap = max(R, 64)
+    def _grow(self, R: int, scores: bool):
+        """Buffers for ``R`` rows; with ``scores`` also the (rows, n_items) score buffer."""
         dt = np.float32
-        per = lambda k: tuple(np.zeros((cap, k * h), dt) for h in self.layers)
-        self.hprev, self.hout, self.ones = per(1), per(1), per(1)
-        for o in self.ones:
-            o[:] = 1.0
-        self.gx, self.gh, self.gates = per(3), per(3), per(3)
-        d0 = 1 if self.mode == ONEHOT else self.Wx[0].shape[0]
-        self.x0 = np.zeros((cap, d0), dt)
-        self.ones0 = np.ones((cap, d0), dt)
-        self.aug = np.zeros((cap, self.layers[-1] + 1), dt)
-        self.out = np.zeros((cap, self.n_items), dt)
-        self._cap = cap
+        if R > self._cap:
+            cap = max(R, 64)
+            per = lambda k: tuple(np.zeros((cap, k * h), dt) for h in self.layers)
+            self.hprev, self.hout, self.ones = per(1), per(1), per(1)
+            for o in self.ones:
+                o[:] = 1.0
+            self.gx, self.gh, self.gates = per(3), per(3), per(3)
+            d0 = 1 if self.mode == ONEHOT else self.Wx[0].shape[0]
+            self.x0 = np.zeros((cap, d0), dt)
+            self.ones0 = np.ones((cap, d0), dt)
+            self.aug = np.zeros((cap, self.layers[-1] + 1), dt)
+            self._cap = cap
+        if scores and (self.out is None or self.out.shape[0] < self._cap):
+            self.out = np.zeros((self._cap, self.n_items), dt)
 
     def begin(self, n_rows: int) -> None:
         """Allocate and zero the hidden states of slots ``0..n_rows-1``."""
         self.state = tuple(np.zeros((int(n_rows), h), np.float32) for h in self.layers)
 
-    def _scores(self, a: int, b: int, rows, items, new_session) -> np.ndarray:
-        """Step and score ``rows[a:b]`` in buffer rows ``a:b``; returns ``out[a:b]``."""
+    def _step(self, a: int, b: int, rows, items, new_session) -> np.ndarray:
+        """GRU step of ``rows[a:b]`` in buffer rows ``a:b``; returns their ``[h | 1]``."""
         cut = lambda bufs: tuple(x[a:b] for x in bufs)
-        infer_scores(self.mode, rows[a:b], items[a:b], new_session[a:b], self.state, self.Wx,
-                     self.bx, self.Wh, self.bhn, self.E, self.Wy, self.x0[a:b],
-                     self.ones0[a:b], cut(self.hprev), cut(self.hout), cut(self.ones),
-                     cut(self.gx), cut(self.gh), cut(self.gates), self.aug[a:b], self.WyBT,
-                     self.out[a:b], self.act, self.act_param)
-        return self.out[a:b]
+        infer_step(self.mode, rows[a:b], items[a:b], new_session[a:b], self.state, self.Wx,
+                   self.bx, self.Wh, self.bhn, self.E, self.Wy, self.x0[a:b], self.ones0[a:b],
+                   cut(self.hprev), cut(self.hout), cut(self.ones), cut(self.gx), cut(self.gh),
+                   cut(self.gates), self.aug[a:b])
+        return self.aug[a:b]
 
-    def _inputs(self, rows, items, new_session):
-        self._grow(len(rows))
+    @staticmethod
+    def _inputs(rows, items, new_session):
         return (np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(items, np.int32),
                 np.ascontiguousarray(new_session, np.bool_))
 
     def score(self, rows, items, new_session) -> np.ndarray:
         """(R, n_items) float32 scores after clicks ``items`` in slots ``rows``."""
         rows, items, new_session = self._inputs(rows, items, new_session)
-        return self._scores(0, len(rows), rows, items, new_session)
+        R = len(rows)
+        self._grow(R, scores=True)
+        return self.output.scores(self._step(0, R, rows, items, new_session), self.out[:R])
 
     def rank(self, rows, items, new_session, targets, mode: str = "conservative") -> np.ndarray:
         """(R,) float64 ranks of ``targets`` after the clicks (the evaluator's optional ``rank``).
 
-        The rows are split into up to ``n_threads`` blocks; each block's GRU step, scoring GEMM
-        (single-threaded BLAS) and ranking run on one thread without the GIL. On small GEMMs
-        this beats multi-threaded BLAS, whose idle workers spin while the rest of the step runs.
-        NaN scores raise ``ModelFitError``.
+        The rows are split into up to ``n_threads`` blocks; each block's GRU step, scoring
+        (fused panel kernels, or a single-threaded BLAS GEMM) and ranking run on one thread
+        without the GIL. On small GEMMs this beats multi-threaded BLAS, whose idle workers spin
+        while the rest of the step runs. NaN scores raise ``ModelFitError``.
         """
-        from ..evaluation import rank_targets
         rows, items, new_session = self._inputs(rows, items, new_session)
         targets = np.asarray(targets, np.int64)
         ranks = np.empty(len(rows), np.float64)
+        fused = self.output.fused_rank
+        self._grow(len(rows), scores=not fused)
 
         def block(k, a, b):
-            scores = self._scores(a, b, rows, items, new_session)
-            ranks[a:b] = rank_targets(scores, targets[a:b], mode)
+            aug = self._step(a, b, rows, items, new_session)
+            ranks[a:b] = self.output.rank(aug, targets[a:b], mode,
+                                          None if fused else self.out[a:b])
 
         run_row_blocks(len(rows), self.n_threads, MIN_BLOCK_ROWS, block)
         return ranks
