@@ -7,6 +7,9 @@ Rank: ``rank_targets(scores, t)`` vs ``(scores > scores[arange(B), t][:, None]).
 Top-k: ``top_k(scores, k)`` (sorted, best first) vs ``np.argpartition(-scores, k-1, 1)[:, :k]``
 (unsorted, so NumPy is given the easier task). Both NumPy expressions run on one thread; the
 speed-up that counts is the kernels' on 1 thread, other thread counts are shown beside it.
+Fused (``--hidden K ...``): ``ItemPanels(B).rank(A, t)`` (scores counted in registers, AVX-512)
+vs ``rank_targets(A @ B, t)`` with one BLAS thread, A (batch, K), B (K, items), and the GFLOP/s
+of the 2 * batch * K * items multiply-adds.
 Times are wall-clock seconds per call on the same random float32 block after one warm-up call;
 best and median over ``--repeat`` calls.
 Writes ``bench/out/ranking.json`` and prints a line for bench/RESULTS.md.
@@ -24,7 +27,8 @@ from machine import cpu_name  # bench/machine.py (this folder is on sys.path)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 from gru_engine import _ranking  # noqa: E402
-from gru_engine.evaluation import rank_targets, top_k  # noqa: E402
+from gru_engine.evaluation import ItemPanels, panels_available, rank_targets, top_k  # noqa: E402
+from gru_engine.model import _thread_limit  # noqa: E402
 
 
 def timed(fn, repeat):
@@ -45,6 +49,8 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=10, help="timed calls per variant")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="kernel thread counts to time (0 = OpenMP default)")
+    parser.add_argument("--hidden", type=int, nargs="*", default=[101, 501],
+                        help="K of the fused score-and-rank comparison (none: skip it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       "out", "ranking.json"))
@@ -82,13 +88,26 @@ def main(argv=None):
             "rank": rank, "top_k": topk,
             "rank_speedup_best": numpy_times["rank"]["best_s"] / rank["best_s"],
             "top_k_speedup_best": numpy_times["top_k_argpartition"]["best_s"] / topk["best_s"]}
+    fused = {}
+    for K in args.hidden if panels_available() else []:
+        A = rng.standard_normal((args.batch, K), dtype=np.float32)
+        B = rng.standard_normal((K, args.items), dtype=np.float32)
+        panels, out = ItemPanels(B), np.empty((args.batch, args.items), np.float32)
+        flop = 2.0 * args.batch * K * args.items
+        with _thread_limit(1):
+            blas = timed(lambda: rank_targets(np.dot(A, B, out=out), targets), args.repeat)
+        panel = timed(lambda: panels.rank(A, targets), args.repeat)
+        fused[str(K)] = {"blas_gemm_plus_rank": blas, "panels_rank": panel,
+                         "blas_gflops": flop / blas["best_s"] / 1e9,
+                         "panels_gflops": flop / panel["best_s"] / 1e9}
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs",
         "command": " ".join(["python bench/bench_ranking.py"] + (sys.argv[1:] if argv is None else argv)),
         "shape": [args.batch, args.items], "k": args.k, "openmp": _ranking.openmp_enabled(),
         "numpy_version": np.__version__, "load_average": list(os.getloadavg()),
-        "numpy": numpy_times, "kernel_by_threads": kernels,
+        "numpy": numpy_times, "kernel_by_threads": kernels, "fused_by_hidden": fused,
+        "panels_available": panels_available(),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -103,6 +122,10 @@ def main(argv=None):
     for threads, r in kernels.items():
         print(f"{threads} thread(s): rank {ms(r['rank'])}, {r['rank_speedup_best']:.1f}x; "
               f"top-{args.k} {ms(r['top_k'])}, {r['top_k_speedup_best']:.1f}x")
+    for K, r in fused.items():
+        print(f"fused score+rank, K={K}: BLAS GEMM + rank {ms(r['blas_gemm_plus_rank'])} "
+              f"({r['blas_gflops']:.0f} GFLOP/s), panels {ms(r['panels_rank'])} "
+              f"({r['panels_gflops']:.0f} GFLOP/s), 1 thread")
     cells = "; ".join(f"{t} thr: rank {r['rank']['best_s'] * 1e3:.2f} ms ({r['rank_speedup_best']:.1f}x), "
                       f"top-{args.k} {r['top_k']['best_s'] * 1e3:.2f} ms ({r['top_k_speedup_best']:.1f}x)"
                       for t, r in kernels.items())
