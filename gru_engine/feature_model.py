@@ -44,11 +44,12 @@ import os
 import numpy as np
 
 from . import params as hp
+from .backends.cpu_scoring import FeatureScorer
 from .backends.feature_cpu import (K_BAG, K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN,
                                    L_STOFF, L_WH, L_WX, N_LCOL, N_SCOL, S_A, S_C0, S_C1, S_D0,
                                    S_D1, S_IN, S_IPOFF, S_KIND, S_L0, S_L1, S_SOFF, S_TAB,
                                    S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE, T_OWN, T_WY,
-                                   FeatureScorer, FeatureTrainer)
+                                   FeatureTrainer)
 from .data import ItemIndex
 from .features import RAW, encode_item_features, encode_new_items, validate_item_features
 from .io import load_model, read_header, restore_model, write_npz

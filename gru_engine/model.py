@@ -34,6 +34,7 @@ import numpy as np
 
 from . import params as hp
 from .backends import cpu
+from .backends.cpu_scoring import GRUScorer
 from .backends.device import Device
 from .base import SessionModel
 from .batching import session_order
@@ -315,8 +316,8 @@ class SessionGRU(SessionModel):
     def scorer(self):
         """A fresh scorer (evaluation protocol): :class:`gru_engine.backends.cuda.CudaScorer`
         when the model was trained on CUDA (``device_ == 'cuda'``; evaluation then ranks on the
-        device), else :class:`gru_engine.backends.cpu.GRUScorer`. A loaded model scores on the
-        CPU."""
+        device), else :class:`gru_engine.backends.cpu_scoring.GRUScorer`. A loaded model scores
+        on the CPU."""
         self._check_fitted()
         act, act_param = hp.parse_final_act(self.final_act)
         if getattr(self, "device_", "cpu") == "cuda":
@@ -324,7 +325,7 @@ class SessionGRU(SessionModel):
             return CudaScorer(_resolve_device("cuda"), self.params_,
                               constrained_embedding=self.input_mode_ == "constrained",
                               final_act=(act, act_param), cache_on=self)
-        return cpu.GRUScorer(self.params_, _MODES[self.input_mode_], act, act_param,
+        return GRUScorer(self.params_, _MODES[self.input_mode_], act, act_param,
                              _threads(self.n_threads))
 
     def _check_fitted(self):

@@ -18,7 +18,7 @@ import pytest
 from gru_engine import ModelFitError, NotFittedError
 from gru_engine import model as model_mod
 from gru_engine.backends import device as device_mod
-from gru_engine.backends.cpu import GRUScorer
+from gru_engine.backends.cpu_scoring import GRUScorer
 from gru_engine.backends.cuda import CudaScorer
 from gru_engine.backends.device import EmulatedDevice
 from gru_engine.data import build_sessions

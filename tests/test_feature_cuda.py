@@ -20,11 +20,12 @@ import pytest
 from gru_engine import params as hp
 from gru_engine import model as model_mod
 from gru_engine.backends import device as device_mod
+from gru_engine.backends.cpu_scoring import FeatureScorer
 from gru_engine.backends.cuda import BLOCK, CudaScorer
 from gru_engine.backends.device import EmulatedDevice
 from gru_engine.backends.feature_cpu import (L_H, L_HOFF, S_D0, S_D1, S_IN, S_KIND, S_TAB,
                                              S_TCOLS, S_TOFF, S_TROWS, S_XOFF, K_DIRECT, T_OWN,
-                                             FeatureScorer, FeatureTrainer)
+                                             FeatureTrainer)
 from gru_engine.backends.feature_cuda import FeatureCudaScorer, FeatureCudaTrainer
 from gru_engine.data import ItemIndex, build_sessions
 from gru_engine.evaluation import evaluate_sessions

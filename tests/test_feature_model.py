@@ -535,7 +535,7 @@ def test_package_exposes_feature_model():
 def test_threaded_rank_equals_score_then_rank(n_threads, use_panels, monkeypatch):
     """FeatureScorer.rank (rows split over threads, a workspace each) gives the ranks of
     score() + rank_targets(), over two steps of carried state (fused panel kernels and BLAS)."""
-    from gru_engine.backends.cpu import OutputLayer
+    from gru_engine.backends.cpu_scoring import OutputLayer
     from gru_engine.evaluation import rank_targets
     monkeypatch.setattr(OutputLayer, "USE_PANELS", use_panels)
     events, feats = _small()

@@ -9,7 +9,7 @@ import pytest
 import reference as ref
 from gru_engine import ModelFitError, NotFittedError
 from gru_engine import params as hp
-from gru_engine.backends import cpu
+from gru_engine.backends import cpu, cpu_scoring
 from gru_engine.model import SessionGRU, init_params
 from gru_engine.params import parse_param_string
 from gru_engine.sampling import seed_numba
@@ -303,7 +303,7 @@ def test_scorer_input_table_equals_direct_forward(kw, monkeypatch):
     m = SessionGRU(**{**SMALL, **kw}).fit(_events())
     sess = [[m.item_index_.ids[i] for i in (1, 2, 3)], [m.item_index_.ids[4]]]
     fast = m.predict_next(sess)
-    monkeypatch.setattr(cpu.GRUScorer, "MAX_TABLE", 0)
+    monkeypatch.setattr(cpu_scoring.GRUScorer, "MAX_TABLE", 0)
     np.testing.assert_allclose(m.predict_next(sess), fast, rtol=1e-5, atol=1e-6)
 
 
@@ -312,13 +312,13 @@ def test_output_layer_panels_and_blas_agree(use_panels, monkeypatch):
     """OutputLayer scores and ranks on integer-valued data (exact in any summation order) are
     those of NumPy, through the panel kernels (where the CPU has them) and through BLAS."""
     from gru_engine.evaluation import rank_targets
-    monkeypatch.setattr(cpu.OutputLayer, "USE_PANELS", use_panels)
+    monkeypatch.setattr(cpu_scoring.OutputLayer, "USE_PANELS", use_panels)
     rng = np.random.default_rng(3)
     Wy = rng.integers(-3, 4, (301, 12)).astype(np.float32)
     By = rng.integers(-3, 4, 301).astype(np.float32)
     aug = np.hstack([rng.integers(-3, 4, (40, 12)), np.ones((40, 1))]).astype(np.float32)
     want = aug[:, :12] @ Wy.T + By
-    layer = cpu.OutputLayer(Wy, By)
+    layer = cpu_scoring.OutputLayer(Wy, By)
     if not use_panels:
         assert layer.panels is None and not layer.fused_rank
     got = layer.scores(aug, np.empty((40, 301), np.float32))
@@ -327,7 +327,7 @@ def test_output_layer_panels_and_blas_agree(use_panels, monkeypatch):
     np.testing.assert_array_equal(layer.rank(aug, targets, "conservative",
                                              np.empty((40, 301), np.float32)),
                                   rank_targets(want, targets))
-    tanh = cpu.OutputLayer(Wy, By, act=2)  # a final activation ranks its own scores
+    tanh = cpu_scoring.OutputLayer(Wy, By, act=2)  # a final activation ranks its own scores
     assert not tanh.fused_rank
     np.testing.assert_allclose(tanh.scores(aug, np.empty((40, 301), np.float32)),
                                np.tanh(want), rtol=1e-6)
@@ -338,7 +338,7 @@ def test_output_layer_panels_and_blas_agree(use_panels, monkeypatch):
 def test_threaded_rank_equals_score_then_rank(fitted, n_threads, use_panels, monkeypatch):
     """GRUScorer.rank (rows split over threads) gives the ranks of score() + rank_targets()."""
     from gru_engine.evaluation import rank_targets
-    monkeypatch.setattr(cpu.OutputLayer, "USE_PANELS", use_panels)
+    monkeypatch.setattr(cpu_scoring.OutputLayer, "USE_PANELS", use_panels)
     model = fitted
     rng = np.random.default_rng(n_threads)
     R, n = 300, model.n_items_

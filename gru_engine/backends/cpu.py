@@ -1,4 +1,5 @@
-"""CPU backend of SessionGRU: the whole training epoch and the inference step in Numba.
+"""CPU backend of SessionGRU: the whole training epoch and the inference step in Numba (the
+scorer around the inference step is :class:`.cpu_scoring.GRUScorer`).
 
 One training step (all gradients use the parameters as they were before the step):
 
@@ -25,8 +26,6 @@ Input modes: ``ONEHOT`` (Wx[0] is (n_items, 3H0)), ``EMBEDDING`` (E), ``CONSTRAI
 """
 from __future__ import annotations
 
-import functools
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 # Numba's np.dot calls the BLAS behind scipy.linalg.cython_blas. Load it now, so that a thread
@@ -35,7 +34,6 @@ import scipy.linalg.cython_blas  # noqa: F401
 from numba import njit
 
 from ..batching import schedule_advance, schedule_start
-from ..evaluation import ItemPanels, panels_available, rank_targets
 from ..gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
 from ..losses import CROSS_ENTROPY, loss_forward_backward, activate
 from ..optim import (accumulate_rows, accumulate_rows_1d, adagrad_dense, adagrad_rows,
@@ -511,181 +509,3 @@ class CPUTrainer:
         release_rows(self.slotY, self.rowsY, self.counts[0])
         release_rows(self.slotI, self.rowsI, self.counts[2])
         return total
-
-
-class OutputLayer:
-    """All-item scores ``final_act([h | 1] @ [Wy | By]^T)`` of a CPU scorer, and the ranks of
-    targets among them: through :class:`~gru_engine.evaluation.ItemPanels` (fused kernels, the
-    scores never written when ranking) where the CPU has AVX-512F, else one BLAS GEMM (and
-    :func:`~gru_engine.evaluation.rank_targets`). Either way ``rank`` gives exactly the ranks
-    of the scores ``scores`` returns. Stateless after construction (thread-safe).
-    """
-
-    #: use the panel kernels where available (tests switch it off to cover the BLAS path)
-    USE_PANELS = True
-
-    def __init__(self, Wy, By, act: int = 0, act_param: float = 0.0):
-        WyBT = np.ascontiguousarray(np.vstack([np.asarray(Wy, np.float32).T,
-                                               np.asarray(By, np.float32)[None, :]]))
-        self.n_items = WyBT.shape[1]
-        self.act, self.act_param = act, act_param
-        self.panels = ItemPanels(WyBT) if self.USE_PANELS and panels_available() else None
-        # (H+1, n_items) in C order: the GEMM reads it without a transpose, which OpenBLAS
-        # runs faster than the transposed (n_items, H+1) layout
-        self.WyBT = WyBT if self.panels is None else None
-        #: ``rank`` needs no score buffer
-        self.fused_rank = self.panels is not None and act == 0
-
-    def scores(self, aug, out) -> np.ndarray:
-        """``out = final_act(aug @ [Wy | By]^T)``; aug (R, H+1), out (R, n_items) float32."""
-        if self.panels is not None:
-            self.panels.scores(aug, out)
-        else:
-            np.dot(aug, self.WyBT, out=out)
-        if self.act != 0:
-            apply_final_act(out, len(out), self.act, self.act_param)
-        return out
-
-    def rank(self, aug, targets, mode: str, out=None) -> np.ndarray:
-        """(R,) ranks of ``targets`` among each row's scores; ``out``: (R, n_items) scratch,
-        needed unless :attr:`fused_rank`."""
-        if self.fused_rank:
-            return self.panels.rank(aug, targets, mode)
-        return rank_targets(self.scores(aug, out), targets, mode)
-
-
-class GRUScorer:
-    """Evaluation scorer (protocol of :class:`gru_engine.evaluation.SessionScorer`).
-
-    One compiled call per block of rows (:func:`infer_step`) gathers the hidden rows, runs the
-    GRU step and scatters the rows back; :class:`OutputLayer` scores all items into a
-    preallocated buffer, which ``score`` returns a view of (valid until the next call).
-    ``rank`` splits a step's rows into ``n_threads`` blocks that run the whole chain (step,
-    scoring, ranking) on their own threads.
-    """
-
-    #: largest (n_items x 3 H_0) input-projection table precomputed for embedding inputs
-    MAX_TABLE = 50_000_000
-
-    def __init__(self, params: dict, mode: int, act: int = 0, act_param: float = 0.0,
-                 n_threads: int = 1):
-        dt = np.float32
-        self.n_threads = max(1, int(n_threads))
-        Wx = [np.ascontiguousarray(w, dt) for w in params["Wx"]]
-        bx = [np.ascontiguousarray(b, dt) for b in params["bx"]]
-        if mode != ONEHOT and params["Wy"].shape[0] * Wx[0].shape[1] <= self.MAX_TABLE:
-            # No dropout at inference, so layer 0's input projection of every item can be
-            # computed once: x @ Wx[0] + bx[0] becomes a row lookup (as for one-hot input).
-            src = params["E"] if mode == EMBEDDING else params["Wy"]
-            Wx[0] = np.ascontiguousarray(np.asarray(src, dt) @ Wx[0] + bx[0])
-            bx[0] = np.zeros_like(bx[0])
-            mode = ONEHOT
-        self.mode = mode
-        self.Wx, self.bx = tuple(Wx), tuple(bx)
-        self.Wh = tuple(np.ascontiguousarray(w, dt) for w in params["Wh"])
-        self.bhn = tuple(np.ascontiguousarray(b, dt) for b in params["bhn"])
-        self.Wy = np.ascontiguousarray(params["Wy"], dt)
-        self.E = np.ascontiguousarray(params["E"], dt) if "E" in params else np.zeros((1, 1), dt)
-        self.output = OutputLayer(self.Wy, params["By"], act, act_param)
-        self.layers = [w.shape[0] for w in self.Wh]
-        self.n_items = self.output.n_items
-        self._cap = 0
-        self.out = None
-        self.state = tuple(np.zeros((0, h), dt) for h in self.layers)
-
-    def _grow(self, R: int, scores: bool):
-        """Buffers for ``R`` rows; with ``scores`` also the (rows, n_items) score buffer."""
-        dt = np.float32
-        if R > self._cap:
-            cap = max(R, 64)
-            per = lambda k: tuple(np.zeros((cap, k * h), dt) for h in self.layers)
-            self.hprev, self.hout, self.ones = per(1), per(1), per(1)
-            for o in self.ones:
-                o[:] = 1.0
-            self.gx, self.gh, self.gates = per(3), per(3), per(3)
-            d0 = 1 if self.mode == ONEHOT else self.Wx[0].shape[0]
-            self.x0 = np.zeros((cap, d0), dt)
-            self.ones0 = np.ones((cap, d0), dt)
-            self.aug = np.zeros((cap, self.layers[-1] + 1), dt)
-            self._cap = cap
-        if scores and (self.out is None or self.out.shape[0] < self._cap):
-            self.out = np.zeros((self._cap, self.n_items), dt)
-
-    def begin(self, n_rows: int) -> None:
-        """Allocate and zero the hidden states of slots ``0..n_rows-1``."""
-        self.state = tuple(np.zeros((int(n_rows), h), np.float32) for h in self.layers)
-
-    def _step(self, a: int, b: int, rows, items, new_session) -> np.ndarray:
-        """GRU step of ``rows[a:b]`` in buffer rows ``a:b``; returns their ``[h | 1]``."""
-        cut = lambda bufs: tuple(x[a:b] for x in bufs)
-        infer_step(self.mode, rows[a:b], items[a:b], new_session[a:b], self.state, self.Wx,
-                   self.bx, self.Wh, self.bhn, self.E, self.Wy, self.x0[a:b], self.ones0[a:b],
-                   cut(self.hprev), cut(self.hout), cut(self.ones), cut(self.gx), cut(self.gh),
-                   cut(self.gates), self.aug[a:b])
-        return self.aug[a:b]
-
-    @staticmethod
-    def _inputs(rows, items, new_session):
-        return (np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(items, np.int32),
-                np.ascontiguousarray(new_session, np.bool_))
-
-    def score(self, rows, items, new_session) -> np.ndarray:
-        """(R, n_items) float32 scores after clicks ``items`` in slots ``rows``."""
-        rows, items, new_session = self._inputs(rows, items, new_session)
-        R = len(rows)
-        self._grow(R, scores=True)
-        return self.output.scores(self._step(0, R, rows, items, new_session), self.out[:R])
-
-    def rank(self, rows, items, new_session, targets, mode: str = "conservative") -> np.ndarray:
-        """(R,) float64 ranks of ``targets`` after the clicks (the evaluator's optional ``rank``).
-
-        The rows are split into up to ``n_threads`` blocks; each block's GRU step, scoring
-        (fused panel kernels, or a single-threaded BLAS GEMM) and ranking run on one thread
-        without the GIL. On small GEMMs this beats multi-threaded BLAS, whose idle workers spin
-        while the rest of the step runs. NaN scores raise ``ModelFitError``.
-        """
-        rows, items, new_session = self._inputs(rows, items, new_session)
-        targets = np.asarray(targets, np.int64)
-        ranks = np.empty(len(rows), np.float64)
-        fused = self.output.fused_rank
-        self._grow(len(rows), scores=not fused)
-
-        def block(k, a, b):
-            aug = self._step(a, b, rows, items, new_session)
-            ranks[a:b] = self.output.rank(aug, targets[a:b], mode,
-                                          None if fused else self.out[a:b])
-
-        run_row_blocks(len(rows), self.n_threads, MIN_BLOCK_ROWS, block)
-        return ranks
-
-
-#: fewest rows per thread block of a scorer's ``rank`` (smaller blocks cost more than they save)
-MIN_BLOCK_ROWS = 32
-
-
-def run_row_blocks(n_rows: int, n_threads: int, min_rows: int, block) -> None:
-    """Split rows ``0..n_rows-1`` into up to ``n_threads`` contiguous blocks of at least
-    ``min_rows`` rows (one block if fewer) and run ``block(k, a, b)`` for block ``k`` = rows
-    ``a:b``: block 0 on the calling thread, the others on a shared pool. Returns when all are
-    done (an error in any block is raised). ``block`` must release the GIL for the blocks to
-    overlap.
-    """
-    n_blocks = min(max(1, int(n_threads)), max(1, n_rows // min_rows))
-    if n_blocks == 1:
-        block(0, 0, n_rows)
-        return
-    edges = np.linspace(0, n_rows, n_blocks + 1).astype(int)
-    pool = _pool(n_blocks - 1)
-    futures = [pool.submit(block, k, int(edges[k]), int(edges[k + 1]))
-               for k in range(1, n_blocks)]
-    try:
-        block(0, 0, int(edges[1]))
-    finally:
-        for future in futures:
-            future.result()
-
-
-@functools.lru_cache(maxsize=None)
-def _pool(n_workers: int) -> ThreadPoolExecutor:
-    """A process-wide thread pool for :func:`run_row_blocks` (threads idle cheaply when unused)."""
-    return ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="gru_engine-score")

@@ -1,4 +1,5 @@
-"""CPU backend of FeatureSessionGRU (p-RNN): training epoch and inference step in Numba.
+"""CPU backend of FeatureSessionGRU (p-RNN): training epoch and inference step in Numba (the
+scorer around the inference step is :class:`.cpu_scoring.FeatureScorer`).
 
 Parameters live in flat arrays, so one compiled specialisation serves any number of subnets:
 ``theta`` (all dense GRU weights and combine weights), ``T`` (all embedding tables), ``Wy``
@@ -27,8 +28,7 @@ from ..batching import schedule_advance
 from ..gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
 from ..optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
 from ..sampling import SampleStore
-from .cpu import (MIN_BLOCK_ROWS, OutputLayer, _add_bias, carry_hidden, epoch_start,
-                  output_forward_backward, run_row_blocks, step_columns)
+from .cpu import _add_bias, carry_hidden, epoch_start, output_forward_backward, step_columns
 
 logger = logging.getLogger("gru_engine")
 
@@ -649,105 +649,3 @@ class FeatureTrainer:
 # ---------------------------------------------------------------------------------------------
 # inference
 # ---------------------------------------------------------------------------------------------
-class _Workspace:
-    """Inference buffers of one row block (``cap`` rows), see :func:`infer_step`; ``out``, the
-    (cap, n_items) score buffer, is made on first use (the fused ranking needs none)."""
-
-    def __init__(self, cap: int, width: int, x_width: int, Hc: int):
-        dt = np.float32
-        z = lambda n: np.zeros(n, dt)
-        self.cap = cap
-        self.Xf, self.M0f = z(cap * x_width), np.ones(cap * x_width, dt)
-        self.HP, self.HO, self.Y = z(cap * width), z(cap * width), z(cap * width)
-        self.MK = np.ones(cap * width, dt)
-        self.GX, self.GH, self.GA = z(3 * cap * width), z(3 * cap * width), z(3 * cap * width)
-        self.aug = np.zeros((cap, Hc + 1), dt)
-        self.out = None
-
-    def scores(self, n_items: int) -> np.ndarray:
-        if self.out is None:
-            self.out = np.zeros((self.cap, n_items), np.float32)
-        return self.out
-
-
-class FeatureScorer:
-    """Evaluation scorer (:class:`gru_engine.evaluation.SessionScorer`) over a fitted
-    feature-rich model: one step of every subnet for the given slots, then the all-item scores
-    ``[h_comb | 1] @ [Wy | By]^T`` of :class:`~.cpu.OutputLayer` into a preallocated buffer
-    (valid until the next call). ``rank`` splits a step's rows into up to ``n_threads`` blocks,
-    each stepped, scored and ranked on its own thread with its own buffers (as
-    :class:`~.cpu.GRUScorer`)."""
-
-    def __init__(self, params: dict, sum_mode: bool, act: int = 0, act_param: float = 0.0,
-                 n_threads: int = 1):
-        dt = np.float32
-        self.p = {k: (np.ascontiguousarray(params[k], dt) if k in ("theta", "T", "Wy", "By",
-                                                                     "weights") else params[k])
-                  for k in ("theta", "T", "Wy", "By", "weights", "indptr", "indices", "SI", "LI")}
-        self.sum_mode = bool(sum_mode)
-        self.n_threads = max(1, int(n_threads))
-        self.output = OutputLayer(self.p["Wy"], self.p["By"], act, act_param)
-        self.n_items = self.output.n_items
-        self.Hc = self.p["Wy"].shape[1]
-        LI, SI = self.p["LI"], self.p["SI"]
-        self.width = int(LI[:, L_H].sum())
-        self.x_width = int(SI[:, S_IN].sum())
-        self.active = np.ones(SI.shape[0], np.bool_)
-        self._ws = []
-        self.state = np.zeros((0, self.width), dt)
-
-    def _workspace(self, k: int, R: int) -> _Workspace:
-        """Buffers of block ``k`` with room for ``R`` rows (``self._ws`` must have a slot k)."""
-        ws = self._ws[k]
-        if ws is None or ws.cap < R:
-            ws = _Workspace(max(R, 64), self.width, self.x_width, self.Hc)
-            self._ws[k] = ws
-        return ws
-
-    def begin(self, n_rows: int) -> None:
-        """Allocate and zero the hidden states of slots ``0..n_rows-1``."""
-        self.state = np.zeros((int(n_rows), self.width), np.float32)
-
-    def _step(self, ws: _Workspace, rows, items, new_session) -> np.ndarray:
-        """Step one block of rows in ``ws``; returns their ``[h_comb | 1]``."""
-        p = self.p
-        infer_step(p["SI"], p["LI"], self.active, self.sum_mode, rows, items, new_session,
-                   self.state, p["indptr"], p["indices"], p["weights"], p["theta"], p["T"],
-                   p["Wy"], ws.Xf, ws.M0f, ws.HP, ws.HO, ws.Y, ws.MK, ws.GX, ws.GH, ws.GA,
-                   ws.aug)
-        return ws.aug[:len(rows)]
-
-    @staticmethod
-    def _inputs(rows, items, new_session):
-        return (np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(items, np.int32),
-                np.ascontiguousarray(new_session, np.bool_))
-
-    def _reserve(self, n_blocks: int) -> None:
-        # workspace slots are made on the calling thread; blocks only fill their own slot
-        self._ws += [None] * max(0, n_blocks - len(self._ws))
-
-    def score(self, rows, items, new_session) -> np.ndarray:
-        """(R, n_items) float32 scores after clicks ``items`` in slots ``rows``."""
-        rows, items, new_session = self._inputs(rows, items, new_session)
-        R = len(rows)
-        self._reserve(1)
-        ws = self._workspace(0, R)
-        aug = self._step(ws, rows, items, new_session)
-        return self.output.scores(aug, ws.scores(self.n_items)[:R])
-
-    def rank(self, rows, items, new_session, targets, mode: str = "conservative") -> np.ndarray:
-        """(R,) float64 ranks of ``targets`` after the clicks (the evaluator's optional
-        ``rank``); NaN scores raise ``ModelFitError``."""
-        rows, items, new_session = self._inputs(rows, items, new_session)
-        targets = np.asarray(targets, np.int64)
-        ranks = np.empty(len(rows), np.float64)
-        self._reserve(self.n_threads)
-
-        def block(k, a, b):
-            ws = self._workspace(k, b - a)
-            aug = self._step(ws, rows[a:b], items[a:b], new_session[a:b])
-            out = None if self.output.fused_rank else ws.scores(self.n_items)[:b - a]
-            ranks[a:b] = self.output.rank(aug, targets[a:b], mode, out)
-
-        run_row_blocks(len(rows), self.n_threads, MIN_BLOCK_ROWS, block)
-        return ranks
