@@ -33,7 +33,7 @@ from test_cuda_emulated import (  # noqa: E402,F401  (collected here against the
     test_train_step_with_drawn_dropout_masks, test_train_step_without_extra_negatives,
     test_train_step_shrinking_batch_and_final_act, test_rank_targets_nan_anywhere_gives_nan)
 from test_cuda_model import (  # noqa: E402,F401  (SessionGRU(device='cuda') on the GPU)
-    cuda_model, data, fitted_pair, test_training_steps_equal_cpu_every_loss,
+    data, fitted_pair, test_training_steps_equal_cpu_every_loss,
     test_training_steps_equal_cpu_inputs_layers_dropout,
     test_epoch_with_resets_shrinking_batch_and_store_redraws_equals_cpu,
     test_fit_metrics_equal_cpu_and_device_ranking_equals_cython,

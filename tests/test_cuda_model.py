@@ -1,9 +1,9 @@
 """SessionGRU(device='cuda') end to end through the CUDA backend, run in the CPU emulator.
 
-The fixture ``cuda_model`` makes the model resolve ``device='cuda'`` to the device of the
-``cuda_device`` fixture (here an :class:`EmulatedDevice`; tests/test_cuda_gpu.py runs the same
-tests with a real :class:`CupyDevice`). Each test compares the CUDA path with the Numba CPU
-path of the same model: the training steps per loss / input mode / depth / dropout (same fixed
+The fixture ``cuda_model`` (tests/conftest.py) makes the model resolve ``device='cuda'`` to the
+device of the ``cuda_device`` fixture (here an :class:`EmulatedDevice`; tests/test_cuda_gpu.py
+runs the same tests with a real :class:`CupyDevice`). Each test compares the CUDA path with the
+Numba CPU path of the same model: the training steps per loss / input mode / depth / dropout (same fixed
 masks on both paths), a small fit's metrics, device ranking against the Cython evaluator,
 save/load, NaN refusal and device resolution.
 """
@@ -20,7 +20,6 @@ from gru_engine import model as model_mod
 from gru_engine.backends import device as device_mod
 from gru_engine.backends.cpu_scoring import GRUScorer
 from gru_engine.backends.cuda import CudaScorer
-from gru_engine.backends.device import EmulatedDevice
 from gru_engine.data import build_sessions
 from gru_engine.evaluation import evaluate_sessions
 from gru_engine.model import SessionGRU
@@ -31,19 +30,6 @@ pytestmark = [pytest.mark.cuda_emulated,
 
 
 _REAL_RESOLVE = model_mod._resolve_device
-
-
-@pytest.fixture(scope="module")
-def cuda_device():
-    return EmulatedDevice()
-
-
-@pytest.fixture
-def cuda_model(monkeypatch, cuda_device):
-    """SessionGRU resolves device='cuda' (and 'auto') to ``cuda_device``."""
-    monkeypatch.setattr(model_mod, "_resolve_device",
-                        lambda name: None if name == "cpu" else cuda_device)
-    return cuda_device
 
 
 def _flat(params):

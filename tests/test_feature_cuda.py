@@ -57,19 +57,6 @@ def dev():
     return EmulatedDevice()
 
 
-@pytest.fixture(scope="module")
-def cuda_device():
-    return EmulatedDevice()
-
-
-@pytest.fixture
-def cuda_model(monkeypatch, cuda_device):
-    """The models resolve device='cuda' (and 'auto') to ``cuda_device``."""
-    monkeypatch.setattr(model_mod, "_resolve_device",
-                        lambda name: None if name == "cpu" else cuda_device)
-    return cuda_device
-
-
 def grid(n):
     return max(1, (n + BLOCK - 1) // BLOCK)
 

@@ -22,7 +22,7 @@ if not cuda_available():
 
 from test_cuda_gpu import HostMirrorDevice  # noqa: E402
 from test_feature_cuda import (  # noqa: E402,F401  (collected here against the GPU)
-    cuda_model, fitted_pair, record_init, test_bag_gather, test_bag_offsets_and_grad,
+    fitted_pair, record_init, test_bag_gather, test_bag_offsets_and_grad,
     test_device_scores_equal_cpu_scorer, test_dropout_masks_drawn_on_the_device,
     test_fit_evaluate_equal_cpu_and_device_ranking, test_fixed_dropout_masks_replace_the_drawn_ones,
     test_save_load_keeps_features_and_scores,
