@@ -7,7 +7,8 @@ Rank: ``rank_targets(scores, t)`` vs ``(scores > scores[arange(B), t][:, None]).
 Top-k: ``top_k(scores, k)`` (sorted, best first) vs ``np.argpartition(-scores, k-1, 1)[:, :k]``
 (unsorted, so NumPy is given the easier task). Both NumPy expressions run on one thread; the
 speed-up that counts is the kernels' on 1 thread, other thread counts are shown beside it.
-Fused (``--hidden K ...``): ``ItemPanels(B).rank(A, t)`` (scores counted in registers, AVX-512)
+Fused (``--hidden K ...``): ``ItemPanels(B).rank(A, t)`` (scores counted in registers; with the
+AVX-512 and the AVX2 tile, those the CPU has)
 vs ``rank_targets(A @ B, t)`` with one BLAS thread, A (batch, K), B (K, items), and the GFLOP/s
 of the 2 * batch * K * items multiply-adds.
 Times are wall-clock seconds per call on the same random float32 block after one warm-up call;
@@ -96,10 +97,14 @@ def main(argv=None):
         flop = 2.0 * args.batch * K * args.items
         with _thread_limit(1):
             blas = timed(lambda: rank_targets(np.dot(A, B, out=out), targets), args.repeat)
-        panel = timed(lambda: panels.rank(A, targets), args.repeat)
-        fused[str(K)] = {"blas_gemm_plus_rank": blas, "panels_rank": panel,
-                         "blas_gflops": flop / blas["best_s"] / 1e9,
-                         "panels_gflops": flop / panel["best_s"] / 1e9}
+        fused[str(K)] = {"blas_gemm_plus_rank": blas, "blas_gflops": flop / blas["best_s"] / 1e9}
+        for isa, name in ((2, "avx512"), (1, "avx2")):
+            if _ranking.limit_panel_isa(isa) != isa:
+                continue
+            panel = timed(lambda: panels.rank(A, targets), args.repeat)
+            fused[str(K)][f"panels_{name}"] = panel
+            fused[str(K)][f"panels_{name}_gflops"] = flop / panel["best_s"] / 1e9
+        _ranking.limit_panel_isa(2)
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs",
@@ -123,9 +128,11 @@ def main(argv=None):
         print(f"{threads} thread(s): rank {ms(r['rank'])}, {r['rank_speedup_best']:.1f}x; "
               f"top-{args.k} {ms(r['top_k'])}, {r['top_k_speedup_best']:.1f}x")
     for K, r in fused.items():
-        print(f"fused score+rank, K={K}: BLAS GEMM + rank {ms(r['blas_gemm_plus_rank'])} "
-              f"({r['blas_gflops']:.0f} GFLOP/s), panels {ms(r['panels_rank'])} "
-              f"({r['panels_gflops']:.0f} GFLOP/s), 1 thread")
+        panels = ", ".join(f"panels {name} {ms(r[f'panels_{name}'])} "
+                           f"({r[f'panels_{name}_gflops']:.0f} GFLOP/s)"
+                           for name in ("avx512", "avx2") if f"panels_{name}" in r)
+        print(f"fused score+rank, K={K}, 1 thread: BLAS GEMM + rank {ms(r['blas_gemm_plus_rank'])} "
+              f"({r['blas_gflops']:.0f} GFLOP/s); {panels}")
     cells = "; ".join(f"{t} thr: rank {r['rank']['best_s'] * 1e3:.2f} ms ({r['rank_speedup_best']:.1f}x), "
                       f"top-{args.k} {r['top_k']['best_s'] * 1e3:.2f} ms ({r['top_k_speedup_best']:.1f}x)"
                       for t, r in kernels.items())

@@ -72,8 +72,10 @@ cdef extern from *:
        bit-identical to the target's own tile entry (ties are counted exactly), and the scores
        kernel writes exactly the values the counting kernel compares. Panels are walked in the
        outer loop and rows in chunks of 256, so a chunk of A stays in L2 while each panel is
-       read once per chunk. x86-64 with GCC/Clang only; at run time the CPU must have
-       AVX-512F (gru_panels_supported), else callers use BLAS. */
+       read once per chunk. x86-64 with GCC/Clang only; the tile runs with AVX-512F (8 rows x
+       32 items) or AVX2+FMA (4 rows x 16 items, four per 8 x 32 block), picked at run time
+       (gru_panel_isa); both compute the same chains, so they give identical scores. Without
+       either, callers use BLAS. */
     #include <stdint.h>
     #include <stdlib.h>
     #include <math.h>
@@ -87,13 +89,28 @@ cdef extern from *:
     #define GRU_PANELS 0
     #endif
 
-    static int gru_panels_supported(void) {
+    /* 2: AVX-512F, 1: AVX2 + FMA, 0: no panel kernels. Detected once; tests may lower it. */
+    static int gru_panel_isa_level = -1;
+
+    static int gru_panel_isa_detected(void) {
     #if GRU_PANELS
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512f") != 0;
-    #else
-        return 0;
+        if (__builtin_cpu_supports("avx512f")) return 2;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
     #endif
+        return 0;
+    }
+
+    static int gru_panel_isa(void) {
+        if (gru_panel_isa_level < 0) gru_panel_isa_level = gru_panel_isa_detected();
+        return gru_panel_isa_level;
+    }
+
+    /* Use at most `level` (never more than the CPU has); returns the level now in use. */
+    static int gru_panel_limit_isa(int level) {
+        int have = gru_panel_isa_detected();
+        gru_panel_isa_level = level < have ? (level < 0 ? 0 : level) : have;
+        return gru_panel_isa_level;
     }
 
     static void gru_pack_panels(const float *B, Py_ssize_t K, Py_ssize_t N, float *Bp) {
@@ -155,12 +172,55 @@ cdef extern from *:
     #undef GRU_TILE_ROW
     }
 
-    /* The loop shared by both kernels (out != NULL: scores; else counts, see gru_tile). */
-    __attribute__((target("avx512f,fma")))
+    /* AVX2 tile: rows a[0..3] x 16 columns of a panel (bp: the panel's first column of the
+       half, row stride 32), live columns `live` (bit c = column c); otherwise as gru_tile. */
+    __attribute__((target("avx2,fma")))
+    static void gru_tile_avx2(const float *const *a, Py_ssize_t K, const float *bp,
+                              unsigned live, int mr, float *out, Py_ssize_t ldc, const float *t,
+                              int *gt, int *eq, int *nan) {
+        __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps();
+        __m256 c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+        __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+        const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+        for (Py_ssize_t k = 0; k < K; k++) {
+            __m256 b0 = _mm256_loadu_ps(bp + k * GRU_NR), b1 = _mm256_loadu_ps(bp + k * GRU_NR + 8);
+            __m256 x;
+            x = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
+            x = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
+            x = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
+            x = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
+        }
+        unsigned l0 = live & 0xFF, l1 = (live >> 8) & 0xFF;
+    #define GRU_TILE2_ROW(r, x0, x1) \
+        if (r < mr) { \
+            if (out) { \
+                float tmp[16]; \
+                _mm256_storeu_ps(tmp, x0); \
+                _mm256_storeu_ps(tmp + 8, x1); \
+                for (int c = 0; c < 16; c++) \
+                    if (live >> c & 1u) out[r * ldc + c] = tmp[c]; \
+            } else { \
+                __m256 tv = _mm256_set1_ps(t[r]); \
+                gt[r] += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(x0, tv, _CMP_GT_OQ)) & l0) \
+                       + __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(x1, tv, _CMP_GT_OQ)) & l1); \
+                eq[r] += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(x0, tv, _CMP_EQ_OQ)) & l0) \
+                       + __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(x1, tv, _CMP_EQ_OQ)) & l1); \
+                nan[r] |= ((_mm256_movemask_ps(_mm256_cmp_ps(x0, x0, _CMP_UNORD_Q)) & l0) \
+                           | (_mm256_movemask_ps(_mm256_cmp_ps(x1, x1, _CMP_UNORD_Q)) & l1)) != 0; \
+            } \
+        }
+        GRU_TILE2_ROW(0, c00, c01) GRU_TILE2_ROW(1, c10, c11) GRU_TILE2_ROW(2, c20, c21)
+        GRU_TILE2_ROW(3, c30, c31)
+    #undef GRU_TILE2_ROW
+    }
+
+    /* The loop shared by both kernels (out != NULL: scores; else counts, see gru_tile); no
+       target attribute: it runs on every x86-64 CPU and calls the tile of the chosen ISA. */
     static void gru_panel_loop(const float *A, Py_ssize_t R, Py_ssize_t K, const float *Bp,
                                Py_ssize_t N, float *out, Py_ssize_t ldc, const float *t,
                                int *gt, int *eq, int *nan) {
         Py_ssize_t n_panels = (N + GRU_NR - 1) / GRU_NR;
+        int isa = gru_panel_isa();
         for (Py_ssize_t r0 = 0; r0 < R; r0 += GRU_ROW_CHUNK) {
             Py_ssize_t r1 = R - r0 < GRU_ROW_CHUNK ? R : r0 + GRU_ROW_CHUNK;
             for (Py_ssize_t p = 0; p < n_panels; p++) {
@@ -173,10 +233,27 @@ cdef extern from *:
                     const float *a[GRU_MR];
                     for (int r = 0; r < GRU_MR; r++)
                         a[r] = A + (i0 + (r < mr ? r : mr - 1)) * K;
-                    gru_tile(a, K, Bp + p * K * GRU_NR, m0, m1, mr,
-                             out ? out + i0 * ldc + p * GRU_NR : NULL, ldc,
-                             t ? t + i0 : NULL, gt ? gt + i0 : NULL, eq ? eq + i0 : NULL,
-                             nan ? nan + i0 : NULL);
+                    const float *bp = Bp + p * K * GRU_NR;
+                    if (isa == 2) {
+                        gru_tile(a, K, bp, m0, m1, mr,
+                                 out ? out + i0 * ldc + p * GRU_NR : NULL, ldc,
+                                 t ? t + i0 : NULL, gt ? gt + i0 : NULL,
+                                 eq ? eq + i0 : NULL, nan ? nan + i0 : NULL);
+                        continue;
+                    }
+                    for (int h = 0; h < 2; h++) {         /* rows 0-3, 4-7 */
+                        int hr = mr - 4 * h;
+                        if (hr <= 0) break;
+                        for (int q = 0; q < 2; q++) {     /* columns 0-15, 16-31 */
+                            unsigned live = q == 0 ? (unsigned)m0 : (unsigned)m1;
+                            if (!live) continue;
+                            Py_ssize_t i = i0 + 4 * h, c = p * GRU_NR + 16 * q;
+                            gru_tile_avx2(a + 4 * h, K, bp + 16 * q, live, hr < 4 ? hr : 4,
+                                          out ? out + i * ldc + c : NULL, ldc,
+                                          t ? t + i : NULL, gt ? gt + i : NULL,
+                                          eq ? eq + i : NULL, nan ? nan + i : NULL);
+                        }
+                    }
                 }
             }
         }
@@ -219,7 +296,8 @@ cdef extern from *:
         return 0;
     }
     """
-    int gru_panels_supported() noexcept nogil
+    int gru_panel_isa() noexcept nogil
+    int gru_panel_limit_isa(int level) noexcept nogil
     void gru_pack_panels(const float* B, Py_ssize_t K, Py_ssize_t N, float* Bp) noexcept nogil
     void gru_panel_scores(const float* A, Py_ssize_t R, Py_ssize_t K, const float* Bp,
                           Py_ssize_t N, float* out, Py_ssize_t ldc) noexcept nogil
@@ -390,9 +468,15 @@ def top_k_rows(const float[:, ::1] scores, int64_t[:, ::1] indices, float[:, ::1
 PANEL_COLUMNS = 32
 
 
-def panels_supported() -> bool:
-    """True when this build has the panel kernels and the CPU runs them (AVX-512F)."""
-    return bool(gru_panels_supported())
+def panel_isa() -> int:
+    """Instruction set of the panel kernels in use: 2 AVX-512F, 1 AVX2+FMA, 0 none (BLAS)."""
+    return gru_panel_isa()
+
+
+def limit_panel_isa(int level) -> int:
+    """Use at most ``level`` (2, 1 or 0; never more than the CPU has); returns the level in
+    use. For tests and comparisons: the levels compute identical scores."""
+    return gru_panel_limit_isa(level)
 
 
 def pack_panels(const float[:, ::1] B, float[::1] Bp):

@@ -4,7 +4,7 @@
   modes; :func:`top_k` — the best ``k`` items per row. Both run the Cython kernels of
   :mod:`gru_engine._ranking` (one pass per row, no sort, OpenMP over rows).
 * :class:`ItemPanels` — a scorer's item matrix packed for the fused score-and-rank kernels
-  (AVX-512): the ranks without writing the (rows x n_items) scores.
+  (AVX-512 or AVX2): the ranks without writing the (rows x n_items) scores.
 * :class:`SessionScorer` — the small protocol a model exposes (``SessionModel.scorer()``) so that
   one evaluator and one ``recommend`` serve every model.
 * :func:`evaluate_sessions` — session-parallel replay of test sessions; after every click but
@@ -145,7 +145,8 @@ class ItemPanels:
     :meth:`scores` writes ``S``; :meth:`rank` ranks targets among ``S`` without writing it (the
     scores are counted in registers), exactly as :func:`rank_targets` would rank the output of
     :meth:`scores`. Both release the GIL. Usable where :func:`panels_available` is true
-    (x86-64 with AVX-512F); elsewhere a BLAS GEMM plus :func:`rank_targets` does the same job.
+    (x86-64 with AVX-512F or AVX2 + FMA; both give identical scores); elsewhere a BLAS GEMM plus
+    :func:`rank_targets` does the same job.
     """
 
     def __init__(self, B):
@@ -195,8 +196,8 @@ class ItemPanels:
 
 def panels_available() -> bool:
     """True where :class:`ItemPanels` runs: the kernels are built for x86-64 and the CPU has
-    AVX-512F."""
-    return _kernels().panels_supported()
+    AVX-512F or AVX2 + FMA (``gru_engine._ranking.panel_isa()`` says which)."""
+    return _kernels().panel_isa() > 0
 
 
 def top_k(scores, k: int, n_threads: int = 1):

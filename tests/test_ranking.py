@@ -237,7 +237,19 @@ def test_kernel_introspection():
 from gru_engine.evaluation import ItemPanels, panels_available  # noqa: E402
 
 needs_panels = pytest.mark.skipif(not panels_available(),
-                                  reason="the panel kernels need x86-64 with AVX-512F")
+                                  reason="the panel kernels need x86-64 with AVX-512F or AVX2")
+_CPU_ISA = _ranking.panel_isa()
+
+
+@pytest.fixture(params=[2, 1], ids=["avx512", "avx2"])
+def isa(request):
+    """Run the test with the AVX-512 and the AVX2 tiles (those this CPU has)."""
+    if request.param > _CPU_ISA:
+        pytest.skip(f"this CPU has no {request.node.callspec.id.split('-')[0]} tile "
+                    f"(panel ISA {_CPU_ISA})")
+    assert _ranking.limit_panel_isa(request.param) == request.param
+    yield request.param
+    _ranking.limit_panel_isa(2)
 
 
 def integer_problem(rng, R, K, N, levels=3):
@@ -256,7 +268,7 @@ PANEL_SHAPES = [(1, 1, 1), (3, 1, 5), (8, 7, 32), (13, 101, 2933), (9, 64, 31), 
 @needs_panels
 @pytest.mark.parametrize("mode", ["conservative", "optimistic", "median"])
 @pytest.mark.parametrize("R,K,N", PANEL_SHAPES)
-def test_panels_scores_and_ranks_exact(R, K, N, mode):
+def test_panels_scores_and_ranks_exact(R, K, N, mode, isa):
     rng = np.random.default_rng(R * 1000 + K * 10 + N)
     A, B = integer_problem(rng, R, K, N)
     panels = ItemPanels(B)
@@ -270,7 +282,7 @@ def test_panels_scores_and_ranks_exact(R, K, N, mode):
 
 
 @needs_panels
-def test_panels_rank_is_the_rank_of_its_own_scores():
+def test_panels_rank_is_the_rank_of_its_own_scores(isa):
     """Random floats: the ranks equal rank_targets of the kernel's own scores, ties included
     (the target's score is the same fmaf chain as its tile entry)."""
     rng = np.random.default_rng(5)
@@ -288,7 +300,7 @@ def test_panels_rank_is_the_rank_of_its_own_scores():
 
 
 @needs_panels
-def test_panels_nan_and_bad_input():
+def test_panels_nan_and_bad_input(isa):
     rng = np.random.default_rng(6)
     A, B = integer_problem(rng, 10, 4, 40)
     A[7, 2] = np.nan
@@ -305,3 +317,24 @@ def test_panels_nan_and_bad_input():
         panels.scores(A, np.empty((10, 39), np.float32))
     with pytest.raises(ValueError, match="item matrix"):
         ItemPanels(np.zeros((0, 3), np.float32))
+
+
+@needs_panels
+def test_panel_isas_give_identical_scores():
+    """The AVX-512 and AVX2 tiles compute the same fmaf chains: bit-identical scores."""
+    if _CPU_ISA < 2:
+        pytest.skip("needs a CPU with both tiles (AVX-512F)")
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((37, 101)).astype(np.float32)
+    B = rng.standard_normal((101, 2933)).astype(np.float32)
+    panels = ItemPanels(B)
+    try:
+        outs = []
+        for level in (2, 1):
+            _ranking.limit_panel_isa(level)
+            outs.append(panels.scores(A, np.empty((37, 2933), np.float32)))
+    finally:
+        _ranking.limit_panel_isa(2)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert _ranking.limit_panel_isa(0) == 0 and not panels_available()
+    assert _ranking.limit_panel_isa(2) == _CPU_ISA
