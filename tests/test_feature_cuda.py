@@ -33,6 +33,8 @@ from gru_engine.feature_model import PARAM_KEYS, FeatureSessionGRU, build_layout
 from gru_engine.features import (CategoricalFeatures, DenseFeatures, TokenFeatures,
                                  encode_item_features)
 from gru_engine.model import SessionGRU
+from test_cuda_model import _ScoresOnly  # noqa: E402  (tests/ is on sys.path)
+from test_feature_model import N_ITEMS, _features  # noqa: E402
 
 pytestmark = [pytest.mark.cuda_emulated,
               pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found: the CUDA "
@@ -199,24 +201,6 @@ def test_sparse_adagrad_masked(dev, momentum):
 
 
 # ---- one training step: CUDA trainer vs CPU FeatureTrainer ------------------------------------
-N_ITEMS = 12
-IDS = np.arange(100, 110)  # items 110, 111 have no features (defaults)
-
-
-def _features(kinds):
-    r = np.random.default_rng(1)
-    all_ = {
-        "dense": DenseFeatures(IDS, r.normal(size=(10, 6))),
-        "proj": DenseFeatures(IDS[:8], r.normal(size=(8, 5)), project=3),
-        "cat": CategoricalFeatures(IDS, r.integers(0, 3, (10, 2)), dim=3),
-        "multi": CategoricalFeatures(IDS, [[1, 2], [3], [1, 4, 5], [], [2], [2, 3], [1], [5],
-                                           [4], [3, 3]], dim=3, pooling="mean"),
-        "tok": TokenFeatures(IDS, ["a b c", "b", "c c d", "", "a", "x y", "z", "a a", "b", "q"],
-                             dim=3, n_buckets=5),
-    }
-    return {k: all_[k] for k in kinds}
-
-
 STEP_CASES = {
     "parallel-concat-constrained-ce": ("parallel", "concat", "constrained", (5,), (4,),
                                        "cross-entropy"),
@@ -540,19 +524,6 @@ def fitted_pair(cuda_device):
                    lambda name: None if name == "cpu" else cuda_device)
         yield (FeatureSessionGRU(**FIT, device="cpu").fit(train, item_features=feats),
                FeatureSessionGRU(**FIT, device="cuda").fit(train, item_features=feats), test)
-
-
-class _ScoresOnly:
-    """A scorer without ``rank``: the evaluator ranks with the Cython kernel."""
-
-    def __init__(self, scorer):
-        self.inner, self.n_items = scorer, scorer.n_items
-
-    def begin(self, n_rows):
-        self.inner.begin(n_rows)
-
-    def score(self, rows, items, new_session):
-        return self.inner.score(rows, items, new_session)
 
 
 def test_fit_evaluate_equal_cpu_and_device_ranking(fitted_pair):
