@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import NamedTuple
 
 DEFAULTS = {
     "layers": [100],
@@ -66,6 +67,40 @@ def parse_final_act(final_act: str) -> tuple[int, float]:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"final_act {final_act!r}: the parameter must be finite and >= 0")
     return ACT_CODES[kind], value
+
+
+class Hyper(NamedTuple):
+    """The training hyperparameters in the form every trainer (CPU and CUDA) and the compiled
+    kernels read them: built once per fit by :func:`hyper` from validated parameters. Names are
+    the official ones; ``loss`` and ``final_act`` are integer codes (:data:`LOSS_CODES`,
+    :data:`ACT_CODES`), ``final_act_param`` the activation's parameter."""
+    loss: int
+    final_act: int
+    final_act_param: float
+    logq: float
+    bpreg: float
+    elu_param: float
+    learning_rate: float
+    momentum: float
+    dropout_p_embed: float
+    dropout_p_hidden: float
+    batch_size: int
+    n_sample: int
+    sample_alpha: float
+    sample_store_size: int
+
+
+def hyper(p: dict) -> Hyper:
+    """The :class:`Hyper` record of a validated parameter dict (:func:`validate`)."""
+    act, act_param = parse_final_act(p["final_act"])
+    return Hyper(loss=LOSS_CODES[p["loss"]], final_act=act, final_act_param=float(act_param),
+                 logq=float(p["logq"]), bpreg=float(p["bpreg"]),
+                 elu_param=float(p["elu_param"]), learning_rate=float(p["learning_rate"]),
+                 momentum=float(p["momentum"]), dropout_p_embed=float(p["dropout_p_embed"]),
+                 dropout_p_hidden=float(p["dropout_p_hidden"]),
+                 batch_size=int(p["batch_size"]), n_sample=int(p["n_sample"]),
+                 sample_alpha=float(p["sample_alpha"]),
+                 sample_store_size=int(p["sample_store_size"]))
 
 
 def _is_int(v) -> bool:
