@@ -45,187 +45,20 @@ import numpy as np
 
 from . import params as hp
 from .backends.cpu_scoring import FeatureScorer
-from .backends.feature_cpu import (K_BAG, K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN,
-                                   L_STOFF, L_WH, L_WX, N_LCOL, N_SCOL, S_A, S_C0, S_C1, S_D0,
-                                   S_D1, S_IN, S_IPOFF, S_KIND, S_L0, S_L1, S_SOFF, S_TAB,
-                                   S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE, T_OWN, T_WY,
-                                   FeatureTrainer)
+from .backends.feature_cpu import FeatureTrainer
 from .data import ItemIndex
-from .features import RAW, encode_item_features, encode_new_items, validate_item_features
+from .features import encode_item_features, encode_new_items, validate_item_features
 from .io import load_model, read_header, restore_model, write_npz
-from .model import SessionGRU, _threads, init_block
+from .model import SessionGRU, _threads
+from .network import (ARCHITECTURES, COMBINES, L_BHN, L_BX, L_H, L_IN, L_WH, L_WX, PARAM_KEYS,
+                      S_A, S_C0, S_C1, S_L0, S_L1, S_TAB, S_TCOLS, S_TOFF, S_TROWS, STRATEGIES,
+                      T_OWN, build_layout, epoch_plan, with_new_items)
 
 logger = logging.getLogger("gru_engine")
 
-ARCHITECTURES = ("id", "parallel", "feature")
-COMBINES = ("concat", "sum")
-STRATEGIES = ("simultaneous", "alternating", "residual", "interleaved")
 FORMAT = "gru_engine.FeatureSessionGRU"
 #: 2 adds the feature encoders' vocabularies (version 1 files load without them)
 FORMAT_VERSION = 2
-#: keys of ``params_`` (flat parameters and layout arrays), as saved
-PARAM_KEYS = ("SI", "LI", "indptr", "indices", "weights", "theta", "T", "Wy", "By")
-
-
-# ---------------------------------------------------------------------------------------------
-# layout: subnets, layers, flat parameters
-# ---------------------------------------------------------------------------------------------
-def _identity_bag(n_items: int):
-    return (np.arange(n_items + 1, dtype=np.int64), np.arange(n_items, dtype=np.int32),
-            np.ones(n_items, np.float32))
-
-
-def build_layout(n_items: int, architecture: str, combine: str, input_mode: str, layers,
-                 embedding: int, feature_layers, encoded: list, rng, dtype=np.float32) -> dict:
-    """Subnet/layer tables and initial flat parameters (init as GRU4Rec: per-gate blocks uniform
-    in ``[-s, s]``, ``s = sqrt(6/(fan_in+fan_out))``, biases zero; combine weights 1).
-
-    Returns a dict: ``SI`` (S, N_SCOL) int64, ``LI`` (G, N_LCOL) int64, ``indptr``/``indices``/
-    ``weights`` (all subnets' bags concatenated), ``theta``, ``T``, ``Wy`` (n_items, Hc), ``By``,
-    ``names`` (subnet names, ID first), ``Hc``, ``state_width``.
-    """
-    subnets = []  # (name, kind, tab, table_rows, table_cols, in_dim, layers, csr)
-    if architecture == "parallel":
-        csr = _identity_bag(n_items)
-        if input_mode == "onehot":
-            G0 = 3 * layers[0]
-            subnets.append(("id", K_DIRECT, T_OWN, n_items, G0, G0, layers, csr))
-        elif input_mode == "embedding":
-            subnets.append(("id", K_BAG, T_OWN, n_items, embedding, embedding, layers, csr))
-        else:
-            subnets.append(("id", K_BAG, T_WY, n_items, layers[-1], layers[-1], layers, csr))
-    for e in encoded:
-        csr = (e.indptr, e.indices, e.weights)
-        if e.kind == RAW:
-            subnets.append((e.name, K_RAW, T_NONE, 0, 0, e.dim, feature_layers, csr))
-        else:
-            subnets.append((e.name, K_BAG, T_OWN, e.n_rows, e.dim, e.dim, feature_layers, csr))
-    S = len(subnets)
-    sum_mode = combine == "sum"
-    last = [sn[6][-1] for sn in subnets]
-    Hc = last[0] if sum_mode else int(sum(last))
-    G = sum(len(sn[6]) for sn in subnets)
-    SI = np.zeros((S, N_SCOL), np.int64)
-    LI = np.zeros((G, N_LCOL), np.int64)
-    theta_parts, table_parts = [], []
-    d_off = t_off = x_off = g_off = r_off = s_off = ip_off = nnz_off = 0
-    h_off = gg_off = c_off = g = 0
-    indptrs, idxs, wts = [], [], []
-    for s, (name, kind, tab, trows, tcols, din, lay, (ip, ind, w)) in enumerate(subnets):
-        SI[s, S_KIND], SI[s, S_TAB], SI[s, S_IN] = kind, tab, din
-        SI[s, S_TROWS], SI[s, S_TCOLS] = trows, tcols
-        SI[s, S_IPOFF] = ip_off
-        indptrs.append(ip + nnz_off)
-        idxs.append(ind)
-        wts.append(w)
-        ip_off += n_items + 1
-        nnz_off += len(ind)
-        SI[s, S_XOFF] = x_off
-        SI[s, S_D0] = d_off
-        SI[s, S_L0] = g
-        for l, H in enumerate(lay):
-            n_in = din if l == 0 else lay[l - 1]
-            LI[g, L_H], LI[g, L_HOFF], LI[g, L_GOFF], LI[g, L_STOFF] = H, h_off, gg_off, h_off
-            if l == 0 and kind == K_DIRECT:
-                LI[g, L_IN], LI[g, L_WX] = 0, -1
-            else:
-                LI[g, L_IN], LI[g, L_WX] = n_in, d_off
-                theta_parts.append(init_block(rng, n_in, H, 3, dtype).ravel())
-                d_off += n_in * 3 * H
-            LI[g, L_BX] = d_off
-            theta_parts.append(np.zeros(3 * H, dtype))
-            d_off += 3 * H
-            LI[g, L_WH] = d_off
-            theta_parts.append(init_block(rng, H, H, 3, dtype).ravel())
-            d_off += 3 * H * H
-            LI[g, L_BHN] = d_off
-            theta_parts.append(np.zeros(H, dtype))
-            d_off += H
-            h_off += H
-            gg_off += 3 * H
-            g += 1
-        SI[s, S_L1] = g
-        if sum_mode:
-            SI[s, S_A] = d_off
-            theta_parts.append(np.ones(1, dtype))
-            d_off += 1
-            SI[s, S_C0], SI[s, S_C1] = 0, Hc
-        else:
-            SI[s, S_A] = -1
-            SI[s, S_C0], SI[s, S_C1] = c_off, c_off + lay[-1]
-            c_off += lay[-1]
-        SI[s, S_WYC0] = SI[s, S_C0]
-        SI[s, S_D1] = d_off
-        if tab == T_OWN:
-            SI[s, S_TOFF] = t_off
-            if kind == K_DIRECT:
-                table_parts.append(init_block(rng, trows, lay[0], 3, dtype).ravel())
-            else:
-                table_parts.append(init_block(rng, trows, tcols, 1, dtype).ravel())
-            t_off += trows * tcols
-            SI[s, S_SOFF] = s_off
-            s_off += trows
-        x_off += din
-    Wy = init_block(rng, n_items, Hc, 1, dtype)
-    return {
-        "SI": SI, "LI": LI,
-        "indptr": np.concatenate(indptrs).astype(np.int64),
-        "indices": np.concatenate(idxs).astype(np.int32),
-        "weights": np.concatenate(wts).astype(dtype),
-        "theta": np.concatenate(theta_parts).astype(dtype) if theta_parts else np.zeros(0, dtype),
-        "T": np.concatenate(table_parts).astype(dtype) if table_parts else np.zeros(1, dtype),
-        "Wy": Wy, "By": np.zeros(n_items, dtype),
-        "names": [sn[0] for sn in subnets], "Hc": int(Hc), "state_width": int(h_off),
-        "x_width": int(x_off), "n_gates": int(gg_off), "n_table_slots": int(s_off),
-    }
-
-
-def with_new_items(params: dict, n_items: int, bags: list, has_id: bool) -> dict:
-    """A copy of fitted ``params`` whose bags also cover ``n`` new items (indices
-    ``n_items..n_items+n-1``), for inference: the ID subnet (``has_id``) gets empty bags for
-    them (a zero input vector), feature subnet ``k`` gets ``bags[k] = (indptr (n+1,), indices,
-    weights)``. Tables, weights and the output layer are shared, not copied."""
-    SI = params["SI"].copy()
-    indptr, indices, weights = params["indptr"], params["indices"], params["weights"]
-    n_new = len(bags[0][0]) - 1
-    empty = (np.zeros(n_new + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
-    parts_ip, parts_ind, parts_w = [], [], []
-    nnz = 0
-    for s in range(SI.shape[0]):
-        ip = indptr[SI[s, S_IPOFF]:SI[s, S_IPOFF] + n_items + 1]
-        a, b = int(ip[0]), int(ip[-1])
-        new_ip, new_ind, new_w = empty if (has_id and s == 0) else bags[s - has_id]
-        SI[s, S_IPOFF] = s * (n_items + n_new + 1)
-        parts_ip += [ip - a + nnz, new_ip[1:] + (b - a) + nnz]
-        parts_ind += [indices[a:b], new_ind]
-        parts_w += [weights[a:b], new_w]
-        nnz += (b - a) + int(new_ip[-1])
-    return dict(params, SI=SI, indptr=np.concatenate(parts_ip).astype(np.int64),
-                indices=np.concatenate(parts_ind).astype(np.int32),
-                weights=np.concatenate(parts_w).astype(params["weights"].dtype))
-
-
-# ---------------------------------------------------------------------------------------------
-# the estimator
-# ---------------------------------------------------------------------------------------------
-def epoch_plan(strategy: str, n_subnets: int, n_epochs: int) -> list:
-    """Per epoch ``(active, train, interleave, freeze_out)``: bool lists over the subnets."""
-    S = n_subnets
-    every = [True] * S
-    plan = []
-    if strategy == "residual":
-        per = n_epochs // S
-        for e in range(n_epochs):
-            k = min(e // per, S - 1)
-            plan.append(([s <= k for s in range(S)], [s == k for s in range(S)], False, True))
-    for e in range(n_epochs if strategy != "residual" else 0):
-        if strategy == "simultaneous":
-            plan.append((every, every, False, False))
-        elif strategy == "alternating":
-            plan.append((every, [s == e % S for s in range(S)], False, False))
-        else:
-            plan.append((every, every, True, False))
-    return plan
 
 
 class FeatureSessionGRU(SessionGRU):

@@ -23,13 +23,13 @@ from gru_engine.backends import device as device_mod
 from gru_engine.backends.cpu_scoring import FeatureScorer
 from gru_engine.backends.cuda import BLOCK, CudaScorer
 from gru_engine.backends.device import EmulatedDevice
-from gru_engine.backends.feature_cpu import (L_H, L_HOFF, S_D0, S_D1, S_IN, S_KIND, S_TAB,
-                                             S_TCOLS, S_TOFF, S_TROWS, S_XOFF, K_DIRECT, T_OWN,
-                                             FeatureTrainer)
+from gru_engine.backends.feature_cpu import FeatureTrainer
+from gru_engine.network import (K_DIRECT, L_H, L_HOFF, PARAM_KEYS, S_D0, S_D1, S_IN, S_KIND,
+                                S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_XOFF, T_OWN, build_layout)
 from gru_engine.backends.feature_cuda import FeatureCudaScorer, FeatureCudaTrainer
 from gru_engine.data import ItemIndex, build_sessions
 from gru_engine.evaluation import evaluate_sessions
-from gru_engine.feature_model import PARAM_KEYS, FeatureSessionGRU, build_layout
+from gru_engine.feature_model import FeatureSessionGRU
 from gru_engine.features import (CategoricalFeatures, DenseFeatures, TokenFeatures,
                                  encode_item_features)
 from gru_engine.model import SessionGRU

@@ -5,8 +5,10 @@ import pytest
 
 from gru_engine import params as hp
 from gru_engine.data import ItemIndex
-from gru_engine.backends.feature_cpu import S_C0, S_C1, S_D0, S_D1, FeatureTrainer
-from gru_engine.feature_model import FeatureSessionGRU, build_layout, epoch_plan
+from gru_engine.backends.feature_cpu import FeatureTrainer
+from gru_engine.network import S_C0, S_C1, S_D0, S_D1
+from gru_engine.feature_model import FeatureSessionGRU
+from gru_engine.network import build_layout, epoch_plan
 from gru_engine.features import (CategoricalFeatures, DenseFeatures, TokenFeatures,
                                  encode_item_features)
 from gru_engine.model import SessionGRU
@@ -124,7 +126,7 @@ def test_frozen_and_inactive_subnets():
     th = np.zeros(len(params["theta"]), bool)
     th[SI[1, S_D0]:SI[1, S_D1]] = True
     tab = np.zeros(len(params["T"]), bool)
-    from gru_engine.backends.feature_cpu import S_TCOLS, S_TOFF, S_TROWS
+    from gru_engine.network import S_TCOLS, S_TOFF, S_TROWS
     tab[SI[1, S_TOFF]:SI[1, S_TOFF] + SI[1, S_TROWS] * SI[1, S_TCOLS]] = True
     _assert_close({k: errors[k] for k in ("theta", "T", "By")}, {"theta": th, "T": tab})
     # Wy: the trained block (cat's) is exact; the frozen id block is not updated in training
@@ -484,7 +486,7 @@ def test_id_subnet_alone_matches_gru4rec_step(mode):
     """With no feature source, the parallel trainer's step is GRU4Rec's: same loss and
     gradients as the ID-only CPU trainer on the same parameters, inputs and masks."""
     from gru_engine.backends import cpu
-    from gru_engine.backends.feature_cpu import L_BHN, L_BX, L_H, L_HOFF, L_WH, L_WX, S_TOFF
+    from gru_engine.network import L_BHN, L_BX, L_H, L_HOFF, L_WH, L_WX, S_TOFF
     tr, params, rng = _trainer("parallel", "concat", mode, [], layers=(5, 4))
     LI, SI = params["LI"], tr.SI
     th = params["theta"]

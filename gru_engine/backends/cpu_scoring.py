@@ -16,7 +16,7 @@ import numpy as np
 from ..evaluation import ItemPanels, panels_available, rank_targets
 from . import cpu, feature_cpu
 from .cpu import EMBEDDING, ONEHOT, apply_final_act
-from .feature_cpu import L_H, S_IN
+from ..network import L_H, S_IN
 
 
 class OutputLayer:

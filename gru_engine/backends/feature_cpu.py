@@ -28,32 +28,14 @@ from ..batching import schedule_advance
 from ..gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
 from ..optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
 from ..sampling import SampleStore
+from ..network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN, L_STOFF, L_WH,
+                       L_WX, S_A, S_C0, S_C1, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_KIND,
+                       S_L0, S_L1, S_ROFF, S_SOFF, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0,
+                       S_XOFF, T_NONE, T_OWN, T_WY)
 from .cpu import _add_bias, carry_hidden, epoch_start, output_forward_backward, step_columns
 
 logger = logging.getLogger("gru_engine")
 
-# Subnet input kinds: K_RAW the item's raw feature vector (its bag holds (column, value)) times
-# Wx; K_BAG the weighted sum of table rows of the item's bag, times Wx; K_DIRECT one-hot ID
-# input: the table row is the layer-0 gate pre-activation itself (no Wx).
-K_RAW, K_BAG, K_DIRECT = 0, 1, 2
-# Table sources: none (raw), the subnet's own block of T, or its column block of Wy
-# (constrained ID input).
-T_NONE, T_OWN, T_WY = -1, 0, 1
-# Columns of the subnet table SI (S, N_SCOL) int64: S_KIND, S_TAB as above; S_TOFF, S_TROWS,
-# S_TCOLS its table's offset in T and shape; S_IN its input width; S_IPOFF the offset of its bag
-# CSR in indptr (n_items + 1 entries per subnet); S_L0:S_L1 its rows of LI; S_C0:S_C1 its
-# columns of the combined state and of Wy (all Hc columns under combine='sum'); S_A its combine
-# weight in theta (-1 under 'concat'); S_D0:S_D1 its range of theta; S_XOFF its input's column
-# offset in the input buffers; S_GOFF, S_GCAP, S_ROFF, S_SOFF its table-gradient offset in GT,
-# capacity (rows), offset in rowsT and offset in slotT (set by _bag_caps); S_WYC0 the first Wy
-# column of its constrained input block.
-(S_KIND, S_TAB, S_TOFF, S_TROWS, S_TCOLS, S_IN, S_IPOFF, S_L0, S_L1, S_C0, S_C1, S_A, S_D0,
- S_D1, S_XOFF, S_GOFF, S_GCAP, S_ROFF, S_SOFF, S_WYC0, N_SCOL) = range(21)
-# Columns of the layer table LI (G, N_LCOL) int64: L_H hidden size, L_IN input size (0 for a
-# K_DIRECT layer 0), L_WX, L_BX, L_WH, L_BHN offsets of Wx (in_l, 3H) (-1: none), bx (3H,),
-# Wh (H, 3H), bhn (H,) in theta; L_HOFF, L_GOFF column offsets of the layer's block in the
-# H-wide and 3H-wide work buffers; L_STOFF its columns in the scorer's state rows.
-L_H, L_IN, L_WX, L_BX, L_WH, L_BHN, L_HOFF, L_GOFF, L_STOFF, N_LCOL = range(10)
 
 # ---------------------------------------------------------------------------------------------
 # compiled step
@@ -297,7 +279,6 @@ def step_update(SI, active, train, sum_mode, freeze_out, theta, gtheta, acc_d, v
     ones' under ``freeze_out``; rows met only as constrained input: the ID block); ``By`` on the
     output rows. Releases the slots."""
     S = SI.shape[0]
-    Hc = Wy.shape[1]
     nY, n_out = counts[0], counts[1]
     for s in range(S):
         if not (active[s] and train[s]):
@@ -501,7 +482,7 @@ class FeatureTrainer:
         SI = p["SI"].copy()
         _bag_caps(SI, p["indptr"], bs, n_items)
         self.SI, self.LI = SI, p["LI"]
-        S, G = SI.shape[0], self.LI.shape[0]
+        S = SI.shape[0]
         self.params = p
         self.batch_size = bs
         self.n_sample, self.sample_alpha = n_sample, sample_alpha

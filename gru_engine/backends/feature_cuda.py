@@ -40,9 +40,9 @@ import numpy as np
 
 from .cuda_common import BLOCK, INT_MAX, EpochLoopBase, ScorerBase, TrainerBase, _cached_net, _grid
 from .device import Device
-from .feature_cpu import (K_DIRECT, L_BHN, L_BX, L_H, L_IN, L_WH, L_WX, S_A, S_C0, S_C1, S_D0,
-                          S_D1, S_IN, S_IPOFF, S_KIND, S_L0, S_L1, S_TAB, S_TCOLS, S_TOFF,
-                          S_TROWS, S_WYC0, T_NONE, T_OWN, T_WY)
+from ..network import (K_DIRECT, L_BHN, L_BX, L_H, L_IN, L_WH, L_WX, S_A, S_C0, S_C1, S_D0,
+                      S_D1, S_IN, S_IPOFF, S_KIND, S_L0, S_L1, S_TAB, S_TCOLS, S_TOFF,
+                      S_TROWS, S_WYC0, T_NONE, T_OWN, T_WY)
 
 logger = logging.getLogger("gru_engine")
 
