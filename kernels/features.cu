@@ -5,6 +5,8 @@
 // Elementwise kernels launch a 1-D grid over the elements they write (256 threads recommended);
 // bag_offsets runs on one thread, dot_sum on one block.
 
+#include "common.cuh"
+
 // out[i, k] = (sum_j weights[j] * table[indices[j] * ld + col0 + k]) * (mask ? mask[i, k] : 1)
 // over the bag of item items[i], for i < n, k < width (out (n, width) row-major). With
 // table == NULL the bag holds raw values: out[i, k] = sum of weights[j] with indices[j] == k.
@@ -94,26 +96,11 @@ extern "C" __global__ void dot_sum(const float* __restrict__ x, const float* __r
     if (threadIdx.x == 0) out[0] = part[0];
 }
 
-// The Adagrad + momentum update of optim.cu (same formula, same order of operations).
-static __device__ __forceinline__ void adagrad_step(float* p, float* acc, float* v, float g,
-                                                    float lr, float momentum) {
-    float a = *acc + g * g;
-    *acc = a;
-    float step = g / sqrtf(a + 1e-6f);
-    if (momentum > 0.0f) {
-        float vel = momentum * *v - lr * step;
-        *v = vel;
-        *p += vel;
-    } else {
-        *p -= lr * step;
-    }
-}
-
 // optim.cu's sparse_adagrad restricted to some columns: gradient row i (owner of its item, after
 // sparse_claim/sparse_combine) updates column c of p/acc/v (n_items, W) only where
 // mask[c] != 0, with mask = mask_first for i < n_first (the output rows, listed first) and
 // mask_rest otherwise (rows met only as an input). Untouched columns keep p, acc and v. Resets
-// owner as sparse_adagrad. grid (n), any block size.
+// owner as sparse_adagrad. grid (n), any block size. The update is common.cuh's adagrad_update.
 extern "C" __global__ void sparse_adagrad_masked(float* __restrict__ p, float* __restrict__ acc,
                                                  float* __restrict__ v,
                                                  const float* __restrict__ G,
@@ -131,7 +118,7 @@ extern "C" __global__ void sparse_adagrad_masked(float* __restrict__ p, float* _
     const float* m = i < n_first ? mask_first : mask_rest;
     for (int j = threadIdx.x; j < W; j += blockDim.x)
         if (m[j] != 0.0f)
-            adagrad_step(p + row * W + j, acc + row * W + j, v + row * W + j,
-                         G[(long long)i * W + j], lr, momentum);
+            adagrad_update(p + row * W + j, acc + row * W + j, v + row * W + j,
+                           G[(long long)i * W + j], lr, momentum);
     if (threadIdx.x == 0) owner[row] = 0x7fffffff;
 }

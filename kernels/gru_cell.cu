@@ -8,7 +8,7 @@
 // Inverted dropout on the output: out = h' * mask (mask holds 0 or 1/(1-p); NULL = no dropout).
 // Launch: 1-D grid over B*H elements, any block size (256 recommended).
 
-static __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+#include "common.cuh"
 
 // Outputs: h_out (B, H) = dropout(h'); saved (B, 4H) = [r | z | n | hn] for backward;
 // h_prev_eff (B, H) = the h_prev the cell used (0 on reset rows) for dWh = h_prev_eff^T d_gh.

@@ -10,39 +10,7 @@
 // Softmaxes subtract the row maximum. The final activation (if any) is a separate elementwise
 // kernel (tensor.cu: final_act_forward/backward); the ELU of bpr-max (elu_param) is fused here.
 
-#define NEG_INF_F __int_as_float(0xff800000)
-
-static __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-static __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-static __device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// Block-wide sum / max; every thread gets the result. The leading barrier protects the
-// partials of the previous call, which all warps read.
-static __device__ __forceinline__ float block_sum(float v) {
-    __shared__ float partial[32];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    return warp_sum(lane < nwarps ? partial[lane] : 0.0f);
-}
-static __device__ __forceinline__ float block_max(float v) {
-    __shared__ float partial[32];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    return warp_max(lane < nwarps ? partial[lane] : NEG_INF_F);
-}
+#include "common.cuh"
 
 static __device__ __forceinline__ bool skip_row(const unsigned char* row_mask, int r, int C,
                                                 float* row_loss, float* dS) {

@@ -14,19 +14,7 @@
 // (Non-owner blocks in step 3 read either the owner index or INT_MAX; both differ from their
 // own i, so the reset cannot change their decision.)
 
-static __device__ __forceinline__ void adagrad_update(float* p, float* acc, float* v, float g,
-                                                      float lr, float momentum) {
-    float a = *acc + g * g;
-    *acc = a;
-    float step = g / sqrtf(a + 1e-6f);
-    if (momentum > 0.0f) {
-        float vel = momentum * *v - lr * step;
-        *v = vel;
-        *p += vel;
-    } else {
-        *p -= lr * step;
-    }
-}
+#include "common.cuh"
 
 extern "C" __global__ void adagrad_dense(float* __restrict__ p, const float* __restrict__ g,
                                          float* __restrict__ acc, float* __restrict__ v,

@@ -1,24 +1,7 @@
 // ranking.cu -- evaluation ranks and top-k over a score block S (R, N) of all items (float32).
 // One block per row; blockDim a multiple of 32 (256 recommended). No full sort of any row.
 
-#ifndef DYNAMIC_SHARED
-#define DYNAMIC_SHARED(T, name) extern __shared__ T name[]
-#endif
-
-static __device__ __forceinline__ int warp_sum_int(int v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-static __device__ __forceinline__ int block_sum_int(int v) {
-    __shared__ int partial[32];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum_int(v);
-    __syncthreads();
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    return warp_sum_int(lane < nwarps ? partial[lane] : 0);
-}
+#include "common.cuh"
 
 // Rank of item targets[r] in row r. mode 0 conservative = #(S >= target score) (ties against
 // us); 1 optimistic ("standard") = #(S > target score) + 1; 2 median = halfway between them.
@@ -37,9 +20,9 @@ extern "C" __global__ void rank_targets(const float* __restrict__ S, int R, int 
         gt += v > t;
         nan |= v != v;
     }
-    ge = block_sum_int(ge);
-    gt = block_sum_int(gt);
-    nan = block_sum_int(nan);
+    ge = block_sum(ge);
+    gt = block_sum(gt);
+    nan = block_sum(nan);
     if (threadIdx.x == 0) {
         float out = mode == 0 ? (float)ge : mode == 1 ? (float)(gt + 1) : 0.5f * (float)(ge + gt + 1);
         rank[r] = nan ? __int_as_float(0x7fc00000) : out;

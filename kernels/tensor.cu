@@ -2,6 +2,8 @@
 // All launch as a 1-D grid over the elements they write (block size free, 256 recommended);
 // column_sum launches one thread per column.
 
+#include "common.cuh"
+
 // out[i*out_ld + j] = src[idx[i]*src_ld + j] * (row_scale ? row_scale[i] : 1) + (bias ? bias[j] : 0)
 // for i < n, j < width. Row lookups: one-hot input (Wx[0] rows + bx), embeddings, Wy/By of the
 // sampled columns, logq corrections.

@@ -796,7 +796,11 @@ def _fake_cupy_module(tmp_path):
             path = tmp_path / f"module{len(compiled)}.cu"
             path.write_text(code)
             compiled.append(path)
-            self.lib = EmulatedLibrary(path)
+            # Only the include folders CupyDevice names (as NVRTC, which sees no file beside the
+            # source); the temp folder holds no common.cuh, so a missing -I fails the build.
+            includes = [o[2:] for o in options if o.startswith("-I")]
+            assert includes, "CupyDevice must put kernels/ on the NVRTC include path"
+            self.lib = EmulatedLibrary(path, include_dirs=includes)
 
         def get_function(self, name):
             kinds = self.lib.entry_points[name]

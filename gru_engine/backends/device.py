@@ -8,7 +8,8 @@ by name (``launch``) and record a fixed sequence of those into a graph replayed 
 
 * :class:`CupyDevice` -- a real NVIDIA GPU: CuPy arrays, kernels compiled by NVRTC through
   ``cupy.RawModule`` (each source read once per process with ``#line 1 "<file>"`` prepended so
-  compiler messages name the real file and line; CuPy caches the binary per device on disk),
+  compiler messages name the real file and line, ``-I <kernels dir>`` so that
+  ``#include "common.cuh"`` resolves; CuPy caches the binary per device on disk),
   GEMMs by cuBLAS through ``cupy.matmul``.
 * :class:`EmulatedDevice` -- the CPU stand-in used by the tests: NumPy arrays, the same ``.cu``
   files compiled by g++ with ``kernels/emulation/cuda_on_cpu.h`` into one shared library per
@@ -177,14 +178,18 @@ def emulation_cache_dir() -> Path:
 class EmulatedLibrary:
     """One ``.cu`` file compiled with g++ and the emulation header, loaded through ctypes."""
 
-    def __init__(self, cu_path, cxx: str | None = None):
+    def __init__(self, cu_path, cxx: str | None = None, include_dirs=()):
         cu_path = Path(cu_path).resolve()
         self.path = cu_path
         source = cu_path.read_text()
         self.entry_points = _kernels.parse_entry_points(source)
         header = _kernels.source_path(_kernels.EMULATION_HEADER)
         cxx = cxx or os.environ.get("CXX", "g++")
-        key = hashlib.sha256("\0".join([source, header.read_text(), cxx, *EMU_CXX_FLAGS])
+        # kernels/ first, so that `#include "common.cuh"` resolves for a source copied elsewhere
+        # (the stand-in CuPy of the tests compiles the string handed to NVRTC from a temp file).
+        includes = [f"-I{d}" for d in (_kernels.kernel_dir(), *include_dirs)]
+        key = hashlib.sha256("\0".join([source, header.read_text(), _kernels.headers_digest(),
+                                        cxx, *EMU_CXX_FLAGS, *includes])
                              .encode()).hexdigest()[:16]
         cache = emulation_cache_dir()
         lib_path = cache / f"{cu_path.stem}-{key}.so"
@@ -196,8 +201,8 @@ class EmulatedLibrary:
                 src = Path(tmp) / "wrapper.cpp"
                 src.write_text(wrapper)
                 tmp_lib = Path(tmp) / lib_path.name
-                cmd = [cxx, *EMU_CXX_FLAGS, "-x", "c++", "-include", str(header), str(src),
-                       "-o", str(tmp_lib)]
+                cmd = [cxx, *EMU_CXX_FLAGS, *includes, "-x", "c++", "-include", str(header),
+                       str(src), "-o", str(tmp_lib)]
                 logger.info("building CUDA emulator library %s", lib_path.name)
                 res = subprocess.run(cmd, capture_output=True, text=True)
                 if res.returncode != 0:
@@ -348,8 +353,10 @@ def cuda_available() -> bool:
 def _cupy_module(filename: str):
     import cupy
     path = _kernels.source_path(filename)
-    code = f'#line 1 "{path}"\n' + path.read_text()
-    return cupy.RawModule(code=code, options=("-std=c++17",))
+    # The header digest rides on the #line directive (a comment: line numbers stay right) so
+    # that CuPy's disk cache, keyed by the source string, recompiles when common.cuh changes.
+    code = f'#line 1 "{path}"  // headers {_kernels.headers_digest()}\n' + path.read_text()
+    return cupy.RawModule(code=code, options=("-std=c++17", f"-I{_kernels.kernel_dir()}"))
 
 
 class CupyDevice(Device):

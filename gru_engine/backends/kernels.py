@@ -2,7 +2,7 @@
 
 From a source checkout the kernels live in ``kernels/`` at the repository root; an installed
 wheel carries the same files as the package ``gru_engine.kernels`` (``setup.py`` maps the
-folder and ships ``*.cu`` and ``emulation/*.h`` as package data).
+folder and ships ``*.cu``, ``*.cuh`` and ``emulation/*.h`` as package data).
 
 Every entry point is an ``extern "C" __global__ void name(params)``; :func:`kernel_index` parses
 them so that both devices can check launch arguments against the declared parameter types.
@@ -10,6 +10,7 @@ them so that both devices can check launch arguments against the declared parame
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 KERNEL_FILES = ("gru_cell.cu", "tensor.cu", "losses.cu", "optim.cu", "ranking.cu",
                 "features.cu")
 EMULATION_HEADER = "emulation/cuda_on_cpu.h"
+COMMON_HEADER = "common.cuh"  # device helpers every .cu includes (on the NVRTC/g++ include path)
 
 _ENTRY_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
 
@@ -48,6 +50,15 @@ def source_path(filename: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"kernel source {filename!r} not found in {kernel_dir()}")
     return path
+
+
+def headers_digest() -> str:
+    """Short hash of every ``*.cuh`` the kernels include: part of each compile-cache key (CuPy's
+    disk cache hashes the source string only, not the headers it includes)."""
+    h = hashlib.sha256()
+    for path in sorted(kernel_dir().glob("*.cuh")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def parse_entry_points(source: str) -> dict:
