@@ -11,6 +11,10 @@ table, ``evaluate``, ``recommend``) and scores the next item over ALL training i
   occurrence; Hidasi et al., ICLR 2016).
 * :class:`BPRMF` — matrix factorisation trained with BPR (Rendle et al., UAI 2009), sessions
   as users; a session is represented by the average latent vector of its items so far.
+
+The nearest-neighbour family (SKNN, V-SKNN, STAN, VSTAN: :mod:`gru_engine.neighbors`) and SLIST
+(:mod:`gru_engine.slist`) can be imported from here too (``from gru_engine.baselines import
+VSTAN``).
 """
 from __future__ import annotations
 
@@ -467,3 +471,18 @@ class BPRMF(SessionModel):
     def scorer(self):
         _check_fitted_attr(self, "item_factors_")
         return _BPRMFScorer(self.item_factors_, self.item_bias_)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stronger non-neural peers live in their own modules; importable from here as well
+# ---------------------------------------------------------------------------------------------
+_SIBLINGS = {"SKNN": "neighbors", "VSKNN": "neighbors", "STAN": "neighbors", "VSTAN": "neighbors",
+             "SLIST": "slist"}
+
+
+def __getattr__(name):
+    # Lazy: gru_engine.neighbors / gru_engine.slist import helpers from this module.
+    if name in _SIBLINGS:
+        import importlib
+        return getattr(importlib.import_module(f".{_SIBLINGS[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
