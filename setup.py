@@ -34,7 +34,8 @@ extensions = [
     Extension(
         "gru_engine._ranking",
         ["gru_engine/_ranking.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "gru_engine"],
+        depends=["gru_engine/_scan.h", "gru_engine/_panels.h"],  # C kernels, in the sdist too
         extra_compile_args=["-O3"] + omp_compile if sys.platform != "win32" else omp_compile,
         extra_link_args=omp_link,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

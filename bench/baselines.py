@@ -41,7 +41,8 @@ sys.path.insert(0, ROOT)
 
 from gru_engine.baselines import BPRMF, ItemKNN, Pop, SessionPop  # noqa: E402
 from gru_engine.data import build_sessions, read_events  # noqa: E402
-from gru_engine.evaluation import evaluate_sessions, rank_targets  # noqa: E402
+from gru_engine.evaluation import evaluate_sessions  # noqa: E402
+from gru_engine.ranking import rank_targets  # noqa: E402
 
 logger = logging.getLogger("gru_engine")
 
@@ -125,7 +126,7 @@ def recall_by_repeat(model, sessions, targets: str, k: int = 20, chunk: int = 51
     """Diagnostic: Recall@k split by whether the target was already clicked in the session.
 
     Replays the sessions in chunks (one slot per session, step by step) and ranks with
-    :func:`gru_engine.evaluation.rank_targets` (conservative ties); the headline metrics come from
+    :func:`gru_engine.ranking.rank_targets` (conservative ties); the headline metrics come from
     :func:`evaluate_sessions`, whose overall Recall@k this split must reproduce.
     """
     items, offsets = sessions.items, sessions.offsets

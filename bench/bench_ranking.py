@@ -28,7 +28,7 @@ from machine import cpu_name  # bench/machine.py (this folder is on sys.path)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 from gru_engine import _ranking  # noqa: E402
-from gru_engine.evaluation import ItemPanels, panels_available, rank_targets, top_k  # noqa: E402
+from gru_engine.ranking import ItemPanels, panels_available, rank_targets, top_k  # noqa: E402
 from gru_engine.model import _thread_limit  # noqa: E402
 
 

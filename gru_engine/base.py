@@ -125,7 +125,7 @@ class SessionModel:
 
     def _recommend(self, scorer, items, k, exclude):
         """:meth:`recommend` for the clicks ``items`` (indices understood by ``scorer``)."""
-        from .evaluation import top_k
+        from .ranking import top_k
         if len(items) == 0:
             raise ValueError("session_items is empty: a session needs at least one click")
         if not (isinstance(k, (int, np.integer)) and k >= 1):

@@ -1,230 +1,30 @@
-"""Next-item evaluation (GRU4Rec protocol) and the ranking helpers every model shares.
+"""Next-item evaluation (GRU4Rec protocol): one evaluator for every model.
 
-* :func:`rank_targets` — rank of each row's target item among all items, with the official tie
-  modes; :func:`top_k` — the best ``k`` items per row. Both run the Cython kernels of
-  :mod:`gru_engine._ranking` (one pass per row, no sort, OpenMP over rows).
-* :class:`ItemPanels` — a scorer's item matrix packed for the fused score-and-rank kernels
-  (AVX-512 or AVX2): the ranks without writing the (rows x n_items) scores.
 * :class:`SessionScorer` — the small protocol a model exposes (``SessionModel.scorer()``) so that
   one evaluator and one ``recommend`` serve every model.
 * :func:`evaluate_sessions` — session-parallel replay of test sessions; after every click but
   the last of a session the true next item is ranked against all items; Recall@k and MRR@k.
 
-Threads: the kernels split rows over OpenMP threads when asked (``n_threads=0``: OpenMP's
-default, i.e. OMP_NUM_THREADS or all cores; ``n_threads=n``: n threads) but default to 1. One
-thread already beats the NumPy expressions they replace several times over (bench/
-bench_ranking.py), while idle OpenMP workers spin-wait after each call and compete with the
-scorer's BLAS threads and with other processes: on a shared, busy 2-core machine a replay with 2
-rank threads ran 30x slower than with 1 (OMP_WAIT_POLICY=passive removes the spinning). Ask for
-more threads for large blocks on a dedicated machine.
+The ranking itself (:func:`~gru_engine.ranking.rank_targets`, tie modes, threads) is
+:mod:`gru_engine.ranking`.
 """
 from __future__ import annotations
 
 import heapq
 import logging
 import time
-import warnings
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from .exceptions import ModelFitError
+from .ranking import RANK_MODES, _check_threads, rank_targets
 
 logger = logging.getLogger("gru_engine")
 
-#: Tie modes of :func:`rank_targets`; ``standard`` is the official name of ``optimistic``.
-RANK_MODES = ("conservative", "optimistic", "standard", "median")
 #: Predictions at this position (1-based) and later share the last ``by_position`` bucket.
 LAST_POSITION_BUCKET = 20
 _LOG_EVERY_S = 10.0
-
-
-def _kernels():
-    try:
-        from . import _ranking
-    except ImportError as exc:  # a source checkout that was never built
-        raise ImportError("gru_engine._ranking is not built; run "
-                          "`python setup.py build_ext --inplace` in the source tree") from exc
-    return _ranking
-
-
-# ---------------------------------------------------------------------------------------------
-# ranking
-# ---------------------------------------------------------------------------------------------
-def _score_block(scores, name: str = "scores") -> np.ndarray:
-    """``scores`` as a C-contiguous (B, n_items) float32 array (copied only when needed; a
-    warning when the dtype changes)."""
-    arr = np.asarray(scores)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (batch, n_items) array, got shape {arr.shape}")
-    if arr.dtype.kind not in "fiu":
-        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.shape[1] == 0:
-        raise ValueError(f"{name} has no item column (shape {arr.shape})")
-    if arr.shape[1] >= 2**31:
-        raise ValueError(f"{name} has {arr.shape[1]} columns; at most 2**31 - 1 are supported")
-    if arr.dtype != np.float32:
-        warnings.warn(f"{name} converted from {arr.dtype} to float32 (rounding can create ties); "
-                      "pass float32 to avoid the copy", stacklevel=3)
-    if arr.dtype != np.float32 or not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-    return arr
-
-
-def _check_threads(n_threads) -> int:
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 0:
-        raise ValueError(f"n_threads must be an integer >= 0 (0 = OpenMP's default), got {n_threads!r}")
-    return int(n_threads)
-
-
-def _raise_on_nan(has_nan: np.ndarray, what: str) -> None:
-    if has_nan.any():
-        rows = np.flatnonzero(has_nan)
-        raise ModelFitError(f"{what}: {len(rows)} of {len(has_nan)} score rows contain NaN "
-                            f"(first: row {rows[0]}); the model produced NaN and is refused")
-
-
-def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 1) -> np.ndarray:
-    """Rank of each row's target item among all items (1 = best).
-
-    scores:  (B, n_items) scores, higher is better. float32 C-contiguous input is used as is;
-             anything else (float64, strided, integer) is converted once to a C-contiguous
-             float32 copy, with a ``UserWarning`` when the dtype changes (rounding float64 to
-             float32 can create ties).
-    targets: (B,) integer item indices in ``[0, n_items)``.
-    mode:    ``'conservative'`` (default): number of items scoring >= the target (the target
-             counts itself, ties count against the model); ``'optimistic'`` (alias
-             ``'standard'``): number scoring > the target, plus 1; ``'median'``: halfway
-             between the two.
-    n_threads: OpenMP threads over rows (module docstring, *Threads*); 0 = OpenMP's default.
-
-    Returns (B,) float64 ranks (whole numbers except in ``median`` mode).
-    Raises ``ValueError`` on a bad shape, dtype, target or mode and
-    :class:`~gru_engine.exceptions.ModelFitError` when a row contains NaN.
-    """
-    if mode not in RANK_MODES:
-        raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
-    n_threads = _check_threads(n_threads)
-    block = _score_block(scores)
-    batch, n_items = block.shape
-    tgt = np.asarray(targets)
-    if tgt.ndim != 1 or len(tgt) != batch:
-        raise ValueError(f"targets must have shape ({batch},) to match scores {block.shape}, "
-                         f"got {tgt.shape}")
-    if tgt.dtype.kind not in "iu":
-        raise ValueError(f"targets must be integer item indices, got dtype {tgt.dtype}")
-    if batch == 0:
-        return np.zeros(0, dtype=np.float64)
-    lo, hi = tgt.min(), tgt.max()
-    if lo < 0 or hi >= n_items:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"target item index {bad} is outside [0, {n_items})")
-    tgt = np.ascontiguousarray(tgt, dtype=np.int64)
-    n_greater = np.empty(batch, dtype=np.int64)
-    n_equal = np.empty(batch, dtype=np.int64)
-    has_nan = np.empty(batch, dtype=np.uint8)
-    _kernels().rank_counts(block, tgt, n_greater, n_equal, has_nan, n_threads)
-    return _ranks_from_counts(n_greater, n_equal, has_nan, mode, "rank_targets")
-
-
-def _ranks_from_counts(n_greater, n_equal, has_nan, mode: str, what: str) -> np.ndarray:
-    """Ranks in tie mode ``mode`` from the counting kernels' outputs; NaN rows refuse."""
-    _raise_on_nan(has_nan, what)
-    if mode == "conservative":
-        return (n_greater + n_equal).astype(np.float64)
-    if mode == "median":
-        return n_greater + 0.5 * (n_equal + 1)
-    return (n_greater + 1).astype(np.float64)
-
-
-class ItemPanels:
-    """The all-item output of a scorer, ``S = A @ B`` with ``B`` (K, n_items) float32 (for
-    SessionGRU ``[Wy | By]^T``, rows of ``A`` being ``[h | 1]``), packed once into the panels of
-    the fused kernels of :mod:`gru_engine._ranking` (a copy of ``B``'s size).
-
-    :meth:`scores` writes ``S``; :meth:`rank` ranks targets among ``S`` without writing it (the
-    scores are counted in registers), exactly as :func:`rank_targets` would rank the output of
-    :meth:`scores`. Both release the GIL. Usable where :func:`panels_available` is true
-    (x86-64 with AVX-512F or AVX2 + FMA; both give identical scores); elsewhere a BLAS GEMM plus
-    :func:`rank_targets` does the same job.
-    """
-
-    def __init__(self, B):
-        B = np.ascontiguousarray(B, dtype=np.float32)
-        if B.ndim != 2 or B.shape[0] < 1 or not 1 <= B.shape[1] < 2**31:
-            raise ValueError(f"item matrix must be (K >= 1, 1 <= n_items < 2**31), got {B.shape}")
-        self.K, self.n_items = B.shape
-        cols = _kernels().PANEL_COLUMNS
-        self.packed = np.empty(-(-self.n_items // cols) * self.K * cols, np.float32)
-        _kernels().pack_panels(B, self.packed)
-
-    def _rows(self, A) -> np.ndarray:
-        A = np.asarray(A)
-        if A.ndim != 2 or A.shape[1] != self.K or A.dtype != np.float32 or not A.flags.c_contiguous:
-            raise ValueError(f"A must be a C-contiguous float32 (R, {self.K}) array, got "
-                             f"{A.dtype} {A.shape}")
-        return A
-
-    def scores(self, A, out) -> np.ndarray:
-        """``out[:, :n_items] = A @ B`` (out: (R, >= n_items) float32, C order); returns out."""
-        A = self._rows(A)
-        if out.shape[0] != A.shape[0] or out.shape[1] < self.n_items or out.dtype != np.float32 \
-                or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a C-contiguous float32 ({A.shape[0]}, >= "
-                             f"{self.n_items}) array, got {out.dtype} {out.shape}")
-        _kernels().panel_scores(A, self.packed, self.n_items, out)
-        return out
-
-    def rank(self, A, targets, mode: str = "conservative") -> np.ndarray:
-        """(R,) float64 ranks of ``targets`` (R,) among the rows of ``A @ B`` (tie modes of
-        :func:`rank_targets`); ``ModelFitError`` when a row holds NaN."""
-        A = self._rows(A)
-        if mode not in RANK_MODES:
-            raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
-        tgt = np.ascontiguousarray(targets, dtype=np.int64)
-        if tgt.shape != (A.shape[0],):
-            raise ValueError(f"targets must have shape ({A.shape[0]},), got {tgt.shape}")
-        if len(tgt) and (tgt.min() < 0 or tgt.max() >= self.n_items):
-            raise ValueError(f"target item index outside [0, {self.n_items})")
-        n = len(tgt)
-        n_greater, n_equal = np.empty(n, np.int64), np.empty(n, np.int64)
-        has_nan = np.zeros(n, np.uint8)
-        _kernels().panel_rank_counts(A, self.packed, self.n_items, tgt, n_greater, n_equal,
-                                     has_nan)
-        return _ranks_from_counts(n_greater, n_equal, has_nan, mode, "ItemPanels.rank")
-
-
-def panels_available() -> bool:
-    """True where :class:`ItemPanels` runs: the kernels are built for x86-64 and the CPU has
-    AVX-512F or AVX2 + FMA (``gru_engine._ranking.panel_isa()`` says which)."""
-    return _kernels().panel_isa() > 0
-
-
-def top_k(scores, k: int, n_threads: int = 1):
-    """The ``k`` best items of each row, best first; ties go to the lower item index.
-
-    scores: (B, n_items) scores (converted as in :func:`rank_targets`); ``-inf`` marks items
-            that must not be recommended — they are ordinary values here and appear last, so
-            callers drop non-finite values from the output if they wish.
-    k:      ``1 <= k <= n_items``.
-    n_threads: OpenMP threads over rows (module docstring, *Threads*); 0 = OpenMP's default.
-
-    Returns ``(indices, values)``: (B, k) int64 item indices and (B, k) float32 scores.
-    Raises ``ValueError`` on a bad shape or k, ``ModelFitError`` when a row contains NaN.
-    """
-    n_threads = _check_threads(n_threads)
-    block = _score_block(scores)
-    batch, n_items = block.shape
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_items:
-        raise ValueError(f"k must be an integer in [1, n_items={n_items}], got {k!r}")
-    indices = np.empty((batch, int(k)), dtype=np.int64)
-    values = np.empty((batch, int(k)), dtype=np.float32)
-    if batch == 0:
-        return indices, values
-    has_nan = np.empty(batch, dtype=np.uint8)
-    _kernels().top_k_rows(block, indices, values, has_nan, n_threads)
-    _raise_on_nan(has_nan, "top_k")
-    return indices, values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,8 +199,8 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
               the last event of each session (leave-last-out), still feeding every earlier click.
     progress: optional ``progress(n_done, n_total)`` called after every step, counted in scored
               clicks (``n_total`` = number of ``score`` rows of the whole replay).
-    n_threads: OpenMP threads of the rank kernel (module docstring, *Threads*); 0 = OpenMP's
-              default.
+    n_threads: OpenMP threads of the rank kernel (:mod:`gru_engine.ranking`, *Threads*);
+              0 = OpenMP's default.
 
     Each of ``batch_size`` slots walks one session (sessions taken in order of their first
     event's time); after a session's second-to-last click the slot takes the next session with

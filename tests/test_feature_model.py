@@ -538,7 +538,7 @@ def test_threaded_rank_equals_score_then_rank(n_threads, use_panels, monkeypatch
     """FeatureScorer.rank (rows split over threads, a workspace each) gives the ranks of
     score() + rank_targets(), over two steps of carried state (fused panel kernels and BLAS)."""
     from gru_engine.backends.cpu_scoring import OutputLayer
-    from gru_engine.evaluation import rank_targets
+    from gru_engine.ranking import panel_path, rank_targets
     monkeypatch.setattr(OutputLayer, "USE_PANELS", use_panels)
     events, feats = _small()
     m = FeatureSessionGRU(**dict(SMALL, n_epochs=1, n_threads=n_threads)).fit(
@@ -557,4 +557,5 @@ def test_threaded_rank_equals_score_then_rank(n_threads, use_panels, monkeypatch
         ranks = a.rank(rows, items, fresh, targets, "median")
         np.testing.assert_array_equal(ranks, rank_targets(b.score(rows, items, fresh), targets,
                                                           "median"))
+    assert set(a.output.path_counts) == {panel_path() if use_panels and panel_path() else "blas"}
     assert ranks.min() >= 1

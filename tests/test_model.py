@@ -311,7 +311,7 @@ def test_scorer_input_table_equals_direct_forward(kw, monkeypatch):
 def test_output_layer_panels_and_blas_agree(use_panels, monkeypatch):
     """OutputLayer scores and ranks on integer-valued data (exact in any summation order) are
     those of NumPy, through the panel kernels (where the CPU has them) and through BLAS."""
-    from gru_engine.evaluation import rank_targets
+    from gru_engine.ranking import rank_targets
     monkeypatch.setattr(cpu_scoring.OutputLayer, "USE_PANELS", use_panels)
     rng = np.random.default_rng(3)
     Wy = rng.integers(-3, 4, (301, 12)).astype(np.float32)
@@ -337,7 +337,7 @@ def test_output_layer_panels_and_blas_agree(use_panels, monkeypatch):
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_threaded_rank_equals_score_then_rank(fitted, n_threads, use_panels, monkeypatch):
     """GRUScorer.rank (rows split over threads) gives the ranks of score() + rank_targets()."""
-    from gru_engine.evaluation import rank_targets
+    from gru_engine.ranking import panel_path, rank_targets
     monkeypatch.setattr(cpu_scoring.OutputLayer, "USE_PANELS", use_panels)
     model = fitted
     rng = np.random.default_rng(n_threads)
@@ -359,4 +359,5 @@ def test_threaded_rank_equals_score_then_rank(fitted, n_threads, use_panels, mon
         expected = rank_targets(b.score(rows, items, fresh if step == 0 else ~fresh), targets,
                                 "median")
         np.testing.assert_array_equal(ranks, expected)
+    assert set(a.output.path_counts) == {panel_path() if use_panels and panel_path() else "blas"}
     assert ranks.min() >= 1

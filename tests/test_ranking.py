@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from gru_engine import _ranking
-from gru_engine.evaluation import rank_targets, top_k
+from gru_engine.ranking import rank_targets, top_k
 from gru_engine.exceptions import ModelFitError
 
 
@@ -233,8 +233,8 @@ def test_kernel_introspection():
     assert _ranking.max_threads() >= 1
 
 
-# ---- fused scoring + ranking over item panels (AVX-512) ---------------------------------------
-from gru_engine.evaluation import ItemPanels, panels_available  # noqa: E402
+# ---- fused scoring + ranking over item panels (AVX-512F and AVX2 + FMA tiles) ----------------
+from gru_engine.ranking import PANEL_PATHS, ItemPanels, panel_path, panels_available  # noqa: E402
 
 needs_panels = pytest.mark.skipif(not panels_available(),
                                   reason="the panel kernels need x86-64 with AVX-512F or AVX2")
@@ -243,13 +243,60 @@ _CPU_ISA = _ranking.panel_isa()
 
 @pytest.fixture(params=[2, 1], ids=["avx512", "avx2"])
 def isa(request):
-    """Run the test with the AVX-512 and the AVX2 tiles (those this CPU has)."""
+    """Run the test with each tile this CPU has: AVX-512 where it has AVX-512F, AVX2 on every
+    CPU with AVX2 + FMA (AVX-512 ones included, where the tile is forced). Skips only for a
+    tile the CPU lacks."""
     if request.param > _CPU_ISA:
-        pytest.skip(f"this CPU has no {request.node.callspec.id.split('-')[0]} tile "
-                    f"(panel ISA {_CPU_ISA})")
+        pytest.skip(f"this CPU has no {PANEL_PATHS[request.param]} tile (panel ISA {_CPU_ISA})")
     assert _ranking.limit_panel_isa(request.param) == request.param
+    assert panel_path() == PANEL_PATHS[request.param]
     yield request.param
     _ranking.limit_panel_isa(2)
+    assert _ranking.panel_isa() == _CPU_ISA
+
+
+def fmaf_chain(A, B):
+    """The panel kernels' scores computed independently: S[i, j] = fmaf(A[i, K-1], B[K-1, j],
+    ... fmaf(A[i, 0], B[0, j], 0)), each step one float32 rounding of the exact a * b + s
+    (the product of two float32 is exact in float64; TwoSum gives the exact error of the
+    float64 sum, which decides the float32 rounding only at a float32 midpoint)."""
+    A = np.asarray(A, np.float32)
+    B = np.asarray(B, np.float32)
+    S = np.zeros((A.shape[0], B.shape[1]), np.float32)
+    for k in range(A.shape[1]):
+        p = A[:, k, None].astype(np.float64) * B[None, k, :].astype(np.float64)
+        c = S.astype(np.float64)
+        s = p + c
+        bp = s - p
+        e = (p - (s - bp)) + (c - bp)  # p + c == s + e exactly
+        r = s.astype(np.float32)
+        r64 = r.astype(np.float64)
+        other = np.nextafter(r, np.where(s > r64, np.inf, -np.inf).astype(np.float32))
+        at_mid = (s == (r64 + other.astype(np.float64)) / 2) & (e != 0) & (r64 != s)
+        S = np.where(at_mid & ((r64 < s) == (e > 0)), other, r)
+    return S
+
+
+#: 1 + fmaf(2^-24 (1 + 2^-12), 1 - 2^-12 + 2^-24): the exact sum is 1 + 2^-24 + 2^-60, just above
+#: the float32 midpoint 1 + 2^-24, so one rounding gives 1 + 2^-23; the float64 sum rounds to
+#: the midpoint itself, whose tie-to-even float32 is 1
+MIDPOINT_CASE = (np.array([[1, 2**-24 * (1 + 2**-12)]], np.float32),
+                 np.array([[1], [1 - 2**-12 + 2**-24]], np.float32))
+
+
+def test_fmaf_chain_reference_rounds_once_per_step():
+    """The reference itself: one fma rounding, not two (a*b rounded, then the sum)."""
+    a = np.float32(1 + 2**-12)
+    A = np.array([[1, a]], np.float32)
+    B = np.array([[-(1 + 2**-11)], [a]], np.float32)
+    # fmaf(a, a, -(1 + 2^-11)) = 2^-24 exactly; a*a rounded to float32 first would give 0
+    assert fmaf_chain(A, B)[0, 0] == np.float32(2**-24)
+    A, B = MIDPOINT_CASE
+    assert fmaf_chain(A, B)[0, 0] == np.float32(1 + 2**-23)
+    rng = np.random.default_rng(0)
+    A = rng.integers(-4, 5, (6, 9)).astype(np.float32)
+    B = rng.integers(-4, 5, (9, 5)).astype(np.float32)
+    np.testing.assert_array_equal(fmaf_chain(A, B), A @ B)
 
 
 def integer_problem(rng, R, K, N, levels=3):
@@ -276,9 +323,71 @@ def test_panels_scores_and_ranks_exact(R, K, N, mode, isa):
     panels.scores(A, out)
     np.testing.assert_array_equal(out[:, :N], A @ B)
     assert np.all(out[:, N:] == -7.0)
+    assert panels.last_path == PANEL_PATHS[isa]
+    panels.last_path = None
     targets = rng.integers(0, N, R)
     np.testing.assert_array_equal(panels.rank(A, targets, mode),
                                   reference_ranks(A @ B, targets, mode))
+    assert panels.last_path == PANEL_PATHS[isa]
+
+
+@needs_panels
+@pytest.mark.parametrize("R,K,N", [(37, 101, 2933), (11, 481, 100), (300, 7, 65)])
+def test_panels_scores_are_the_fmaf_chain(R, K, N, isa):
+    """Random floats: each tile's scores are bit for bit the independent fmaf-chain reference
+    (rounding cases included), and its ranks those of the reference scores."""
+    rng = np.random.default_rng(R + K + N)
+    A = rng.standard_normal((R, K)).astype(np.float32)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    B[:, 10:20] = B[:, 3:4]  # exact ties
+    A[0, :2], B[:2, 0], A[0, 2:] = MIDPOINT_CASE[0][0], MIDPOINT_CASE[1][:, 0], 0
+    panels = ItemPanels(B)
+    S = panels.scores(A, np.empty((R, N), np.float32))
+    assert panels.last_path == PANEL_PATHS[isa]
+    want = fmaf_chain(A, B)
+    assert want[0, 0] == np.float32(1 + 2**-23)
+    np.testing.assert_array_equal(S, want)
+    targets = rng.integers(0, N, R)
+    targets[:3] = 3
+    for mode in ("conservative", "optimistic", "median"):
+        np.testing.assert_array_equal(panels.rank(A, targets, mode),
+                                      reference_ranks(want, targets, mode))
+
+
+@needs_panels
+def test_panels_against_blas(isa):
+    """Each tile against the BLAS GEMM on random floats (rounding apart) and a tie-heavy integer
+    block (exact in every order: same scores, same ranks)."""
+    rng = np.random.default_rng(9)
+    A = rng.standard_normal((70, 129)).astype(np.float32)
+    B = rng.standard_normal((129, 1500)).astype(np.float32)
+    panels = ItemPanels(B)
+    blas = A @ B
+    np.testing.assert_allclose(panels.scores(A, np.empty_like(blas)), blas, rtol=0, atol=1e-3)
+    A, B = integer_problem(rng, 70, 129, 1500, levels=1)
+    panels, blas = ItemPanels(B), A @ B
+    targets = rng.integers(0, 1500, 70)
+    np.testing.assert_array_equal(panels.scores(A, np.empty_like(blas)), blas)
+    for mode in ("conservative", "median"):
+        np.testing.assert_array_equal(panels.rank(A, targets, mode),
+                                      rank_targets(blas, targets, mode))
+    assert panels.last_path == PANEL_PATHS[isa]
+
+
+def test_panels_refuse_without_a_tile():
+    """With no tile (a CPU without AVX2, or the level limited to 0) ItemPanels raises instead of
+    returning counts it never computed."""
+    panels = ItemPanels(np.ones((3, 40), np.float32))
+    try:
+        assert _ranking.limit_panel_isa(0) == 0
+        assert not panels_available() and panel_path() is None
+        with pytest.raises(RuntimeError, match="cannot run"):
+            panels.rank(np.ones((2, 3), np.float32), np.zeros(2, np.int64))
+        with pytest.raises(RuntimeError, match="cannot run"):
+            panels.scores(np.ones((2, 3), np.float32), np.empty((2, 40), np.float32))
+    finally:
+        _ranking.limit_panel_isa(2)
+    assert _ranking.panel_isa() == _CPU_ISA
 
 
 @needs_panels

@@ -8,12 +8,14 @@ AVX-512F, else BLAS); :func:`run_row_blocks` splits a step's rows over threads.
 """
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..evaluation import ItemPanels, panels_available, rank_targets
+from ..ranking import ItemPanels, panels_available, rank_targets
 from . import cpu, feature_cpu
 from .cpu import EMBEDDING, ONEHOT, apply_final_act
 from ..network import L_H, S_IN
@@ -21,10 +23,13 @@ from ..network import L_H, S_IN
 
 class OutputLayer:
     """All-item scores ``final_act([h | 1] @ [Wy | By]^T)`` of a CPU scorer, and the ranks of
-    targets among them: through :class:`~gru_engine.evaluation.ItemPanels` (fused kernels, the
-    scores never written when ranking) where the CPU has AVX-512F, else one BLAS GEMM (and
-    :func:`~gru_engine.evaluation.rank_targets`). Either way ``rank`` gives exactly the ranks
-    of the scores ``scores`` returns. Stateless after construction (thread-safe).
+    targets among them: through :class:`~gru_engine.ranking.ItemPanels` (fused kernels, the
+    scores never written when ranking) where the CPU has AVX-512F or AVX2 + FMA, else one BLAS
+    GEMM (and :func:`~gru_engine.ranking.rank_targets`). Either way ``rank`` gives exactly the
+    ranks of the scores ``scores`` returns. Thread-safe.
+
+    ``path_counts``: calls of ``scores`` / ``rank`` per path that ran (``'panels-avx512'``,
+    ``'panels-avx2'`` or ``'blas'``), so that callers and tests can tell which one did.
     """
 
     #: use the panel kernels where available (tests switch it off to cover the BLAS path)
@@ -41,13 +46,21 @@ class OutputLayer:
         self.WyBT = WyBT if self.panels is None else None
         #: ``rank`` needs no score buffer
         self.fused_rank = self.panels is not None and act == 0
+        self.path_counts = collections.Counter()
+        self._count_lock = threading.Lock()
+
+    def _ran(self, path: str) -> None:
+        with self._count_lock:
+            self.path_counts[path] += 1
 
     def scores(self, aug, out) -> np.ndarray:
         """``out = final_act(aug @ [Wy | By]^T)``; aug (R, H+1), out (R, n_items) float32."""
         if self.panels is not None:
             self.panels.scores(aug, out)
+            self._ran(self.panels.last_path)
         else:
             np.dot(aug, self.WyBT, out=out)
+            self._ran("blas")
         if self.act != 0:
             apply_final_act(out, len(out), self.act, self.act_param)
         return out
@@ -56,7 +69,9 @@ class OutputLayer:
         """(R,) ranks of ``targets`` among each row's scores; ``out``: (R, n_items) scratch,
         needed unless :attr:`fused_rank`."""
         if self.fused_rank:
-            return self.panels.rank(aug, targets, mode)
+            ranks = self.panels.rank(aug, targets, mode)
+            self._ran(self.panels.last_path)
+            return ranks
         return rank_targets(self.scores(aug, out), targets, mode)
 
 
