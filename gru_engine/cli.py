@@ -179,6 +179,21 @@ def cmd_demo(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+def cmd_report(args) -> int:
+    from . import report
+    path = report.run(args, command="gru-engine report " + " ".join(args.argv_))
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_report_parser(sub) -> None:
+    from . import report
+    p = sub.add_parser("report", help="every model on every dataset of a folder: bench/REPORT.md "
+                                      "+ plots (resumable)")
+    report.add_arguments(p)
+    p.set_defaults(func=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gru-engine", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -226,12 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo, measure=[5, 10, 20], mode="conservative",
                    eval_batch_size=512, by_position=True,
                    session_key="SessionId", item_key="ItemId", time_key="Time", sep="\t")
+    _add_report_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args.argv_ = given[given.index(args.command) + 1:] if args.command in given else given
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
