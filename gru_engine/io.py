@@ -1,9 +1,16 @@
 """Model files: one ``.npz`` (no pickle) with a JSON header, the item ids and all parameters.
 
-Layout: ``header`` (uint8 array of UTF-8 JSON: format version, class name, hyperparameters,
-item-id dtype, fitted scalars), ``item_ids`` (int64 or unicode), ``Wx_0``, ``bx_0``, ``Wh_0``,
-``bhn_0``, ... per layer, ``Wy``, ``By``, optionally ``E``, ``item_support``. Written to a
-temporary file then renamed (atomic on POSIX).
+Format 3 (written by this version, both GRU model classes): ``header`` (uint8 array of UTF-8
+JSON: ``format`` ``'gru_engine'``, ``format_version`` 3, ``class``, hyperparameters, column
+keys, ``input_mode``, ``subnet_names``, ``feature_info``, ``vocab_counts``, ``loss_history``),
+``item_ids`` (int64 or unicode), ``item_support``, the network's arrays (``network.PARAM_KEYS``)
+and the feature encoders' vocabularies ``vocab_<source>_<k>``. Written to a temporary file then
+renamed (atomic on POSIX).
+
+Older files still load and score exactly as before: format 1 (SessionGRU, per-layer arrays
+``Wx_l``/``bx_l``/``Wh_l``/``bhn_l``, ``Wy``, ``By``, optional ``E``; converted to the network
+layout) and the FeatureSessionGRU formats 1 and 2 (``format`` ``'gru_engine.FeatureSessionGRU'``;
+version 1 has no vocabularies).
 """
 from __future__ import annotations
 
@@ -13,36 +20,39 @@ import tempfile
 
 import numpy as np
 
-FORMAT_VERSION = 1
-_LAYER_KEYS = ("Wx", "bx", "Wh", "bhn")
+from .network import PARAM_KEYS, from_layers
+
+FORMAT = "gru_engine"
+FORMAT_VERSION = 3
+_FEATURE_FORMAT = "gru_engine.FeatureSessionGRU"  # FeatureSessionGRU files, versions 1 and 2
+_LAYER_KEYS = ("Wx", "bx", "Wh", "bhn")  # per-layer arrays of format 1
 
 
 def save_model(model, path) -> None:
-    """Write a fitted :class:`~gru_engine.model.SessionGRU` to ``path`` (``.npz``)."""
+    """Write a fitted GRU model (:class:`~gru_engine.model.SessionGRU` or a subclass) to
+    ``path`` (``.npz``, format 3)."""
     model._check_fitted()
     ids = np.asarray(model.item_index_.ids)
     if ids.dtype.kind not in "iuU":
         raise ValueError(f"cannot save item ids of dtype {ids.dtype}: only integer or string ids")
     params = model.get_params()
-    params["layers"] = [int(h) for h in np.atleast_1d(params["layers"])]
+    for key in ("layers", "feature_layers"):
+        if params.get(key) is not None:
+            params[key] = [int(h) for h in np.atleast_1d(params[key])]
+    vocab = model.feature_vocab_ or []
     header = {
-        "format_version": FORMAT_VERSION,
-        "class": type(model).__name__,
-        "params": params,
-        "item_id_dtype": ids.dtype.str,
-        "input_mode": model.input_mode_,
-        "n_layers": len(model.params_["Wx"]),
-        "keys": model.keys_,
+        "format": FORMAT, "format_version": FORMAT_VERSION, "class": type(model).__name__,
+        "params": params, "item_id_dtype": ids.dtype.str, "keys": model.keys_,
+        "input_mode": model.input_mode_, "subnet_names": list(model.subnet_names_),
+        "feature_info": model.feature_info_, "vocab_counts": [len(v) for v in vocab],
         "loss_history": [float(x) for x in model.loss_history_],
     }
     arrays = {"header": np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
               "item_ids": ids, "item_support": np.asarray(model.item_support_, np.int64)}
-    for key in _LAYER_KEYS:
-        for l, a in enumerate(model.params_[key]):
-            arrays[f"{key}_{l}"] = a
-    for key in ("Wy", "By", "E"):
-        if key in model.params_:
-            arrays[key] = model.params_[key]
+    arrays.update({k: model.params_[k] for k in PARAM_KEYS})
+    for s, codes_list in enumerate(vocab):
+        for c, codes in enumerate(codes_list):
+            arrays[f"vocab_{s}_{c}"] = np.asarray(codes)
     write_npz(os.fspath(path), arrays)
 
 
@@ -72,29 +82,28 @@ def read_header(f, path: str) -> dict:
 
 
 def load_model(path, cls):
-    """Read a model written by :func:`save_model`; ``ValueError`` for a foreign/newer file."""
+    """Read a model file of any supported format into a fitted ``cls``; ``ValueError`` for a
+    foreign or newer file or one of another class."""
     path = os.fspath(path)
     with np.load(path, allow_pickle=False) as f:
         header = read_header(f, path)
         if header.get("class") != cls.__name__:
             raise ValueError(f"{path} holds a {header.get('class')!r}, not a {cls.__name__}")
-        version = header.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-            raise ValueError(f"{path}: model format version {version!r} is not supported "
-                             f"(this gru_engine reads versions 1..{FORMAT_VERSION})")
-        L = int(header["n_layers"])
-        params = {key: [np.array(f[f"{key}_{l}"]) for l in range(L)] for key in _LAYER_KEYS}
-        for key in ("Wy", "By", "E"):
-            if key in f.files:
-                params[key] = np.array(f[key])
+        fmt, version = header.get("format"), header.get("format_version")
+        if (fmt, version) in ((FORMAT, FORMAT_VERSION), (_FEATURE_FORMAT, 1), (_FEATURE_FORMAT, 2)):
+            params = {k: np.array(f[k]) for k in PARAM_KEYS}
+        elif fmt is None and version == 1:
+            params = _network_from_layers(header, f)
+            header = dict(header, subnet_names=["id"], feature_info=[], vocab_counts=[])
+        else:
+            raise ValueError(f"{path}: model format {fmt!r} version {version!r} is not supported "
+                             f"(this gru_engine reads format {FORMAT!r} versions 1 to "
+                             f"{FORMAT_VERSION})")
+        counts = header.get("vocab_counts")
+        vocab = None if counts is None else [[np.array(f[f"vocab_{s}_{c}"]) for c in range(n)]
+                                             for s, n in enumerate(counts)]
         ids = np.array(f["item_ids"])
         support = np.array(f["item_support"])
-    return restore_model(cls, header, ids, support, params)
-
-
-def restore_model(cls, header: dict, ids, support, params: dict):
-    """A fitted ``cls`` from a file's header (``params``, ``keys``, ``input_mode``,
-    ``loss_history``), item ids, item support and parameter dict."""
     from .data import ItemIndex
     model = cls(**header["params"])
     model.item_index_ = ItemIndex(ids)
@@ -103,4 +112,17 @@ def restore_model(cls, header: dict, ids, support, params: dict):
     model.input_mode_ = header["input_mode"]
     model.item_support_ = support
     model.loss_history_ = header["loss_history"]
+    model.subnet_names_ = header["subnet_names"]
+    model.feature_info_ = header["feature_info"]
+    model.feature_vocab_ = vocab
     return model
+
+
+def _network_from_layers(header: dict, f) -> dict:
+    """The network parameters of a format-1 SessionGRU file (per-layer arrays)."""
+    L = int(header["n_layers"])
+    layer_params = {k: [np.array(f[f"{k}_{l}"]) for l in range(L)] for k in _LAYER_KEYS}
+    for key in ("Wy", "By", "E"):
+        if key in f.files:
+            layer_params[key] = np.array(f[key])
+    return from_layers(layer_params, header["input_mode"])

@@ -1,22 +1,28 @@
-"""SessionGRU: GRU4Rec (session-parallel mini-batches, sampled output, GRU4Rec losses).
+"""SessionGRU: GRU4Rec (session-parallel mini-batches, sampled output, GRU4Rec losses), and the
+estimator that every GRU model of the engine is.
 
-The estimator holds hyperparameters (official GRU4Rec names, see :mod:`gru_engine.params`),
-initialises parameters, runs the epochs through a backend and exposes a scorer for evaluation
-and ``recommend``. Backends (``device``): ``'cpu'`` (``backends/cpu.py``: the whole epoch in
-Numba), ``'cuda'`` (``backends/cuda.py``: CUDA kernels through CuPy; ``ValueError`` without
+A GRU model is one network (:mod:`gru_engine.network`): input subnets, a combine step and the
+sampled output layer. ``SessionGRU`` is the network with one ID subnet; ``FeatureSessionGRU``
+(:mod:`gru_engine.feature_model`) adds feature subnets by overriding :meth:`_network_spec` and
+:meth:`_encode_inputs`. Everything else lives here once: fitting (the one epoch loop over the
+trainer of the device), scoring, ``recommend``/``predict_next``, files.
+
+Backends (``device``): ``'cpu'`` (:mod:`gru_engine.backends.cpu`: the whole epoch in Numba),
+``'cuda'`` (:mod:`gru_engine.backends.cuda`: CUDA kernels through CuPy; ``ValueError`` without
 CuPy and a GPU), ``'auto'`` (CUDA when CuPy sees a GPU, else CPU; checked once, lazily). Both
-backends are driven by the same epoch loop (:meth:`SessionGRU._train`) through the trainer
-interface ``fill_store() / start_epoch(items, order, offsets) / rows_left() / run(max_steps)
--> (loss_sum, events, finite) / host_params()``, consume the same negative-sample draws in the
-same order and give the same parameters up to float32 rounding (without dropout: the CUDA
-backend draws its dropout masks on the device).
+trainers follow one interface, ``fill_store() / start_epoch(items, order, offsets) /
+rows_left() / run(max_steps) -> (loss_sum, events, finite) / host_params()``, consume the same
+negative-sample draws in the same order and give the same parameters up to float32 rounding
+(without dropout: the CUDA backend draws its dropout masks on the device).
 
 Fitted attributes:
     device_:          'cpu' | 'cuda', the backend that trained the model (and scores it)
-    params_:          dict of parameter arrays (float32): ``Wx``, ``bx``, ``Wh``, ``bhn`` (lists,
-                      one array per layer), ``Wy`` (n_items, H_last), ``By`` (n_items,), and ``E``
-                      (n_items, embedding) only with a separate input embedding
-    input_mode_:      'onehot' | 'embedding' | 'constrained'
+    params_:          the network's parameter dict (float32 arrays, ``network.PARAM_KEYS``);
+                      :meth:`SessionGRU.subnet_params` gives views per subnet and layer
+    subnet_names_:    names of the subnets, the ID subnet (``'id'``) first when there is one
+    input_mode_:      'onehot' | 'embedding' | 'constrained' (the ID subnet's input)
+    feature_info_, feature_vocab_: per feature source, its encoder's summary and vocabularies
+                      (empty lists for SessionGRU)
     item_support_:    (n_items,) int64 training events per item
     loss_history_:    list of per-epoch losses (mean over steps weighted by active rows)
     epoch_times_:     list of per-epoch training seconds
@@ -33,17 +39,14 @@ import time
 import numpy as np
 
 from . import params as hp
-from .backends import cpu
-from .backends.cpu_scoring import GRUScorer
 from .backends.device import Device
 from .base import SessionModel
 from .batching import session_order
-from .exceptions import ModelFitError
+from .exceptions import ModelFitError, NotFittedError
+from .network import PARAM_KEYS, S_A, build_layout, epoch_plan, subnet_views
 from .sampling import seed_numba
 
 logger = logging.getLogger("gru_engine")
-
-_MODES = {"onehot": cpu.ONEHOT, "embedding": cpu.EMBEDDING, "constrained": cpu.CONSTRAINED}
 
 
 def _threads(n_threads) -> int:
@@ -95,41 +98,6 @@ def _resolve_device(name: str) -> Device | None:
     raise ValueError("device='cuda' needs CuPy and an NVIDIA GPU, but CuPy is not installed or "
                      "sees no CUDA device (pip install cupy-cuda12x, or use device='cpu' or "
                      "'auto')")
-
-
-def init_block(rng, rows: int, cols: int, n_blocks: int = 1, dtype=np.float32) -> np.ndarray:
-    """(rows, cols * n_blocks) weights, each (rows, cols) block uniform in ``[-s, s]``,
-    ``s = sqrt(6 / (rows + cols))`` (drawn in one call, row-major)."""
-    s = np.sqrt(6.0 / (rows + cols))
-    return rng.uniform(-s, s, size=(rows, cols * n_blocks)).astype(dtype)
-
-
-def init_params(n_items: int, layers, mode: str, embedding: int, rng, dtype=np.float32) -> dict:
-    """Initial parameters: every per-gate weight block uniform in ``[-s, s]``,
-    ``s = sqrt(6 / (fan_in + fan_out))``; biases zero (reference page)."""
-    def block(rows, cols, n_blocks=1):
-        return init_block(rng, rows, cols, n_blocks, dtype)
-
-    H_last = layers[-1]
-    p = {"Wx": [], "bx": [], "Wh": [], "bhn": []}
-    for l, H in enumerate(layers):
-        if l > 0:
-            n_in = layers[l - 1]
-        elif mode == "onehot":
-            n_in = n_items
-        elif mode == "embedding":
-            n_in = embedding
-        else:
-            n_in = H_last
-        p["Wx"].append(block(n_in, H, 3))
-        p["bx"].append(np.zeros(3 * H, dtype))
-        p["Wh"].append(block(H, H, 3))
-        p["bhn"].append(np.zeros(H, dtype))
-    if mode == "embedding":
-        p["E"] = block(n_items, embedding)
-    p["Wy"] = block(n_items, H_last)
-    p["By"] = np.zeros(n_items, dtype)
-    return p
 
 
 class SessionGRU(SessionModel):
@@ -190,24 +158,26 @@ class SessionGRU(SessionModel):
         kwargs.update(overrides)
         return cls(**kwargs)
 
-    # ---- fitting ----------------------------------------------------------------------------
-    def fit(self, data, session_key: str = "SessionId", item_key: str = "ItemId",
-            time_key: str = "Time", callback=None):
-        """Train on an event table (see :meth:`SessionModel.fit`). ``callback(epoch, elapsed_s,
-        loss)`` is called after every epoch (epoch counted from 1). Returns self.
-
-        Raises ``ValueError`` for bad hyperparameters and ``ModelFitError`` when the loss
-        becomes NaN or infinite.
-        """
-        self._validated()  # fail before reading the data
-        return super().fit(data, session_key=session_key, item_key=item_key,
-                           time_key=time_key, callback=callback)
-
+    # ---- the network ------------------------------------------------------------------------
     def _validated(self) -> dict:
+        """The validated hyperparameters (``ValueError`` naming a bad one)."""
         p = hp.validate(self.get_params())
         if p["device"] == "cuda":
             _resolve_device("cuda")  # ValueError now, before the data is read, without a GPU
         return p
+
+    def _network_spec(self, p: dict) -> dict:
+        """``architecture``, ``combine``, ``strategy`` and ``feature_layers`` of the network
+        (:func:`gru_engine.network.build_layout`, :func:`~gru_engine.network.epoch_plan`):
+        GRU4Rec is the ID subnet alone."""
+        return {"architecture": "id", "combine": "concat", "strategy": "simultaneous",
+                "feature_layers": p["layers"]}
+
+    def _encode_inputs(self, p: dict, item_features) -> list:
+        """The encoded feature sources of this fit (none for SessionGRU); sets
+        ``feature_info_`` and ``feature_vocab_``."""
+        self.feature_info_, self.feature_vocab_ = [], []
+        return []
 
     def _input_mode(self, p) -> str:
         if p["constrained_embedding"]:
@@ -217,60 +187,68 @@ class SessionGRU(SessionModel):
             return "constrained"
         return "embedding" if p["embedding"] > 0 else "onehot"
 
-    def _fit(self, sessions, callback=None):
+    # ---- fitting ----------------------------------------------------------------------------
+    def fit(self, data, session_key: str = "SessionId", item_key: str = "ItemId",
+            time_key: str = "Time", callback=None):
+        """Train on an event table (see :meth:`SessionModel.fit`). ``callback(epoch, elapsed_s,
+        loss)`` is called after every epoch (epoch counted from 1); inside it the model scores
+        with that epoch's parameters (``evaluate``, ``recommend``), and an exception it raises
+        stops the fit (the model is then unfitted). Returns self.
+
+        Raises ``ValueError`` for bad hyperparameters and ``ModelFitError`` when the loss
+        becomes NaN or infinite.
+        """
+        return self._fit_events(data, session_key, item_key, time_key, callback, None)
+
+    def _fit_events(self, data, session_key, item_key, time_key, callback, item_features):
+        self._validated()  # fail before reading the data
+        return SessionModel.fit(self, data, session_key=session_key, item_key=item_key,
+                                time_key=time_key, callback=callback,
+                                item_features=item_features)
+
+    def _fit(self, sessions, callback=None, item_features=None):
         try:
-            self._train(sessions, callback)
+            self._train(sessions, callback, item_features)
         except ModelFitError:
             del self.params_  # a diverged model must not be used: NotFittedError from now on
             raise
 
-    def _train_device(self, p) -> Device | None:
-        """The device of this fit (see :func:`_resolve_device`); subclasses restrict it."""
-        return _resolve_device(p["device"])
-
-    def _init_params(self, p, n_items: int, mode: str, rng) -> dict:
-        """Initial parameters of this fit (:func:`init_params`); subclasses change the layout."""
-        return init_params(n_items, p["layers"], mode, p["embedding"], rng)
-
-    def _make_trainer(self, p, params, mode, support, device, seed):
-        """The backend's trainer (see the module docstring) over the initial ``params``."""
-        act, act_param = hp.parse_final_act(p["final_act"])
+    def _make_trainer(self, p, params, spec, support, device, seed):
+        """The device's trainer over the initial ``params`` (see the module docstring)."""
+        hyper = hp.hyper(p)
+        plan = epoch_plan(spec["strategy"], len(self.subnet_names_), p["n_epochs"])
+        sum_mode = spec["combine"] == "sum"
         if device is None:
-            return cpu.CPUTrainer(params, _MODES[mode], len(support), support, p["batch_size"],
-                                  p["n_sample"], p["sample_alpha"], p["sample_store_size"],
-                                  loss=hp.LOSS_CODES[p["loss"]], act=act, act_param=act_param,
-                                  logq=p["logq"], bpreg=p["bpreg"], elu=p["elu_param"],
-                                  lr=p["learning_rate"], mom=p["momentum"],
-                                  p_embed=p["dropout_p_embed"], p_hidden=p["dropout_p_hidden"])
-        from .backends.cuda import EpochTrainer
-        return EpochTrainer(device, params, batch_size=p["batch_size"], n_sample=p["n_sample"],
-                            sample_alpha=p["sample_alpha"],
-                            sample_store_size=p["sample_store_size"], item_support=support,
-                            loss=p["loss"], constrained_embedding=mode == "constrained",
-                            final_act=(act, act_param), bpreg=p["bpreg"],
-                            elu_param=p["elu_param"], logq=p["logq"],
-                            learning_rate=p["learning_rate"], momentum=p["momentum"],
-                            dropout_p_embed=p["dropout_p_embed"],
-                            dropout_p_hidden=p["dropout_p_hidden"], seed=seed)
+            from .backends.cpu import Trainer
+            return Trainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
+                           names=self.subnet_names_)
+        from .backends.cuda import Trainer
+        return Trainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
+                       names=self.subnet_names_, seed=seed)
 
-    def _train(self, sessions, callback):
+    def _train(self, sessions, callback, item_features):
         p = self._validated()
-        device = self._train_device(p)
+        spec = self._network_spec(p)
+        device = _resolve_device(p["device"])
         n_items = len(self.item_index_)
         seq = np.random.SeedSequence(p["random_state"])
         init_seed, order_seed, numba_seed = seq.spawn(3)
         rng = np.random.default_rng(init_seed)
         order_rng = np.random.default_rng(order_seed)
         mode = self._input_mode(p)
-        params = self._init_params(p, n_items, mode, rng)
+        encoded = self._encode_inputs(p, item_features)
+        layout = build_layout(n_items, spec["architecture"], spec["combine"], mode, p["layers"],
+                              p["embedding"], spec["feature_layers"], encoded, rng)
+        params = {k: layout[k] for k in PARAM_KEYS}
         support = sessions.item_support(n_items)
         self.device_ = "cpu" if device is None else "cuda"
         self.item_support_ = support
         self.input_mode_ = mode
+        self.subnet_names_ = layout["names"]
         self.params_ = params
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
         numba_state = numba_seed.generate_state(2)
-        trainer = self._make_trainer(p, params, mode, support, device, int(numba_state[1]))
+        trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]))
         logger.info("training on %s", "CPU" if device is None else f"CUDA ({device.name})")
         with _thread_limit(_threads(p["n_threads"])):
             seed_numba(int(numba_state[0] & 0x7FFFFFFF))
@@ -305,34 +283,36 @@ class SessionGRU(SessionModel):
                 logger.info("epoch %d: loss %.6f, %d events, %.0f events/s (%.2f s)", epoch,
                             loss, events, self.events_per_s_[-1], elapsed)
                 if callback is not None:
+                    self.params_ = trainer.host_params()
                     callback(epoch, elapsed, loss)
         params = trainer.host_params()
         self.params_ = params
-        bad = [k for k, v in _flat_params(params) if not np.all(np.isfinite(v))]
+        bad = [k for k, v in params.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
         if bad:
             raise ModelFitError(f"training produced non-finite parameters in {bad}")
 
     # ---- scoring ----------------------------------------------------------------------------
-    def scorer(self):
-        """A fresh scorer (evaluation protocol): :class:`gru_engine.backends.cuda.CudaScorer`
-        when the model was trained on CUDA (``device_ == 'cuda'``; evaluation then ranks on the
-        device), else :class:`gru_engine.backends.cpu_scoring.GRUScorer`. A loaded model scores
-        on the CPU."""
-        self._check_fitted()
-        act, act_param = hp.parse_final_act(self.final_act)
-        if getattr(self, "device_", "cpu") == "cuda":
-            from .backends.cuda import CudaScorer
-            return CudaScorer(_resolve_device("cuda"), self.params_,
-                              constrained_embedding=self.input_mode_ == "constrained",
-                              final_act=(act, act_param), cache_on=self)
-        return GRUScorer(self.params_, _MODES[self.input_mode_], act, act_param,
-                             _threads(self.n_threads))
-
     def _check_fitted(self):
         super()._check_fitted()
         if not hasattr(self, "params_"):
-            from .exceptions import NotFittedError
-            raise NotFittedError("this SessionGRU is not fitted yet; call fit() first")
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit() "
+                                 "first")
+
+    def scorer(self, params=None):
+        """A fresh scorer (evaluation protocol) over ``params`` (default ``params_``):
+        :class:`gru_engine.backends.cuda.Scorer` when the model was trained on CUDA
+        (``device_ == 'cuda'``; evaluation then ranks on the device), else
+        :class:`gru_engine.backends.cpu_scoring.Scorer`. A loaded model scores on the CPU."""
+        self._check_fitted()
+        act, act_param = hp.parse_final_act(self.final_act)
+        sum_mode = bool(self.params_["SI"][0, S_A] >= 0)  # combine weights exist only for 'sum'
+        if params is None and getattr(self, "device_", "cpu") == "cuda":
+            from .backends.cuda import Scorer
+            return Scorer(_resolve_device("cuda"), self.params_, sum_mode, (act, act_param),
+                          cache_on=self)
+        from .backends.cpu_scoring import Scorer
+        return Scorer(self.params_ if params is None else params, sum_mode, act, act_param,
+                      _threads(self.n_threads))
 
     def evaluate(self, test, *args, **kwargs) -> dict:
         """Next-item evaluation (see :meth:`SessionModel.evaluate`), under ``n_threads``."""
@@ -368,26 +348,28 @@ class SessionGRU(SessionModel):
             out[rows[last]] = scores[last]
         return out
 
+    def subnet_params(self, name: str = "id") -> dict:
+        """Views of one subnet's parameters (:func:`gru_engine.network.subnet_views`): ``Wx``,
+        ``bx``, ``Wh``, ``bhn`` per layer, ``table``, ``weight``, ``columns``. SessionGRU's one
+        subnet is ``'id'``."""
+        self._check_fitted()
+        if name not in self.subnet_names_:
+            raise KeyError(f"no subnet {name!r}; subnets: {self.subnet_names_}")
+        return subnet_views(self.params_, self.subnet_names_.index(name))
+
     # ---- files ------------------------------------------------------------------------------
     def save(self, path):
-        """Write the fitted model to one ``.npz`` file (no pickle; atomic)."""
+        """Write the fitted model to one ``.npz`` file (format 3: JSON header, no pickle,
+        atomic; :mod:`gru_engine.io`)."""
         from .io import save_model
         save_model(self, path)
 
     @classmethod
-    def load(cls, path) -> "SessionGRU":
-        """Read a model written by :meth:`save`."""
+    def load(cls, path):
+        """Read a model written by :meth:`save` (formats 1-3); ``ValueError`` for a foreign
+        or newer file."""
         from .io import load_model
         return load_model(path, cls)
-
-
-def _flat_params(params: dict):
-    for k, v in params.items():
-        if isinstance(v, list):
-            for l, a in enumerate(v):
-                yield f"{k}[{l}]", a
-        else:
-            yield k, v
 
 
 def _progress_bar(show: bool):

@@ -221,3 +221,50 @@ def epoch_plan(strategy: str, n_subnets: int, n_epochs: int) -> list:
         else:
             plan.append((every, every, True, False))
     return plan
+
+
+def subnet_views(params: dict, s: int) -> dict:
+    """Views of subnet ``s``'s parameters in a network's ``params``: ``Wx``, ``bx``, ``Wh``,
+    ``bhn`` (lists per layer; ``Wx[0]`` None for one-hot input, whose table is layer 0's input
+    weights), ``table`` (its own embedding or one-hot table, or None), ``weight`` (its combine
+    weight under ``combine='sum'``, else None), ``columns`` (its ``Wy`` column range)."""
+    SI, LI, th = params["SI"], params["LI"], params["theta"]
+    out = {"Wx": [], "bx": [], "Wh": [], "bhn": []}
+    for g in range(SI[s, S_L0], SI[s, S_L1]):
+        H, n_in = int(LI[g, L_H]), int(LI[g, L_IN])
+        wx = LI[g, L_WX]
+        out["Wx"].append(None if wx < 0 else th[wx:wx + n_in * 3 * H].reshape(n_in, 3 * H))
+        out["bx"].append(th[LI[g, L_BX]:LI[g, L_BX] + 3 * H])
+        out["Wh"].append(th[LI[g, L_WH]:LI[g, L_WH] + 3 * H * H].reshape(H, 3 * H))
+        out["bhn"].append(th[LI[g, L_BHN]:LI[g, L_BHN] + H])
+    out["table"] = None
+    if SI[s, S_TAB] == T_OWN:
+        a, r, c = SI[s, S_TOFF], SI[s, S_TROWS], SI[s, S_TCOLS]
+        out["table"] = params["T"][a:a + r * c].reshape(r, c)
+    out["weight"] = float(th[SI[s, S_A]]) if SI[s, S_A] >= 0 else None
+    out["columns"] = (int(SI[s, S_C0]), int(SI[s, S_C1]))
+    return out
+
+
+def from_layers(layer_params: dict, input_mode: str) -> dict:
+    """The ID-only network (GRU4Rec) holding per-layer parameters: ``layer_params`` has lists
+    ``Wx``, ``bx``, ``Wh``, ``bhn`` (one array per layer; ``Wx[0]`` is the (n_items, 3 H_0)
+    table for one-hot input), ``Wy`` (n_items, H_last), ``By`` and, for ``input_mode=
+    'embedding'``, ``E`` (n_items, embedding). Returns a new parameter dict of the arrays'
+    dtype (format-1 model files, tests)."""
+    Wy = np.asarray(layer_params["Wy"])
+    layers = [np.asarray(w).shape[0] for w in layer_params["Wh"]]
+    embedding = np.asarray(layer_params["E"]).shape[1] if input_mode == "embedding" else 0
+    lay = build_layout(Wy.shape[0], "id", "concat", input_mode, layers, embedding, layers, [],
+                       np.random.default_rng(0), Wy.dtype)
+    views = subnet_views(lay, 0)
+    for l in range(len(layers)):
+        for key in ("bx", "Wh", "bhn"):
+            views[key][l][...] = layer_params[key][l]
+        target = views["Wx"][l] if views["Wx"][l] is not None else views["table"]
+        target[...] = layer_params["Wx"][l]
+    if input_mode == "embedding":
+        views["table"][...] = layer_params["E"]
+    lay["Wy"][...] = Wy
+    lay["By"][...] = layer_params["By"]
+    return {k: lay[k] for k in PARAM_KEYS}

@@ -5,7 +5,7 @@ import pytest
 
 from gru_engine import params as hp
 from gru_engine.data import ItemIndex
-from gru_engine.backends.feature_cpu import FeatureTrainer
+from gru_engine.backends.cpu import Trainer
 from gru_engine.network import S_C0, S_C1, S_D0, S_D1
 from gru_engine.feature_model import FeatureSessionGRU
 from gru_engine.network import build_layout, epoch_plan
@@ -42,14 +42,16 @@ def _trainer(arch, combine, mode, kinds, layers=(5,), flayers=(4,), loss="cross-
     params["Wy"] *= 3
     params["T"] *= 2
     ce = loss == "cross-entropy"
-    tr = FeatureTrainer(params, N_ITEMS, rng.integers(1, 10, N_ITEMS), 4, 3, 0.5, 100,
-                        hp.LOSS_CODES[loss], 0, 0.0, 1.0 if ce else 0.0, 0.5,
-                        1.0 if loss == "bpr-max" else 0.0, 0.1, 0.0, 0.0, 0.0, combine == "sum")
+    hy = hp.hyper(hp.validate(dict(hp.DEFAULTS, loss=loss, logq=1.0 if ce else 0.0, bpreg=0.5,
+                                   elu_param=1.0 if loss == "bpr-max" else 0.0, batch_size=4,
+                                   n_sample=3, sample_store_size=100)))
+    tr = Trainer(params, hy, rng.integers(1, 10, N_ITEMS), sum_mode=combine == "sum")
     # non-trivial previous hidden states, dropout masks and log q
-    tr.HP[:] = rng.normal(size=tr.HP.shape) * 0.5
-    tr.lq[:] = rng.normal(size=tr.lq.shape)
-    tr.M0f[:] = rng.uniform(0.5, 1.5, size=tr.M0f.shape)
-    tr.MK[:] = rng.uniform(0.5, 1.5, size=tr.MK.shape)
+    wk = tr.work
+    wk.HP[:] = rng.normal(size=wk.HP.shape) * 0.5
+    tr.out.lq[:] = rng.normal(size=tr.out.lq.shape)
+    wk.M0f[:] = rng.uniform(0.5, 1.5, size=wk.M0f.shape)
+    wk.MK[:] = rng.uniform(0.5, 1.5, size=wk.MK.shape)
     return tr, params, rng
 
 
@@ -120,7 +122,7 @@ def test_frozen_and_inactive_subnets():
     """Residual phase 1 of [id, cat, tok]: id frozen, cat trained, tok inactive (no effect on
     the loss). The trained parts get exact gradients, the frozen parts exactly zero."""
     tr, params, rng = _trainer("parallel", "concat", "constrained", ["cat", "tok"])
-    SI = tr.SI
+    SI = tr.net.SI
     tr.set_phase([True, True, False], [False, True, False], freeze_out=True)
     errors = _check_gradients(tr, params, rng)
     th = np.zeros(len(params["theta"]), bool)
@@ -479,51 +481,6 @@ def test_missing_features_error():
     with pytest.raises(ValueError, match="duplicate"):
         FeatureSessionGRU(**SMALL).fit(events, item_features={"v": DenseFeatures([1, 1], np.ones((2, 2)))})
     assert "architecture" in FeatureSessionGRU().get_params()
-
-
-@pytest.mark.parametrize("mode", ["constrained", "onehot", "embedding"])
-def test_id_subnet_alone_matches_gru4rec_step(mode):
-    """With no feature source, the parallel trainer's step is GRU4Rec's: same loss and
-    gradients as the ID-only CPU trainer on the same parameters, inputs and masks."""
-    from gru_engine.backends import cpu
-    from gru_engine.network import L_BHN, L_BX, L_H, L_HOFF, L_WH, L_WX, S_TOFF
-    tr, params, rng = _trainer("parallel", "concat", mode, [], layers=(5, 4))
-    LI, SI = params["LI"], tr.SI
-    th = params["theta"]
-    p = {"Wx": [], "bx": [], "Wh": [], "bhn": [], "Wy": params["Wy"], "By": params["By"]}
-    for g in range(LI.shape[0]):
-        H = LI[g, L_H]
-        n_in = LI[g, 1]
-        p["Wx"].append(params["T"][:N_ITEMS * 3 * H].reshape(N_ITEMS, 3 * H) if LI[g, L_WX] < 0
-                       else th[LI[g, L_WX]:LI[g, L_WX] + n_in * 3 * H].reshape(n_in, 3 * H))
-        p["bx"].append(th[LI[g, L_BX]:LI[g, L_BX] + 3 * H])
-        p["Wh"].append(th[LI[g, L_WH]:LI[g, L_WH] + 3 * H * H].reshape(H, 3 * H))
-        p["bhn"].append(th[LI[g, L_BHN]:LI[g, L_BHN] + H])
-    if mode == "embedding":
-        p["E"] = params["T"][SI[0, S_TOFF]:SI[0, S_TOFF] + N_ITEMS * 3].reshape(N_ITEMS, 3)
-    modes = {"onehot": cpu.ONEHOT, "embedding": cpu.EMBEDDING, "constrained": cpu.CONSTRAINED}
-    ref = cpu.CPUTrainer(p, modes[mode], N_ITEMS, np.ones(N_ITEMS), 4, 3, 0.5, 100,
-                         hp.LOSS_CODES["cross-entropy"], 0, 0.0, 1.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0)
-    B = 4
-    for g in range(LI.shape[0]):
-        H = LI[g, L_H]
-        ref.hprev[g][:] = tr.HP[4 * LI[g, L_HOFF]:4 * (LI[g, L_HOFF] + H)].reshape(4, H)
-        tr.MK[4 * LI[g, L_HOFF]:4 * (LI[g, L_HOFF] + H)] = 1.0
-        ref.mask[g][:] = 1.0
-    tr.M0f[:] = 1.0
-    ref.mask0[:] = 1.0
-    ref.lq[:] = tr.lq
-    in_items = rng.integers(0, N_ITEMS, B).astype(np.int32)
-    cols = rng.integers(0, N_ITEMS, B + 3).astype(np.int32)
-    loss, grads = tr.forward_backward(in_items, B, cols, B + 3)
-    ref_loss = ref.forward_backward(in_items, B, cols, B + 3)
-    assert loss == pytest.approx(ref_loss, rel=1e-12)
-    for g in range(LI.shape[0]):
-        H = LI[g, L_H]
-        np.testing.assert_allclose(grads["theta"][LI[g, L_WH]:LI[g, L_WH] + 3 * H * H],
-                                   ref.gWh[g].ravel(), rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(grads["theta"][LI[g, L_BX]:LI[g, L_BX] + 3 * H],
-                                   ref.gbx[g], rtol=1e-10, atol=1e-12)
 
 
 def test_package_exposes_feature_model():

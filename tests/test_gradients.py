@@ -4,18 +4,47 @@ import numpy as np
 import pytest
 
 from gru_engine import params as hp
-from gru_engine.backends import cpu
-from gru_engine.model import init_params
+from gru_engine.backends.cpu import Trainer
+from gru_engine.network import L_H, L_HOFF, PARAM_KEYS, build_layout, subnet_views
 import reference as ref
 
-MODES = {"onehot": cpu.ONEHOT, "embedding": cpu.EMBEDDING, "constrained": cpu.CONSTRAINED}
 N_ITEMS, BATCH, N_SAMPLE = 9, 4, 3
+
+
+def id_network(mode, layers, rng, n_items=N_ITEMS, embedding=3):
+    """(flat float64 parameters of the ID-only network, their per-layer dict as the reference
+    reads it: ``Wx``, ``bx``, ``Wh``, ``bhn`` lists, ``Wy``, ``By``, ``E``; views of the same
+    memory)."""
+    lay = build_layout(n_items, "id", "concat", mode, list(layers), embedding, list(layers), [],
+                       rng, np.float64)
+    flat = {k: lay[k] for k in PARAM_KEYS}
+    return flat, layer_dict(flat, mode)
+
+
+def layer_dict(flat, mode) -> dict:
+    """Per-layer views (reference layout) of an ID-only network's parameters or gradients."""
+    v = subnet_views(flat, 0)
+    P = {"Wx": [v["table"] if w is None else w for w in v["Wx"]], "bx": v["bx"], "Wh": v["Wh"],
+         "bhn": v["bhn"], "Wy": flat["Wy"], "By": flat["By"]}
+    if mode == "embedding":
+        P["E"] = v["table"]
+    return P
+
+
+def hyper(loss="cross-entropy", act="linear", logq=0.0, bpreg=0.0, elu=0.0, n_sample=N_SAMPLE,
+          batch_size=BATCH, lr=0.1, mom=0.0, p_embed=0.0, p_hidden=0.0, alpha=0.5,
+          store_size=100):
+    return hp.hyper(hp.validate(dict(hp.DEFAULTS, loss=loss, final_act=act, logq=logq,
+                                     bpreg=bpreg, elu_param=elu, n_sample=n_sample,
+                                     batch_size=batch_size, learning_rate=lr, momentum=mom,
+                                     dropout_p_embed=p_embed, dropout_p_hidden=p_hidden,
+                                     sample_alpha=alpha, sample_store_size=store_size)))
 
 
 def _problem(mode, layers, seed, p_embed=0.0, p_hidden=0.0, B=BATCH):
     """Random parameters (float64, perturbed biases), inputs, hidden states and masks."""
     rng = np.random.default_rng(seed)
-    P = init_params(N_ITEMS, layers, mode, 3, rng, dtype=np.float64)
+    flat, P = id_network(mode, layers, rng)
     for key in ("bx", "bhn"):
         for b in P[key]:
             b[:] = rng.normal(0, 0.3, b.shape)
@@ -39,53 +68,44 @@ def _problem(mode, layers, seed, p_embed=0.0, p_hidden=0.0, B=BATCH):
     mask0 = mask((B, d0), p_embed)
     masks = [mask((B, h), p_hidden) for h in layers]
     lq = rng.normal(0, 1, B + N_SAMPLE)
-    return P, in_items, cols, hprev, mask0, masks, lq
+    return flat, P, in_items, cols, hprev, mask0, masks, lq
 
 
-def numba_step_gradients(P, mode, in_items, cols, hprev, mask0, masks, lq, loss, act, logq,
+def numba_step_gradients(flat, mode, in_items, cols, hprev, mask0, masks, lq, loss, act, logq,
                          bpreg, elu):
-    """(loss, {block name: dense gradient}) from the compiled step."""
+    """(loss, {block name: dense gradient}) from the compiled step of the CPU trainer."""
     B, C = len(in_items), len(cols)
-    act_code, act_param = hp.parse_final_act(act)
-    tr = cpu.CPUTrainer(P, MODES[mode], N_ITEMS, np.ones(N_ITEMS), BATCH, C - B, 0.5, 100,
-                        hp.LOSS_CODES[loss], act_code, act_param, logq, bpreg, elu, 0.1, 0.0,
-                        0.0, 0.0)
+    tr = Trainer(flat, hyper(loss, act, logq, bpreg, elu, n_sample=C - B), np.ones(N_ITEMS))
+    LI, wk = flat["LI"], tr.work
     for l, h in enumerate(hprev):
-        tr.hprev[l][:B] = h
-        tr.mask[l][:B] = masks[l]
-    tr.mask0[:B] = mask0
-    tr.lq[:C] = lq
-    total = tr.forward_backward(in_items, B, cols, C)
+        H, off = LI[l, L_H], LI[l, L_HOFF]
+        wk.HP[BATCH * off:BATCH * (off + H)].reshape(BATCH, H)[:B] = h
+        wk.MK[BATCH * off:BATCH * (off + H)].reshape(BATCH, H)[:B] = masks[l]
+    width = wk.M0f.size // BATCH
+    wk.M0f.reshape(BATCH, width)[:B] = mask0  # a one-hot input's (B, 1) mask: one per row
+    tr.out.lq[:C] = lq
+    total, grads = tr.forward_backward(in_items, B, cols, C)
+    G = layer_dict(dict(flat, **grads), mode)
     g = {}
-    for key, tup in (("Wx", tr.gWx), ("bx", tr.gbx), ("Wh", tr.gWh), ("bhn", tr.gbhn)):
-        for l, a in enumerate(tup):
-            g[f"{key}[{l}]"] = a.copy()
-    nY, n_out, nI = tr.counts
-    gWy, gBy = np.zeros_like(P["Wy"]), np.zeros_like(P["By"])
-    gWy[tr.rowsY[:nY]] = tr.GY[:nY]
-    gBy[tr.rowsY[:n_out]] = tr.gBy[:n_out]
-    g["Wy"], g["By"] = gWy, gBy
-    if mode == "onehot":
-        dense = np.zeros_like(P["Wx"][0])
-        dense[tr.rowsI[:nI]] = tr.GI[:nI]
-        g["Wx[0]"] = dense
+    for key in ("Wx", "bx", "Wh", "bhn"):
+        for l, a in enumerate(G[key]):
+            g[f"{key}[{l}]"] = np.array(a)
+    g["Wy"], g["By"] = grads["Wy"], grads["By"]
     if mode == "embedding":
-        dense = np.zeros_like(P["E"])
-        dense[tr.rowsI[:nI]] = tr.GI[:nI]
-        g["E"] = dense
+        g["E"] = np.array(G["E"])
     return total, g
 
 
 def check(mode="constrained", layers=(4,), loss="cross-entropy", act="linear", logq=0.0,
           bpreg=0.0, elu=0.0, p_embed=0.0, p_hidden=0.0, seed=0, B=BATCH):
-    P, in_items, cols, hprev, mask0, masks, lq = _problem(mode, list(layers), seed, p_embed,
-                                                          p_hidden, B)
+    flat, P, in_items, cols, hprev, mask0, masks, lq = _problem(mode, list(layers), seed,
+                                                                p_embed, p_hidden, B)
     kw = dict(loss=loss, act=act, logq=logq, lq=lq, bpreg=bpreg, elu=elu, batch_size=BATCH)
     f = lambda Q: ref.step_loss(Q, mode, in_items, hprev, cols, mask0, masks, **kw)
     expected_loss = f(P)
     fd = ref.fd_gradients(f, P)
-    total, g = numba_step_gradients(P, mode, in_items, cols, hprev, mask0, masks, lq, loss, act,
-                                    logq, bpreg, elu)
+    total, g = numba_step_gradients(flat, mode, in_items, cols, hprev, mask0, masks, lq, loss,
+                                    act, logq, bpreg, elu)
     assert total == pytest.approx(expected_loss, rel=1e-12, abs=1e-14)
     assert set(fd) == set(g)
     for name in fd:
@@ -133,8 +153,8 @@ def test_shrunk_batch_still_divides_by_batch_size():
 
 def test_touched_rows_only():
     """Rows of Wy/By outside the step's columns (and inputs) get exactly zero gradient."""
-    P, in_items, cols, hprev, mask0, masks, lq = _problem("constrained", [4], 7)
-    _, g = numba_step_gradients(P, "constrained", in_items, cols, hprev, mask0, masks, lq,
+    flat, P, in_items, cols, hprev, mask0, masks, lq = _problem("constrained", [4], 7)
+    _, g = numba_step_gradients(flat, "constrained", in_items, cols, hprev, mask0, masks, lq,
                                 "cross-entropy", "linear", 0.0, 0.0, 0.0)
     untouched = np.setdiff1d(np.arange(N_ITEMS), np.concatenate([cols, in_items]))
     assert np.all(g["Wy"][untouched] == 0)

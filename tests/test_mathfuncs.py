@@ -2,7 +2,7 @@
 import numpy as np
 from numba import njit
 
-from gru_engine.mathfuncs import cast_like, fexp, fsigmoid, fsoftplus, ftanh
+from gru_engine.backends.cpu.mathfuncs import cast_like, fexp, fsigmoid, fsoftplus, ftanh
 
 
 @njit(error_model="numpy")

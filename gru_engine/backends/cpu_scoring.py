@@ -1,10 +1,10 @@
-"""CPU inference of SessionGRU and FeatureSessionGRU: the evaluator's scorer protocol
+"""CPU inference of every network: the evaluator's scorer protocol
 (:class:`gru_engine.evaluation.SessionScorer`) with a threaded ``rank``.
 
-:class:`GRUScorer` and :class:`FeatureScorer` step their model with the compiled
-``infer_step`` of :mod:`.cpu` / :mod:`.feature_cpu`; :class:`OutputLayer` turns the last hidden
-states into all-item scores, or straight into ranks (fused panel kernels where the CPU has
-AVX-512F, else BLAS); :func:`run_row_blocks` splits a step's rows over threads.
+:class:`Scorer` steps the network with the compiled ``infer_step`` of :mod:`.cpu.step`;
+:class:`OutputLayer` turns the combined hidden states into all-item scores, or straight into
+ranks (fused panel kernels where the CPU has AVX-512F or AVX2, else BLAS);
+:func:`run_row_blocks` splits a step's rows over threads.
 """
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
+                       S_KIND, S_L0, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE,
+                       T_OWN, T_WY)
 from ..ranking import ItemPanels, panels_available, rank_targets
-from . import cpu, feature_cpu
-from .cpu import EMBEDDING, ONEHOT, apply_final_act
-from ..network import L_H, S_IN
+from .cpu.step import Net, apply_final_act, infer_step
+from .cpu.trainer import work_buffers
 
 
 class OutputLayer:
@@ -75,109 +77,136 @@ class OutputLayer:
         return rank_targets(self.scores(aug, out), targets, mode)
 
 
-class GRUScorer:
-    """Evaluation scorer (protocol of :class:`gru_engine.evaluation.SessionScorer`).
+class Scorer:
+    """Evaluation scorer (protocol of :class:`gru_engine.evaluation.SessionScorer`) of any
+    network (:mod:`gru_engine.network`): one compiled step of every subnet for the given slots
+    (:func:`.cpu.step.infer_step`: gather the hidden rows, step, scatter back), then the
+    all-item scores ``[h_comb | 1] @ [Wy | By]^T`` of :class:`OutputLayer` into a preallocated
+    buffer (valid until the next call). ``rank`` splits a step's rows into up to ``n_threads``
+    blocks, each stepped, scored and ranked on its own thread with its own buffers.
 
-    One compiled call per block of rows (:func:`.cpu.infer_step`) gathers the hidden rows, runs
-    the GRU step and scatters the rows back; :class:`OutputLayer` scores all items into a
-    preallocated buffer, which ``score`` returns a view of (valid until the next call).
-    ``rank`` splits a step's rows into ``n_threads`` blocks that run the whole chain (step,
-    scoring, ranking) on their own threads.
+    Specialisation for the ID-only network (GRU4Rec): there is no dropout at inference, so the
+    layer-0 input projection of an embedding or constrained input, ``x @ Wx[0] + bx[0]`` for
+    every item, is computed once (up to :attr:`MAX_TABLE` entries) and read as a one-hot table
+    (a row lookup instead of a GEMM per step).
     """
 
-    #: largest (n_items x 3 H_0) input-projection table precomputed for embedding inputs
+    #: largest (n_items x 3 H_0) input-projection table precomputed for an ID subnet
     MAX_TABLE = 50_000_000
 
-    def __init__(self, params: dict, mode: int, act: int = 0, act_param: float = 0.0,
+    def __init__(self, params: dict, sum_mode: bool, act: int = 0, act_param: float = 0.0,
                  n_threads: int = 1):
         dt = np.float32
+        p = {k: (np.ascontiguousarray(params[k], dt) if k in ("theta", "T", "Wy", "By",
+                                                                "weights") else params[k])
+             for k in PARAM_KEYS}
+        p = _project_id_input(p, self.MAX_TABLE)
+        self.net = Net(**p)
+        self.sum_mode = bool(sum_mode)
         self.n_threads = max(1, int(n_threads))
-        Wx = [np.ascontiguousarray(w, dt) for w in params["Wx"]]
-        bx = [np.ascontiguousarray(b, dt) for b in params["bx"]]
-        if mode != ONEHOT and params["Wy"].shape[0] * Wx[0].shape[1] <= self.MAX_TABLE:
-            # No dropout at inference, so layer 0's input projection of every item can be
-            # computed once: x @ Wx[0] + bx[0] becomes a row lookup (as for one-hot input).
-            src = params["E"] if mode == EMBEDDING else params["Wy"]
-            Wx[0] = np.ascontiguousarray(np.asarray(src, dt) @ Wx[0] + bx[0])
-            bx[0] = np.zeros_like(bx[0])
-            mode = ONEHOT
-        self.mode = mode
-        self.Wx, self.bx = tuple(Wx), tuple(bx)
-        self.Wh = tuple(np.ascontiguousarray(w, dt) for w in params["Wh"])
-        self.bhn = tuple(np.ascontiguousarray(b, dt) for b in params["bhn"])
-        self.Wy = np.ascontiguousarray(params["Wy"], dt)
-        self.E = np.ascontiguousarray(params["E"], dt) if "E" in params else np.zeros((1, 1), dt)
-        self.output = OutputLayer(self.Wy, params["By"], act, act_param)
-        self.layers = [w.shape[0] for w in self.Wh]
+        self.output = OutputLayer(p["Wy"], p["By"], act, act_param)
         self.n_items = self.output.n_items
-        self._cap = 0
-        self.out = None
-        self.state = tuple(np.zeros((0, h), dt) for h in self.layers)
+        self.Hc = p["Wy"].shape[1]
+        self.width = int(p["LI"][:, L_H].sum())
+        self.active = np.ones(p["SI"].shape[0], np.bool_)
+        self._ws = []
+        self.state = np.zeros((0, self.width), dt)
 
-    def _grow(self, R: int, scores: bool):
-        """Buffers for ``R`` rows; with ``scores`` also the (rows, n_items) score buffer."""
-        dt = np.float32
-        if R > self._cap:
-            cap = max(R, 64)
-            per = lambda k: tuple(np.zeros((cap, k * h), dt) for h in self.layers)
-            self.hprev, self.hout, self.ones = per(1), per(1), per(1)
-            for o in self.ones:
-                o[:] = 1.0
-            self.gx, self.gh, self.gates = per(3), per(3), per(3)
-            d0 = 1 if self.mode == ONEHOT else self.Wx[0].shape[0]
-            self.x0 = np.zeros((cap, d0), dt)
-            self.ones0 = np.ones((cap, d0), dt)
-            self.aug = np.zeros((cap, self.layers[-1] + 1), dt)
-            self._cap = cap
-        if scores and (self.out is None or self.out.shape[0] < self._cap):
-            self.out = np.zeros((self._cap, self.n_items), dt)
+    def _workspace(self, k: int, R: int) -> _Workspace:
+        """Buffers of block ``k`` with room for ``R`` rows (``self._ws`` must have a slot k)."""
+        ws = self._ws[k]
+        if ws is None or ws.cap < R:
+            ws = _Workspace(self.net, max(R, 64))
+            self._ws[k] = ws
+        return ws
 
     def begin(self, n_rows: int) -> None:
         """Allocate and zero the hidden states of slots ``0..n_rows-1``."""
-        self.state = tuple(np.zeros((int(n_rows), h), np.float32) for h in self.layers)
+        self.state = np.zeros((int(n_rows), self.width), np.float32)
 
-    def _step(self, a: int, b: int, rows, items, new_session) -> np.ndarray:
-        """GRU step of ``rows[a:b]`` in buffer rows ``a:b``; returns their ``[h | 1]``."""
-        cut = lambda bufs: tuple(x[a:b] for x in bufs)
-        cpu.infer_step(self.mode, rows[a:b], items[a:b], new_session[a:b], self.state, self.Wx,
-                   self.bx, self.Wh, self.bhn, self.E, self.Wy, self.x0[a:b], self.ones0[a:b],
-                   cut(self.hprev), cut(self.hout), cut(self.ones), cut(self.gx), cut(self.gh),
-                   cut(self.gates), self.aug[a:b])
-        return self.aug[a:b]
+    def _step(self, ws: _Workspace, rows, items, new_session) -> np.ndarray:
+        """Step one block of rows in ``ws``; returns their ``[h_comb | 1]``."""
+        infer_step(self.net, self.active, self.sum_mode, rows, items, new_session, self.state,
+                   ws.work, ws.aug)
+        return ws.aug[:len(rows)]
 
     @staticmethod
     def _inputs(rows, items, new_session):
         return (np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(items, np.int32),
                 np.ascontiguousarray(new_session, np.bool_))
 
+    def _reserve(self, n_blocks: int) -> None:
+        # workspace slots are made on the calling thread; blocks only fill their own slot
+        self._ws += [None] * max(0, n_blocks - len(self._ws))
+
     def score(self, rows, items, new_session) -> np.ndarray:
         """(R, n_items) float32 scores after clicks ``items`` in slots ``rows``."""
         rows, items, new_session = self._inputs(rows, items, new_session)
         R = len(rows)
-        self._grow(R, scores=True)
-        return self.output.scores(self._step(0, R, rows, items, new_session), self.out[:R])
+        self._reserve(1)
+        ws = self._workspace(0, R)
+        aug = self._step(ws, rows, items, new_session)
+        return self.output.scores(aug, ws.scores(self.n_items)[:R])
 
     def rank(self, rows, items, new_session, targets, mode: str = "conservative") -> np.ndarray:
-        """(R,) float64 ranks of ``targets`` after the clicks (the evaluator's optional ``rank``).
-
-        The rows are split into up to ``n_threads`` blocks; each block's GRU step, scoring
-        (fused panel kernels, or a single-threaded BLAS GEMM) and ranking run on one thread
-        without the GIL. On small GEMMs this beats multi-threaded BLAS, whose idle workers spin
-        while the rest of the step runs. NaN scores raise ``ModelFitError``.
-        """
+        """(R,) float64 ranks of ``targets`` after the clicks (the evaluator's optional
+        ``rank``). The rows are split into up to ``n_threads`` blocks; each block's step,
+        scoring (fused panel kernels, or a single-threaded BLAS GEMM) and ranking run on one
+        thread without the GIL. On small GEMMs this beats multi-threaded BLAS, whose idle
+        workers spin while the rest of the step runs. NaN scores raise ``ModelFitError``."""
         rows, items, new_session = self._inputs(rows, items, new_session)
         targets = np.asarray(targets, np.int64)
         ranks = np.empty(len(rows), np.float64)
-        fused = self.output.fused_rank
-        self._grow(len(rows), scores=not fused)
+        self._reserve(self.n_threads)
 
         def block(k, a, b):
-            aug = self._step(a, b, rows, items, new_session)
-            ranks[a:b] = self.output.rank(aug, targets[a:b], mode,
-                                          None if fused else self.out[a:b])
+            ws = self._workspace(k, b - a)
+            aug = self._step(ws, rows[a:b], items[a:b], new_session[a:b])
+            out = None if self.output.fused_rank else ws.scores(self.n_items)[:b - a]
+            ranks[a:b] = self.output.rank(aug, targets[a:b], mode, out)
 
         run_row_blocks(len(rows), self.n_threads, MIN_BLOCK_ROWS, block)
         return ranks
+
+
+def _project_id_input(p: dict, max_table: int) -> dict:
+    """``p`` with the embedding/constrained input of an ID-only network replaced by its
+    precomputed layer-0 projection (see :class:`Scorer`): the subnet becomes a one-hot
+    (``K_DIRECT``) input reading ``src @ Wx[0] + bx[0]`` (its ``bx[0]`` zeroed), appended to
+    ``T``. Unchanged for other networks or when the table would exceed ``max_table``
+    entries."""
+    SI, LI = p["SI"], p["LI"]
+    n_items = p["Wy"].shape[0]
+    s = 0
+    if SI.shape[0] != 1 or SI[s, S_KIND] != K_BAG or SI[s, S_TAB] == T_NONE:
+        return p
+    ip = p["indptr"]
+    if not (len(ip) == n_items + 1 and np.array_equal(ip, np.arange(n_items + 1) + ip[0])
+            and np.array_equal(p["indices"][ip[0]:ip[-1]], np.arange(n_items))):
+        return p  # not the ID subnet (a single feature subnet), or new items appended
+    g = SI[s, S_L0]
+    H, din = int(LI[g, L_H]), int(SI[s, S_IN])
+    if n_items * 3 * H > max_table:
+        return p
+    theta = p["theta"].copy()
+    Wx0 = theta[LI[g, L_WX]:LI[g, L_WX] + din * 3 * H].reshape(din, 3 * H)
+    bx0 = theta[LI[g, L_BX]:LI[g, L_BX] + 3 * H]
+    if SI[s, S_TAB] == T_WY:
+        c0 = SI[s, S_WYC0]
+        src = p["Wy"] if c0 == 0 and din == p["Wy"].shape[1] else p["Wy"][:, c0:c0 + din]
+    else:
+        a = SI[s, S_TOFF]
+        src = p["T"][a:a + n_items * din].reshape(n_items, din)
+    table = np.ascontiguousarray(np.ascontiguousarray(src) @ Wx0 + bx0)
+    bx0[:] = 0.0
+    SI, LI = SI.copy(), LI.copy()
+    SI[s, S_KIND], SI[s, S_TAB] = K_DIRECT, T_OWN
+    SI[s, S_TOFF], SI[s, S_TROWS], SI[s, S_TCOLS] = len(p["T"]), n_items, 3 * H
+    SI[s, S_IN] = 3 * H
+    SI[:, S_XOFF] = np.concatenate([[0], np.cumsum(SI[:-1, S_IN])])
+    LI[g, L_IN], LI[g, L_WX] = 0, -1
+    T = np.concatenate([p["T"], table.ravel()])
+    return dict(p, SI=SI, LI=LI, theta=theta, T=T)
 
 
 #: fewest rows per thread block of a scorer's ``rank`` (smaller blocks cost more than they save)
@@ -213,105 +242,18 @@ def _pool(n_workers: int) -> ThreadPoolExecutor:
 
 
 class _Workspace:
-    """Inference buffers of one row block (``cap`` rows), see :func:`.feature_cpu.infer_step`;
-    ``out``, the (cap, n_items) score buffer, is made on first use (the fused ranking needs
-    none)."""
+    """Inference buffers of one row block (``cap`` rows): a :class:`.cpu.step.Work` without
+    gradient buffers and ``aug`` (cap, Hc + 1); ``out``, the (cap, n_items) score buffer, is
+    made on first use (the fused ranking needs none)."""
 
-    def __init__(self, cap: int, width: int, x_width: int, Hc: int):
-        dt = np.float32
-        z = lambda n: np.zeros(n, dt)
+    def __init__(self, net, cap: int):
         self.cap = cap
-        self.Xf, self.M0f = z(cap * x_width), np.ones(cap * x_width, dt)
-        self.HP, self.HO, self.Y = z(cap * width), z(cap * width), z(cap * width)
-        self.MK = np.ones(cap * width, dt)
-        self.GX, self.GH, self.GA = z(3 * cap * width), z(3 * cap * width), z(3 * cap * width)
-        self.aug = np.zeros((cap, Hc + 1), dt)
+        Hc = net.Wy.shape[1]
+        self.work = work_buffers(net.SI, net.LI, cap, Hc, 0, np.float32, grads=False)
+        self.aug = np.zeros((cap, Hc + 1), np.float32)
         self.out = None
 
     def scores(self, n_items: int) -> np.ndarray:
         if self.out is None:
             self.out = np.zeros((self.cap, n_items), np.float32)
         return self.out
-
-
-class FeatureScorer:
-    """Evaluation scorer (:class:`gru_engine.evaluation.SessionScorer`) over a fitted
-    feature-rich model: one step of every subnet for the given slots, then the all-item scores
-    ``[h_comb | 1] @ [Wy | By]^T`` of :class:`OutputLayer` into a preallocated buffer
-    (valid until the next call). ``rank`` splits a step's rows into up to ``n_threads`` blocks,
-    each stepped, scored and ranked on its own thread with its own buffers (as
-    :class:`GRUScorer`)."""
-
-    def __init__(self, params: dict, sum_mode: bool, act: int = 0, act_param: float = 0.0,
-                 n_threads: int = 1):
-        dt = np.float32
-        self.p = {k: (np.ascontiguousarray(params[k], dt) if k in ("theta", "T", "Wy", "By",
-                                                                     "weights") else params[k])
-                  for k in ("theta", "T", "Wy", "By", "weights", "indptr", "indices", "SI", "LI")}
-        self.sum_mode = bool(sum_mode)
-        self.n_threads = max(1, int(n_threads))
-        self.output = OutputLayer(self.p["Wy"], self.p["By"], act, act_param)
-        self.n_items = self.output.n_items
-        self.Hc = self.p["Wy"].shape[1]
-        LI, SI = self.p["LI"], self.p["SI"]
-        self.width = int(LI[:, L_H].sum())
-        self.x_width = int(SI[:, S_IN].sum())
-        self.active = np.ones(SI.shape[0], np.bool_)
-        self._ws = []
-        self.state = np.zeros((0, self.width), dt)
-
-    def _workspace(self, k: int, R: int) -> _Workspace:
-        """Buffers of block ``k`` with room for ``R`` rows (``self._ws`` must have a slot k)."""
-        ws = self._ws[k]
-        if ws is None or ws.cap < R:
-            ws = _Workspace(max(R, 64), self.width, self.x_width, self.Hc)
-            self._ws[k] = ws
-        return ws
-
-    def begin(self, n_rows: int) -> None:
-        """Allocate and zero the hidden states of slots ``0..n_rows-1``."""
-        self.state = np.zeros((int(n_rows), self.width), np.float32)
-
-    def _step(self, ws: _Workspace, rows, items, new_session) -> np.ndarray:
-        """Step one block of rows in ``ws``; returns their ``[h_comb | 1]``."""
-        p = self.p
-        feature_cpu.infer_step(p["SI"], p["LI"], self.active, self.sum_mode, rows, items,
-                               new_session, self.state, p["indptr"], p["indices"],
-                               p["weights"], p["theta"], p["T"], p["Wy"], ws.Xf, ws.M0f, ws.HP,
-                               ws.HO, ws.Y, ws.MK, ws.GX, ws.GH, ws.GA, ws.aug)
-        return ws.aug[:len(rows)]
-
-    @staticmethod
-    def _inputs(rows, items, new_session):
-        return (np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(items, np.int32),
-                np.ascontiguousarray(new_session, np.bool_))
-
-    def _reserve(self, n_blocks: int) -> None:
-        # workspace slots are made on the calling thread; blocks only fill their own slot
-        self._ws += [None] * max(0, n_blocks - len(self._ws))
-
-    def score(self, rows, items, new_session) -> np.ndarray:
-        """(R, n_items) float32 scores after clicks ``items`` in slots ``rows``."""
-        rows, items, new_session = self._inputs(rows, items, new_session)
-        R = len(rows)
-        self._reserve(1)
-        ws = self._workspace(0, R)
-        aug = self._step(ws, rows, items, new_session)
-        return self.output.scores(aug, ws.scores(self.n_items)[:R])
-
-    def rank(self, rows, items, new_session, targets, mode: str = "conservative") -> np.ndarray:
-        """(R,) float64 ranks of ``targets`` after the clicks (the evaluator's optional
-        ``rank``); NaN scores raise ``ModelFitError``."""
-        rows, items, new_session = self._inputs(rows, items, new_session)
-        targets = np.asarray(targets, np.int64)
-        ranks = np.empty(len(rows), np.float64)
-        self._reserve(self.n_threads)
-
-        def block(k, a, b):
-            ws = self._workspace(k, b - a)
-            aug = self._step(ws, rows[a:b], items[a:b], new_session[a:b])
-            out = None if self.output.fused_rank else ws.scores(self.n_items)[:b - a]
-            ranks[a:b] = self.output.rank(aug, targets[a:b], mode, out)
-
-        run_row_blocks(len(rows), self.n_threads, MIN_BLOCK_ROWS, block)
-        return ranks

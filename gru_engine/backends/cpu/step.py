@@ -1,0 +1,516 @@
+"""One training step and one inference step of any network (:mod:`gru_engine.network`) in Numba.
+
+One training step (all gradients use the parameters as they were before the step):
+
+1. schedule: rows' input items ``items[cur]``, targets ``items[cur+1]`` (``batching.py``);
+   hidden rows of sessions that start now are zero;
+2. columns ``cols = [targets (B) | n_sample negatives from the store]``; for cross-entropy with
+   logq, ``lq = [log support[targets] | alpha * log support[negatives]]``;
+3. inverted-dropout masks of the active subnets, drawn in subnet order: the input (one factor
+   per row for one-hot input), then each layer's output;
+4. forward of every active subnet: input gather from its bag (``x = sum_j w_j row_j * mask0``:
+   table rows, ``Wy`` column-block rows for the constrained ID input, or raw feature values),
+   ``x @ Wx`` (a one-hot input's table row *is* the gate pre-activation), GRU layers,
+   ``y = h' * mask``; the combination ``hc`` (``concat``, or ``sum`` with a weight per
+   subnet); scores ``O = hc @ Wy[cols].T + By[cols]``;
+5. loss and ``dO`` (``losses.py``, divided by ``batch_size``);
+6. backward: ``dWc = dO^T hc``, ``dbc``, ``dhc = dO Wc``; per trained subnet from its top
+   layer: ``dh' = dy * mask``, gate backward, ``dWh = hprev^T dgh``, ``dbhn``, ``dWx = x^T dgx``,
+   ``dbx``, ``dx = dgx Wx^T``;
+7. sparse sums per row: output rows of ``Wy``/``By`` first, then constrained-input rows of
+   ``Wy`` (``dx * mask0``), then table rows per subnet;
+8. Adagrad + momentum (``optim.py``): dense ranges of ``theta`` and the touched table rows of the
+   trained subnets, the touched ``Wy`` rows in the trained column blocks, ``By`` on output rows;
+9. carry: ``hprev = y`` (the dropped-out output), compacted/zeroed by the schedule.
+
+The kernels take records (:class:`Net`, :class:`Work`, :class:`OutBuf`, :class:`Sparse`) instead
+of long argument lists; :class:`~gru_engine.params.Hyper` carries the hyperparameters. A work
+buffer of per-layer blocks stores block ``g`` as ``(bs, width)`` rows at ``bs * offset``
+(:func:`block_view`), with ``bs`` the batch size.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+# Numba's np.dot calls the BLAS behind scipy.linalg.cython_blas. Load it now, so that a thread
+# limit set later (threadpoolctl, see model._thread_limit) sees and limits that library.
+import scipy.linalg.cython_blas  # noqa: F401
+from numba import njit
+
+from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN, L_STOFF, L_WH,
+                        L_WX, S_A, S_C0, S_C1, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_KIND,
+                        S_L0, S_L1, S_ROFF, S_SOFF, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0,
+                        S_XOFF, T_NONE, T_OWN, T_WY)
+from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
+from .losses import activate, loss_forward_backward
+from .optim import (accumulate_rows, accumulate_rows_1d, adagrad_flat, adagrad_rows_1d,
+                    claim_row, release_rows)
+
+
+class Net(NamedTuple):
+    """A network's layout and parameters (the arrays of ``network.PARAM_KEYS``).
+
+    SI (S, N_SCOL) int64, LI (G, N_LCOL) int64; indptr (S * (n_items + 1),) int64, indices
+    (nnz,) int32, weights (nnz,) float: every subnet's bag CSR; theta (n_dense,), T (n_table,),
+    Wy (n_items, Hc), By (n_items,) float (float32 in training, float64 in gradient checks).
+    """
+    SI: np.ndarray
+    LI: np.ndarray
+    indptr: np.ndarray
+    indices: np.ndarray
+    weights: np.ndarray
+    theta: np.ndarray
+    T: np.ndarray
+    Wy: np.ndarray
+    By: np.ndarray
+
+
+class Work(NamedTuple):
+    """Per-step buffers of the subnets (``bs`` rows; X = sum of input widths, W = sum of all
+    layers' hidden sizes). Xf, M0f, DXf (bs * X,): inputs, input dropout masks, input gradients;
+    HP, HO, Y, MK, DY (bs * W,): previous hidden states, new states, dropped-out outputs, output
+    masks, output gradients; GX, GH, GA, DGX, DGH (3 * bs * W,): gate buffers of ``gru.py``;
+    hc, dhc (bs, Hc): combined state and its gradient; gtheta (n_dense,): dense gradients."""
+    Xf: np.ndarray
+    M0f: np.ndarray
+    DXf: np.ndarray
+    HP: np.ndarray
+    HO: np.ndarray
+    Y: np.ndarray
+    MK: np.ndarray
+    DY: np.ndarray
+    GX: np.ndarray
+    GH: np.ndarray
+    GA: np.ndarray
+    DGX: np.ndarray
+    DGH: np.ndarray
+    hc: np.ndarray
+    dhc: np.ndarray
+    gtheta: np.ndarray
+
+
+class OutBuf(NamedTuple):
+    """Sampled output layer of a step (cmax = batch_size + n_sample columns): cols (cmax,) int32;
+    Wc, dWc (cmax, Hc) the gathered ``Wy`` rows and their gradient; bc, dbc (cmax,); O_flat
+    (bs * cmax,) scores then dL/dO; lq (cmax,) log q; ra, rb, rc (cmax,), rs (2, cmax) loss
+    scratch."""
+    cols: np.ndarray
+    Wc: np.ndarray
+    dWc: np.ndarray
+    bc: np.ndarray
+    dbc: np.ndarray
+    O_flat: np.ndarray
+    lq: np.ndarray
+    ra: np.ndarray
+    rb: np.ndarray
+    rc: np.ndarray
+    rs: np.ndarray
+
+
+class Sparse(NamedTuple):
+    """Sparse gradient accumulators. slotY (n_items,) int32 (-1: no row), rowsY (cap,) int32,
+    GY (cap, Hc), gBy (cap,): rows of Wy / By; slotT (table rows of all own tables,) int32,
+    rowsT, GT (flat), nT (S,) int64: table rows per subnet (capacities in ``SI[:, S_GCAP]``);
+    counts (2,) int64: ``[n Wy rows, n output rows]``; no_mask (1, 1): placeholder mask."""
+    slotY: np.ndarray
+    rowsY: np.ndarray
+    GY: np.ndarray
+    gBy: np.ndarray
+    slotT: np.ndarray
+    rowsT: np.ndarray
+    GT: np.ndarray
+    nT: np.ndarray
+    counts: np.ndarray
+    no_mask: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# views
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def flat_view(flat, off, rows, cols):
+    """Row-major ``(rows, cols)`` view of ``flat[off:off + rows*cols]``."""
+    return flat[off:off + rows * cols].reshape(rows, cols)
+
+
+@njit(cache=True, error_model="numpy")
+def block_view(buf, col_off, bs, cols):
+    """``(bs, cols)`` view of a work buffer that stores blocks of ``bs`` rows; ``col_off`` is the
+    block's column offset (sum of the widths before it)."""
+    return buf[bs * col_off:bs * (col_off + cols)].reshape(bs, cols)
+
+
+@njit(cache=True, error_model="numpy")
+def add_bias(X, b, B):
+    """``X[:B] += b`` row by row."""
+    for i in range(B):
+        for k in range(X.shape[1]):
+            X[i, k] += b[k]
+
+
+# ---------------------------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def gather_input(s, net, in_items, B, bs, Xf, M0f):
+    """Subnet ``s``'s (dropped-out) input rows ``X[:B] = bag(item) * mask0``; returns X."""
+    SI = net.SI
+    kind, tab, din = SI[s, S_KIND], SI[s, S_TAB], SI[s, S_IN]
+    toff, tcols, ip0, wy0 = SI[s, S_TOFF], SI[s, S_TCOLS], SI[s, S_IPOFF], SI[s, S_WYC0]
+    indptr, indices, weights, T, Wy = net.indptr, net.indices, net.weights, net.T, net.Wy
+    X = block_view(Xf, SI[s, S_XOFF], bs, din)
+    M0 = block_view(M0f, SI[s, S_XOFF], bs, din)
+    for i in range(B):
+        it = in_items[i]
+        for k in range(din):
+            X[i, k] = 0.0
+        for j in range(indptr[ip0 + it], indptr[ip0 + it + 1]):
+            c = indices[j]
+            w = weights[j]
+            if kind == K_RAW:
+                X[i, c] += w
+            elif tab == T_WY:
+                for k in range(din):
+                    X[i, k] += w * Wy[c, wy0 + k]
+            else:
+                base = toff + c * tcols
+                for k in range(din):
+                    X[i, k] += w * T[base + k]
+        for k in range(din):
+            X[i, k] *= M0[i, k]
+    return X
+
+
+@njit(cache=True, error_model="numpy")
+def subnet_forward(s, net, in_items, B, bs, wk):
+    """Forward of subnet ``s`` for the first ``B`` rows: input gather, its GRU layers, outputs
+    ``y = h' * mask`` per layer (buffers of ``wk``, a :class:`Work`)."""
+    SI, LI, theta = net.SI, net.LI, net.theta
+    X = gather_input(s, net, in_items, B, bs, wk.Xf, wk.M0f)
+    l0, l1 = SI[s, S_L0], SI[s, S_L1]
+    for g in range(l0, l1):
+        H = LI[g, L_H]
+        gx = block_view(wk.GX, LI[g, L_GOFF], bs, 3 * H)
+        bx = theta[LI[g, L_BX]:LI[g, L_BX] + 3 * H]
+        if g == l0:
+            if SI[s, S_KIND] == K_DIRECT:
+                for i in range(B):
+                    for k in range(3 * H):
+                        gx[i, k] = X[i, k] + bx[k]
+            else:
+                np.dot(X[:B], flat_view(theta, LI[g, L_WX], LI[g, L_IN], 3 * H), gx[:B])
+                add_bias(gx, bx, B)
+        else:
+            Hp = LI[g - 1, L_H]
+            np.dot(block_view(wk.Y, LI[g - 1, L_HOFF], bs, Hp)[:B],
+                   flat_view(theta, LI[g, L_WX], LI[g, L_IN], 3 * H), gx[:B])
+            add_bias(gx, bx, B)
+        hp = block_view(wk.HP, LI[g, L_HOFF], bs, H)
+        ho = block_view(wk.HO, LI[g, L_HOFF], bs, H)
+        gru_forward(gx, hp, flat_view(theta, LI[g, L_WH], H, 3 * H),
+                    theta[LI[g, L_BHN]:LI[g, L_BHN] + H],
+                    block_view(wk.GH, LI[g, L_GOFF], bs, 3 * H),
+                    block_view(wk.GA, LI[g, L_GOFF], bs, 3 * H), ho, B)
+        y = block_view(wk.Y, LI[g, L_HOFF], bs, H)
+        mk = block_view(wk.MK, LI[g, L_HOFF], bs, H)
+        for i in range(B):
+            for k in range(H):
+                y[i, k] = ho[i, k] * mk[i, k]
+
+
+@njit(cache=True, error_model="numpy")
+def combine_forward(net, active, B, bs, Y, hc, sum_mode):
+    """``hc[:B]`` = concatenation (or ``a_s``-weighted sum) of the active subnets' outputs;
+    inactive subnets contribute zero."""
+    SI, LI, theta = net.SI, net.LI, net.theta
+    for i in range(B):
+        for k in range(hc.shape[1]):
+            hc[i, k] = 0.0
+    for s in range(SI.shape[0]):
+        if not active[s]:
+            continue
+        g = SI[s, S_L1] - 1
+        H = LI[g, L_H]
+        y = block_view(Y, LI[g, L_HOFF], bs, H)
+        c0 = SI[s, S_C0]
+        a = theta[SI[s, S_A]] if sum_mode else 1.0
+        for i in range(B):
+            for k in range(H):
+                hc[i, c0 + k] += a * y[i, k]
+
+
+@njit(cache=True, error_model="numpy")
+def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy):
+    """Sampled output layer of one step: ``O = hc[:B] @ Wy[cols].T + By[cols]``, the loss,
+    ``dhc[:B] = dO @ Wy[cols]`` and the output rows of the sparse sums, ``GY[u]``/``gBy[u]``
+    for item ``rowsY[u]`` (slots ``0..n_out-1``). ``ob``: :class:`OutBuf`, ``sp``:
+    :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`. Returns
+    ``(step loss, n_out)``."""
+    Wy, By, cols, Wc, bc = net.Wy, net.By, ob.cols, ob.Wc, ob.bc
+    H = hc.shape[1]
+    for j in range(C):
+        c = cols[j]
+        for k in range(H):
+            Wc[j, k] = Wy[c, k]
+        bc[j] = By[c]
+    O = ob.O_flat[:B * C].reshape(B, C)
+    np.dot(hc[:B], Wc[:C].T, O)
+    for i in range(B):
+        for j in range(C):
+            O[i, j] += bc[j]
+    total = loss_forward_backward(O, B, C, hy.loss, hy.final_act, hy.final_act_param, hy.logq,
+                                  ob.lq, hy.bpreg, hy.elu_param, float(hy.batch_size), ob.ra,
+                                  ob.rb, ob.rc, ob.rs)
+    np.dot(O.T, hc[:B], ob.dWc[:C])
+    column_sums(O, B, ob.dbc, 0, C)
+    np.dot(O, Wc[:C], dhc[:B])
+    n_out = accumulate_rows(sp.slotY, sp.rowsY, 0, sp.GY, cols, ob.dWc, C, sp.no_mask, False)
+    sp.gBy[:n_out] = 0.0
+    accumulate_rows_1d(sp.slotY, sp.gBy, cols, ob.dbc, C)
+    return total, n_out
+
+
+# ---------------------------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def acc_bag(slot, rows, n, G, col0, ip0, net, in_items, B, DX):
+    """``G[slot[c], col0:col0 + d] += w * DX[i]`` for every bag entry ``(c, w)`` of row ``i``'s
+    item (``DX`` (>=B, d)); new rows are appended (``rows``) and zeroed over their full width.
+    Returns the new row count."""
+    indptr, indices, weights = net.indptr, net.indices, net.weights
+    d = DX.shape[1]
+    for i in range(B):
+        it = in_items[i]
+        for j in range(indptr[ip0 + it], indptr[ip0 + it + 1]):
+            c = indices[j]
+            w = weights[j]
+            u, n = claim_row(slot, rows, n, G, c)
+            for k in range(d):
+                G[u, col0 + k] += w * DX[i, k]
+    return n
+
+
+@njit(cache=True, error_model="numpy")
+def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY):
+    """Gradients of subnet ``s`` from ``wk.dhc`` (gradient w.r.t. the combined hidden state):
+    dense ones into ``wk.gtheta`` (its range ``S_D0:S_D1``, combine weight included), table rows
+    into ``sp.GT`` (own table; count in ``sp.nT[s]``) or ``sp.GY`` (constrained ID input).
+    Returns the new ``nY``."""
+    SI, LI, theta, gtheta, dhc = net.SI, net.LI, net.theta, wk.gtheta, wk.dhc
+    l0, l1 = SI[s, S_L0], SI[s, S_L1]
+    gl = l1 - 1
+    H = LI[gl, L_H]
+    dy = block_view(wk.DY, LI[gl, L_HOFF], bs, H)
+    y = block_view(wk.Y, LI[gl, L_HOFF], bs, H)
+    c0 = SI[s, S_C0]
+    if sum_mode:
+        a = theta[SI[s, S_A]]
+        da = 0.0
+        for i in range(B):
+            for k in range(H):
+                dy[i, k] = a * dhc[i, c0 + k]
+                da += dhc[i, c0 + k] * y[i, k]
+        gtheta[SI[s, S_A]] = da
+    else:
+        for i in range(B):
+            for k in range(H):
+                dy[i, k] = dhc[i, c0 + k]
+    din = SI[s, S_IN]
+    X = block_view(wk.Xf, SI[s, S_XOFF], bs, din)
+    M0 = block_view(wk.M0f, SI[s, S_XOFF], bs, din)
+    DX = block_view(wk.DXf, SI[s, S_XOFF], bs, din)
+    kind, tab = SI[s, S_KIND], SI[s, S_TAB]
+    for g in range(l1 - 1, l0 - 1, -1):
+        H = LI[g, L_H]
+        dyg = block_view(wk.DY, LI[g, L_HOFF], bs, H)
+        multiply_rows(dyg, block_view(wk.MK, LI[g, L_HOFF], bs, H), B)
+        hp = block_view(wk.HP, LI[g, L_HOFF], bs, H)
+        dgx = block_view(wk.DGX, LI[g, L_GOFF], bs, 3 * H)
+        dgh = block_view(wk.DGH, LI[g, L_GOFF], bs, 3 * H)
+        gru_backward(dyg, hp, block_view(wk.GA, LI[g, L_GOFF], bs, 3 * H),
+                     block_view(wk.GH, LI[g, L_GOFF], bs, 3 * H), dgx, dgh, B)
+        np.dot(hp[:B].T, dgh[:B], flat_view(gtheta, LI[g, L_WH], H, 3 * H))
+        column_sums(dgh, B, gtheta[LI[g, L_BHN]:LI[g, L_BHN] + H], 2 * H, H)
+        column_sums(dgx, B, gtheta[LI[g, L_BX]:LI[g, L_BX] + 3 * H], 0, 3 * H)
+        if g > l0:
+            Hp = LI[g - 1, L_H]
+            Wx = flat_view(theta, LI[g, L_WX], Hp, 3 * H)
+            np.dot(block_view(wk.Y, LI[g - 1, L_HOFF], bs, Hp)[:B].T, dgx[:B],
+                   flat_view(gtheta, LI[g, L_WX], Hp, 3 * H))
+            np.dot(dgx[:B], Wx.T, block_view(wk.DY, LI[g - 1, L_HOFF], bs, Hp)[:B])
+        elif kind == K_DIRECT:
+            for i in range(B):
+                for k in range(3 * H):
+                    DX[i, k] = dgx[i, k]
+        else:
+            Wx = flat_view(theta, LI[g, L_WX], din, 3 * H)
+            np.dot(X[:B].T, dgx[:B], flat_view(gtheta, LI[g, L_WX], din, 3 * H))
+            if tab != T_NONE:
+                np.dot(dgx[:B], Wx.T, DX[:B])
+    if tab == T_NONE:
+        return nY
+    multiply_rows(DX, M0, B)
+    if tab == T_WY:
+        # the constrained ID input (identity bag) is its own block of Wy: gradient rows are
+        # full width, only that block is non-zero
+        return acc_bag(sp.slotY, sp.rowsY, nY, sp.GY, SI[s, S_WYC0], SI[s, S_IPOFF], net,
+                       in_items, B, DX)
+    tc = SI[s, S_TCOLS]
+    cap = SI[s, S_GCAP]
+    sp.nT[s] = acc_bag(sp.slotT[SI[s, S_SOFF]:SI[s, S_SOFF] + SI[s, S_TROWS]],
+                       sp.rowsT[SI[s, S_ROFF]:SI[s, S_ROFF] + cap], 0,
+                       flat_view(sp.GT, SI[s, S_GOFF], cap, tc), 0, SI[s, S_IPOFF], net,
+                       in_items, B, DX)
+    return nY
+
+
+@njit(cache=True, error_model="numpy")
+def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, sp, hy):
+    """Forward over the active subnets, sampled loss, and the gradients of the trained subnets
+    and of the output layer (steps 4-7). ``sp.counts`` gets ``[n Wy rows, n output rows]``;
+    table rows per subnet are in ``sp.nT``. Slots stay set (release with :func:`step_update`
+    or :func:`release_all`). Returns the step loss."""
+    S = net.SI.shape[0]
+    bs = hy.batch_size
+    for s in range(S):
+        sp.nT[s] = 0
+        if active[s]:
+            subnet_forward(s, net, in_items, B, bs, wk)
+    combine_forward(net, active, B, bs, wk.Y, wk.hc, sum_mode)
+    total, nY = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy)
+    n_out = nY
+    for s in range(S):
+        if active[s] and train[s]:
+            nY = subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY)
+    sp.counts[0] = nY
+    sp.counts[1] = n_out
+    return total
+
+
+@njit(cache=True, error_model="numpy")
+def release_all(SI, sp):
+    """Reset every slot used by the last step."""
+    release_rows(sp.slotY, sp.rowsY, sp.counts[0])
+    for s in range(SI.shape[0]):
+        if sp.nT[s] > 0:
+            release_rows(sp.slotT[SI[s, S_SOFF]:SI[s, S_SOFF] + SI[s, S_TROWS]],
+                         sp.rowsT[SI[s, S_ROFF]:SI[s, S_ROFF] + SI[s, S_GCAP]], sp.nT[s])
+
+
+# ---------------------------------------------------------------------------------------------
+# update
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, mom):
+    """Adagrad + momentum (step 8): dense ranges and tables of the trained subnets; rows of
+    ``Wy`` in the column blocks being trained (output rows: every active subnet's block, or only
+    the trained ones' under ``freeze_out``; rows met only as constrained input: the ID block);
+    ``By`` on the output rows. ``opt``: the trainer's optimiser state record. Releases the
+    slots."""
+    SI, theta, T, Wy = net.SI, net.theta, net.T, net.Wy
+    S = SI.shape[0]
+    nY, n_out = sp.counts[0], sp.counts[1]
+    for s in range(S):
+        if not (active[s] and train[s]):
+            continue
+        d0, d1 = SI[s, S_D0], SI[s, S_D1]
+        adagrad_flat(theta[d0:d1], gtheta[d0:d1], opt.acc_d[d0:d1], opt.vel_d[d0:d1], lr, mom)
+        if SI[s, S_TAB] == T_OWN and sp.nT[s] > 0:
+            tc, toff, goff, roff = SI[s, S_TCOLS], SI[s, S_TOFF], SI[s, S_GOFF], SI[s, S_ROFF]
+            for u in range(sp.nT[s]):
+                r = sp.rowsT[roff + u]
+                a, b = toff + r * tc, toff + (r + 1) * tc
+                adagrad_flat(T[a:b], sp.GT[goff + u * tc:goff + (u + 1) * tc], opt.acc_t[a:b],
+                             opt.vel_t[a:b], lr, mom)
+    acc_y, vel_y, GY = opt.acc_y, opt.vel_y, sp.GY
+    for u in range(nY):
+        r = sp.rowsY[u]
+        if sum_mode:
+            if u < n_out or (active[0] and train[0] and SI[0, S_TAB] == T_WY):
+                adagrad_flat(Wy[r], GY[u], acc_y[r], vel_y[r], lr, mom)
+            continue
+        for s in range(S):
+            if not active[s]:
+                continue
+            if u < n_out:
+                if freeze_out and not train[s]:
+                    continue
+            elif not (train[s] and SI[s, S_TAB] == T_WY):
+                continue
+            c0, c1 = SI[s, S_C0], SI[s, S_C1]
+            adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1], lr, mom)
+    adagrad_rows_1d(net.By, opt.acc_b, opt.vel_b, sp.rowsY, sp.gBy, n_out, lr, mom)
+    release_all(SI, sp)
+
+
+@njit(cache=True, error_model="numpy")
+def draw_masks(net, active, B, bs, M0f, MK, p_embed, p_hidden):
+    """Inverted-dropout masks of the active subnets (step 3): input (one factor per row for
+    one-hot input), then each layer's output."""
+    SI, LI = net.SI, net.LI
+    for s in range(SI.shape[0]):
+        if not active[s]:
+            continue
+        din = SI[s, S_IN]
+        M0 = block_view(M0f, SI[s, S_XOFF], bs, din)
+        if SI[s, S_KIND] == K_DIRECT:
+            col = np.empty((bs, 1), M0.dtype)
+            dropout_mask(col, B, p_embed)
+            for i in range(B):
+                for k in range(din):
+                    M0[i, k] = col[i, 0]
+        else:
+            dropout_mask(M0, B, p_embed)
+        for g in range(SI[s, S_L0], SI[s, S_L1]):
+            dropout_mask(block_view(MK, LI[g, L_HOFF], bs, LI[g, L_H]), B, p_hidden)
+
+
+# ---------------------------------------------------------------------------------------------
+# inference
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy", nogil=True)
+def apply_final_act(S, R, act, param):
+    """``S[:R] = final_act(S[:R])`` in place."""
+    for i in range(R):
+        for j in range(S.shape[1]):
+            S[i, j] = activate(S[i, j], act, param)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_aug):
+    """Inference step (no dropout: ``wk.M0f``, ``wk.MK`` all ones) for ``R = len(rows)`` live
+    sessions. ``wk``: a :class:`Work` of ``bs = hc_aug.shape[0]`` rows (the gradient buffers may
+    be empty).
+
+    state: (n_slots, sum of layer sizes) float32, layer ``g`` in columns ``L_STOFF``..; rows are
+    gathered (zero where ``new_session``), stepped and scattered back. ``hc_aug[:R]`` gets
+    ``[combined hidden | 1]``. Releases the GIL: calls on disjoint ``rows`` with their own
+    buffers may run on separate threads.
+    """
+    LI = net.LI
+    R = len(rows)
+    bs = hc_aug.shape[0]
+    for g in range(LI.shape[0]):
+        H = LI[g, L_H]
+        st0 = LI[g, L_STOFF]
+        hp = block_view(wk.HP, LI[g, L_HOFF], bs, H)
+        for i in range(R):
+            if new_session[i]:
+                hp[i, :] = 0.0
+            else:
+                hp[i, :] = state[rows[i], st0:st0 + H]
+    for s in range(net.SI.shape[0]):
+        subnet_forward(s, net, items, R, bs, wk)
+    Hc = hc_aug.shape[1] - 1
+    hc = hc_aug[:, :Hc]
+    combine_forward(net, active, R, bs, wk.Y, hc, sum_mode)
+    for i in range(R):
+        hc_aug[i, Hc] = 1.0
+    for g in range(LI.shape[0]):
+        H = LI[g, L_H]
+        st0 = LI[g, L_STOFF]
+        y = block_view(wk.Y, LI[g, L_HOFF], bs, H)
+        for i in range(R):
+            state[rows[i], st0:st0 + H] = y[i, :]

@@ -1,0 +1,344 @@
+"""The CPU trainer of every network: the whole training epoch in Numba.
+
+:class:`Trainer` owns everything one fit needs besides the parameters (optimiser state, sample
+store, schedule and work buffers, allocated once); :func:`train_steps` runs the steps of
+:mod:`.step` back to back in compiled code. The epoch-loop interface (``fill_store`` /
+``start_epoch`` / ``rows_left`` / ``run`` / ``host_params``) is the one the CUDA trainer has.
+"""
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from ...batching import schedule_advance, schedule_start
+from ...network import L_H, L_HOFF, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_ROFF, S_TAB
+from ...network import S_TCOLS, S_TOFF, S_TROWS, S_XOFF, T_OWN
+from ...sampling import SampleStore, draw
+from .losses import CROSS_ENTROPY
+from .step import (Net, OutBuf, Sparse, Work, block_view, draw_masks, release_all,
+                   step_forward_backward, step_update)
+
+logger = logging.getLogger("gru_engine")
+
+
+class OptState(NamedTuple):
+    """Adagrad accumulators (``acc_*``) and momentum velocities (``vel_*``) of theta (``_d``),
+    T (``_t``), Wy (``_y``) and By (``_b``), each of its parameter's shape."""
+    acc_d: np.ndarray
+    vel_d: np.ndarray
+    acc_t: np.ndarray
+    vel_t: np.ndarray
+    acc_y: np.ndarray
+    vel_y: np.ndarray
+    acc_b: np.ndarray
+    vel_b: np.ndarray
+
+
+class Schedule(NamedTuple):
+    """Session-parallel schedule of one epoch (``batching.py``). items (n_events,) int32, order
+    (n_sessions,) int64, offsets (n_sessions + 1,) int64: the sessions in CSR form and their
+    visiting order; state (5,) int64 ``[n_rows, next_sess, store_pos, steps this epoch, steps
+    in all]``; cur, end, src (bs,) int64, reset (bs,) bool: per row the current event, the
+    session's end, the previous row and whether a session starts; in_items (bs,) int32."""
+    items: np.ndarray
+    order: np.ndarray
+    offsets: np.ndarray
+    state: np.ndarray
+    cur: np.ndarray
+    end: np.ndarray
+    src: np.ndarray
+    reset: np.ndarray
+    in_items: np.ndarray
+
+
+class Store(NamedTuple):
+    """Negative samples: samples (store size,) int32 pre-drawn from cdf (n_items,) float64;
+    log_support (n_items,) float: log of each item's training support (for logq)."""
+    samples: np.ndarray
+    cdf: np.ndarray
+    log_support: np.ndarray
+
+
+@njit(cache=True, error_model="numpy")
+def epoch_start(sc, min_rows, HP):
+    """Start an epoch: first rows of the schedule, zero hidden state (``HP``)."""
+    n_rows, next_sess = schedule_start(sc.order, sc.offsets, len(sc.cur), sc.cur, sc.end,
+                                       sc.reset, sc.src)
+    if n_rows < min_rows:
+        n_rows = 0
+    sc.state[0] = n_rows
+    sc.state[1] = next_sess
+    sc.state[3] = 0
+    HP[:] = 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def step_columns(sc, B, ob, st, store_pos, hy):
+    """Inputs and sampled output columns of one step: ``sc.in_items[:B]`` the rows' current
+    items, ``ob.cols[:C] = [targets (B) | n_sample negatives]`` taken from the store at
+    ``store_pos`` (redrawn when used up), and for cross-entropy with logq ``ob.lq[:C] = [log
+    support[targets] | alpha * log support[negatives]]``. Returns ``(C, new store_pos)``."""
+    items, cur, cols, lq = sc.items, sc.cur, ob.cols, ob.lq
+    for r in range(B):
+        sc.in_items[r] = items[cur[r]]
+        cols[r] = items[cur[r] + 1]
+    C = B
+    n_sample = hy.n_sample
+    if n_sample > 0:
+        if store_pos + n_sample > len(st.samples):
+            draw(st.cdf, st.samples)
+            store_pos = 0
+        for k in range(n_sample):
+            cols[B + k] = st.samples[store_pos + k]
+        store_pos += n_sample
+        C = B + n_sample
+    if hy.loss == CROSS_ENTROPY and hy.logq > 0.0:
+        for j in range(B):
+            lq[j] = st.log_support[cols[j]]
+        for j in range(B, C):
+            lq[j] = hy.sample_alpha * st.log_support[cols[j]]
+    return C, store_pos
+
+
+@njit(cache=True, error_model="numpy")
+def carry_hidden(hp, y, reset, src, n_rows):
+    """Hidden state for the next step: ``hp[r] = y[src[r]]`` (the dropped-out output of the
+    row's session), zero where ``reset[r]`` (a session starts). hp, y: (>=n_rows, H)."""
+    for r in range(n_rows):
+        if reset[r]:
+            hp[r, :] = 0.0
+        else:
+            s = src[r]
+            for k in range(hp.shape[1]):
+                hp[r, k] = y[s, k]
+
+
+@njit(cache=True, error_model="numpy")
+def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, min_rows,
+                draw_dropout, hy):
+    """Up to ``max_steps`` steps (all remaining when < 0) of the epoch started by
+    :func:`epoch_start`. ``flags`` (3,) bool ``[interleave, freeze_out, sum_mode]``: with
+    ``interleave`` the trained subnet is ``state[4] % S`` (global step count); ``draw_dropout`` False
+    keeps the dropout masks in ``wk`` as they are (tests). Returns ``(sum of step_loss * rows,
+    events, finite)``; stops at the first non-finite step loss (``finite`` False, parameters of
+    that step not updated)."""
+    S = net.SI.shape[0]
+    LI = net.LI
+    bs = hy.batch_size
+    interleave, freeze_out, sum_mode = flags[0], flags[1], flags[2]
+    loss_sum = 0.0
+    events = 0
+    steps = 0
+    state = sc.state
+    n_rows = state[0]
+    next_sess = state[1]
+    store_pos = state[2]
+    finite = True
+    while n_rows > 0 and (max_steps < 0 or steps < max_steps):
+        B = n_rows
+        if interleave:
+            k = state[4] % S
+            for s in range(S):
+                train[s] = s == k
+        C, store_pos = step_columns(sc, B, ob, st, store_pos, hy)
+        if draw_dropout:
+            draw_masks(net, active, B, bs, wk.M0f, wk.MK, hy.dropout_p_embed,
+                       hy.dropout_p_hidden)
+        step_loss = step_forward_backward(net, active, train, sum_mode, sc.in_items, B, C, wk,
+                                          ob, sp, hy)
+        if not np.isfinite(step_loss):
+            release_all(net.SI, sp)
+            finite = False
+            break
+        step_update(net, active, train, sum_mode, freeze_out, wk.gtheta, opt, sp,
+                    hy.learning_rate, hy.momentum)
+        loss_sum += step_loss * B
+        events += B
+        steps += 1
+        state[4] += 1
+        n_rows, next_sess = schedule_advance(sc.order, sc.offsets, n_rows, next_sess, min_rows,
+                                             sc.cur, sc.end, sc.reset, sc.src)
+        for g in range(LI.shape[0]):
+            H = LI[g, L_H]
+            carry_hidden(block_view(wk.HP, LI[g, L_HOFF], bs, H),
+                         block_view(wk.Y, LI[g, L_HOFF], bs, H), sc.reset, sc.src, n_rows)
+    state[0] = n_rows
+    state[1] = next_sess
+    state[2] = store_pos
+    state[3] += steps
+    return loss_sum, events, finite
+
+
+def table_capacities(SI, indptr, batch_size: int, n_items: int) -> None:
+    """Fill the table-gradient capacities/offsets (``S_GCAP``, ``S_GOFF``, ``S_ROFF``) of ``SI``
+    in place: a step touches at most ``batch_size * longest bag`` rows of a subnet's table."""
+    g_off = r_off = 0
+    for s in range(SI.shape[0]):
+        if SI[s, S_TAB] != T_OWN:
+            continue
+        ip = indptr[SI[s, S_IPOFF]:SI[s, S_IPOFF] + n_items + 1]
+        longest = int(np.diff(ip).max()) if n_items > 0 else 0
+        cap = int(min(SI[s, S_TROWS], batch_size * max(longest, 1)))
+        SI[s, S_GCAP], SI[s, S_GOFF], SI[s, S_ROFF] = cap, g_off, r_off
+        g_off += cap * SI[s, S_TCOLS]
+        r_off += cap
+
+
+def work_buffers(SI, LI, bs: int, Hc: int, n_dense: int, dtype, grads: bool = True) -> Work:
+    """A :class:`Work` of ``bs`` rows; masks are ones. Without ``grads`` (inference) the
+    gradient buffers are empty."""
+    z = lambda n: np.zeros(n, dtype)
+    W, X = int(LI[:, L_H].sum()), int(SI[:, S_IN].sum())
+    g = bs if grads else 0
+    return Work(Xf=z(bs * X), M0f=np.ones(bs * X, dtype), DXf=z(g * X), HP=z(bs * W),
+                HO=z(bs * W), Y=z(bs * W), MK=np.ones(bs * W, dtype), DY=z(g * W),
+                GX=z(3 * bs * W), GH=z(3 * bs * W), GA=z(3 * bs * W), DGX=z(3 * g * W),
+                DGH=z(3 * g * W), hc=np.zeros((g, Hc), dtype), dhc=np.zeros((g, Hc), dtype),
+                gtheta=z(n_dense if grads else 0))
+
+
+class Trainer:
+    """Optimiser state, sample store, schedule and work buffers of one fit (allocated once);
+    :meth:`run` executes training steps in compiled code.
+
+    params: a network's parameter dict (``network.PARAM_KEYS``; ``theta``, ``T``, ``Wy``,
+    ``By`` are updated in place), arrays of one float dtype (float32 in training, float64 in
+    gradient checks); hyper: :class:`~gru_engine.params.Hyper`; support: (n_items,) int64
+    training events per item; sum_mode: ``combine='sum'``. ``plan``: optional per-epoch phases
+    ``(active, train, interleave, freeze_out)`` (:func:`~gru_engine.network.epoch_plan`) applied
+    by :meth:`start_epoch`; without it the phase is whatever :meth:`set_phase` set last
+    (default: all subnets run and train). ``names``: subnet names for the log.
+    """
+
+    def __init__(self, params: dict, hyper, support, *, sum_mode: bool = False, plan=None,
+                 names=None):
+        p = params
+        dt = p["Wy"].dtype
+        n_items = len(support)
+        bs = int(hyper.batch_size)
+        cmax = bs + hyper.n_sample
+        SI = p["SI"].copy()
+        table_capacities(SI, p["indptr"], bs, n_items)
+        S = SI.shape[0]
+        self.params, self.hyper = p, hyper
+        self.net = Net(SI=SI, LI=p["LI"], indptr=p["indptr"], indices=p["indices"],
+                       weights=p["weights"], theta=p["theta"], T=p["T"], Wy=p["Wy"], By=p["By"])
+        self.min_rows = 2 if hyper.n_sample == 0 else 1
+        self.store = SampleStore(support, hyper.sample_alpha, hyper.n_sample,
+                                 hyper.sample_store_size)
+        self.log_support = np.log(np.maximum(np.asarray(support), 1)).astype(dt)
+        Hc = p["Wy"].shape[1]
+        z = lambda n: np.zeros(n, dt)
+        like = np.zeros_like
+        self.opt = OptState(acc_d=like(p["theta"]), vel_d=like(p["theta"]), acc_t=like(p["T"]),
+                            vel_t=like(p["T"]), acc_y=like(p["Wy"]), vel_y=like(p["Wy"]),
+                            acc_b=like(p["By"]), vel_b=like(p["By"]))
+        self.work = work_buffers(SI, p["LI"], bs, Hc, len(p["theta"]), dt)
+        self.out = OutBuf(cols=np.zeros(cmax, np.int32), Wc=np.zeros((cmax, Hc), dt),
+                          dWc=np.zeros((cmax, Hc), dt), bc=z(cmax), dbc=z(cmax),
+                          O_flat=z(bs * cmax), lq=z(cmax), ra=z(cmax), rb=z(cmax), rc=z(cmax),
+                          rs=np.zeros((2, cmax), dt))
+        own = SI[:, S_TAB] == T_OWN
+        self.sparse = Sparse(
+            slotY=np.full(n_items, -1, np.int32), rowsY=np.zeros(cmax + bs, np.int32),
+            GY=np.zeros((cmax + bs, Hc), dt), gBy=z(cmax + bs),
+            slotT=np.full(max(int(SI[own, S_TROWS].sum()), 1), -1, np.int32),
+            rowsT=np.zeros(max(int(SI[own, S_GCAP].sum()), 1), np.int32),
+            GT=z(max(int((SI[own, S_GCAP] * SI[own, S_TCOLS]).sum()), 1)),
+            nT=np.zeros(S, np.int64), counts=np.zeros(2, np.int64), no_mask=np.ones((1, 1), dt))
+        self.sched_state = np.zeros(5, np.int64)
+        self.rows = dict(cur=np.zeros(bs, np.int64), end=np.zeros(bs, np.int64),
+                         src=np.zeros(bs, np.int64), reset=np.zeros(bs, np.bool_),
+                         in_items=np.zeros(bs, np.int32))
+        self.sched = None
+        self.active = np.ones(S, np.bool_)
+        self.train = np.ones(S, np.bool_)
+        self.flags = np.array([False, False, bool(sum_mode)])
+        self.draw_masks = True
+        self.plan, self.epoch = plan, 0
+        self.names = list(names) if names is not None else [str(s) for s in range(S)]
+
+    def set_phase(self, active, train, interleave: bool = False, freeze_out: bool = False):
+        """Which subnets run (``active``) and learn (``train``) from now on."""
+        self.active[:] = active
+        self.train[:] = train
+        self.flags[0], self.flags[1] = bool(interleave), bool(freeze_out)
+
+    def fix_dropout_masks(self, m0s, mks):
+        """Test hook: use these inverted-dropout masks in every step instead of drawing them.
+        m0s: one (batch_size, input width) mask per subnet; mks: one (batch_size, H) mask per
+        layer (all subnets' layers in order). A step of R rows uses rows ``:R``."""
+        SI, LI, bs = self.net.SI, self.net.LI, int(self.hyper.batch_size)
+        for s, m in enumerate(m0s):
+            block_view(self.work.M0f, SI[s, S_XOFF], bs, SI[s, S_IN])[:] = m
+        for g, m in enumerate(mks):
+            block_view(self.work.MK, LI[g, L_HOFF], bs, LI[g, L_H])[:] = m
+        self.draw_masks = False
+
+    def fill_store(self):
+        """Draw the negative-sample store (Numba's generator: seed it first)."""
+        self.store.fill()
+        self.sched_state[2] = self.store.pos
+
+    def host_params(self) -> dict:
+        """The trained parameters (host arrays, updated in place during training)."""
+        return self.params
+
+    def start_epoch(self, items, order, offsets):
+        """items: (n_events,) int32; order: (n_sessions,) int64 visiting order; offsets: CSR.
+        With a ``plan``, the epoch's phase is ``plan[epoch]`` (see :meth:`set_phase`)."""
+        if self.plan is not None:
+            self.set_phase(*self.plan[self.epoch])
+            if len(self.names) > 1:
+                logger.info("epoch %d trains subnets %s", self.epoch + 1,
+                            [n for n, t in zip(self.names, self.train) if t])
+            self.epoch += 1
+        self.sched = Schedule(items=items, order=order, offsets=offsets, state=self.sched_state,
+                              **self.rows)
+        epoch_start(self.sched, self.min_rows, self.work.HP)
+
+    def rows_left(self) -> bool:
+        return bool(self.sched_state[0] > 0)
+
+    def run(self, max_steps: int = -1):
+        """Up to ``max_steps`` steps (-1: to the end of the epoch).
+        Returns ``(sum of step_loss * rows, events, finite)``."""
+        st = Store(samples=self.store.samples, cdf=self.store.cdf, log_support=self.log_support)
+        return train_steps(max_steps, self.net, self.sched, st, self.work, self.out,
+                           self.sparse, self.opt, self.active, self.train, self.flags,
+                           self.min_rows, self.draw_masks, self.hyper)
+
+    def forward_backward(self, in_items, B, cols, C):
+        """One step's loss and gradients without an update (gradient checks), with the current
+        ``work.HP`` (previous hidden states), masks ``work.M0f``/``work.MK`` and ``out.lq``.
+        Returns ``(loss, grads)``; ``grads`` holds full-size ``theta``, ``T``, ``Wy``, ``By``
+        gradients (zero for parameters that are frozen or not reached)."""
+        p, SI, sp, wk = self.params, self.net.SI, self.sparse, self.work
+        in_buf = self.rows["in_items"]
+        in_buf[:B] = in_items
+        self.out.cols[:C] = cols
+        wk.gtheta[:] = 0.0
+        total = step_forward_backward(self.net, self.active, self.train, bool(self.flags[2]),
+                                      in_buf, B, C, wk, self.out, sp, self.hyper)
+        grads = {"theta": np.zeros_like(p["theta"]), "T": np.zeros_like(p["T"]),
+                 "Wy": np.zeros_like(p["Wy"]), "By": np.zeros_like(p["By"])}
+        for s in range(SI.shape[0]):
+            if self.active[s] and self.train[s]:
+                d0, d1 = SI[s, S_D0], SI[s, S_D1]
+                grads["theta"][d0:d1] = wk.gtheta[d0:d1]
+            if SI[s, S_TAB] == T_OWN:
+                tc, toff, goff, roff = SI[s, S_TCOLS], SI[s, S_TOFF], SI[s, S_GOFF], SI[s, S_ROFF]
+                for u in range(sp.nT[s]):
+                    r = sp.rowsT[roff + u]
+                    g0 = goff + u * tc
+                    grads["T"][toff + r * tc:toff + (r + 1) * tc] += sp.GT[g0:g0 + tc]
+        nY, n_out = sp.counts
+        for u in range(nY):
+            grads["Wy"][sp.rowsY[u]] += sp.GY[u]
+        for u in range(n_out):
+            grads["By"][sp.rowsY[u]] += sp.gBy[u]
+        release_all(SI, sp)
+        return total, grads
