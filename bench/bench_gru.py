@@ -68,7 +68,7 @@ def train_flops_per_epoch(model, sessions) -> float:
     for l, H in enumerate(layers):
         flops += 2 * 2.0 * rows.sum() * H * 3 * H  # h @ Wh, dWh
         if l > 0 or model.input_mode_ != "onehot":
-            n_in = layers[l - 1] if l > 0 else model.params_["Wx"][0].shape[0]
+            n_in = layers[l - 1] if l > 0 else model.subnet_params("id")["Wx"][0].shape[0]
             flops += 3 * 2.0 * rows.sum() * n_in * 3 * H  # x @ Wx, dWx, dx
     return float(flops)
 
