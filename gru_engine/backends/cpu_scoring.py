@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..config import INPUT_TABLE_MAX_ENTRIES, MIN_BLOCK_ROWS
 from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
                        S_KIND, S_L0, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE,
                        T_OWN, T_WY)
@@ -91,8 +92,8 @@ class Scorer:
     (a row lookup instead of a GEMM per step).
     """
 
-    #: largest (n_items x 3 H_0) input-projection table precomputed for an ID subnet
-    MAX_TABLE = 50_000_000
+    #: largest (n_items x 3 H_0) input-projection table precomputed (``config``)
+    MAX_TABLE = INPUT_TABLE_MAX_ENTRIES
 
     def __init__(self, params: dict, sum_mode: bool, act: int = 0, act_param: float = 0.0,
                  n_threads: int = 1):
@@ -207,10 +208,6 @@ def _project_id_input(p: dict, max_table: int) -> dict:
     LI[g, L_IN], LI[g, L_WX] = 0, -1
     T = np.concatenate([p["T"], table.ravel()])
     return dict(p, SI=SI, LI=LI, theta=theta, T=T)
-
-
-#: fewest rows per thread block of a scorer's ``rank`` (smaller blocks cost more than they save)
-MIN_BLOCK_ROWS = 32
 
 
 def run_row_blocks(n_rows: int, n_threads: int, min_rows: int, block) -> None:

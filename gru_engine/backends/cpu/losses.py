@@ -20,11 +20,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ...config import LOG_EPS
 from .mathfuncs import cast_like, fexp, fsigmoid, fsoftplus
 
 CROSS_ENTROPY, BPR_MAX, TOP1_MAX, BPR, TOP1 = 0, 1, 2, 3, 4
 LINEAR, RELU, TANH, LEAKY, ELU = 0, 1, 2, 3, 4
-LOG_EPS = 1e-24
 
 
 @njit(cache=True, error_model="numpy")

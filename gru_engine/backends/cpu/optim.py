@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ...config import ADAGRAD_EPS as EPS
 from .mathfuncs import cast_like
 
-EPS = 1e-6
 
 
 @njit(cache=True, error_model="numpy")
@@ -36,23 +36,6 @@ def adagrad_flat(p, g, acc, vel, lr, mom):
             a = acc[k] + gk * gk
             acc[k] = a
             p[k] -= rate * (gk / np.sqrt(a + eps))
-
-
-@njit(cache=True, error_model="numpy")
-def adagrad_dense(p, g, acc, vel, lr, mom):
-    """Dense update of C-contiguous arrays of any rank (same shape)."""
-    adagrad_flat(p.reshape(p.size), g.reshape(g.size), acc.reshape(acc.size),
-                 vel.reshape(vel.size), lr, mom)
-
-
-@njit(cache=True, error_model="numpy")
-def adagrad_rows(P, acc, vel, rows, G, n, lr, mom):
-    """Sparse update: ``P[rows[u]]`` with gradient ``G[u]`` for ``u < n`` (rows unique).
-
-    P, acc, vel: (n_items, d); rows: (>=n,) int32; G: (>=n, d).
-    """
-    for u in range(n):
-        adagrad_flat(P[rows[u]], G[u], acc[rows[u]], vel[rows[u]], lr, mom)
 
 
 @njit(cache=True, error_model="numpy")

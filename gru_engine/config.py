@@ -1,0 +1,18 @@
+"""Every tunable constant of the engine in one place (numerical epsilons, block sizes, size
+limits). The CPU kernels read these at compile time: after changing one, clear Numba's cache
+(the ``__pycache__`` folders of ``gru_engine/backends/cpu``) so that cached kernels are rebuilt.
+The CUDA kernels' own constants (e.g. ``kernels/common.cuh``) must agree with the ones marked
+"CUDA" here.
+"""
+
+#: Adagrad: ``step = g / sqrt(acc + ADAGRAD_EPS)`` (the official GRU4Rec value; CPU and CUDA)
+ADAGRAD_EPS = 1e-6
+#: losses: ``-log(p + LOG_EPS)`` (the official GRU4Rec value; CPU and CUDA)
+LOG_EPS = 1e-24
+#: CUDA: threads per block of the element-wise and row kernels
+CUDA_BLOCK = 256
+#: CPU scorer: largest (n_items x 3 H_0) layer-0 input-projection table precomputed for the
+#: ID-only network (float32 entries; 50M = 200 MB)
+INPUT_TABLE_MAX_ENTRIES = 50_000_000
+#: CPU scorer: fewest rows per thread block of ``rank`` (smaller blocks cost more than they save)
+MIN_BLOCK_ROWS = 32
