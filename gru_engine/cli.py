@@ -1,4 +1,4 @@
-"""``gru-engine`` command line: preprocess, train, evaluate, recommend, demo.
+"""``gru-engine`` command line: preprocess, train, evaluate, recommend, tune, score, demo.
 
 Event files are delimited text (tab by default, ``.gz`` accepted) with a header naming the
 session, item and time columns (``SessionId ItemId Time`` unless ``--session-key`` etc. say
@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from .data import read_events
-from .exceptions import ModelFitError, NotFittedError
+from .exceptions import MissingExtraError, ModelFitError, NotFittedError
 
 logger = logging.getLogger("gru_engine")
 
@@ -178,7 +178,117 @@ def cmd_demo(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
+def cmd_tune(args) -> int:
+    from . import tune
+    from .params import parse_param_string
+    space = tune.load_space(args.space)
+    overrides = parse_param_string(args.params) if args.params else {}
+    for bad in ("random_state", "n_threads"):
+        if bad in overrides:
+            raise ValueError(f"-p {bad}=... is not allowed here: use --seed / --threads")
+    metric, _ = tune.parse_metric(args.metric)
+    tune.require_optuna()
+    train = _read(args.train, args)
+    if args.valid:
+        valid = _read(args.valid, args)
+    else:
+        train, valid = tune.split_validation(train, args.valid_split, args.session_key,
+                                             args.time_key)
+        logger.info("validation split: the last %d of %d events (sessions ending last)",
+                    len(valid[args.session_key]),
+                    len(valid[args.session_key]) + len(train[args.session_key]))
+    settings = tune.TrialSettings(metric=metric, mode=args.mode,
+                                  eval_batch_size=args.eval_batch_size, seed=args.seed,
+                                  n_threads=args.threads, overrides=overrides, keys=_keys(args))
+    common = dict(space=space, n_trials=args.trials, settings=settings, sampler=args.sampler,
+                  pruner=args.pruner, storage=args.storage, study_name=args.study_name,
+                  show_progress=not args.no_progress)
+    if args.ray:
+        from . import distributed
+        result = distributed.ray_search(train, valid, address=args.ray,
+                                        max_failures=args.max_failures,
+                                        ray_storage=args.ray_storage, **common)
+    else:
+        result = tune.search(train, valid, **common)
+    counts = {s: sum(t.state == s for t in result.trials) for s in ("complete", "pruned", "failed")}
+    print(f"trials: {len(result.trials)} ({counts['complete']} complete, {counts['pruned']} "
+          f"pruned, {counts['failed']} failed)")
+    print(f"best trial: {result.best_number}  {metric}: {result.best_value:.6f}")
+    print(f"best parameters: -p \"{result.best_param_string}\"")
+    if args.output:
+        tune.write_best(result, args.output)
+        logger.info("wrote %s and its .params file", args.output)
+    return 0
+
+
+def cmd_score(args) -> int:
+    from . import scoring
+    kwargs = dict(k=args.k, chunk_sessions=args.chunk_sessions, session_order=args.session_order,
+                  exclude_seen=args.exclude_seen, output_format=args.format, sep=args.sep,
+                  **_keys(args))
+    if args.ray:
+        from . import distributed
+        stats = distributed.ray_score(args.model_file, args.sessions, args.output,
+                                      address=args.ray, n_actors=args.actors,
+                                      n_threads=args.threads or 1, **kwargs)
+    else:
+        stats = scoring.score_file(args.model_file, args.sessions, args.output,
+                                   n_threads=args.threads, **kwargs)
+    print(f"scored {stats.n_sessions} sessions ({stats.n_events} events, "
+          f"{stats.n_unknown_item_events} on unknown items, {stats.n_skipped_sessions} sessions "
+          f"without a known item) in {stats.seconds:.1f} s "
+          f"({stats.n_sessions / max(stats.seconds, 1e-9):.0f} sessions/s) -> {args.output}")
+    return 0
+
+
+def _add_tune_parser(sub) -> None:
+    p = sub.add_parser("tune", help="hyperparameter search for SessionGRU (Optuna; Ray Tune with --ray)")
+    p.add_argument("train", help="training events file")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--valid", help="validation events file")
+    group.add_argument("--valid-split", type=float, metavar="FRACTION",
+                       help="validate on this fraction of the training sessions, the ones that "
+                            "end last (e.g. 0.1)")
+    p.add_argument("--space", required=True,
+                   help="parameter space: 'cross-entropy' or 'bpr-max' (the official "
+                        "release's spaces) or a space JSON file")
+    p.add_argument("--trials", type=int, default=20, help="number of trials (default: %(default)s)")
+    p.add_argument("--metric", default="mrr@20",
+                   help="validation metric to maximise, recall@K or mrr@K (default: %(default)s)")
+    p.add_argument("--mode", choices=("conservative", "median", "optimistic", "standard"),
+                   default="conservative", help="tie handling of the rank (default: %(default)s)")
+    p.add_argument("--eval-batch-size", type=int, default=512,
+                   help="validation sessions replayed in parallel (default: %(default)s)")
+    p.add_argument("-p", "--params", default="",
+                   help="parameters forced on every trial, as a key=value string (e.g. "
+                        "'n_epochs=3'); they override the space")
+    p.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
+                   help="Optuna sampler (default: %(default)s)")
+    p.add_argument("--pruner", choices=("median", "none"), default="median",
+                   help="stop trials below the median at the same epoch (per-epoch "
+                        "validation; default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampler and random_state of every trial (default: %(default)s)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads per trial (default: every CPU; with --ray: 1)")
+    p.add_argument("--storage", help="Optuna storage URL to keep and resume the study, e.g. "
+                                     "sqlite:///study.db")
+    p.add_argument("--study-name", default="gru_engine",
+                   help="study name in --storage (default: %(default)s)")
+    p.add_argument("-o", "--output", help="write the best parameters and every trial as JSON "
+                                          "(and the -p string to the same name with .params)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over the trials")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run the trials on a Ray cluster: its address, 'auto' (the cluster this "
+                        "node belongs to) or 'local' (start one on this machine)")
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="with --ray: times Ray retries a trial whose worker died (default: %(default)s)")
+    p.add_argument("--ray-storage", help="with --ray: Ray Tune's experiment folder "
+                                         "(default: ~/ray_results)")
+    _add_keys(p)
+    p.set_defaults(func=cmd_tune)
+
+
 def cmd_report(args) -> int:
     from . import report
     path = report.run(args, command="gru-engine report " + " ".join(args.argv_))
@@ -194,6 +304,35 @@ def _add_report_parser(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def _add_score_parser(sub) -> None:
+    p = sub.add_parser("score", help="top-k next items for every session of an event file "
+                                     "(batch scoring, streamed)")
+    p.add_argument("model_file", help="saved SessionGRU model (.npz)")
+    p.add_argument("sessions", help="event file of the sessions to score (.gz accepted); each "
+                                    "session's events must be contiguous (see --session-order)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file: .parquet (needs pyarrow) or tab-separated text (.gz accepted)")
+    p.add_argument("-k", type=int, default=20, help="items per session (default: %(default)s)")
+    p.add_argument("--format", choices=("auto", "tsv", "parquet"), default="auto",
+                   help="output format (default: from the extension)")
+    p.add_argument("--session-order", choices=("sorted", "contiguous"), default="contiguous",
+                   help="'sorted': session ids ascending (checked in constant memory); "
+                        "'contiguous': each session's events together (checked with a set of the "
+                        "ids seen; default: %(default)s)")
+    p.add_argument("--chunk-sessions", type=int, default=1024,
+                   help="sessions scored per chunk (default: %(default)s)")
+    p.add_argument("--exclude-seen", action="store_true",
+                   help="never recommend items already clicked in the session")
+    p.add_argument("--threads", type=int, help="CPU threads (per actor with --ray; default: "
+                                               "every CPU, with --ray 1)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="score the chunks on a Ray actor pool: cluster address, 'auto' or 'local'")
+    p.add_argument("--actors", type=int, default=2, help="with --ray: actors (default: %(default)s)")
+    _add_keys(p)
+    p.set_defaults(func=cmd_score)
+
+
+# ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gru-engine", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -241,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo, measure=[5, 10, 20], mode="conservative",
                    eval_batch_size=512, by_position=True,
                    session_key="SessionId", item_key="ItemId", time_key="Time", sep="\t")
+    _add_tune_parser(sub)
+    _add_score_parser(sub)
     _add_report_parser(sub)
     return parser
 
@@ -257,7 +398,8 @@ def main(argv=None) -> int:
         parser.error("train needs a TRAIN file (or --load MODEL)")
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, ModelFitError, NotFittedError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, MissingExtraError, ModelFitError,
+            NotFittedError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"gru-engine: error: {message}", file=sys.stderr)
         return 2

@@ -7,3 +7,14 @@ class NotFittedError(ValueError, AttributeError):
 
 class ModelFitError(RuntimeError):
     """Training diverged (NaN or inf loss or weights); the model is not usable."""
+
+
+class ModelFileError(ValueError):
+    """A model file cannot be read (missing, empty, truncated, not a model file, corrupt,
+    inconsistent with its header or its class, of a newer format) or written; the message names
+    the file and, where one is at fault, the array or header field."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency (Optuna, Ray, pyarrow) is needed but not installed; the message
+    names the ``pip install "gru_engine[extra]"`` to run."""
