@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-import reference as ref
+import naive as ref
 from gru_engine.batching import full_schedule
 
 

@@ -6,7 +6,7 @@ import pytest
 from gru_engine import params as hp
 from gru_engine.backends.cpu import Trainer
 from gru_engine.network import L_H, L_HOFF, PARAM_KEYS, build_layout, subnet_views
-import reference as ref
+import naive as ref
 
 N_ITEMS, BATCH, N_SAMPLE = 9, 4, 3
 

@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-import reference as ref
+import naive as ref
 from gru_engine import ModelFitError, NotFittedError
 from gru_engine import params as hp
 from gru_engine.backends import cpu_scoring
@@ -86,7 +86,14 @@ def _reference_steps(P, mode, items, offsets, order, support, n_steps, seed, bs,
                 rows = cols
             elif name == "E" or (name == "Wx[0]" and mode == "onehot"):
                 rows = inp
-            ref.adagrad(a, grads[name], acc[name], vel[name], lr, mom, rows)
+            if rows is None:
+                new = ref.adagrad(a, grads[name], acc[name], vel[name], lr, mom)
+            else:
+                rows = np.unique(rows)
+                new = ref.adagrad_sparse(a, grads[name][rows], rows, acc[name], vel[name], lr,
+                                         mom)
+            for dst, src in zip((a, acc[name], vel[name]), new):
+                dst[...] = src
         for h, y in zip(hprev, ys):
             h[:B] = y
     return P
