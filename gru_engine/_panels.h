@@ -5,22 +5,23 @@
 
 #include <stddef.h>
 /* All-item scores S = A @ B of a scorer, fused with the ranking. A: (R, K) rows [h | 1];
-   B: (K, N) = [Wy | By]^T, stored as "panels": ceil(N/32) blocks of K rows x 32 item
-   columns, zero padded, each contiguous. A register tile is 8 rows of A x one panel: 16
-   AVX-512 accumulators, every score the chain s = fmaf(A[i,k], B[k,j], s) for k = 0..K-1
-   from s = 0. The counting kernel computes each target's score by the same chain, so it is
-   bit-identical to the target's own tile entry (ties are counted exactly), and the scores
-   kernel writes exactly the values the counting kernel compares. Panels are walked in the
-   outer loop and rows in chunks of 256, so a chunk of A stays in L2 while each panel is
-   read once per chunk. x86-64 with GCC/Clang only; the tile runs with AVX-512F (8 rows x
-   32 items) or AVX2+FMA (4 rows x 16 items, four per 8 x 32 block), picked at run time
-   (gru_panel_isa); both compute the same chains, so they give identical scores. Without
-   either, callers use BLAS. */
+   B: (K, N) = [Wy | By]^T, stored as "panels": ceil(N/32) blocks of 32 item columns, each
+   two contiguous K x 16 halves, zero padded. Every score is the chain
+   s = fmaf(A[i,k], B[k,j], s) for k = 0..K-1 from s = 0, whatever the tile: the counting
+   kernel computes each target's score by the same chain, so it is bit-identical to the
+   target's own tile entry (ties are counted exactly), and the scores kernel writes exactly
+   the values the counting kernel compares. Tiles (ISA picked at run time, gru_panel_isa):
+   AVX-512F 8 rows x 32 items (16 zmm accumulators); AVX2 + FMA 6 rows x 16 items (12 ymm
+   accumulators; 4-, 2- and 1-row tiles for the last rows), walking one half panel over all
+   rows of a chunk so that the half (K x 64 bytes) stays in L1/L2. Rows go in chunks of 256
+   (the chunk of A stays in L2 while the panels stream by once per chunk). x86-64 with
+   GCC/Clang only; without AVX2 + FMA callers use BLAS. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <math.h>
 #define GRU_MR 8
 #define GRU_NR 32
+#define GRU_HALF 16
 #define GRU_ROW_CHUNK 256
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define GRU_PANELS 1
@@ -53,24 +54,32 @@ static int gru_panel_limit_isa(int level) {
     return gru_panel_isa_level;
 }
 
+/* B (K, N) row-major -> panels of 32 columns, each two contiguous K x 16 halves (so that a
+   16-wide AVX2 tile reads one contiguous stream), zero padded. */
 static void gru_pack_panels(const float *B, ptrdiff_t K, ptrdiff_t N, float *Bp) {
-    ptrdiff_t n_panels = (N + GRU_NR - 1) / GRU_NR;
-    for (ptrdiff_t p = 0; p < n_panels; p++)
+    ptrdiff_t n_halves = 2 * ((N + GRU_NR - 1) / GRU_NR);
+    for (ptrdiff_t q = 0; q < n_halves; q++)
         for (ptrdiff_t k = 0; k < K; k++)
-            for (ptrdiff_t c = 0; c < GRU_NR; c++) {
-                ptrdiff_t j = p * GRU_NR + c;
-                Bp[(p * K + k) * GRU_NR + c] = j < N ? B[k * N + j] : 0.0f;
+            for (ptrdiff_t c = 0; c < GRU_HALF; c++) {
+                ptrdiff_t j = q * GRU_HALF + c;
+                Bp[(q * K + k) * GRU_HALF + c] = j < N ? B[k * N + j] : 0.0f;
             }
 }
 
+/* Element (k, j) of the packed B. */
+static inline float gru_panel_entry(const float *Bp, ptrdiff_t K, ptrdiff_t k, ptrdiff_t j) {
+    ptrdiff_t p = j / GRU_NR, c = j % GRU_NR;
+    return Bp[((2 * p + c / GRU_HALF) * K + k) * GRU_HALF + c % GRU_HALF];
+}
+
 #if GRU_PANELS
-/* One tile: rows a[0..7] (rows >= mr repeat a valid row; their results are dropped),
-   panel bp (K x 32), live columns m0 | m1. out != NULL: store the scores (row r at
-   out + r * ldc); else count per row against t[r]. */
+/* AVX-512 tile: rows a[0..7] (rows >= mr repeat a valid row; their results are dropped) x
+   one panel (bp: its two halves, K x 16 each, contiguous), live columns m0 | m1. out != NULL:
+   store the scores (row r at out + r * ldc); else count per row against t[r]. */
 __attribute__((target("avx512f,fma")))
 static void gru_tile(const float *const *a, ptrdiff_t K, const float *bp, __mmask16 m0,
                      __mmask16 m1, int mr, float *out, ptrdiff_t ldc, const float *t,
-                     int *gt, int *eq, int *nan) {
+                     int *gt, int *eq, int *nan, const float *pf, ptrdiff_t pf_n) {
     __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps();
     __m512 c11 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
     __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps();
@@ -79,9 +88,11 @@ static void gru_tile(const float *const *a, ptrdiff_t K, const float *bp, __mmas
     __m512 c71 = _mm512_setzero_ps();
     const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
     const float *a4 = a[4], *a5 = a[5], *a6 = a[6], *a7 = a[7];
+    const float *bq = bp + K * GRU_HALF;
     for (ptrdiff_t k = 0; k < K; k++) {
-        __m512 b0 = _mm512_loadu_ps(bp + k * GRU_NR), b1 = _mm512_loadu_ps(bp + k * GRU_NR + 16);
+        __m512 b0 = _mm512_loadu_ps(bp + k * GRU_HALF), b1 = _mm512_loadu_ps(bq + k * GRU_HALF);
         __m512 x;
+        if (k < pf_n) _mm_prefetch((const char *)(pf + k * GRU_HALF), _MM_HINT_T1);
         x = _mm512_set1_ps(a0[k]); c00 = _mm512_fmadd_ps(x, b0, c00); c01 = _mm512_fmadd_ps(x, b1, c01);
         x = _mm512_set1_ps(a1[k]); c10 = _mm512_fmadd_ps(x, b0, c10); c11 = _mm512_fmadd_ps(x, b1, c11);
         x = _mm512_set1_ps(a2[k]); c20 = _mm512_fmadd_ps(x, b0, c20); c21 = _mm512_fmadd_ps(x, b1, c21);
@@ -112,88 +123,134 @@ static void gru_tile(const float *const *a, ptrdiff_t K, const float *bp, __mmas
 #undef GRU_TILE_ROW
 }
 
-/* AVX2 tile: rows a[0..3] x 16 columns of a panel (bp: the panel's first column of the
-   half, row stride 32), live columns `live` (bit c = column c); otherwise as gru_tile. */
-__attribute__((target("avx2,fma")))
-static void gru_tile_avx2(const float *const *a, ptrdiff_t K, const float *bp,
-                          unsigned live, int mr, float *out, ptrdiff_t ldc, const float *t,
-                          int *gt, int *eq, int *nan) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps();
-    __m256 c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+/* AVX2 tiles: MR rows of A (a0: the first, row stride K) x one half panel (bh: K x 16,
+   contiguous), n_live leading live columns (1..16); 2 MR accumulators (MR = 6: 12 of the 16
+   ymm registers, two B vectors and a broadcast beside them, so that 12 independent FMA
+   chains hide the FMA latency on two FMA ports). Stores or counts as gru_tile. Instantiated
+   for MR = 6, 4, 2, 1 (a block's rows are covered without padding rows). */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void gru_tile_avx2(const int MR, const float *a0, ptrdiff_t K, const float *bh,
+                                 int n_live, float *out, ptrdiff_t ldc, const float *t,
+                                 int *gt, int *eq, int *nan, const float *pf, ptrdiff_t pf_n) {
+    __m256 c0[6], c1[6];
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) c0[r] = c1[r] = _mm256_setzero_ps();
     for (ptrdiff_t k = 0; k < K; k++) {
-        __m256 b0 = _mm256_loadu_ps(bp + k * GRU_NR), b1 = _mm256_loadu_ps(bp + k * GRU_NR + 8);
-        __m256 x;
-        x = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
-        x = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
-        x = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
-        x = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
+        __m256 b0 = _mm256_loadu_ps(bh + k * GRU_HALF), b1 = _mm256_loadu_ps(bh + k * GRU_HALF + 8);
+        if (k < pf_n) _mm_prefetch((const char *)(pf + k * GRU_HALF), _MM_HINT_T1);
+#pragma GCC unroll 6
+        for (int r = 0; r < MR; r++) {
+            __m256 x = _mm256_broadcast_ss(a0 + r * K + k);
+            c0[r] = _mm256_fmadd_ps(x, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(x, b1, c1[r]);
+        }
     }
-    unsigned l0 = live & 0xFF, l1 = (live >> 8) & 0xFF;
-#define GRU_TILE2_ROW(r, x0, x1) \
-    if (r < mr) { \
-        if (out) { \
-            float tmp[16]; \
-            _mm256_storeu_ps(tmp, x0); \
-            _mm256_storeu_ps(tmp + 8, x1); \
-            for (int c = 0; c < 16; c++) \
-                if (live >> c & 1u) out[r * ldc + c] = tmp[c]; \
-        } else { \
-            __m256 tv = _mm256_set1_ps(t[r]); \
-            gt[r] += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(x0, tv, _CMP_GT_OQ)) & l0) \
-                   + __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(x1, tv, _CMP_GT_OQ)) & l1); \
-            eq[r] += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(x0, tv, _CMP_EQ_OQ)) & l0) \
-                   + __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(x1, tv, _CMP_EQ_OQ)) & l1); \
-            nan[r] |= ((_mm256_movemask_ps(_mm256_cmp_ps(x0, x0, _CMP_UNORD_Q)) & l0) \
-                       | (_mm256_movemask_ps(_mm256_cmp_ps(x1, x1, _CMP_UNORD_Q)) & l1)) != 0; \
-        } \
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i v0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n_live), lane);
+    __m256i v1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n_live - 8), lane);
+    unsigned l0 = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(v0));
+    unsigned l1 = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(v1));
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+        if (out) {
+            _mm256_maskstore_ps(out + r * ldc, v0, c0[r]);
+            _mm256_maskstore_ps(out + r * ldc + 8, v1, c1[r]);
+        } else {
+            __m256 tv = _mm256_set1_ps(t[r]);
+            gt[r] += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(c0[r], tv, _CMP_GT_OQ)) & l0)
+                   + __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(c1[r], tv, _CMP_GT_OQ)) & l1);
+            eq[r] += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(c0[r], tv, _CMP_EQ_OQ)) & l0)
+                   + __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(c1[r], tv, _CMP_EQ_OQ)) & l1);
+            nan[r] |= ((_mm256_movemask_ps(_mm256_cmp_ps(c0[r], c0[r], _CMP_UNORD_Q)) & l0)
+                       | (_mm256_movemask_ps(_mm256_cmp_ps(c1[r], c1[r], _CMP_UNORD_Q)) & l1)) != 0;
+        }
     }
-    GRU_TILE2_ROW(0, c00, c01) GRU_TILE2_ROW(1, c10, c11) GRU_TILE2_ROW(2, c20, c21)
-    GRU_TILE2_ROW(3, c30, c31)
-#undef GRU_TILE2_ROW
+}
+
+#define GRU_AVX2_TILE(MR) \
+    __attribute__((target("avx2,fma"), noinline)) \
+    static void gru_tile_avx2_##MR(const float *a0, ptrdiff_t K, const float *bh, int n_live, \
+                                   float *out, ptrdiff_t ldc, const float *t, int *gt, \
+                                   int *eq, int *nan, const float *pf, ptrdiff_t pf_n) { \
+        gru_tile_avx2(MR, a0, K, bh, n_live, out, ldc, t, gt, eq, nan, pf, pf_n); \
+    }
+GRU_AVX2_TILE(6)
+GRU_AVX2_TILE(4)
+GRU_AVX2_TILE(2)
+GRU_AVX2_TILE(1)
+#undef GRU_AVX2_TILE
+
+/* The tiles over one panel prefetch the next one into L2 (from memory, where the panels of
+   a large B live), a slice of it each, one cache line per k step, so that the first tile
+   over a panel does not wait for it: tile i of n gets lines [i * per, (i + 1) * per) of the
+   n_lines at next (at most K per tile). */
+static inline ptrdiff_t gru_prefetch_slice(const float *next, ptrdiff_t n_lines, ptrdiff_t K,
+                                           ptrdiff_t i, ptrdiff_t n, const float **pf) {
+    ptrdiff_t per = (n_lines + n - 1) / n, a = i * per;
+    if (per > K) per = K;
+    *pf = next ? next + 16 * a : NULL;
+    return next && a < n_lines ? (a + per < n_lines ? per : n_lines - a) : 0;
+}
+
+/* Rows r0..r1-1 of A against one half panel, in AVX2 tiles of 6 rows, then 4, 2, 1; next:
+   the half panel after this one (NULL: none). */
+static void gru_half_panel_avx2(const float *A, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K,
+                                const float *bh, const float *next, int n_live, float *out,
+                                ptrdiff_t ldc, const float *t, int *gt, int *eq, int *nan) {
+    ptrdiff_t i = r0, tile = 0, n_tiles = (r1 - r0 + 5) / 6;
+    const float *pf;
+#define GRU_AVX2_RUN(MR) \
+    for (; r1 - i >= MR; i += MR) { \
+        ptrdiff_t pf_n = gru_prefetch_slice(next, K, K, tile++, n_tiles, &pf); \
+        gru_tile_avx2_##MR(A + i * K, K, bh, n_live, out ? out + i * ldc : NULL, ldc, \
+                           t ? t + i : NULL, gt ? gt + i : NULL, eq ? eq + i : NULL, \
+                           nan ? nan + i : NULL, pf, pf_n); \
+    }
+    GRU_AVX2_RUN(6) GRU_AVX2_RUN(4) GRU_AVX2_RUN(2) GRU_AVX2_RUN(1)
+#undef GRU_AVX2_RUN
 }
 
 /* The loop shared by both kernels (out != NULL: scores; else counts, see gru_tile); no
-   target attribute: it runs on every x86-64 CPU and calls the tile of the chosen ISA. */
+   target attribute: it runs on every x86-64 CPU and calls the tiles of the chosen ISA.
+   Returns that ISA level. */
 static int gru_panel_loop(const float *A, ptrdiff_t R, ptrdiff_t K, const float *Bp,
-                           ptrdiff_t N, float *out, ptrdiff_t ldc, const float *t,
-                           int *gt, int *eq, int *nan) {
+                          ptrdiff_t N, float *out, ptrdiff_t ldc, const float *t,
+                          int *gt, int *eq, int *nan) {
     ptrdiff_t n_panels = (N + GRU_NR - 1) / GRU_NR;
     int isa = gru_panel_isa();
+    if (isa <= 0) return 0;
     for (ptrdiff_t r0 = 0; r0 < R; r0 += GRU_ROW_CHUNK) {
         ptrdiff_t r1 = R - r0 < GRU_ROW_CHUNK ? R : r0 + GRU_ROW_CHUNK;
         for (ptrdiff_t p = 0; p < n_panels; p++) {
             ptrdiff_t live = N - p * GRU_NR < GRU_NR ? N - p * GRU_NR : GRU_NR;
+            const float *bp = Bp + p * K * GRU_NR;
+            ptrdiff_t c = p * GRU_NR;
+            if (isa == 1) {
+                for (int h = 0; h < 2 && live > GRU_HALF * h; h++) {
+                    int n_live = (int)(live - GRU_HALF * h < GRU_HALF ? live - GRU_HALF * h : GRU_HALF);
+                    const float *bh = bp + h * K * GRU_HALF;
+                    /* the next half in memory: this panel's second, or the next panel's first */
+                    const float *next = 2 * p + h + 1 < 2 * n_panels ? bh + K * GRU_HALF : NULL;
+                    gru_half_panel_avx2(A, r0, r1, K, bh, next, n_live,
+                                        out ? out + c + GRU_HALF * h : NULL, ldc, t, gt, eq, nan);
+                }
+                continue;
+            }
             __mmask16 m0 = live >= 16 ? 0xFFFF : (__mmask16)((1u << live) - 1);
             __mmask16 m1 = live >= 32 ? 0xFFFF
                          : (live > 16 ? (__mmask16)((1u << (live - 16)) - 1) : 0);
+            const float *next = p + 1 < n_panels ? bp + K * GRU_NR : NULL;
+            ptrdiff_t n_tiles = (r1 - r0 + GRU_MR - 1) / GRU_MR;
             for (ptrdiff_t i0 = r0; i0 < r1; i0 += GRU_MR) {
                 int mr = r1 - i0 < GRU_MR ? (int)(r1 - i0) : GRU_MR;
+                const float *pf;
+                ptrdiff_t pf_n = gru_prefetch_slice(next, 2 * K, K, (i0 - r0) / GRU_MR, n_tiles, &pf);
                 const float *a[GRU_MR];
                 for (int r = 0; r < GRU_MR; r++)
                     a[r] = A + (i0 + (r < mr ? r : mr - 1)) * K;
-                const float *bp = Bp + p * K * GRU_NR;
-                if (isa == 2) {
-                    gru_tile(a, K, bp, m0, m1, mr,
-                             out ? out + i0 * ldc + p * GRU_NR : NULL, ldc,
-                             t ? t + i0 : NULL, gt ? gt + i0 : NULL,
-                             eq ? eq + i0 : NULL, nan ? nan + i0 : NULL);
-                    continue;
-                }
-                for (int h = 0; h < 2; h++) {         /* rows 0-3, 4-7 */
-                    int hr = mr - 4 * h;
-                    if (hr <= 0) break;
-                    for (int q = 0; q < 2; q++) {     /* columns 0-15, 16-31 */
-                        unsigned live = q == 0 ? (unsigned)m0 : (unsigned)m1;
-                        if (!live) continue;
-                        ptrdiff_t i = i0 + 4 * h, c = p * GRU_NR + 16 * q;
-                        gru_tile_avx2(a + 4 * h, K, bp + 16 * q, live, hr < 4 ? hr : 4,
-                                      out ? out + i * ldc + c : NULL, ldc,
-                                      t ? t + i : NULL, gt ? gt + i : NULL,
-                                      eq ? eq + i : NULL, nan ? nan + i : NULL);
-                    }
-                }
+                gru_tile(a, K, bp, m0, m1, mr, out ? out + i0 * ldc + c : NULL, ldc,
+                         t ? t + i0 : NULL, gt ? gt + i0 : NULL, eq ? eq + i0 : NULL,
+                         nan ? nan + i0 : NULL, pf, pf_n);
             }
         }
     }
@@ -222,10 +279,9 @@ static int gru_panel_rank_counts(const float *A, ptrdiff_t R, ptrdiff_t K,
     int *cnt = (int *)calloc(3 * (size_t)R, sizeof(int));
     if (!t || !cnt) { free(t); free(cnt); return -1; }
     for (ptrdiff_t i = 0; i < R; i++) {
-        ptrdiff_t j = targets[i], p = j / GRU_NR, c = j % GRU_NR;
         float s = 0.0f;
         for (ptrdiff_t k = 0; k < K; k++)
-            s = fmaf(A[i * K + k], Bp[(p * K + k) * GRU_NR + c], s);
+            s = fmaf(A[i * K + k], gru_panel_entry(Bp, K, k, targets[i]), s);
         t[i] = s;
     }
     int isa = gru_panel_loop(A, R, K, Bp, N, NULL, 0, t, cnt, cnt + R, cnt + 2 * R);

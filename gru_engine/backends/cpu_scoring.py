@@ -211,25 +211,50 @@ def _project_id_input(p: dict, max_table: int) -> dict:
 
 
 def run_row_blocks(n_rows: int, n_threads: int, min_rows: int, block) -> None:
-    """Split rows ``0..n_rows-1`` into up to ``n_threads`` contiguous blocks of at least
-    ``min_rows`` rows (one block if fewer) and run ``block(k, a, b)`` for block ``k`` = rows
-    ``a:b``: block 0 on the calling thread, the others on a shared pool. Returns when all are
-    done (an error in any block is raised). ``block`` must release the GIL for the blocks to
-    overlap.
+    """Run ``block(k, a, b)`` over rows ``0..n_rows-1`` on up to ``n_threads`` workers (as many
+    as there are ``min_rows``-row blocks; one if fewer): worker 0 is the calling thread, the
+    others come from a shared pool. The workers take contiguous blocks ``a:b`` from one queue:
+    first one large block each (together about 3/4 of the rows, multiples of 8 rows), then
+    the rest in small blocks (at least ``min_rows``), so that a worker slowed by another
+    process on its core does not hold the step back: the others take its share of the small
+    blocks. ``k`` is the worker (``0 <= k < n_threads``): one worker's calls run one after the
+    other, so per-``k`` buffers are safe. Returns when every row is done (an error in any
+    block is raised). ``block`` must release the GIL for the workers to overlap.
     """
-    n_blocks = min(max(1, int(n_threads)), max(1, n_rows // min_rows))
-    if n_blocks == 1:
+    n_workers = min(max(1, int(n_threads)), max(1, n_rows // min_rows))
+    if n_workers == 1:
         block(0, 0, n_rows)
         return
-    edges = np.linspace(0, n_rows, n_blocks + 1).astype(int)
-    pool = _pool(n_blocks - 1)
-    futures = [pool.submit(block, k, int(edges[k]), int(edges[k + 1]))
-               for k in range(1, n_blocks)]
+    pool = _pool(n_workers - 1)
+    lock = threading.Lock()
+    queue = iter(_row_blocks(n_rows, n_workers, min_rows))
+
+    def worker(k):
+        while True:
+            with lock:
+                rows = next(queue, None)
+            if rows is None:
+                return
+            block(k, *rows)
+
+    futures = [pool.submit(worker, k) for k in range(1, n_workers)]
     try:
-        block(0, 0, int(edges[1]))
+        worker(0)
     finally:
         for future in futures:
             future.result()
+
+
+def _row_blocks(n_rows: int, n_workers: int, min_rows: int) -> list:
+    """The (a, b) blocks of :func:`run_row_blocks`, in the order they are taken."""
+    reserve = max(min_rows * n_workers, n_rows // 4)
+    first = (n_rows - reserve) // n_workers // 8 * 8
+    edges = [0] + [first * (k + 1) for k in range(n_workers)] if first >= min_rows else [0]
+    while edges[-1] < n_rows:
+        left = n_rows - edges[-1]
+        size = max(min_rows, left // (2 * n_workers))
+        edges.append(n_rows if left - size < min_rows else edges[-1] + size)
+    return list(zip(edges[:-1], edges[1:]))
 
 
 @functools.lru_cache(maxsize=None)
