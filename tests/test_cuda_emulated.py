@@ -1,7 +1,7 @@
 """The CUDA kernels (kernels/*.cu) and the CUDA training step, run through the CPU emulator.
 
 Every kernel output buffer is pre-filled with NaN (an unwritten element fails) and compared with
-the float64 references of tests/cuda_reference.py on awkward sizes. The emulator itself is
+the float64 references of tests/naive.py on awkward sizes. The emulator itself is
 checked on deliberately broken kernels (tests/cuda_fixtures/racy.cu).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cuda_reference as ref
+import naive as ref
 from gru_engine.backends import kernels as K
 from gru_engine.backends.cuda import BLOCK, CudaScorer, CudaTrainer, topk_device
 from gru_engine.backends.device import EmulatedDevice, EmulatedLibrary, get_device
