@@ -46,6 +46,7 @@ setup(
     packages=["gru_engine", "gru_engine.backends", "gru_engine.sample_data", "gru_engine.kernels"],
     package_dir={"gru_engine.kernels": "kernels"},
     package_data={
+        "gru_engine": ["spaces/*.json"],
         "gru_engine.sample_data": ["*.tsv.gz", "*.md"],
         "gru_engine.kernels": ["*.cu", "*.cuh", "emulation/*.h"],
     },
