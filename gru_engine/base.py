@@ -64,12 +64,23 @@ class SessionModel:
         self.fit_report_ = report
         try:
             self._fit(sessions, **fit_args)
+        except KeyboardInterrupt:
+            if not self._keep_after_interrupt():
+                self._forget_fit()
+            raise
         except BaseException:
-            # A failed fit must not leave a model that looks fitted.
-            for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
-                delattr(self, name)
+            self._forget_fit()  # a failed fit must not leave a model that looks fitted
             raise
         return self
+
+    def _forget_fit(self):
+        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+            delattr(self, name)
+
+    def _keep_after_interrupt(self) -> bool:
+        """Whether an interrupted fit left a usable model (models that keep the last complete
+        epoch override this)."""
+        return False
 
     def _fit(self, sessions, **fit_args):
         raise NotImplementedError

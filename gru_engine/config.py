@@ -9,6 +9,13 @@ The CUDA kernels' own constants (e.g. ``kernels/common.cuh``) must agree with th
 ADAGRAD_EPS = 1e-6
 #: losses: ``-log(p + LOG_EPS)`` (the official GRU4Rec value; CPU and CUDA)
 LOG_EPS = 1e-24
+#: divergence guard of fit: an epoch loss above this factor times the best earlier epoch's
+DIVERGENCE_LOSS_FACTOR = 3.0
+#: divergence guard of fit (cross-entropy): an epoch loss above this factor times an upper bound
+#: of the loss that constant scores give, log C + logq * log(max support), C sampled columns
+DIVERGENCE_CONSTANT_FACTOR = 2.0
+#: divergence guard of fit: any weight beyond this magnitude after an epoch
+DIVERGENCE_MAX_WEIGHT = 1e4
 #: CUDA: threads per block of the element-wise and row kernels
 CUDA_BLOCK = 256
 #: CPU scorer: largest (n_items x 3 H_0) layer-0 input-projection table precomputed for the

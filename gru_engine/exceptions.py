@@ -6,7 +6,14 @@ class NotFittedError(ValueError, AttributeError):
 
 
 class ModelFitError(RuntimeError):
-    """Training diverged (NaN or inf loss or weights); the model is not usable."""
+    """Training diverged (NaN or inf loss, an exploding loss or weights); the model is not
+    usable. ``epoch``: the epoch that diverged (None when unknown); ``model``: a fitted copy of
+    the model with the last good epoch's parameters, or None."""
+
+    def __init__(self, message: str, epoch: int | None = None, model=None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.model = model
 
 
 class ModelFileError(ValueError):

@@ -133,10 +133,12 @@ class FeatureSessionGRU(SessionGRU):
 
     # ---- fitting ----------------------------------------------------------------------------
     def fit(self, data, item_features=None, session_key: str = "SessionId",
-            item_key: str = "ItemId", time_key: str = "Time", callback=None):
+            item_key: str = "ItemId", time_key: str = "Time", callback=None, checkpoint=None,
+            resume: bool = False):
         """Train on an event table and item features ``{source_name: spec}`` (specs of
-        :mod:`gru_engine.features`; not needed for ``architecture='id'``). ``callback(epoch,
-        elapsed_s, loss)`` after every epoch (as for :meth:`SessionGRU.fit`). Returns self.
+        :mod:`gru_engine.features`; not needed for ``architecture='id'``). ``callback``,
+        ``checkpoint``, ``resume`` and the divergence guard as for :meth:`SessionGRU.fit`.
+        Returns self.
 
         Raises ``ValueError`` for bad hyperparameters or features (checked before the events are
         read), ``ModelFitError`` when the loss becomes NaN or infinite.
@@ -146,7 +148,31 @@ class FeatureSessionGRU(SessionGRU):
         if p["architecture"] != "id" and not feats:
             raise ValueError(f"architecture={p['architecture']!r} needs item_features "
                              "(a dict {name: DenseFeatures | CategoricalFeatures | TokenFeatures})")
-        return self._fit_events(data, session_key, item_key, time_key, callback, feats)
+        return self._fit_events(data, session_key, item_key, time_key, callback, feats,
+                                checkpoint, resume)
+
+    def partial_fit(self, data, item_features=None, n_epochs=None, session_key=None,
+                    item_key=None, time_key=None, callback=None):
+        """Warm start on new events (see :meth:`SessionGRU.partial_fit`). Items new to the
+        model need their features in ``item_features`` (as in ``fit``; encoded with the model's
+        own encoders, codes unseen in training get the unknown row); ``KeyError`` otherwise."""
+        return self._partial_fit(data, n_epochs, session_key, item_key, time_key, callback,
+                                 validate_item_features(item_features))
+
+    def _new_item_bags(self, new_ids, item_features) -> list:
+        if not self.feature_info_ or len(new_ids) == 0:
+            return []
+        if self.feature_vocab_ is None:
+            raise ValueError("this model file (format version 1) has no feature encoders; "
+                             "new items need a model saved by a later version")
+        sources = [(info["name"], info, vocab)
+                   for info, vocab in zip(self.feature_info_, self.feature_vocab_)]
+        bags, listed = encode_new_items(item_features or {}, sources, new_ids)
+        if not listed.all():
+            missing = new_ids[~listed]
+            raise KeyError(f"{len(missing)} new item id(s) without features in item_features, "
+                           f"e.g. {missing[0].tolist()!r}")
+        return bags
 
     def _encode_inputs(self, p: dict, item_features) -> list:
         if p["architecture"] == "id":

@@ -32,6 +32,7 @@ Fitted attributes:
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import time
@@ -43,7 +44,7 @@ from .backends.device import Device
 from .base import SessionModel
 from .batching import session_order
 from .exceptions import ModelFitError, NotFittedError
-from .network import PARAM_KEYS, S_A, build_layout, epoch_plan, subnet_views
+from .network import PARAM_KEYS, S_A, build_layout, epoch_plan, grow_items, subnet_views
 from .sampling import seed_numba
 
 logger = logging.getLogger("gru_engine")
@@ -189,44 +190,60 @@ class SessionGRU(SessionModel):
 
     # ---- fitting ----------------------------------------------------------------------------
     def fit(self, data, session_key: str = "SessionId", item_key: str = "ItemId",
-            time_key: str = "Time", callback=None):
-        """Train on an event table (see :meth:`SessionModel.fit`). ``callback(epoch, elapsed_s,
-        loss)`` is called after every epoch (epoch counted from 1); inside it the model scores
-        with that epoch's parameters (``evaluate``, ``recommend``), and an exception it raises
-        stops the fit (the model is then unfitted). Returns self.
+            time_key: str = "Time", callback=None, checkpoint=None, resume: bool = False):
+        """Train on an event table (see :meth:`SessionModel.fit`). Returns self.
 
-        Raises ``ValueError`` for bad hyperparameters and ``ModelFitError`` when the loss
-        becomes NaN or infinite.
+        ``callback(epoch, elapsed_s, loss)`` is called after every epoch (epoch counted from 1);
+        inside it the model scores with that epoch's parameters (``evaluate``, ``recommend``),
+        and an exception it raises stops the fit (the model is then unfitted).
+        ``checkpoint``: a folder; after every epoch the model is written to
+        ``<folder>/model.npz`` (a normal model file) and the training state (optimiser state,
+        negative-sample store, random generators, epoch count) to ``<folder>/state.npz``.
+        ``resume=True`` continues from the folder's last complete epoch (same data and
+        hyperparameters required, checked) and gives the parameters of an uninterrupted run.
+        A ``KeyboardInterrupt`` during fit leaves the model of the last complete epoch fitted
+        and usable (then re-raises); before the first epoch completes, the model is unfitted.
+
+        Raises ``ValueError`` for bad hyperparameters and ``ModelFitError`` when training
+        diverges: a NaN or infinite loss, an epoch loss above ``config.DIVERGENCE_LOSS_FACTOR``
+        times the best earlier one or (cross-entropy) above ``config.DIVERGENCE_CONSTANT_FACTOR``
+        times the loss of constant scores, or a weight beyond ``config.DIVERGENCE_MAX_WEIGHT``. The
+        error names the epoch; its ``model`` attribute holds a fitted copy with the last good
+        epoch's parameters (None when the first epoch diverged), and this model is unfitted.
         """
-        return self._fit_events(data, session_key, item_key, time_key, callback, None)
+        return self._fit_events(data, session_key, item_key, time_key, callback, None,
+                                checkpoint, resume)
 
-    def _fit_events(self, data, session_key, item_key, time_key, callback, item_features):
+    def partial_fit(self, data, n_epochs=None, session_key: str | None = None,
+                    item_key: str | None = None, time_key: str | None = None, callback=None):
+        """Warm start: continue training the fitted model on new events (e.g. the last day's)
+        for ``n_epochs`` epochs (default: the ``n_epochs`` hyperparameter). Returns self.
+
+        Training starts from the current parameters and, when the model holds it
+        (``optimizer_state_``: after ``fit``/``partial_fit`` in this process, or a model read
+        with :func:`gru_engine.checkpoint.load_checkpoint`), from the optimiser state; a model
+        read with :meth:`load` starts with fresh Adagrad accumulators (logged). Item ids new to
+        the model are appended to ``item_index_`` (their ``Wy`` rows and input rows drawn as
+        ``fit`` draws them, ``By`` zero); old rows are kept. ``item_support_`` (the popularity
+        that negative samples are drawn by) becomes old + new counts. Column names default to
+        those of ``fit``. ``callback`` as in :meth:`fit`; divergence raises ``ModelFitError``
+        and leaves the model as it was before the call.
+        """
+        return self._partial_fit(data, n_epochs, session_key, item_key, time_key, callback,
+                                 None)
+
+    def _fit_events(self, data, session_key, item_key, time_key, callback, item_features,
+                    checkpoint=None, resume=False):
         self._validated()  # fail before reading the data
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=<folder>")
         return SessionModel.fit(self, data, session_key=session_key, item_key=item_key,
                                 time_key=time_key, callback=callback,
-                                item_features=item_features)
+                                item_features=item_features, checkpoint=checkpoint,
+                                resume=resume)
 
-    def _fit(self, sessions, callback=None, item_features=None):
-        try:
-            self._train(sessions, callback, item_features)
-        except ModelFitError:
-            del self.params_  # a diverged model must not be used: NotFittedError from now on
-            raise
-
-    def _make_trainer(self, p, params, spec, support, device, seed):
-        """The device's trainer over the initial ``params`` (see the module docstring)."""
-        hyper = hp.hyper(p)
-        plan = epoch_plan(spec["strategy"], len(self.subnet_names_), p["n_epochs"])
-        sum_mode = spec["combine"] == "sum"
-        if device is None:
-            from .backends.cpu import Trainer
-            return Trainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
-                           names=self.subnet_names_)
-        from .backends.cuda import Trainer
-        return Trainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
-                       names=self.subnet_names_, seed=seed)
-
-    def _train(self, sessions, callback, item_features):
+    def _fit(self, sessions, callback=None, item_features=None, checkpoint=None, resume=False):
+        self._interrupted_usable = False
         p = self._validated()
         spec = self._network_spec(p)
         device = _resolve_device(p["device"])
@@ -249,7 +266,7 @@ class SessionGRU(SessionModel):
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
         numba_state = numba_seed.generate_state(2)
         trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]))
-        logger.info("training on %s", "CPU" if device is None else f"CUDA ({device.name})")
+        run = _EpochRun(self, p, trainer, sessions, order_rng, checkpoint)
         with _thread_limit(_threads(p["n_threads"])):
             seed_numba(int(numba_state[0] & 0x7FFFFFFF))
             t0 = time.perf_counter()
@@ -257,39 +274,92 @@ class SessionGRU(SessionModel):
             self.sample_store_seconds_ = time.perf_counter() - t0
             logger.info("sample store: %d items in %.2f s", len(trainer.store.samples),
                         self.sample_store_seconds_)
-            progress = _progress_bar(p["show_progress"])
-            for epoch in range(1, p["n_epochs"] + 1):
-                order = session_order(sessions, p["shuffle_sessions"], order_rng)
-                t0 = time.perf_counter()
-                trainer.start_epoch(sessions.items, order, sessions.offsets)
-                bar = progress(epoch, sessions.n_events - sessions.n_sessions)
-                loss_sum, events, finite = 0.0, 0, True
-                while trainer.rows_left() and finite:
-                    ls, ev, finite = trainer.run(500 if bar is not None else -1)
-                    loss_sum += ls
-                    events += ev
-                    if bar is not None:
-                        bar.update(ev)
-                elapsed = time.perf_counter() - t0
-                if bar is not None:
-                    bar.close()
-                if not finite:
-                    raise ModelFitError(f"training diverged: the loss became NaN or infinite "
-                                        f"in epoch {epoch}; lower learning_rate or check the data")
-                loss = loss_sum / max(events, 1)
-                self.loss_history_.append(loss)
-                self.epoch_times_.append(elapsed)
-                self.events_per_s_.append(events / elapsed if elapsed > 0 else float("inf"))
-                logger.info("epoch %d: loss %.6f, %d events, %.0f events/s (%.2f s)", epoch,
-                            loss, events, self.events_per_s_[-1], elapsed)
-                if callback is not None:
-                    self.params_ = trainer.host_params()
-                    callback(epoch, elapsed, loss)
-        params = trainer.host_params()
-        self.params_ = params
-        bad = [k for k, v in params.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
-        if bad:
-            raise ModelFitError(f"training produced non-finite parameters in {bad}")
+            first = 1
+            if resume:
+                from .checkpoint import restore_training
+                first = restore_training(self, checkpoint, trainer, order_rng, sessions) + 1
+            run.epochs(first, p["n_epochs"], callback)
+
+    def _partial_fit(self, data, n_epochs, session_key, item_key, time_key, callback,
+                     item_features):
+        from .data import ItemIndex, build_sessions, extract_events
+        self._check_fitted()
+        p = self._validated()
+        keys = dict(self.keys_)
+        keys.update({k: v for k, v in (("session_key", session_key), ("item_key", item_key),
+                                        ("time_key", time_key)) if v is not None})
+        n_epochs = p["n_epochs"] if n_epochs is None else n_epochs
+        if not (isinstance(n_epochs, (int, np.integer)) and n_epochs >= 1):
+            raise ValueError(f"n_epochs must be a positive integer, got {n_epochs!r}")
+        _, item_ids, _ = extract_events(data, keys["session_key"], keys["item_key"],
+                                        keys["time_key"])
+        old = self.item_index_
+        new_ids = ItemIndex.from_events(item_ids).ids
+        new_ids = new_ids[old.lookup(new_ids) < 0]
+        index = ItemIndex(np.concatenate([old.ids, new_ids]))
+        sessions, _, _ = build_sessions(data, index, **keys)
+        spec = self._network_spec(p)
+        device = _resolve_device(p["device"])
+        seq = np.random.SeedSequence([p["random_state"] or 0, len(self.loss_history_)])
+        grow_seed, order_seed, numba_seed = seq.spawn(3)
+        bags = self._new_item_bags(new_ids, item_features)
+        state = getattr(self, "optimizer_state_", None)
+        if state is None:
+            logger.info("partial_fit: no optimiser state kept with this model; Adagrad "
+                        "accumulators start from zero")
+        has_id = self.subnet_names_[0] == "id"
+        params, grown = grow_items(self.params_, len(new_ids), bags, has_id,
+                                   np.random.default_rng(grow_seed),
+                                   state=() if state is None else (state["acc"], state["vel"]))
+        support = np.concatenate([self.item_support_, np.zeros(len(new_ids), np.int64)])
+        support = support + sessions.item_support(len(index))
+        before = {k: getattr(self, k) for k in ("item_index_", "item_support_", "params_",
+                                                 "loss_history_", "epoch_times_",
+                                                 "events_per_s_")
+                  if hasattr(self, k)}
+        before["optimizer_state_"] = state
+        self.item_index_, self.item_support_, self.params_ = index, support, params
+        self.loss_history_ = list(self.loss_history_)
+        self.epoch_times_ = list(getattr(self, "epoch_times_", []))
+        self.events_per_s_ = list(getattr(self, "events_per_s_", []))
+        self.device_ = "cpu" if device is None else "cuda"
+        numba_state = numba_seed.generate_state(2)
+        p = dict(p, n_epochs=n_epochs)
+        trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]),
+                                     None if state is None else {"acc": grown[0],
+                                                                 "vel": grown[1]})
+        run = _EpochRun(self, p, trainer, sessions, np.random.default_rng(order_seed), None)
+        try:
+            with _thread_limit(_threads(p["n_threads"])):
+                seed_numba(int(numba_state[0] & 0x7FFFFFFF))
+                trainer.fill_store()
+                run.epochs(1, n_epochs, callback, offset=len(before["loss_history_"]))
+        except BaseException:
+            for k, v in before.items():
+                setattr(self, k, v)
+            raise
+        return self
+
+    def _new_item_bags(self, new_ids, item_features) -> list:
+        """Feature bags of items new to the model (one per feature subnet; none here)."""
+        return []
+
+    def _make_trainer(self, p, params, spec, support, device, seed, optimizer_state=None):
+        """The device's trainer over the initial ``params`` (see the module docstring)."""
+        hyper = hp.hyper(p)
+        plan = epoch_plan(spec["strategy"], len(self.subnet_names_), p["n_epochs"])
+        sum_mode = spec["combine"] == "sum"
+        logger.info("training on %s", "CPU" if device is None else f"CUDA ({device.name})")
+        if device is None:
+            from .backends.cpu import Trainer
+            return Trainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
+                           names=self.subnet_names_, optimizer_state=optimizer_state)
+        from .backends.cuda import Trainer
+        return Trainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
+                       names=self.subnet_names_, seed=seed, optimizer_state=optimizer_state)
+
+    def _keep_after_interrupt(self) -> bool:
+        return self._interrupted_usable
 
     # ---- scoring ----------------------------------------------------------------------------
     def _check_fitted(self):
@@ -299,14 +369,22 @@ class SessionGRU(SessionModel):
                                  "first")
 
     def scorer(self, params=None):
-        """A fresh scorer (evaluation protocol) over ``params`` (default ``params_``):
-        :class:`gru_engine.backends.cuda.Scorer` when the model was trained on CUDA
-        (``device_ == 'cuda'``; evaluation then ranks on the device), else
-        :class:`gru_engine.backends.cpu_scoring.Scorer`. A loaded model scores on the CPU."""
+        """A scorer (evaluation protocol) with its own hidden state over ``params`` (default
+        ``params_``): :class:`gru_engine.backends.cuda.Scorer` when the model was trained on
+        CUDA (``device_ == 'cuda'``; evaluation then ranks on the device), else
+        :class:`gru_engine.backends.cpu_scoring.Scorer`. A loaded model scores on the CPU.
+        The item tables are built once per ``params_`` and shared by every scorer
+        (:func:`gru_engine.serving.shared_scorer`)."""
+        from .serving import shared_scorer
+        return shared_scorer(self, params)
+
+    def _build_scorer(self, params=None, device=None):
+        """A scorer built from scratch over ``params`` (default ``params_``): CUDA as in
+        :meth:`scorer` unless ``device='cpu'``, else CPU."""
         self._check_fitted()
         act, act_param = hp.parse_final_act(self.final_act)
         sum_mode = bool(self.params_["SI"][0, S_A] >= 0)  # combine weights exist only for 'sum'
-        if params is None and getattr(self, "device_", "cpu") == "cuda":
+        if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda":
             from .backends.cuda import Scorer
             return Scorer(_resolve_device("cuda"), self.params_, sum_mode, (act, act_param),
                           cache_on=self)
@@ -348,6 +426,20 @@ class SessionGRU(SessionModel):
             out[rows[last]] = scores[last]
         return out
 
+    def similar_items(self, item_ids, k: int = 20):
+        """Items most similar to ``item_ids`` by the cosine of their learned output vectors
+        (rows of ``Wy``), best first, the item itself excluded: implicit offers ("customers
+        also viewed"). Ties go to the lower item index; a zero vector has cosine 0.
+
+        item_ids: one original id (returns 1-D arrays) or a 1-D sequence (2-D arrays).
+        Returns ``(ids, scores)``: (n, k') original ids and float32 cosines, k' = min(k,
+        n_items - 1). Unknown ids raise ``KeyError`` naming them. On a CUDA model the
+        similarities and top-k are computed on the device (``Device.gemm`` and the backend's
+        ``topk_device``; the normalised vectors are uploaded once), else with host arrays.
+        """
+        from .serving import similar_items
+        return similar_items(self, item_ids, k)
+
     def subnet_params(self, name: str = "id") -> dict:
         """Views of one subnet's parameters (:func:`gru_engine.network.subnet_views`): ``Wx``,
         ``bx``, ``Wh``, ``bhn`` per layer, ``table``, ``weight``, ``columns``. SessionGRU's one
@@ -382,3 +474,96 @@ def _progress_bar(show: bool):
         logger.info("show_progress=True but tqdm is not installed; logging epochs only")
         return lambda epoch, total: None
     return lambda epoch, total: tqdm(total=total, desc=f"epoch {epoch}", unit="ev")
+
+
+class _EpochRun:
+    """The epoch loop of one fit or partial fit: runs the trainer's epochs, records the
+    per-epoch figures on the model, guards against divergence, keeps the last good epoch's
+    parameters (for ``KeyboardInterrupt`` and the divergence error) and writes checkpoints."""
+
+    def __init__(self, model, p, trainer, sessions, order_rng, checkpoint):
+        self.model, self.p, self.trainer, self.sessions = model, p, trainer, sessions
+        self.order_rng, self.checkpoint = order_rng, checkpoint
+        self.good = None  # (epoch, host parameter copy) of the last good epoch
+        # cross-entropy: an upper bound of the loss that constant scores give, log C + logq *
+        # log(max support) (C sampled columns); the ranking losses have no such bound check
+        self.constant_loss = np.inf
+        if p["loss"] == "cross-entropy":
+            C = p["batch_size"] + p["n_sample"]
+            self.constant_loss = np.log(C) + p["logq"] * np.log(max(model.item_support_.max(),
+                                                                    1))
+
+    def epochs(self, first: int, last: int, callback, offset: int = 0):
+        model, p, trainer, sessions = self.model, self.p, self.trainer, self.sessions
+        progress = _progress_bar(p["show_progress"])
+        best = min(model.loss_history_) if model.loss_history_ else np.inf
+        try:
+            for epoch in range(first, last + 1):
+                order = session_order(sessions, p["shuffle_sessions"], self.order_rng)
+                t0 = time.perf_counter()
+                trainer.start_epoch(sessions.items, order, sessions.offsets)
+                bar = progress(epoch, sessions.n_events - sessions.n_sessions)
+                loss_sum, events, finite = 0.0, 0, True
+                while trainer.rows_left() and finite:
+                    ls, ev, finite = trainer.run(500 if bar is not None else -1)
+                    loss_sum += ls
+                    events += ev
+                    if bar is not None:
+                        bar.update(ev)
+                elapsed = time.perf_counter() - t0
+                if bar is not None:
+                    bar.close()
+                loss = loss_sum / max(events, 1)
+                params = trainer.host_params()
+                self._check(epoch + offset, finite, loss, best, params)
+                best = min(best, loss)
+                model.params_ = params
+                model.loss_history_.append(loss)
+                model.epoch_times_.append(elapsed)
+                model.events_per_s_.append(events / elapsed if elapsed > 0 else float("inf"))
+                logger.info("epoch %d: loss %.6f, %d events, %.0f events/s (%.2f s)",
+                            epoch + offset, loss, events, model.events_per_s_[-1], elapsed)
+                self.good = (epoch, {k: v.copy() for k, v in params.items()})
+                if self.checkpoint is not None:
+                    from .checkpoint import save_checkpoint
+                    save_checkpoint(model, self.checkpoint, trainer, self.order_rng, epoch,
+                                    sessions)
+                if callback is not None:
+                    callback(epoch + offset, elapsed, loss)
+        except KeyboardInterrupt:
+            if self.good is not None:
+                model.params_ = self.good[1]
+                model._interrupted_usable = True
+                logger.warning("interrupted: the model holds the parameters of epoch %d",
+                               self.good[0] + offset)
+            raise
+        model.params_ = trainer.host_params()
+        model.optimizer_state_ = trainer.optimizer_state()
+
+    def _check(self, epoch, finite, loss, best, params):
+        """``ModelFitError`` when epoch ``epoch`` diverged (see :meth:`SessionGRU.fit`)."""
+        from . import config
+        why = None
+        if not finite or not np.isfinite(loss):
+            why = "the loss became NaN or infinite"
+        elif loss > config.DIVERGENCE_LOSS_FACTOR * best:
+            why = (f"the loss {loss:.4g} exceeds {config.DIVERGENCE_LOSS_FACTOR:g} x the best "
+                   f"earlier epoch's ({best:.4g})")
+        elif loss > config.DIVERGENCE_CONSTANT_FACTOR * self.constant_loss:
+            why = (f"the loss {loss:.4g} exceeds {config.DIVERGENCE_CONSTANT_FACTOR:g} x what "
+                   f"constant scores give (at most {self.constant_loss:.4g})")
+        else:
+            bad = [k for k, v in params.items() if v.dtype.kind == "f"
+                   and (not np.all(np.isfinite(v)) or v.size
+                        and np.abs(v).max() > config.DIVERGENCE_MAX_WEIGHT)]
+            if bad:
+                why = (f"weights in {bad} are non-finite or beyond "
+                       f"{config.DIVERGENCE_MAX_WEIGHT:g}")
+        if why is None:
+            return
+        good = None
+        if self.good is not None:
+            good = copy.copy(self.model)
+            good.params_ = self.good[1]
+        raise ModelFitError(f"training diverged in epoch {epoch}: {why}; lower learning_rate "
+                            f"or momentum, or check the data", epoch=epoch, model=good)

@@ -178,15 +178,22 @@ def build_layout(n_items: int, architecture: str, combine: str, input_mode: str,
     }
 
 
-def with_new_items(params: dict, n_items: int, bags: list, has_id: bool) -> dict:
-    """A copy of fitted ``params`` whose bags also cover ``n`` new items (indices
-    ``n_items..n_items+n-1``), for inference: the ID subnet (``has_id``) gets empty bags for
-    them (a zero input vector), feature subnet ``k`` gets ``bags[k] = (indptr (n+1,), indices,
-    weights)``. Tables, weights and the output layer are shared, not copied."""
+def with_new_items(params: dict, n_items: int, bags: list, has_id: bool, n_new: int | None = None,
+                   id_bags: str = "empty") -> dict:
+    """A copy of fitted ``params`` whose bags also cover ``n_new`` new items (indices
+    ``n_items..n_items+n_new-1``; default: the length of the feature bags): feature subnet ``k``
+    gets ``bags[k] = (indptr (n_new+1,), indices, weights)``; the ID subnet (``has_id``) gets
+    empty bags (``id_bags='empty'``: a zero input vector, for inference) or its own rows
+    (``'identity'``: for training, see :func:`grow_items`). Tables, weights and the output
+    layer are shared, not copied."""
     SI = params["SI"].copy()
     indptr, indices, weights = params["indptr"], params["indices"], params["weights"]
-    n_new = len(bags[0][0]) - 1
+    if n_new is None:
+        n_new = len(bags[0][0]) - 1
     empty = (np.zeros(n_new + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    if id_bags == "identity":
+        empty = (np.arange(n_new + 1, dtype=np.int64),
+                 np.arange(n_items, n_items + n_new, dtype=np.int32), np.ones(n_new, np.float32))
     parts_ip, parts_ind, parts_w = [], [], []
     nnz = 0
     for s in range(SI.shape[0]):
@@ -201,6 +208,52 @@ def with_new_items(params: dict, n_items: int, bags: list, has_id: bool) -> dict
     return dict(params, SI=SI, indptr=np.concatenate(parts_ip).astype(np.int64),
                 indices=np.concatenate(parts_ind).astype(np.int32),
                 weights=np.concatenate(parts_w).astype(params["weights"].dtype))
+
+
+def grow_items(params: dict, n_new: int, bags: list, has_id: bool, rng, state=()) -> tuple:
+    """The network of fitted ``params`` extended by ``n_new`` items (warm-start training):
+    ``Wy`` gets new rows drawn as :func:`build_layout` draws them for ``n_items + n_new``
+    items, ``By`` zeros; the ID subnet (``has_id``) its identity bags and new rows of its item
+    table (one-hot or embedding input; drawn likewise); feature subnet ``k`` the new items' bags
+    ``bags[k]``. ``state``: dicts of arrays shaped like ``theta``/``T``/``Wy``/``By`` (keys of
+    those names; optimiser state) grown the same way with zeros. Returns ``(params, state)``,
+    new arrays (the inputs are not changed)."""
+    n_items = params["Wy"].shape[0]
+    N = n_items + n_new
+    p = (with_new_items(params, n_items, bags, has_id, n_new=n_new, id_bags="identity")
+         if n_new else dict(params, SI=params["SI"].copy()))
+    SI = p["SI"]
+    dt = params["Wy"].dtype
+
+    def grown(arrays, draw):
+        T_parts, off = [], 0
+        SI_new = SI.copy()
+        for s in range(SI.shape[0]):
+            if SI[s, S_TAB] != T_OWN:
+                continue
+            a, r, c = SI[s, S_TOFF], SI[s, S_TROWS], SI[s, S_TCOLS]
+            block = arrays["T"][a:a + r * c].reshape(r, c)
+            if has_id and s == 0:
+                fan = c // 3 if SI[s, S_KIND] == K_DIRECT else c
+                block = np.vstack([block, draw(n_new, c, N, fan)])
+                SI_new[s, S_TROWS] = N
+            SI_new[s, S_TOFF] = off
+            T_parts.append(block.ravel())
+            off += block.size
+        T = np.concatenate(T_parts).astype(dt) if T_parts else arrays["T"].copy()
+        Hc = arrays["Wy"].shape[1]
+        Wy = np.vstack([arrays["Wy"], draw(n_new, Hc, N, Hc)]).astype(dt)
+        By = np.concatenate([arrays["By"], np.zeros(n_new, dt)])
+        return SI_new, dict(theta=arrays["theta"].copy(), T=T, Wy=Wy, By=By)
+
+    def uniform(rows, cols, n_rows, fan):
+        s = np.sqrt(6.0 / (n_rows + fan))
+        return rng.uniform(-s, s, size=(rows, cols)).astype(dt)
+
+    zeros = lambda rows, cols, n_rows, fan: np.zeros((rows, cols), dt)
+    SI_new, values = grown(params, uniform)
+    out = dict(p, SI=SI_new, **values)
+    return out, tuple(grown(st, zeros)[1] for st in state)
 
 
 def epoch_plan(strategy: str, n_subnets: int, n_epochs: int) -> list:

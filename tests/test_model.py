@@ -184,7 +184,7 @@ def test_save_load_round_trip(fitted, tmp_path):
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     bad = tmp_path / "newer.npz"
     np.savez(bad, **arrays)
-    with pytest.raises(ValueError, match="version 99 is not supported"):
+    with pytest.raises(ValueError, match="version 99"):
         SessionGRU.load(bad)
 
 

@@ -211,10 +211,12 @@ class Trainer:
     ``(active, train, interleave, freeze_out)`` (:func:`~gru_engine.network.epoch_plan`) applied
     by :meth:`start_epoch`; without it the phase is whatever :meth:`set_phase` set last
     (default: all subnets run and train). ``names``: subnet names for the log.
+    ``optimizer_state``: optional ``{'acc': {...}, 'vel': {...}}`` of :meth:`optimizer_state`
+    (arrays shaped like theta/T/Wy/By) to continue from (warm start).
     """
 
     def __init__(self, params: dict, hyper, support, *, sum_mode: bool = False, plan=None,
-                 names=None):
+                 names=None, optimizer_state=None):
         p = params
         dt = p["Wy"].dtype
         n_items = len(support)
@@ -236,6 +238,10 @@ class Trainer:
         self.opt = OptState(acc_d=like(p["theta"]), vel_d=like(p["theta"]), acc_t=like(p["T"]),
                             vel_t=like(p["T"]), acc_y=like(p["Wy"]), vel_y=like(p["Wy"]),
                             acc_b=like(p["By"]), vel_b=like(p["By"]))
+        if optimizer_state is not None:
+            for kind in ("acc", "vel"):
+                for key, suffix in (("theta", "d"), ("T", "t"), ("Wy", "y"), ("By", "b")):
+                    getattr(self.opt, f"{kind}_{suffix}")[...] = optimizer_state[kind][key]
         self.work = work_buffers(SI, p["LI"], bs, Hc, len(p["theta"]), dt)
         self.out = OutBuf(cols=np.zeros(cmax, np.int32), Wc=np.zeros((cmax, Hc), dt),
                           dWc=np.zeros((cmax, Hc), dt), bc=z(cmax), dbc=z(cmax),
@@ -282,6 +288,27 @@ class Trainer:
         """Draw the negative-sample store (Numba's generator: seed it first)."""
         self.store.fill()
         self.sched_state[2] = self.store.pos
+
+    def optimizer_state(self) -> dict:
+        """``{'acc': {'theta', 'T', 'Wy', 'By'}, 'vel': {...}}``: the Adagrad accumulators and
+        momentum velocities (host arrays shaped like the parameters; live, not copies)."""
+        o = self.opt
+        return {"acc": {"theta": o.acc_d, "T": o.acc_t, "Wy": o.acc_y, "By": o.acc_b},
+                "vel": {"theta": o.vel_d, "T": o.vel_t, "Wy": o.vel_y, "By": o.vel_b}}
+
+    def training_state(self) -> dict:
+        """Host arrays that, with the parameters, the optimiser state and the random
+        generators, let training continue exactly (checkpoints): the negative-sample store,
+        its position, the step count and the strategy's epoch."""
+        return {"store": self.store.samples.copy(),
+                "counters": np.array([self.sched_state[2], self.sched_state[4], self.epoch],
+                                     np.int64)}
+
+    def restore_training_state(self, state: dict) -> None:
+        """Inverse of :meth:`training_state` (after :meth:`fill_store`)."""
+        self.store.samples[...] = state["store"]
+        self.sched_state[2], self.sched_state[4], self.epoch = (int(x) for x in
+                                                                  state["counters"])
 
     def host_params(self) -> dict:
         """The trained parameters (host arrays, updated in place during training)."""

@@ -1,0 +1,122 @@
+"""Checkpoints of a fit (``fit(..., checkpoint=folder, resume=...)``).
+
+A checkpoint is a folder holding ``model.npz``, a normal model file of the last complete epoch
+(:meth:`SessionGRU.load` reads it), and ``state.npz``, what training needs besides the
+parameters to continue exactly as an uninterrupted run: the optimiser state, the trainer's
+negative-sample store and counters, the state of Numba's random generator (dropout masks,
+store redraws) and of the session-order generator, the per-epoch figures, and a fingerprint of
+the hyperparameters and the training data. Both are written atomically, the state first; the
+epoch recorded in both must agree. Files hold no pickle (``.npz`` + JSON header).
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+import numpy as np
+
+from .io import read_header, write_npz
+
+STATE_VERSION = 1
+#: hyperparameters that may differ between the interrupted run and its resumption
+_FREE = ("n_threads", "show_progress", "n_epochs")
+
+
+def _fingerprint(model, sessions) -> dict:
+    params = {k: v for k, v in model.get_params().items() if k not in _FREE}
+    data = zlib.crc32(np.ascontiguousarray(sessions.items).tobytes())
+    data = zlib.crc32(np.ascontiguousarray(sessions.offsets).tobytes(), data)
+    ids = zlib.crc32(np.asarray(model.item_index_.ids).astype(str).astype("U").tobytes())
+    return {"params": json.loads(json.dumps(params, default=list)), "events": int(data),
+            "item_ids": int(ids)}
+
+
+def _numba_rng():
+    from numba import _helperlib
+    return _helperlib, _helperlib.rnd_get_np_state_ptr()
+
+
+def save_checkpoint(model, folder, trainer, order_rng, epoch: int, sessions) -> None:
+    """Write the checkpoint of ``model`` after its epoch ``epoch`` (``model.params_`` and the
+    per-epoch lists already hold that epoch; ``sessions``: the training data) into ``folder``
+    (created when missing)."""
+    if not hasattr(trainer, "training_state"):
+        raise ValueError("checkpoints need a trainer that exposes its training state (the CPU "
+                         "backend); use device='cpu' or checkpoint=None")
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    lib, ptr = _numba_rng()
+    pos, mt = lib.rnd_get_state(ptr)
+    header = {"state_version": STATE_VERSION, "epoch": int(epoch),
+              "order_rng": order_rng.bit_generator.state,
+              "fingerprint": _fingerprint(model, sessions),
+              "loss_history": [float(x) for x in model.loss_history_],
+              "epoch_times": [float(x) for x in model.epoch_times_],
+              "events_per_s": [float(x) for x in model.events_per_s_],
+              "numba_rng_pos": int(pos)}
+    arrays = {"header": np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8),
+              "numba_rng": np.asarray(mt, np.uint32)}
+    for kind, group in trainer.optimizer_state().items():
+        for key, a in group.items():
+            arrays[f"opt_{kind}_{key}"] = np.asarray(a)
+    for key, a in trainer.training_state().items():
+        arrays[f"train_{key}"] = a
+    write_npz(os.path.join(folder, "state.npz"), arrays)
+    model.save(os.path.join(folder, "model.npz"))
+
+
+def _read_state(folder):
+    path = os.path.join(os.fspath(folder), "state.npz")
+    if not os.path.isfile(path):
+        raise ValueError(f"{folder}: no checkpoint here (state.npz missing)")
+    with np.load(path, allow_pickle=False) as f:
+        header = read_header(f, path)
+        if header.get("state_version") != STATE_VERSION:
+            raise ValueError(f"{path}: checkpoint state version "
+                             f"{header.get('state_version')!r} is not supported")
+        arrays = {k: np.array(f[k]) for k in f.files if k != "header"}
+    return header, arrays
+
+
+def restore_training(model, folder, trainer, order_rng, sessions) -> int:
+    """Put the checkpoint in ``folder`` into a fit that has just built ``trainer`` and filled
+    its sample store: parameters, optimiser and trainer state, random generators, per-epoch
+    figures. Returns the checkpoint's epoch; ``ValueError`` when the checkpoint belongs to
+    other hyperparameters or data, or its two files disagree."""
+    header, arrays = _read_state(folder)
+    if header["fingerprint"] != _fingerprint(model, sessions):
+        raise ValueError(f"{folder}: the checkpoint was made with other hyperparameters or "
+                         "other training data; resume needs the same (n_threads, n_epochs and "
+                         "show_progress may differ)")
+    saved = type(model).load(os.path.join(os.fspath(folder), "model.npz"))
+    if len(saved.loss_history_) != header["epoch"]:
+        raise ValueError(f"{folder}: model.npz and state.npz are of different epochs")
+    params = trainer.host_params()
+    for key in ("theta", "T", "Wy", "By"):
+        params[key][...] = saved.params_[key]
+    for kind, group in trainer.optimizer_state().items():
+        for key, a in group.items():
+            a[...] = arrays[f"opt_{kind}_{key}"]
+    trainer.restore_training_state({k[len("train_"):]: v for k, v in arrays.items()
+                                    if k.startswith("train_")})
+    lib, ptr = _numba_rng()
+    lib.rnd_set_state(ptr, (int(header["numba_rng_pos"]), [int(x) for x in arrays["numba_rng"]]))
+    order_rng.bit_generator.state = header["order_rng"]
+    model.loss_history_ = list(header["loss_history"])
+    model.epoch_times_ = list(header["epoch_times"])
+    model.events_per_s_ = list(header["events_per_s"])
+    return int(header["epoch"])
+
+
+def load_checkpoint(folder, cls):
+    """The model of the checkpoint in ``folder`` as a fitted ``cls``, with its optimiser state
+    (``optimizer_state_``), ready for :meth:`SessionGRU.partial_fit`."""
+    header, arrays = _read_state(folder)
+    model = cls.load(os.path.join(os.fspath(folder), "model.npz"))
+    model.optimizer_state_ = {kind: {key: arrays[f"opt_{kind}_{key}"]
+                                     for key in ("theta", "T", "Wy", "By")}
+                              for kind in ("acc", "vel")}
+    model.epoch_times_ = list(header["epoch_times"])
+    model.events_per_s_ = list(header["events_per_s"])
+    return model
