@@ -152,6 +152,13 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    from .backends.cpu.compile import compile_kernels, kernels_cached
+    seconds = compile_kernels()
+    print(f"CPU kernels compiled and cached in {seconds:.1f} s (cached: {kernels_cached()})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .baselines import ItemKNN, Pop
     from .model import SessionGRU
@@ -373,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("raw_file", help="yoochoose-clicks.dat, train-item-views.csv or events.csv")
     p.add_argument("out_dir", help="folder for the train/test/train_tr/train_valid files")
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("compile", help="compile and cache the CPU kernels ahead of time (e.g. "
+                                       "when building a container image)")
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("demo", help="train and evaluate on the bundled rsc15-100k sample")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (default: %(default)s)")

@@ -352,6 +352,8 @@ class SessionGRU(SessionModel):
         logger.info("training on %s", "CPU" if device is None else f"CUDA ({device.name})")
         if device is None:
             from .backends.cpu import Trainer
+            from .backends.cpu.compile import announce_compilation
+            announce_compilation()
             return Trainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
                            names=self.subnet_names_, optimizer_state=optimizer_state)
         from .backends.cuda import Trainer

@@ -1,0 +1,55 @@
+"""Ahead-of-time compilation of the CPU kernels (``gru-engine compile``, for container images).
+
+Numba compiles the kernels on their first call and caches the machine code beside the modules
+(``__pycache__``, or ``NUMBA_CACHE_DIR``). Every network runs through the same compiled
+specialisation (the flat layout of :mod:`gru_engine.network`), so one small fit and evaluation
+per float type compiles everything a fit or an evaluation needs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+logger = logging.getLogger("gru_engine")
+
+
+def kernels_cached() -> bool:
+    """Whether the training and inference kernels have cached machine code (a fit or an
+    evaluation then starts without compiling)."""
+    from .step import infer_step
+    from .trainer import train_steps
+    try:
+        import os
+        return all(os.path.exists(f._cache._cache_file._index_path)
+                   for f in (train_steps, infer_step))
+    except AttributeError:  # a Numba without this cache layout: assume nothing is cached
+        return False
+
+
+def compile_kernels() -> float:
+    """Compile (and cache) every CPU kernel a fit and an evaluation use: fits a tiny
+    SessionGRU and FeatureSessionGRU on generated data and evaluates them. Returns seconds."""
+    from ...feature_model import FeatureSessionGRU
+    from ...features import CategoricalFeatures
+    from ...model import SessionGRU
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    n = 400
+    events = {"SessionId": np.repeat(np.arange(n // 4), 4),
+              "ItemId": rng.integers(0, 40, n), "Time": np.arange(n, dtype=np.float64)}
+    kw = dict(layers=[8], n_epochs=1, batch_size=8, n_sample=16, n_threads=1, random_state=0)
+    SessionGRU(**kw).fit(events).evaluate(events)
+    ids = np.arange(40)
+    feats = {"cat": CategoricalFeatures(ids, [[i % 5] for i in ids], dim=4)}
+    FeatureSessionGRU(**kw).fit(events, item_features=feats).evaluate(events)
+    return time.perf_counter() - t0
+
+
+def announce_compilation() -> None:
+    """Say so (a warning) when the first fit or evaluation is about to compile the kernels."""
+    if not kernels_cached():
+        logger.warning("first run: compiling the CPU kernels with Numba (a minute or more on a "
+                       "busy machine; cached for later runs; `gru-engine compile` does it ahead "
+                       "of time)")
