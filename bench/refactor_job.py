@@ -8,7 +8,9 @@ parameters are written in a canonical form (SessionGRU: per-layer ``Wx_l``/``bx_
 
 JOB: ``gru-rsc15`` (official rsc15 parameters, 3 epochs), ``gru-yoo480`` (yoochoose-1-64,
 official hidden-480 row, 1 epoch), ``feat-beauty-<strategy>`` (amazon-beauty, parallel concat,
-4 epochs, as bench/bench_features.py loads it).
+4 epochs, as bench/bench_features.py loads it), ``cuda-gru`` / ``cuda-feat`` (the CUDA backend
+in the CPU emulator, its checks off: SessionGRU / FeatureSessionGRU, hidden 32, 1 epoch on
+generated data; the training figure is steps per second of the emulated step).
 """
 from __future__ import annotations
 
@@ -62,7 +64,33 @@ def main(argv=None):
     from gru_engine import SessionGRU
     from gru_engine.data import read_events
     result = {"job": a.job}
-    if a.job.startswith("gru-"):
+    if a.job.startswith("cuda-"):
+        os.environ["GRU_ENGINE_CUDA_EMU_CHECKS"] = "off"
+        import gru_engine.model as model_mod
+        try:
+            from gru_engine.backends.emulator import EmulatedDevice
+        except ImportError:  # releases before the emulator had its own module
+            from gru_engine.backends.device import EmulatedDevice
+        device = EmulatedDevice()
+        model_mod._resolve_device = lambda name: None if name == "cpu" else device
+        rng = np.random.default_rng(0)
+        n = 6000
+        events = {"SessionId": np.repeat(np.arange(n // 6), 6),
+                  "ItemId": rng.integers(0, 300, n), "Time": np.arange(n, dtype=np.float64)}
+        kw = dict(layers=[32], n_epochs=1, batch_size=32, n_sample=128, random_state=1,
+                  device="cuda", dropout_p_hidden=0.0)
+        if a.job == "cuda-gru":
+            model = SessionGRU(**kw).fit(events)
+        else:
+            from gru_engine import FeatureSessionGRU
+            from gru_engine.features import CategoricalFeatures
+            ids = np.arange(300)
+            feats = {"cat": CategoricalFeatures(ids, [[i % 7, 10 + i % 5] for i in ids],
+                                                dim=8)}
+            model = FeatureSessionGRU(**kw).fit(events, item_features=feats)
+        test = events
+        evaluate = lambda: model.evaluate(test, cutoffs=(5, 10, 20), by_position=False)
+    elif a.job.startswith("gru-"):
         if a.job == "gru-rsc15":
             d = os.path.join(a.data, "rsc15-100k")
             train = read_events(os.path.join(d, "rsc15_100k_train_full.tsv.gz"))
