@@ -1,0 +1,930 @@
+"""Serving a fitted GRU model: scorers built once per model, a live session store, similar items.
+
+* :func:`shared_scorer` — what ``SessionGRU.scorer()`` returns: a scorer with its own hidden
+  state over item tables built ONCE per model (the CPU scorer's input-projection table and item
+  panels; a CUDA model's device parameters are kept by the CUDA backend). The static part is kept
+  for the model in a weak-keyed table and rebuilt when ``params_`` (the dict or any of its
+  arrays) is replaced, or ``final_act``/``n_threads`` change, or a sampled fingerprint of
+  ``theta``/``Wy``/``By`` changes (values written in place by training; other in-place edits
+  may go unseen: assign new arrays). ``recommend``, ``predict_next`` and ``evaluate`` all
+  go through it.
+* :class:`SessionStore` — live sessions' hidden states by session id: ``step`` advances many
+  sessions in one batched call and returns their top-k, ``recommend_for`` answers without a
+  click, ``end``, LRU and idle eviction, thread-safe, snapshots to a safe ``.npz``.
+* :func:`similar_items` — "customers also viewed": cosine similarity of the learned item vectors
+  (rows of ``Wy``).
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import logging
+import threading
+import time
+import warnings
+import weakref
+import zlib
+from typing import NamedTuple
+
+import numpy as np
+
+from .config import MIN_BLOCK_ROWS
+from .ranking import top_k
+
+try:  # our error class for unreadable files, when this version has it
+    from .exceptions import ModelFileError as _FileError
+except ImportError:  # pragma: no cover
+    _FileError = ValueError
+
+logger = logging.getLogger("gru_engine")
+
+SNAPSHOT_FORMAT = "gru_engine.SessionStore"
+SNAPSHOT_VERSION = 1
+
+# ---------------------------------------------------------------------------------------------
+# the static part of a model's scoring, built once
+# ---------------------------------------------------------------------------------------------
+_STATIC = weakref.WeakKeyDictionary()  # model -> _Static
+_STATIC_LOCK = threading.Lock()
+
+
+class _Static:
+    """What scoring a model needs that never changes while ``params_`` stays: a prototype CPU
+    scorer (forked, never used itself), normalised item vectors, the popularity order."""
+
+    def __init__(self, model, key):
+        self.params = model.params_  # held: the identity checks below stay meaningful
+        self.arrays = tuple(model.params_.values())
+        self.key = key
+        self.proto = None
+        self.unit_wy = None
+        self.unit_wy_device = None
+        self.popular = None
+        self.lock = threading.Lock()
+
+    def valid_for(self, model, key) -> bool:
+        p = model.params_
+        return (p is self.params and self.key == key and len(p) == len(self.arrays)
+                and all(a is b for a, b in zip(p.values(), self.arrays)))
+
+
+def _sampled(params) -> tuple:
+    """A cheap fingerprint of parameters trained in place (the CPU trainer updates its arrays
+    in place and hands the same dict to ``fit``'s callback every epoch): ~4096 evenly spaced
+    entries of each of ``theta``, ``Wy`` and ``By``, as bytes."""
+    out = []
+    for key in ("theta", "Wy", "By"):
+        a = np.asarray(params[key]).reshape(-1)
+        out.append(a[::max(1, len(a) // 4096)].tobytes())
+    return tuple(out)
+
+
+def _static(model) -> _Static:
+    key = (model.final_act, model.n_threads, getattr(model, "device_", "cpu"),
+           _sampled(model.params_))
+    with _STATIC_LOCK:
+        st = _STATIC.get(model)
+        if st is None or not st.valid_for(model, key):
+            st = _Static(model, key)
+            _STATIC[model] = st
+        return st
+
+
+def _cpu_proto(model):
+    """The model's prototype CPU scorer (built on first use)."""
+    st = _static(model)
+    with st.lock:
+        if st.proto is None:
+            st.proto = model._build_scorer(model.params_, device="cpu")
+        return st.proto
+
+
+def _fork(proto, params=None):
+    """A CPU scorer sharing ``proto``'s item tables and output layer, with its own (empty)
+    hidden state and buffers. ``params``: a variant of the prototype's parameters with the
+    same output layer (``Wy``/``By`` the same arrays: new items' bags, see
+    :func:`gru_engine.network.with_new_items`) whose network replaces the prototype's."""
+    sc = copy.copy(proto)
+    sc._ws = []
+    sc.state = np.zeros((0, proto.width), np.float32)
+    if params is not None:
+        from .backends.cpu.step import Net
+        from .network import PARAM_KEYS
+        sc.net = Net(**{k: (np.ascontiguousarray(params[k], np.float32)
+                            if k in ("theta", "T", "Wy", "By", "weights") else params[k])
+                        for k in PARAM_KEYS})
+    return sc
+
+
+def shared_scorer(model, params=None, device=None):
+    """A scorer of ``model`` (evaluation protocol, :class:`~gru_engine.evaluation.SessionScorer`)
+    with its own hidden state; item tables are built once per model (module docstring).
+
+    params: None (``params_``) or a variant sharing ``params_``'s ``Wy``/``By`` (new items
+            of :class:`~gru_engine.feature_model.FeatureSessionGRU`); other dicts get a scorer
+            built from scratch.
+    device: None (the model's: CUDA for ``device_ == 'cuda'`` and ``params=None``, else CPU),
+            or ``'cpu'``.
+    """
+    model._check_fitted()
+    cuda = getattr(model, "device_", "cpu") == "cuda" and device != "cpu"
+    if params is None or params is model.params_:
+        if cuda:
+            return model._build_scorer(None)  # device parameters cached by the CUDA backend
+        return _fork(_cpu_proto(model))
+    if params["Wy"] is model.params_["Wy"] and params["By"] is model.params_["By"]:
+        return _fork(_cpu_proto(model), params)
+    return model._build_scorer(params, device="cpu")
+
+
+def _sum_hidden(scorer) -> int:
+    return int(scorer.width) if hasattr(scorer, "width") else int(sum(scorer.net.H))
+
+
+# ---------------------------------------------------------------------------------------------
+# similar items
+# ---------------------------------------------------------------------------------------------
+def similar_items(model, item_ids, k: int = 20):
+    """The ``k`` items most similar to each of ``item_ids`` by the cosine of their learned
+    output vectors (rows of ``Wy``), best first, the item itself excluded (implicit offers for
+    "customers also viewed" blocks). See :meth:`gru_engine.model.SessionGRU.similar_items`."""
+    model._check_fitted()
+    scalar = np.ndim(item_ids) == 0
+    query = np.atleast_1d(np.asarray(item_ids))
+    if query.ndim != 1:
+        raise ValueError(f"item_ids must be one id or a 1-D sequence of ids, got shape "
+                         f"{query.shape}")
+    n_items = model.n_items_
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if n_items < 2:
+        raise ValueError("similar_items needs a model of at least 2 items")
+    k = min(int(k), n_items - 1)
+    idx = model.item_index_.lookup(query) if len(query) else np.zeros(0, np.int32)
+    if np.any(idx < 0):
+        missing = [v.item() if hasattr(v, "item") else v for v in query[idx < 0]]
+        raise KeyError(f"{len(missing)} item id(s) unknown to the model: {missing[:10]}"
+                       + (" ..." if len(missing) > 10 else ""))
+    st = _static(model)
+    with st.lock:
+        if st.unit_wy is None:
+            Wy = np.asarray(model.params_["Wy"], np.float32)
+            norm = np.sqrt(np.einsum("ij,ij->i", Wy, Wy, dtype=np.float64))
+            # a zero vector is similar to nothing (cosine 0), not NaN
+            st.unit_wy = np.ascontiguousarray(Wy / np.maximum(norm, 1e-30)[:, None],
+                                              dtype=np.float32)
+        unit = st.unit_wy
+    out_idx = np.empty((len(idx), k), np.int64)
+    out_val = np.empty((len(idx), k), np.float32)
+    on_device = getattr(model, "device_", "cpu") == "cuda"
+    if on_device:
+        from .backends.cuda import topk_device
+        from .model import _resolve_device
+        dev = _resolve_device("cuda")
+        with st.lock:
+            if st.unit_wy_device is None:
+                st.unit_wy_device = dev.to_device(unit)
+            unit_d = st.unit_wy_device
+    chunk = max(1, (64 << 20) // (4 * n_items))  # rows per block of scores: <= 64 MB
+    for a in range(0, len(idx), chunk):
+        q = idx[a:a + chunk]
+        if on_device:
+            S = dev.gemm(dev.to_device(unit[q]), unit_d, trans_b=True)
+            ti, tv = topk_device(dev, S, k + 1)
+        else:
+            ti, tv = top_k(unit[q] @ unit.T, k + 1)
+        # the top k+1 of all items without the item itself are the top k of the others
+        own = ti == q[:, None]
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+        keep = np.ones(ti.shape, bool)
+        keep[np.arange(len(q)), drop] = False
+        out_idx[a:a + chunk] = ti[keep].reshape(len(q), k)
+        out_val[a:a + chunk] = tv[keep].reshape(len(q), k)
+    ids = model.item_index_.ids[out_idx]
+    if scalar:
+        return ids[0], out_val[0]
+    return ids, out_val
+
+
+# ---------------------------------------------------------------------------------------------
+# the live session store
+# ---------------------------------------------------------------------------------------------
+class Recommendations(NamedTuple):
+    """Answer of :meth:`SessionStore.step` / :meth:`SessionStore.recommend_for`, one row per
+    requested session (in the order asked).
+
+    items:        (n, k) original item ids, best first
+    scores:       (n, k) float32 model scores; NaN in rows answered from popularity (``cold``);
+                  ``-inf`` pads a row when ``exclude_seen`` leaves fewer than k items
+    unknown_item: (n,) bool, True where the click was an item the model does not know (and,
+                  for a FeatureSessionGRU, no features were given): the session's state is
+                  unchanged and the answer is the one it had before the click
+    cold:         (n,) bool, True where the session holds no known click yet (a new session
+                  whose clicks were all unknown, or ``recommend_for`` of a session that is not
+                  live): ``items`` are the most popular training items
+    new_session:  (n,) bool, True where this call started the session (never seen, or ended
+                  or evicted before)
+    """
+    items: np.ndarray
+    scores: np.ndarray
+    unknown_item: np.ndarray
+    cold: np.ndarray
+    new_session: np.ndarray
+
+
+class _Slots:
+    """Hidden states of the store's slots and, per slot, the state before its last click (to
+    answer without a click by replaying that click): host arrays for a CPU scorer (shared by
+    its forks, ``scorer.state``), device arrays per layer for a CUDA scorer (``scorer.h``)."""
+
+    def __init__(self, scorers, capacity: int):
+        self.scorers = scorers
+        self.cuda = not hasattr(scorers[0], "state")
+        self.dev = scorers[0].dev if self.cuda else None
+        scorers[0].begin(capacity)
+        for sc in scorers[1:]:
+            sc.state = scorers[0].state
+        self.prev = [self._zeros_like(a) for a in self.current()]
+
+    def current(self) -> list:
+        sc = self.scorers[0]
+        return list(sc.h) if self.cuda else [sc.state]
+
+    def _zeros_like(self, a):
+        return self.dev.zeros(a.shape) if self.cuda else np.zeros_like(a)
+
+    def _index(self, rows):
+        rows = np.asarray(rows, np.int64)
+        return self.dev.to_device(rows) if self.cuda else rows
+
+    def read(self, rows) -> list:
+        r = self._index(rows)
+        return [a[r].copy() for a in self.current()]
+
+    def write(self, rows, values: list) -> None:
+        r = self._index(rows)
+        for a, v in zip(self.current(), values):
+            a[r] = v
+
+    def save_prev(self, rows) -> None:
+        r = self._index(rows)
+        for p, a in zip(self.prev, self.current()):
+            p[r] = a[r]
+
+    def restore_prev(self, rows) -> None:
+        r = self._index(rows)
+        for p, a in zip(self.prev, self.current()):
+            a[r] = p[r]
+
+    def host(self, rows) -> tuple:
+        """(state, prev) of ``rows`` as host (n, width) float32 (layers side by side)."""
+        r = self._index(rows)
+        to_host = self.dev.to_host if self.cuda else np.asarray
+        cat = lambda arrs: np.concatenate([np.asarray(to_host(a[r]), np.float32)
+                                           for a in arrs], axis=1)
+        return cat(self.current()), cat(self.prev)
+
+    def load(self, rows, state, prev) -> None:
+        r = self._index(rows)
+        col = 0
+        for a, p in zip(self.current(), self.prev):
+            w = a.shape[1]
+            conv = self.dev.to_device if self.cuda else np.asarray
+            a[r] = conv(np.ascontiguousarray(state[:, col:col + w]))
+            p[r] = conv(np.ascontiguousarray(prev[:, col:col + w]))
+            col += w
+
+
+class _Live:
+    __slots__ = ("slot", "n_clicks", "last_item", "seen", "used")
+
+    def __init__(self, slot: int, used: float):
+        self.slot = slot
+        self.n_clicks = 0     # known clicks consumed
+        self.last_item = -1   # index of the last known click
+        self.seen = set()     # indices of the known clicks
+        self.used = used      # clock() of the last step / recommend_for
+
+
+class SessionStore:
+    """Live sessions of a fitted GRU model (:class:`~gru_engine.model.SessionGRU` or
+    :class:`~gru_engine.feature_model.FeatureSessionGRU`, CPU or CUDA): the hidden state of each
+    session by session id, advanced one click at a time, so a click costs one GRU step and one
+    scoring of all items, never a replay of the session.
+
+    model:          the fitted model (its parameters at construction are used: a store built
+                    before a refit keeps the old ones; build a new store after refitting)
+    capacity:       most live sessions (slots allocated up front: ``2 * capacity * sum(layers)``
+                    float32, the state and the state before the last click); a new session
+                    beyond it evicts the least recently used one
+    idle_timeout_s: sessions not used (``step``/``recommend_for``) for longer are evicted, checked
+                    at every call (None: never)
+    k:              default number of recommendations
+    n_threads:      CPU threads of one call (rows split in blocks, each stepped, scored and
+                    ranked on its own thread; default the model's ``n_threads``); BLAS runs one
+                    thread per block during a call. A CUDA store uses the device.
+    clock:          seconds, monotonic (tests pass a fake)
+
+    Behaviour:
+
+    - ``step(session_ids, item_ids)``: one click per entry; a session id may appear more than
+      once (its clicks are consumed in order, each entry answered after its own click). A
+      session id seen for the first time (or again after ``end`` or eviction) starts from the
+      empty state.
+    - Unknown items never raise: the session's state is unchanged and the entry is answered as
+      before the click, flagged ``unknown_item`` (and ``cold`` with the most popular items if
+      the session has no known click yet).
+    - ``exclude_seen=True`` removes the items of the session's known clicks from its answer.
+    - FeatureSessionGRU: ``item_features`` (as in ``fit``/``recommend``) lets sessions click new
+      items; the store keeps their encodings for later calls (and snapshots). New items are
+      never recommended.
+    - Thread safety: every public method holds one lock for its whole call, so concurrent
+      calls give exactly the answers of some sequential order of them (parallelism comes from
+      batching: one call with many sessions, split over ``n_threads``).
+    - Scores equal those of ``predict_next``/``evaluate`` for the same sessions up to float32
+      rounding of BLAS on batches of different size.
+    """
+
+    def __init__(self, model, capacity: int = 10_000, idle_timeout_s: float | None = None,
+                 k: int = 20, n_threads: int | None = None, clock=time.monotonic):
+        model._check_fitted()
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
+                or capacity < 1:
+            raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+        if idle_timeout_s is not None and not (float(idle_timeout_s) > 0):
+            raise ValueError(f"idle_timeout_s must be None or > 0 seconds, got "
+                             f"{idle_timeout_s!r}")
+        self._check_k(k)
+        from .model import _threads
+        self.model = model
+        self.capacity = int(capacity)
+        self.idle_timeout_s = None if idle_timeout_s is None else float(idle_timeout_s)
+        self.k = int(k)
+        self.n_threads = max(1, _threads(model.n_threads if n_threads is None else n_threads))
+        self.clock = clock
+        self.n_items = model.n_items_
+        self._params = model.params_
+        self._lock = threading.RLock()
+        self._live = collections.OrderedDict()  # session id -> _Live, least recently used first
+        self._free = list(range(self.capacity - 1, -1, -1))
+        self._new_ids = None    # FeatureSessionGRU: new items clicked in sessions (ItemIndex)
+        self._new_bags = None   # their bags per feature source
+        self._blas = None
+        first = model.scorer()
+        self.cuda = not hasattr(first, "state")
+        n_forks = 1 if self.cuda else self.n_threads
+        self._scorers = [first] + [model.scorer() for _ in range(n_forks - 1)]
+        self._slots = _Slots(self._scorers, self.capacity)
+        self.width = _sum_hidden(first)
+        self._popular = np.argsort(-np.asarray(model.item_support_), kind="stable")
+
+    # ---- public API -------------------------------------------------------------------------
+    def step(self, session_ids, item_ids, k: int | None = None, exclude_seen: bool = False,
+             item_features=None) -> Recommendations:
+        """Advance each session ``session_ids[i]`` by the click ``item_ids[i]`` (original ids)
+        and return the top-``k`` next items of each (:class:`Recommendations`, rows in the order
+        of the entries). ``item_features``: FeatureSessionGRU only, features of new items (class
+        docstring)."""
+        sids = self._session_list(session_ids)
+        items = np.asarray(item_ids)
+        if items.ndim != 1:
+            items = np.atleast_1d(items)
+        if items.ndim != 1 or len(items) != len(sids):
+            raise ValueError(f"session_ids and item_ids must be 1-D of one length, got "
+                             f"{len(sids)} session ids and item ids of shape {items.shape}")
+        k = self._check_k(self.k if k is None else k)
+        with self._lock:
+            self._expire(self.clock())
+            n_distinct = len(set(sids))
+            if n_distinct > self.capacity:
+                raise ValueError(f"{n_distinct} distinct sessions in one call exceed the "
+                                 f"store's capacity ({self.capacity})")
+            idx = self._item_indices(items, item_features)
+            res = self._empty_result(len(sids), k)
+            # entries of a session repeated in the call go in rounds: its i-th click in round i
+            if n_distinct == len(sids):
+                rounds = {0: range(len(sids))}
+            else:
+                seen_count = collections.Counter()
+                rounds = collections.defaultdict(list)
+                for pos, sid in enumerate(sids):
+                    rounds[seen_count[sid]].append(pos)
+                    seen_count[sid] += 1
+            with self._blas_one_thread(len(sids)):
+                for r in range(len(rounds)):
+                    self._step_round(np.asarray(rounds[r], np.int64), sids, idx, k,
+                                     exclude_seen, res)
+            return res
+
+    def recommend_for(self, session_ids, k: int | None = None,
+                      exclude_seen: bool = False) -> Recommendations:
+        """Top-``k`` next items of live sessions without a click (the same answer as their last
+        ``step``); marks them used. A session that is not live is answered ``cold``."""
+        sids = self._session_list(session_ids)
+        k = self._check_k(self.k if k is None else k)
+        with self._lock:
+            now = self.clock()
+            self._expire(now)
+            res = self._empty_result(len(sids), k)
+            uniq = list(dict.fromkeys(sids))
+            live = [s for s in uniq if s in self._live and self._live[s].n_clicks > 0]
+            for s in uniq:
+                if s in self._live:
+                    self._touch(s, now)
+            rowpos = {s: [] for s in uniq}
+            for pos, s in enumerate(sids):
+                rowpos[s].append(pos)
+            if live:
+                with self._blas_one_thread(len(live)):
+                    ti, tv = self._replay([self._live[s] for s in live], k, exclude_seen)
+                for j, s in enumerate(live):
+                    res.items[rowpos[s]] = self.model.item_index_.ids[ti[j]]
+                    res.scores[rowpos[s]] = tv[j]
+            cold = [p for s in uniq if s not in live for p in rowpos[s]]
+            self._fill_cold(res, np.asarray(cold, np.int64), k)
+            return res
+
+    peek = recommend_for
+
+    def end(self, session_id) -> bool:
+        """Forget a session (its slot is reused); True if it was live."""
+        with self._lock:
+            live = self._live.pop(session_id, None)
+            if live is None:
+                return False
+            self._free.append(live.slot)
+            return True
+
+    def evict_idle(self) -> int:
+        """Evict the sessions idle longer than ``idle_timeout_s`` now (also done at every call);
+        returns how many."""
+        with self._lock:
+            return self._expire(self.clock())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    def __contains__(self, session_id) -> bool:
+        with self._lock:
+            return session_id in self._live
+
+    def session_ids(self) -> list:
+        """Live session ids, least recently used first."""
+        with self._lock:
+            return list(self._live)
+
+    # ---- snapshots --------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the live sessions to ``path`` (``.npz``: JSON header, no pickle, atomic
+        write; :func:`gru_engine.io.write_npz`): per session its id, state, state before its
+        last click, last item, click count, seen items and idle time, in LRU order, and the new
+        items of a FeatureSessionGRU store. Session ids must all be integers or all strings."""
+        from .io import write_npz
+        with self._lock:
+            now = self.clock()
+            sids = list(self._live)
+            lives = [self._live[s] for s in sids]
+            ids = np.asarray(sids) if sids else np.zeros(0, np.int64)
+            if ids.dtype.kind not in "iuU" or ids.ndim != 1:
+                raise ValueError("save needs session ids that are all integers or all strings")
+            rows = np.array([v.slot for v in lives], np.int64)
+            state, prev = self._slots.host(rows) if len(rows) else (
+                np.zeros((0, self.width), np.float32), np.zeros((0, self.width), np.float32))
+            seen = [np.array(sorted(v.seen), np.int64) for v in lives]
+            header = {"format": SNAPSHOT_FORMAT, "format_version": SNAPSHOT_VERSION,
+                      "model_class": type(self.model).__name__, "n_items": self.n_items,
+                      "width": self.width, "capacity": self.capacity,
+                      "idle_timeout_s": self.idle_timeout_s, "k": self.k,
+                      "model_crc32": _fingerprint(self._params),
+                      "n_sessions": len(sids), "session_id_dtype": ids.dtype.str,
+                      "n_new_items": 0 if self._new_ids is None else len(self._new_ids),
+                      "n_sources": 0 if self._new_bags is None else len(self._new_bags)}
+            arrays = {
+                "header": np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8),
+                "session_ids": ids, "state": state, "prev_state": prev,
+                "last_item": np.array([v.last_item for v in lives], np.int64),
+                "n_clicks": np.array([v.n_clicks for v in lives], np.int64),
+                "idle_s": np.array([max(0.0, now - v.used) for v in lives], np.float64),
+                "seen_indptr": np.concatenate([[0], np.cumsum([len(s) for s in seen])]
+                                              ).astype(np.int64),
+                "seen_indices": np.concatenate(seen) if seen else np.zeros(0, np.int64)}
+            if self._new_ids is not None:
+                arrays["new_item_ids"] = np.asarray(self._new_ids.ids)
+                for s, (ip, ind, w) in enumerate(self._new_bags):
+                    arrays[f"new_bag_{s}_indptr"] = ip
+                    arrays[f"new_bag_{s}_indices"] = ind
+                    arrays[f"new_bag_{s}_weights"] = w
+        write_npz(str(path), arrays)
+
+    @classmethod
+    def load(cls, path, model, **options) -> "SessionStore":
+        """A store over ``model`` holding the sessions of a snapshot written by :meth:`save`.
+        ``options``: the constructor's (default: capacity, idle timeout and k of the file).
+        Raises a ``ValueError`` subclass naming the file and the field or array when the file
+        is unreadable or does not fit ``model`` (class, item count, hidden sizes, index
+        ranges); a warning when the model's parameters differ from those it was saved with."""
+        path = str(path)
+        arrays, header = _read_snapshot(path)
+
+        def bad(what):
+            return _FileError(f"{path}: {what}")
+        if header.get("model_class") != type(model).__name__:
+            raise bad(f"a snapshot of a {header.get('model_class')!r} store, not of a "
+                      f"{type(model).__name__}")
+        model._check_fitted()
+        for name, want in (("n_items", model.n_items_),):
+            if header.get(name) != want:
+                raise bad(f"header {name}={header.get(name)!r}, the model has {want}")
+        n = header.get("n_sessions")
+        if not isinstance(n, int) or n < 0:
+            raise bad(f"header n_sessions={n!r} is not a count")
+        opts = {"capacity": max(1, int(header.get("capacity") or n or 1)),
+                "idle_timeout_s": header.get("idle_timeout_s"), "k": header.get("k", 20)}
+        opts.update(options)
+        store = cls(model, **opts)
+        if header.get("width") != store.width:
+            raise bad(f"header width={header.get('width')!r}, the model's hidden state is "
+                      f"{store.width} wide")
+        if n > store.capacity:
+            raise bad(f"{n} sessions do not fit capacity={store.capacity}")
+        n_new = header.get("n_new_items", 0)
+        n_src = header.get("n_sources", 0)
+        if not (isinstance(n_new, int) and isinstance(n_src, int) and n_new >= 0 and n_src >= 0):
+            raise bad("header n_new_items / n_sources are not counts")
+        _check_array(arrays, "session_ids", None, (n,), path, kinds="iuU")
+        for name in ("state", "prev_state"):
+            a = _check_array(arrays, name, np.float32, (n, store.width), path)
+            if not np.all(np.isfinite(a)):
+                raise bad(f"array {name!r} holds non-finite values")
+        _check_array(arrays, "n_clicks", np.int64, (n,), path)
+        _check_array(arrays, "idle_s", np.float64, (n,), path)
+        _check_array(arrays, "seen_indptr", np.int64, (n + 1,), path)
+        _check_array(arrays, "seen_indices", np.int64, None, path)
+        n_all = model.n_items_ + n_new
+        last = _check_array(arrays, "last_item", np.int64, (n,), path)
+        clicks = arrays["n_clicks"]
+        if np.any(clicks < 0) or np.any((clicks > 0) & ((last < 0) | (last >= n_all))):
+            raise bad(f"array 'last_item' has indices outside [0, {n_all}) for sessions with "
+                      "clicks, or 'n_clicks' is negative")
+        ip, ind = arrays["seen_indptr"], arrays["seen_indices"]
+        if ip[0] != 0 or np.any(np.diff(ip) < 0) or ip[-1] != len(ind) \
+                or np.any((ind < 0) | (ind >= n_all)):
+            raise bad("arrays 'seen_indptr'/'seen_indices' are not a valid index list of "
+                      f"items in [0, {n_all})")
+        if not np.all(np.isfinite(arrays["idle_s"])) or np.any(arrays["idle_s"] < 0):
+            raise bad("array 'idle_s' holds negative or non-finite values")
+        ids = arrays["session_ids"]
+        if len(set(ids.tolist())) != n:
+            raise bad("array 'session_ids' holds duplicates")
+        if n_new:
+            store._load_new_items(arrays, n_new, n_src, path)
+        if header.get("model_crc32") != _fingerprint(model.params_):
+            warnings.warn(f"{path}: the model's parameters differ from those the sessions were "
+                          "saved with; their states may not mean the same", stacklevel=2)
+        with store._lock:
+            now = store.clock()
+            rows = np.arange(n, dtype=np.int64)
+            if n:
+                store._slots.load(rows, arrays["state"], arrays["prev_state"])
+            store._free = list(range(store.capacity - 1, n - 1, -1))
+            for j, sid in enumerate(ids.tolist()):
+                live = _Live(j, now - float(arrays["idle_s"][j]))
+                live.n_clicks = int(clicks[j])
+                live.last_item = int(last[j])
+                live.seen = set(ind[ip[j]:ip[j + 1]].tolist())
+                store._live[sid] = live
+            store._expire(now)
+        return store
+
+    # ---- internals --------------------------------------------------------------------------
+    @staticmethod
+    def _check_k(k) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        return int(k)
+
+    @staticmethod
+    def _session_list(session_ids) -> list:
+        if isinstance(session_ids, (str, bytes)) or np.ndim(session_ids) == 0:
+            session_ids = [session_ids]
+        if isinstance(session_ids, np.ndarray) and session_ids.dtype.kind in "iuU":
+            return session_ids.reshape(-1).tolist()  # Python ints / strs, hashable
+        out = [s.item() if isinstance(s, np.generic) else s for s in session_ids]
+        for s in out:
+            try:
+                hash(s)
+            except TypeError:
+                raise ValueError(f"session id {s!r} is not hashable") from None
+        return out
+
+    def _empty_result(self, n: int, k: int) -> Recommendations:
+        kk = min(k, self.n_items)
+        ids = self.model.item_index_.ids
+        return Recommendations(np.empty((n, kk), ids.dtype), np.empty((n, kk), np.float32),
+                               np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
+
+    def _blas_one_thread(self, n_rows: int):
+        """BLAS limited to one thread during a call of ``n_rows`` rows: the rows are split over
+        ``n_threads`` blocks instead. Below 64 rows the GEMMs are too small for OpenBLAS to
+        thread, and the limit (a threadpoolctl controller, tens of microseconds) is skipped."""
+        import contextlib
+        if n_rows < 64:
+            return contextlib.nullcontext()
+        if self._blas is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+                self._blas = ThreadpoolController()
+            except ImportError:
+                self._blas = False
+        if self._blas is False:
+            return contextlib.nullcontext()
+        return self._blas.limit(limits=1, user_api="blas")
+
+    def _expire(self, now: float) -> int:
+        if self.idle_timeout_s is None:
+            return 0
+        n = 0
+        limit = now - self.idle_timeout_s
+        while self._live:
+            sid, live = next(iter(self._live.items()))
+            if live.used >= limit:
+                break
+            self._live.popitem(last=False)
+            self._free.append(live.slot)
+            n += 1
+        if n:
+            logger.debug("session store: %d idle sessions evicted", n)
+        return n
+
+    def _touch(self, sid, now: float) -> None:
+        self._live[sid].used = now
+        self._live.move_to_end(sid)
+
+    def _open(self, sid, now: float) -> _Live:
+        """The live record of ``sid``, started (evicting the least recently used) if new."""
+        if not self._free:
+            old, live = self._live.popitem(last=False)
+            self._free.append(live.slot)
+        live = _Live(self._free.pop(), now)
+        self._live[sid] = live
+        return live
+
+    def _item_indices(self, items, item_features) -> np.ndarray:
+        """Scorer indices of the clicked ids: model items, then the store's new items
+        (``n_items + j``); -1 where unknown."""
+        try:
+            idx = self.model.item_index_.lookup(items).astype(np.int64)
+        except (TypeError, ValueError):  # a mix the vectorised lookup cannot compare
+            idx = np.array([self.model.item_index_.lookup(np.asarray([v]))[0] for v in items],
+                           np.int64)
+        unknown = idx < 0
+        if not unknown.any():
+            return idx
+        if self._new_ids is None and item_features is None:
+            return idx
+        if item_features is not None:
+            self._register_new_items(items[unknown], item_features)
+        if self._new_ids is not None:
+            j = self._new_ids.lookup(items[unknown]).astype(np.int64)
+            idx[np.flatnonzero(unknown)[j >= 0]] = self.n_items + j[j >= 0]
+        return idx
+
+    def _register_new_items(self, candidates, item_features) -> None:
+        from .data import ItemIndex
+        from .features import encode_new_items
+        model = self.model
+        if not getattr(model, "feature_info_", None):
+            raise ValueError("item_features: this model reads no item features")
+        if model.feature_vocab_ is None:
+            raise ValueError("this model file (format version 1) has no feature encoders; new "
+                             "items need a model saved by this version")
+        cand = np.unique(np.asarray(candidates))
+        if self._new_ids is not None:
+            cand = cand[self._new_ids.lookup(cand) < 0]
+        if len(cand) == 0:
+            return
+        sources = [(info["name"], info, vocab)
+                   for info, vocab in zip(model.feature_info_, model.feature_vocab_)]
+        bags, listed = encode_new_items(item_features, sources, cand)
+        if not listed.any():
+            return
+        keep = np.flatnonzero(listed)
+        bags = [_take_bag(b, keep) for b in bags]
+        ids = cand[keep]
+        if self._new_ids is None:
+            all_ids, all_bags = ids, bags
+        else:
+            all_ids = np.concatenate([self._new_ids.ids, ids])
+            all_bags = [_concat_bags(a, b) for a, b in zip(self._new_bags, bags)]
+        self._set_new_items(ItemIndex(all_ids), all_bags)
+
+    def _set_new_items(self, index, bags) -> None:
+        from .network import with_new_items
+        model = self.model
+        params = with_new_items(self._params, self.n_items, bags,
+                                has_id=model.subnet_names_[0] == "id")
+        if self.cuda:
+            from .backends.cuda import Scorer
+            from .model import _resolve_device
+            from . import params as hp
+            old = self._scorers[0]
+            sc = Scorer(_resolve_device("cuda"), params, old.sum_mode,
+                        hp.parse_final_act(model.final_act))
+            sc.h = old.h  # same hidden sizes: the live states carry over
+            self._scorers[0] = sc
+            self._slots.scorers = self._scorers
+        else:
+            proto = _cpu_proto(model)
+            for i, old in enumerate(self._scorers):
+                sc = _fork(proto, params)
+                sc.state = old.state
+                self._scorers[i] = sc
+        self._new_ids, self._new_bags = index, bags
+        logger.info("session store: %d new items with features", len(index))
+
+    def _load_new_items(self, arrays, n_new, n_src, path) -> None:
+        from .data import ItemIndex
+        n_feat = len(getattr(self.model, "feature_info_", None) or [])
+        if n_src != n_feat:
+            raise _FileError(f"{path}: {n_src} feature sources of new items, the model has "
+                             f"{n_feat}")
+        ids = _check_array(arrays, "new_item_ids", None, (n_new,), path, kinds="iuU")
+        bags = []
+        for s in range(n_src):
+            ip = _check_array(arrays, f"new_bag_{s}_indptr", np.int64, (n_new + 1,), path)
+            ind = _check_array(arrays, f"new_bag_{s}_indices", np.int32, None, path)
+            w = _check_array(arrays, f"new_bag_{s}_weights", np.float32, (len(ind),), path)
+            rows = int(self.model.feature_info_[s].get("n_rows", 0) or 0) \
+                if isinstance(self.model.feature_info_[s], dict) else 0
+            if ip[0] != 0 or np.any(np.diff(ip) < 0) or ip[-1] != len(ind) or np.any(ind < 0) \
+                    or (rows and np.any(ind >= rows)):
+                raise _FileError(f"{path}: new-item bags of source {s} are not valid")
+            bags.append((ip, ind, w))
+        try:
+            index = ItemIndex(ids)
+        except ValueError as e:
+            raise _FileError(f"{path}: array 'new_item_ids': {e}") from None
+        if np.any(self.model.item_index_.lookup(ids) >= 0):
+            raise _FileError(f"{path}: array 'new_item_ids' holds items of the model")
+        self._set_new_items(index, bags)
+
+    def _step_round(self, pos, sids, idx, k, exclude_seen, res) -> None:
+        """Entries ``pos`` (distinct sessions) of a ``step`` call."""
+        now = self.clock()
+        lives, started = [], np.zeros(len(pos), bool)
+        for j, p in enumerate(pos):
+            sid = sids[p]
+            if sid in self._live:
+                self._touch(sid, now)
+                live = self._live[sid]
+            else:
+                live = self._open(sid, now)
+                started[j] = True
+            lives.append(live)
+        res.new_session[pos] = started
+        item = idx[pos]
+        known = item >= 0
+        res.unknown_item[pos] = ~known
+        step_j = np.flatnonzero(known)
+        if len(step_j):
+            rows = np.array([lives[j].slot for j in step_j], np.int64)
+            new = np.array([lives[j].n_clicks == 0 for j in step_j], bool)
+            self._slots.save_prev(rows)
+            for j in step_j:
+                live = lives[j]
+                live.n_clicks += 1
+                live.last_item = int(item[j])
+                live.seen.add(int(item[j]))
+            excl = [lives[j].seen for j in step_j] if exclude_seen else None
+            ti, tv = self._score_topk(rows, item[step_j].astype(np.int32), new, k, excl)
+            res.items[pos[step_j]] = self.model.item_index_.ids[ti]
+            res.scores[pos[step_j]] = tv
+        unk = np.flatnonzero(~known)
+        warm = [j for j in unk if lives[j].n_clicks > 0]
+        if warm:
+            ti, tv = self._replay([lives[j] for j in warm], k, exclude_seen)
+            res.items[pos[warm]] = self.model.item_index_.ids[ti]
+            res.scores[pos[warm]] = tv
+        self._fill_cold(res, pos[[j for j in unk if lives[j].n_clicks == 0]], k)
+
+    def _replay(self, lives, k, exclude_seen):
+        """Top-k of sessions without a click: their last click replayed from the state before
+        it (the same computation as the step that made the state), then the state put back."""
+        rows = np.array([v.slot for v in lives], np.int64)
+        items = np.array([v.last_item for v in lives], np.int32)
+        new = np.array([v.n_clicks == 1 for v in lives], bool)
+        now_state = self._slots.read(rows)
+        self._slots.restore_prev(rows)
+        try:
+            return self._score_topk(rows, items, new, k,
+                                    [v.seen for v in lives] if exclude_seen else None)
+        finally:
+            self._slots.write(rows, now_state)
+
+    def _fill_cold(self, res, positions, k) -> None:
+        if len(positions) == 0:
+            return
+        kk = res.items.shape[1]
+        res.items[positions] = self.model.item_index_.ids[self._popular[:kk]]
+        res.scores[positions] = np.nan
+        res.cold[positions] = True
+
+    def _score_topk(self, rows, items, new, k, exclude):
+        """(R, k') item indices and scores of the sessions in slots ``rows`` after clicks
+        ``items``; ``exclude``: per row a collection of indices to leave out, or None."""
+        R = len(rows)
+        kk = min(k, self.n_items)
+        if self.cuda:
+            sc = self._scorers[0]
+            if exclude is None and hasattr(sc, "topk"):
+                ti, tv = sc.topk(rows, items, new, kk)
+                return ti.astype(np.int64), tv
+            S = np.array(sc.score(rows, items, new), np.float32)
+            _mask(S, exclude, 0, self.n_items)
+            return top_k(S, kk)
+        ti = np.empty((R, kk), np.int64)
+        tv = np.empty((R, kk), np.float32)
+
+        def block(b, a, e):
+            S = self._scorers[b].score(rows[a:e], items[a:e], new[a:e])
+            if exclude is not None:
+                _mask(S, exclude[a:e], 0, self.n_items)
+            ti[a:e], tv[a:e] = top_k(S, kk)
+
+        from .backends.cpu_scoring import run_row_blocks
+        run_row_blocks(R, len(self._scorers), MIN_BLOCK_ROWS, block)
+        return ti, tv
+
+
+def _mask(S, exclude, a, n_items) -> None:
+    if exclude is None:
+        return
+    for i, seen in enumerate(exclude):
+        if seen:
+            cols = np.fromiter(seen, np.int64, len(seen))
+            S[a + i, cols[cols < n_items]] = -np.inf
+
+
+def _take_bag(bag, keep):
+    ip, ind, w = bag
+    parts = [np.arange(ip[j], ip[j + 1]) for j in keep]
+    sel = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    new_ip = np.concatenate([[0], np.cumsum(ip[1:][keep] - ip[:-1][keep])]).astype(np.int64)
+    return new_ip, np.asarray(ind)[sel].astype(np.int32), np.asarray(w)[sel].astype(np.float32)
+
+
+def _concat_bags(a, b):
+    return (np.concatenate([a[0], b[0][1:] + a[0][-1]]).astype(np.int64),
+            np.concatenate([a[1], b[1]]).astype(np.int32),
+            np.concatenate([a[2], b[2]]).astype(np.float32))
+
+
+def _fingerprint(params) -> int:
+    """CRC-32 of ``Wy`` and ``theta``: tells a snapshot's model from another of the same shape."""
+    crc = 0
+    for key in ("Wy", "theta"):
+        crc = zlib.crc32(np.ascontiguousarray(params[key]).view(np.uint8), crc)
+    return int(crc)
+
+
+def _read_snapshot(path: str):
+    import zipfile
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: np.array(f[name]) for name in f.files}
+    except FileNotFoundError:
+        raise _FileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise _FileError(f"{path} is a directory, not a session store snapshot") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+        raise _FileError(f"{path} is not a readable session store snapshot "
+                         f"({type(e).__name__})") from None
+    if "header" not in arrays or arrays["header"].dtype != np.uint8:
+        raise _FileError(f"{path} is not a session store snapshot (no header)")
+    try:
+        header = json.loads(bytes(arrays["header"]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _FileError(f"{path}: unreadable snapshot header") from None
+    if not isinstance(header, dict) or header.get("format") != SNAPSHOT_FORMAT:
+        raise _FileError(f"{path} is not a session store snapshot")
+    if header.get("format_version") != SNAPSHOT_VERSION:
+        raise _FileError(f"{path}: snapshot version {header.get('format_version')!r} is not "
+                         f"supported (this version reads {SNAPSHOT_VERSION})")
+    return arrays, header
+
+
+def _check_array(arrays, name, dtype, shape, path, kinds=None):
+    if name not in arrays:
+        raise _FileError(f"{path}: array {name!r} is missing")
+    a = arrays[name]
+    if dtype is not None and a.dtype != dtype:
+        raise _FileError(f"{path}: array {name!r} has dtype {a.dtype}, expected {np.dtype(dtype)}")
+    if kinds is not None and a.dtype.kind not in kinds:
+        raise _FileError(f"{path}: array {name!r} has dtype {a.dtype}")
+    if shape is not None and a.shape != shape:
+        raise _FileError(f"{path}: array {name!r} has shape {a.shape}, expected {shape}")
+    if shape is None and a.ndim != 1:
+        raise _FileError(f"{path}: array {name!r} must be 1-D, got shape {a.shape}")
+    return a
