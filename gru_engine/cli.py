@@ -97,6 +97,9 @@ def cmd_train(args) -> int:
         params["device"] = args.device
     if args.threads:
         params["n_threads"] = args.threads
+    if args.save:
+        from .io import check_writable
+        check_writable(args.save)  # before training, not after it
     if args.load:
         model = SessionGRU.load(args.load)
         logger.info("loaded %s", args.load)
@@ -146,7 +149,14 @@ def cmd_recommend(args) -> int:
 
 def cmd_preprocess(args) -> int:
     from . import preprocess
-    stats = preprocess.preprocess_file(args.dataset, args.raw_file, args.out_dir)
+    # the statistics are printed below, once: not also as the per-step log lines
+    quiet_steps = logging.Filter()
+    quiet_steps.filter = lambda record: not str(record.msg).startswith("preprocess ")
+    logger.addFilter(quiet_steps)
+    try:
+        stats = preprocess.preprocess_file(args.dataset, args.raw_file, args.out_dir)
+    finally:
+        logger.removeFilter(quiet_steps)
     for key, value in stats.items():
         print(f"{key}: {value}")
     return 0
@@ -341,12 +351,14 @@ def _add_score_parser(sub) -> None:
 
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gru-engine", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser = argparse.ArgumentParser(prog="gru-engine",
+                                     description=__doc__.splitlines()[0].replace("``", ""))
+    _add_verbosity(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train SessionGRU (and evaluate it with --test)")
+    p = sub.add_parser("train", help="train SessionGRU (and evaluate it with --test)",
+                       epilog=_param_names_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("train", nargs="?", help="training events file")
     p.add_argument("--test", help="test events file to evaluate on after training")
     p.add_argument("-p", "--params", default="",
@@ -394,7 +406,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune_parser(sub)
     _add_score_parser(sub)
     _add_report_parser(sub)
+    for p in sub.choices.values():  # -q / -v also after the subcommand
+        _add_verbosity(p, argparse.SUPPRESS)
     return parser
+
+
+def _add_verbosity(parser, default) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="warnings and errors only")
+
+
+def _param_names_epilog() -> str:
+    """The -p parameter names with their defaults, wrapped, for ``train --help``."""
+    import textwrap
+    from .params import DEFAULTS
+    names = ", ".join(f"{k}={'/'.join(map(str, v)) if isinstance(v, list) else v}"
+                      for k, v in DEFAULTS.items())
+    return "-p parameters (name=default):\n" + textwrap.fill(names, 78, initial_indent="  ",
+                                                            subsequent_indent="  ")
 
 
 def main(argv=None) -> int:
