@@ -60,7 +60,11 @@ def connect(address: str | None):
         if address in (None, "", "local"):
             ray.init(include_dashboard=False, log_to_driver=False)
         else:
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except ConnectionError as exc:
+                raise ValueError(f"cannot connect to a Ray cluster at {address!r} ({exc}); "
+                                 f"start one with 'ray start --head' or use 'local'") from None
     return ray
 
 
@@ -79,8 +83,9 @@ def _trainable(config, train=None, valid=None, settings=None, space=None):
 
     try:
         run_trial(params, train, valid, settings, report)
-    except ModelFitError as exc:  # diverged: a result without the objective, not a retry
-        tune.report({"epoch": 0, "trial_number": number, "failed": str(exc)})
+    except ModelFitError as exc:  # diverged: the worst value for the searcher, not a retry
+        tune.report({_OBJECTIVE: float("-inf"), "epoch": 0, "trial_number": number,
+                     "failed": str(exc)})
 
 
 class _DefineByRun:
@@ -192,7 +197,7 @@ def ray_search(train, valid, space: Space, n_trials: int = 20,
         if res.error is not None or "failed" in m or value is None:
             state, value = "failed", None
         elif settings.per_epoch and epochs is not None and epochs < n_epochs:
-            state, value = "pruned", None
+            state = "pruned"  # value: the last epoch's, as Optuna keeps for a pruned trial
         else:
             state = "complete"
         secs = m.get("time_total_s")

@@ -385,7 +385,8 @@ def search(train, valid, space: Space, n_trials: int = 20, settings: TrialSettin
         the ones missing (a trial left running by a killed process is re-run with its params).
     settings: :class:`TrialSettings` (metric, seed, threads, ...); ``per_epoch`` is set from
         ``pruner``.
-    sampler: ``'tpe'`` or ``'random'``, seeded with ``settings.seed``.
+    sampler: ``'tpe'`` or ``'random'``, seeded with ``settings.seed`` (plus the number of trials
+        already in a resumed study, so that it does not draw the first run's parameters again).
     pruner: ``'median'`` (Optuna's MedianPruner on the per-epoch validation value, after 5
         trials), ``'none'``, or an ``optuna.pruners.BasePruner`` instance.
     storage: Optuna storage URL, e.g. ``'sqlite:///study.db'``; the study named
@@ -400,6 +401,10 @@ def search(train, valid, space: Space, n_trials: int = 20, settings: TrialSettin
         study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
         sampler=make_sampler(sampler, settings.seed),
         pruner=_make_pruner(optuna, pruner))
+    n_before = len(study.get_trials(deepcopy=False))
+    if n_before and settings.seed is not None:
+        # a resumed study: a sampler seeded as the first run would draw its parameters again
+        study.sampler = make_sampler(sampler, settings.seed + n_before)
     states = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False, states=(states.RUNNING, states.WAITING)):
         if t.state == states.RUNNING:  # left by a killed run: fail it, re-run its parameters

@@ -191,6 +191,9 @@ def test_resumed_study_runs_only_the_missing_trials(data, tmp_path):
     assert resumed.trials[2].state == "failed"
     assert _space().model_params(resumed.trials[3].params) == lost_params and resumed.trials[3].state == "complete"
     assert T.search(train, valid, _space(), n_trials=3, **kw).trials == resumed.trials
+    more = T.search(train, valid, _space(), n_trials=4, **kw)  # a new draw, not trial 0's again
+    assert len(more.trials) == 5
+    assert more.trials[4].params not in [t.params for t in more.trials[:4]]
 
 
 def test_diverging_trial_is_failed_and_the_search_goes_on(data, monkeypatch):
