@@ -3,8 +3,9 @@
 At the shapes of ``bench/cuda_static.py`` (hidden 100 / batch 64 and hidden 1000 / batch 256,
 n_sample 2048, 40,000 items, 1 layer, constrained embedding, cross-entropy with logq):
 
-* training events/s of :class:`CudaTrainer` (random schedule, steps timed with CUDA events
-  after warm-up), with the full step replayed as a CUDA graph (default) and kernel by kernel and evaluation predictions/s of :class:`CudaScorer.rank` (batches of 512);
+* training events/s of ``backends.cuda.Trainer`` (random schedule, steps timed with CUDA events
+  after warm-up), with the full step replayed as a CUDA graph (default) and kernel by kernel, and
+  evaluation predictions/s of ``backends.cuda.Scorer.rank`` (batches of 512);
 * measured ceilings on this GPU: SGEMM FLOP/s (``cupy.matmul`` 8192^3 float32) and
   device-to-device copy bytes/s (1 GiB);
 * achieved FLOP/s and bytes/s of a step, from the model FLOPs/bytes of ``cuda_static.step_ops``
@@ -30,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from cuda_static import SHAPES, eval_ops, step_ops  # noqa: E402
-from gru_engine.backends.cuda import CudaScorer, CudaTrainer  # noqa: E402
+from gru_engine import params as hp  # noqa: E402
+from gru_engine.backends.cuda import Scorer, Trainer  # noqa: E402
+from gru_engine.network import PARAM_KEYS, build_layout  # noqa: E402
 from gru_engine.backends.device import CupyDevice, cuda_available  # noqa: E402
 
 logger = logging.getLogger("gru_engine.bench")
@@ -63,22 +66,22 @@ def ceilings(cp):
 
 
 def params_for(rng, H, n_items):
-    s = np.sqrt(6 / (H + H))
-    return {"Wx": [rng.uniform(-s, s, (H, 3 * H)).astype(np.float32)],
-            "bx": [np.zeros(3 * H, np.float32)],
-            "Wh": [rng.uniform(-s, s, (H, 3 * H)).astype(np.float32)],
-            "bhn": [np.zeros(H, np.float32)],
-            "Wy": rng.uniform(-0.01, 0.01, (n_items, H)).astype(np.float32),
-            "By": np.zeros(n_items, np.float32)}
+    """GRU4Rec (one layer of H, constrained embedding) as a flat network, GRU4Rec's init."""
+    lay = build_layout(n_items, "id", "concat", "constrained", [H], 0, None, [], rng)
+    return {k: lay[k] for k in PARAM_KEYS}
+
+
+def hyper_for(B, ns):
+    return hp.hyper(hp.validate(dict(hp.DEFAULTS, batch_size=B, n_sample=ns, logq=1.0,
+                                     learning_rate=0.2, momentum=0.2, dropout_p_hidden=0.4)))
 
 
 def bench_shape(dev, cp, shape, steps, warmup, use_graphs=True):
     H, B, ns, N = shape["H"], shape["B"], shape["n_sample"], shape["n_items"]
     rng = np.random.default_rng(0)
     support = rng.integers(1, 1000, N)
-    trainer = CudaTrainer(dev, params_for(rng, H, N), batch_size=B, n_sample=ns, logq=1.0,
-                          item_support=support, learning_rate=0.2, momentum=0.2,
-                          dropout_p_hidden=0.4, use_graphs=use_graphs)
+    trainer = Trainer(dev, params_for(rng, H, N), hyper_for(B, ns), support, sum_mode=False,
+                      use_graphs=use_graphs)
     total = steps + warmup
     ins = dev.to_device(rng.integers(0, N, (total, B)), np.int32)
     outs = dev.to_device(rng.integers(0, N, (total, B)), np.int32)
@@ -95,7 +98,7 @@ def bench_shape(dev, cp, shape, steps, warmup, use_graphs=True):
         trainer.step(ins[t], outs[t], rst[t], smp[t], src)
 
     train_s = _timed(cp, one_step, steps)
-    scorer = CudaScorer(dev, trainer.params_to_host())
+    scorer = Scorer(dev, trainer.host_params(), False)
     R = shape["eval_batch"]
     scorer.begin(R)
     rows = np.arange(R)

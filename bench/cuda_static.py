@@ -4,7 +4,7 @@ Nothing here runs on a GPU. For every ``kernels/*.cu``:
 
 1. ``nvcc -ptx -arch=sm_90 -Werror all-warnings`` must succeed (no warnings);
 2. ``nvcc -cubin -arch=sm_90 -Xptxas -v`` gives per kernel registers, spill bytes, stack and
-   static shared memory; with the launch configuration ``gru_engine/backends/cuda.py`` uses,
+   static shared memory; with the launch configuration ``gru_engine/backends/cuda/`` uses,
    the theoretical occupancy on an H100 (SM 9.0: 65,536 registers, 228 KB shared memory,
    2,048 threads, 32 blocks and 64 warps per SM; registers allocated per warp in units of 256,
    1 KB shared memory reserved per block);
@@ -18,7 +18,7 @@ Nothing here runs on a GPU. For every ``kernels/*.cu``:
    small GEMMs (64 x 300 x 100) and one-block-per-row kernels with 64 rows (64 blocks on 132
    SMs) cannot; it ignores launch latency, which ``--launch-floor-us`` adds as a stated
    ASSUMPTION (a floor per host-issued kernel/GEMM/copy) in a second figure;
-4. the same step replayed as a CUDA graph (``CudaTrainer(use_graphs=True)``, the default on a
+4. the same step replayed as a CUDA graph (``backends.cuda.Trainer(use_graphs=True)``, the default on a
    GPU): the host issues 5 staging copies, 1 graph launch and 1 loss-slot kernel per full step
    instead of every kernel, GEMM and copy (counts asserted in
    ``tests/test_cuda_graphs.py::test_host_calls_per_full_step``), so the per-launch floor
@@ -58,7 +58,7 @@ SM90 = dict(regs_per_sm=65536, smem_per_sm=228 * 1024, threads_per_sm=2048, bloc
             max_regs_per_thread=255)
 
 BLOCK = 256
-# Launch configuration per kernel as cuda.py uses it: (threads per block, dynamic smem bytes).
+# Launch configuration per kernel as backends/cuda/ uses it: (threads per block, dynamic smem bytes).
 LAUNCH = {name: (BLOCK, 0) for name in K.kernel_index()}
 LAUNCH["sparse_combine"] = LAUNCH["sparse_adagrad"] = (128, 0)  # H = 100 rows (min(256, 32*ceil(W/32)))
 LAUNCH["topk_rows"] = (BLOCK, 8 * 100)                           # k = 100
@@ -148,7 +148,7 @@ def step_ops(H, B, n_sample, n_items, **_):
         ("column_sum dbx, dbhn", "kernel", B * G + B * H, f * (B * G + B * H + G + H)),
         ("GEMM dWx = x^T d_gx", "gemm", 2 * B * H * G, f * (B * H + B * G + H * G)),
         ("GEMM dx = d_gx Wx^T", "gemm", 2 * B * G * H, f * (B * G + H * G + B * H)),
-        ("adagrad_dense (Wx,Wh,bx,bhn)", "kernel", 8 * (2 * H * G + G + H),
+        ("adagrad_dense (theta: Wx,Wh,bx,bhn)", "kernel", 8 * (2 * H * G + G + H),
          f * 7 * (2 * H * G + G + H)),
         ("sparse_claim/combine/adagrad Wy", "kernel", 8 * (C + B) * H,
          f * ((C + B) * H * 8) + 12 * (C + B)),
@@ -222,13 +222,13 @@ def main(argv=None):
     models = {}
     for shape_name, shape in SHAPES.items():
         # A full step of an epoch (rows carried from the previous step; 1 layer, constrained,
-        # logq): 24 kernels + 8 GEMMs + 4 copies = 36 host calls (counted in
-        # tests/test_cuda_graphs.py::test_host_calls_per_full_step: 22 + 8 + 4 without the 2
+        # logq): 21 kernels + 8 GEMMs + 4 copies = 33 host calls (counted in
+        # tests/test_cuda_graphs.py::test_host_calls_per_full_step: 19 + 8 + 4 without the 2
         # logq gathers). As a graph: 7 host calls (5 staging copies, 1 graph launch, 1 kernel)
-        # and 37 graph nodes (the 36 plus the loss-slot reset).
-        # evaluation: 6 kernels + 3 GEMMs per batch (CudaScorer.rank)
-        step = roofline(step_ops(**shape), shape["B"], args.launch_floor_us * 1e-6, 24 + 8 + 4,
-                        graph=(7, 37, args.graph_node_us * 1e-6))
+        # and 34 graph nodes (the 33 plus the loss-slot reset).
+        # evaluation: 6 kernels + 3 GEMMs per batch (backends.cuda.Scorer.rank)
+        step = roofline(step_ops(**shape), shape["B"], args.launch_floor_us * 1e-6, 21 + 8 + 4,
+                        graph=(7, 34, args.graph_node_us * 1e-6))
         ev = roofline(eval_ops(**shape), shape["eval_batch"], args.launch_floor_us * 1e-6, 6 + 3)
         models[shape_name] = dict(shape=shape, train_step=step, eval_batch=ev)
 

@@ -3,7 +3,8 @@
 #   1. static analysis (nvcc -ptx/-cubin for sm_90, registers/spills/occupancy, roofline MODEL)
 #   2. the kernels, the training step, SessionGRU(device='cuda') and FeatureSessionGRU(device=
 #      'cuda') through the CPU emulator (pytest -m cuda_emulated: tests/test_cuda_emulated.py,
-#      tests/test_cuda_model.py, tests/test_cuda_graphs.py, tests/test_feature_cuda.py)
+#      tests/test_cuda_trainer.py, tests/test_cuda_model.py, tests/test_cuda_graphs.py,
+#      tests/test_feature_cuda.py)
 #   3. on a machine with an NVIDIA GPU and CuPy: the GPU parity tests (pytest -m cuda: kernels,
 #      training step, SessionGRU and FeatureSessionGRU device='cuda' fits/evaluation against the
 #      CPU path), the
@@ -27,7 +28,8 @@ fi
 
 echo "== 2/3 CUDA kernels through the CPU emulator"
 if command -v "${CXX:-g++}" >/dev/null 2>&1; then
-    python -m pytest -q -m cuda_emulated tests/test_cuda_emulated.py tests/test_cuda_model.py \
+    python -m pytest -q -m cuda_emulated tests/test_cuda_emulated.py tests/test_cuda_trainer.py \
+        tests/test_cuda_model.py \
         tests/test_cuda_graphs.py tests/test_feature_cuda.py || status=1
 else
     skipped+=("emulated kernel tests: no C++ compiler (${CXX:-g++})")

@@ -1,5 +1,5 @@
-"""The CUDA parity checks of test_cuda_emulated.py and test_cuda_model.py, run on a real GPU
-through CupyDevice.
+"""The CUDA parity checks of test_cuda_emulated.py, test_cuda_trainer.py and test_cuda_model.py,
+run on a real GPU through CupyDevice.
 
 Skipped (with the reason) when CuPy is not installed or sees no CUDA device. The kernel tests
 are reused unchanged: :class:`HostMirrorDevice` copies NumPy arguments to the GPU for each
@@ -27,11 +27,12 @@ from test_cuda_emulated import (  # noqa: E402,F401  (collected here against the
     test_adagrad_dense, test_add_bias, test_column_sum, test_dropout_mask, test_final_act,
     test_gather_rows, test_gru_cell_backward, test_gru_cell_forward, test_loss_kernel,
     test_loss_softmax_is_safe_for_large_scores, test_multiply_inplace, test_rank_targets,
-    test_run_epoch_keeps_schedule_on_device, test_scatter_rows, test_scorer_matches_reference,
-    test_sparse_adagrad, test_topk_device_helper, test_topk_rows, test_train_step_every_loss,
-    test_train_step_launch_counts, test_train_step_modes_layers_dropout,
-    test_train_step_with_drawn_dropout_masks, test_train_step_without_extra_negatives,
-    test_train_step_shrinking_batch_and_final_act, test_rank_targets_nan_anywhere_gives_nan)
+    test_scatter_rows, test_sparse_adagrad, test_topk_rows,
+    test_rank_targets_nan_anywhere_gives_nan)
+from test_cuda_trainer import (  # noqa: E402,F401  (the Trainer and Scorer on the GPU)
+    test_scorer_matches_reference, test_train_step_every_loss,
+    test_train_step_modes_layers_dropout, test_train_step_with_drawn_dropout_masks,
+    test_train_step_without_extra_negatives, test_train_step_shrinking_batch_and_final_act)
 from test_cuda_model import (  # noqa: E402,F401  (SessionGRU(device='cuda') on the GPU)
     data, fitted_pair, test_training_steps_equal_cpu_every_loss,
     test_training_steps_equal_cpu_inputs_layers_dropout,
@@ -103,10 +104,22 @@ def test_graph_epochs_equal_uncaptured_on_the_gpu(dropout):
     plain, graph = CupyDevice(), CupyDevice()
     l0, p0, _ = _fit(plain, sessions, use_graphs=False, layers=(7, 5), dropout=dropout)
     l1, p1, et = _fit(graph, sessions, use_graphs=True, layers=(7, 5), dropout=dropout)
-    assert et.trainer.use_graphs, "capture failed on the GPU (see the logged warning)"
+    assert et.use_graphs, "capture failed on the GPU (see the logged warning)"
     assert graph.stats["graph_launches"] == sum(et.full_steps) - 1
     np.testing.assert_allclose([x[0] for x in l1], [x[0] for x in l0], rtol=1e-5)
-    for k in p0:
-        for a, b in zip(p0[k] if isinstance(p0[k], list) else [p0[k]],
-                        p1[k] if isinstance(p1[k], list) else [p1[k]]):
-            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=k)
+    for k in ("theta", "T", "Wy", "By"):
+        np.testing.assert_allclose(p1[k], p0[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_feature_graph_epochs_equal_uncaptured_on_the_gpu():
+    """The feature network's graphs (one per phase and token-entry count) on the real GPU."""
+    from test_cuda_graphs import _fit, _sessions
+    sessions = _sessions()
+    kw = dict(features=True, strategy="interleaved", n_epochs=4, loss="cross-entropy")
+    l0, p0, _ = _fit(CupyDevice(), sessions, use_graphs=False, **kw)
+    graph = CupyDevice()
+    l1, p1, et = _fit(graph, sessions, use_graphs=True, **kw)
+    assert et.use_graphs and graph.stats["graph_launches"] > 0
+    np.testing.assert_allclose([x[0] for x in l1], [x[0] for x in l0], rtol=1e-5)
+    for k in ("theta", "T", "Wy", "By"):
+        np.testing.assert_allclose(p1[k], p0[k], rtol=1e-4, atol=1e-6, err_msg=k)

@@ -1,14 +1,18 @@
-"""CUDA-graph capture of the training step (``Device.capture``, ``CudaTrainer`` with
-``use_graphs``), proven in the CPU emulator.
+"""CUDA-graph capture of the training step (``Device.capture``, ``backends.cuda.Trainer`` with
+``use_graphs``), proven in the CPU emulator, for the ID-only network (GRU4Rec, each input mode)
+and a feature network (bags of varying size: one graph per table-entry count).
 
 The emulator's capture has CUDA's semantics: the captured work is recorded, not run; a replay
 re-reads the same buffers with the scalars baked in at capture; allocating or reading back
-inside a capture is refused. So a graph epoch equals the kernel-by-kernel epoch bit for bit
+inside a capture is refused. Runs compared bit for bit use an emulator that schedules blocks in
+a fixed order (by default it shuffles them, so float atomics such as the loss sum may add in
+another order from run to run, as on a GPU). So a graph epoch equals the kernel-by-kernel epoch bit for bit
 only if every per-step value reaches the captured kernels through device memory, and a
 per-step value passed as a scalar (frozen) is caught here.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import shutil
@@ -16,10 +20,14 @@ import shutil
 import numpy as np
 import pytest
 
+from gru_engine import params as hp
 from gru_engine.backends import device as device_mod
-from gru_engine.backends.cuda import CudaTrainer, EpochTrainer
+from gru_engine.backends.cuda import Trainer
 from gru_engine.backends.device import EmulatedDevice, GraphCaptureError
-from gru_engine.data import build_sessions
+from gru_engine.backends.emulator import STRICT
+from gru_engine.data import ItemIndex, build_sessions
+from gru_engine.features import CategoricalFeatures, DenseFeatures, TokenFeatures, encode_item_features
+from gru_engine.network import PARAM_KEYS, build_layout, epoch_plan
 from gru_engine.sampling import seed_numba
 
 pytestmark = [pytest.mark.cuda_emulated,
@@ -28,6 +36,11 @@ pytestmark = [pytest.mark.cuda_emulated,
 
 N_ITEMS = 40
 B = 6
+
+
+def _device():
+    """The emulator with every check on but blocks run in order: reproducible bits."""
+    return EmulatedDevice(dataclasses.replace(STRICT, block_order="forward"))
 
 
 def _sessions(seed=3, n_sessions=20):
@@ -43,35 +56,47 @@ def _sessions(seed=3, n_sessions=20):
     return build_sessions(data)[0]
 
 
-def _params(mode, layers, seed=0, k_embed=5):
+def _params(mode, layers, seed=0, k_embed=5, features=False, combine="concat"):
+    """A flat network (``gru_engine.network``) with non-trivial weights and biases: the ID
+    subnet alone (GRU4Rec) or, with ``features``, ID + dense + categorical + token subnets."""
     rng = np.random.default_rng(seed)
-    in0 = {"onehot": N_ITEMS, "embedding": k_embed, "constrained": layers[-1]}[mode]
-    p = {"Wx": [], "bx": [], "Wh": [], "bhn": []}
-    for l, H in enumerate(layers):
-        n_in = in0 if l == 0 else layers[l - 1]
-        p["Wx"].append(rng.uniform(-0.3, 0.3, (n_in, 3 * H)).astype(np.float32))
-        p["bx"].append(rng.uniform(-0.1, 0.1, 3 * H).astype(np.float32))
-        p["Wh"].append(rng.uniform(-0.3, 0.3, (H, 3 * H)).astype(np.float32))
-        p["bhn"].append(rng.uniform(-0.1, 0.1, H).astype(np.float32))
-    p["Wy"] = rng.uniform(-0.3, 0.3, (N_ITEMS, layers[-1])).astype(np.float32)
+    enc = []
+    if features:
+        r = np.random.default_rng(1)
+        ids = np.arange(N_ITEMS)
+        words = np.array(["a", "b", "c", "d"])
+        enc = encode_item_features({
+            "dense": DenseFeatures(ids, r.normal(size=(N_ITEMS, 4))),
+            "cat": CategoricalFeatures(ids, r.integers(0, 5, (N_ITEMS, 2)), dim=3),
+            "tok": TokenFeatures(ids, [" ".join(r.choice(words, r.integers(0, 4)))
+                                       for _ in range(N_ITEMS)], dim=3, n_buckets=4),
+        }, ItemIndex(ids))
+    lay = build_layout(N_ITEMS, "parallel" if features else "id", combine, mode, list(layers),
+                       k_embed, [layers[-1]] if combine == "sum" else [4], enc, rng)
+    p = {k: lay[k] for k in PARAM_KEYS}
+    p["theta"] = p["theta"] + rng.uniform(-0.1, 0.1, p["theta"].shape).astype(np.float32)
     p["By"] = rng.uniform(-0.1, 0.1, N_ITEMS).astype(np.float32)
-    if mode == "embedding":
-        p["E"] = rng.uniform(-0.3, 0.3, (N_ITEMS, k_embed)).astype(np.float32)
-    return p
+    return p, lay["names"]
+
+
+def _hyper(loss="bpr-max", n_sample=5, dropout=False):
+    return hp.Hyper(loss=hp.LOSS_CODES[loss], final_act=0, final_act_param=0.0, logq=0.0,
+                    bpreg=0.5, elu_param=0.5, learning_rate=0.05, momentum=0.1,
+                    dropout_p_embed=0.2 if dropout else 0.0,
+                    dropout_p_hidden=0.3 if dropout else 0.0, batch_size=B, n_sample=n_sample,
+                    sample_alpha=0.5, sample_store_size=4 * max(n_sample, 1))
 
 
 def _fit(device, sessions, *, use_graphs, mode="constrained", layers=(7,), dropout=False,
-         n_sample=5, n_epochs=2, loss="bpr-max"):
-    """Two epochs through EpochTrainer; returns (per-run losses, host params, trainer);
+         n_sample=5, n_epochs=2, loss="bpr-max", features=False, strategy="simultaneous"):
+    """Epochs through the Trainer; returns (per-run losses, host params, trainer);
     ``trainer.full_steps`` lists each epoch's number of full (R == batch_size) steps."""
     seed_numba(11)
-    et = EpochTrainer(device, _params(mode, list(layers)), batch_size=B, n_sample=n_sample,
-                      sample_alpha=0.5, sample_store_size=4 * max(n_sample, 1),
-                      item_support=sessions.item_support(N_ITEMS), loss=loss, bpreg=0.5,
-                      elu_param=0.5, constrained_embedding=mode == "constrained",
-                      learning_rate=0.05, momentum=0.1,
-                      dropout_p_embed=0.2 if dropout else 0.0,
-                      dropout_p_hidden=0.3 if dropout else 0.0, seed=9, use_graphs=use_graphs)
+    params, names = _params(mode, list(layers), features=features)
+    plan = epoch_plan(strategy, len(names), n_epochs) if features else None
+    et = Trainer(device, params, _hyper(loss, n_sample, dropout),
+                 sessions.item_support(N_ITEMS), sum_mode=False, plan=plan, names=names,
+                 seed=9, use_graphs=use_graphs)
     et.fill_store()
     order_rng = np.random.default_rng(5)
     losses, et.full_steps = [], []
@@ -88,21 +113,20 @@ def _fit(device, sessions, *, use_graphs, mode="constrained", layers=(7,), dropo
 @functools.lru_cache(maxsize=None)
 def _uncaptured(**kw):
     """The kernel-by-kernel result (losses, params) of ``_fit`` (computed once per setting)."""
-    losses, params, _ = _fit(EmulatedDevice(), _sessions(), use_graphs=False, **kw)
+    losses, params, _ = _fit(_device(), _sessions(), use_graphs=False, **kw)
     return losses, params
 
 
+TRAINED = ("theta", "T", "Wy", "By")
+
+
 def _assert_same_bits(a, b):
-    for k in a:
-        for l, (x, y) in enumerate(zip(a[k] if isinstance(a[k], list) else [a[k]],
-                                       b[k] if isinstance(b[k], list) else [b[k]])):
-            np.testing.assert_array_equal(x, y, err_msg=f"{k}[{l}]")
+    for k in TRAINED:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def _differs(a, b):
-    return any(not np.array_equal(x, y) for k in a
-               for x, y in zip(a[k] if isinstance(a[k], list) else [a[k]],
-                               b[k] if isinstance(b[k], list) else [b[k]]))
+    return any(not np.array_equal(a[k], b[k]) for k in TRAINED)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +139,7 @@ def sessions():
                                                   ("onehot", (6,), True),
                                                   ("embedding", (6, 4), True)])
 def test_graph_epochs_equal_uncaptured_bit_for_bit(sessions, mode, layers, dropout):
-    dev_graph = EmulatedDevice()
+    dev_graph = _device()
     l0, p0 = _uncaptured(mode=mode, layers=layers, dropout=dropout)
     l1, p1, et = _fit(dev_graph, sessions, use_graphs=True, mode=mode, layers=layers,
                       dropout=dropout)
@@ -129,7 +153,7 @@ def test_graph_epochs_equal_uncaptured_bit_for_bit(sessions, mode, layers, dropo
 
 def test_graph_without_negative_samples(sessions):
     l0, p0 = _uncaptured(n_sample=0, loss="top1")
-    dev = EmulatedDevice()
+    dev = _device()
     l1, p1, _ = _fit(dev, sessions, use_graphs=True, n_sample=0, loss="top1")
     assert l0 == l1 and dev.stats["graph_launches"] > 0
     _assert_same_bits(p0, p1)
@@ -137,18 +161,18 @@ def test_graph_without_negative_samples(sessions):
 
 def _frozen_mask_stream(self, offset):
     """The WRONG way: the step index as a kernel scalar (frozen when captured)."""
-    return [None, 0, self.n_steps * (self.net.L + 1) + offset]
+    return [None, 0, self.n_steps * self.masks_per_step + offset]
 
 
 def test_a_per_step_scalar_frozen_in_the_graph_is_caught(sessions, monkeypatch):
     right, p_right = _uncaptured(mode="constrained", layers=(7, 5), dropout=True)
-    monkeypatch.setattr(CudaTrainer, "_mask_stream", _frozen_mask_stream)
+    monkeypatch.setattr(Trainer, "_mask_stream", _frozen_mask_stream)
     # uncaptured, the scalar version draws the very same masks ...
-    l0, p0, _ = _fit(EmulatedDevice(), sessions, use_graphs=False, layers=(7, 5), dropout=True)
+    l0, p0, _ = _fit(_device(), sessions, use_graphs=False, layers=(7, 5), dropout=True)
     assert l0 == right
     _assert_same_bits(p0, p_right)
     # ... but a graph replays the masks of the step it was captured at
-    l1, p1, _ = _fit(EmulatedDevice(), sessions, use_graphs=True, layers=(7, 5), dropout=True)
+    l1, p1, _ = _fit(_device(), sessions, use_graphs=True, layers=(7, 5), dropout=True)
     assert l1 != right and _differs(p1, p_right)
 
 
@@ -176,34 +200,50 @@ def test_failed_capture_falls_back_to_kernel_by_kernel(sessions, monkeypatch, ca
     """A capture that allocates (here: scratch buffers dropped just before capture) is refused;
     the trainer logs it and trains uncaptured, with the same bits."""
     right, p_right = _uncaptured(mode="constrained", layers=(7,), dropout=False)
-    real_capture = CudaTrainer._capture
+    real_capture = Trainer._capture
 
-    def capture_after_dropping_buffers(self):
+    def capture_after_dropping_buffers(self, *args):
         self._flat = {}
-        real_capture(self)
+        return real_capture(self, *args)
 
-    monkeypatch.setattr(CudaTrainer, "_capture", capture_after_dropping_buffers)
-    dev = EmulatedDevice()
+    monkeypatch.setattr(Trainer, "_capture", capture_after_dropping_buffers)
+    dev = _device()
     with caplog.at_level(logging.WARNING, logger="gru_engine"):
         got, p_got, et = _fit(dev, sessions, use_graphs=True)
     assert "capture of the training step failed" in caplog.text
-    assert dev.stats["graph_launches"] == 0 and not et.trainer.use_graphs
+    assert dev.stats["graph_launches"] == 0 and not et.use_graphs
     assert got == right
     _assert_same_bits(p_got, p_right)
 
 
-@pytest.mark.parametrize("dropout", [False, True])
-def test_host_calls_per_full_step(dropout):
-    """Host-side calls of one full step with carried rows (``src``), 1 layer, constrained
-    input: kernel by kernel 22 kernels (10L + 12), 8 GEMMs (5L + 3) and 4 copies (L + 3),
-    +5 kernels with dropout (L + 1 masks, 2 embedding-mask multiplies, the step counter);
-    as a graph replay 1 graph
-    launch, 5 input copies and 1 kernel (adding the step loss to the caller's slot)."""
+# Host-side calls of one full step with carried rows (``src``), kernel by kernel: (kernels,
+# GEMMs, copies). ID-only, L layers, constrained input: 6L + 13 kernels (per layer a state
+# gather, the cell forward and backward, 2 column sums and a bias; the input gather; 2 output
+# gathers, bias, loss, column sum; one dense Adagrad over the subnet's theta; 2 x 3 sparse
+# Adagrad kernels for Wy and By; the logq-free loss needs no more), 5L + 3 GEMMs, L + 3 copies.
+# One-hot input: its gather adds the bias (no GEMM, no bias kernel, 3 GEMMs fewer), and 3 more
+# kernels update its table rows; embedding input: 3 more kernels for its table. Dropout adds
+# L + 1 masks, 2 input-mask multiplies and the step-counter kernel. The feature network (ID +
+# dense + categorical + token subnets of one layer) runs each subnet's forward and backward.
+HOST_CALLS = {
+    ("constrained", (7,), False, False): (19, 8, 4),
+    ("constrained", (7,), False, True): (24, 8, 4),
+    ("constrained", (7, 5), False, False): (25, 13, 5),
+    ("onehot", (7,), False, False): (21, 5, 3),
+    ("embedding", (7,), False, False): (22, 8, 3),
+    ("constrained", (7,), True, False): (63, 22, 6),
+}
+
+
+@pytest.mark.parametrize("mode,layers,features,dropout", sorted(HOST_CALLS))
+def test_host_calls_per_full_step(mode, layers, features, dropout):
+    """Host-side calls of a full step kernel by kernel (HOST_CALLS), and as a graph replay:
+    5 input copies, 1 graph launch and 1 kernel adding the step loss to the caller's slot."""
     dev = EmulatedDevice()
     rng = np.random.default_rng(2)
-    tr = CudaTrainer(dev, _params("constrained", [7]), batch_size=B, n_sample=5,
-                     dropout_p_embed=0.2 if dropout else 0.0,
-                     dropout_p_hidden=0.3 if dropout else 0.0, use_graphs=True)
+    params, _ = _params(mode, list(layers), features=features)
+    tr = Trainer(dev, params, _hyper(dropout=dropout), np.ones(N_ITEMS), sum_mode=False,
+                 use_graphs=True)
     batch = [rng.integers(0, N_ITEMS, B).astype(np.int32),
              rng.integers(0, N_ITEMS, B).astype(np.int32), np.zeros(B, np.uint8),
              rng.integers(0, N_ITEMS, 5).astype(np.int32), np.arange(B, dtype=np.int32)]
@@ -211,13 +251,30 @@ def test_host_calls_per_full_step(dropout):
     for _ in range(3):  # warm-up (direct), capture + first replay, replay
         dev.reset_stats()
         tr.step(*batch)
-        counts.append({k: dev.stats[k] for k in ("launches", "gemms", "copies",
-                                                 "graph_launches")})
-    extra = 5 if dropout else 0
-    assert counts[0] == {"launches": 22 + extra, "gemms": 8, "copies": 4, "graph_launches": 0}
-    assert counts[2] == {"launches": 1, "gemms": 0, "copies": 5, "graph_launches": 1}
+        counts.append(tuple(dev.stats[k] for k in ("launches", "gemms", "copies",
+                                                   "graph_launches")))
+    assert counts[0] == (*HOST_CALLS[(mode, layers, features, dropout)], 0)
+    assert counts[2] == (1, 0, 5, 1)
     assert tr.n_steps == 3
     assert np.isfinite(tr.take_loss_sum())
+
+
+@pytest.mark.parametrize("strategy", ["simultaneous", "interleaved", "residual"])
+def test_feature_network_graph_epochs_equal_uncaptured(sessions, strategy):
+    """The feature network gets CUDA graphs too: one per phase (interleaved: per trained
+    subnet; residual: per block of epochs) and per table-entry count of the token bags (which
+    vary with the step's items); the epochs equal the kernel-by-kernel ones bit for bit."""
+    kw = dict(features=True, strategy=strategy, n_epochs=4, loss="cross-entropy")
+    l0, p0, _ = _fit(_device(), sessions, use_graphs=False, **kw)
+    dev = _device()
+    l1, p1, et = _fit(dev, sessions, use_graphs=True, **kw)
+    assert l0 == l1
+    _assert_same_bits(p0, p1)
+    assert dev.stats["graph_launches"] > 0
+    keys = list(et._graphs)
+    assert len(keys) > 1 and len({k[1] for k in keys}) > 1  # several token-entry counts
+    if strategy == "interleaved":
+        assert len({k[0] for k in keys}) == len(et.names)  # one phase per trained subnet
 
 
 def test_cupy_device_capture_on_a_stand_in_cupy(sessions, tmp_path, monkeypatch):
@@ -234,9 +291,11 @@ def test_cupy_device_capture_on_a_stand_in_cupy(sessions, tmp_path, monkeypatch)
         gpu = device_mod.get_device("cuda")
         right, p_right = _uncaptured(mode="constrained", layers=(7, 5), dropout=True)
         got, p_got, et = _fit(gpu, sessions, use_graphs=None, layers=(7, 5), dropout=True)
-        assert et.trainer.use_graphs and gpu.stats["graph_launches"] > 0
-        assert got == right
-        _assert_same_bits(p_got, p_right)
+        assert et.use_graphs and gpu.stats["graph_launches"] > 0
+        # (the stand-in's kernels run in shuffled block order: equal to float32 rounding)
+        np.testing.assert_allclose([x[0] for x in got], [x[0] for x in right], rtol=1e-6)
+        for k in TRAINED:
+            np.testing.assert_allclose(p_got[k], p_right[k], rtol=1e-6, atol=1e-7, err_msg=k)
     finally:
         device_mod.cuda_available.cache_clear()
         device_mod._cupy_module.cache_clear()

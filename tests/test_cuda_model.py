@@ -3,9 +3,10 @@
 The fixture ``cuda_model`` (tests/conftest.py) makes the model resolve ``device='cuda'`` to the
 device of the ``cuda_device`` fixture (here an :class:`EmulatedDevice`; tests/test_cuda_gpu.py
 runs the same tests with a real :class:`CupyDevice`). Each test compares the CUDA path with the
-Numba CPU path of the same model: the training steps per loss / input mode / depth / dropout (same fixed
-masks on both paths), a small fit's metrics, device ranking against the Cython evaluator,
-save/load, NaN refusal and device resolution.
+Numba CPU path of the same model (both train the same flat network of ``gru_engine.network``,
+through ``backends.cpu.Trainer`` and ``backends.cuda.Trainer``): the training steps per loss /
+input mode / depth / dropout (same fixed masks on both paths), a small fit's metrics, device
+ranking against the Cython evaluator, save/load, NaN refusal and device resolution.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import pytest
 from gru_engine import ModelFitError, NotFittedError
 from gru_engine import model as model_mod
 from gru_engine.backends import device as device_mod
-from gru_engine.backends.cpu_scoring import GRUScorer
-from gru_engine.backends.cuda import CudaScorer
+from gru_engine.backends.cpu_scoring import Scorer as CPUScorer
+from gru_engine.backends.cuda import Scorer
 from gru_engine.data import build_sessions
 from gru_engine.evaluation import evaluate_sessions
 from gru_engine.model import SessionGRU
@@ -32,10 +33,12 @@ pytestmark = [pytest.mark.cuda_emulated,
 _REAL_RESOLVE = model_mod._resolve_device
 
 
+TRAINED = ("theta", "T", "Wy", "By")  # the learned arrays of a network's parameters
+
+
 def _flat(params):
-    for k, v in params.items():
-        for l, a in enumerate(v if isinstance(v, list) else [v]):
-            yield f"{k}[{l}]", a
+    for k in TRAINED:
+        yield k, params[k]
 
 
 def _two_step_events(n_rows, n_items, seed):
@@ -66,25 +69,40 @@ def _markov_events(n_sessions, n_items, seed, max_len=7, t0=0.0):
 
 
 def _fixed_masks(monkeypatch, kw, B, seed):
-    """Make both backends' trainers use the same inverted-dropout masks in every step."""
+    """Make both backends' trainers use the same inverted-dropout masks in every step (one
+    factor per row for one-hot input, repeated over its input width as the CPU holds it)."""
     rng = np.random.default_rng(seed)
     layers = kw["layers"]
-    if not kw.get("constrained_embedding", True) and kw.get("embedding", 0) == 0:
-        width = 1
+    onehot = not kw.get("constrained_embedding", True) and kw.get("embedding", 0) == 0
+    if onehot:
+        width = 3 * layers[0]
     elif kw.get("constrained_embedding", True):
         width = layers[-1]
     else:
         width = kw["embedding"]
     pe, ph = kw["dropout_p_embed"], kw["dropout_p_hidden"]
-    embed = ((rng.random((B, width)) >= pe) / (1 - pe)).astype(np.float32)
+    embed = ((rng.random((B, 1 if onehot else width)) >= pe) / (1 - pe)).astype(np.float32)
+    embed = np.repeat(embed, width, axis=1) if onehot else embed
     hidden = [((rng.random((B, H)) >= ph) / (1 - ph)).astype(np.float32) for H in layers]
     make = SessionGRU._make_trainer
 
     def make_fixed(self, *args, **kwargs):
         trainer = make(self, *args, **kwargs)
-        trainer.fix_dropout_masks(embed, hidden)
+        trainer.fix_dropout_masks([embed], hidden)
         return trainer
     monkeypatch.setattr(SessionGRU, "_make_trainer", make_fixed)
+
+
+def _record_init(monkeypatch):
+    """Copies of the initial parameters of every fit (in fit order)."""
+    inits = []
+    make = SessionGRU._make_trainer
+
+    def recording(self, p, params, *args, **kwargs):
+        inits.append({k: np.array(params[k], copy=True) for k in TRAINED})
+        return make(self, p, params, *args, **kwargs)
+    monkeypatch.setattr(SessionGRU, "_make_trainer", recording)
+    return inits
 
 
 BASE = dict(batch_size=8, n_sample=7, sample_store_size=70, n_epochs=1, learning_rate=0.05,
@@ -111,18 +129,19 @@ def _step_parity(monkeypatch, kw, dropout):
         kw.update(dropout_p_embed=0.25, dropout_p_hidden=0.4)
         _fixed_masks(monkeypatch, kw, kw["batch_size"], seed=len(repr(kw)))
     data = _two_step_events(kw["batch_size"], 12, seed=len(kw["layers"]))
+    inits = _record_init(monkeypatch)
     cpu = SessionGRU(**kw, device="cpu").fit(data)
     gpu = SessionGRU(**kw, device="cuda").fit(data)
     assert (cpu.device_, gpu.device_) == ("cpu", "cuda")
     # the same initial parameters, updated by the steps
-    init = model_mod.init_params(cpu.n_items_, kw["layers"], cpu.input_mode_,
-                                 kw.get("embedding", 0),
-                                 np.random.default_rng(np.random.SeedSequence(11).spawn(3)[0]))
-    got, want, start = dict(_flat(gpu.params_)), dict(_flat(cpu.params_)), dict(_flat(init))
+    assert len(inits) == 2 and all(np.array_equal(inits[0][k], inits[1][k]) for k in TRAINED)
+    got, want, start = dict(_flat(gpu.params_)), dict(_flat(cpu.params_)), inits[0]
     assert sorted(got) == sorted(want) == sorted(start)
     for name, b in want.items():
         a, a0 = got[name], start[name]
         assert a.dtype == np.float32 and isinstance(a, np.ndarray) and a.shape == b.shape, name
+        if b.size <= 1 and name == "T":  # constrained input: no table of its own
+            continue
         assert np.abs(b - a0).max() > 0, f"{name} was not updated by the step"
         err = np.abs(a - b).max() / np.abs(b).max()
         assert err < 1e-4, f"{name}: relative error {err:.2e}"
@@ -202,7 +221,7 @@ class _ScoresOnly:
 def test_fit_metrics_equal_cpu_and_device_ranking_equals_cython(fitted_pair, data):
     cpu, gpu = fitted_pair
     _, test = data
-    assert isinstance(gpu.scorer(), CudaScorer) and isinstance(cpu.scorer(), GRUScorer)
+    assert isinstance(gpu.scorer(), Scorer) and isinstance(cpu.scorer(), CPUScorer)
     r_cpu = cpu.evaluate(test, cutoffs=(5, 20))
     r_gpu = gpu.evaluate(test, cutoffs=(5, 20))  # rank kernel on the device
     assert r_cpu["n_events"] == r_gpu["n_events"] > 200
@@ -225,7 +244,7 @@ def test_save_load_cpu_scores_equal_cuda_scores(fitted_pair, tmp_path):
     path = tmp_path / "gpu_model.npz"
     gpu.save(path)
     loaded = SessionGRU.load(path)
-    assert isinstance(loaded.scorer(), GRUScorer)
+    assert isinstance(loaded.scorer(), CPUScorer)
     ids = gpu.item_index_.ids
     sessions = [[ids[1], ids[2], ids[3]], [ids[5]], [ids[7], ids[7]]]
     np.testing.assert_allclose(loaded.predict_next(sessions), gpu.predict_next(sessions),
@@ -270,7 +289,7 @@ def test_cuda_fit_that_diverges_raises_and_leaves_model_unfitted(cuda_model):
 
 def test_device_auto_uses_the_resolved_device(cuda_model, data):
     m = SessionGRU(**{**FIT, "n_epochs": 1}, device="auto").fit(data[0])
-    assert m.device_ == "cuda" and isinstance(m.scorer(), CudaScorer)
+    assert m.device_ == "cuda" and isinstance(m.scorer(), Scorer)
 
 
 # ---- device resolution without a GPU (independent of the machine) -----------------------------
@@ -282,7 +301,7 @@ def test_device_cuda_without_gpu_is_a_clear_error_and_auto_falls_back(monkeypatc
         m.fit(data[0])
     assert not hasattr(m, "device_")
     m = SessionGRU(**{**FIT, "n_epochs": 1}, device="auto").fit(data[0])
-    assert m.device_ == "cpu" and isinstance(m.scorer(), GRUScorer)
+    assert m.device_ == "cpu" and isinstance(m.scorer(), CPUScorer)
 
 
 def test_cpu_device_never_asks_for_cuda(monkeypatch, data):

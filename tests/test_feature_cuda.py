@@ -1,8 +1,8 @@
-"""FeatureSessionGRU on CUDA (backends/feature_cuda.py, kernels/features.cu), run in the CPU
-emulator.
+"""FeatureSessionGRU on CUDA (backends/cuda over a feature network, kernels/features.cu), run in
+the CPU emulator.
 
 The kernels of features.cu are checked against NumPy on awkward sizes; one training step of
-:class:`FeatureCudaTrainer` against the CPU :class:`FeatureTrainer` (loss and every gradient,
+the CUDA :class:`Trainer` against the CPU one (loss and every gradient,
 with non-trivial previous hidden states and the same fixed dropout masks on both paths) per
 architecture / combine mode / input mode / depth / loss; whole fits of every strategy against
 the CPU fit (same schedule, same negative samples, no dropout: parameters and losses to float32
@@ -20,13 +20,12 @@ import pytest
 from gru_engine import params as hp
 from gru_engine import model as model_mod
 from gru_engine.backends import device as device_mod
-from gru_engine.backends.cpu_scoring import FeatureScorer
-from gru_engine.backends.cuda import BLOCK, CudaScorer
+from gru_engine.backends.cpu import Trainer as CPUTrainer
+from gru_engine.backends.cpu_scoring import Scorer as CPUScorer
+from gru_engine.backends.cuda import BLOCK, Scorer, Trainer
 from gru_engine.backends.device import EmulatedDevice
-from gru_engine.backends.feature_cpu import FeatureTrainer
 from gru_engine.network import (K_DIRECT, L_H, L_HOFF, PARAM_KEYS, S_D0, S_D1, S_IN, S_KIND,
                                 S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_XOFF, T_OWN, build_layout)
-from gru_engine.backends.feature_cuda import FeatureCudaScorer, FeatureCudaTrainer
 from gru_engine.data import ItemIndex, build_sessions
 from gru_engine.evaluation import evaluate_sessions
 from gru_engine.feature_model import FeatureSessionGRU
@@ -227,19 +226,17 @@ def _step_pair(dev, arch, combine, mode, layers, flayers, loss, B=4, n_sample=3,
     params["theta"] += rng.normal(size=params["theta"].shape).astype(np.float32) * 0.1
     support = rng.integers(1, 10, N_ITEMS)
     ce = loss == "cross-entropy"
-    hyper = dict(logq=1.0 if ce else 0.0, bpreg=0.5 if loss == "bpr-max" else 0.0,
-                 elu=0.5 if loss == "bpr-max" else 0.0)
-    gpu = FeatureCudaTrainer(dev, params, batch_size=B, n_sample=n_sample,
-                             sum_mode=combine == "sum", loss=loss, bpreg=hyper["bpreg"],
-                             elu_param=hyper["elu"], logq=hyper["logq"], sample_alpha=0.5,
-                             item_support=support, learning_rate=0.1)
-    cpu = FeatureTrainer({k: v.copy() for k, v in params.items()}, N_ITEMS, support, B,
-                         n_sample, 0.5, 100, hp.LOSS_CODES[loss], 0, 0.0, hyper["logq"],
-                         hyper["bpreg"], hyper["elu"], 0.1, 0.0, 0.0, 0.0, combine == "sum")
+    hyper = hp.hyper(hp.validate(dict(
+        hp.DEFAULTS, loss=loss, logq=1.0 if ce else 0.0, bpreg=0.5 if loss == "bpr-max" else 0.0,
+        elu_param=0.5 if loss == "bpr-max" else 0.0, sample_alpha=0.5, learning_rate=0.1,
+        batch_size=B, n_sample=n_sample, sample_store_size=100)))
+    gpu = Trainer(dev, params, hyper, support, sum_mode=combine == "sum")
+    cpu = CPUTrainer({k: v.copy() for k, v in params.items()}, hyper, support,
+                     sum_mode=combine == "sum")
     return params, gpu, cpu, rng
 
 
-def _device_grads(d, tr, params, n_table, n_wy, cols):
+def _device_grads(d, tr, params, n_wy, cols):
     """The CUDA trainer's step gradients as full-size host arrays (CPU forward_backward's)."""
     net, SI = tr.net, tr.net.SI
     C = len(cols)
@@ -249,10 +246,10 @@ def _device_grads(d, tr, params, n_table, n_wy, cols):
         if not (tr.active[s] and tr.train[s]):
             continue
         g["theta"][SI[s, S_D0]:SI[s, S_D1]] = gtheta[SI[s, S_D0]:SI[s, S_D1]]
-        if SI[s, S_TAB] == T_OWN and n_table[s]:
+        if SI[s, S_TAB] == T_OWN and s in tr.table_rows:
             rows, cols_t = SI[s, S_TROWS], SI[s, S_TCOLS]
-            GT = d.to_host(tr._buf(f"GT{s}", (n_table[s], cols_t)))
-            iT = d.to_host(tr._buf(f"iT{s}", (n_table[s],), np.int32))
+            G, idx, n = tr.table_rows[s]
+            GT, iT = d.to_host(G)[:n], d.to_host(idx)[:n]
             block = np.zeros((rows, cols_t), np.float64)
             np.add.at(block, iT, GT)
             g["T"][SI[s, S_TOFF]:SI[s, S_TOFF] + rows * cols_t] = block.ravel()
@@ -270,14 +267,14 @@ def _device_grads(d, tr, params, n_table, n_wy, cols):
 def _cpu_inputs(cpu, rng, B, n_sample):
     """Non-trivial previous hidden states, dropout masks (one factor per row for one-hot ID
     input, as the CPU draws them) and the step's columns / logq corrections."""
-    SI, LI = cpu.SI, cpu.LI
-    cpu.HP[:] = rng.normal(size=cpu.HP.shape) * 0.5
-    cpu.MK[:] = rng.uniform(0.5, 1.5, size=cpu.MK.shape)
-    cpu.M0f[:] = rng.uniform(0.5, 1.5, size=cpu.M0f.shape)
+    SI, LI, wk = cpu.net.SI, cpu.net.LI, cpu.work
+    wk.HP[:] = rng.normal(size=wk.HP.shape) * 0.5
+    wk.MK[:] = rng.uniform(0.5, 1.5, size=wk.MK.shape)
+    wk.M0f[:] = rng.uniform(0.5, 1.5, size=wk.M0f.shape)
     m0s, mks, hps = [], [], []
     for s in range(SI.shape[0]):
         din = SI[s, S_IN]
-        M0 = cpu.M0f[B * SI[s, S_XOFF]:B * (SI[s, S_XOFF] + din)].reshape(B, din)
+        M0 = wk.M0f[B * SI[s, S_XOFF]:B * (SI[s, S_XOFF] + din)].reshape(B, din)
         if SI[s, S_KIND] == K_DIRECT:
             M0[:] = M0[:, :1]
             m0s.append(M0[:, 0].copy())
@@ -286,13 +283,13 @@ def _cpu_inputs(cpu, rng, B, n_sample):
     for g in range(LI.shape[0]):
         H = LI[g, L_H]
         a, b = B * LI[g, L_HOFF], B * (LI[g, L_HOFF] + H)
-        mks.append(cpu.MK[a:b].reshape(B, H).copy())
-        hps.append(cpu.HP[a:b].reshape(B, H).copy())
+        mks.append(wk.MK[a:b].reshape(B, H).copy())
+        hps.append(wk.HP[a:b].reshape(B, H).copy())
     in_items = rng.integers(0, N_ITEMS, B).astype(np.int32)
     cols = np.concatenate([rng.integers(0, N_ITEMS, B),
                            rng.integers(0, N_ITEMS, n_sample)]).astype(np.int32)
-    cpu.lq[:len(cols)] = cpu.log_support[cols]
-    cpu.lq[B:len(cols)] *= 0.5  # sample_alpha
+    cpu.out.lq[:len(cols)] = cpu.log_support[cols]
+    cpu.out.lq[B:len(cols)] *= 0.5  # sample_alpha
     return in_items, cols, m0s, mks, hps
 
 
@@ -303,18 +300,18 @@ def _check_step(d, case, phase=None):
                                        n_sample)
     if phase is not None:
         cpu.set_phase(*phase)
-        gpu.set_phase(phase[0], phase[1], phase[3])
+        gpu.set_phase(*phase)
     in_items, cols, m0s, mks, hps = _cpu_inputs(cpu, rng, B, n_sample)
     want_loss, want = cpu.forward_backward(in_items, B, cols, len(cols))
     for g, hp_ in enumerate(hps):
         gpu.h[g][:B] = d.to_device(hp_)
     masks = ([d.to_device(m) for m in m0s], [d.to_device(m) for m in mks])
     gpu.loss_sum.fill(0)
-    n_table, n_wy = gpu.forward_backward(
+    n_wy = gpu.forward_backward(
         d.to_device(in_items), d.to_device(cols[:B]), d.to_device(np.zeros(B, np.uint8)),
         d.to_device(cols[B:]), masks=masks)
     got_loss = gpu.take_loss_sum()
-    got = _device_grads(d, gpu, params, n_table, n_wy, cols)
+    got = _device_grads(d, gpu, params, n_wy, cols)
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
     for key in ("theta", "T", "Wy", "By"):
         a, b = got[key], want[key]
@@ -376,13 +373,13 @@ def _markov_events(n_sessions, n_items, seed, max_len=6, t0=0.0):
 def record_init(monkeypatch):
     """Copies of the initial parameters of every fit (in fit order)."""
     inits = []
-    orig = FeatureSessionGRU._init_params
+    orig = FeatureSessionGRU._make_trainer
 
-    def recording(self, *args, **kwargs):
-        params = orig(self, *args, **kwargs)
-        inits.append({k: np.array(v, copy=True) for k, v in params.items()})
-        return params
-    monkeypatch.setattr(FeatureSessionGRU, "_init_params", recording)
+    def recording(self, p, params, *args, **kwargs):
+        inits.append({k: np.array(v, copy=True) for k, v in params.items()
+                      if isinstance(v, np.ndarray)})
+        return orig(self, p, params, *args, **kwargs)
+    monkeypatch.setattr(FeatureSessionGRU, "_make_trainer", recording)
     return inits
 
 
@@ -462,7 +459,7 @@ def test_id_architecture_is_sessiongru_on_cuda(cuda_model):
     data = _markov_events(20, 10, seed=4)
     feat = FeatureSessionGRU(**kw, architecture="id", device="cuda").fit(data)
     plain = SessionGRU(**kw, device="cuda").fit(data)
-    assert feat.device_ == "cuda" and isinstance(feat.scorer(), CudaScorer)
+    assert feat.device_ == "cuda" and isinstance(feat.scorer(), Scorer)
     for key in ("Wy", "By"):  # bit for bit in the emulator; a GPU's atomics may reorder sums
         np.testing.assert_allclose(feat.params_[key], plain.params_[key], rtol=1e-5, atol=1e-7)
 
@@ -486,14 +483,14 @@ def test_dropout_masks_drawn_on_the_device(cuda_model):
 
 
 def test_fixed_dropout_masks_replace_the_drawn_ones(cuda_model, monkeypatch):
-    """FeatureEpochTrainer.fix_dropout_masks (the test hook of the ID-only EpochTrainer): masks
-    of ones under dropout_p > 0 give exactly the fit without dropout (the CPU's)."""
+    """Trainer.fix_dropout_masks (the test hook): masks of ones under dropout_p > 0 give exactly
+    the fit without dropout (the CPU's)."""
     make = FeatureSessionGRU._make_trainer
 
     def make_fixed(self, p, *args, **kwargs):
         trainer = make(self, p, *args, **kwargs)
         if p["device"] == "cuda":
-            B, net = p["batch_size"], trainer.trainer.net
+            B, net = p["batch_size"], trainer.net
             trainer.fix_dropout_masks(
                 [np.ones(B if sn.kind == K_DIRECT else (B, sn.din)) for sn in net.sub],
                 [np.ones((B, h)) for h in net.LI[:, L_H]])
@@ -529,8 +526,8 @@ def fitted_pair(cuda_device):
 def test_fit_evaluate_equal_cpu_and_device_ranking(fitted_pair):
     cpu, gpu, test = fitted_pair
     _assert_fits_equal(cpu, gpu)
-    assert isinstance(gpu.scorer(), FeatureCudaScorer)
-    assert isinstance(cpu.scorer(), FeatureScorer)
+    assert isinstance(gpu.scorer(), Scorer)
+    assert isinstance(cpu.scorer(), CPUScorer)
     r_cpu, r_gpu = cpu.evaluate(test, cutoffs=(5, 20)), gpu.evaluate(test, cutoffs=(5, 20))
     assert r_cpu["n_events"] == r_gpu["n_events"] > 100
     assert r_cpu["recall@20"] > 0.5  # the fit learned something
@@ -549,7 +546,7 @@ def test_fit_evaluate_equal_cpu_and_device_ranking(fitted_pair):
 def test_device_scores_equal_cpu_scorer(fitted_pair):
     _, gpu, _ = fitted_pair
     dev_sc = gpu.scorer()
-    cpu_sc = FeatureScorer(gpu.params_, False)
+    cpu_sc = CPUScorer(gpu.params_, False)
     rows, items = np.array([0, 2, 1]), np.array([3, 7, 7])
     for sc in (dev_sc, cpu_sc):
         sc.begin(3)
@@ -568,7 +565,7 @@ def test_save_load_keeps_features_and_scores(fitted_pair, tmp_path):
     path = tmp_path / "feature_gpu.npz"
     gpu.save(path)
     loaded = FeatureSessionGRU.load(path)
-    assert isinstance(loaded.scorer(), FeatureScorer)  # a loaded model scores on the CPU
+    assert isinstance(loaded.scorer(), CPUScorer)  # a loaded model scores on the CPU
     assert loaded.subnet_names_ == gpu.subnet_names_
     assert loaded.feature_info_ == gpu.feature_info_
     for key in PARAM_KEYS:
@@ -591,14 +588,14 @@ def test_device_cuda_without_gpu_is_a_clear_error_and_auto_falls_back(monkeypatc
         m.fit(data, item_features=feats)
     assert not hasattr(m, "device_")
     m = FeatureSessionGRU(**kw, device="auto").fit(data, item_features=feats)
-    assert m.device_ == "cpu" and isinstance(m.scorer(), FeatureScorer)
+    assert m.device_ == "cpu" and isinstance(m.scorer(), CPUScorer)
 
 
 def test_device_auto_uses_the_resolved_device(cuda_model):
     data = _markov_events(20, 10, seed=6)
     m = FeatureSessionGRU(**dict(BASE, layers=[5], feature_layers=[3]), device="auto")
     m.fit(data, item_features=_item_features(10, np.arange(10) * 3 + 1))
-    assert m.device_ == "cuda" and isinstance(m.scorer(), FeatureCudaScorer)
+    assert m.device_ == "cuda" and isinstance(m.scorer(), Scorer)
 
 
 def test_real_device_resolution_on_a_stand_in_cupy(tmp_path, monkeypatch):

@@ -1,0 +1,139 @@
+"""Inference of any network on a CUDA device, for the evaluator's scorer protocol, with
+device-side ranking and top-k."""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from ..device import Device
+from .net import DeviceNet
+from .ops import BLOCK, ScratchBuffers, grid
+
+RANK_MODES = {"conservative": 0, "optimistic": 1, "standard": 1, "median": 2}
+
+# model -> (params dict, key, net): device parameters reused by the scorers of cache_on=model
+_SCORER_NETS = weakref.WeakKeyDictionary()
+
+
+def _cached_net(cache_on, params: dict, key, build):
+    """The device parameters kept for ``cache_on`` when they were built from the very same
+    ``params`` dict under the same ``key``; else ``build()`` (kept for ``cache_on``)."""
+    cached = _SCORER_NETS.get(cache_on) if cache_on is not None else None
+    if cached is not None and cached[0] is params and cached[1] == key:
+        return cached[2]
+    net = build()
+    if cache_on is not None:
+        _SCORER_NETS[cache_on] = (params, key, net)
+    return net
+
+
+class Scorer(ScratchBuffers):
+    """Inference of a network on the device (no dropout; every subnet runs).
+
+    ``params``: flat host parameters (:data:`gru_engine.network.PARAM_KEYS`); ``sum_mode``:
+    ``combine='sum'``; ``final_act``: ``(code, param)`` (:func:`gru_engine.params.
+    parse_final_act`). ``cache_on``: an object (the model) for which the device copy of
+    ``params`` is kept between scorers (in a weak-keyed table, so copies and pickles of the
+    model never carry device arrays), reused while ``params`` is the very same dict holding the
+    very same arrays on the same device; values written INTO the arrays in place are not seen
+    by a cached copy (assign a new array or dict instead).
+
+    Protocol: ``begin(n_rows)`` zeroes an (n_rows, H_g) hidden state per layer; ``score(rows,
+    items, new_session)`` feeds one click per listed row (rows: (R,) int indices into the state,
+    distinct; items: (R,) int item indices; new_session: (R,) bool, True resets that row) and
+    returns float32 (R, n_items) host scores ``final_act(h_comb @ Wy.T + By)``. ``rank`` and
+    ``topk`` do the same step but keep the score block on the device.
+    """
+
+    def __init__(self, device: Device, params: dict, sum_mode: bool, final_act=(0, 0.0),
+                 cache_on=None):
+        self.dev = device
+        key = (device.name, getattr(device, "device_id", None),
+               tuple((k, id(params[k])) for k in sorted(params)))
+        self.net = _cached_net(cache_on, params, key, lambda: DeviceNet(device, params))
+        self.sum_mode = bool(sum_mode)
+        self.final_act = (int(final_act[0]), float(final_act[1]))
+        self.n_items = self.net.n_items
+        self.h = None
+        self._arange = None
+        self._init_scratch()
+
+    def begin(self, n_rows: int):
+        self.h = [self.dev.zeros((int(n_rows), H)) for H in self.net.H]
+
+    def _forward_rows(self, rows_d, items_d, reset_d, R: int):
+        """One click per row through every subnet (rows_d, items_d (R,) int32, reset_d (R,)
+        uint8); writes the rows' new state into ``self.h``; returns h_comb (R, Hc)."""
+        d, net = self.dev, self.net
+        if self._arange is None or self._arange.shape[0] < R:
+            self._arange = d.to_device(np.arange(max(R, 64), dtype=np.int32))
+        hprevs = []
+        for g, h in enumerate(self.h):
+            H = h.shape[1]
+            hp = self._buf(f"hprev{g}", (R, H))
+            d.launch("gather_rows", grid(R * H), BLOCK, [h, H, rows_d, R, H, None, None, hp, H])
+            hprevs.append(hp)
+        no_masks = [None] * net.G
+        for s in range(net.S):
+            net.subnet_forward(s, items_d, R, reset_d, hprevs, None, no_masks, self._buf)
+        for g, h in enumerate(self.h):
+            H = h.shape[1]
+            d.launch("scatter_rows", grid(R * H), BLOCK,
+                     [self._buf(f"y{g}", (R, H)), rows_d, R, H, h])
+        return net.combine([True] * net.S, R, self.sum_mode, self._arange, self._buf, None)
+
+    def _scores_device(self, rows, items, new_session):
+        """(R, n_items) float32 device scores of one click per row (advances those rows)."""
+        if self.h is None:
+            raise ValueError("call begin(n_rows) before score()")
+        d, p = self.dev, self.net.p
+        R = len(rows)
+        rows_d = d.to_device(np.asarray(rows), np.int32)
+        items_d = d.to_device(np.asarray(items), np.int32)
+        reset_d = d.to_device(np.asarray(new_session).astype(np.uint8))
+        x = self._forward_rows(rows_d, items_d, reset_d, R)
+        N = self.n_items
+        S = self._buf("S", (R, N))
+        d.gemm(x, p["Wy"], out=S, trans_b=True)
+        d.launch("add_bias", grid(R * N), BLOCK, [S, p["By"], R, N])
+        if self.final_act[0] != 0:
+            S_act = self._buf("S_act", (R, N))
+            d.launch("final_act_forward", grid(R * N), BLOCK,
+                     [S, S_act, R * N, self.final_act[0], self.final_act[1]])
+            return S_act
+        return S
+
+    def score(self, rows, items, new_session):
+        return self.dev.to_host(self._scores_device(rows, items, new_session))
+
+    def rank(self, rows, items, new_session, targets, mode: str = "conservative"):
+        """(R,) float32 rank of each row's target item among all items (1 = best); NaN for a
+        row whose scores hold NaN anywhere (``evaluate_sessions`` then refuses the model with
+        ``ModelFitError``)."""
+        if mode not in RANK_MODES:
+            raise ValueError(f"mode must be one of {sorted(RANK_MODES)}, got {mode!r}")
+        S = self._scores_device(rows, items, new_session)
+        R, N = S.shape
+        ranks = self._buf("ranks", (R,))
+        self.dev.launch("rank_targets", R, BLOCK,
+                        [S, R, N, self.dev.to_device(np.asarray(targets), np.int32),
+                         RANK_MODES[mode], ranks])
+        return self.dev.to_host(ranks)
+
+    def topk(self, rows, items, new_session, k: int):
+        """Top-k items per row, best first (ties: lower index first): (R, k) int32 indices
+        and float32 scores."""
+        return topk_device(self.dev, self._scores_device(rows, items, new_session), k)
+
+
+def topk_device(device: Device, S, k: int):
+    """Top-k of each row of a device score block S (R, N) float32; returns host (idx (R, k)
+    int32, vals (R, k) float32)."""
+    R, N = S.shape
+    if not 1 <= int(k) <= N:
+        raise ValueError(f"k must be in [1, {N}], got {k!r}")
+    idx = device.empty((R, int(k)), np.int32)
+    vals = device.empty((R, int(k)), np.float32)
+    device.launch("topk_rows", R, BLOCK, [S, R, N, int(k), idx, vals], shared_mem=8 * int(k))
+    return device.to_host(idx), device.to_host(vals)
