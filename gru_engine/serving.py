@@ -4,7 +4,8 @@
   state over item tables built ONCE per model (the CPU scorer's input-projection table and item
   panels; a CUDA model's device parameters are kept by the CUDA backend). The static part is kept
   for the model in a weak-keyed table and rebuilt when ``params_`` (the dict or any of its
-  arrays) is replaced, or ``final_act``/``n_threads`` change, or a sampled fingerprint of
+  arrays) is replaced, or ``final_act``/``n_threads`` (or the CPU scorer's ``MAX_TABLE`` /
+  ``USE_PANELS`` switches) change, or a sampled fingerprint of
   ``theta``/``Wy``/``By`` changes (values written in place by training; other in-place edits
   may go unseen: assign new arrays). ``recommend``, ``predict_next`` and ``evaluate`` all
   go through it.
@@ -81,7 +82,9 @@ def _sampled(params) -> tuple:
 
 
 def _static(model) -> _Static:
+    from .backends.cpu_scoring import OutputLayer, Scorer
     key = (model.final_act, model.n_threads, getattr(model, "device_", "cpu"),
+           Scorer.MAX_TABLE, OutputLayer.USE_PANELS,  # switched by tests and benchmarks
            _sampled(model.params_))
     with _STATIC_LOCK:
         st = _STATIC.get(model)
