@@ -11,6 +11,7 @@ import csv
 import gzip
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,25 +70,62 @@ def _missing_mask(values: np.ndarray) -> np.ndarray:
     return np.zeros(len(values), dtype=bool)
 
 
+#: floats hold every integer exactly only below this magnitude
+_FLOAT_EXACT = 2 ** 53
+_INT64_MAX = 2 ** 63 - 1
+
+
+def show_id(value) -> str:
+    """An id as the user wrote it: ``5`` or ``'a'``, not ``np.int64(5)`` / ``np.str_('a')``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
+def _int_ids(values: np.ndarray, key: str) -> np.ndarray:
+    """Integer ids exactly: int64, or uint64 when some id is >= 2**63 (and none negative)."""
+    if values.dtype.kind == "u" and len(values) and int(values.max()) > _INT64_MAX:
+        return values.astype(np.uint64, copy=False)
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64, copy=False)
+    ints = [int(v) for v in values]  # Python ints (an object column): any size
+    lo, hi = min(ints, default=0), max(ints, default=0)
+    if -_INT64_MAX - 1 <= lo and hi <= _INT64_MAX:
+        return np.array(ints, dtype=np.int64)
+    if lo >= 0 and hi < 2 ** 64:
+        return np.array(ints, dtype=np.uint64)
+    bad = hi if hi > _INT64_MAX else lo
+    raise ValueError(f"column {key!r} holds ids beyond 64-bit integers (e.g. {bad}); read the "
+                     "column as strings")
+
+
 def _ids(data, key: str) -> np.ndarray:
-    """Id column as int64 or str (the only kinds an :class:`ItemIndex` stores and saves)."""
+    """Id column as int64, uint64 (ids >= 2**63) or str: the kinds an :class:`ItemIndex`
+    stores and saves. Integers are kept exactly; float ids must be integers below 2**53 in
+    magnitude (beyond that a float cannot tell neighbouring ids apart)."""
     values = _column(data, key)
     if values.dtype.kind in "mM":
         raise ValueError(f"column {key!r} holds datetimes; ids must be integers or strings")
     bad = _missing_mask(values)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"column {key!r} has {int(bad.sum())} missing (NaN/None) ids; first at row {first}")
+        raise ValueError(f"column {key!r} has {int(bad.sum())} missing (empty, NaN or None) "
+                         f"ids; first at row {first} (counting from 0, after the header)")
     kind = values.dtype.kind
     if kind in "iu":
-        return values.astype(np.int64, copy=False)
+        return _int_ids(values, key)
     if kind == "U":
         return values
     if kind == "S":
         return values.astype(str)
     if kind == "f":
-        if not np.all(values == np.round(values)):
-            raise ValueError(f"column {key!r} holds non-integer floats; ids must be integers or strings")
+        inexact = (values != np.round(values)) | (np.abs(values) >= _FLOAT_EXACT)
+        if inexact.any():
+            first = int(np.flatnonzero(inexact)[0])
+            raise ValueError(f"column {key!r} holds non-integer floats or floats of magnitude "
+                             f">= 2**53 (row {first}: {show_id(values[first])}): float ids "
+                             "must be exact integers below 2**53; read the column as integers "
+                             "or strings")
         return values.astype(np.int64)
     if kind == "O":
         if len(values) == 0:
@@ -97,7 +135,7 @@ def _ids(data, key: str) -> np.ndarray:
             return values.astype(str)
         if kinds and all(issubclass(k, (int, np.integer)) and not issubclass(k, (bool, np.bool_))
                          for k in kinds):
-            return values.astype(np.int64)
+            return _int_ids(values, key)
         raise ValueError(f"column {key!r} holds ids of type(s) {sorted(k.__name__ for k in kinds)}; "
                          "ids must be all integers or all strings")
     raise ValueError(f"column {key!r} has dtype {values.dtype}; ids must be integers or strings")
@@ -198,19 +236,33 @@ class ItemIndex:
         return np.where(found, self._sorted_pos[pos], -1).astype(np.int32)
 
     def _comparable(self, q: np.ndarray):
-        """``q`` in the index's kind and a mask of the entries that could match (None = all)."""
+        """``q`` in the index's dtype and a mask of the entries that could match (None = all).
+        Integers compare exactly (int64 against uint64 too); floats only when they are exact
+        integers below 2**53."""
         kind, qk = self.ids.dtype.kind, q.dtype.kind
         if kind in "iu":
+            dt = self.ids.dtype
+            lo, hi = (0, 2 ** 64 - 1) if kind == "u" else (-_INT64_MAX - 1, _INT64_MAX)
             if qk in "iu":
-                return q, None
+                if q.dtype == dt:
+                    return q, None
+                if qk == "i":
+                    valid = q >= 0 if kind == "u" else None
+                else:
+                    valid = q <= np.uint64(_INT64_MAX) if kind == "i" else None
+                conv = q if valid is None else np.where(valid, q, 0)
+                return conv.astype(dt), valid
             if qk == "f":
-                valid = np.isfinite(q) & (q == np.round(q))
-                return np.where(valid, q, 0).astype(np.int64), valid
+                valid = np.isfinite(q) & (q == np.round(q)) & (np.abs(q) < _FLOAT_EXACT)
+                if kind == "u":
+                    valid &= q >= 0
+                return np.where(valid, q, 0).astype(dt), valid
             if qk == "O":
-                valid = np.fromiter((isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                valid = np.fromiter((isinstance(v, (int, np.integer))
+                                     and not isinstance(v, (bool, np.bool_)) and lo <= v <= hi
                                      for v in q.flat), dtype=bool, count=q.size).reshape(q.shape)
-                conv = np.fromiter((int(v) if ok else 0 for v, ok in zip(q.flat, valid.flat)),
-                                   dtype=np.int64, count=q.size).reshape(q.shape)
+                conv = np.array([int(v) if ok else 0 for v, ok in zip(q.flat, valid.flat)],
+                                dtype=dt).reshape(q.shape)
                 return conv, valid
         elif kind in "US":
             if qk in "US":
@@ -226,12 +278,38 @@ class ItemIndex:
         return np.zeros(q.shape, dtype=self.ids.dtype), np.zeros(q.shape, dtype=bool)
 
     def to_index(self, item_ids) -> np.ndarray:
-        """Dense indices (int32) of ``item_ids``; ``KeyError`` naming the first unknown id."""
+        """Dense indices (int32) of ``item_ids``; ``KeyError`` naming the first unknown id (as
+        written: ``5``, ``'5'``), and saying so when the ids are of the other kind (strings for
+        a model of integer ids, or the other way round)."""
         idx = self.lookup(item_ids)
         if np.any(idx < 0):
             unknown = np.asarray(item_ids)[idx < 0]
-            raise KeyError(f"{len(unknown)} item id(s) unknown to the model, e.g. {unknown[0]!r}")
+            first = show_id(unknown.flat[0])
+            mismatch = self.kind_mismatch(unknown)
+            if mismatch:
+                raise KeyError(f"{mismatch} (e.g. {first}); ids are never converted between "
+                               "kinds")
+            raise KeyError(f"{len(unknown)} item id(s) unknown to the model, e.g. {first}")
         return idx
+
+    def kind_mismatch(self, item_ids) -> str | None:
+        """A message when ``item_ids`` are (all) of the other kind than the index's ids: strings
+        against integer ids or integers against string ids; else None."""
+        q = np.asarray(item_ids)
+        if q.size == 0 or len(self.ids) == 0:
+            return None
+        if q.dtype.kind == "O":
+            types = {type(v) for v in q.flat}
+            is_str = all(issubclass(t, (str, np.str_)) for t in types)
+            is_num = all(issubclass(t, (int, float, np.integer, np.floating))
+                         and not issubclass(t, (bool, np.bool_)) for t in types)
+        else:
+            is_str, is_num = q.dtype.kind in "US", q.dtype.kind in "iuf"
+        if self.ids.dtype.kind in "iu" and is_str:
+            return "this model's item ids are integers, but strings were given"
+        if self.ids.dtype.kind in "US" and is_num:
+            return "this model's item ids are strings, but numbers were given"
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,6 +386,12 @@ def build_sessions(data, item_index: ItemIndex | None = None, session_key: str =
     n_in = len(item_ids)
     if item_index is None:
         item_index = ItemIndex.from_events(item_ids)
+    else:
+        mismatch = item_index.kind_mismatch(item_ids[:1])
+        if mismatch:
+            raise ValueError(f"column {item_key!r}: {mismatch} (e.g. {show_id(item_ids[0])}; the "
+                             f"model's ids look like {show_id(item_index.ids[0])}); ids are "
+                             "never converted between kinds")
     idx = item_index.lookup(item_ids)
     known = idx >= 0
     n_unknown = int(n_in - known.sum())
@@ -349,9 +433,10 @@ def read_events(path: str | os.PathLike, sep: str = "\t", columns=None, names=No
     The first line is the header, unless ``names`` (the column names, in file order) is given
     for a file without one. ``columns`` limits which columns are kept (in that order).
     Uses pandas when installed (fast), the csv module otherwise (kept columns only; several
-    times slower and larger in memory). Integer-looking columns become int64, other numeric
-    ones float64, the rest str (pandas may give object arrays of str); with pandas, empty or
-    ``NA`` fields become NaN.
+    times slower and larger in memory), which types every column as pandas does
+    (:func:`_parse_column`): integer columns become int64 (uint64 where an id needs it), other
+    numeric ones float64, the rest str (pandas gives object arrays of str); empty or ``NA``
+    fields become NaN either way, which :func:`extract_events` reports naming the row.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -391,13 +476,50 @@ def read_events(path: str | os.PathLike, sep: str = "\t", columns=None, names=No
     return {name: _parse_column(v) for name, v in zip(keep, values)}
 
 
+#: the strings ``pandas.read_csv`` reads as missing (its default ``na_values``)
+_NA_STRINGS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                         "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                         "nan", "null"})
+_INT_RE = re.compile(r"\s*[+-]?\d+\s*\Z")
+_FLOAT_RE = re.compile(r"\s*[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf|infinity)"
+                       r"\s*\Z", re.IGNORECASE)
+_BOOLS = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False,
+          "false": False}
+
+
 def _parse_column(values: list) -> np.ndarray:
-    for dtype in (np.int64, np.float64):
-        try:
-            return np.array(values, dtype=dtype)
-        except ValueError:
-            continue
-    return np.array(values, dtype=str)
+    """A column of field strings typed as ``pandas.read_csv`` types it (default options):
+    missing fields (:data:`_NA_STRINGS`) are NaN; integers are int64, uint64 when some value
+    needs it, Python ints beyond 64 bits, float64 when a field is missing; all-boolean columns
+    are bool; other numbers float64; the rest strings (str dtype where pandas gives an object
+    array of str; object with NaN where fields are missing)."""
+    missing = [v in _NA_STRINGS for v in values]
+    any_missing = any(missing)
+    present = [v for v, m in zip(values, missing) if not m]
+    if all(_INT_RE.match(v) for v in present):
+        if any_missing:
+            return np.array([np.nan if m else float(int(v)) for v, m in zip(values, missing)],
+                            dtype=np.float64)
+        ints = [int(v) for v in values]
+        lo, hi = min(ints, default=0), max(ints, default=0)
+        if -_INT64_MAX - 1 <= lo and hi <= _INT64_MAX:
+            return np.array(ints, dtype=np.int64)
+        if hi < 2 ** 64:
+            if lo >= 0:
+                return np.array(ints, dtype=np.uint64)
+            return np.array(values, dtype=str)  # pandas: negative and uint64-only ids: strings
+        return np.array(ints, dtype=object)  # pandas: Python ints beyond 64 bits
+    if all(v in _BOOLS for v in present):
+        if not any_missing:
+            return np.array([_BOOLS[v] for v in values], dtype=bool)
+        return np.array([np.nan if m else _BOOLS[v] for v, m in zip(values, missing)],
+                        dtype=object)
+    if all(_FLOAT_RE.match(v) for v in present):
+        return np.array([np.nan if m else float(v) for v, m in zip(values, missing)],
+                        dtype=np.float64)
+    if not any_missing:
+        return np.array(values, dtype=str)
+    return np.array([np.nan if m else v for v, m in zip(values, missing)], dtype=object)
 
 
 def write_events(path: str | os.PathLike, columns: dict, sep: str = "\t",
