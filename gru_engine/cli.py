@@ -138,7 +138,7 @@ def cmd_recommend(args) -> int:
     id_dtype = model.item_index_.ids.dtype
     try:
         items = np.array(args.items).astype(id_dtype)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"item ids {args.items} do not parse as the model's ids ({id_dtype})") from None
     exclude = items if args.exclude_seen else None
     ids, scores = model.recommend(items, k=args.k, exclude=exclude)
