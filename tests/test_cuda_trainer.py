@@ -9,6 +9,7 @@ scores, ranks and top-k; and the CupyDevice code path on a stand-in CuPy.
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import zlib
 
@@ -19,7 +20,10 @@ import naive as ref
 from gru_engine import params as hp
 from gru_engine.backends.cuda import BLOCK, Scorer, Trainer
 from gru_engine.backends.device import EmulatedDevice, get_device
+from gru_engine.backends.emulator import STRICT
+from gru_engine.data import build_sessions
 from gru_engine.network import from_layers, subnet_views
+from gru_engine.sampling import seed_numba
 
 pytestmark = [pytest.mark.cuda_emulated,
               pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found: the CUDA "
@@ -213,6 +217,51 @@ def test_bad_step_and_loss_code_are_refused(dev):
     with pytest.raises(ValueError, match="lacks 'theta'"):
         Trainer(dev, {k: v for k, v in params.items() if k != "theta"}, _hyper("bpr", 3),
                 np.ones(N_ITEMS), sum_mode=False)
+
+
+# ---- warm start and checkpoints ---------------------------------------------------------------
+def test_state_of_a_trainer_continues_the_fit_exactly():
+    """A second epoch run by a NEW trainer built from the first one's ``host_params()``,
+    ``optimizer_state()`` and ``training_state()`` (warm start / checkpoint) equals the second
+    epoch of one trainer running both, bit for bit (blocks in order, so float atomics add in the
+    same order); dropout checks the restored step counter."""
+    dev = EmulatedDevice(dataclasses.replace(STRICT, block_order="forward"))
+    rng = np.random.default_rng(4)
+    n = 40
+    items = rng.integers(0, N_ITEMS, 4 * n)
+    items[:N_ITEMS] = np.arange(N_ITEMS)  # every item occurs: item index = item id
+    data = {"SessionId": np.repeat(np.arange(n), 4), "ItemId": items, "Time": np.arange(4.0 * n)}
+    sessions, index, _ = build_sessions(data)
+    support = sessions.item_support(N_ITEMS)
+    flat = from_layers(_layer_params(rng, "embedding", [5]), "embedding")
+    hy = _hyper("bpr-max", 4, bpreg=0.5, dropout=True)._replace(sample_store_size=10_000)
+    orders = [rng.permutation(sessions.n_sessions) for _ in range(2)]
+
+    def epoch(tr, order):
+        tr.start_epoch(sessions.items, order, sessions.offsets)
+        return [tr.run(5) for _ in range(100) if tr.rows_left()]
+
+    seed_numba(3)
+    one = Trainer(dev, flat, hy, support, sum_mode=False, seed=1, use_graphs=True)
+    one.fill_store()
+    epoch(one, orders[0])
+    want = epoch(one, orders[1])
+    seed_numba(3)
+    first = Trainer(dev, flat, hy, support, sum_mode=False, seed=1)
+    first.fill_store()
+    epoch(first, orders[0])
+    second = Trainer(dev, first.host_params(), hy, support, sum_mode=False, seed=1,
+                     use_graphs=True, optimizer_state=first.optimizer_state())
+    second.fill_store()
+    second.restore_training_state(first.training_state())
+    assert epoch(second, orders[1]) == want
+    for key in ("theta", "T", "Wy", "By"):
+        np.testing.assert_array_equal(second.host_params()[key], one.host_params()[key], key)
+        np.testing.assert_array_equal(second.optimizer_state()["acc"][key],
+                                      one.optimizer_state()["acc"][key], key)
+    # load_state puts host parameters back onto the device
+    second.load_state(params=flat)
+    np.testing.assert_array_equal(second.host_params()["Wy"], flat["Wy"])
 
 
 # ---- scorer --------------------------------------------------------------------------------
