@@ -528,6 +528,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slist-max-items", type=int, default=20000, metavar="N",
                    help="skip SLIST on datasets with more items (memory ~ 12 * N^2 bytes; "
                         "default: %(default)s)")
+    p.add_argument("--gru-max-train-events", type=int, metavar="N",
+                   help="skip the GRU models on datasets with more training events (a cap for "
+                        "small or busy machines, stated in the report; default: no cap)")
     p.add_argument("--no-epoch-eval", action="store_true",
                    help="do not evaluate the GRU models after every epoch")
     p.add_argument("--threads", type=int, metavar="N", help="n_threads of the GRU models")
@@ -536,7 +539,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args, command: str = "gru-engine report") -> str:
     """Run the report described by parsed ``args``; returns the path of the written report."""
-    for name in ("max_epochs", "slist_max_items", "threads"):
+    for name in ("max_epochs", "slist_max_items", "threads", "gru_max_train_events"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -578,6 +581,11 @@ def run(args, command: str = "gru-engine report") -> str:
         for name in _progress(names, len(names), spec["name"], progress):
             if name == "SLIST" and n_items > slist_max:
                 skipped.append(f"SLIST on {spec['name']} ({n_items:,} items > {slist_max:,})")
+                continue
+            n_train = len(data["train"]["ItemId"])
+            if name in GRU_MODELS and args.gru_max_train_events and n_train > args.gru_max_train_events:
+                skipped.append(f"{name} on {spec['name']} ({n_train:,} training events > "
+                               f"{args.gru_max_train_events:,})")
                 continue
             sig = _signature(name, spec["name"], files, repr(make_model(name, spec["name"], caps)),
                              epoch_eval, 1)
