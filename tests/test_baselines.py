@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from gru_engine.baselines import BPRMF, ItemKNN, Pop, SessionPop, _top_n_per_row
-from gru_engine.exceptions import ModelFitError, NotFittedError
+from gru_engine.exceptions import ModelFitError
 
 ALL_MODELS = [Pop, SessionPop, ItemKNN, BPRMF]
 
@@ -213,29 +213,6 @@ def test_scorer_output_contract(cls):
         for bad_row in (-1, 4):
             with pytest.raises(ValueError, match="rows must be in"):
                 sc.score(np.array([bad_row]), np.array([0], dtype=np.int32), np.array([True]))
-
-
-@pytest.mark.parametrize("cls", ALL_MODELS)
-def test_unfitted_raises(cls):
-    model = cls()
-    with pytest.raises(NotFittedError):
-        model.scorer()
-    with pytest.raises(NotFittedError):
-        model.recommend([1])
-
-
-@pytest.mark.parametrize("cls", ALL_MODELS)
-def test_params_round_trip(cls):
-    model = cls()
-    params = model.get_params()
-    clone = cls(**params)
-    assert clone.get_params() == params
-    if params:
-        name = next(iter(params))
-        clone.set_params(**{name: params[name]})
-        assert clone.get_params() == params
-    with pytest.raises(ValueError, match="unknown parameter"):
-        model.set_params(no_such_parameter=1)
 
 
 def test_set_params_changes_fit():

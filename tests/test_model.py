@@ -158,14 +158,6 @@ def test_hidden_state_reset_at_session_start(fitted):
     assert not np.allclose(a[0], a[1])
 
 
-def test_predict_next_matches_recommend(fitted):
-    ids = fitted.item_index_.ids
-    scores = fitted.predict_next([[ids[2], ids[3]]])[0]
-    rec_ids, rec_scores = fitted.recommend([ids[2], ids[3]], k=3)
-    np.testing.assert_array_equal(rec_ids, ids[np.argsort(-scores, kind="stable")[:3]])
-    np.testing.assert_allclose(rec_scores, np.sort(scores)[::-1][:3], rtol=1e-6)
-
-
 def test_save_load_round_trip(fitted, tmp_path):
     path = tmp_path / "m.npz"
     fitted.save(path)
@@ -235,19 +227,6 @@ def test_bad_hyperparameters_raise_in_fit(kw, match):
     m = SessionGRU(**kw)  # __init__ only stores
     with pytest.raises(ValueError, match=match):
         m.fit(_events())
-
-
-def test_unknown_items_and_not_fitted(fitted):
-    with pytest.raises(NotFittedError):
-        SessionGRU().predict_next([[1]])
-    with pytest.raises(NotFittedError):
-        SessionGRU().scorer()
-    with pytest.raises(NotFittedError):
-        SessionGRU().save("x.npz")
-    with pytest.raises(KeyError, match="unknown"):
-        fitted.predict_next([[123456]])
-    with pytest.raises(KeyError):
-        fitted.recommend([123456])
 
 
 def test_nan_loss_raises_model_fit_error():
