@@ -70,8 +70,10 @@ MUTATIONS = [
              "G[u, col0 + k] += w * DX[i, k]", "G[u, col0 + k] += DX[i, k]"),
     Mutation("token-mean-pooling", "TokenFeatures: bags summed instead of mean-pooled",
              "gru_engine/features.py",
-             "wts = [np.full(len(x), 1.0 / max(len(x), 1)) for x in lists]",
-             "wts = [np.ones(len(x)) for x in lists]"),
+             "        wts = [np.full(len(x), 1.0 / max(len(x), 1)) for x in lists]\n"
+             "        indptr, indices, weights = _csr(len(item_index)",
+             "        wts = [np.ones(len(x)) for x in lists]\n"
+             "        indptr, indices, weights = _csr(len(item_index)"),
 ]
 
 DEFAULT_TESTS = ["tests/test_trainer_reference.py", "tests/test_gradients.py",
@@ -169,6 +171,10 @@ def main(argv=None):
     results = {"tests": args.tests, "k": args.k, "tree": args.tree, "mutations": []}
     with tempfile.TemporaryDirectory(prefix="gru_mut_") as tmp:
         tmp = Path(tmp)
+        prepare(tmp / "check", args.tree)  # every mutation applies before anything runs
+        for m in chosen:
+            apply(tmp / "check", m)
+        shutil.rmtree(tmp / "check")
         baseline = set()
         if not args.no_baseline:
             prepare(tmp / "base", args.tree)
