@@ -27,7 +27,7 @@ from test_cuda_emulated import (  # noqa: E402,F401  (collected here against the
     test_adagrad_dense, test_add_bias, test_column_sum, test_dropout_mask, test_final_act,
     test_gather_rows, test_gru_cell_backward, test_gru_cell_forward, test_loss_kernel,
     test_loss_softmax_is_safe_for_large_scores, test_multiply_inplace, test_rank_targets,
-    test_scatter_rows, test_sparse_adagrad, test_topk_rows,
+    test_scatter_rows, test_sparse_adagrad, test_topk_device_helper, test_topk_rows,
     test_rank_targets_nan_anywhere_gives_nan)
 from test_cuda_trainer import (  # noqa: E402,F401  (the Trainer and Scorer on the GPU)
     test_scorer_matches_reference, test_train_step_every_loss,
