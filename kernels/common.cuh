@@ -64,6 +64,12 @@ static __device__ __forceinline__ float block_max(float v) {
     return warp_max(lane < nwarps ? partial[lane] : NEG_INF_F);
 }
 
+// ---- words shared between the blocks of one launch ------------------------------------------
+// Read a word that another block of the same launch may store to meanwhile: an atomic read
+// (a plain load racing with a store is a data race in the CUDA memory model, and the
+// emulator's race detector reports it). Pair it with atomicExch for the store.
+static __device__ __forceinline__ int atomic_read(int* p) { return atomicOr(p, 0); }
+
 // ---- optimiser -----------------------------------------------------------------------------
 // Adagrad with plain (heavy-ball) momentum on one element, as the GRU4Rec reference:
 //   acc += g^2; step = g / sqrt(acc + 1e-6);

@@ -112,7 +112,7 @@ extern "C" __global__ void sparse_adagrad_masked(float* __restrict__ p, float* _
     __shared__ int is_owner;
     int i = blockIdx.x;
     long long row = idx[i];
-    if (threadIdx.x == 0) is_owner = owner[row] == i;
+    if (threadIdx.x == 0) is_owner = atomic_read(owner + row) == i;
     __syncthreads();
     if (!is_owner) return;
     const float* m = i < n_first ? mask_first : mask_rest;
@@ -120,5 +120,5 @@ extern "C" __global__ void sparse_adagrad_masked(float* __restrict__ p, float* _
         if (m[j] != 0.0f)
             adagrad_update(p + row * W + j, acc + row * W + j, v + row * W + j,
                            G[(long long)i * W + j], lr, momentum);
-    if (threadIdx.x == 0) owner[row] = 0x7fffffff;
+    if (threadIdx.x == 0) atomicExch(owner + row, 0x7fffffff);
 }

@@ -12,7 +12,8 @@
 // owner (n_items ints) must hold INT_MAX (0x7fffffff) before step 1 and holds it again after 3,
 // so one buffer serves every sparse update. Launch boundaries order the three steps.
 // (Non-owner blocks in step 3 read either the owner index or INT_MAX; both differ from their
-// own i, so the reset cannot change their decision.)
+// own i, so the reset cannot change their decision. The read and the reset race between blocks
+// by design, so both are atomics.)
 
 #include "common.cuh"
 
@@ -46,11 +47,11 @@ extern "C" __global__ void sparse_adagrad(float* __restrict__ p, float* __restri
     __shared__ int is_owner;
     int i = blockIdx.x;
     long long row = idx[i];
-    if (threadIdx.x == 0) is_owner = owner[row] == i;
+    if (threadIdx.x == 0) is_owner = atomic_read(owner + row) == i;
     __syncthreads();
     if (!is_owner) return;
     for (int j = threadIdx.x; j < W; j += blockDim.x)
         adagrad_update(p + row * W + j, acc + row * W + j, v + row * W + j,
                        G[(long long)i * W + j], lr, momentum);
-    if (threadIdx.x == 0) owner[row] = 0x7fffffff;
+    if (threadIdx.x == 0) atomicExch(owner + row, 0x7fffffff);
 }

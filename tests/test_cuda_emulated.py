@@ -1,13 +1,14 @@
-"""The CUDA kernels (kernels/*.cu) and the CUDA training step, run through the CPU emulator.
+"""The CUDA kernels (kernels/*.cu), run through the CPU emulator, one test per kernel.
 
 Every kernel output buffer is pre-filled with NaN (an unwritten element fails) and compared with
-the float64 references of tests/naive.py on awkward sizes. The emulator itself is
-checked on deliberately broken kernels (tests/cuda_fixtures/racy.cu).
+the float64 references of tests/naive.py on awkward sizes; the emulator runs them under its
+checks (race detector, barrier check, shuffled blocks; tests/test_emulator_modes.py proves each
+on broken kernels). Each kernel's test is named in KERNEL_TESTS and must launch it (counted
+through the device interface). The training step and the scorer: tests/test_cuda_trainer.py.
 """
 from __future__ import annotations
 
 import shutil
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ import pytest
 
 import naive as ref
 from gru_engine.backends import kernels as K
-from gru_engine.backends.cuda import BLOCK, CudaScorer, CudaTrainer, topk_device
-from gru_engine.backends.device import EmulatedDevice, EmulatedLibrary, get_device
+from gru_engine.backends.cuda import BLOCK, topk_device
+from gru_engine.backends.device import get_device
+from gru_engine.backends.emulator import OFF, EmulatedDevice, EmulatedLibrary
 
 pytestmark = [pytest.mark.cuda_emulated,
               pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found: the CUDA "
@@ -110,6 +112,23 @@ def test_every_kernel_has_an_emulated_test():
     assert set(found) == set(K.kernel_index())  # every file is in KERNEL_FILES
 
 
+def test_every_kernel_is_launched_by_its_test():
+    """Each test named in the KERNEL_TESTS maps really launches its kernel: launches counted
+    through the device interface per test (tests/conftest.py records them; this test runs after
+    the others, see pytest_collection_modifyitems there)."""
+    import conftest
+    import test_feature_cuda
+    expected = [("test_cuda_emulated", k, t) for k, t in KERNEL_TESTS.items()]
+    expected += [("test_feature_cuda", k, t) for k, t in test_feature_cuda.KERNEL_TESTS.items()]
+    ran = conftest.KERNEL_LAUNCHES_BY_TEST
+    not_launched = [f"{m}::{t} never launched {k}" for m, k, t in expected
+                    if (m, t) in ran and ran[(m, t)][k] == 0]
+    assert not not_launched, not_launched
+    not_run = sorted({f"{m}::{t}" for m, k, t in expected if (m, t) not in ran})
+    if not_run:
+        pytest.skip(f"kernel tests not run in this session: {not_run}")
+
+
 @pytest.fixture(scope="module")
 def racy_lib():
     return EmulatedLibrary(FIXTURES / "racy.cu")
@@ -129,7 +148,12 @@ def test_emulator_block_reduction_correct(racy_lib):
 
 def test_emulator_catches_missing_syncthreads(racy_lib):
     x = np.random.default_rng(0).random((3, 1000)).astype(np.float32)
-    out = _sum_kernel(racy_lib, "block_sum_racy", x, 256)
+    with pytest.raises(RuntimeError, match="data race on shared memory"):
+        _sum_kernel(racy_lib, "block_sum_racy", x, 256)
+    # Without the race detector the shuffled threads and poisoned shared memory still give a
+    # wrong sum.
+    out = nan((3,))
+    racy_lib.launch("block_sum_racy", 3, 256, [x, np.int32(1000), out], checks=OFF)
     assert not np.allclose(out, x.sum(1), rtol=1e-4), "race between warps went unnoticed"
 
 
@@ -487,234 +511,6 @@ def test_topk_device_helper(dev):
     np.testing.assert_array_equal(vals, [[3.0, 3.0, 2.0]])
 
 
-# ---- the training step -------------------------------------------------------------------
-N_ITEMS = 53
-
-
-def _init_params(rng, mode, layers, k_embed=6):
-    in0 = {"onehot": N_ITEMS, "embedding": k_embed, "constrained": layers[-1]}[mode]
-    params = {"Wx": [], "bx": [], "Wh": [], "bhn": []}
-    for l, H in enumerate(layers):
-        i = in0 if l == 0 else layers[l - 1]
-        params["Wx"].append(f32(rng, i, 3 * H, scale=0.3))
-        params["bx"].append(f32(rng, 3 * H, scale=0.1))
-        params["Wh"].append(f32(rng, H, 3 * H, scale=0.3))
-        params["bhn"].append(f32(rng, H, scale=0.1))
-    params["Wy"] = f32(rng, N_ITEMS, layers[-1], scale=0.3)
-    params["By"] = f32(rng, N_ITEMS, scale=0.1)
-    if mode == "embedding":
-        params["E"] = f32(rng, N_ITEMS, k_embed, scale=0.3)
-    return params
-
-
-def _zeros_like(params):
-    return {k: [np.zeros_like(a) for a in v] if isinstance(v, list) else np.zeros_like(v)
-            for k, v in params.items()}
-
-
-def _drawn_masks(dev, trainer, R, t, mode, layers):
-    """The masks the trainer's dropout_mask launches draw at step t (same seed and streams)."""
-    L = len(layers)
-    width = 1 if mode == "onehot" else trainer.net.in_sizes[0]
-    emb = nan((R,) if width == 1 else (R, width))
-    dev.launch("dropout_mask", grid(emb.size), BLOCK,
-               [emb, emb.size, 0.25, trainer.seed, None, 0, t * (L + 1)])
-    hid = []
-    for l, H in enumerate(layers):
-        m = nan((R, H))
-        dev.launch("dropout_mask", grid(m.size), BLOCK,
-                   [m, m.size, 0.4, trainer.seed, None, 0, t * (L + 1) + 1 + l])
-        hid.append(m)
-    return {"embed": emb, "hidden": hid}
-
-
-def _run_step_parity(dev, mode, layers, loss, *, dropout=False, final_act=(0, 0.0), logq=0.0,
-                     momentum=0.2, n_steps=2, shrink=False, opts=None, draw=False, n_sample=7):
-    opts = opts or {}
-    rng = np.random.default_rng(zlib.crc32(repr((mode, layers, loss, opts)).encode()))
-    B = 6
-    params = _init_params(rng, mode, layers)
-    support = rng.integers(1, 50, N_ITEMS)
-    trainer = CudaTrainer(dev, params, batch_size=B, n_sample=n_sample, loss=loss,
-                          constrained_embedding=(mode == "constrained"), final_act=final_act,
-                          bpreg=opts.get("bpreg", 0.0), elu_param=opts.get("elu", 0.0),
-                          logq=logq, sample_alpha=0.5, item_support=support,
-                          learning_rate=0.05, momentum=momentum,
-                          dropout_p_embed=0.25 if draw else 0.0, dropout_p_hidden=0.4 if draw else 0.0)
-    P = {k: ([a.astype(np.float64) for a in v] if isinstance(v, list) else v.astype(np.float64))
-         for k, v in params.items()}
-    A, V = _zeros_like(P), _zeros_like(P)
-    h_ref = [np.zeros((B, H)) for H in layers]
-    total = 0.0
-    R = B
-    for t in range(n_steps):
-        src = None
-        if shrink and t > 0:
-            src = np.array([0, 2, 3, 5][:R - 2], np.int32)
-            R = len(src)
-        ins = rng.integers(0, N_ITEMS, R).astype(np.int32)
-        outs = rng.integers(0, N_ITEMS, R).astype(np.int32)
-        outs[-1] = outs[0]  # duplicate target column
-        ins[1 % R] = ins[0]  # duplicate input rows (sparse duplicates)
-        reset = (rng.random(R) < 0.3).astype(np.uint8)
-        reset[0] = 1 if t == 0 else reset[0]
-        sample = rng.integers(0, N_ITEMS, n_sample).astype(np.int32)
-        if n_sample:
-            sample[0] = outs[0]
-        masks = None
-        if dropout:
-            width = 1 if mode == "onehot" else (6 if mode == "embedding" else layers[-1])
-            emb = ((rng.random((R, width) if width > 1 else (R,)) >= 0.25) / 0.75).astype(np.float32)
-            hid = [((rng.random((R, H)) >= 0.4) / 0.6).astype(np.float32) for H in layers]
-            masks = {"embed": emb, "hidden": hid}
-        if draw:
-            masks = _drawn_masks(dev, trainer, R, t, mode, layers)
-        logq_corr = None
-        if logq:
-            logq_corr = np.concatenate([logq * np.log(support[outs]),
-                                        logq * 0.5 * np.log(support[sample])])
-        hyper = dict(mode=mode, loss=loss, batch_size=B, bpreg=opts.get("bpreg", 0.0),
-                     elu=opts.get("elu", 0.0), logq_corr=logq_corr, final_act=final_act,
-                     lr=0.05, momentum=momentum)
-        batch = dict(in_items=ins, out_items=outs, reset=reset, sample=sample, src=src,
-                     masks=None if masks is None else {"embed": masks["embed"].astype(np.float64),
-                                                       "hidden": [m.astype(np.float64) for m in masks["hidden"]]})
-        loss_ref, P, A, V, h_new = ref.train_step(P, A, V, h_ref, batch, hyper)
-        h_ref = h_new
-        total += loss_ref
-        trainer.step(ins, outs, reset, sample, src=src, masks=None if draw else masks)
-    close(trainer.take_loss_sum(), total, rtol=2e-4)
-    got = trainer.params_to_host()
-    for key, want in P.items():
-        for l, (g, w) in enumerate(zip(_as_list(got[key]), _as_list(want))):
-            np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-5, err_msg=f"{key}[{l}]")
-    for l, H in enumerate(layers):
-        close(dev.to_host(trainer.h[l])[:len(h_ref[l])], h_ref[l], rtol=1e-3, atol=2e-5)
-
-
-def _as_list(v):
-    return v if isinstance(v, list) else [v]
-
-
-@pytest.mark.parametrize("loss,opts", [("cross-entropy", {}), ("bpr-max", {"bpreg": 1.95, "elu": 0.5}),
-                                       ("bpr-max", {"bpreg": 0.5}), ("top1-max", {}),
-                                       ("bpr", {}), ("top1", {})])
-def test_train_step_every_loss(dev, loss, opts):
-    _run_step_parity(dev, "constrained", [11], loss, opts=opts)
-
-
-@pytest.mark.parametrize("mode", ["onehot", "embedding", "constrained"])
-@pytest.mark.parametrize("layers", [[11], [13, 9]])
-def test_train_step_modes_layers_dropout(dev, mode, layers):
-    _run_step_parity(dev, mode, layers, "cross-entropy", dropout=True, logq=1.0)
-
-
-@pytest.mark.parametrize("mode", ["onehot", "constrained"])
-def test_train_step_with_drawn_dropout_masks(dev, mode):
-    _run_step_parity(dev, mode, [9, 6], "bpr-max", opts={"bpreg": 1.0, "elu": 1.0}, draw=True,
-                     n_steps=3)
-
-
-@pytest.mark.parametrize("loss", ["cross-entropy", "top1"])
-def test_train_step_without_extra_negatives(dev, loss):
-    _run_step_parity(dev, "onehot", [12], loss, n_sample=0, logq=1.0)
-
-
-def test_train_step_shrinking_batch_and_final_act(dev):
-    _run_step_parity(dev, "constrained", [10, 7], "top1-max", final_act=(4, 1.0), n_steps=3,
-                     shrink=True, momentum=0.0)
-
-
-def test_train_step_launch_counts(dev):
-    # 9L + 12 kernels and 5L + 3 GEMMs per step (constrained/embedding input, no dropout);
-    # one-hot input: one kernel more (its sparse update replaces a dense one), 3 GEMMs fewer.
-    rng = np.random.default_rng(0)
-    for mode, layers, launches, gemms in (("constrained", [8], 21, 8), ("constrained", [8, 5], 30, 13),
-                                          ("onehot", [8], 22, 5)):
-        trainer = CudaTrainer(dev, _init_params(rng, mode, layers), batch_size=4, n_sample=5,
-                              constrained_embedding=mode == "constrained")
-        dev.reset_stats()
-        trainer.step(np.arange(4, dtype=np.int32), np.arange(4, 8, dtype=np.int32),
-                     np.ones(4, np.uint8), np.arange(5, dtype=np.int32))
-        assert (dev.stats["launches"], dev.stats["gemms"]) == (launches, gemms), (mode, layers)
-
-
-def test_run_epoch_keeps_schedule_on_device(dev):
-    rng = np.random.default_rng(1)
-    params = _init_params(rng, "constrained", [8])
-    t1 = CudaTrainer(dev, params, batch_size=3, n_sample=4)
-    t2 = CudaTrainer(dev, params, batch_size=3, n_sample=4)
-    step_rows = np.array([3, 3, 2])
-    ins, outs = rng.integers(0, N_ITEMS, 8), rng.integers(0, N_ITEMS, 8)
-    resets = np.array([1, 1, 1, 0, 1, 0, 0, 0], bool)
-    srcs = np.array([0, 1, 2, 0, 1, 2, 0, 2])
-    store = rng.integers(0, N_ITEMS, 20)
-    offsets = np.array([0, 4, 8])
-    losses = t1.run_epoch(step_rows, ins, outs, resets, srcs, store, offsets)
-    assert losses.shape == (3,) and np.isfinite(losses).all()
-    pos = 0
-    for t, R in enumerate(step_rows):
-        sl = slice(pos, pos + R)
-        t2.step(ins[sl].astype(np.int32), outs[sl].astype(np.int32), resets[sl].astype(np.uint8),
-                store[offsets[t]:offsets[t] + 4].astype(np.int32), src=srcs[sl].astype(np.int32))
-        pos += R
-    close(losses.sum(), t2.take_loss_sum())
-    close(t1.params_to_host()["Wy"], t2.params_to_host()["Wy"])
-
-
-# ---- scorer --------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode,layers", [("constrained", [9]), ("onehot", [7, 5]), ("embedding", [6])])
-def test_scorer_matches_reference(dev, mode, layers):
-    rng = np.random.default_rng(3)
-    params = _init_params(rng, mode, layers)
-    scorer = CudaScorer(dev, params, constrained_embedding=mode == "constrained")
-    act_scorer = CudaScorer(dev, params, constrained_embedding=mode == "constrained",
-                            final_act=(3, 0.1))
-    scorer.begin(4)
-    h = [np.zeros((4, H)) for H in layers]
-    P = {k: ([a.astype(np.float64) for a in v] if isinstance(v, list) else v.astype(np.float64))
-         for k, v in params.items()}
-    for step in range(3):
-        rows = np.array([0, 2, 3]) if step != 1 else np.array([3, 1])
-        items = rng.integers(0, N_ITEMS, len(rows))
-        new = np.array([step == 0] * len(rows))
-        if step == 2:
-            new[1] = True
-        if step == 0:
-            act_scorer.begin(4)
-            close(act_scorer.score(rows, items, new), ref.final_act(3, scorer.score(rows, items, new), 0.1))
-            scorer.begin(4)
-        got = scorer.score(rows, items, new)
-        # reference forward
-        if mode == "onehot":
-            x_gx = P["Wx"][0][items] + P["bx"][0]
-        else:
-            src = P["E"] if mode == "embedding" else P["Wy"]
-            x_gx = src[items] @ P["Wx"][0] + P["bx"][0]
-        x = None
-        for l in range(len(layers)):
-            gx = x_gx if l == 0 else x @ P["Wx"][l] + P["bx"][l]
-            hp = h[l][rows]
-            out, _, _ = ref.gru_forward(gx, hp @ P["Wh"][l], P["bhn"][l], hp, new.astype(np.uint8))
-            h[l][rows] = out
-            x = out
-        want = x @ P["Wy"].T + P["By"]
-        close(got, want, rtol=1e-4, atol=1e-5)
-        assert got.dtype == np.float32 and got.shape == (len(rows), N_ITEMS)
-    targets = rng.integers(0, N_ITEMS, 2)
-    for mode_name in ("conservative", "median", "standard"):
-        scorer.begin(2)
-        r = scorer.rank(np.array([0, 1]), np.array([1, 2]), np.array([True, True]), targets, mode_name)
-        scorer.begin(2)
-        S = scorer.score(np.array([0, 1]), np.array([1, 2]), np.array([True, True]))
-        close(r, ref.ranks(S, targets, "optimistic" if mode_name == "standard" else mode_name), atol=0)
-    scorer.begin(1)
-    idx, vals = scorer.topk(np.array([0]), np.array([4]), np.array([True]), 10)
-    scorer.begin(1)
-    S = scorer.score(np.array([0]), np.array([4]), np.array([True]))
-    np.testing.assert_array_equal(idx, ref.topk(S, 10)[0])
-
-
 # ---- the CupyDevice code path, on a stand-in CuPy ----------------------------------------------
 class _FakeCupyArray(np.ndarray):
     """NumPy array posing as cupy.ndarray (only for the CupyDevice plumbing test below)."""
@@ -822,9 +618,9 @@ def _fake_cupy_module(tmp_path):
 
 
 def test_cupy_device_code_path_on_a_stand_in_cupy(tmp_path, monkeypatch):
-    """Not a GPU test: runs CupyDevice's plumbing (source loading with #line, argument
-    conversion, null pointers, GEMM/copy calls) against a stand-in CuPy whose kernels run in the
-    emulator, and checks a training step and the scorer agree with EmulatedDevice."""
+    """Not a GPU test: CupyDevice's plumbing (source loading with #line and -I, argument
+    conversion, null pointers) against a stand-in CuPy whose kernels run in the emulator gives
+    what EmulatedDevice gives. The Trainer and Scorer on it: test_cuda_trainer.py."""
     from gru_engine.backends import device as device_mod
     fake, compiled = _fake_cupy_module(tmp_path)
     monkeypatch.setitem(__import__("sys").modules, "cupy", fake)
@@ -834,22 +630,22 @@ def test_cupy_device_code_path_on_a_stand_in_cupy(tmp_path, monkeypatch):
         gpu = get_device("cuda")
         assert isinstance(gpu, device_mod.CupyDevice)
         rng = np.random.default_rng(8)
-        params = _init_params(rng, "constrained", [10, 6])
-        batch = [rng.integers(0, N_ITEMS, 5).astype(np.int32), rng.integers(0, N_ITEMS, 5).astype(np.int32),
-                 np.array([1, 0, 1, 0, 0], np.uint8), rng.integers(0, N_ITEMS, 4).astype(np.int32)]
+        src, idx = f32(rng, 50, 13), np.array([3, 3, 49, 0, 7], np.int32)
+        S = f32(rng, 6, 300)
+        targets = rng.integers(0, 300, 6).astype(np.int32)
         results = []
         for d in (gpu, EmulatedDevice()):
-            tr = CudaTrainer(d, params, batch_size=5, n_sample=4, loss="bpr-max", bpreg=0.5,
-                             elu_param=1.0, dropout_p_hidden=0.3, momentum=0.1)
-            tr.step(*[d.to_device(a) for a in batch])
-            sc = CudaScorer(d, tr.params_to_host())
-            sc.begin(2)
-            results.append((tr.take_loss_sum(), tr.params_to_host()["Wy"],
-                            sc.score(np.array([0, 1]), np.array([3, 4]), np.array([True, True]))))
+            out = d.empty((5, 13))
+            d.launch("gather_rows", grid(65), BLOCK, [d.to_device(src), 13, d.to_device(idx), 5,
+                                                      13, None, None, out, 13])
+            rank = d.empty((6,))
+            d.launch("rank_targets", 6, BLOCK, [d.to_device(S), 6, 300, d.to_device(targets), 2,
+                                                rank])
+            results.append((d.to_host(out), d.to_host(rank)))
         assert compiled and all(p.read_text().startswith('#line 1 "') for p in compiled)
-        close(results[0][0], results[1][0])
-        close(results[0][1], results[1][1])
-        close(results[0][2], results[1][2])
+        np.testing.assert_array_equal(results[0][0], results[1][0])
+        np.testing.assert_array_equal(results[0][1], results[1][1])
+        close(results[0][0], src[idx])
     finally:
         device_mod.cuda_available.cache_clear()
         device_mod._cupy_module.cache_clear()

@@ -11,10 +11,15 @@ by name (``launch``) and record a fixed sequence of those into a graph replayed 
   compiler messages name the real file and line, ``-I <kernels dir>`` so that
   ``#include "common.cuh"`` resolves; CuPy caches the binary per device on disk),
   GEMMs by cuBLAS through ``cupy.matmul``.
-* :class:`EmulatedDevice` -- the CPU stand-in used by the tests: NumPy arrays, the same ``.cu``
-  files compiled by g++ with ``kernels/emulation/cuda_on_cpu.h`` into one shared library per
-  file (built once into a cache folder, keyed by a hash of sources, header and flags) and
-  launched through ctypes, GEMMs by NumPy.
+* :class:`~gru_engine.backends.emulator.EmulatedDevice` (in ``backends/emulator.py``, names
+  re-exported here) -- the CPU stand-in used by the tests: NumPy arrays, the same ``.cu`` files
+  compiled by g++ with ``kernels/emulation/cuda_on_cpu.h``, launched through ctypes under checks
+  that make GPU bugs fail (race detector, barrier check, shuffled block order, poisoned and
+  guarded buffers), GEMMs by NumPy.
+
+Both devices can put every buffer between guard zones (:class:`GuardedAllocator`; always on
+the emulator, ``CupyDevice(guards=True)`` on a GPU) so that a kernel writing past a buffer
+raises :class:`DeviceMemoryError` naming it.
 
 Launch arguments are checked against the kernel's declared parameters on both devices (pointer
 dtype, scalar width); Python ints and floats are converted to the declared scalar type and
@@ -27,13 +32,10 @@ nothing here imports CuPy unless a :class:`CupyDevice` is asked for.
 """
 from __future__ import annotations
 
-import ctypes
+import collections
 import functools
-import hashlib
 import logging
-import os
-import subprocess
-import tempfile
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +55,9 @@ class Device:
 
     ``stats`` counts the host-side calls since the last :meth:`reset_stats`: ``launches``
     (kernels), ``gemms`` (and ``gemm_flops``, 2*m*n*k each), ``copies`` (device-to-device) and
-    ``graph_launches``; work recorded by :meth:`capture` counts when it is recorded, not when a
-    graph replays it (a replay is one ``graph_launches``).
+    ``graph_launches``; ``kernels`` counts the launches by kernel name (also kept process-wide
+    by :func:`kernel_launch_counts`); work recorded by :meth:`capture` counts when it is
+    recorded, not when a graph replays it (a replay is one ``graph_launches``).
     """
 
     name = "abstract"
@@ -65,7 +68,7 @@ class Device:
 
     def reset_stats(self):
         self.stats = {"launches": 0, "gemms": 0, "gemm_flops": 0, "copies": 0,
-                      "graph_launches": 0}
+                      "graph_launches": 0, "kernels": collections.Counter()}
 
     # -- memory ---------------------------------------------------------------------------
     def empty(self, shape, dtype=np.float32):
@@ -149,10 +152,21 @@ class Device:
                 value = dtype.type(arg)
                 out.append(value)
         self.stats["launches"] += 1
+        self.stats["kernels"][kernel] += 1
+        _LAUNCHES[kernel] += 1
         return out
 
     def _is_array(self, obj) -> bool:
         raise NotImplementedError
+
+
+_LAUNCHES = collections.Counter()
+
+
+def kernel_launch_counts() -> collections.Counter:
+    """Launches by kernel name through any :class:`Device` of this process since it started
+    (a copy; the kernel-coverage test diffs it around each test)."""
+    return collections.Counter(_LAUNCHES)
 
 
 def _dims(value):
@@ -163,177 +177,86 @@ def _dims(value):
 
 
 # ---------------------------------------------------------------------------------------------
-# Emulated device (CPU)
+# Guard zones and poison (both devices)
 # ---------------------------------------------------------------------------------------------
-EMU_CXX_FLAGS = ("-O1", "-std=c++17", "-fvisibility=hidden", "-shared", "-fPIC", "-w")
+GUARD_BYTES = 256   # each side; a multiple of 64 keeps every buffer 64-byte aligned
+GUARD_BYTE = 0xFD   # guard-zone fill
+POISON_BYTE = 0xFF  # fresh-buffer fill: float32 NaN, int -1
 
 
-def emulation_cache_dir() -> Path:
-    """Where emulator libraries are cached: ``$GRU_ENGINE_CUDA_EMU_CACHE`` or
-    ``~/.cache/gru_engine/cuda_emu``."""
-    env = os.environ.get("GRU_ENGINE_CUDA_EMU_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "gru_engine" / "cuda_emu"
+class DeviceMemoryError(RuntimeError):
+    """A kernel wrote outside a device buffer (a guard zone changed)."""
 
 
-class EmulatedLibrary:
-    """One ``.cu`` file compiled with g++ and the emulation header, loaded through ctypes."""
-
-    def __init__(self, cu_path, cxx: str | None = None, include_dirs=()):
-        cu_path = Path(cu_path).resolve()
-        self.path = cu_path
-        source = cu_path.read_text()
-        self.entry_points = _kernels.parse_entry_points(source)
-        header = _kernels.source_path(_kernels.EMULATION_HEADER)
-        cxx = cxx or os.environ.get("CXX", "g++")
-        # kernels/ first, so that `#include "common.cuh"` resolves for a source copied elsewhere
-        # (the stand-in CuPy of the tests compiles the string handed to NVRTC from a temp file).
-        includes = [f"-I{d}" for d in (_kernels.kernel_dir(), *include_dirs)]
-        key = hashlib.sha256("\0".join([source, header.read_text(), _kernels.headers_digest(),
-                                        cxx, *EMU_CXX_FLAGS, *includes])
-                             .encode()).hexdigest()[:16]
-        cache = emulation_cache_dir()
-        lib_path = cache / f"{cu_path.stem}-{key}.so"
-        if not lib_path.is_file():
-            cache.mkdir(parents=True, exist_ok=True)
-            wrapper = f'#include "{cu_path}"\n' + "".join(
-                f"CUDA_EMU_EXPORT({name})\n" for name in self.entry_points)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                src = Path(tmp) / "wrapper.cpp"
-                src.write_text(wrapper)
-                tmp_lib = Path(tmp) / lib_path.name
-                cmd = [cxx, *EMU_CXX_FLAGS, *includes, "-x", "c++", "-include", str(header),
-                       str(src), "-o", str(tmp_lib)]
-                logger.info("building CUDA emulator library %s", lib_path.name)
-                res = subprocess.run(cmd, capture_output=True, text=True)
-                if res.returncode != 0:
-                    raise RuntimeError(f"emulator build of {cu_path.name} failed:\n{res.stderr}")
-                os.replace(tmp_lib, lib_path)
-        self._lib = ctypes.CDLL(str(lib_path))
-        self._lib.cuda_emu_last_error.restype = ctypes.c_char_p
-        self._fns = {}
-        for name in self.entry_points:
-            fn = getattr(self._lib, f"cuda_emu_launch_{name}")
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
-                           ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
-            self._fns[name] = fn
-
-    _CTYPES = {"int32": ctypes.c_int32, "int64": ctypes.c_int64, "uint32": ctypes.c_uint32,
-               "float32": ctypes.c_float}
-
-    def launch(self, kernel, grid, block, values, shared_mem=0):
-        """Launch with already checked values (NumPy arrays / None / NumPy scalars)."""
-        holders = []
-        for v in values:
-            if v is None:
-                holders.append(ctypes.c_void_p(0))
-            elif isinstance(v, np.ndarray):
-                holders.append(ctypes.c_void_p(v.ctypes.data))
-            else:
-                holders.append(self._CTYPES[v.dtype.name](v.item()))
-        ptrs = (ctypes.c_void_p * max(1, len(holders)))(*[ctypes.addressof(h) for h in holders])
-        g, b = _dims(grid), _dims(block)
-        rc = self._fns[kernel]((ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b),
-                               ctypes.c_size_t(int(shared_mem)), ptrs)
-        if rc != 0:
-            raise RuntimeError(f"emulated launch of {kernel} failed: "
-                               f"{self._lib.cuda_emu_last_error().decode()}")
+def _allocation_site() -> str:
+    """``file:line (function)`` of the first caller outside this package's device modules."""
+    f = sys._getframe(2)
+    while f is not None and Path(f.f_code.co_filename).name in ("device.py", "emulator.py"):
+        f = f.f_back
+    if f is None:
+        return "?"
+    return f"{Path(f.f_code.co_filename).name}:{f.f_lineno} ({f.f_code.co_name})"
 
 
-@functools.lru_cache(maxsize=None)
-def _emulated_library(filename: str) -> EmulatedLibrary:
-    return EmulatedLibrary(_kernels.source_path(filename))
+class GuardedAllocator:
+    """Device buffers as views into allocations with :data:`GUARD_BYTES` of
+    :data:`GUARD_BYTE` on both sides (``xp``: numpy or cupy). :meth:`check` compares the
+    guards of the given buffers (or of every live one) and raises :class:`DeviceMemoryError`
+    naming the buffer's shape, dtype and allocation site. With ``enabled=False`` it is plain
+    ``xp.empty`` (and ``poison`` still fills)."""
 
+    def __init__(self, xp, enabled=True):
+        self._xp, self.enabled = xp, bool(enabled)
+        self._live = {}  # id(base) -> (base, shape, dtype, site)
 
-class EmulatedDevice(Device):
-    """CUDA kernels on the CPU: NumPy arrays, g++-compiled ``kernels/*.cu`` via the emulator."""
-
-    name = "emulated"
-
-    def __init__(self):
-        super().__init__()
-        self._recording = None  # list of recorded ops while capturing
-
-    def _is_array(self, obj):
-        return isinstance(obj, np.ndarray)
-
-    def _no_capture(self, what):
-        if self._recording is not None:
-            raise GraphCaptureError(f"{what} inside a graph capture (allocate every buffer and "
-                                    f"read results back outside the captured function)")
-
-    def empty(self, shape, dtype=np.float32):
-        self._no_capture("allocation")
-        return np.empty(shape, dtype=dtype)
-
-    def zeros(self, shape, dtype=np.float32):
-        self._no_capture("allocation")
-        return np.zeros(shape, dtype=dtype)
-
-    def full(self, shape, value, dtype=np.float32):
-        self._no_capture("allocation")
-        return np.full(shape, value, dtype=dtype)
-
-    def to_device(self, host_array, dtype=None):
-        self._no_capture("host-to-device upload")
-        return np.array(host_array, dtype=dtype, order="C", copy=True)
-
-    def to_host(self, array):
-        self._no_capture("read-back to the host")
-        return np.array(array, copy=True)
-
-    def copy(self, dst, src):
-        self.stats["copies"] += 1
-        if self._recording is not None:
-            self._recording.append((np.copyto, (dst, src), {}))
-        else:
-            np.copyto(dst, src)
-
-    def gemm(self, a, b, out=None, trans_a=False, trans_b=False):
-        a2 = a.T if trans_a else a
-        b2 = b.T if trans_b else b
-        self.stats["gemms"] += 1
-        self.stats["gemm_flops"] += 2 * a2.shape[0] * a2.shape[1] * b2.shape[1]
-        if self._recording is not None:
-            if out is None:
-                raise GraphCaptureError("gemm without out= inside a graph capture allocates")
-            self._recording.append((np.matmul, (a2, b2), {"out": out}))
+    def empty(self, shape, dtype, poison):
+        xp, dtype = self._xp, np.dtype(dtype)
+        shape = (int(shape),) if np.isscalar(shape) else tuple(int(d) for d in shape)
+        if not self.enabled:
+            out = xp.empty(shape, dtype=dtype)
+            if poison:
+                out.view(np.uint8)[...] = POISON_BYTE
             return out
-        return np.matmul(a2, b2, out=out)
+        n = int(np.prod(shape)) * dtype.itemsize
+        base = xp.empty(n + 2 * GUARD_BYTES, dtype=np.uint8)
+        base[:GUARD_BYTES] = GUARD_BYTE
+        base[GUARD_BYTES + n:] = GUARD_BYTE
+        body = base[GUARD_BYTES:GUARD_BYTES + n]
+        if poison:
+            body[...] = POISON_BYTE
+        if len(self._live) > 4096:
+            self._prune()
+        self._live[id(base)] = (base, shape, dtype, _allocation_site())
+        return body.view(dtype).reshape(shape)
 
-    def launch(self, kernel, grid, block, args, shared_mem=0):
-        index = _kernels.kernel_index()
-        values = self._convert_args(kernel, args, index)
-        lib = _emulated_library(index[kernel][0])
-        if self._recording is not None:
-            self._recording.append((lib.launch, (kernel, grid, block, values, shared_mem), {}))
+    def _prune(self):
+        # An entry whose base only this table still holds (refcount: table tuple + argument of
+        # getrefcount) belongs to a freed buffer.
+        for key in [k for k, (base, *_rest) in self._live.items() if sys.getrefcount(base) <= 3]:
+            del self._live[key]
+
+    def check(self, arrays=None, context=""):
+        if not self.enabled:
+            return
+        if arrays is None:
+            self._prune()
+            entries = list(self._live.values())
         else:
-            lib.launch(kernel, grid, block, values, shared_mem)
-
-    def capture(self, fn):
-        if self._recording is not None:
-            raise GraphCaptureError("nested graph capture")
-        self._recording = []
-        try:
-            fn()
-        finally:
-            ops, self._recording = self._recording, None
-        return EmulatedGraph(self, ops)
-
-
-class EmulatedGraph:
-    """What :meth:`EmulatedDevice.capture` recorded: every call with the arrays (views of the
-    same memory) and the converted scalars it was given; ``launch()`` replays them in order.
-    ``n_nodes`` is the number of recorded kernels, GEMMs and copies."""
-
-    def __init__(self, device: EmulatedDevice, ops):
-        self._dev, self._ops = device, ops
-        self.n_nodes = len(ops)
-
-    def launch(self):
-        self._dev.stats["graph_launches"] += 1
-        for fn, args, kwargs in self._ops:
-            fn(*args, **kwargs)
+            entries = []
+            for a in arrays:
+                base = getattr(a, "base", None)
+                entry = self._live.get(id(base)) if base is not None else None
+                if entry is not None and entry[0] is base:
+                    entries.append(entry)
+        for base, shape, dtype, site in entries:
+            head, tail = base[:GUARD_BYTES], base[base.size - GUARD_BYTES:]
+            bad_head = int((head != GUARD_BYTE).sum())
+            bad_tail = int((tail != GUARD_BYTE).sum())
+            if bad_head or bad_tail:
+                where = " and ".join(w for w, n in (("before", bad_head), ("after", bad_tail)) if n)
+                raise DeviceMemoryError(
+                    f"out-of-bounds write {context}: {bad_head + bad_tail} guard bytes changed "
+                    f"{where} the device buffer {dtype} {shape} allocated at {site}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,11 +283,17 @@ def _cupy_module(filename: str):
 
 
 class CupyDevice(Device):
-    """A CUDA GPU through CuPy (arrays, NVRTC-compiled kernels, cuBLAS GEMMs)."""
+    """A CUDA GPU through CuPy (arrays, NVRTC-compiled kernels, cuBLAS GEMMs).
+
+    guards / poison (both off by default: the behaviour is then exactly CuPy's): every buffer
+    from ``empty``/``zeros``/``full``/``to_device`` is a view into an allocation with guard
+    zones, checked at :meth:`synchronize`, :meth:`to_host` and :meth:`check_guards` (one small
+    device-to-host read per live buffer: a checking mode, not for speed); ``poison`` fills fresh
+    ``empty`` buffers with 0xFF bytes (NaN)."""
 
     name = "cuda"
 
-    def __init__(self, device_id: int = 0):
+    def __init__(self, device_id: int = 0, guards: bool = False, poison: bool = False):
         if not cuda_available():
             raise ValueError("device='cuda' needs CuPy and an NVIDIA GPU; CuPy is not installed "
                              "or sees no CUDA device (pip install cupy-cuda12x, or use "
@@ -374,24 +303,55 @@ class CupyDevice(Device):
         self._cp = cupy
         self.device_id = int(device_id)
         self._cp.cuda.Device(self.device_id).use()
+        self.guards, self.poison = bool(guards), bool(poison)
+        self._alloc = GuardedAllocator(cupy, enabled=True) if self.guards else None
 
     def _is_array(self, obj):
         return isinstance(obj, self._cp.ndarray)
 
+    def _checked_empty(self, shape, dtype, poison):
+        if self._alloc is not None:
+            return self._alloc.empty(shape, dtype, poison)
+        out = self._cp.empty(shape, dtype=dtype)
+        if poison:
+            out.view(np.uint8)[...] = POISON_BYTE
+        return out
+
     def empty(self, shape, dtype=np.float32):
-        return self._cp.empty(shape, dtype=dtype)
+        if self._alloc is None and not self.poison:
+            return self._cp.empty(shape, dtype=dtype)
+        return self._checked_empty(shape, dtype, self.poison)
 
     def zeros(self, shape, dtype=np.float32):
-        return self._cp.zeros(shape, dtype=dtype)
+        if self._alloc is None:
+            return self._cp.zeros(shape, dtype=dtype)
+        out = self._alloc.empty(shape, dtype, False)
+        out[...] = 0
+        return out
 
     def full(self, shape, value, dtype=np.float32):
-        return self._cp.full(shape, value, dtype=dtype)
+        if self._alloc is None:
+            return self._cp.full(shape, value, dtype=dtype)
+        out = self._alloc.empty(shape, dtype, False)
+        out[...] = value
+        return out
 
     def to_device(self, host_array, dtype=None):
-        return self._cp.ascontiguousarray(self._cp.asarray(host_array, dtype=dtype))
+        if self._alloc is None:
+            return self._cp.ascontiguousarray(self._cp.asarray(host_array, dtype=dtype))
+        host = np.asarray(host_array, dtype=dtype)
+        out = self._alloc.empty(host.shape, host.dtype, False)
+        out[...] = self._cp.asarray(host)
+        return out
 
     def to_host(self, array):
+        self.check_guards()
         return self._cp.asnumpy(array)
+
+    def check_guards(self):
+        """Guard zones of every live buffer intact? (no-op without ``guards``)"""
+        if self._alloc is not None:
+            self._alloc.check(None, "seen at a synchronisation")
 
     def copy(self, dst, src):
         self.stats["copies"] += 1
@@ -399,6 +359,7 @@ class CupyDevice(Device):
 
     def synchronize(self):
         self._cp.cuda.get_current_stream().synchronize()
+        self.check_guards()
 
     def capture(self, fn):
         """CuPy stream capture of ``fn()`` on a private non-blocking stream (the legacy default
@@ -455,9 +416,23 @@ class _CupyGraph:
 
 def get_device(kind: str = "cuda") -> Device:
     """``'cuda'`` -> :class:`CupyDevice` (``ValueError`` without CuPy/GPU); ``'emulated'`` ->
-    :class:`EmulatedDevice`."""
+    :class:`~gru_engine.backends.emulator.EmulatedDevice`."""
     if kind == "cuda":
         return CupyDevice()
     if kind == "emulated":
+        from .emulator import EmulatedDevice
         return EmulatedDevice()
     raise ValueError(f"unknown device kind {kind!r}; expected 'cuda' or 'emulated'")
+
+
+_EMULATOR_NAMES = ("EmulatedDevice", "EmulatedGraph", "EmulatedLibrary", "EmulatorChecks",
+                   "STRICT", "OFF", "EMU_CXX_FLAGS", "emulation_cache_dir", "_emulated_library")
+
+
+def __getattr__(name):
+    # The emulator lives in backends/emulator.py (which imports this module); its names stay
+    # importable from here as before.
+    if name in _EMULATOR_NAMES:
+        from . import emulator
+        return getattr(emulator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

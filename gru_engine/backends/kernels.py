@@ -83,6 +83,17 @@ def parse_entry_points(source: str) -> dict:
     return out
 
 
+def read_only_params(source: str) -> dict:
+    """``{kernel_name: [bool, ...]}``: which parameters are ``const T* __restrict__`` (the kernel
+    promises nobody writes that memory during the launch; the emulator's race detector then
+    checks writes against it instead of recording every read)."""
+    out = {}
+    for name, params in _ENTRY_RE.findall(source):
+        out[name] = [bool(re.search(r"\bconst\b", raw) and re.search(r"__restrict(__)?\b", raw)
+                          and "*" in raw) for raw in params.split(",")]
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def kernel_index() -> dict:
     """``{kernel_name: (filename, [param kinds])}`` over every file of :data:`KERNEL_FILES`."""
