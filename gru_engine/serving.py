@@ -376,8 +376,11 @@ class SessionStore:
         self._blas = None
         first = model.scorer()
         self.cuda = not hasattr(first, "state")
+        # the prototype of this store's CPU scorers, kept: a later refit of the model does not
+        # mix new tables into this store (new items of a FeatureSessionGRU fork it again)
+        self._proto = None if self.cuda else _cpu_proto(model)
         n_forks = 1 if self.cuda else self.n_threads
-        self._scorers = [first] + [model.scorer() for _ in range(n_forks - 1)]
+        self._scorers = [first] + [_fork(self._proto) for _ in range(n_forks - 1)]
         self._slots = _Slots(self._scorers, self.capacity)
         self.width = _sum_hidden(first)
         self._popular = np.argsort(-np.asarray(model.item_support_), kind="stable")
@@ -390,9 +393,7 @@ class SessionStore:
         of the entries). ``item_features``: FeatureSessionGRU only, features of new items (class
         docstring)."""
         sids = self._session_list(session_ids)
-        items = np.asarray(item_ids)
-        if items.ndim != 1:
-            items = np.atleast_1d(items)
+        items = self._id_array(item_ids)
         if items.ndim != 1 or len(items) != len(sids):
             raise ValueError(f"session_ids and item_ids must be 1-D of one length, got "
                              f"{len(sids)} session ids and item ids of shape {items.shape}")
@@ -543,8 +544,12 @@ class SessionStore:
         n = header.get("n_sessions")
         if not isinstance(n, int) or n < 0:
             raise bad(f"header n_sessions={n!r} is not a count")
-        opts = {"capacity": max(1, int(header.get("capacity") or n or 1)),
-                "idle_timeout_s": header.get("idle_timeout_s"), "k": header.get("k", 20)}
+        cap, idle, k = header.get("capacity"), header.get("idle_timeout_s"), header.get("k")
+        if not (isinstance(cap, int) and cap >= 1 and isinstance(k, int) and k >= 1
+                and (idle is None or (isinstance(idle, (int, float)) and idle > 0))):
+            raise bad(f"header capacity={cap!r}, k={k!r} or idle_timeout_s={idle!r} is not "
+                      "valid")
+        opts = {"capacity": cap, "idle_timeout_s": idle, "k": k}
         opts.update(options)
         store = cls(model, **opts)
         if header.get("width") != store.width:
@@ -620,6 +625,28 @@ class SessionStore:
                 hash(s)
             except TypeError:
                 raise ValueError(f"session id {s!r} is not hashable") from None
+        return out
+
+    def _id_array(self, item_ids) -> np.ndarray:
+        """``item_ids`` as an array the item index compares entry by entry: a list mixing kinds
+        (``[5, "x"]``, which NumPy would turn into strings) becomes an object array, so that
+        one bad id leaves the others known."""
+        if isinstance(item_ids, np.ndarray):
+            return np.atleast_1d(item_ids)
+        if isinstance(item_ids, (str, bytes)) or np.ndim(item_ids) == 0:
+            item_ids = [item_ids]
+        items = list(item_ids)
+        try:
+            arr = np.asarray(items)
+        except (TypeError, ValueError):
+            arr = None
+        want = self.model.item_index_.ids.dtype.kind
+        ok = arr is not None and arr.ndim == 1 and (
+            arr.dtype.kind == want or (want in "iu" and arr.dtype.kind in "iuf"))
+        if ok:
+            return arr
+        out = np.empty(len(items), object)
+        out[:] = items
         return out
 
     def _empty_result(self, n: int, k: int) -> Recommendations:
@@ -740,9 +767,8 @@ class SessionStore:
             self._scorers[0] = sc
             self._slots.scorers = self._scorers
         else:
-            proto = _cpu_proto(model)
             for i, old in enumerate(self._scorers):
-                sc = _fork(proto, params)
+                sc = _fork(self._proto, params)
                 sc.state = old.state
                 self._scorers[i] = sc
         self._new_ids, self._new_bags = index, bags

@@ -243,6 +243,9 @@ def test_unknown_items_leave_the_state_and_are_flagged(model):
         np.testing.assert_allclose(r.scores, first.scores, rtol=1e-6)
     np.testing.assert_array_equal(store.step(["s"], [ids[2]]).scores,
                                   ref.step(["s"], [ids[2]]).scores)
+    mixed = SessionStore(model, capacity=5, k=6).step(["a", "b"], [ids[1], "x"])
+    assert mixed.unknown_item.tolist() == [False, True]  # one bad id leaves the others known
+    np.testing.assert_array_equal(mixed.scores[0], first.scores[0])
     r = store.step(["new", "s"], [-1, ids[3]])   # a new session whose first click is unknown
     assert r.unknown_item.tolist() == [True, False] and r.cold.tolist() == [True, False]
     assert np.isnan(r.scores[0]).all() and "new" in store
