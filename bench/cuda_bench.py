@@ -1,15 +1,21 @@
 """GPU benchmark of the CUDA backend (needs CuPy and an NVIDIA GPU; run by bench/gpu_check.sh).
 
 At the shapes of ``bench/cuda_static.py`` (hidden 100 / batch 64 and hidden 1000 / batch 256,
-n_sample 2048, 40,000 items, 1 layer, constrained embedding, cross-entropy with logq):
+n_sample 2048, 40,000 items, 1 layer, constrained embedding, cross-entropy with logq, hidden
+dropout 0.4 -- the configuration timed is the one modelled):
 
 * training events/s of ``backends.cuda.Trainer`` (random schedule, steps timed with CUDA events
   after warm-up), with the full step replayed as a CUDA graph (default) and kernel by kernel, and
   evaluation predictions/s of ``backends.cuda.Scorer.rank`` (batches of 512);
 * measured ceilings on this GPU: SGEMM FLOP/s (``cupy.matmul`` 8192^3 float32) and
   device-to-device copy bytes/s (1 GiB);
-* achieved FLOP/s and bytes/s of a step, from the model FLOPs/bytes of ``cuda_static.step_ops``
-  divided by the measured step time, as a share of those ceilings;
+* "model-FLOP rate" and "model-byte rate" of a step: the MODELLED FLOPs/bytes of
+  ``cuda_static.step_ops`` (at the timed configuration, dropout included) divided by the
+  MEASURED step time, as a share of the measured ceilings -- not a hardware counter;
+* host calls per step counted through the device interface in the timed kernel-by-kernel run
+  (MEASURED), beside the count ``cuda_static.step_host_calls`` models.
+
+Every printed figure is labelled MEASURED (timed or counted on this GPU) or MODEL.
 * the PyTorch reference step (``bench/torch_reference_step.py``) at the same shapes when torch
   is installed.
 
@@ -30,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from cuda_static import SHAPES, eval_ops, step_ops  # noqa: E402
+from cuda_static import SHAPES, eval_ops, step_host_calls, step_ops  # noqa: E402
 from gru_engine import params as hp  # noqa: E402
 from gru_engine.backends.cuda import Scorer, Trainer  # noqa: E402
 from gru_engine.network import PARAM_KEYS, build_layout  # noqa: E402
@@ -71,16 +77,20 @@ def params_for(rng, H, n_items):
     return {k: lay[k] for k in PARAM_KEYS}
 
 
-def hyper_for(B, ns):
-    return hp.hyper(hp.validate(dict(hp.DEFAULTS, batch_size=B, n_sample=ns, logq=1.0,
-                                     learning_rate=0.2, momentum=0.2, dropout_p_hidden=0.4)))
+def hyper_for(shape):
+    """The hyperparameters of the timed step: the shape's batch, samples and dropout (the very
+    values cuda_static.step_ops models)."""
+    return hp.hyper(hp.validate(dict(hp.DEFAULTS, batch_size=shape["B"],
+                                     n_sample=shape["n_sample"], logq=1.0, learning_rate=0.2,
+                                     momentum=0.2, dropout_p_hidden=shape["dropout_p_hidden"],
+                                     dropout_p_embed=shape["dropout_p_embed"])))
 
 
 def bench_shape(dev, cp, shape, steps, warmup, use_graphs=True):
     H, B, ns, N = shape["H"], shape["B"], shape["n_sample"], shape["n_items"]
     rng = np.random.default_rng(0)
     support = rng.integers(1, 1000, N)
-    trainer = Trainer(dev, params_for(rng, H, N), hyper_for(B, ns), support, sum_mode=False,
+    trainer = Trainer(dev, params_for(rng, H, N), hyper_for(shape), support, sum_mode=False,
                       use_graphs=use_graphs)
     total = steps + warmup
     ins = dev.to_device(rng.integers(0, N, (total, B)), np.int32)
@@ -97,7 +107,9 @@ def bench_shape(dev, cp, shape, steps, warmup, use_graphs=True):
         t = next_step()
         trainer.step(ins[t], outs[t], rst[t], smp[t], src)
 
+    dev.reset_stats()
     train_s = _timed(cp, one_step, steps)
+    host_calls = tuple(dev.stats[k] / steps for k in ("launches", "gemms", "copies"))
     scorer = Scorer(dev, trainer.host_params(), False)
     R = shape["eval_batch"]
     scorer.begin(R)
@@ -114,8 +126,15 @@ def bench_shape(dev, cp, shape, steps, warmup, use_graphs=True):
     return dict(train_events_per_s=B * steps / train_s, step_us=step_s * 1e6,
                 graphs_used=trainer.use_graphs,
                 eval_predictions_per_s=R * eval_reps / eval_s,
-                achieved_flops=flops / step_s, achieved_bytes_per_s=nbytes / step_s,
+                host_calls_per_step_measured=host_calls,
+                host_calls_per_step_model=step_host_calls(**shape),
+                model_step_flops=flops, model_step_bytes=nbytes,
+                model_flops_per_measured_s=flops / step_s,
+                model_bytes_per_measured_s=nbytes / step_s,
                 eval_model_flops=sum(op[2] for op in eval_ops(**shape)),
+                kinds="train_events_per_s, step_us, eval_predictions_per_s, "
+                      "host_calls_per_step_measured: MEASURED; model_*: MODELLED counts "
+                      "(model_*_per_measured_s: modelled count / measured time)",
                 note="eval timing includes host->device copies of rows/items/targets and the "
                      "device->host copy of the ranks")
 
@@ -149,23 +168,33 @@ def main(argv=None):
     ceil = ceilings(cp)
     result = dict(date=datetime.datetime.utcnow().isoformat() + "Z",
                   gpu=props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
-                  ceilings=ceil, shapes={})
-    print(f"GPU: {result['gpu']}; measured SGEMM {ceil['sgemm_flops'] / 1e12:.1f} TFLOP/s, "
-          f"copy {ceil['copy_bytes_per_s'] / 1e9:.0f} GB/s\n")
-    print("| shape | ours train events/s (graph) | step us | no-graph events/s (step us) | "
-          "achieved GFLOP/s (% SGEMM) | achieved GB/s (% copy) | "
-          "ours eval predictions/s | torch train events/s |")
-    print("|---|---|---|---|---|---|---|---|")
+                  ceilings=ceil, ceilings_kind="MEASURED", shapes={})
+    print(f"GPU: {result['gpu']}; MEASURED SGEMM {ceil['sgemm_flops'] / 1e12:.1f} TFLOP/s, "
+          f"MEASURED copy {ceil['copy_bytes_per_s'] / 1e9:.0f} GB/s\n")
+    print("Columns: MEASURED = timed with CUDA events (or counted) on this GPU; MODEL = the "
+          "FLOPs/bytes of bench/cuda_static.step_ops at the timed configuration divided by the "
+          "MEASURED step time (a rate of modelled work, not a hardware counter).\n")
+    print("| shape (dropout_p_hidden) | train events/s, graph (MEASURED) | step us (MEASURED) | "
+          "no-graph events/s (step us) (MEASURED) | host calls/step no-graph: MEASURED vs MODEL "
+          "| model-FLOP rate GFLOP/s (% of measured SGEMM) (MODEL/MEASURED) | model-byte rate "
+          "GB/s (% of measured copy) (MODEL/MEASURED) | eval predictions/s (MEASURED) | "
+          "torch train events/s (MEASURED) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, shape in SHAPES.items():
         ours = bench_shape(dev, cp, shape, args.steps, args.warmup)
         plain = bench_shape(dev, cp, shape, args.steps, args.warmup, use_graphs=False)
         ref = torch_reference(shape, args.steps)
         result["shapes"][name] = dict(shape=shape, ours=ours, ours_no_graph=plain, torch=ref)
         graph = "" if ours["graphs_used"] else " (capture FAILED: no graph)"
-        print(f"| {name} | {ours['train_events_per_s']:,.0f}{graph} | {ours['step_us']:.1f} | "
+        calls = "/".join(f"{c:g}" for c in plain["host_calls_per_step_measured"])
+        model_calls = "/".join(str(c) for c in plain["host_calls_per_step_model"])
+        fl, by = ours["model_flops_per_measured_s"], ours["model_bytes_per_measured_s"]
+        print(f"| {name} ({shape['dropout_p_hidden']}) | {ours['train_events_per_s']:,.0f}{graph} | "
+              f"{ours['step_us']:.1f} | "
               f"{plain['train_events_per_s']:,.0f} ({plain['step_us']:.1f}) | "
-              f"{ours['achieved_flops'] / 1e9:,.0f} ({ours['achieved_flops'] / ceil['sgemm_flops']:.1%}) | "
-              f"{ours['achieved_bytes_per_s'] / 1e9:,.0f} ({ours['achieved_bytes_per_s'] / ceil['copy_bytes_per_s']:.1%}) | "
+              f"{calls} vs {model_calls} | "
+              f"{fl / 1e9:,.0f} ({fl / ceil['sgemm_flops']:.1%}) | "
+              f"{by / 1e9:,.0f} ({by / ceil['copy_bytes_per_s']:.1%}) | "
               f"{ours['eval_predictions_per_s']:,.0f} | "
               f"{ref.get('events_per_s', float('nan')):,.0f} {'' if 'events_per_s' in ref else str(ref)[:60]} |")
     out = Path(args.out)

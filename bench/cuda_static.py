@@ -8,8 +8,8 @@ Nothing here runs on a GPU. For every ``kernels/*.cu``:
    the theoretical occupancy on an H100 (SM 9.0: 65,536 registers, 228 KB shared memory,
    2,048 threads, 32 blocks and 64 warps per SM; registers allocated per warp in units of 256,
    1 KB shared memory reserved per block);
-3. at the benchmark shapes, the FLOPs and DRAM bytes of every kernel and GEMM of one training
-   step (and of one evaluation batch), and the step time this implies on an H100 SXM under a
+3. at the benchmark shapes (dropout included, as timed by ``bench/cuda_bench.py``), the FLOPs
+   and DRAM bytes of every kernel and GEMM of one training step (and of one evaluation batch), and the step time this implies on an H100 SXM under a
    roofline model: time(op) = max(FLOPs / peak, bytes / bandwidth), summed over the ops.
    Peaks are NVIDIA's published H100 SXM figures: FP32 (non-tensor) 67 TFLOP/s, TF32 tensor
    core 494.7 TFLOP/s dense, HBM3 3.35 TB/s. Bytes assume every operand moves once between
@@ -64,9 +64,13 @@ LAUNCH["sparse_combine"] = LAUNCH["sparse_adagrad"] = (128, 0)  # H = 100 rows (
 LAUNCH["topk_rows"] = (BLOCK, 8 * 100)                           # k = 100
 LAUNCH["counter_add"] = (1, 0)                                    # one thread
 
+# dropout_p_hidden 0.4 as in the published rsc15 parameters; bench/cuda_bench.py times exactly
+# these configurations, so its modelled FLOPs and bytes (step_ops) are those of the timed step.
 SHAPES = {
-    "H100_B64": dict(H=100, B=64, n_sample=2048, n_items=40000, eval_batch=512),
-    "H1000_B256": dict(H=1000, B=256, n_sample=2048, n_items=40000, eval_batch=512),
+    "H100_B64": dict(H=100, B=64, n_sample=2048, n_items=40000, eval_batch=512,
+                     dropout_p_hidden=0.4, dropout_p_embed=0.0),
+    "H1000_B256": dict(H=1000, B=256, n_sample=2048, n_items=40000, eval_batch=512,
+                       dropout_p_hidden=0.4, dropout_p_embed=0.0),
 }
 
 
@@ -123,17 +127,34 @@ def occupancy(regs: int, smem_static: int, threads: int, smem_dynamic: int) -> d
                 occupancy=blocks * warps / a["warps_per_sm"], limiter=limiter)
 
 
-def step_ops(H, B, n_sample, n_items, **_):
+def step_host_calls(dropout_p_hidden=0.0, dropout_p_embed=0.0, **_):
+    """(kernels, GEMMs, copies) the host issues for one full training step kernel by kernel: 1
+    layer, constrained embedding, logq. Without dropout 21 + 8 + 4 (19 + 8 + 4 without the 2
+    logq gathers, counted in tests/test_cuda_graphs.py::test_host_calls_per_full_step); hidden
+    dropout adds its dropout_mask, embedding dropout a dropout_mask and two multiply_inplace
+    (forward input, backward gradient), any dropout one counter_add."""
+    hidden, embed = dropout_p_hidden > 0, dropout_p_embed > 0
+    return 21 + hidden + 3 * embed + (hidden or embed), 8, 4
+
+
+def step_ops(H, B, n_sample, n_items, dropout_p_hidden=0.0, dropout_p_embed=0.0, **_):
     """(name, kind, flops, bytes) of one training step: 1 GRU layer, constrained embedding,
-    cross-entropy with logq, no dropout (the published rsc15 configuration's structure)."""
+    cross-entropy with logq, with the given dropout (a mask drawn per step on the device; the
+    hidden mask is read by the fused GRU cell forward and backward)."""
     C, f = B + n_sample, 4
     G = 3 * H
+    mh = B * H if dropout_p_hidden > 0 else 0  # hidden-mask elements read by the cell kernels
+    me = B * H if dropout_p_embed > 0 else 0   # embedding-mask elements (input x is (B, H))
     ops = [
+        ("dropout_mask embedding", "kernel", 2 * me, f * me),
+        ("multiply_inplace x *= mask", "kernel", me, f * 3 * me),
         ("gather_rows x=Wy[in]", "kernel", 0, f * 2 * B * H + 4 * B),
         ("GEMM gx = x@Wx", "gemm", 2 * B * H * G, f * (B * H + H * G + B * G)),
         ("add_bias gx", "kernel", B * G, f * (2 * B * G + G)),
         ("GEMM gh = h@Wh", "gemm", 2 * B * H * G, f * (B * H + H * G + B * G)),
-        ("gru_cell_forward", "kernel", 30 * B * H, f * (2 * B * G + H + B * H + 6 * B * H) + B),
+        ("dropout_mask hidden", "kernel", 2 * mh, f * mh),
+        ("gru_cell_forward", "kernel", 30 * B * H + mh,
+         f * (2 * B * G + H + B * H + 6 * B * H + mh) + B),
         ("copy state", "kernel", 0, f * 2 * B * H),
         ("gather_rows Wy[cols]", "kernel", 0, f * 2 * C * H + 4 * C),
         ("gather_rows By[cols]+logq", "kernel", 0, f * 4 * C + 8 * C),
@@ -143,18 +164,21 @@ def step_ops(H, B, n_sample, n_items, **_):
         ("column_sum dBy", "kernel", B * C, f * (B * C + C)),
         ("GEMM dWy_c = dS^T h", "gemm", 2 * B * C * H, f * (B * C + B * H + C * H)),
         ("GEMM dh = dS Wy_c", "gemm", 2 * B * C * H, f * (B * C + C * H + B * H)),
-        ("gru_cell_backward", "kernel", 25 * B * H, f * (B * H + 4 * B * H + B * H + 2 * B * G)),
+        ("gru_cell_backward", "kernel", 25 * B * H + mh,
+         f * (B * H + 4 * B * H + B * H + 2 * B * G + mh)),
         ("GEMM dWh = h^T d_gh", "gemm", 2 * B * H * G, f * (B * H + B * G + H * G)),
         ("column_sum dbx, dbhn", "kernel", B * G + B * H, f * (B * G + B * H + G + H)),
         ("GEMM dWx = x^T d_gx", "gemm", 2 * B * H * G, f * (B * H + B * G + H * G)),
         ("GEMM dx = d_gx Wx^T", "gemm", 2 * B * G * H, f * (B * G + H * G + B * H)),
+        ("multiply_inplace dx *= mask", "kernel", me, f * 3 * me),
         ("adagrad_dense (theta: Wx,Wh,bx,bhn)", "kernel", 8 * (2 * H * G + G + H),
          f * 7 * (2 * H * G + G + H)),
         ("sparse_claim/combine/adagrad Wy", "kernel", 8 * (C + B) * H,
          f * ((C + B) * H * 8) + 12 * (C + B)),
         ("sparse_claim/combine/adagrad By", "kernel", 8 * C, f * 8 * C + 12 * C),
+        ("counter_add (mask stream)", "kernel", 0, 8 if mh or me else 0),
     ]
-    return ops
+    return [op for op in ops if op[2] or op[3]]
 
 
 def eval_ops(H, n_items, eval_batch, **_):
@@ -221,18 +245,18 @@ def main(argv=None):
                 problems.append(f"{name}: spills {res['spill_stores']}/{res['spill_loads']} bytes")
     models = {}
     for shape_name, shape in SHAPES.items():
-        # A full step of an epoch (rows carried from the previous step; 1 layer, constrained,
-        # logq): 21 kernels + 8 GEMMs + 4 copies = 33 host calls (counted in
-        # tests/test_cuda_graphs.py::test_host_calls_per_full_step: 19 + 8 + 4 without the 2
-        # logq gathers). As a graph: 7 host calls (5 staging copies, 1 graph launch, 1 kernel)
-        # and 34 graph nodes (the 33 plus the loss-slot reset).
+        # A full step of an epoch (rows carried from the previous step): step_host_calls. As a
+        # graph: 7 host calls (5 staging copies, 1 graph launch, 1 kernel) and one graph node
+        # per kernel-by-kernel host call plus the loss-slot reset.
         # evaluation: 6 kernels + 3 GEMMs per batch (backends.cuda.Scorer.rank)
-        step = roofline(step_ops(**shape), shape["B"], args.launch_floor_us * 1e-6, 21 + 8 + 4,
-                        graph=(7, 34, args.graph_node_us * 1e-6))
+        calls = sum(step_host_calls(**shape))
+        step = roofline(step_ops(**shape), shape["B"], args.launch_floor_us * 1e-6, calls,
+                        graph=(7, calls + 1, args.graph_node_us * 1e-6))
         ev = roofline(eval_ops(**shape), shape["eval_batch"], args.launch_floor_us * 1e-6, 6 + 3)
         models[shape_name] = dict(shape=shape, train_step=step, eval_batch=ev)
 
-    print("## CUDA kernels: ptxas (sm_90) and theoretical H100 occupancy\n")
+    print("## CUDA kernels: ptxas (sm_90, measured by compiling) and theoretical H100 occupancy "
+          "(computed from them, MODEL)\n")
     print("| kernel | file | regs | spill st/ld B | stack B | smem B (static+dyn) | block | blocks/SM | occupancy | limiter |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, k in kernels.items():
@@ -250,19 +274,20 @@ def main(argv=None):
     for shape_name, m in models.items():
         s, st, ev = m["shape"], m["train_step"], m["eval_batch"]
         print(f"### {shape_name}: hidden {s['H']}, batch {s['B']}, n_sample {s['n_sample']}, "
-              f"{s['n_items']} items\n")
+              f"{s['n_items']} items, dropout_p_hidden {s['dropout_p_hidden']}, "
+              f"dropout_p_embed {s['dropout_p_embed']} (MODEL)\n")
         print("| op (training step) | FLOPs | bytes | bound | model us (FP32) | model us (TF32 GEMM) |")
         print("|---|---|---|---|---|---|")
         for op in st["ops"]:
             print(f"| {op['op']} | {op['flops']:.3g} | {op['bytes']:.3g} | {op['bound']} | "
                   f"{op['time_fp32_us']:.2f} | {op['time_tf32_us']:.2f} |")
-        print(f"\nTraining step: {st['time_fp32_us']:.1f} us FP32 -> {st['events_per_s_fp32']:,.0f} events/s; "
+        print(f"\nTraining step (MODEL): {st['time_fp32_us']:.1f} us FP32 -> {st['events_per_s_fp32']:,.0f} events/s; "
               f"TF32 GEMMs {st['time_tf32_us']:.1f} us -> {st['events_per_s_tf32']:,.0f} events/s; "
               f"+floor ({st['launches']} launches) {st['time_with_launch_floor_us']:.1f} us -> "
               f"{st['events_per_s_with_launch_floor']:,.0f} events/s; graph ({st['graph_host_calls']} "
               f"host calls, {st['graph_nodes']} nodes) {st['time_with_graph_us']:.1f} us -> "
               f"{st['events_per_s_with_graph']:,.0f} events/s.")
-        print(f"Evaluation batch of {s['eval_batch']}: {ev['time_fp32_us']:.1f} us FP32 -> "
+        print(f"Evaluation batch of {s['eval_batch']} (MODEL): {ev['time_fp32_us']:.1f} us FP32 -> "
               f"{ev['events_per_s_fp32']:,.0f} predictions/s; +floor {ev['time_with_launch_floor_us']:.1f} us -> "
               f"{ev['events_per_s_with_launch_floor']:,.0f} predictions/s (host transfer of scores "
               f"excluded: the device-side rank is used).\n")
