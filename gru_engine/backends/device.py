@@ -36,6 +36,7 @@ import collections
 import functools
 import logging
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,16 @@ def _allocation_site() -> str:
     return f"{Path(f.f_code.co_filename).name}:{f.f_lineno} ({f.f_code.co_name})"
 
 
+class _Strong:
+    """A strong reference with the call interface of ``weakref.ref``."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __call__(self):
+        return self.obj
+
+
 class GuardedAllocator:
     """Device buffers as views into allocations with :data:`GUARD_BYTES` of
     :data:`GUARD_BYTE` on both sides (``xp``: numpy or cupy). :meth:`check` compares the
@@ -224,15 +235,21 @@ class GuardedAllocator:
         body = base[GUARD_BYTES:GUARD_BYTES + n]
         if poison:
             body[...] = POISON_BYTE
-        if len(self._live) > 4096:
-            self._prune()
-        self._live[id(base)] = (base, shape, dtype, _allocation_site())
+        key = id(base)
+        try:  # NumPy arrays: the entry leaves the table when the buffer is freed
+            ref = weakref.ref(base, lambda _, k=key, live=self._live: live.pop(k, None))
+        except TypeError:  # no weak references: hold it, prune by reference count
+            ref = _Strong(base)
+            if len(self._live) > 1024:
+                self._prune()
+        self._live[key] = (ref, shape, dtype, _allocation_site())
         return body.view(dtype).reshape(shape)
 
     def _prune(self):
-        # An entry whose base only this table still holds (refcount: table tuple + argument of
-        # getrefcount) belongs to a freed buffer.
-        for key in [k for k, (base, *_rest) in self._live.items() if sys.getrefcount(base) <= 3]:
+        # A strongly held base that only this table still refers to (refcount: the _Strong
+        # holder, the loop's variable, getrefcount's argument) belongs to a freed buffer.
+        for key in [k for k, (ref, *_rest) in self._live.items()
+                    if isinstance(ref, _Strong) and sys.getrefcount(ref.obj) <= 3]:
             del self._live[key]
 
     def check(self, arrays=None, context=""):
@@ -240,15 +257,17 @@ class GuardedAllocator:
             return
         if arrays is None:
             self._prune()
-            entries = list(self._live.values())
+            entries = [(ref(), *rest) for ref, *rest in list(self._live.values())]
         else:
             entries = []
             for a in arrays:
                 base = getattr(a, "base", None)
                 entry = self._live.get(id(base)) if base is not None else None
-                if entry is not None and entry[0] is base:
-                    entries.append(entry)
+                if entry is not None and entry[0]() is base:
+                    entries.append((base, *entry[1:]))
         for base, shape, dtype, site in entries:
+            if base is None:
+                continue
             head, tail = base[:GUARD_BYTES], base[base.size - GUARD_BYTES:]
             bad_head = int((head != GUARD_BYTE).sum())
             bad_tail = int((tail != GUARD_BYTE).sum())
