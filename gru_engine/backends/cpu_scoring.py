@@ -214,7 +214,7 @@ def run_row_blocks(n_rows: int, n_threads: int, min_rows: int, block) -> None:
     """Run ``block(k, a, b)`` over rows ``0..n_rows-1`` on up to ``n_threads`` workers (as many
     as there are ``min_rows``-row blocks; one if fewer): worker 0 is the calling thread, the
     others come from a shared pool. The workers take contiguous blocks ``a:b`` from one queue:
-    first one large block each (together about 3/4 of the rows, multiples of 8 rows), then
+    first one large block each (together about 7/8 of the rows, multiples of 8 rows), then
     the rest in small blocks (at least ``min_rows``), so that a worker slowed by another
     process on its core does not hold the step back: the others take its share of the small
     blocks. ``k`` is the worker (``0 <= k < n_threads``): one worker's calls run one after the
@@ -247,12 +247,12 @@ def run_row_blocks(n_rows: int, n_threads: int, min_rows: int, block) -> None:
 
 def _row_blocks(n_rows: int, n_workers: int, min_rows: int) -> list:
     """The (a, b) blocks of :func:`run_row_blocks`, in the order they are taken."""
-    reserve = max(min_rows * n_workers, n_rows // 4)
+    reserve = max(min_rows * n_workers, n_rows // 8)
     first = (n_rows - reserve) // n_workers // 8 * 8
     edges = [0] + [first * (k + 1) for k in range(n_workers)] if first >= min_rows else [0]
     while edges[-1] < n_rows:
         left = n_rows - edges[-1]
-        size = max(min_rows, left // (2 * n_workers))
+        size = max(min_rows, left // n_workers)
         edges.append(n_rows if left - size < min_rows else edges[-1] + size)
     return list(zip(edges[:-1], edges[1:]))
 
