@@ -2,8 +2,9 @@
 
 Format 3 (written by this version, both GRU model classes): ``header`` (uint8 array of UTF-8
 JSON: ``format`` ``'gru_engine'``, ``format_version`` 3, ``library_version`` (the
-``gru_engine.__version__`` that wrote it), ``checksum`` (``'crc32:<8 hex digits>'`` over every
-other array's name, dtype, shape and bytes, :func:`array_checksum`), ``class``,
+``gru_engine.__version__`` that wrote it), ``checksum`` (``'crc32:<8 hex digits>'`` over the
+rest of the header and every other array's name, dtype, shape and bytes,
+:func:`array_checksum`), ``class``,
 hyperparameters, column keys, ``input_mode``, ``subnet_names``, ``feature_info``,
 ``vocab_counts``, ``loss_history``), ``item_ids`` (int64, uint64 or unicode), ``item_support``,
 the network's arrays (``network.PARAM_KEYS``), the feature encoders' vocabularies
@@ -93,22 +94,28 @@ def save_model(model, path) -> None:
             arrays[f"vocab_{s}_{c}"] = np.asarray(codes)
     header = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
-        "checksum": array_checksum(arrays), "class": type(model).__name__,
+        "class": type(model).__name__,
         "params": params, "item_id_dtype": ids.dtype.str, "keys": model.keys_,
         "input_mode": model.input_mode_, "subnet_names": list(model.subnet_names_),
         "feature_info": model.feature_info_, "vocab_counts": None if vocab is None else [len(v) for v in vocab],
         "loss_history": [float(x) for x in model.loss_history_],
     }
+    header = json.loads(json.dumps(header))  # as load will see it
+    header["checksum"] = array_checksum(arrays, header)
     # the header first: a partial file then starts with a member this module recognises
     arrays = {"header": np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
               **arrays}
     write_npz(os.fspath(path), arrays)
 
 
-def array_checksum(arrays: dict) -> str:
-    """``'crc32:<8 hex digits>'``: CRC-32 over every array but ``header``, in name order, of
-    ``name:dtype:shape;`` then the array's bytes (C order)."""
+def array_checksum(arrays: dict, header: dict | None = None) -> str:
+    """``'crc32:<8 hex digits>'``: CRC-32 over ``header`` without its ``checksum`` (JSON with
+    sorted keys), then every array but ``header``, in name order, as ``name:dtype:shape;`` and
+    the array's bytes (C order)."""
     crc = 0
+    if header is not None:
+        rest = {k: v for k, v in header.items() if k != "checksum"}
+        crc = zlib.crc32(json.dumps(rest, sort_keys=True).encode("utf-8"))
     for name in sorted(k for k in arrays if k != "header"):
         a = np.ascontiguousarray(arrays[name])
         crc = zlib.crc32(f"{name}:{a.dtype.str}:{a.shape};".encode("utf-8"), crc)
@@ -379,7 +386,7 @@ def load_model(path, cls):
     fmt, version = header.get("format"), header.get("format_version")
     if fmt == FORMAT and version == FORMAT_VERSION:
         stored = ck.field(header, "checksum", str)
-        actual = array_checksum(arrays)
+        actual = array_checksum(arrays, header)
         if stored != actual:
             ck.fail(f"checksum mismatch (header {stored}, arrays {actual}): the file is corrupt "
                     "or was altered")
@@ -441,7 +448,8 @@ def load_model(path, cls):
     expected = set(params if not legacy else ()) | {"header", "item_ids", "item_support"}
     expected |= {f"vocab_{s}_{c}" for s, v in enumerate(vocab or []) for c in range(len(v))}
     if legacy:
-        expected |= {k for k in arrays if k.split("_")[0] in _LAYER_KEYS or k in ("Wy", "By", "E")}
+        expected |= {f"{k}_{l}" for k in _LAYER_KEYS for l in range(len(p["layers"]))}
+        expected |= {"Wy", "By"} | ({"E"} if mode == "embedding" else set())
     extra = sorted(set(arrays) - expected)
     if extra:
         ck.fail(f"unexpected array(s) {extra} (not part of a {cls.__name__} file)")

@@ -86,12 +86,22 @@ def fit(name: str):
     return model.fit(events(), item_features=features(kinds))
 
 
+_SAVED = {}  # name -> the bytes of its model file: fitted once per process
+
+
 def write_models(folder) -> dict:
-    """``{name: path}`` of one saved model per :data:`CONFIGS` entry."""
+    """``{name: path}`` of one saved model per :data:`CONFIGS` entry (fitted on the first
+    call of the process, copied afterwards)."""
     paths = {}
     for name in CONFIGS:
         path = os.path.join(os.fspath(folder), name + ".npz")
-        fit(name).save(path)
+        if name not in _SAVED:
+            fit(name).save(path)
+            with open(path, "rb") as f:
+                _SAVED[name] = f.read()
+        else:
+            with open(path, "wb") as f:
+                f.write(_SAVED[name])
         paths[name] = path
     return paths
 
@@ -112,7 +122,7 @@ def write(path, arrays: dict, fix_checksum: bool = True) -> None:
         except (ValueError, UnicodeDecodeError):
             header = None
         if isinstance(header, dict) and "checksum" in header:
-            header["checksum"] = array_checksum(arrays)
+            header["checksum"] = array_checksum(arrays, header)
             arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     with open(path, "wb") as f:
         np.savez(f, **arrays)

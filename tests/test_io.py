@@ -66,7 +66,7 @@ def test_round_trip_scores_identical_and_header_records_version_and_checksum(mod
     arrays = mf.read(models[name])
     header = mf.header_of(arrays)
     assert header["library_version"] == gru_engine.__version__
-    assert header["checksum"] == array_checksum(arrays)
+    assert header["checksum"] == array_checksum(arrays, header)
     assert header["checksum"].startswith("crc32:")
 
 
@@ -165,6 +165,13 @@ def test_checksum_mismatch_missing_and_newer_version(models, tmp_path):
     def change(arrays, header):
         arrays["By"][3] += 1.0
     path = _rewrite("c.npz", models["gru_constrained"], tmp_path, change, fix_checksum=False)
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        SessionGRU.load(path)
+
+    def header_only(arrays, header):  # valid, but not what was written
+        header["keys"]["item_key"] = "ProductId"
+    path = _rewrite("h.npz", models["gru_constrained"], tmp_path, header_only,
+                    fix_checksum=False)
     with pytest.raises(ModelFileError, match="checksum mismatch"):
         SessionGRU.load(path)
 
