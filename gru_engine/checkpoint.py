@@ -41,9 +41,6 @@ def save_checkpoint(model, folder, trainer, order_rng, epoch: int, sessions) -> 
     """Write the checkpoint of ``model`` after its epoch ``epoch`` (``model.params_`` and the
     per-epoch lists already hold that epoch; ``sessions``: the training data) into ``folder``
     (created when missing)."""
-    if not hasattr(trainer, "training_state"):
-        raise ValueError("checkpoints need a trainer that exposes its training state (the CPU "
-                         "backend); use device='cpu' or checkpoint=None")
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     lib, ptr = _numba_rng()
@@ -92,12 +89,9 @@ def restore_training(model, folder, trainer, order_rng, sessions) -> int:
     saved = type(model).load(os.path.join(os.fspath(folder), "model.npz"))
     if len(saved.loss_history_) != header["epoch"]:
         raise ValueError(f"{folder}: model.npz and state.npz are of different epochs")
-    params = trainer.host_params()
-    for key in ("theta", "T", "Wy", "By"):
-        params[key][...] = saved.params_[key]
-    for kind, group in trainer.optimizer_state().items():
-        for key, a in group.items():
-            a[...] = arrays[f"opt_{kind}_{key}"]
+    trainer.load_state(params=saved.params_, optimizer_state={
+        kind: {key: arrays[f"opt_{kind}_{key}"] for key in ("theta", "T", "Wy", "By")}
+        for kind in ("acc", "vel")})
     trainer.restore_training_state({k[len("train_"):]: v for k, v in arrays.items()
                                     if k.startswith("train_")})
     lib, ptr = _numba_rng()

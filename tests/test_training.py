@@ -202,3 +202,17 @@ def test_feature_model_partial_fit_needs_features_of_new_items():
     m.partial_fit(_new_item_events(), n_epochs=1, item_features=_features([1007]))
     assert m.item_index_.ids[-1] == 1007
     assert np.isfinite(m.predict_next([[1007]])).all()
+
+
+@pytest.mark.cuda_emulated
+def test_checkpoint_resume_on_emulated_cuda(cuda_model, tmp_path):
+    ev = _events(n_sessions=30)
+    kw = dict(KW, device="cuda")
+    whole = SessionGRU(**kw).fit(ev)
+    with pytest.raises(KeyboardInterrupt):
+        SessionGRU(**kw).fit(ev, checkpoint=tmp_path, callback=_stop_after(2))
+    resumed = SessionGRU(**kw).fit(ev, checkpoint=tmp_path, resume=True)
+    assert resumed.device_ == "cuda" and _same(whole, resumed)
+    warm = load_checkpoint(tmp_path, SessionGRU)
+    warm.set_params(device="cuda").partial_fit(_new_item_events(), n_epochs=1)
+    assert warm.item_index_.ids[-1] == 1007 and np.isfinite(warm.params_["Wy"]).all()

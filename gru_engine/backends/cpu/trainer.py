@@ -239,9 +239,7 @@ class Trainer:
                             vel_t=like(p["T"]), acc_y=like(p["Wy"]), vel_y=like(p["Wy"]),
                             acc_b=like(p["By"]), vel_b=like(p["By"]))
         if optimizer_state is not None:
-            for kind in ("acc", "vel"):
-                for key, suffix in (("theta", "d"), ("T", "t"), ("Wy", "y"), ("By", "b")):
-                    getattr(self.opt, f"{kind}_{suffix}")[...] = optimizer_state[kind][key]
+            self.load_state(optimizer_state=optimizer_state)
         self.work = work_buffers(SI, p["LI"], bs, Hc, len(p["theta"]), dt)
         self.out = OutBuf(cols=np.zeros(cmax, np.int32), Wc=np.zeros((cmax, Hc), dt),
                           dWc=np.zeros((cmax, Hc), dt), bc=z(cmax), dbc=z(cmax),
@@ -295,6 +293,17 @@ class Trainer:
         o = self.opt
         return {"acc": {"theta": o.acc_d, "T": o.acc_t, "Wy": o.acc_y, "By": o.acc_b},
                 "vel": {"theta": o.vel_d, "T": o.vel_t, "Wy": o.vel_y, "By": o.vel_b}}
+
+    def load_state(self, params=None, optimizer_state=None):
+        """Copy ``params`` (``theta``/``T``/``Wy``/``By``) and/or an ``optimizer_state`` (as
+        :meth:`optimizer_state` returns) into the trainer's arrays (warm start, checkpoints)."""
+        live = self.optimizer_state()
+        for key in ("theta", "T", "Wy", "By"):
+            if params is not None:
+                self.params[key][...] = params[key]
+            if optimizer_state is not None:
+                live["acc"][key][...] = optimizer_state["acc"][key]
+                live["vel"][key][...] = optimizer_state["vel"][key]
 
     def training_state(self) -> dict:
         """Host arrays that, with the parameters, the optimiser state and the random
