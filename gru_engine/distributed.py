@@ -149,7 +149,7 @@ def ray_search(train, valid, space: Space, n_trials: int = 20,
     if settings.n_threads is None:
         settings.n_threads = 1
     metric, _ = parse_metric(settings.metric)
-    ray = connect(address)
+    connect(address)
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 

@@ -1,9 +1,9 @@
 """gru_engine.distributed on a local Ray cluster started here (2 CPUs): the Ray search equals
-the serial one, a worker killed mid-trial is retried by Ray, Ray scoring equals in-process."""
+the serial one though a worker is killed mid-trial (Ray retries it), Ray scoring equals
+in-process byte for byte."""
 import os
 import signal
 
-import numpy as np
 import pytest
 
 from gru_engine import scoring as S
@@ -28,54 +28,44 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def data():
-    return T.split_validation(_events(n_sessions=1500, n_items=60, seed=1), 0.2)
+    return T.split_validation(_events(n_sessions=3000, n_items=60, seed=1), 0.2)
 
 
 def _settings():
-    return T.TrialSettings(metric="mrr@5", seed=2, n_threads=1, overrides=dict(FAST))
+    return T.TrialSettings(metric="mrr@5", seed=2, n_threads=1, overrides=dict(FAST, n_epochs=4))
 
 
-def test_ray_search_equals_the_serial_search(cluster, data, tmp_path):
-    train, valid = data
-    space = T.load_space("bpr-max")
-    serial = T.search(train, valid, space, n_trials=3, settings=_settings(), sampler="random",
-                      pruner="none")
-    on_ray = D.ray_search(train, valid, space, n_trials=3, settings=_settings(),
-                          sampler="random", pruner="none", ray_storage=str(tmp_path))
-    assert [t.number for t in on_ray.trials] == [0, 1, 2]
-    assert [t.params for t in on_ray.trials] == [t.params for t in serial.trials]
-    assert [t.value for t in on_ray.trials] == [t.value for t in serial.trials]
-    assert (on_ray.best_number, on_ray.best_value) == (serial.best_number, serial.best_value)
-    assert on_ray.best_params == serial.best_params
-
-
-def test_a_worker_killed_mid_trial_is_retried_by_ray(cluster, data, tmp_path):
+def test_ray_search_equals_the_serial_one_though_a_worker_is_killed(cluster, data, tmp_path):
+    """Same seeds: the same trials (parameters and values) and the same best as the serial
+    search, although the test kills the process running trial 0 after its first epoch: Ray
+    retries the trial (max_failures) and every trial is reported."""
     from ray.tune import Callback
     train, valid = data
     killed, failures = [], {}
 
     class KillFirstWorker(Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if not killed and result.get("epoch") == 1:  # mid-trial: epoch 1 of 5
+            if not killed and result.get("epoch") == 1:  # mid-trial: epoch 1 of 4
                 os.kill(result["pid"], signal.SIGKILL)
                 killed.append(result["trial_number"])
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             failures[trial.config["trial_number"]] = trial.num_failures
 
-    settings = _settings()
-    settings.overrides["n_epochs"] = 5
-    result = D.ray_search(train, valid, T.load_space("cross-entropy"), n_trials=2,
-                          settings=settings, sampler="random", pruner="median",
-                          max_failures=2, ray_storage=str(tmp_path),
-                          callbacks=[KillFirstWorker()])
-    assert len(killed) == 1 and failures[killed[0]] >= 1  # the kill was seen and retried
-    assert [t.state for t in result.trials] == ["complete", "complete"]
-    assert all(t.epochs == 5 and np.isfinite(t.value) for t in result.trials)
-    # the retried trial's value is what an undisturbed run gives
-    lost = result.trials[killed[0]]
-    params = T.load_space("cross-entropy").model_params(lost.params, settings.overrides)
-    assert T.run_trial(params, train, valid, settings) == lost.value
+    space = T.load_space("bpr-max")
+    serial = T.search(train, valid, space, n_trials=2, settings=_settings(), sampler="random",
+                      pruner="median")
+    on_ray = D.ray_search(train, valid, space, n_trials=2, settings=_settings(),
+                          sampler="random", pruner="median", max_failures=2,
+                          ray_storage=str(tmp_path), callbacks=[KillFirstWorker()])
+    assert len(killed) == 1 and sum(failures.values()) >= 1  # the kill hit a trial, Ray retried
+    assert [t.number for t in on_ray.trials] == [0, 1]
+    assert [t.state for t in on_ray.trials] == ["complete", "complete"]
+    assert all(t.epochs == 4 for t in on_ray.trials)
+    assert [t.params for t in on_ray.trials] == [t.params for t in serial.trials]
+    assert [t.value for t in on_ray.trials] == [t.value for t in serial.trials]
+    assert (on_ray.best_number, on_ray.best_value) == (serial.best_number, serial.best_value)
+    assert on_ray.best_params == serial.best_params
 
 
 def test_ray_scoring_is_bit_identical_to_in_process(cluster, tmp_path):
