@@ -458,22 +458,17 @@ def test_feature_model_new_items_through_the_store(tmp_path):
 
 
 # ---- CUDA (the kernels in the CPU emulator) -------------------------------------------------
-def _cuda_pair(cuda_model):
-    data = _events(200, seed=11)
-    kw = dict(layers=[8], n_epochs=1, batch_size=16, n_sample=16, random_state=0)
-    return SessionGRU(device="cuda", **kw).fit(data)
-
-
-def test_cuda_store_equals_cpu_store(cuda_model):
+def test_cuda_store_equals_cpu_store(model, cuda_model, tmp_path):
+    """A model scoring on CUDA (here: the CPU-fitted parameters with ``device_='cuda'``, run by
+    the emulator) gives the CPU store's answers; similar_items on the device too."""
+    import copy
     try:
         from gru_engine.backends.cuda import Scorer  # noqa: F401
     except ImportError as e:  # pragma: no cover
         pytest.skip(f"the CUDA backend's Scorer is not available: {e}")
-    gpu = _cuda_pair(cuda_model)
-    assert gpu.device_ == "cuda"
-    import copy
-    cpu = copy.deepcopy(gpu)
-    cpu.device_ = "cpu"
+    gpu = copy.deepcopy(model)
+    gpu.device_ = "cuda"
+    cpu = model
     sessions = _sessions(gpu, 12, seed=12, max_len=4)
     gs, cs = SessionStore(gpu, capacity=12, k=5), SessionStore(cpu, capacity=12, k=5)
     assert gs.cuda and not cs.cuda
@@ -483,6 +478,13 @@ def test_cuda_store_equals_cpu_store(cuda_model):
             np.testing.assert_allclose(gv, cv, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(gs.recommend_for(list(range(12))).scores,
                                cs.recommend_for(list(range(12))).scores, rtol=1e-5, atol=1e-5)
+    path = tmp_path / "gpu_sessions.npz"
+    gs.save(path)  # device states to the file and back, and onto the CPU
+    for other, tol in ((SessionStore.load(path, gpu), 0), (SessionStore.load(path, cpu), 1e-5)):
+        np.testing.assert_allclose(other.recommend_for(list(range(12))).scores,
+                                   gs.recommend_for(list(range(12))).scores, rtol=tol, atol=tol)
+    r = gs.step([0, 99], [-1, -1])  # unknown items on the device path too
+    assert r.unknown_item.all() and r.cold.tolist() == [False, True]
     ids, scores = gpu.similar_items(gpu.item_index_.ids[:4], k=6)
     cids, cscores = cpu.similar_items(cpu.item_index_.ids[:4], k=6)
     np.testing.assert_allclose(scores, cscores, rtol=1e-5, atol=1e-6)
