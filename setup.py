@@ -43,7 +43,9 @@ extensions = [
 ]
 
 setup(
-    packages=["gru_engine", "gru_engine.backends", "gru_engine.sample_data", "gru_engine.kernels"],
+    packages=["gru_engine", "gru_engine.backends", "gru_engine.backends.cpu",
+              "gru_engine.backends.cuda", "gru_engine.serving", "gru_engine.sample_data",
+              "gru_engine.kernels"],
     package_dir={"gru_engine.kernels": "kernels"},
     package_data={
         "gru_engine": ["spaces/*.json"],

@@ -2,7 +2,6 @@
 evaluation, threads, eviction, unknown items, snapshots; scorers built once per model;
 similar_items against a NumPy cosine reference; the CUDA backend through the emulator."""
 import threading
-import warnings
 
 import numpy as np
 import pytest

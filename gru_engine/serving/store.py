@@ -1,213 +1,20 @@
-"""Serving a fitted GRU model: scorers built once per model, a live session store, similar items.
-
-* :func:`shared_scorer` — what ``SessionGRU.scorer()`` returns: a scorer with its own hidden
-  state over item tables built ONCE per model (the CPU scorer's input-projection table and item
-  panels; a CUDA model's device parameters are kept by the CUDA backend). The static part is kept
-  for the model in a weak-keyed table and rebuilt when ``params_`` (the dict or any of its
-  arrays) is replaced, or ``final_act``/``n_threads`` (or the CPU scorer's ``MAX_TABLE`` /
-  ``USE_PANELS`` switches) change, or a sampled fingerprint of
-  ``theta``/``Wy``/``By`` changes (values written in place by training; other in-place edits
-  may go unseen: assign new arrays). ``recommend``, ``predict_next`` and ``evaluate`` all
-  go through it.
-* :class:`SessionStore` — live sessions' hidden states by session id: ``step`` advances many
-  sessions in one batched call and returns their top-k, ``recommend_for`` answers without a
-  click, ``end``, LRU and idle eviction, thread-safe, snapshots to a safe ``.npz``.
-* :func:`similar_items` — "customers also viewed": cosine similarity of the learned item vectors
-  (rows of ``Wy``).
-"""
+"""The live session store: hidden states of live sessions by session id (see
+:class:`SessionStore`)."""
 from __future__ import annotations
 
 import collections
-import copy
-import json
 import logging
 import threading
 import time
-import warnings
-import weakref
-import zlib
 from typing import NamedTuple
 
 import numpy as np
 
-from .config import MIN_BLOCK_ROWS
-from .ranking import top_k
-
-try:  # our error class for unreadable files, when this version has it
-    from .exceptions import ModelFileError as _FileError
-except ImportError:  # pragma: no cover
-    _FileError = ValueError
+from ..config import MIN_BLOCK_ROWS
+from ..ranking import top_k
+from .scorers import _cpu_proto, _fork, _sum_hidden
 
 logger = logging.getLogger("gru_engine")
-
-SNAPSHOT_FORMAT = "gru_engine.SessionStore"
-SNAPSHOT_VERSION = 1
-
-# ---------------------------------------------------------------------------------------------
-# the static part of a model's scoring, built once
-# ---------------------------------------------------------------------------------------------
-_STATIC = weakref.WeakKeyDictionary()  # model -> _Static
-_STATIC_LOCK = threading.Lock()
-
-
-class _Static:
-    """What scoring a model needs that never changes while ``params_`` stays: a prototype CPU
-    scorer (forked, never used itself), normalised item vectors, the popularity order."""
-
-    def __init__(self, model, key):
-        self.params = model.params_  # held: the identity checks below stay meaningful
-        self.arrays = tuple(model.params_.values())
-        self.key = key
-        self.proto = None
-        self.unit_wy = None
-        self.unit_wy_device = None
-        self.popular = None
-        self.lock = threading.Lock()
-
-    def valid_for(self, model, key) -> bool:
-        p = model.params_
-        return (p is self.params and self.key == key and len(p) == len(self.arrays)
-                and all(a is b for a, b in zip(p.values(), self.arrays)))
-
-
-def _sampled(params) -> tuple:
-    """A cheap fingerprint of parameters trained in place (the CPU trainer updates its arrays
-    in place and hands the same dict to ``fit``'s callback every epoch): ~4096 evenly spaced
-    entries of each of ``theta``, ``Wy`` and ``By``, as bytes."""
-    out = []
-    for key in ("theta", "Wy", "By"):
-        a = np.asarray(params[key]).reshape(-1)
-        out.append(a[::max(1, len(a) // 4096)].tobytes())
-    return tuple(out)
-
-
-def _static(model) -> _Static:
-    from .backends.cpu_scoring import OutputLayer, Scorer
-    key = (model.final_act, model.n_threads, getattr(model, "device_", "cpu"),
-           Scorer.MAX_TABLE, OutputLayer.USE_PANELS,  # switched by tests and benchmarks
-           _sampled(model.params_))
-    with _STATIC_LOCK:
-        st = _STATIC.get(model)
-        if st is None or not st.valid_for(model, key):
-            st = _Static(model, key)
-            _STATIC[model] = st
-        return st
-
-
-def _cpu_proto(model):
-    """The model's prototype CPU scorer (built on first use)."""
-    st = _static(model)
-    with st.lock:
-        if st.proto is None:
-            st.proto = model._build_scorer(model.params_, device="cpu")
-        return st.proto
-
-
-def _fork(proto, params=None):
-    """A CPU scorer sharing ``proto``'s item tables and output layer, with its own (empty)
-    hidden state and buffers. ``params``: a variant of the prototype's parameters with the
-    same output layer (``Wy``/``By`` the same arrays: new items' bags, see
-    :func:`gru_engine.network.with_new_items`) whose network replaces the prototype's."""
-    sc = copy.copy(proto)
-    sc._ws = []
-    sc.state = np.zeros((0, proto.width), np.float32)
-    if params is not None:
-        from .backends.cpu.step import Net
-        from .network import PARAM_KEYS
-        sc.net = Net(**{k: (np.ascontiguousarray(params[k], np.float32)
-                            if k in ("theta", "T", "Wy", "By", "weights") else params[k])
-                        for k in PARAM_KEYS})
-    return sc
-
-
-def shared_scorer(model, params=None, device=None):
-    """A scorer of ``model`` (evaluation protocol, :class:`~gru_engine.evaluation.SessionScorer`)
-    with its own hidden state; item tables are built once per model (module docstring).
-
-    params: None (``params_``) or a variant sharing ``params_``'s ``Wy``/``By`` (new items
-            of :class:`~gru_engine.feature_model.FeatureSessionGRU`); other dicts get a scorer
-            built from scratch.
-    device: None (the model's: CUDA for ``device_ == 'cuda'`` and ``params=None``, else CPU),
-            or ``'cpu'``.
-    """
-    model._check_fitted()
-    cuda = getattr(model, "device_", "cpu") == "cuda" and device != "cpu"
-    if params is None or params is model.params_:
-        if cuda:
-            return model._build_scorer(None)  # device parameters cached by the CUDA backend
-        return _fork(_cpu_proto(model))
-    if params["Wy"] is model.params_["Wy"] and params["By"] is model.params_["By"]:
-        return _fork(_cpu_proto(model), params)
-    return model._build_scorer(params, device="cpu")
-
-
-def _sum_hidden(scorer) -> int:
-    return int(scorer.width) if hasattr(scorer, "width") else int(sum(scorer.net.H))
-
-
-# ---------------------------------------------------------------------------------------------
-# similar items
-# ---------------------------------------------------------------------------------------------
-def similar_items(model, item_ids, k: int = 20):
-    """The ``k`` items most similar to each of ``item_ids`` by the cosine of their learned
-    output vectors (rows of ``Wy``), best first, the item itself excluded (implicit offers for
-    "customers also viewed" blocks). See :meth:`gru_engine.model.SessionGRU.similar_items`."""
-    model._check_fitted()
-    scalar = np.ndim(item_ids) == 0
-    query = np.atleast_1d(np.asarray(item_ids))
-    if query.ndim != 1:
-        raise ValueError(f"item_ids must be one id or a 1-D sequence of ids, got shape "
-                         f"{query.shape}")
-    n_items = model.n_items_
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if n_items < 2:
-        raise ValueError("similar_items needs a model of at least 2 items")
-    k = min(int(k), n_items - 1)
-    idx = model.item_index_.lookup(query) if len(query) else np.zeros(0, np.int32)
-    if np.any(idx < 0):
-        missing = [v.item() if hasattr(v, "item") else v for v in query[idx < 0]]
-        raise KeyError(f"{len(missing)} item id(s) unknown to the model: {missing[:10]}"
-                       + (" ..." if len(missing) > 10 else ""))
-    st = _static(model)
-    with st.lock:
-        if st.unit_wy is None:
-            Wy = np.asarray(model.params_["Wy"], np.float32)
-            norm = np.sqrt(np.einsum("ij,ij->i", Wy, Wy, dtype=np.float64))
-            # a zero vector is similar to nothing (cosine 0), not NaN
-            st.unit_wy = np.ascontiguousarray(Wy / np.maximum(norm, 1e-30)[:, None],
-                                              dtype=np.float32)
-        unit = st.unit_wy
-    out_idx = np.empty((len(idx), k), np.int64)
-    out_val = np.empty((len(idx), k), np.float32)
-    on_device = getattr(model, "device_", "cpu") == "cuda"
-    if on_device:
-        from .backends.cuda import topk_device
-        from .model import _resolve_device
-        dev = _resolve_device("cuda")
-        with st.lock:
-            if st.unit_wy_device is None:
-                st.unit_wy_device = dev.to_device(unit)
-            unit_d = st.unit_wy_device
-    chunk = max(1, (64 << 20) // (4 * n_items))  # rows per block of scores: <= 64 MB
-    for a in range(0, len(idx), chunk):
-        q = idx[a:a + chunk]
-        if on_device:
-            S = dev.gemm(dev.to_device(unit[q]), unit_d, trans_b=True)
-            ti, tv = topk_device(dev, S, k + 1)
-        else:
-            ti, tv = top_k(unit[q] @ unit.T, k + 1)
-        # the top k+1 of all items without the item itself are the top k of the others
-        own = ti == q[:, None]
-        drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
-        keep = np.ones(ti.shape, bool)
-        keep[np.arange(len(q)), drop] = False
-        out_idx[a:a + chunk] = ti[keep].reshape(len(q), k)
-        out_val[a:a + chunk] = tv[keep].reshape(len(q), k)
-    ids = model.item_index_.ids[out_idx]
-    if scalar:
-        return ids[0], out_val[0]
-    return ids, out_val
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +166,7 @@ class SessionStore:
             raise ValueError(f"idle_timeout_s must be None or > 0 seconds, got "
                              f"{idle_timeout_s!r}")
         self._check_k(k)
-        from .model import _threads
+        from ..model import _threads
         self.model = model
         self.capacity = int(capacity)
         self.idle_timeout_s = None if idle_timeout_s is None else float(idle_timeout_s)
@@ -482,45 +289,11 @@ class SessionStore:
     # ---- snapshots --------------------------------------------------------------------------
     def save(self, path) -> None:
         """Write the live sessions to ``path`` (``.npz``: JSON header, no pickle, atomic
-        write; :func:`gru_engine.io.write_npz`): per session its id, state, state before its
+        write; :mod:`gru_engine.serving.snapshot`): per session its id, state, state before its
         last click, last item, click count, seen items and idle time, in LRU order, and the new
         items of a FeatureSessionGRU store. Session ids must all be integers or all strings."""
-        from .io import write_npz
-        with self._lock:
-            now = self.clock()
-            sids = list(self._live)
-            lives = [self._live[s] for s in sids]
-            ids = np.asarray(sids) if sids else np.zeros(0, np.int64)
-            if ids.dtype.kind not in "iuU" or ids.ndim != 1:
-                raise ValueError("save needs session ids that are all integers or all strings")
-            rows = np.array([v.slot for v in lives], np.int64)
-            state, prev = self._slots.host(rows) if len(rows) else (
-                np.zeros((0, self.width), np.float32), np.zeros((0, self.width), np.float32))
-            seen = [np.array(sorted(v.seen), np.int64) for v in lives]
-            header = {"format": SNAPSHOT_FORMAT, "format_version": SNAPSHOT_VERSION,
-                      "model_class": type(self.model).__name__, "n_items": self.n_items,
-                      "width": self.width, "capacity": self.capacity,
-                      "idle_timeout_s": self.idle_timeout_s, "k": self.k,
-                      "model_crc32": _fingerprint(self._params),
-                      "n_sessions": len(sids), "session_id_dtype": ids.dtype.str,
-                      "n_new_items": 0 if self._new_ids is None else len(self._new_ids),
-                      "n_sources": 0 if self._new_bags is None else len(self._new_bags)}
-            arrays = {
-                "header": np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8),
-                "session_ids": ids, "state": state, "prev_state": prev,
-                "last_item": np.array([v.last_item for v in lives], np.int64),
-                "n_clicks": np.array([v.n_clicks for v in lives], np.int64),
-                "idle_s": np.array([max(0.0, now - v.used) for v in lives], np.float64),
-                "seen_indptr": np.concatenate([[0], np.cumsum([len(s) for s in seen])]
-                                              ).astype(np.int64),
-                "seen_indices": np.concatenate(seen) if seen else np.zeros(0, np.int64)}
-            if self._new_ids is not None:
-                arrays["new_item_ids"] = np.asarray(self._new_ids.ids)
-                for s, (ip, ind, w) in enumerate(self._new_bags):
-                    arrays[f"new_bag_{s}_indptr"] = ip
-                    arrays[f"new_bag_{s}_indices"] = ind
-                    arrays[f"new_bag_{s}_weights"] = w
-        write_npz(str(path), arrays)
+        from .snapshot import save_store
+        save_store(self, path)
 
     @classmethod
     def load(cls, path, model, **options) -> "SessionStore":
@@ -529,82 +302,8 @@ class SessionStore:
         Raises a ``ValueError`` subclass naming the file and the field or array when the file
         is unreadable or does not fit ``model`` (class, item count, hidden sizes, index
         ranges); a warning when the model's parameters differ from those it was saved with."""
-        path = str(path)
-        arrays, header = _read_snapshot(path)
-
-        def bad(what):
-            return _FileError(f"{path}: {what}")
-        if header.get("model_class") != type(model).__name__:
-            raise bad(f"a snapshot of a {header.get('model_class')!r} store, not of a "
-                      f"{type(model).__name__}")
-        model._check_fitted()
-        for name, want in (("n_items", model.n_items_),):
-            if header.get(name) != want:
-                raise bad(f"header {name}={header.get(name)!r}, the model has {want}")
-        n = header.get("n_sessions")
-        if not isinstance(n, int) or n < 0:
-            raise bad(f"header n_sessions={n!r} is not a count")
-        cap, idle, k = header.get("capacity"), header.get("idle_timeout_s"), header.get("k")
-        if not (isinstance(cap, int) and cap >= 1 and isinstance(k, int) and k >= 1
-                and (idle is None or (isinstance(idle, (int, float)) and idle > 0))):
-            raise bad(f"header capacity={cap!r}, k={k!r} or idle_timeout_s={idle!r} is not "
-                      "valid")
-        opts = {"capacity": cap, "idle_timeout_s": idle, "k": k}
-        opts.update(options)
-        store = cls(model, **opts)
-        if header.get("width") != store.width:
-            raise bad(f"header width={header.get('width')!r}, the model's hidden state is "
-                      f"{store.width} wide")
-        if n > store.capacity:
-            raise bad(f"{n} sessions do not fit capacity={store.capacity}")
-        n_new = header.get("n_new_items", 0)
-        n_src = header.get("n_sources", 0)
-        if not (isinstance(n_new, int) and isinstance(n_src, int) and n_new >= 0 and n_src >= 0):
-            raise bad("header n_new_items / n_sources are not counts")
-        _check_array(arrays, "session_ids", None, (n,), path, kinds="iuU")
-        for name in ("state", "prev_state"):
-            a = _check_array(arrays, name, np.float32, (n, store.width), path)
-            if not np.all(np.isfinite(a)):
-                raise bad(f"array {name!r} holds non-finite values")
-        _check_array(arrays, "n_clicks", np.int64, (n,), path)
-        _check_array(arrays, "idle_s", np.float64, (n,), path)
-        _check_array(arrays, "seen_indptr", np.int64, (n + 1,), path)
-        _check_array(arrays, "seen_indices", np.int64, None, path)
-        n_all = model.n_items_ + n_new
-        last = _check_array(arrays, "last_item", np.int64, (n,), path)
-        clicks = arrays["n_clicks"]
-        if np.any(clicks < 0) or np.any((clicks > 0) & ((last < 0) | (last >= n_all))):
-            raise bad(f"array 'last_item' has indices outside [0, {n_all}) for sessions with "
-                      "clicks, or 'n_clicks' is negative")
-        ip, ind = arrays["seen_indptr"], arrays["seen_indices"]
-        if ip[0] != 0 or np.any(np.diff(ip) < 0) or ip[-1] != len(ind) \
-                or np.any((ind < 0) | (ind >= n_all)):
-            raise bad("arrays 'seen_indptr'/'seen_indices' are not a valid index list of "
-                      f"items in [0, {n_all})")
-        if not np.all(np.isfinite(arrays["idle_s"])) or np.any(arrays["idle_s"] < 0):
-            raise bad("array 'idle_s' holds negative or non-finite values")
-        ids = arrays["session_ids"]
-        if len(set(ids.tolist())) != n:
-            raise bad("array 'session_ids' holds duplicates")
-        if n_new:
-            store._load_new_items(arrays, n_new, n_src, path)
-        if header.get("model_crc32") != _fingerprint(model.params_):
-            warnings.warn(f"{path}: the model's parameters differ from those the sessions were "
-                          "saved with; their states may not mean the same", stacklevel=2)
-        with store._lock:
-            now = store.clock()
-            rows = np.arange(n, dtype=np.int64)
-            if n:
-                store._slots.load(rows, arrays["state"], arrays["prev_state"])
-            store._free = list(range(store.capacity - 1, n - 1, -1))
-            for j, sid in enumerate(ids.tolist()):
-                live = _Live(j, now - float(arrays["idle_s"][j]))
-                live.n_clicks = int(clicks[j])
-                live.last_item = int(last[j])
-                live.seen = set(ind[ip[j]:ip[j + 1]].tolist())
-                store._live[sid] = live
-            store._expire(now)
-        return store
+        from .snapshot import load_store
+        return load_store(cls, path, model, **options)
 
     # ---- internals --------------------------------------------------------------------------
     @staticmethod
@@ -723,8 +422,8 @@ class SessionStore:
         return idx
 
     def _register_new_items(self, candidates, item_features) -> None:
-        from .data import ItemIndex
-        from .features import encode_new_items
+        from ..data import ItemIndex
+        from ..features import encode_new_items
         model = self.model
         if not getattr(model, "feature_info_", None):
             raise ValueError("item_features: this model reads no item features")
@@ -752,14 +451,14 @@ class SessionStore:
         self._set_new_items(ItemIndex(all_ids), all_bags)
 
     def _set_new_items(self, index, bags) -> None:
-        from .network import with_new_items
+        from ..network import with_new_items
         model = self.model
         params = with_new_items(self._params, self.n_items, bags,
                                 has_id=model.subnet_names_[0] == "id")
         if self.cuda:
-            from .backends.cuda import Scorer
-            from .model import _resolve_device
-            from . import params as hp
+            from ..backends.cuda import Scorer
+            from ..model import _resolve_device
+            from .. import params as hp
             old = self._scorers[0]
             sc = Scorer(_resolve_device("cuda"), params, old.sum_mode,
                         hp.parse_final_act(model.final_act))
@@ -773,32 +472,6 @@ class SessionStore:
                 self._scorers[i] = sc
         self._new_ids, self._new_bags = index, bags
         logger.info("session store: %d new items with features", len(index))
-
-    def _load_new_items(self, arrays, n_new, n_src, path) -> None:
-        from .data import ItemIndex
-        n_feat = len(getattr(self.model, "feature_info_", None) or [])
-        if n_src != n_feat:
-            raise _FileError(f"{path}: {n_src} feature sources of new items, the model has "
-                             f"{n_feat}")
-        ids = _check_array(arrays, "new_item_ids", None, (n_new,), path, kinds="iuU")
-        bags = []
-        for s in range(n_src):
-            ip = _check_array(arrays, f"new_bag_{s}_indptr", np.int64, (n_new + 1,), path)
-            ind = _check_array(arrays, f"new_bag_{s}_indices", np.int32, None, path)
-            w = _check_array(arrays, f"new_bag_{s}_weights", np.float32, (len(ind),), path)
-            rows = int(self.model.feature_info_[s].get("n_rows", 0) or 0) \
-                if isinstance(self.model.feature_info_[s], dict) else 0
-            if ip[0] != 0 or np.any(np.diff(ip) < 0) or ip[-1] != len(ind) or np.any(ind < 0) \
-                    or (rows and np.any(ind >= rows)):
-                raise _FileError(f"{path}: new-item bags of source {s} are not valid")
-            bags.append((ip, ind, w))
-        try:
-            index = ItemIndex(ids)
-        except ValueError as e:
-            raise _FileError(f"{path}: array 'new_item_ids': {e}") from None
-        if np.any(self.model.item_index_.lookup(ids) >= 0):
-            raise _FileError(f"{path}: array 'new_item_ids' holds items of the model")
-        self._set_new_items(index, bags)
 
     def _step_round(self, pos, sids, idx, k, exclude_seen, res) -> None:
         """Entries ``pos`` (distinct sessions) of a ``step`` call."""
@@ -883,7 +556,7 @@ class SessionStore:
                 _mask(S, exclude[a:e], 0, self.n_items)
             ti[a:e], tv[a:e] = top_k(S, kk)
 
-        from .backends.cpu_scoring import run_row_blocks
+        from ..backends.cpu_scoring import run_row_blocks
         run_row_blocks(R, len(self._scorers), MIN_BLOCK_ROWS, block)
         return ti, tv
 
@@ -909,52 +582,3 @@ def _concat_bags(a, b):
     return (np.concatenate([a[0], b[0][1:] + a[0][-1]]).astype(np.int64),
             np.concatenate([a[1], b[1]]).astype(np.int32),
             np.concatenate([a[2], b[2]]).astype(np.float32))
-
-
-def _fingerprint(params) -> int:
-    """CRC-32 of ``Wy`` and ``theta``: tells a snapshot's model from another of the same shape."""
-    crc = 0
-    for key in ("Wy", "theta"):
-        crc = zlib.crc32(np.ascontiguousarray(params[key]).view(np.uint8), crc)
-    return int(crc)
-
-
-def _read_snapshot(path: str):
-    import zipfile
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {name: np.array(f[name]) for name in f.files}
-    except FileNotFoundError:
-        raise _FileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise _FileError(f"{path} is a directory, not a session store snapshot") from None
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        raise _FileError(f"{path} is not a readable session store snapshot "
-                         f"({type(e).__name__})") from None
-    if "header" not in arrays or arrays["header"].dtype != np.uint8:
-        raise _FileError(f"{path} is not a session store snapshot (no header)")
-    try:
-        header = json.loads(bytes(arrays["header"]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _FileError(f"{path}: unreadable snapshot header") from None
-    if not isinstance(header, dict) or header.get("format") != SNAPSHOT_FORMAT:
-        raise _FileError(f"{path} is not a session store snapshot")
-    if header.get("format_version") != SNAPSHOT_VERSION:
-        raise _FileError(f"{path}: snapshot version {header.get('format_version')!r} is not "
-                         f"supported (this version reads {SNAPSHOT_VERSION})")
-    return arrays, header
-
-
-def _check_array(arrays, name, dtype, shape, path, kinds=None):
-    if name not in arrays:
-        raise _FileError(f"{path}: array {name!r} is missing")
-    a = arrays[name]
-    if dtype is not None and a.dtype != dtype:
-        raise _FileError(f"{path}: array {name!r} has dtype {a.dtype}, expected {np.dtype(dtype)}")
-    if kinds is not None and a.dtype.kind not in kinds:
-        raise _FileError(f"{path}: array {name!r} has dtype {a.dtype}")
-    if shape is not None and a.shape != shape:
-        raise _FileError(f"{path}: array {name!r} has shape {a.shape}, expected {shape}")
-    if shape is None and a.ndim != 1:
-        raise _FileError(f"{path}: array {name!r} must be 1-D, got shape {a.shape}")
-    return a
