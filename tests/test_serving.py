@@ -488,3 +488,27 @@ def test_cuda_store_equals_cpu_store(model, cuda_model, tmp_path):
     cids, cscores = cpu.similar_items(cpu.item_index_.ids[:4], k=6)
     np.testing.assert_allclose(scores, cscores, rtol=1e-5, atol=1e-6)
     assert (ids == cids).mean() >= 0.8
+
+
+def test_cuda_feature_store_new_items_equal_cpu(cuda_model):
+    """FeatureSessionGRU on the (emulated) device: new items with features through the store."""
+    import copy
+    from gru_engine.feature_model import FeatureSessionGRU
+    from gru_engine.features import CategoricalFeatures, DenseFeatures
+    data = _events(300, seed=10)
+    ids = np.unique(data["ItemId"])
+    rng = np.random.default_rng(0)
+    feats = {"vec": DenseFeatures(ids, rng.normal(size=(len(ids), 5)), project=3),
+             "cat": CategoricalFeatures(ids, np.arange(len(ids)) % 5, dim=3)}
+    cpu = FeatureSessionGRU(layers=[8], n_epochs=1, batch_size=16, n_sample=16, n_threads=1,
+                            random_state=0).fit(data, item_features=feats)
+    gpu = copy.deepcopy(cpu)
+    gpu.device_ = "cuda"
+    new = {"vec": DenseFeatures([7, 8], rng.normal(size=(2, 5))),
+           "cat": CategoricalFeatures([7, 8], [1, 2])}
+    a, b = SessionStore(cpu, capacity=4), SessionStore(gpu, capacity=4)
+    assert b.cuda
+    for sids, clicks in (([0, 1], [ids[1], 8]), ([0, 1], [7, ids[2]]), ([0], [ids[3]])):
+        ra, rb = (s.step(sids, clicks, item_features=new) for s in (a, b))
+        assert not ra.unknown_item.any() and not rb.unknown_item.any()
+        np.testing.assert_allclose(rb.scores, ra.scores, rtol=1e-5, atol=1e-5)
