@@ -30,16 +30,17 @@ gradient itself, written straight into ``Wy``'s gradient rows for constrained in
 subnet's output is the combined state. Launch counts per step: ``tests/test_cuda_graphs.py``.
 
 CUDA graphs (``use_graphs``, default on a CupyDevice): a full step (R == batch_size, rows
-carried) of a given phase (active/trained subnets) and table-entry counts runs kernel by kernel
-the first time; the second time it is captured once (``Device.capture``: CuPy stream capture on
-the GPU, a recorded replay in the emulator) over staging buffers for the step's inputs and a
-fixed loss slot, and every later such step is a few input copies, ONE graph launch and one
-kernel adding the step loss. Per-step values never reach a captured kernel as a scalar: the
-dropout step index is a counter in device memory, R and the entry counts (of feature bags whose
-size varies by item; ID and raw inputs have none) are part of the graph's key. The shrinking
-tail of an epoch and steps with fixed test masks run uncaptured; a capture that fails is logged
-and training continues kernel by kernel, with the same bits (in the emulator, graph epochs equal
-uncaptured epochs bit for bit).
+carried) of a given phase (active/trained subnets) runs kernel by kernel the first time; the
+second time it is captured once (``Device.capture``: CuPy stream capture on the GPU, a recorded
+replay in the emulator) over staging buffers for the step's inputs and a fixed loss slot, and
+every later such step is a few input copies, ONE graph launch and one kernel adding the step
+loss. Per-step values never reach a captured kernel as a scalar: the dropout step index is a
+counter in device memory, R is the graph's, and the table entries of feature bags (whose number
+varies with the step's items) are padded to the table's capacity, the padding entries updating
+a spare row kept on the device after each bag table, so one graph per phase serves every step.
+The shrinking tail of an epoch and steps with fixed test masks run uncaptured; a capture that
+fails is logged and training continues kernel by kernel, with the same bits (in the emulator,
+graph epochs equal uncaptured epochs bit for bit).
 """
 from .ops import BLOCK, MAX_GRAPHS
 from .scorer import RANK_MODES, Scorer, topk_device

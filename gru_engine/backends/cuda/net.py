@@ -33,7 +33,8 @@ class Subnet:
     table-gradient rows are the input gradient itself with the step's items as indices (an
     identity bag whose rows span the whole table width); ``counted``: the number of table
     entries of a step depends on its items (host ints, counted per epoch); ``bag_len`` (n_bag,)
-    int64 entries per item; ``max_bag`` the largest."""
+    int64 entries per item; ``max_bag`` the largest; ``spare_row`` (set by :class:`DeviceNet`):
+    the row index, relative to a counted own table, of its spare row on the device."""
 
     def __init__(self, SI, LI, s, Hc, indptr, indices, weights, n_bag):
         row = SI[s]
@@ -89,7 +90,18 @@ class DeviceNet:
         self.sub = [Subnet(self.SI, self.LI, s, self.Hc, indptr, indices, weights, self.n_bag)
                     for s in range(self.S)]
         p = {k: device.to_device(np.reshape(params[k], (-1,)) if k == "By" else params[k],
-                                 np.float32) for k in ("theta", "T", "Wy", "By", "weights")}
+                                 np.float32) for k in ("theta", "Wy", "By", "weights")}
+        # T on the device: the host tables, then one spare row per counted own table (the
+        # padding entries of a captured step update it; see Trainer._table_grad)
+        T = np.asarray(params["T"], np.float32).reshape(-1)
+        self.n_T = end = len(T)
+        for sn in self.sub:
+            sn.spare_row = -1
+            if sn.counted and sn.tab == T_OWN:
+                end += (sn.toff - end) % sn.tcols  # row-aligned with the table's start
+                sn.spare_row = (end - sn.toff) // sn.tcols
+                end += sn.tcols
+        p["T"] = device.to_device(np.concatenate([T, np.zeros(end - len(T), np.float32)]))
         p["indptr"] = device.to_device(indptr, np.int32)
         p["indices"] = device.to_device(indices, np.int32)
         self.p = p
@@ -123,11 +135,16 @@ class DeviceNet:
             return self.th(src, sn.toff, (sn.trows, sn.tcols)), sn.tcols, 0
         return None, 0, 0
 
+    def host_view(self, arr, key):
+        """The part of device array ``arr`` (``p[key]`` or an array of its shape) that the
+        host parameter ``key`` holds (``T`` without its spare rows)."""
+        return arr[:self.n_T] if key == "T" else arr
+
     def to_host(self) -> dict:
         """The host parameter dict with ``theta``/``T``/``Wy``/``By`` copied from the device."""
         out = dict(self.host)
         for k in ("theta", "T", "Wy", "By"):
-            out[k] = self.dev.to_host(self.p[k])
+            out[k] = self.dev.to_host(self.host_view(self.p[k], k))
         return out
 
     # ---- forward -------------------------------------------------------------------------

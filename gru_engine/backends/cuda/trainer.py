@@ -53,8 +53,8 @@ class Trainer(StepOps):
         if optimizer_state is not None:
             self.load_state(optimizer_state=optimizer_state)
         self.gtheta = d.zeros(net.p["theta"].shape)
-        self.owner = d.full((max([net.n_items] + [sn.trows for sn in net.sub]),), INT_MAX,
-                            np.int32)
+        self.owner = d.full((max([net.n_items] + [max(sn.trows, sn.spare_row + 1)
+                                                   for sn in net.sub]),), INT_MAX, np.int32)
         self.h = [d.zeros((B, H)) for H in net.H]
         self.h_prev = [d.zeros((B, H)) for H in net.H]
         self._zeros = d.zeros((B, net.Hc))
@@ -63,10 +63,12 @@ class Trainer(StepOps):
         wy_cap = B + self.n_sample + sum(c for c, sn in zip(self._cap, net.sub) if sn.tab == T_WY)
         self._buf("G_wy", (wy_cap, net.Hc))
         self._buf("idx_wy", (wy_cap,), np.int32)
+        self._spare = {}  # counted own table -> (cap,) int32 device array of its spare row
         for s, sn in enumerate(net.sub):
             if sn.tab == T_OWN and sn.counted:
                 self._buf(f"GT{s}", (self._cap[s], sn.tcols))
                 self._buf(f"iT{s}", (self._cap[s],), np.int32)
+                self._spare[s] = d.full((self._cap[s],), sn.spare_row, np.int32)
         self._col_masks = {}  # phase -> (Wy column mask of output rows, of input rows) or None
         self.set_phase([True] * net.S, [True] * net.S)
         self.use_graphs = device.name == "cuda" if use_graphs is None else bool(use_graphs)
@@ -223,7 +225,10 @@ class Trainer(StepOps):
         ``e_wy`` (T_WY; returns None), or returned as ``(G (n, tcols), idx (n,) int32, n)`` for
         its own table (T_OWN): the layer-0 gate gradients of one-hot input (times the per-row
         dropout factor), the input gradient of an identity bag (indices: the step's items), or
-        one row per bag entry (``bag_offsets`` + ``bag_grad``)."""
+        one row per bag entry (``bag_offsets`` + ``bag_grad``). ``n < 0`` (captured steps):
+        the entry count is the table's capacity and the rows past the step's entries index the
+        spare row (duplicates of one row, summed into the first, which updates only the spare
+        row), so that one graph serves every entry count with the same bits."""
         d, net, buf = self.dev, self.net, self._buf
         sn = net.sub[s]
         if sn.kind == K_DIRECT:
@@ -244,6 +249,9 @@ class Trainer(StepOps):
         if sn.tab == T_WY:
             G, idx, ld, col0 = G_wy[e_wy:e_wy + n], idx_wy[e_wy:e_wy + n], net.Hc, sn.wy0
         else:
+            if n < 0:  # padded to capacity: the entries past the step's update the spare row
+                n = self._cap[s]
+                d.copy(buf(f"iT{s}", (n,), np.int32), self._spare[s])
             G, idx = buf(f"GT{s}", (n, sn.tcols)), buf(f"iT{s}", (n,), np.int32)
             ld, col0 = sn.tcols, 0
         d.launch("bag_grad", grid(R * ld), BLOCK,
@@ -294,9 +302,11 @@ class Trainer(StepOps):
         ``loss_slot`` (a 1-element float32 device array; default ``self.loss_sum``).
 
         With ``use_graphs`` a full step (R == batch_size, ``src`` given, no fixed masks) is a
-        replay of a CUDA graph captured for its phase and entry counts on their second
-        occurrence (the first runs directly and sizes the scratch buffers); every other step
-        runs kernel by kernel, with the same bits.
+        replay of a CUDA graph captured for its phase on the phase's second full step (the
+        first runs directly and sizes the scratch buffers); its own-table updates run over the
+        tables' capacities (padding entries update a spare row), so that one graph serves any
+        bag sizes. Every other step runs kernel by kernel with the exact entry counts; both
+        give the same bits.
         """
         R = self._step_rows(in_items, sample)
         if nnz is None and any(sn.counted for sn in self.net.sub):
@@ -304,6 +314,8 @@ class Trainer(StepOps):
         elif nnz is None:
             nnz = [R] * self.net.S
         if self.use_graphs and R == self.batch_size and src is not None and masks is None:
+            # own-table entries padded to capacity (-1): the graph does not depend on them
+            nnz = [-1 if s in self._spare else n for s, n in enumerate(nnz)]
             key = (self._phase, tuple(n for n, sn in zip(nnz, self.net.sub) if sn.counted))
             if self._graph_step(key, in_items, out_items, reset, sample, src, nnz, loss_slot):
                 self.n_steps += 1
@@ -450,21 +462,25 @@ class Trainer(StepOps):
     def optimizer_state(self) -> dict:
         """``{'acc': {'theta', 'T', 'Wy', 'By'}, 'vel': {...}}``: host copies of the Adagrad
         accumulators and momentum velocities (float32, shaped like the parameters)."""
-        d = self.dev
-        return {"acc": {k: d.to_host(v) for k, v in self.acc.items()},
-                "vel": {k: d.to_host(v) for k, v in self.vel.items()}}
+        d, net = self.dev, self.net
+        return {"acc": {k: d.to_host(net.host_view(v, k)) for k, v in self.acc.items()},
+                "vel": {k: d.to_host(net.host_view(v, k)) for k, v in self.vel.items()}}
 
     def load_state(self, params=None, optimizer_state=None):
         """Copy host ``params`` (``theta``/``T``/``Wy``/``By``) and/or an ``optimizer_state``
         (as :meth:`optimizer_state` returns) onto the device (warm start, checkpoints)."""
-        d = self.dev
+        d, net = self.dev, self.net
         for key in ("theta", "T", "Wy", "By"):
+            shape = net.host_view(net.p[key], key).shape
+            pairs = []
             if params is not None:
-                d.copy(self.net.p[key], d.to_device(np.reshape(params[key], -1) if key == "By"
-                                                    else params[key], np.float32))
+                pairs.append((net.p[key], params[key]))
             if optimizer_state is not None:
-                d.copy(self.acc[key], d.to_device(optimizer_state["acc"][key], np.float32))
-                d.copy(self.vel[key], d.to_device(optimizer_state["vel"][key], np.float32))
+                pairs += [(self.acc[key], optimizer_state["acc"][key]),
+                          (self.vel[key], optimizer_state["vel"][key])]
+            for dst, src in pairs:
+                d.copy(net.host_view(dst, key),
+                       d.to_device(np.reshape(np.asarray(src, np.float32), shape)))
 
     def training_state(self) -> dict:
         """Host arrays that, with the parameters, the optimiser state and the random
