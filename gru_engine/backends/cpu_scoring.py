@@ -246,14 +246,19 @@ def run_row_blocks(n_rows: int, n_threads: int, min_rows: int, block) -> None:
 
 
 def _row_blocks(n_rows: int, n_workers: int, min_rows: int) -> list:
-    """The (a, b) blocks of :func:`run_row_blocks`, in the order they are taken."""
+    """The (a, b) blocks of :func:`run_row_blocks`, in the order they are taken: one large
+    block per worker (multiples of 8 rows), then the rest (at least 1/8 of the rows) in
+    ``n_workers * m`` nearly equal blocks of at least ``min_rows`` rows, so that on a quiet
+    machine every worker takes as many small blocks and all finish together."""
     reserve = max(min_rows * n_workers, n_rows // 8)
     first = (n_rows - reserve) // n_workers // 8 * 8
-    edges = [0] + [first * (k + 1) for k in range(n_workers)] if first >= min_rows else [0]
-    while edges[-1] < n_rows:
-        left = n_rows - edges[-1]
-        size = max(min_rows, left // n_workers)
-        edges.append(n_rows if left - size < min_rows else edges[-1] + size)
+    if first < min_rows:
+        first = 0
+    start = first * n_workers
+    n_small = max(1, (n_rows - start) // (n_workers * min_rows)) * n_workers
+    n_small = min(n_small, max(1, (n_rows - start) // min_rows))
+    edges = [first * k for k in range(n_workers + 1)] if first else [0]
+    edges += [int(e) for e in np.linspace(start, n_rows, n_small + 1)[1:]]
     return list(zip(edges[:-1], edges[1:]))
 
 
