@@ -86,6 +86,8 @@ def main():
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "yoochoose-1-64"))
     ap.add_argument("--out", default=os.path.join(HERE, "out", "score"))
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--params", default=YC_PARAMS,
+                    help="model parameters (default: the official yoochoose row)")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2, help="in-process threads")
@@ -95,17 +97,18 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     train = os.path.join(args.data, "yoochoose1_64_train.tsv.gz")
     test = os.path.join(args.data, "yoochoose1_64_test.tsv.gz")
-    model = os.path.join(args.out, f"yc64_e{args.epochs}.npz")
+    tag = hashlib.sha256(args.params.encode()).hexdigest()[:8]
+    model = os.path.join(args.out, f"yc64_e{args.epochs}_{tag}.npz")
     if not os.path.exists(model):
         from gru_engine import SessionGRU
         from gru_engine.data import read_events
         t0 = time.perf_counter()
-        SessionGRU.from_param_string(YC_PARAMS, n_epochs=args.epochs, random_state=1).fit(
-            read_events(train)).save(model)
+        SessionGRU.from_param_string(args.params, n_epochs=args.epochs, random_state=1,
+                                     n_threads=1).fit(read_events(train)).save(model)
         print(f"trained {model} in {time.perf_counter() - t0:.0f} s", flush=True)
     common = dict(model=model, k=args.k, chunk=args.chunk, threads=args.threads,
                   actors=args.actors)
-    res = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    res = {"command": " ".join(sys.argv), "model": model, "params": args.params, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "loadavg_before": os.getloadavg()}
     out_local = os.path.join(args.out, "local.tsv")
     out_ray = os.path.join(args.out, "ray.tsv")
