@@ -66,12 +66,6 @@ static void gru_pack_panels(const float *B, ptrdiff_t K, ptrdiff_t N, float *Bp)
             }
 }
 
-/* Element (k, j) of the packed B. */
-static inline float gru_panel_entry(const float *Bp, ptrdiff_t K, ptrdiff_t k, ptrdiff_t j) {
-    ptrdiff_t p = j / GRU_NR, c = j % GRU_NR;
-    return Bp[((2 * p + c / GRU_HALF) * K + k) * GRU_HALF + c % GRU_HALF];
-}
-
 #if GRU_PANELS
 /* AVX-512 tile: rows a[0..7] (rows >= mr repeat a valid row; their results are dropped) x
    one panel (bp: its two halves, K x 16 each, contiguous), live columns m0 | m1. out != NULL:
@@ -258,6 +252,25 @@ static int gru_panel_loop(const float *A, ptrdiff_t R, ptrdiff_t K, const float 
 }
 #endif
 
+#if GRU_PANELS
+/* Each target's score by the tiles' chain, t[i] = fmaf(A[i, K-1], B[K-1, j], ... ) for
+   j = targets[i]. Only called where the CPU has FMA (every panel ISA does): the target makes
+   each fmaf one instruction, the same correctly rounded operation as the libm call. */
+__attribute__((target("fma")))
+static void gru_target_scores(const float *A, ptrdiff_t R, ptrdiff_t K, const float *Bp,
+                              const int64_t *targets, float *t) {
+    for (ptrdiff_t i = 0; i < R; i++) {
+        const float *a = A + i * K, *b = &Bp[((2 * (targets[i] / GRU_NR)
+                                               + targets[i] % GRU_NR / GRU_HALF) * K)
+                                             * GRU_HALF + targets[i] % GRU_HALF];
+        float s = 0.0f;
+        for (ptrdiff_t k = 0; k < K; k++)
+            s = fmaf(a[k], b[k * GRU_HALF], s);
+        t[i] = s;
+    }
+}
+#endif
+
 /* S[i, j] for all items into out (R rows, row stride ldc >= N). Returns the ISA level of the
    tile that ran (gru_panel_isa), 0 when none did. */
 static int gru_panel_scores(const float *A, ptrdiff_t R, ptrdiff_t K, const float *Bp,
@@ -275,15 +288,11 @@ static int gru_panel_rank_counts(const float *A, ptrdiff_t R, ptrdiff_t K,
                                  const float *Bp, ptrdiff_t N, const int64_t *targets,
                                  int64_t *n_greater, int64_t *n_equal, uint8_t *has_nan) {
 #if GRU_PANELS
+    if (gru_panel_isa() <= 0) return 0;  /* before any FMA instruction */
     float *t = (float *)calloc((size_t)R, sizeof(float));
     int *cnt = (int *)calloc(3 * (size_t)R, sizeof(int));
     if (!t || !cnt) { free(t); free(cnt); return -1; }
-    for (ptrdiff_t i = 0; i < R; i++) {
-        float s = 0.0f;
-        for (ptrdiff_t k = 0; k < K; k++)
-            s = fmaf(A[i * K + k], gru_panel_entry(Bp, K, k, targets[i]), s);
-        t[i] = s;
-    }
+    gru_target_scores(A, R, K, Bp, targets, t);
     int isa = gru_panel_loop(A, R, K, Bp, N, NULL, 0, t, cnt, cnt + R, cnt + 2 * R);
     for (ptrdiff_t i = 0; i < R; i++) {
         n_greater[i] = cnt[i];
