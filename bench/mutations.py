@@ -62,6 +62,10 @@ MUTATIONS = [
     Mutation("frozen-id-input-rows", "a frozen constrained ID subnet still updates the Wy "
              "rows it reads as input", STEP,
              "elif not (train[s] and SI[s, S_TAB] == T_WY):", "elif not (SI[s, S_TAB] == T_WY):"),
+    Mutation("frozen-subnet-backward", "frozen subnets run their backward pass too (their "
+             "gradients, e.g. the constrained-input rows of Wy, enter the step)", STEP,
+             "        if active[s] and train[s]:\n            nY = subnet_backward",
+             "        if active[s]:\n            nY = subnet_backward"),
     Mutation("no-hidden-dropout-backward", "the hidden dropout mask is not applied in the "
              "backward pass", STEP,
              "multiply_rows(dyg, block_view(wk.MK, LI[g, L_HOFF], bs, H), B)", "pass"),
