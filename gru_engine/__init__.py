@@ -5,10 +5,11 @@
 holds POP, S-POP, Item-KNN and BPR-MF; ``gru_engine.evaluation`` ranks the true next item
 against all items for any of them.
 """
-from .exceptions import ModelFitError, NotFittedError
+from .exceptions import ModelFileError, ModelFitError, NotFittedError
 
 __version__ = "0.1.0"
-__all__ = ["SessionGRU", "FeatureSessionGRU", "ModelFitError", "NotFittedError", "__version__"]
+__all__ = ["SessionGRU", "FeatureSessionGRU", "ModelFileError", "ModelFitError", "NotFittedError",
+           "__version__"]
 
 
 def __getattr__(name):

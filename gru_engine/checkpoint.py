@@ -16,7 +16,8 @@ import zlib
 
 import numpy as np
 
-from .io import read_header, write_npz
+from .exceptions import ModelFileError
+from .io import read_arrays, read_header, write_npz
 
 STATE_VERSION = 1
 #: hyperparameters that may differ between the interrupted run and its resumption
@@ -64,16 +65,34 @@ def save_checkpoint(model, folder, trainer, order_rng, epoch: int, sessions) -> 
 
 
 def _read_state(folder):
+    """(header, arrays) of a checkpoint's ``state.npz``; ``ModelFileError`` (a ``ValueError``)
+    for a missing, damaged or foreign file."""
     path = os.path.join(os.fspath(folder), "state.npz")
     if not os.path.isfile(path):
-        raise ValueError(f"{folder}: no checkpoint here (state.npz missing)")
-    with np.load(path, allow_pickle=False) as f:
-        header = read_header(f, path)
-        if header.get("state_version") != STATE_VERSION:
-            raise ValueError(f"{path}: checkpoint state version "
+        raise ModelFileError(f"{folder}: no checkpoint here (state.npz missing)")
+    arrays = read_arrays(path)
+    header = read_header(arrays, path)
+    if header.get("state_version") != STATE_VERSION:
+        raise ModelFileError(f"{path}: checkpoint state version "
                              f"{header.get('state_version')!r} is not supported")
-        arrays = {k: np.array(f[k]) for k in f.files if k != "header"}
+    del arrays["header"]
     return header, arrays
+
+
+def _optimizer_state(arrays, model, path) -> dict:
+    """The optimiser state of a checkpoint, checked against the model's parameter shapes."""
+    out = {}
+    for kind in ("acc", "vel"):
+        out[kind] = {}
+        for key in ("theta", "T", "Wy", "By"):
+            a = arrays.get(f"opt_{kind}_{key}")
+            want = model.params_[key]
+            if a is None or a.shape != want.shape or a.dtype != want.dtype \
+                    or not np.all(np.isfinite(a)):
+                raise ModelFileError(f"{path}: opt_{kind}_{key} is missing or does not match "
+                                     f"the model's {key} {want.shape} {want.dtype}")
+            out[kind][key] = a
+    return out
 
 
 def restore_training(model, folder, trainer, order_rng, sessions) -> int:
@@ -89,9 +108,8 @@ def restore_training(model, folder, trainer, order_rng, sessions) -> int:
     saved = type(model).load(os.path.join(os.fspath(folder), "model.npz"))
     if len(saved.loss_history_) != header["epoch"]:
         raise ValueError(f"{folder}: model.npz and state.npz are of different epochs")
-    trainer.load_state(params=saved.params_, optimizer_state={
-        kind: {key: arrays[f"opt_{kind}_{key}"] for key in ("theta", "T", "Wy", "By")}
-        for kind in ("acc", "vel")})
+    trainer.load_state(params=saved.params_,
+                       optimizer_state=_optimizer_state(arrays, saved, folder))
     trainer.restore_training_state({k[len("train_"):]: v for k, v in arrays.items()
                                     if k.startswith("train_")})
     lib, ptr = _numba_rng()
@@ -108,9 +126,7 @@ def load_checkpoint(folder, cls):
     (``optimizer_state_``), ready for :meth:`SessionGRU.partial_fit`."""
     header, arrays = _read_state(folder)
     model = cls.load(os.path.join(os.fspath(folder), "model.npz"))
-    model.optimizer_state_ = {kind: {key: arrays[f"opt_{kind}_{key}"]
-                                     for key in ("theta", "T", "Wy", "By")}
-                              for kind in ("acc", "vel")}
+    model.optimizer_state_ = _optimizer_state(arrays, model, folder)
     model.epoch_times_ = list(header["epoch_times"])
     model.events_per_s_ = list(header["events_per_s"])
     return model

@@ -39,7 +39,7 @@ import logging
 import numpy as np
 
 from . import params as hp
-from .data import ItemIndex
+from .data import ItemIndex, show_id
 from .features import encode_item_features, encode_new_items, validate_item_features
 from .model import SessionGRU
 from .network import ARCHITECTURES, COMBINES, STRATEGIES, with_new_items
@@ -171,7 +171,7 @@ class FeatureSessionGRU(SessionGRU):
         if not listed.all():
             missing = new_ids[~listed]
             raise KeyError(f"{len(missing)} new item id(s) without features in item_features, "
-                           f"e.g. {missing[0].tolist()!r}")
+                           f"e.g. {show_id(missing[0])}")
         return bags
 
     def _encode_inputs(self, p: dict, item_features) -> list:
@@ -226,7 +226,7 @@ class FeatureSessionGRU(SessionGRU):
         if not listed.all():
             missing = new_ids[~listed]
             raise KeyError(f"{len(missing)} item id(s) unknown to the model and absent from "
-                           f"item_features, e.g. {missing[0]!r}")
+                           f"item_features, e.g. {show_id(missing[0])}")
         new_index = ItemIndex(new_ids)
         n_items = self.n_items_
         out = []

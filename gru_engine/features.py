@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .data import show_id
+
 logger = logging.getLogger("gru_engine")
 
 RAW, BAG = "raw", "bag"
@@ -74,7 +76,7 @@ def _as_ids(ids, name: str) -> np.ndarray:
     uniq, counts = np.unique(arr, return_counts=True)
     if len(uniq) < len(arr):
         raise ValueError(f"item features {name!r}: {int((counts > 1).sum())} duplicate item id(s), "
-                         f"e.g. {uniq[counts > 1][0]!r}")
+                         f"e.g. {show_id(uniq[counts > 1][0])}")
     return arr
 
 
