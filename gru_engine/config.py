@@ -16,8 +16,10 @@ DIVERGENCE_LOSS_FACTOR = 3.0
 DIVERGENCE_CONSTANT_FACTOR = 2.0
 #: divergence guard of fit: any weight beyond this magnitude after an epoch
 DIVERGENCE_MAX_WEIGHT = 1e4
-#: CUDA: threads per block of the element-wise and row kernels
+#: CUDA: threads per block of the element-wise and row kernels (a multiple of 32, <= 1024)
 CUDA_BLOCK = 256
+#: CUDA: the most CUDA graphs one trainer keeps (one per phase and table-entry count of a step)
+CUDA_MAX_GRAPHS = 64
 #: CPU scorer: largest (n_items x 3 H_0) layer-0 input-projection table precomputed for the
 #: ID-only network (float32 entries; 50M = 200 MB)
 INPUT_TABLE_MAX_ENTRIES = 50_000_000

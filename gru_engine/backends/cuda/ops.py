@@ -17,8 +17,8 @@ from ..device import Device
 
 #: threads per block of the elementwise and per-row kernels (a multiple of 32, <= 1024)
 BLOCK = config.CUDA_BLOCK
-#: the most CUDA graphs one trainer keeps (one per phase and table-entry count of a full step)
-MAX_GRAPHS = 64
+#: the most CUDA graphs one trainer keeps (``config.CUDA_MAX_GRAPHS``)
+MAX_GRAPHS = config.CUDA_MAX_GRAPHS
 
 INT_MAX = 2 ** 31 - 1  # an unclaimed row of the sparse updates' owner table
 
