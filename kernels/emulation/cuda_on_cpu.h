@@ -14,7 +14,8 @@
 //   forward, reversed, a seeded shuffle fixed per launch shape (and kernel, through the seed the
 //   caller passes) or a fresh shuffle per launch (a block that reads what another block of the
 //   same launch writes gets a different answer; float atomics add in another order).
-// * The threads of a block run as cooperative fibers (ucontext) on the calling OS thread; a
+// * The threads of a block run as cooperative fibers (a register switch on x86-64, ucontext
+//   elsewhere) on the calling OS thread; a
 //   fiber runs until it waits at a barrier or returns. Every scheduling round visits the live
 //   threads in a fresh pseudo-random order (seeded per launch, reproducible via CUDA_EMU_SEED
 //   and the configured seed), so no thread order is implied between barriers.
@@ -58,6 +59,45 @@
 #include <utility>
 #include <vector>
 #include <ucontext.h>
+
+// Fiber switches: on x86-64 a few instructions saving the callee-saved registers and the
+// floating-point control words (swapcontext also saves the signal mask: a system call per
+// switch, most of the emulator's time); elsewhere ucontext.
+#if defined(__x86_64__) && !defined(CUDA_EMU_UCONTEXT)
+#define CUDA_EMU_ASM_SWITCH 1
+// cuda_emu_switch(&save_sp, load_sp): push the callee-saved state on the current stack, store
+// the stack pointer in *save_sp, continue on load_sp where another switch saved its state.
+asm(R"(
+    .text
+    .p2align 4
+    .local cuda_emu_switch
+    .type cuda_emu_switch, @function
+cuda_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size cuda_emu_switch, .-cuda_emu_switch
+)");
+extern "C" void cuda_emu_switch(void** save_sp, void* load_sp);
+#endif
 
 #define CUDA_EMULATION 1
 #ifdef CUDA_EMU_RACECHECK
@@ -120,6 +160,7 @@ struct Barrier {
 
 struct Fiber {
     ucontext_t ctx;
+    void* sp = nullptr;  // saved stack pointer (CUDA_EMU_ASM_SWITCH)
     char* stack = nullptr;
     bool done = false;
 };
@@ -135,6 +176,7 @@ struct Ctx {
     unsigned char shfl[kMaxThreads / 32][2][32][8];
     unsigned long long progress = 0;
     ucontext_t sched;
+    void* sched_sp = nullptr;
     int cur = 0;
     uint3 tid_of[kMaxThreads];
     int bar_count[kMaxThreads];  // __syncthreads() calls per thread in this block
@@ -203,6 +245,7 @@ struct RaceState {
     std::vector<Cell> table;
     size_t used = 0;
     dim3 grid, block;
+    Ctx* ctx = nullptr;  // the launch's Ctx (g_ctx without a thread_local lookup)
 };
 static RaceState g_race;
 
@@ -270,7 +313,7 @@ CUDA_EMU_NOSAN inline bool conflicts(const Access& p, const Access& c) {
 
 CUDA_EMU_NOSAN inline void race_word(uintptr_t word, unsigned char bytes, bool write, bool shared) {
     RaceState& R = g_race;
-    Ctx* c = g_ctx;
+    Ctx* c = R.ctx;
     Access a;
     a.blk = R.blk;
     a.tid = (unsigned short)c->cur;
@@ -303,11 +346,11 @@ CUDA_EMU_NOSAN inline void race_access(const void* p, size_t size, bool write) {
     if ((addr >= R.stack_lo && addr < R.stack_hi) || (addr >= R.ctx_lo && addr < R.ctx_hi) ||
         (addr >= R.tls_lo && addr < R.tls_hi))
         return;
-    if (g_ctx->failed) return;
+    if (R.ctx->failed) return;
     for (int k = 0; k < R.n_ro; ++k) {
         if (addr < R.ro_lo[k] || addr >= R.ro_hi[k]) continue;
         if (!write) return;
-        uint3 b = coords(R.blk, R.grid), t = coords(g_ctx->cur, R.block);
+        uint3 b = coords(R.blk, R.grid), t = coords(R.ctx->cur, R.block);
         fail("write to argument %d, declared const __restrict__ (read-only for the whole "
              "launch), at byte offset %llu by thread (%u,%u,%u) of block (%u,%u,%u): the "
              "buffer is also passed as an output, or the kernel casts const away",
@@ -342,7 +385,11 @@ struct AtomicScope {
 // their accesses (fiber flags, barrier state) are no kernel memory.
 CUDA_EMU_NOSAN inline void yield_to_scheduler() {
     Ctx* c = g_ctx;
+#ifdef CUDA_EMU_ASM_SWITCH
+    cuda_emu_switch(&c->fibers[c->cur].sp, c->sched_sp);
+#else
     swapcontext(&c->fibers[c->cur].ctx, &c->sched);
+#endif
 }
 
 inline int linear_tid() {
@@ -402,7 +449,7 @@ CUDA_EMU_NOSAN inline unsigned sync_warp(unsigned mask) {
 // Warp exchange: every lane publishes v, waits for the warp, reads lane src_of(lane)
 // (a negative source means "keep own value").
 template <class T, class F>
-inline T exchange(unsigned mask, T v, F src_of) {
+CUDA_EMU_NOSAN inline T exchange(unsigned mask, T v, F src_of) {
     static_assert(sizeof(T) <= 8, "warp exchange of types up to 8 bytes");
     Ctx* c = g_ctx;
     int t = linear_tid();
@@ -427,7 +474,41 @@ CUDA_EMU_NOSAN inline void fiber_entry() {
     Ctx* c = g_ctx;
     c->body(c->body_arg);
     c->fibers[c->cur].done = true;
-    swapcontext(&c->fibers[c->cur].ctx, &c->sched);
+    yield_to_scheduler();  // never resumed
+    std::abort();
+}
+
+// A fresh fiber's stack as cuda_emu_switch leaves it: control words, six callee-saved
+// registers, then fiber_entry as the return address (entered with rsp % 16 == 8, as after a
+// call).
+inline void start_fiber(Fiber& f) {
+#ifdef CUDA_EMU_ASM_SWITCH
+    uintptr_t top = ((uintptr_t)f.stack + kStackBytes) & ~(uintptr_t)15;
+    uint64_t* sp = (uint64_t*)top;
+    *--sp = 0;                          // fiber_entry's (never used) return address
+    *--sp = (uint64_t)(uintptr_t)&fiber_entry;
+    for (int r = 0; r < 6; ++r) *--sp = 0;  // rbp rbx r12 r13 r14 r15
+    unsigned mxcsr = 0;
+    unsigned short fpucw = 0;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpucw));
+    *--sp = (uint64_t)mxcsr | ((uint64_t)fpucw << 32);
+    f.sp = sp;
+#else
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, (void (*)())fiber_entry, 0);
+#endif
+}
+
+CUDA_EMU_NOSAN inline void resume_fiber(Ctx* c, Fiber& f) {
+#ifdef CUDA_EMU_ASM_SWITCH
+    cuda_emu_switch(&c->sched_sp, f.sp);
+#else
+    swapcontext(&c->sched, &f.ctx);
+#endif
 }
 
 inline unsigned long long splitmix(unsigned long long& s) {
@@ -506,6 +587,7 @@ inline int run_grid(dim3 grid, dim3 block, size_t dyn_bytes, void (*body)(void*)
         R.used = 0;
         R.grid = grid;
         R.block = block;
+        R.ctx = c;
         R.ctx_lo = (uintptr_t)c;
         R.ctx_hi = (uintptr_t)(c + 1);
         uintptr_t tls[4][2] = {{(uintptr_t)&threadIdx, sizeof threadIdx},
@@ -544,11 +626,7 @@ inline int run_grid(dim3 grid, dim3 block, size_t dyn_bytes, void (*body)(void*)
             Fiber& f = c->fibers[i];
             f.done = false;
             c->bar_count[i] = 0;
-            getcontext(&f.ctx);
-            f.ctx.uc_stack.ss_sp = f.stack;
-            f.ctx.uc_stack.ss_size = kStackBytes;
-            f.ctx.uc_link = nullptr;
-            makecontext(&f.ctx, (void (*)())fiber_entry, 0);
+            start_fiber(f);
             order[i] = i;
         }
         while (c->live > 0 && !c->failed) {
@@ -566,7 +644,7 @@ inline int run_grid(dim3 grid, dim3 block, size_t dyn_bytes, void (*body)(void*)
                 R.stack_lo = (uintptr_t)f.stack;
                 R.stack_hi = (uintptr_t)(f.stack + kStackBytes);
                 set_tracking(races);
-                swapcontext(&c->sched, &f.ctx);
+                resume_fiber(c, f);
                 set_tracking(false);
                 if (f.done) {
                     c->live--;
@@ -597,7 +675,7 @@ inline int run_grid(dim3 grid, dim3 block, size_t dyn_bytes, void (*body)(void*)
 
 // Call kernel f with the arguments packed as in cuLaunchKernel (array of pointers to values).
 template <class... A, size_t... I>
-inline void call_packed(void (*f)(A...), void** args, std::index_sequence<I...>) {
+CUDA_EMU_NOSAN inline void call_packed(void (*f)(A...), void** args, std::index_sequence<I...>) {
     f(*reinterpret_cast<std::remove_reference_t<A>*>(args[I])...);
 }
 
@@ -605,7 +683,7 @@ template <class... A>
 struct Packed {
     void (*f)(A...);
     void** args;
-    static void run(void* self) {
+    CUDA_EMU_NOSAN static void run(void* self) {
         auto* p = static_cast<Packed*>(self);
         call_packed(p->f, p->args, std::index_sequence_for<A...>{});
     }
