@@ -53,8 +53,11 @@ print(json.dumps({"seconds": stats.seconds, "n_sessions": stats.n_sessions,
 
 
 def run_child(**kw):
+    # OMP_NUM_THREADS as Ray gives each actor (its num_cpus): part of the scoring path splits
+    # rows over OpenMP's default thread count, which changes float32 rounding in the last bit
+    env = dict(os.environ, OMP_NUM_THREADS=str(kw["threads"] if kw["mode"] == "local" else 1))
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(kw)], capture_output=True,
-                         text=True)
+                         text=True, env=env)
     if out.returncode:
         sys.stderr.write(out.stderr)
         raise SystemExit(f"child {kw['mode']} failed")

@@ -15,7 +15,8 @@ last value; our result lists it as ``pruned``).
 actors; each actor loads the model once (the file's bytes go through the object store, so the
 model file need only be readable by the driver). Chunks are read by the driver, at most two per
 actor in flight, and written in input order: the output is the in-process one, bit for bit,
-for the same ``n_threads`` and chunk size.
+for the same ``n_threads``, chunk size and ``OMP_NUM_THREADS`` (Ray sets it to each actor's
+CPU count; the scores' last bit depended on it in our measurements, see docs/cluster.md).
 
 Connect with ``address``: a cluster address (``ray://host:10001`` or ``host:6379``),
 ``'auto'`` (the cluster this machine belongs to, e.g. started by ``ray start``) or
