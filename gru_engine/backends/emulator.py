@@ -94,7 +94,8 @@ OFF = EmulatorChecks(races=False, barriers=False, block_order="forward", poison=
 
 
 def default_checks() -> EmulatorChecks:
-    """:data:`STRICT` (seeded by ``$GRU_ENGINE_CUDA_EMU_SEED``, default 0), or :data:`OFF` when
+    """:data:`STRICT` (seeded by ``$GRU_ENGINE_CUDA_EMU_SEED``, default 0; block order from
+    ``$GRU_ENGINE_CUDA_EMU_BLOCK_ORDER``, default ``random``), or :data:`OFF` when
     ``$GRU_ENGINE_CUDA_EMU_CHECKS`` is ``off``."""
     env = os.environ.get("GRU_ENGINE_CUDA_EMU_CHECKS", "strict").strip().lower()
     if env not in ("strict", "off"):
@@ -102,7 +103,8 @@ def default_checks() -> EmulatorChecks:
     if env == "off":
         return OFF
     seed = int(os.environ.get("GRU_ENGINE_CUDA_EMU_SEED", "0"))
-    return STRICT if seed == 0 else dataclasses.replace(STRICT, seed=seed)
+    order = os.environ.get("GRU_ENGINE_CUDA_EMU_BLOCK_ORDER", STRICT.block_order)
+    return dataclasses.replace(STRICT, seed=seed, block_order=order)
 
 
 def emulation_cache_dir() -> Path:
