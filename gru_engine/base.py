@@ -74,7 +74,11 @@ class SessionModel:
         return self
 
     def _forget_fit(self):
-        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+        """Delete the fitted attributes (names ending in ``_``; hyperparameters such as
+        ItemKNN's ``lambda_`` are kept)."""
+        params = set(self._param_names())
+        for name in [n for n in vars(self)
+                     if n.endswith("_") and not n.startswith("_") and n not in params]:
             delattr(self, name)
 
     def _keep_after_interrupt(self) -> bool:

@@ -80,12 +80,13 @@ class SampleStore:
             draw(self.cdf, self.samples)
         self.pos = 0
 
-    def next_block(self) -> np.ndarray:
-        """The next ``n_sample`` negatives, redrawing the store when it is used up."""
-        if self.n_sample == 0:
-            return self.samples[:0]
-        if self.pos + self.n_sample > len(self.samples):
+    def take_block(self) -> tuple[int, bool]:
+        """Claim the next ``n_sample`` negatives: ``(start, redrawn)``, the block being
+        ``samples[start:start + n_sample]``; the store is redrawn first when it is used up
+        (``redrawn`` True). The CPU trainer does the same in compiled code."""
+        redrawn = self.pos + self.n_sample > len(self.samples)
+        if redrawn:
             self.fill()
-        block = self.samples[self.pos:self.pos + self.n_sample]
+        start = self.pos
         self.pos += self.n_sample
-        return block
+        return start, redrawn

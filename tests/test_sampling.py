@@ -37,10 +37,11 @@ def test_blocks_and_redraw():
     assert len(store.samples) == store_capacity(4, 10) == 8
     store.fill()
     first = store.samples.copy()
-    np.testing.assert_array_equal(store.next_block(), first[:4])
-    np.testing.assert_array_equal(store.next_block(), first[4:])
-    store.next_block()  # used up: redrawn
-    assert store.pos == 4
+    assert store.take_block() == (0, False)
+    assert store.take_block() == (4, False)
+    np.testing.assert_array_equal(store.samples, first)
+    assert store.take_block() == (0, True)  # used up: redrawn
+    assert store.pos == 4 and not np.array_equal(store.samples, first)
 
 
 def test_same_seed_same_store():
@@ -56,7 +57,7 @@ def test_same_seed_same_store():
 def test_no_sampling():
     store = SampleStore(np.array([1, 2]), 0.5, n_sample=0, store_size=100)
     store.fill()
-    assert len(store.samples) == 0 and len(store.next_block()) == 0
+    assert len(store.samples) == 0 and store.take_block() == (0, False)
 
 
 def test_store_smaller_than_a_block_holds_one_block():

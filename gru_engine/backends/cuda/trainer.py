@@ -392,14 +392,10 @@ class Trainer(StepOps):
         """(n_sample,) int32 device view of the store's next block (redrawn when used up)."""
         if self.n_sample == 0:
             return self._no_sample
-        st = self.store
-        if st.pos + self.n_sample > len(st.samples):
-            self.fill_store()
-        if self._store_dev is None:
-            self._store_dev = self.dev.to_device(st.samples, np.int32)
-        block = self._store_dev[st.pos:st.pos + self.n_sample]
-        st.pos += self.n_sample
-        return block
+        start, redrawn = self.store.take_block()
+        if redrawn or self._store_dev is None:
+            self._store_dev = self.dev.to_device(self.store.samples, np.int32)
+        return self._store_dev[start:start + self.n_sample]
 
     def start_epoch(self, items, order, offsets):
         """items: (n_events,) int32; order: (n_sessions,) int64 visiting order; offsets: CSR.
