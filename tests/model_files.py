@@ -14,6 +14,7 @@ import json
 import os
 import selectors
 import subprocess
+import tempfile
 import sys
 import time
 import zlib
@@ -329,7 +330,10 @@ class WorkerPool:
     def _start(self):
         env = dict(os.environ, PYTHONFAULTHANDLER="1", OMP_NUM_THREADS="1",
                    OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+        # cwd: a folder without a gru_engine source tree, so that the workers import the package
+        # the tests run against (in CI: the installed wheel, not the unbuilt checkout)
         return subprocess.Popen([sys.executable, "-c", WORKER, self.here], stdin=subprocess.PIPE,
+                                cwd=tempfile.gettempdir(),
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                 bufsize=1, env=env)
 

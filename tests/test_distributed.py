@@ -18,12 +18,20 @@ from test_tune import FAST, _events  # noqa: E402  (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    # Ray workers start in the driver's working directory and import from it: start them in a
+    # folder without a gru_engine source tree, so that they import the package under test (in
+    # CI the installed wheel, not the unbuilt checkout)
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray"))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield ray
+    finally:
+        ray.shutdown()
+        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")
