@@ -17,7 +17,7 @@ import zlib
 import numpy as np
 
 from .exceptions import ModelFileError
-from .io import read_arrays, read_header, write_npz
+from .safe_npz import read_arrays, read_header, write_npz
 
 STATE_VERSION = 1
 #: hyperparameters that may differ between the interrupted run and its resumption

@@ -98,7 +98,7 @@ def cmd_train(args) -> int:
     if args.threads:
         params["n_threads"] = args.threads
     if args.save:
-        from .io import check_writable
+        from .safe_npz import check_writable
         check_writable(args.save)  # before training, not after it
     if args.load:
         model = SessionGRU.load(args.load)

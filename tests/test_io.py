@@ -16,7 +16,8 @@ import gru_engine
 from gru_engine import FeatureSessionGRU, SessionGRU
 from gru_engine import cli
 from gru_engine.exceptions import ModelFileError
-from gru_engine.io import array_checksum, check_writable, remove_stale_temp_files
+from gru_engine.io import array_checksum
+from gru_engine.safe_npz import check_writable, remove_stale_temp_files
 
 import model_files as mf
 

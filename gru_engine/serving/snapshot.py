@@ -1,5 +1,5 @@
 """Snapshots of a :class:`~gru_engine.serving.store.SessionStore`: one ``.npz`` (JSON header, no
-pickle, atomic write through :func:`gru_engine.io.write_npz`) with, per live session, its id,
+pickle, atomic write through :func:`gru_engine.safe_npz.write_npz`) with, per live session, its id,
 hidden state, state before its last click, last item, click count, seen items and idle time (in
 LRU order), and the new items of a FeatureSessionGRU store. ``load_store`` checks every array
 against the header and the model before any of it reaches a scorer."""
@@ -24,10 +24,10 @@ SNAPSHOT_VERSION = 1
 
 def save_store(store, path) -> None:
     """Write the live sessions to ``path`` (``.npz``: JSON header, no pickle, atomic
-    write; :func:`gru_engine.io.write_npz`): per session its id, state, state before its
+    write; :func:`gru_engine.safe_npz.write_npz`): per session its id, state, state before its
     last click, last item, click count, seen items and idle time, in LRU order, and the new
     items of a FeatureSessionGRU store. Session ids must all be integers or all strings."""
-    from ..io import write_npz
+    from ..safe_npz import write_npz
     with store._lock:
         now = store.clock()
         sids = list(store._live)
