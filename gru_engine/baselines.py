@@ -120,6 +120,32 @@ def _out_buffer(scorer, n_rows):
     return buf[:n_rows]
 
 
+class HistoryScorer:
+    """Base of the scorers that score from each slot's click history (S-POP and the
+    neighbourhood and linear models): ``begin`` makes the :class:`_History`; ``score`` checks
+    the batch, records the clicks and fills an (R, n_items) float32 buffer through
+    :meth:`_scores`. Subclasses set ``n_items`` and implement ``_scores(out, rows)``."""
+
+    n_items: int
+    history = None
+
+    def begin(self, n_rows: int):
+        self.history = _History(n_rows)
+
+    def score(self, rows, items, new_session):
+        if self.history is None:
+            raise ValueError("call begin(n_rows) before score()")
+        rows, items, new_session = _check_batch(self.n_items, rows, items, new_session,
+                                                len(self.history.length))
+        self.history.push(rows, items, new_session)
+        out = _out_buffer(self, len(rows))
+        self._scores(out, rows)
+        return out
+
+    def _scores(self, out, rows):
+        raise NotImplementedError
+
+
 # ---------------------------------------------------------------------------------------------
 # POP
 # ---------------------------------------------------------------------------------------------
@@ -170,25 +196,14 @@ def _spop_scores(out, base, hist_items, hist_len, rows):
             out[i, hist_items[r, t]] += 1.0
 
 
-class _SessionPopScorer:
+class _SessionPopScorer(HistoryScorer):
     def __init__(self, popularity: np.ndarray):
         # Popularity squeezed into [0, 1): a tie-break below one session click.
         self.base = (popularity / (popularity.max() + 1.0)).astype(np.float32)
         self.n_items = len(popularity)
-        self.history = None
 
-    def begin(self, n_rows: int):
-        self.history = _History(n_rows)
-
-    def score(self, rows, items, new_session):
-        if self.history is None:
-            raise ValueError("call begin(n_rows) before score()")
-        rows, items, new_session = _check_batch(self.n_items, rows, items, new_session,
-                                                len(self.history.length))
-        self.history.push(rows, items, new_session)
-        out = _out_buffer(self, len(rows))
+    def _scores(self, out, rows):
         _spop_scores(out, self.base, self.history.items, self.history.length, rows)
-        return out
 
 
 class SessionPop(Pop):

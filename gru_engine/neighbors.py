@@ -36,8 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from .base import SessionModel
-from .baselines import _check_batch, _check_fitted_attr, _check_int, _check_real, _History, \
-    _out_buffer
+from .baselines import HistoryScorer, _check_fitted_attr, _check_int, _check_real
 
 logger = logging.getLogger("gru_engine")
 
@@ -261,29 +260,18 @@ class _NeighborIndex:
         self.n_sessions = n_s
 
 
-class _KNNScorer:
-    """Per-slot click history; ``score`` runs :func:`_knn_scores` over the rows."""
+class _KNNScorer(HistoryScorer):
+    """Per-slot click history; scores by :func:`_knn_scores` over the rows."""
 
     def __init__(self, index: _NeighborIndex, cfg: np.ndarray):
         self.index, self.cfg = index, cfg
         self.n_items = index.n_items
-        self.history = None
 
-    def begin(self, n_rows: int):
-        self.history = _History(n_rows)
-
-    def score(self, rows, items, new_session):
-        if self.history is None:
-            raise ValueError("call begin(n_rows) before score()")
-        rows, items, new_session = _check_batch(self.n_items, rows, items, new_session,
-                                                len(self.history.length))
-        self.history.push(rows, items, new_session)
-        out = _out_buffer(self, len(rows))
+    def _scores(self, out, rows):
         ix = self.index
         _knn_scores(out, rows, self.history.items, self.history.length, self.cfg, ix.item_ptr,
                     ix.item_sessions, ix.sess_ptr, ix.sess_items, ix.sess_lastpos, ix.sess_age,
                     ix.idf)
-        return out
 
 
 class _KNNBase(SessionModel):

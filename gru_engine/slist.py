@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit, prange
 
 from .base import SessionModel
-from .baselines import _check_batch, _check_fitted_attr, _check_real, _History, _out_buffer
+from .baselines import HistoryScorer, _check_fitted_attr, _check_real
 
 logger = logging.getLogger("gru_engine")
 _DAY_S = 86400.0
@@ -103,25 +103,14 @@ def _slist_scores(out, rows, hist_items, hist_len, B, predict_weight):
                 out[i, c] += w * row[c]
 
 
-class _SLISTScorer:
+class _SLISTScorer(HistoryScorer):
     def __init__(self, B, predict_weight):
         self.B, self.predict_weight = B, float(predict_weight)
         self.n_items = B.shape[0]
-        self.history = None
 
-    def begin(self, n_rows: int):
-        self.history = _History(n_rows)
-
-    def score(self, rows, items, new_session):
-        if self.history is None:
-            raise ValueError("call begin(n_rows) before score()")
-        rows, items, new_session = _check_batch(self.n_items, rows, items, new_session,
-                                                len(self.history.length))
-        self.history.push(rows, items, new_session)
-        out = _out_buffer(self, len(rows))
+    def _scores(self, out, rows):
         _slist_scores(out, rows, self.history.items, self.history.length, self.B,
                       self.predict_weight)
-        return out
 
 
 def _spd_inverse(A: np.ndarray) -> np.ndarray:
