@@ -23,5 +23,9 @@ CUDA_MAX_GRAPHS = 64
 #: CPU scorer: largest (n_items x 3 H_0) layer-0 input-projection table precomputed for the
 #: ID-only network (float32 entries; 50M = 200 MB)
 INPUT_TABLE_MAX_ENTRIES = 50_000_000
+#: CPU scorer: ``rank`` balances its row blocks over a queue (one large block per thread, then
+#: small ones) when a row's scoring work, n_items x combined hidden size, is at least this;
+#: lighter steps get one equal block per thread
+BALANCE_MIN_WORK = 2_000_000
 #: CPU scorer: fewest rows per thread block of ``rank`` (smaller blocks cost more than they save)
 MIN_BLOCK_ROWS = 32

@@ -150,3 +150,18 @@ def test_row_blocks_large_first_then_small():
         assert blocks[0][0] == 0 and blocks[-1][1] == n_rows
         assert all(b0[1] == b1[0] for b0, b1 in zip(blocks, blocks[1:]))
         assert min(b - a for a, b in blocks) >= 32
+
+
+def test_unbalanced_row_blocks_are_one_equal_block_per_worker():
+    """balance=False (light steps): each worker runs exactly one contiguous, nearly equal block."""
+    import threading
+    from gru_engine.backends.cpu_scoring import run_row_blocks
+    seen, lock = [], threading.Lock()
+
+    def block(k, a, b):
+        with lock:
+            seen.append((k, a, b))
+    run_row_blocks(301, 3, 32, block, balance=False)
+    seen.sort(key=lambda t: t[1])
+    assert [(a, b) for _, a, b in seen] == [(0, 100), (100, 200), (200, 301)]
+    assert sorted(k for k, _, _ in seen) == [0, 1, 2]

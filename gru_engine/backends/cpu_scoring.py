@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..config import INPUT_TABLE_MAX_ENTRIES, MIN_BLOCK_ROWS
+from ..config import BALANCE_MIN_WORK, INPUT_TABLE_MAX_ENTRIES, MIN_BLOCK_ROWS
 from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
                        S_KIND, S_L0, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE,
                        T_OWN, T_WY)
@@ -166,7 +166,8 @@ class Scorer:
             out = None if self.output.fused_rank else ws.scores(self.n_items)[:b - a]
             ranks[a:b] = self.output.rank(aug, targets[a:b], mode, out)
 
-        run_row_blocks(len(rows), self.n_threads, MIN_BLOCK_ROWS, block)
+        run_row_blocks(len(rows), self.n_threads, MIN_BLOCK_ROWS, block,
+                       balance=self.n_items * self.Hc >= BALANCE_MIN_WORK)
         return ranks
 
 
@@ -210,7 +211,8 @@ def _project_id_input(p: dict, max_table: int) -> dict:
     return dict(p, SI=SI, LI=LI, theta=theta, T=T)
 
 
-def run_row_blocks(n_rows: int, n_threads: int, min_rows: int, block) -> None:
+def run_row_blocks(n_rows: int, n_threads: int, min_rows: int, block,
+                   balance: bool = True) -> None:
     """Run ``block(k, a, b)`` over rows ``0..n_rows-1`` on up to ``n_threads`` workers (as many
     as there are ``min_rows``-row blocks; one if fewer): worker 0 is the calling thread, the
     others come from a shared pool. The workers take contiguous blocks ``a:b`` from one queue:
@@ -220,12 +222,24 @@ def run_row_blocks(n_rows: int, n_threads: int, min_rows: int, block) -> None:
     blocks. ``k`` is the worker (``0 <= k < n_threads``): one worker's calls run one after the
     other, so per-``k`` buffers are safe. Returns when every row is done (an error in any
     block is raised). ``block`` must release the GIL for the workers to overlap.
+    ``balance=False``: one equal block per worker (for light steps, where a block's fixed cost
+    outweighs what balancing can save).
     """
     n_workers = min(max(1, int(n_threads)), max(1, n_rows // min_rows))
     if n_workers == 1:
         block(0, 0, n_rows)
         return
     pool = _pool(n_workers - 1)
+    if not balance:
+        edges = np.linspace(0, n_rows, n_workers + 1).astype(int)
+        futures = [pool.submit(block, k, int(edges[k]), int(edges[k + 1]))
+                   for k in range(1, n_workers)]
+        try:
+            block(0, 0, int(edges[1]))
+        finally:
+            for future in futures:
+                future.result()
+        return
     lock = threading.Lock()
     queue = iter(_row_blocks(n_rows, n_workers, min_rows))
 
