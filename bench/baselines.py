@@ -40,7 +40,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from gru_engine.baselines import BPRMF, ItemKNN, Pop, SessionPop  # noqa: E402
-from gru_engine.data import build_sessions, read_events  # noqa: E402
+from gru_engine.data import build_sessions, leave_last_out, read_events  # noqa: E402
 from gru_engine.evaluation import evaluate_sessions  # noqa: E402
 from gru_engine.ranking import rank_targets  # noqa: E402
 
@@ -92,16 +92,10 @@ def load(data_dir: str, name: str):
         table = read_events(os.path.join(data_dir, files[0]), columns=list(KEYS) + ["Split"])
         split = table.pop("Split").astype(str)
         return _subset(table, split == "train"), _subset(table, split == "test"), "all", info
-    table = read_events(os.path.join(data_dir, files[0]), columns=list(KEYS))
-    order = np.lexsort((table["Time"], table["SessionId"]))
-    table = _subset(table, order)
-    sid = table["SessionId"]
-    is_last = np.r_[sid[1:] != sid[:-1], True]
-    train = _subset(table, ~is_last)
-    known = np.isin(table["ItemId"][is_last], np.unique(train["ItemId"]))
-    keep_seq = np.isin(sid, sid[is_last][known])
-    info["sequences_dropped_unknown_last_item"] = int(np.count_nonzero(~known))
-    return train, _subset(table, keep_seq), "last", info
+    train, test, dropped = leave_last_out(read_events(os.path.join(data_dir, files[0]),
+                                                      columns=list(KEYS)))
+    info["sequences_dropped_unknown_last_item"] = dropped
+    return train, test, "last", info
 
 
 def repeat_shares(sessions, targets: str) -> dict:

@@ -48,7 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from gru_engine.data import build_sessions, read_events  # noqa: E402
+from gru_engine.data import build_sessions, leave_last_out, read_events  # noqa: E402
 from gru_engine.evaluation import evaluate_sessions  # noqa: E402
 from gru_engine.feature_model import FeatureSessionGRU  # noqa: E402
 from gru_engine.features import CategoricalFeatures  # noqa: E402
@@ -73,23 +73,6 @@ def _subset(table: dict, mask) -> dict:
     return {k: v[mask] for k, v in table.items()}
 
 
-def _drop_last(table: dict) -> tuple[dict, dict]:
-    """(table without each session's last event, the full table); sorted by session, time."""
-    sid = table["SessionId"]
-    is_last = np.r_[sid[1:] != sid[:-1], True]
-    return _subset(table, ~is_last), table
-
-
-def _leave_last_out(table: dict):
-    """Train = sequences without their last item; test = full sequences whose last item is
-    known to training."""
-    train, full = _drop_last(table)
-    sid = full["SessionId"]
-    is_last = np.r_[sid[1:] != sid[:-1], True]
-    known = np.isin(full["ItemId"][is_last], np.unique(train["ItemId"]))
-    return train, _subset(full, np.isin(sid, sid[is_last][known])), int((~known).sum())
-
-
 def load(data_dir: str, name: str) -> dict:
     """``{'train', 'test', 'tune_train', 'tune_valid', 'targets', 'features', 'info'}``."""
     path = lambda *p: os.path.join(data_dir, name, *p)
@@ -99,8 +82,8 @@ def load(data_dir: str, name: str) -> dict:
         table = read_events(path(f"{short}_sequences.tsv.gz"), columns=list(KEYS))
         order = np.lexsort((table["Time"], table["SessionId"]))
         table = _subset(table, order)
-        train, test, dropped = _leave_last_out(table)
-        tune_train, tune_valid, _ = _leave_last_out(train)
+        train, test, dropped = leave_last_out(table)
+        tune_train, tune_valid, _ = leave_last_out(train)
         info["sequences_dropped_unknown_last_item"] = dropped
         attr = read_events(path(f"{short}_item_attributes.tsv.gz"), columns=["ItemId", "AttributeIds"])
         lists = [[int(a) for a in str(s).split("|") if a] for s in attr["AttributeIds"]]

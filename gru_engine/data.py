@@ -427,6 +427,23 @@ def build_sessions(data, item_index: ItemIndex | None = None, session_key: str =
 # ---------------------------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------------------------
+def leave_last_out(table: dict) -> tuple:
+    """The leave-last-out split of one-sequence-per-user data (e.g. the Amazon sets): the
+    events sorted by session then time (stably); ``train`` = every sequence without its last
+    event; ``test`` = the full sequences whose last item occurs in ``train`` (predict only the
+    last click: ``evaluate(..., targets='last')``). ``table``: dict of equal-length columns with
+    ``SessionId``, ``ItemId``, ``Time``. Returns ``(train, test, n_dropped)``, ``n_dropped`` the
+    sequences left out of ``test`` because their last item is unknown to ``train``."""
+    order = np.lexsort((np.asarray(table["Time"]), np.asarray(table["SessionId"])))
+    table = {k: np.asarray(v)[order] for k, v in table.items()}
+    sid = table["SessionId"]
+    is_last = np.r_[sid[1:] != sid[:-1], True]
+    train = {k: v[~is_last] for k, v in table.items()}
+    known = np.isin(table["ItemId"][is_last], np.unique(train["ItemId"]))
+    test_rows = np.isin(sid, sid[is_last][known])
+    return train, {k: v[test_rows] for k, v in table.items()}, int(np.count_nonzero(~known))
+
+
 def read_events(path: str | os.PathLike, sep: str = "\t", columns=None, names=None) -> dict:
     """Read a delimited event file (``.gz`` accepted) into a dict of 1-D arrays.
 

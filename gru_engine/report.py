@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .data import read_events
+from .data import leave_last_out, read_events
 from .exceptions import NotFittedError
 
 logger = logging.getLogger("gru_engine")
@@ -76,16 +76,6 @@ GRU_MODELS = ("GRU4Rec", "GRU4Rec+features")
 # ---------------------------------------------------------------------------------------------
 def _subset(table, mask):
     return {k: np.asarray(v)[mask] for k, v in table.items()}
-
-
-def _leave_last_out(table):
-    order = np.lexsort((table["Time"], table["SessionId"]))
-    table = _subset(table, order)
-    sid = table["SessionId"]
-    is_last = np.r_[sid[1:] != sid[:-1], True]
-    train = _subset(table, ~is_last)
-    known = np.isin(table["ItemId"][is_last], np.unique(train["ItemId"]))
-    return train, _subset(table, np.isin(sid, sid[is_last][known]))
 
 
 def discover(folder: str) -> list:
@@ -138,7 +128,7 @@ def load(spec: dict) -> dict:
         return {"train": train, "test": test, "targets": "all", "features": None,
                 "protocol": f"next click at every position, {spec['files']['train']} -> {spec['files']['test']}"}
     if kind == "leave_last_out":
-        train, test = _leave_last_out(read_events(f("events"), columns=KEYS))
+        train, test, _ = leave_last_out(read_events(f("events"), columns=KEYS))
         if spec["files"].get("attributes"):
             attr = read_events(f("attributes"), columns=["ItemId", "AttributeIds"])
             lists = [[int(a) for a in str(s).split("|") if a] for s in attr["AttributeIds"]]

@@ -481,3 +481,17 @@ def test_write_events_rejects_ragged_columns(tmp_path):
     with pytest.raises(ValueError, match="different lengths"):
         write_events(tmp_path / "x.tsv", {"a": [1, 2], "b": [1]})
     assert not list(tmp_path.iterdir())
+
+
+def test_leave_last_out_split():
+    from gru_engine.data import leave_last_out
+    table = {"SessionId": np.array([2, 1, 1, 2, 1, 3, 3]), "ItemId": np.array([9, 5, 6, 8, 7, 6, 4]),
+             "Time": np.array([0, 2, 1, 1, 3, 0, 1])}
+    train, test, dropped = leave_last_out(table)
+    # sorted by session then time; each sequence loses its last event in train
+    assert train["SessionId"].tolist() == [1, 1, 2, 3] and train["ItemId"].tolist() == [6, 5, 9, 6]
+    # the last items (7, 8, 4) never occur in train: no test sequence is left
+    assert dropped == 3 and len(test["ItemId"]) == 0
+    table["ItemId"] = np.array([9, 5, 6, 6, 5, 6, 9])  # last items 5, 6, 9: all in train
+    train, test, dropped = leave_last_out(table)
+    assert dropped == 0 and test["ItemId"].tolist() == [6, 5, 5, 9, 6, 6, 9]
