@@ -11,6 +11,9 @@ State of a schedule (all preallocated with ``batch_size`` entries):
     end:   int64, one past the last event of the row's session
     reset: bool, True for rows whose session starts at this step (hidden state must be zero)
     src:   int64, for each row the row it occupied in the previous step (rows only move up)
+
+:func:`augment_sessions` makes an epoch's augmented sessions (random crops and click removal,
+``augment_crop_p`` / ``augment_drop_p``) in the same CSR layout, before they reach the schedule.
 """
 from __future__ import annotations
 
@@ -131,3 +134,80 @@ def session_order(sessions, shuffle: bool = False, rng=None) -> np.ndarray:
     if shuffle:
         return rng.permutation(sessions.n_sessions).astype(np.int64)
     return sessions.order_by_start_time()
+
+
+@njit(cache=True, error_model="numpy")
+def _augment(items, offsets, crop_p, crop_coin, crop_pick, drop_p, drop_u, out_items,
+             out_offsets):
+    """Write each session's augmented version into ``out_items``/``out_offsets`` (same CSR
+    layout, same session numbers); returns the number of events written.
+
+    crop_coin: (n_sessions,) float64 uniform [0, 1): a session of >= 3 clicks is cropped when
+    ``crop_coin < crop_p``; crop_pick: (n_sessions,) int64 uniform in [0, L(L-1)/2): which of
+    the session's L(L-1)/2 contiguous sub-sessions of >= 2 clicks (numbered by start, then
+    end); drop_u: (n_events,) float64 uniform [0, 1): click ``i`` is dropped when
+    ``drop_u[i] < drop_p``, unless fewer than 2 clicks of the (cropped) session would remain,
+    in which case the session keeps all of them. Sessions of < 2 clicks are copied.
+    """
+    w = 0
+    out_offsets[0] = 0
+    for s in range(len(offsets) - 1):
+        a = offsets[s]
+        b = offsets[s + 1]
+        n = b - a
+        if crop_p > 0 and n >= 3 and crop_coin[s] < crop_p:
+            k = crop_pick[s]
+            start = 0
+            while k >= n - 1 - start:  # sub-sessions starting at `start`: ends start+2 .. n
+                k -= n - 1 - start
+                start += 1
+            b = a + start + 2 + k
+            a = a + start
+        kept = 0
+        if drop_p > 0:
+            for i in range(a, b):
+                if drop_u[i] >= drop_p:
+                    kept += 1
+        if kept >= 2:
+            for i in range(a, b):
+                if drop_u[i] >= drop_p:
+                    out_items[w] = items[i]
+                    w += 1
+        else:
+            for i in range(a, b):
+                out_items[w] = items[i]
+                w += 1
+        out_offsets[s + 1] = w
+    return w
+
+
+def augment_sessions(items, offsets, crop_p: float, drop_p: float, rng):
+    """One epoch's augmented training sessions (Tan et al. 2016, adapted to session-parallel
+    one-step training; see ``augment_crop_p`` / ``augment_drop_p`` in :mod:`gru_engine.params`).
+
+    items: (n_events,) int32; offsets: (n_sessions+1,) int64 CSR; rng: a NumPy Generator (the
+    fit's epoch-order generator: a new draw every epoch, reproducible under ``random_state``).
+    Each session is first, with probability ``crop_p``, replaced by one of its contiguous
+    sub-sessions of >= 2 clicks, uniformly; then each of its clicks is removed with probability
+    ``drop_p``, unless fewer than 2 would remain (the session is then kept whole). O(n_events).
+    Returns ``(items, offsets)`` in the same layout with the same session numbers (so the
+    visiting order still applies); both probabilities 0 returns the inputs themselves.
+    """
+    if crop_p == 0 and drop_p == 0:
+        return items, offsets
+    n_sessions = len(offsets) - 1
+    lengths = np.diff(offsets)
+    crop_coin = np.zeros(0)
+    crop_pick = np.zeros(0, np.int64)
+    drop_u = np.zeros(0)
+    if crop_p > 0:
+        crop_coin = rng.random(n_sessions)
+        n_sub = np.maximum(lengths * (lengths - 1) // 2, 1)
+        crop_pick = rng.integers(0, n_sub).astype(np.int64)
+    if drop_p > 0:
+        drop_u = rng.random(len(items))
+    out_items = np.empty(len(items), items.dtype)
+    out_offsets = np.empty(n_sessions + 1, np.int64)
+    n = _augment(items, np.asarray(offsets, np.int64), float(crop_p), crop_coin, crop_pick,
+                 float(drop_p), drop_u, out_items, out_offsets)
+    return out_items[:n], out_offsets

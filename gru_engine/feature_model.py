@@ -87,7 +87,8 @@ class FeatureSessionGRU(SessionGRU):
                  dropout_p_embed=0.0, dropout_p_hidden=0.0, learning_rate=0.1, momentum=0.0,
                  random_state=None, n_threads=None, device="cpu", shuffle_sessions=False,
                  show_progress=False, architecture="parallel", combine="concat",
-                 strategy="simultaneous", feature_layers=None):
+                 strategy="simultaneous", feature_layers=None, augment_crop_p=0.0,
+                 augment_drop_p=0.0):
         super().__init__(layers=layers, loss=loss, final_act=final_act, batch_size=batch_size,
                          n_epochs=n_epochs, n_sample=n_sample, sample_alpha=sample_alpha,
                          sample_store_size=sample_store_size, logq=logq, bpreg=bpreg,
@@ -96,7 +97,8 @@ class FeatureSessionGRU(SessionGRU):
                          dropout_p_embed=dropout_p_embed, dropout_p_hidden=dropout_p_hidden,
                          learning_rate=learning_rate, momentum=momentum,
                          random_state=random_state, n_threads=n_threads, device=device,
-                         shuffle_sessions=shuffle_sessions, show_progress=show_progress)
+                         shuffle_sessions=shuffle_sessions, show_progress=show_progress,
+                         augment_crop_p=augment_crop_p, augment_drop_p=augment_drop_p)
         self.architecture = architecture
         self.combine = combine
         self.strategy = strategy

@@ -42,7 +42,7 @@ import numpy as np
 from . import params as hp
 from .backends.device import Device
 from .base import SessionModel
-from .batching import session_order
+from .batching import augment_sessions, session_order
 from .exceptions import ModelFitError, NotFittedError
 from .network import PARAM_KEYS, S_A, build_layout, epoch_plan, grow_items, subnet_views
 from .sampling import seed_numba
@@ -112,6 +112,12 @@ class SessionGRU(SessionModel):
     on its own thread. On a machine whose cores are busy with other work, ``n_threads=1`` is
     often faster: idle OpenBLAS workers spin and fight for the cores.
 
+    ``augment_crop_p``, ``augment_drop_p``: session augmentation after Tan et al. (2016),
+    redrawn every epoch: a session replaced by a random contiguous sub-session of >= 2 clicks
+    with probability ``augment_crop_p``, each click removed with probability
+    ``augment_drop_p`` (>= 2 kept); 0 = off. Why these two and not prefixes: see
+    :data:`gru_engine.params.AUGMENT_KEYS`.
+
     ``device``: ``'cpu'`` (default), ``'cuda'`` (needs CuPy and an NVIDIA GPU; ``ValueError``
     in ``fit`` otherwise) or ``'auto'`` (CUDA when available, else CPU). The backend used is
     ``device_``; a CUDA model also scores and evaluates on the GPU, while ``params_`` always
@@ -128,7 +134,7 @@ class SessionGRU(SessionModel):
                  logq=1.0, bpreg=0.0, elu_param=0.0, embedding=0, constrained_embedding=True,
                  dropout_p_embed=0.0, dropout_p_hidden=0.0, learning_rate=0.1, momentum=0.0,
                  random_state=None, n_threads=None, device="cpu", shuffle_sessions=False,
-                 show_progress=False):
+                 show_progress=False, augment_crop_p=0.0, augment_drop_p=0.0):
         self.layers = layers
         self.loss = loss
         self.final_act = final_act
@@ -151,6 +157,8 @@ class SessionGRU(SessionModel):
         self.device = device
         self.shuffle_sessions = shuffle_sessions
         self.show_progress = show_progress
+        self.augment_crop_p = augment_crop_p
+        self.augment_drop_p = augment_drop_p
 
     @classmethod
     def from_param_string(cls, text: str, **overrides) -> "SessionGRU":
@@ -502,9 +510,12 @@ class _EpochRun:
         try:
             for epoch in range(first, last + 1):
                 order = session_order(sessions, p["shuffle_sessions"], self.order_rng)
-                t0 = time.perf_counter()
-                trainer.start_epoch(sessions.items, order, sessions.offsets)
-                bar = progress(epoch, sessions.n_events - sessions.n_sessions)
+                t0 = time.perf_counter()  # the epoch's time includes drawing its augmentation
+                items, offsets = augment_sessions(sessions.items, sessions.offsets,
+                                                  p["augment_crop_p"], p["augment_drop_p"],
+                                                  self.order_rng)
+                trainer.start_epoch(items, order, offsets)
+                bar = progress(epoch, len(items) - sessions.n_sessions)
                 loss_sum, events, finite = 0.0, 0, True
                 while trainer.rows_left() and finite:
                     ls, ev, finite = trainer.run(500 if bar is not None else -1)

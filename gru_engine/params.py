@@ -32,7 +32,27 @@ DEFAULTS = {
     "device": "cpu",
     "shuffle_sessions": False,
     "show_progress": False,
+    "augment_crop_p": 0.0,
+    "augment_drop_p": 0.0,
 }
+
+#: Session augmentation (Tan, Xu & Liu, DLRS 2016), redrawn every epoch from the epoch-order
+#: generator (reproducible under ``random_state``). Tan et al. train on every prefix of every
+#: session and randomly drop clicks. Under session-parallel one-step training a prefix's
+#: (history, next click) pairs are already pairs of the full session, so materialising prefixes
+#: would only re-weight early positions; what changes what the network sees is a different
+#: history. Hence two per-epoch options, O(n_events) work, applied where the epoch's sessions
+#: are handed to the batcher (both devices train on the same augmented sessions):
+#:   augment_crop_p: a session of >= 3 clicks is replaced, with this probability, by one of its
+#:       contiguous sub-sessions of >= 2 clicks drawn uniformly (prefixes included; the hidden
+#:       state is reset at the crop's first click, so a crop starting mid-session is a new,
+#:       shorter history);
+#:   augment_drop_p: each click is removed with this probability (the neighbours become
+#:       consecutive), unless fewer than 2 clicks of the session would remain, in which case it
+#:       is kept whole. A removed click is neither an input nor a target in that epoch.
+#: Cropping happens first, then dropping within the crop. 0 (default) leaves training as without
+#: the option, bit for bit.
+AUGMENT_KEYS = ("augment_crop_p", "augment_drop_p")
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
 #: loss name -> integer code used by the compiled kernels
@@ -44,7 +64,7 @@ DEVICES = ("cpu", "cuda", "auto")
 _ACT_RE = re.compile(r"^(linear|relu|tanh|leaky-[^-].*|elu-[^-].*)$")
 _INT_KEYS = ("batch_size", "n_epochs", "n_sample", "sample_store_size", "embedding")
 _FLOAT_KEYS = ("sample_alpha", "logq", "bpreg", "elu_param", "dropout_p_embed",
-               "dropout_p_hidden", "learning_rate", "momentum")
+               "dropout_p_hidden", "learning_rate", "momentum") + AUGMENT_KEYS
 _BOOL_KEYS = ("constrained_embedding", "shuffle_sessions", "show_progress")
 
 
@@ -149,6 +169,10 @@ def validate(params: dict) -> dict:
     for key in ("dropout_p_embed", "dropout_p_hidden"):
         if not 0.0 <= p[key] < 1.0:
             raise ValueError(f"{key} must be in [0, 1), got {p[key]!r}")
+    if not 0.0 <= p["augment_crop_p"] <= 1.0:
+        raise ValueError(f"augment_crop_p must be in [0, 1], got {p['augment_crop_p']!r}")
+    if not 0.0 <= p["augment_drop_p"] < 1.0:
+        raise ValueError(f"augment_drop_p must be in [0, 1), got {p['augment_drop_p']!r}")
     if p["n_sample"] > 0 and p["sample_store_size"] < p["n_sample"] and p["sample_store_size"] != 0:
         raise ValueError(f"sample_store_size ({p['sample_store_size']}) must be 0 or at least "
                          f"n_sample ({p['n_sample']})")
