@@ -23,6 +23,7 @@ more threads for large blocks on a dedicated machine.
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -254,15 +255,19 @@ class Exclusions:
         if _csr is not None:
             self.indptr, self.indices = _csr
             return
-        parts = []
-        for r in rows:
-            a = np.unique(np.asarray([] if r is None else
-                                     (list(r) if isinstance(r, (set, frozenset)) else r),
-                                     np.int64).reshape(-1))
-            parts.append(a[(a >= 0) & (a < self.n_items)])
-        self.indptr = np.zeros(len(parts) + 1, np.int64)
-        self.indptr[1:] = np.cumsum([len(a) for a in parts])
-        self.indices = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        rows = [() if r is None else r for r in rows]
+        lengths = np.array([len(r) for r in rows], np.int64)
+        flat = np.fromiter(itertools.chain.from_iterable(rows), np.int64, int(lengths.sum()))
+        row_of = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+        keep = (flat >= 0) & (flat < self.n_items)
+        flat, row_of = flat[keep], row_of[keep]
+        order = np.lexsort((flat, row_of))  # by row, then ascending item
+        flat, row_of = flat[order], row_of[order]
+        first = np.ones(len(flat), bool)  # drop repeats of an item within a row
+        first[1:] = (flat[1:] != flat[:-1]) | (row_of[1:] != row_of[:-1])
+        self.indices = flat[first]
+        self.indptr = np.zeros(len(rows) + 1, np.int64)
+        self.indptr[1:] = np.cumsum(np.bincount(row_of[first], minlength=len(rows)))
 
     @property
     def n_rows(self) -> int:

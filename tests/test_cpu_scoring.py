@@ -168,6 +168,7 @@ def test_unbalanced_row_blocks_are_one_equal_block_per_worker():
 
 
 # ---- top-k: fused panel kernels or scores + top_k; Scorer.topk and Scorer.advance -------------
+from gru_engine.config import FUSED_TOP_K_MAX  # noqa: E402
 from gru_engine.ranking import Exclusions, top_k  # noqa: E402
 
 
@@ -180,9 +181,9 @@ def _masked_top_k(S, k, ex):
 
 @needs_panels
 def test_output_layer_top_k_is_the_top_k_of_its_scores(isa, monkeypatch):  # noqa: F811
-    """Fused (no final activation): exactly top_k of the layer's own scores (bits, ties), no
-    score buffer; with a final activation it ranks the activated scores (through the buffer);
-    on integer data every path gives the BLAS path's answer."""
+    """Fused (no final activation, k <= FUSED_TOP_K_MAX): exactly top_k of the layer's own
+    scores (bits, ties), no score buffer; with a final activation or a larger k it goes through
+    the scores; on integer data every path gives the BLAS path's answer."""
     rng = np.random.default_rng(20 + isa)
     Wy = rng.integers(-2, 3, (1001, 24)).astype(np.float32)
     By = rng.integers(-2, 3, 1001).astype(np.float32)
@@ -194,7 +195,8 @@ def test_output_layer_top_k_is_the_top_k_of_its_scores(isa, monkeypatch):  # noq
         fused = _layer(True, monkeypatch, Wy, By, act)
         blas = _layer(False, monkeypatch, Wy, By, act)
         for k, e in ((1, None), (20, ex), (100, ex), (1001, None)):
-            out = None if fused.fused_rank else np.empty((70, 1001), np.float32)
+            assert fused.fused_top_k(k) == (act == 0 and k <= FUSED_TOP_K_MAX)
+            out = None if fused.fused_top_k(k) else np.empty((70, 1001), np.float32)
             idx, val = fused.top_k(aug, k, e, out)
             S = fused.scores(aug, np.empty((70, 1001), np.float32))
             ref_idx, ref_val = _masked_top_k(S, k, e)
@@ -203,7 +205,7 @@ def test_output_layer_top_k_is_the_top_k_of_its_scores(isa, monkeypatch):  # noq
             b_idx, b_val = blas.top_k(aug, k, e, np.empty((70, 1001), np.float32))
             np.testing.assert_array_equal(idx, b_idx)
             np.testing.assert_array_equal(val, b_val)
-        assert fused.path_counts == {want: 8 if act == 0 else 8}
+        assert fused.path_counts == {want: 8}  # 4 top_k (fused or through scores), 4 scores
         assert blas.path_counts == {"blas": 4}
     real = _float_problem(rng, n_items=2933, H=100, R=40)
     layer = _layer(True, monkeypatch, *real[:2])

@@ -467,10 +467,11 @@ def reference_top_k_excluded(S, k, excluded):
     return reference_top_k(S, k)
 
 
-# k <= 64: the sorted-array rows, k > 64: the heap rows; rows beyond the 256-row chunk; items
-# not a multiple of the panel; k = n_items
+# k <= 128: the kernel's sorted-array rows, k > 128: its heap rows; rows beyond the 256-row
+# chunk; items not a multiple of the panel; k = n_items
 TOP_K_SHAPES = [(1, 1, 1, 1), (3, 5, 7, 7), (13, 101, 2933, 20), (300, 17, 77, 50),
-                (9, 64, 31, 3), (70, 9, 3000, 100), (5, 8, 300, 65), (260, 33, 1000, 1000)]
+                (9, 64, 31, 3), (70, 9, 3000, 128), (5, 8, 300, 129), (70, 9, 3000, 200),
+                (260, 33, 1000, 1000)]
 
 
 @needs_panels
@@ -510,7 +511,7 @@ def test_panels_top_k_on_real_valued_scores(isa):
     panels = ItemPanels(B)
     S = panels.scores(A, np.empty((40, 5000), np.float32))
     np.testing.assert_array_equal(S, fmaf_chain(A, B))
-    for k in (1, 20, 64, 65, 300):
+    for k in (1, 20, 128, 129, 300):
         idx, val = panels.top_k(A, k)
         ref_idx, ref_val = reference_top_k(S, k)
         np.testing.assert_array_equal(idx, ref_idx)
@@ -518,15 +519,15 @@ def test_panels_top_k_on_real_valued_scores(isa):
 
 
 @needs_panels
-@pytest.mark.parametrize("k", [5, 80])
+@pytest.mark.parametrize("k", [5, 80, 150])
 def test_panels_top_k_pads_with_excluded_items(k, isa):
     """A row with fewer than k items left: the rest of its answer is its excluded items at
     -inf, lowest index first (as -inf written into the scores); a fully excluded row too."""
     rng = np.random.default_rng(3)
-    N = 100
+    N = 200
     A, B = integer_problem(rng, 4, 6, N)
     panels = ItemPanels(B)
-    keep = [[], [7], list(range(10, 100, 3)), list(range(N))]  # items NOT excluded per row
+    keep = [[], [7], list(range(10, N, 3)), list(range(N))]  # items NOT excluded per row
     excluded = [set(range(N)) - set(kp) for kp in keep]
     idx, val = panels.top_k(A, k, Exclusions(excluded, N))
     ref_idx, ref_val = reference_top_k_excluded(A @ B, k, excluded)

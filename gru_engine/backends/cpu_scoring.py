@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..config import BALANCE_MIN_WORK, INPUT_TABLE_MAX_ENTRIES, MIN_BLOCK_ROWS
+from ..config import (BALANCE_MIN_WORK, FUSED_TOP_K_MAX, INPUT_TABLE_MAX_ENTRIES,
+                      MIN_BLOCK_ROWS)
 from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
                        S_KIND, S_L0, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE,
                        T_OWN, T_WY)
@@ -49,8 +50,8 @@ class OutputLayer:
         # (H+1, n_items) in C order: the GEMM reads it without a transpose, which OpenBLAS
         # runs faster than the transposed (n_items, H+1) layout
         self.WyBT = WyBT if self.panels is None else None
-        #: ``rank`` and ``top_k`` need no score buffer (no final activation: the fused kernels
-        #: rank the raw scores)
+        #: ``rank`` needs no score buffer, nor ``top_k`` for small k (:meth:`fused_top_k`; no
+        #: final activation: the fused kernels rank the raw scores)
         self.fused_rank = self.panels is not None and act == 0
         self.path_counts = collections.Counter()
         self._count_lock = threading.Lock()
@@ -80,12 +81,17 @@ class OutputLayer:
             return ranks
         return rank_targets(self.scores(aug, out), targets, mode)
 
+    def fused_top_k(self, k: int) -> bool:
+        """``top_k`` runs the fused kernel for this ``k`` (no score buffer): the panel kernels
+        are in use, no final activation, ``k <= config.FUSED_TOP_K_MAX``."""
+        return self.fused_rank and k <= FUSED_TOP_K_MAX
+
     def top_k(self, aug, k: int, exclude: Exclusions | None = None, out=None):
         """``(indices, values)`` (R, k) int64 / float32: each row's ``k`` best items, best
         first, ties to the lower index (:func:`~gru_engine.ranking.top_k` of ``scores``);
         ``exclude``: items scored ``-inf`` per row. ``out``: (R, n_items) scratch, needed
-        unless :attr:`fused_rank` (then the scores are never written)."""
-        if self.fused_rank:
+        unless :meth:`fused_top_k` (then the scores are never written)."""
+        if self.fused_top_k(k):
             result = self.panels.top_k(aug, k, exclude)
             self._ran(self.panels.last_path)
             return result
@@ -187,7 +193,7 @@ class Scorer:
         lower item index, exactly :func:`~gru_engine.ranking.top_k` of :meth:`score`'s
         scores. ``exclude``: :class:`~gru_engine.ranking.Exclusions` of R rows, items scored
         ``-inf`` (they come last, lowest index first, where a row has fewer than k others).
-        Fused panel kernels where :attr:`OutputLayer.fused_rank` (the scores are never
+        Fused panel kernels where :meth:`OutputLayer.fused_top_k` (the scores are never
         written), else scores + top-k per block; rows split over ``n_threads`` blocks as in
         :meth:`rank`. NaN scores raise ``ModelFitError``."""
         rows, items, new_session = self._inputs(rows, items, new_session)
@@ -204,7 +210,7 @@ class Scorer:
         def block(w, a, b):
             ws = self._workspace(w, b - a)
             aug = self._step(ws, rows[a:b], items[a:b], new_session[a:b])
-            out = None if self.output.fused_rank else ws.scores(self.n_items)[:b - a]
+            out = None if self.output.fused_top_k(k) else ws.scores(self.n_items)[:b - a]
             indices[a:b], values[a:b] = self.output.top_k(
                 aug, k, None if exclude is None else exclude[a:b], out)
 

@@ -327,7 +327,7 @@ class SessionStore:
             res = self._empty_result(len(sids), 0 if k is None else k)
             # entries of a session repeated in the call go in rounds: its i-th click in round i
             if n_distinct == len(sids):
-                rounds = {0: range(len(sids))}
+                rounds = {0: np.arange(len(sids))}
             else:
                 seen_count = collections.Counter()
                 rounds = collections.defaultdict(list)
@@ -509,15 +509,19 @@ class SessionStore:
         """Entries ``pos`` (distinct sessions) of a ``step`` call (``k`` None: of an
         ``advance`` call)."""
         now = self.clock()
-        lives, started = [], np.zeros(len(pos), bool)
-        for j, p in enumerate(pos):
+        # plain Python lists in the per-session loops (numpy scalars index and box slowly)
+        lives, started = [], []
+        live_map = self._live
+        for p in pos.tolist():
             sid = sids[p]
-            if sid in self._live:
-                self._touch(sid, now)
-                live = self._live[sid]
-            else:
+            live = live_map.get(sid)
+            if live is None:
                 live = self._open(sid, now)
-                started[j] = True
+                started.append(True)
+            else:
+                live.used = now
+                live_map.move_to_end(sid)
+                started.append(False)
             lives.append(live)
         res.new_session[pos] = started
         item = idx[pos]
@@ -525,14 +529,16 @@ class SessionStore:
         res.unknown_item[pos] = ~known
         step_j = np.flatnonzero(known)
         if len(step_j):
-            rows = np.array([lives[j].slot for j in step_j], np.int64)
-            new = np.array([lives[j].n_clicks == 0 for j in step_j], bool)
-            self._slots.save_prev(rows)
-            for j in step_j:
+            slots, new = [], []
+            for j, it in zip(step_j.tolist(), item[step_j].tolist()):
                 live = lives[j]
+                slots.append(live.slot)
+                new.append(live.n_clicks == 0)
                 live.n_clicks += 1
-                live.last_item = int(item[j])
-                live.seen.add(int(item[j]))
+                live.last_item = it
+                live.seen.add(it)
+            rows, new = np.array(slots, np.int64), np.array(new, bool)
+            self._slots.save_prev(rows)
             if k is None:
                 self._slots.scorer.advance(rows, item[step_j].astype(np.int32), new)
             else:
