@@ -391,10 +391,12 @@ class SessionStore:
     def _blas_one_thread(self, n_rows: int):
         """BLAS limited to one thread during a call of ``n_rows`` rows: the rows are split over
         ``n_threads`` blocks instead (on busy cores a threaded OpenBLAS GEMM of 64 x 100 x 300
-        took 70 ms against 0.2 ms on one thread). One row runs a GEMV, never threaded, and
-        skips the limit (a threadpoolctl controller: microseconds)."""
+        took 70 ms against 0.2 ms on one thread). One row too: OpenBLAS threads the GEMV of a
+        large layer (hidden 480: 1 x 480 x 1440), and under load a one-session ``advance``
+        took 56-66 ms p50 with it, 0.09 ms without. The limit costs ~5 us (a threadpoolctl
+        controller made once)."""
         import contextlib
-        if n_rows < 2:
+        if n_rows < 1:
             return contextlib.nullcontext()
         if self._blas is None:
             try:
