@@ -539,6 +539,25 @@ def test_store_top_k_equals_scores_then_top_k(model, k):
         assert (store._slots.scorer.output.path_counts - counts0)[panel_path()] >= 8
 
 
+def test_blas_one_thread_limits_and_restores(model):
+    """Inside (nested too): every BLAS at one thread; after: as before; store calls too."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from gru_engine.serving.scorers import blas_one_thread
+    store = SessionStore(model, capacity=4, k=5)  # its scorer's BLAS is loaded
+    blas = lambda: [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                    if i["user_api"] == "blas"]
+    before = blas()
+    with blas_one_thread():
+        assert set(blas()) == {1}
+        with blas_one_thread():
+            assert set(blas()) == {1}
+        assert set(blas()) == {1}
+    assert blas() == before
+    store.step(["a"], [model.item_index_.ids[1]])
+    store.advance(["a", "b"], model.item_index_.ids[[2, 3]])
+    assert blas() == before
+
+
 # ---- CUDA (the kernels in the CPU emulator) -------------------------------------------------
 def test_cuda_store_equals_cpu_store(model, cuda_model, tmp_path):
     """A model scoring on CUDA (here: the CPU-fitted parameters with ``device_='cuda'``, run by

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..ranking import Exclusions
-from .scorers import _cpu_proto, _fork, _sum_hidden
+from .scorers import _cpu_proto, _fork, _sum_hidden, blas_one_thread
 
 logger = logging.getLogger("gru_engine")
 
@@ -142,7 +142,8 @@ class SessionStore:
     k:              default number of recommendations
     n_threads:      CPU threads of one call (rows split in blocks, each stepped, scored and
                     ranked on its own thread; default the model's ``n_threads``); BLAS runs one
-                    thread per block during a call. A CUDA store uses the device.
+                    thread per block during a call (:func:`.scorers.blas_one_thread`). A CUDA
+                    store uses the device.
 
     Scoring (CPU): where the CPU runs the fused panel kernels (AVX-512F or AVX2 + FMA, see
     :func:`gru_engine.ranking.panels_available`) and the model has no final activation, each
@@ -199,7 +200,6 @@ class SessionStore:
         self._free = list(range(self.capacity - 1, -1, -1))
         self._new_ids = None    # FeatureSessionGRU: new items clicked in sessions (ItemIndex)
         self._new_bags = None   # their bags per feature source
-        self._blas = None
         first = model.scorer()
         self.cuda = not hasattr(first, "state")
         # the prototype of this store's CPU scorer, kept: a later refit of the model does not
@@ -250,7 +250,7 @@ class SessionStore:
             for pos, s in enumerate(sids):
                 rowpos[s].append(pos)
             if live:
-                with self._blas_one_thread(len(live)):
+                with blas_one_thread():
                     ti, tv = self._replay([self._live[s] for s in live], k, exclude_seen)
                 for j, s in enumerate(live):
                     res.items[rowpos[s]] = self.model.item_index_.ids[ti[j]]
@@ -334,7 +334,7 @@ class SessionStore:
                 for pos, sid in enumerate(sids):
                     rounds[seen_count[sid]].append(pos)
                     seen_count[sid] += 1
-            with self._blas_one_thread(len(sids)):
+            with blas_one_thread():
                 for r in range(len(rounds)):
                     self._step_round(np.asarray(rounds[r], np.int64), sids, idx, k,
                                      exclude_seen, res)
@@ -387,26 +387,6 @@ class SessionStore:
         ids = self.model.item_index_.ids
         return Recommendations(np.empty((n, kk), ids.dtype), np.empty((n, kk), np.float32),
                                np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
-
-    def _blas_one_thread(self, n_rows: int):
-        """BLAS limited to one thread during a call of ``n_rows`` rows: the rows are split over
-        ``n_threads`` blocks instead (on busy cores a threaded OpenBLAS GEMM of 64 x 100 x 300
-        took 70 ms against 0.2 ms on one thread). One row too: OpenBLAS threads the GEMV of a
-        large layer (hidden 480: 1 x 480 x 1440), and under load a one-session ``advance``
-        took 56-66 ms p50 with it, 0.09 ms without. The limit costs ~5 us (a threadpoolctl
-        controller made once)."""
-        import contextlib
-        if n_rows < 1:
-            return contextlib.nullcontext()
-        if self._blas is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-                self._blas = ThreadpoolController()
-            except ImportError:
-                self._blas = False
-        if self._blas is False:
-            return contextlib.nullcontext()
-        return self._blas.limit(limits=1, user_api="blas")
 
     def _expire(self, now: float) -> int:
         if self.idle_timeout_s is None:
