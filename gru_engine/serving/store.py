@@ -137,13 +137,14 @@ class SessionStore:
     capacity:       most live sessions (slots allocated up front: ``2 * capacity * sum(layers)``
                     float32, the state and the state before the last click); a new session
                     beyond it evicts the least recently used one
-    idle_timeout_s: sessions not used (``step``/``recommend_for``) for longer are evicted, checked
-                    at every call (None: never)
+    idle_timeout_s: sessions not used (``step``/``advance``/``recommend_for``) for longer are
+                    evicted, checked at every call (None: never)
     k:              default number of recommendations
     n_threads:      CPU threads of one call (rows split in blocks, each stepped, scored and
                     ranked on its own thread; default the model's ``n_threads``); BLAS runs one
                     thread per block during a call (:func:`.scorers.blas_one_thread`). A CUDA
                     store uses the device.
+    clock:          seconds, monotonic (tests pass a fake)
 
     Scoring (CPU): where the CPU runs the fused panel kernels (AVX-512F or AVX2 + FMA, see
     :func:`gru_engine.ranking.panels_available`) and the model has no final activation, each
@@ -151,7 +152,6 @@ class SessionStore:
     and tie order (higher score, then lower item index) as scoring all items and taking the
     top-k, at a fraction of the memory traffic. Otherwise all items are scored into a buffer
     first.
-    clock:          seconds, monotonic (tests pass a fake)
 
     Behaviour:
 
@@ -161,7 +161,8 @@ class SessionStore:
       empty state.
     - ``advance(session_ids, item_ids)``: the same clicks without recommendations (no item is
       scored: the cost of a GRU step only), for clicks whose answer nobody reads; a later
-      ``recommend_for`` answers exactly as ``step`` would have.
+      ``recommend_for`` answers as ``step`` would have (bit for bit when it asks for the
+      sessions of that step, in its order: the GRU step's BLAS rounds by batch size).
     - Unknown items never raise: the session's state is unchanged and the entry is answered as
       before the click, flagged ``unknown_item`` (and ``cold`` with the most popular items if
       the session has no known click yet).
@@ -226,8 +227,9 @@ class SessionStore:
         does (same state, same bookkeeping: new sessions, unknown items, seen items, LRU and
         idle clock), without scoring any item: for clicks whose recommendations nobody reads
         (costs one GRU step per click, no scoring of all items). A later
-        :meth:`recommend_for` of a session answers exactly as :meth:`step` would have after its
-        last click. Returns :class:`Advanced` (per entry: ``unknown_item``, ``new_session``)."""
+        :meth:`recommend_for` of a session answers as :meth:`step` would have after its last
+        click (class docstring). Returns :class:`Advanced` (per entry: ``unknown_item``,
+        ``new_session``)."""
         res = self._clicks(session_ids, item_ids, item_features, None, False)
         return Advanced(res.unknown_item, res.new_session)
 
