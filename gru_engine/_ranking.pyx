@@ -24,6 +24,10 @@ cdef extern from "_panels.h":
     int gru_panel_rank_counts(const float* A, Py_ssize_t R, Py_ssize_t K, const float* Bp,
                               Py_ssize_t N, const int64_t* targets, int64_t* n_greater,
                               int64_t* n_equal, uint8_t* has_nan) noexcept nogil
+    int gru_panel_top_k(const float* A, Py_ssize_t R, Py_ssize_t K, const float* Bp,
+                        Py_ssize_t N, Py_ssize_t k, const int64_t* excl_ptr,
+                        const int64_t* excl, int64_t* idx, float* val,
+                        uint8_t* has_nan) noexcept nogil
 
 # Calls with fewer scores than this stay on the calling thread (waking a team is not free).
 cdef Py_ssize_t _PARALLEL_MIN_WORK = 1 << 16
@@ -231,4 +235,31 @@ def panel_rank_counts(const float[:, ::1] A, const float[::1] Bp, Py_ssize_t n_i
                                     &targets[0], &n_greater[0], &n_equal[0], &has_nan[0])
     if isa < 0:
         raise MemoryError("panel_rank_counts: out of memory")
+    return isa
+
+
+def panel_top_k(const float[:, ::1] A, const float[::1] Bp, Py_ssize_t n_items,
+                int64_t[:, ::1] indices, float[:, ::1] values, uint8_t[::1] has_nan,
+                const int64_t[::1] excl_ptr=None, const int64_t[::1] excl=None) -> int:
+    """:func:`top_k_rows` of the scores ``A @ B`` without forming them (_panels.h): per row the
+    ``k = indices.shape[1]`` best (``1 <= k <= n_items``), best first, ties to the lower index.
+    ``excl_ptr`` (R + 1,) / ``excl``: per row ``i`` the excluded items
+    ``excl[excl_ptr[i]:excl_ptr[i + 1]]``, ascending, in ``[0, n_items)`` (not checked here),
+    scored ``-inf``; None: none. Returns the ISA level of the tile that ran (as
+    :func:`panel_isa`; 0 for no rows)."""
+    cdef int isa = 0
+    cdef const int64_t* ep = NULL
+    cdef const int64_t* ex = NULL
+    cdef int64_t empty = 0
+    if A.shape[0] == 0:
+        return 0
+    if excl_ptr is not None:
+        ep = &excl_ptr[0]
+        ex = &excl[0] if excl.shape[0] > 0 else &empty
+    with nogil:
+        isa = gru_panel_top_k(&A[0, 0], A.shape[0], A.shape[1], &Bp[0], n_items,
+                              indices.shape[1], ep, ex, &indices[0, 0], &values[0, 0],
+                              &has_nan[0])
+    if isa < 0:
+        raise MemoryError("panel_top_k: out of memory")
     return isa

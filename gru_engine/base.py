@@ -140,21 +140,33 @@ class SessionModel:
 
     def _recommend(self, scorer, items, k, exclude):
         """:meth:`recommend` for the clicks ``items`` (indices understood by ``scorer``)."""
-        from .ranking import top_k
+        from .ranking import Exclusions, top_k
         if len(items) == 0:
             raise ValueError("session_items is empty: a session needs at least one click")
         if not (isinstance(k, (int, np.integer)) and k >= 1):
             raise ValueError(f"k must be a positive integer, got {k!r}")
         scorer.begin(1)
         row = np.zeros(1, dtype=np.int64)
-        for step, item in enumerate(items):
-            scores = scorer.score(row, np.array([item], dtype=np.int32),
-                                  np.array([step == 0]))
-        scores = np.array(scores, dtype=np.float32, copy=True).reshape(1, -1)
+        excl = None
         if exclude is not None:
             excl = self.item_index_.lookup(np.atleast_1d(np.asarray(exclude)))
-            scores[0, excl[excl >= 0]] = -np.inf
-        k = min(int(k), scores.shape[1])
-        idx, vals = top_k(scores, k)
+            excl = excl[excl >= 0]
+        if hasattr(scorer, "advance") and hasattr(scorer, "topk"):
+            # the GRU scorers: the earlier clicks only move the state, the last one is scored
+            # straight into its top-k (fused kernels: no all-item score row)
+            for step, item in enumerate(items[:-1]):
+                scorer.advance(row, np.array([item], dtype=np.int32), np.array([step == 0]))
+            idx, vals = scorer.topk(row, np.array([items[-1]], dtype=np.int32),
+                                    np.array([len(items) == 1]), min(int(k), scorer.n_items),
+                                    None if excl is None else Exclusions([excl], scorer.n_items))
+            idx = np.asarray(idx, np.int64)
+        else:
+            for step, item in enumerate(items):
+                scores = scorer.score(row, np.array([item], dtype=np.int32),
+                                      np.array([step == 0]))
+            scores = np.array(scores, dtype=np.float32, copy=True).reshape(1, -1)
+            if excl is not None:
+                scores[0, excl] = -np.inf
+            idx, vals = top_k(scores, min(int(k), scores.shape[1]))
         keep = np.isfinite(vals[0])
         return self.item_index_.ids[idx[0][keep]], vals[0][keep]

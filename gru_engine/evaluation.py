@@ -58,6 +58,13 @@ class SessionScorer(Protocol):
     :func:`rank_targets` computes it, and NaN as the rank of a row whose scores hold NaN.
     :func:`evaluate_sessions` then calls ``rank`` instead of ``score``, so that the score block
     never leaves the device.
+
+    Optional (the GRU scorers, used by ``recommend`` and the session store): ``advance(rows,
+    items, new_session)`` — the state update of ``score`` without scoring; ``topk(rows, items,
+    new_session, k, exclude=None)`` — the state update, then each row's ``k`` best items,
+    best first, ties to the lower index, as :func:`~gru_engine.ranking.top_k` of ``score``'s
+    rows: ``(indices (R, k) int, values (R, k) float32)``; ``exclude``: a
+    :class:`~gru_engine.ranking.Exclusions` of R rows, items scored ``-inf``.
     """
 
     n_items: int

@@ -5,8 +5,9 @@ score blocks or fused with the scoring GEMM.
   modes; :func:`top_k` — the best ``k`` items per row. Both run the Cython kernels of
   :mod:`gru_engine._ranking` (one pass per row, no sort, OpenMP over rows).
 * :class:`ItemPanels` — a scorer's item matrix packed for the fused score-and-rank kernels
-  (C in ``_panels.h``; AVX-512F or AVX2 + FMA tiles, picked at run time): the ranks without
-  writing the (rows x n_items) scores. :func:`panels_available` says whether the CPU runs them,
+  (C in ``_panels.h``; AVX-512F or AVX2 + FMA tiles, picked at run time): the ranks, or the
+  top-k with items excluded per row (:class:`Exclusions`), without writing the
+  (rows x n_items) scores. :func:`panels_available` says whether the CPU runs them,
   :func:`panel_path` which tile runs now, and ``ItemPanels.last_path`` which tile ran.
 
 Used by the evaluator (:mod:`gru_engine.evaluation`), the CPU scorers' output layer and
@@ -22,6 +23,7 @@ more threads for large blocks on a dedicated machine.
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -140,7 +142,9 @@ class ItemPanels:
 
     :meth:`scores` writes ``S``; :meth:`rank` ranks targets among ``S`` without writing it (the
     scores are counted in registers), exactly as :func:`rank_targets` would rank the output of
-    :meth:`scores`. Both release the GIL. Usable where :func:`panels_available` is true
+    :meth:`scores`; :meth:`top_k` keeps each row's best ``k`` as the tiles go by, exactly the
+    output of :func:`top_k` on :meth:`scores` (same items, same float32 values, same tie
+    order), excluded items scored ``-inf`` as if written into the scores first. Both release the GIL. Usable where :func:`panels_available` is true
     (x86-64 with AVX-512F or AVX2 + FMA; both give identical scores); elsewhere a BLAS GEMM plus
     :func:`rank_targets` does the same job (and both methods raise ``RuntimeError``).
 
@@ -201,6 +205,90 @@ class ItemPanels:
         self._ran(_kernels().panel_rank_counts(A, self.packed, self.n_items, tgt, n_greater,
                                                n_equal, has_nan), n)
         return _ranks_from_counts(n_greater, n_equal, has_nan, mode, "ItemPanels.rank")
+
+    def top_k(self, A, k: int, exclude: "Exclusions | None" = None):
+        """The ``k`` best items of each row of ``A @ B``, best first, ties to the lower item
+        index: ``(indices (R, k) int64, values (R, k) float32)``, equal to :func:`top_k` of
+        :meth:`scores` (the scores are never written). ``1 <= k <= n_items``. ``exclude``:
+        items scored ``-inf`` per row (:class:`Exclusions` of R rows; they pad a row left with
+        fewer than k others, lowest index first). ``ModelFitError`` when a row holds NaN
+        (excluded items aside). Per row the cost is one tile pass plus an insertion for each
+        item that beats the row's current k-th best (about ``k ln(n_items / k)``): meant for
+        k much smaller than n_items (for k near n_items, :meth:`scores` + :func:`top_k`)."""
+        A = self._rows(A)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.n_items:
+            raise ValueError(f"k must be an integer in [1, n_items={self.n_items}], got {k!r}")
+        R = A.shape[0]
+        indices = np.empty((R, int(k)), np.int64)
+        values = np.empty((R, int(k)), np.float32)
+        if R == 0:
+            return indices, values
+        has_nan = np.zeros(R, np.uint8)
+        if exclude is None:
+            isa = _kernels().panel_top_k(A, self.packed, self.n_items, indices, values, has_nan)
+        else:
+            if not isinstance(exclude, Exclusions) or exclude.n_rows != R \
+                    or exclude.n_items != self.n_items:
+                raise ValueError(f"exclude must be Exclusions of {R} rows over "
+                                 f"{self.n_items} items, got {exclude!r}")
+            isa = _kernels().panel_top_k(A, self.packed, self.n_items, indices, values, has_nan,
+                                         exclude.indptr, exclude.indices)
+        self._ran(isa, R)
+        _raise_on_nan(has_nan, "ItemPanels.top_k")
+        return indices, values
+
+
+class Exclusions:
+    """Items excluded per row of a top-k call (``-inf`` scores), in compressed rows: row
+    ``i``'s items are ``indices[indptr[i]:indptr[i + 1]]``, ascending and distinct, in
+    ``[0, n_items)``.
+
+    ``Exclusions(rows, n_items)``: ``rows`` a sequence of one collection of item indices
+    (ints) per row (a set, list or array; None or empty: none); entries outside
+    ``[0, n_items)`` are dropped (e.g. items a model does not score), duplicates kept once.
+    ``exclusions[a:b]``: rows ``a..b-1`` (a view; ``indptr`` keeps offsets into the same
+    ``indices``). :meth:`mask` writes ``-inf`` into a score block.
+    """
+
+    def __init__(self, rows, n_items: int, _csr=None):
+        self.n_items = int(n_items)
+        if _csr is not None:
+            self.indptr, self.indices = _csr
+            return
+        rows = [() if r is None else r for r in rows]
+        lengths = np.array([len(r) for r in rows], np.int64)
+        flat = np.fromiter(itertools.chain.from_iterable(rows), np.int64, int(lengths.sum()))
+        row_of = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+        keep = (flat >= 0) & (flat < self.n_items)
+        flat, row_of = flat[keep], row_of[keep]
+        order = np.lexsort((flat, row_of))  # by row, then ascending item
+        flat, row_of = flat[order], row_of[order]
+        first = np.ones(len(flat), bool)  # drop repeats of an item within a row
+        first[1:] = (flat[1:] != flat[:-1]) | (row_of[1:] != row_of[:-1])
+        self.indices = flat[first]
+        self.indptr = np.zeros(len(rows) + 1, np.int64)
+        self.indptr[1:] = np.cumsum(np.bincount(row_of[first], minlength=len(rows)))
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def __getitem__(self, rows: slice) -> "Exclusions":
+        a, b, step = rows.indices(self.n_rows)
+        if step != 1:
+            raise ValueError("Exclusions take contiguous row slices only")
+        return Exclusions(None, self.n_items, (self.indptr[a:max(a, b) + 1], self.indices))
+
+    def mask(self, S) -> None:
+        """``S[i, excluded items of row i] = -inf`` for a (n_rows, >= n_items) score block."""
+        for i in range(self.n_rows):
+            cols = self.indices[self.indptr[i]:self.indptr[i + 1]]
+            if len(cols):
+                S[i, cols] = -np.inf
+
+    def __repr__(self) -> str:
+        return (f"Exclusions({self.n_rows} rows, {self.indptr[-1] - self.indptr[0]} items, "
+                f"n_items={self.n_items})")
 
 
 def panels_available() -> bool:

@@ -165,3 +165,125 @@ def test_unbalanced_row_blocks_are_one_equal_block_per_worker():
     seen.sort(key=lambda t: t[1])
     assert [(a, b) for _, a, b in seen] == [(0, 100), (100, 200), (200, 301)]
     assert sorted(k for k, _, _ in seen) == [0, 1, 2]
+
+
+# ---- top-k: fused panel kernels or scores + top_k; Scorer.topk and Scorer.advance -------------
+from gru_engine.config import FUSED_TOP_K_MAX  # noqa: E402
+from gru_engine.ranking import Exclusions, top_k  # noqa: E402
+
+
+def _masked_top_k(S, k, ex):
+    S = S.copy()
+    if ex is not None:
+        ex.mask(S)
+    return top_k(S, k)
+
+
+@needs_panels
+def test_output_layer_top_k_is_the_top_k_of_its_scores(isa, monkeypatch):  # noqa: F811
+    """Fused (no final activation, k <= FUSED_TOP_K_MAX): exactly top_k of the layer's own
+    scores (bits, ties), no score buffer; with a final activation or a larger k it goes through
+    the scores; on integer data every path gives the BLAS path's answer."""
+    rng = np.random.default_rng(20 + isa)
+    Wy = rng.integers(-2, 3, (1001, 24)).astype(np.float32)
+    By = rng.integers(-2, 3, 1001).astype(np.float32)
+    aug = np.hstack([rng.integers(-2, 3, (70, 24)), np.ones((70, 1))]).astype(np.float32)
+    ex = Exclusions([rng.choice(1001, rng.integers(0, 30), replace=False) for _ in range(70)],
+                    1001)
+    want = PANEL_PATHS[isa]
+    for act in (0, 2):
+        fused = _layer(True, monkeypatch, Wy, By, act)
+        blas = _layer(False, monkeypatch, Wy, By, act)
+        for k, e in ((1, None), (20, ex), (100, ex), (1001, None)):
+            assert fused.fused_top_k(k) == (act == 0 and k <= FUSED_TOP_K_MAX)
+            out = None if fused.fused_top_k(k) else np.empty((70, 1001), np.float32)
+            idx, val = fused.top_k(aug, k, e, out)
+            S = fused.scores(aug, np.empty((70, 1001), np.float32))
+            ref_idx, ref_val = _masked_top_k(S, k, e)
+            np.testing.assert_array_equal(idx, ref_idx)
+            np.testing.assert_array_equal(val.view(np.int32), ref_val.view(np.int32))
+            b_idx, b_val = blas.top_k(aug, k, e, np.empty((70, 1001), np.float32))
+            np.testing.assert_array_equal(idx, b_idx)
+            np.testing.assert_array_equal(val, b_val)
+        assert fused.path_counts == {want: 8}  # 4 top_k (fused or through scores), 4 scores
+        assert blas.path_counts == {"blas": 4}
+    real = _float_problem(rng, n_items=2933, H=100, R=40)
+    layer = _layer(True, monkeypatch, *real[:2])
+    S = layer.scores(real[2], np.empty((40, 2933), np.float32))
+    idx, val = layer.top_k(real[2], 20)
+    np.testing.assert_array_equal(idx, top_k(S, 20)[0])
+    np.testing.assert_array_equal(val.view(np.int32), top_k(S, 20)[1].view(np.int32))
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from gru_engine.model import SessionGRU
+    rng = np.random.default_rng(0)
+    n = 3000
+    data = {"SessionId": np.repeat(np.arange(n // 3), 3), "ItemId": rng.integers(0, 300, n),
+            "Time": np.arange(n, dtype=float)}
+    return SessionGRU(layers=[24], n_epochs=1, batch_size=16, n_sample=16, n_threads=1,
+                      random_state=0).fit(data)
+
+
+def _two_scorers(model, n_threads, n_rows):
+    a, b = model.scorer(), model.scorer()
+    for sc in (a, b):
+        sc.n_threads = n_threads
+        sc.begin(n_rows)
+    return a, b
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("use_panels", [True, False])
+def test_scorer_topk_and_advance_equal_score(small_model, n_threads, use_panels, monkeypatch):
+    """Scorer.topk = score + top_k (exclusions as -inf) bit for bit, row blocks on threads
+    included; advance moves the state exactly as score does; k is checked before the state
+    moves. (The GRU step's GEMM rounds by batch size, so the reference scores the same row
+    blocks as the call it checks: recorded from run_row_blocks.)"""
+    monkeypatch.setattr(OutputLayer, "USE_PANELS", use_panels)
+    blocks = []
+    real = cpu_scoring.run_row_blocks
+
+    def recording(n_rows, n_threads, min_rows, block, balance=True):
+        def rec(k, a, b):
+            blocks.append((a, b))
+            block(k, a, b)
+        real(n_rows, n_threads, min_rows, rec, balance)
+
+    monkeypatch.setattr(cpu_scoring, "run_row_blocks", recording)
+    m = small_model
+    a, b = _two_scorers(m, n_threads, 200)
+    assert a.output.fused_rank == (use_panels and panels_available())
+    counts0 = a.output.path_counts.copy()
+    rng = np.random.default_rng(n_threads)
+    for t in range(4):
+        rows = np.sort(rng.choice(200, 150, replace=False)).astype(np.int64)
+        items = rng.integers(0, m.n_items_, 150).astype(np.int32)
+        new = rng.random(150) < 0.2
+        ex = Exclusions([rng.choice(m.n_items_, rng.integers(0, 40), replace=False)
+                         for _ in range(150)], m.n_items_) if t == 3 else None
+        blocks.clear()
+        if t == 1:  # advance: no answer, the same state
+            a.advance(rows, items, new)
+        else:
+            idx, val = a.topk(rows, items, new, 25, ex)
+        assert len(blocks) == (n_threads if n_threads > 1 else 1)
+        for lo, hi in sorted(blocks):
+            S = b.score(rows[lo:hi], items[lo:hi], new[lo:hi])
+            if t != 1:
+                ref_idx, ref_val = _masked_top_k(S, 25, None if ex is None else ex[lo:hi])
+                np.testing.assert_array_equal(idx[lo:hi], ref_idx)
+                np.testing.assert_array_equal(val[lo:hi].view(np.int32), ref_val.view(np.int32))
+        np.testing.assert_array_equal(a.state, b.state)
+    # one output layer (shared by a and b): 3 topk + 4 score calls of n_threads blocks each
+    path = panel_path() if a.output.fused_rank else "blas"
+    assert a.output is b.output
+    assert a.output.path_counts - counts0 == {path: 7 * n_threads}
+    before = a.state.copy()
+    for k in (0, m.n_items_ + 1, 2.0):
+        with pytest.raises(ValueError, match="k must be"):
+            a.topk(rows, items, new, k)
+    with pytest.raises(ValueError, match="exclude must be Exclusions of 150 rows"):
+        a.topk(rows, items, new, 5, Exclusions([()], m.n_items_))
+    np.testing.assert_array_equal(a.state, before)

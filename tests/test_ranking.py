@@ -447,3 +447,154 @@ def test_panel_isas_give_identical_scores():
     np.testing.assert_array_equal(outs[0], outs[1])
     assert _ranking.limit_panel_isa(0) == 0 and not panels_available()
     assert _ranking.limit_panel_isa(2) == _CPU_ISA
+
+
+# ---- fused scoring + top-k over item panels ---------------------------------------------------
+from gru_engine.ranking import Exclusions  # noqa: E402
+
+
+def random_exclusions(rng, R, N, frac):
+    """Per row a random set of item indices (about ``frac`` of the items), some rows empty."""
+    return [set(rng.choice(N, size=rng.integers(0, max(1, int(frac * N)) + 1), replace=False)
+                .tolist()) if r % 3 else set() for r in range(R)]
+
+
+def reference_top_k_excluded(S, k, excluded):
+    """NumPy: -inf written into the excluded entries, then the stable argsort reference."""
+    S = S.copy()
+    for i, e in enumerate(excluded):
+        S[i, sorted(e)] = -np.inf
+    return reference_top_k(S, k)
+
+
+# k <= 128: the kernel's sorted-array rows, k > 128: its heap rows; rows beyond the 256-row
+# chunk; items not a multiple of the panel; k = n_items
+TOP_K_SHAPES = [(1, 1, 1, 1), (3, 5, 7, 7), (13, 101, 2933, 20), (300, 17, 77, 50),
+                (9, 64, 31, 3), (70, 9, 3000, 128), (5, 8, 300, 129), (70, 9, 3000, 200),
+                (260, 33, 1000, 1000)]
+
+
+@needs_panels
+@pytest.mark.parametrize("levels", [1, 1000])  # many ties / nearly distinct scores
+@pytest.mark.parametrize("R,K,N,k", TOP_K_SHAPES)
+def test_panels_top_k_equals_scores_then_top_k(R, K, N, k, levels, isa):
+    """The fused kernel against the old path (panel scores, then top_k) bit for bit, and both
+    against NumPy's stable argsort, with and without exclusions."""
+    rng = np.random.default_rng(R * 7 + K * 3 + N + levels)
+    A, B = integer_problem(rng, R, K, N, levels)
+    panels = ItemPanels(B)
+    S = panels.scores(A, np.empty((R, N), np.float32))
+    np.testing.assert_array_equal(S, A @ B)  # integers: exact
+    for excluded in (None, random_exclusions(rng, R, N, 0.5)):
+        ex = None if excluded is None else Exclusions(excluded, N)
+        panels.last_path = None
+        idx, val = panels.top_k(A, k, ex)
+        assert panels.last_path == PANEL_PATHS[isa]
+        assert idx.dtype == np.int64 and val.dtype == np.float32 and idx.shape == (R, k)
+        old = S.copy()
+        if ex is not None:
+            ex.mask(old)
+        old_idx, old_val = top_k(old, k)
+        np.testing.assert_array_equal(idx, old_idx)
+        np.testing.assert_array_equal(val.view(np.int32), old_val.view(np.int32))
+        ref_idx, ref_val = reference_top_k_excluded(S, k, excluded or [()] * R)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_array_equal(val, ref_val)
+
+
+@needs_panels
+def test_panels_top_k_on_real_valued_scores(isa):
+    """Non-integer inputs: the fused values are the panel scores' bits (the fmaf chain)."""
+    rng = np.random.default_rng(11)
+    A = rng.standard_normal((40, 33)).astype(np.float32)
+    B = rng.standard_normal((33, 5000)).astype(np.float32)
+    panels = ItemPanels(B)
+    S = panels.scores(A, np.empty((40, 5000), np.float32))
+    np.testing.assert_array_equal(S, fmaf_chain(A, B))
+    for k in (1, 20, 128, 129, 300):
+        idx, val = panels.top_k(A, k)
+        ref_idx, ref_val = reference_top_k(S, k)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_array_equal(val.view(np.int32), ref_val.view(np.int32))
+
+
+@needs_panels
+@pytest.mark.parametrize("k", [5, 80, 150])
+def test_panels_top_k_pads_with_excluded_items(k, isa):
+    """A row with fewer than k items left: the rest of its answer is its excluded items at
+    -inf, lowest index first (as -inf written into the scores); a fully excluded row too."""
+    rng = np.random.default_rng(3)
+    N = 200
+    A, B = integer_problem(rng, 4, 6, N)
+    panels = ItemPanels(B)
+    keep = [[], [7], list(range(10, N, 3)), list(range(N))]  # items NOT excluded per row
+    excluded = [set(range(N)) - set(kp) for kp in keep]
+    idx, val = panels.top_k(A, k, Exclusions(excluded, N))
+    ref_idx, ref_val = reference_top_k_excluded(A @ B, k, excluded)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(val, ref_val)
+    assert np.isneginf(val[0]).all() and list(idx[0]) == list(range(k))
+    assert idx[1, 0] == 7 and np.isneginf(val[1, 1:]).all() and list(idx[1, 1:4]) == [0, 1, 2]
+    assert np.isfinite(val[3]).all()
+
+
+@needs_panels
+def test_panels_top_k_with_infinite_scores(isa):
+    """Scores of +-inf from the inputs tie like any value; -inf ties with excluded items."""
+    B = np.zeros((2, 40), np.float32)
+    B[0, 5] = np.inf
+    B[0, 9] = -np.inf
+    B[1, :] = np.arange(40) % 4
+    A = np.array([[1, 1], [1, 0]], np.float32)
+    panels = ItemPanels(B)
+    S = panels.scores(A, np.empty((2, 40), np.float32))
+    excluded = [{3, 5}, {1, 2, 3}]
+    for k in (1, 3, 40):
+        for ex in (None, excluded):
+            idx, val = panels.top_k(A, k, None if ex is None else Exclusions(ex, 40))
+            ref_idx, ref_val = reference_top_k_excluded(S, k, ex or [(), ()])
+            np.testing.assert_array_equal(idx, ref_idx)
+            np.testing.assert_array_equal(val, ref_val)
+
+
+@needs_panels
+def test_panels_top_k_nan_and_bad_input(isa):
+    rng = np.random.default_rng(4)
+    A, B = integer_problem(rng, 10, 5, 300)
+    panels = ItemPanels(B)
+    bad = A.copy()
+    bad[6, 2] = np.nan  # row 6 scores NaN everywhere
+    with pytest.raises(ModelFitError, match="row 6"):
+        panels.top_k(bad, 5)
+    B2 = B.copy()
+    B2[:, 250] = np.nan  # one NaN item, late in every row
+    with pytest.raises(ModelFitError, match="10 of 10"):
+        ItemPanels(B2).top_k(A, 3)
+    # ... excluded: masked out as -inf before top_k would see it, so no error
+    idx, _ = ItemPanels(B2).top_k(A, 3, Exclusions([{250}] * 10, 300))
+    assert not (idx == 250).any()
+    for k in (0, 301, -1, 2.0, True):
+        with pytest.raises(ValueError, match="k must be"):
+            panels.top_k(A, k)
+    with pytest.raises(ValueError, match="exclude must be Exclusions of 10 rows"):
+        panels.top_k(A, 3, Exclusions([{1}] * 9, 300))
+    with pytest.raises(ValueError, match="exclude must be"):
+        panels.top_k(A, 3, [{1}] * 10)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        panels.top_k(A.astype(np.float64), 3)
+    idx, val = panels.top_k(np.zeros((0, 5), np.float32), 3)
+    assert idx.shape == val.shape == (0, 3)
+
+
+def test_exclusions_normalise_and_slice():
+    ex = Exclusions([{5, 1, 99}, None, [3, 3, -1, 2], np.array([7])], n_items=10)
+    assert ex.n_rows == 4 and ex.indptr.tolist() == [0, 2, 2, 4, 5]
+    assert ex.indices.tolist() == [1, 5, 2, 3, 7]  # sorted, distinct, outside [0, 10) dropped
+    part = ex[1:3]
+    assert part.n_rows == 2 and part.indices[part.indptr[0]:part.indptr[-1]].tolist() == [2, 3]
+    S = np.zeros((2, 10), np.float32)
+    part.mask(S)
+    assert np.isneginf(S[1, [2, 3]]).all() and np.isfinite(S[0]).all() and np.isneginf(S).sum() == 2
+    assert Exclusions([], 4).n_rows == 0
+    with pytest.raises(ValueError, match="contiguous"):
+        ex[::2]

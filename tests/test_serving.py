@@ -456,6 +456,108 @@ def test_feature_model_new_items_through_the_store(tmp_path):
         is sc.output
 
 
+# ---- advance, and the fused top-k of the CPU store ---------------------------------------------
+def _rounds(store, sessions, call, **kw):
+    """Click t of every session in round t (sessions of one length: every round holds every
+    session, in one order); returns the last round's answer."""
+    sids = list(range(len(sessions)))
+    for t in range(len(sessions[0])):
+        r = getattr(store, call)(sids, [s[t] for s in sessions], **kw)
+    return r
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_advance_then_recommend_for_equals_step(model, n_threads, exclude_seen):
+    """advance moves the sessions as step does (bit for bit: same calls, same batches), and
+    recommend_for afterwards gives step's answer; the next step agrees too."""
+    rng = np.random.default_rng(30 + n_threads)
+    ids = model.item_index_.ids
+    sessions = [list(ids[rng.integers(len(ids), size=4)]) for _ in range(70)]
+    a = SessionStore(model, capacity=80, k=7, n_threads=n_threads)
+    b = SessionStore(model, capacity=80, k=7, n_threads=n_threads)
+    want = _rounds(a, sessions, "step", exclude_seen=exclude_seen)
+    adv = _rounds(b, sessions, "advance")
+    assert not adv.unknown_item.any() and not adv.new_session.any()
+    np.testing.assert_array_equal(b._slots.host(np.arange(80))[0], a._slots.host(np.arange(80))[0])
+    got = b.recommend_for(list(range(70)), exclude_seen=exclude_seen)
+    np.testing.assert_array_equal(got.items, want.items)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert not got.cold.any()
+    nxt = list(ids[rng.integers(len(ids), size=70)])
+    for x, y in zip(a.step(list(range(70)), nxt), b.step(list(range(70)), nxt)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_advance_bookkeeping(model):
+    """advance: new sessions, unknown items (state unchanged) and seen items as step."""
+    ids = model.item_index_.ids
+    store = SessionStore(model, capacity=4, k=5)
+    r = store.advance(["a", "b", "a"], [ids[1], "nope", ids[2]])
+    assert r.new_session.tolist() == [True, True, False]
+    assert r.unknown_item.tolist() == [False, True, False]
+    assert store.recommend_for(["b"]).cold[0]  # no known click yet
+    assert len(store) == 2 and store._live["a"].n_clicks == 2 and store._live["a"].seen == {1, 2}
+    ref = SessionStore(model, capacity=4, k=5)
+    ref.step(["a"], [ids[1]])
+    last = ref.step(["a"], [ids[2]], exclude_seen=True)
+    got = store.recommend_for(["a"], exclude_seen=True)
+    np.testing.assert_array_equal(got.items, last.items)
+    np.testing.assert_array_equal(got.scores, last.scores)
+    with pytest.raises(ValueError, match="one length"):
+        store.advance(["a", "b"], [ids[1]])
+
+
+@pytest.mark.parametrize("k", [5, N_ITEMS - 3])  # the kernel's sorted rows / its heap rows
+def test_store_top_k_equals_scores_then_top_k(model, k):
+    """The store's answers (fused kernel where the CPU has it) equal scoring every item with the
+    scorer's ``score`` for the same slots and batches, masking the seen items with -inf and
+    taking top_k: same items, same float32 bits, ties to the lower index; the fused tile ran."""
+    from gru_engine.ranking import panel_path, panels_available
+    rng = np.random.default_rng(40)
+    ids = model.item_index_.ids
+    store = SessionStore(model, capacity=64, k=k, n_threads=1)
+    ref = model.scorer()
+    ref.begin(64)
+    counts0 = store._slots.scorer.output.path_counts.copy()
+    seen = {}
+    for t in range(4):
+        sids = sorted(rng.choice(50, 40, replace=False).tolist())
+        clicks = ids[rng.integers(len(ids), size=40)]
+        new = np.array([sid not in store for sid in sids])
+        r = store.step(sids, clicks, exclude_seen=t % 2 == 1)
+        rows = np.array([store._live[sid].slot for sid in sids], np.int64)
+        S = ref.score(rows, model.item_index_.lookup(clicks).astype(np.int32), new).copy()
+        for i, (sid, c) in enumerate(zip(sids, clicks)):
+            seen.setdefault(sid, set()).add(int(model.item_index_.lookup([c])[0]))
+            if t % 2 == 1:
+                S[i, sorted(seen[sid])] = -np.inf
+        want_idx, want_val = top_k(S, k)
+        np.testing.assert_array_equal(r.items, ids[want_idx])
+        np.testing.assert_array_equal(r.scores.view(np.int32), want_val.view(np.int32))
+    if panels_available():
+        assert (store._slots.scorer.output.path_counts - counts0)[panel_path()] >= 8
+
+
+def test_blas_one_thread_limits_and_restores(model):
+    """Inside (nested too): every BLAS at one thread; after: as before; store calls too."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from gru_engine.serving.scorers import blas_one_thread
+    store = SessionStore(model, capacity=4, k=5)  # its scorer's BLAS is loaded
+    blas = lambda: [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                    if i["user_api"] == "blas"]
+    before = blas()
+    with blas_one_thread():
+        assert set(blas()) == {1}
+        with blas_one_thread():
+            assert set(blas()) == {1}
+        assert set(blas()) == {1}
+    assert blas() == before
+    store.step(["a"], [model.item_index_.ids[1]])
+    store.advance(["a", "b"], model.item_index_.ids[[2, 3]])
+    assert blas() == before
+
+
 # ---- CUDA (the kernels in the CPU emulator) -------------------------------------------------
 def test_cuda_store_equals_cpu_store(model, cuda_model, tmp_path):
     """A model scoring on CUDA (here: the CPU-fitted parameters with ``device_='cuda'``, run by
@@ -512,3 +614,44 @@ def test_cuda_feature_store_new_items_equal_cpu(cuda_model):
         ra, rb = (s.step(sids, clicks, item_features=new) for s in (a, b))
         assert not ra.unknown_item.any() and not rb.unknown_item.any()
         np.testing.assert_allclose(rb.scores, ra.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_advance_and_topk_with_exclusions(model, cuda_model):
+    """CUDA scorer (emulated): advance moves the state as score does, topk with Exclusions
+    (masked on the device) equals score + -inf + top_k; the CUDA store's advance then
+    recommend_for equals its step."""
+    import copy
+    from gru_engine.ranking import Exclusions
+    gpu = copy.deepcopy(model)
+    gpu.device_ = "cuda"
+    a, b = gpu.scorer(), gpu.scorer()
+    assert not hasattr(a, "state")
+    a.begin(10)
+    b.begin(10)
+    rng = np.random.default_rng(50)
+    rows = np.arange(10, dtype=np.int64)
+    n = gpu.n_items_
+    for t in range(3):
+        items = rng.integers(0, n, 10).astype(np.int32)
+        new = np.full(10, t == 0)
+        if t < 2:
+            a.advance(rows, items, new)
+            b.score(rows, items, new)
+            continue
+        ex = Exclusions([rng.choice(n, rng.integers(0, 20), replace=False) for _ in range(10)], n)
+        idx, val = a.topk(rows, items, new, 12, ex)
+        S = np.array(b.score(rows, items, new))
+        ex.mask(S)
+        want_idx, want_val = top_k(S, 12)
+        np.testing.assert_array_equal(np.asarray(idx, np.int64), want_idx)
+        np.testing.assert_array_equal(val, want_val)
+    with pytest.raises(ValueError, match="k must be"):
+        a.topk(rows, items, new, n + 1)
+    sessions = _sessions(gpu, 8, seed=51, max_len=3)
+    sessions = [s + s[:1] * (3 - len(s)) for s in sessions]  # one length: 3 clicks
+    gs, gb = SessionStore(gpu, capacity=8, k=5), SessionStore(gpu, capacity=8, k=5)
+    want = _rounds(gs, sessions, "step", exclude_seen=True)
+    _rounds(gb, sessions, "advance")
+    got = gb.recommend_for(list(range(8)), exclude_seen=True)
+    np.testing.assert_array_equal(got.items, want.items)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6, atol=1e-6)

@@ -3,7 +3,7 @@
 
 :class:`Scorer` steps the network with the compiled ``infer_step`` of :mod:`.cpu.step`;
 :class:`OutputLayer` turns the combined hidden states into all-item scores, or straight into
-ranks (fused panel kernels where the CPU has AVX-512F or AVX2, else BLAS);
+ranks or the top-k items (fused panel kernels where the CPU has AVX-512F or AVX2, else BLAS);
 :func:`run_row_blocks` splits a step's rows over threads.
 """
 from __future__ import annotations
@@ -15,11 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..config import BALANCE_MIN_WORK, INPUT_TABLE_MAX_ENTRIES, MIN_BLOCK_ROWS
+from ..config import (BALANCE_MIN_WORK, FUSED_TOP_K_MAX, INPUT_TABLE_MAX_ENTRIES,
+                      MIN_BLOCK_ROWS)
 from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
                        S_KIND, S_L0, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE,
                        T_OWN, T_WY)
-from ..ranking import ItemPanels, panels_available, rank_targets
+from ..ranking import Exclusions, ItemPanels, panels_available, rank_targets, top_k
 from .cpu.step import Net, apply_final_act, infer_step
 from .cpu.trainer import work_buffers
 
@@ -28,11 +29,13 @@ class OutputLayer:
     """All-item scores ``final_act([h | 1] @ [Wy | By]^T)`` of a CPU scorer, and the ranks of
     targets among them: through :class:`~gru_engine.ranking.ItemPanels` (fused kernels, the
     scores never written when ranking) where the CPU has AVX-512F or AVX2 + FMA, else one BLAS
-    GEMM (and :func:`~gru_engine.ranking.rank_targets`). Either way ``rank`` gives exactly the
-    ranks of the scores ``scores`` returns. Thread-safe.
+    GEMM (and :func:`~gru_engine.ranking.rank_targets` / :func:`~gru_engine.ranking.top_k`).
+    Either way ``rank`` and ``top_k`` give exactly the ranks and top-k of the scores ``scores``
+    returns. Thread-safe.
 
-    ``path_counts``: calls of ``scores`` / ``rank`` per path that ran (``'panels-avx512'``,
-    ``'panels-avx2'`` or ``'blas'``), so that callers and tests can tell which one did.
+    ``path_counts``: calls of ``scores`` / ``rank`` / ``top_k`` per path that ran
+    (``'panels-avx512'``, ``'panels-avx2'`` or ``'blas'``), so that callers and tests can tell
+    which one did.
     """
 
     #: use the panel kernels where available (tests switch it off to cover the BLAS path)
@@ -47,7 +50,8 @@ class OutputLayer:
         # (H+1, n_items) in C order: the GEMM reads it without a transpose, which OpenBLAS
         # runs faster than the transposed (n_items, H+1) layout
         self.WyBT = WyBT if self.panels is None else None
-        #: ``rank`` needs no score buffer
+        #: ``rank`` needs no score buffer, nor ``top_k`` for small k (:meth:`fused_top_k`; no
+        #: final activation: the fused kernels rank the raw scores)
         self.fused_rank = self.panels is not None and act == 0
         self.path_counts = collections.Counter()
         self._count_lock = threading.Lock()
@@ -76,6 +80,25 @@ class OutputLayer:
             self._ran(self.panels.last_path)
             return ranks
         return rank_targets(self.scores(aug, out), targets, mode)
+
+    def fused_top_k(self, k: int) -> bool:
+        """``top_k`` runs the fused kernel for this ``k`` (no score buffer): the panel kernels
+        are in use, no final activation, ``k <= config.FUSED_TOP_K_MAX``."""
+        return self.fused_rank and k <= FUSED_TOP_K_MAX
+
+    def top_k(self, aug, k: int, exclude: Exclusions | None = None, out=None):
+        """``(indices, values)`` (R, k) int64 / float32: each row's ``k`` best items, best
+        first, ties to the lower index (:func:`~gru_engine.ranking.top_k` of ``scores``);
+        ``exclude``: items scored ``-inf`` per row. ``out``: (R, n_items) scratch, needed
+        unless :meth:`fused_top_k` (then the scores are never written)."""
+        if self.fused_top_k(k):
+            result = self.panels.top_k(aug, k, exclude)
+            self._ran(self.panels.last_path)
+            return result
+        S = self.scores(aug, out)
+        if exclude is not None:
+            exclude.mask(S)
+        return top_k(S, k)
 
 
 class Scorer:
@@ -148,6 +171,52 @@ class Scorer:
         ws = self._workspace(0, R)
         aug = self._step(ws, rows, items, new_session)
         return self.output.scores(aug, ws.scores(self.n_items)[:R])
+
+    def advance(self, rows, items, new_session) -> None:
+        """The state update of :meth:`score` (clicks ``items`` in slots ``rows``, slots with
+        ``new_session`` reset first) without scoring any item. Rows are split over
+        ``n_threads`` blocks as in :meth:`topk`."""
+        rows, items, new_session = self._inputs(rows, items, new_session)
+        self._reserve(self.n_threads)
+
+        def block(k, a, b):
+            self._step(self._workspace(k, b - a), rows[a:b], items[a:b], new_session[a:b])
+
+        # the row blocks of topk: the step's GEMM rounds by block size, so the same blocks
+        # give the same states
+        run_row_blocks(len(rows), self.n_threads, MIN_BLOCK_ROWS, block,
+                       balance=self.n_items * self.Hc >= BALANCE_MIN_WORK)
+
+    def topk(self, rows, items, new_session, k: int, exclude: Exclusions | None = None):
+        """The state update of :meth:`score`, then each row's ``k`` best items (``1 <= k <=
+        n_items``): ``(indices (R, k) int64, values (R, k) float32)``, best first, ties to the
+        lower item index, exactly :func:`~gru_engine.ranking.top_k` of :meth:`score`'s
+        scores. ``exclude``: :class:`~gru_engine.ranking.Exclusions` of R rows, items scored
+        ``-inf`` (they come last, lowest index first, where a row has fewer than k others).
+        Fused panel kernels where :meth:`OutputLayer.fused_top_k` (the scores are never
+        written), else scores + top-k per block; rows split over ``n_threads`` blocks as in
+        :meth:`rank`. NaN scores raise ``ModelFitError``."""
+        rows, items, new_session = self._inputs(rows, items, new_session)
+        R = len(rows)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) \
+                or not 1 <= k <= self.n_items:  # checked before the state moves
+            raise ValueError(f"k must be an integer in [1, n_items={self.n_items}], got {k!r}")
+        if exclude is not None and (not isinstance(exclude, Exclusions) or exclude.n_rows != R):
+            raise ValueError(f"exclude must be Exclusions of {R} rows, got {exclude!r}")
+        indices = np.empty((R, int(k)), np.int64)
+        values = np.empty((R, int(k)), np.float32)
+        self._reserve(self.n_threads)
+
+        def block(w, a, b):
+            ws = self._workspace(w, b - a)
+            aug = self._step(ws, rows[a:b], items[a:b], new_session[a:b])
+            out = None if self.output.fused_top_k(k) else ws.scores(self.n_items)[:b - a]
+            indices[a:b], values[a:b] = self.output.top_k(
+                aug, k, None if exclude is None else exclude[a:b], out)
+
+        run_row_blocks(R, self.n_threads, MIN_BLOCK_ROWS, block,
+                       balance=self.n_items * self.Hc >= BALANCE_MIN_WORK)
+        return indices, values
 
     def rank(self, rows, items, new_session, targets, mode: str = "conservative") -> np.ndarray:
         """(R,) float64 ranks of ``targets`` after the clicks (the evaluator's optional

@@ -10,8 +10,9 @@
   may go unseen: assign new arrays). ``recommend``, ``predict_next`` and ``evaluate`` all
   go through it.
 * :class:`SessionStore` — live sessions' hidden states by session id: ``step`` advances many
-  sessions in one batched call and returns their top-k, ``recommend_for`` answers without a
-  click, ``end``, LRU and idle eviction, thread-safe, snapshots to a safe ``.npz``.
+  sessions in one batched call and returns their top-k (fused score + top-k kernels on the
+  CPU: the all-item scores are never written), ``advance`` the same without scoring,
+  ``recommend_for`` answers without a click, ``end``, LRU and idle eviction, thread-safe, snapshots to a safe ``.npz``.
 * :func:`similar_items` — "customers also viewed": cosine similarity of the learned item vectors
   (rows of ``Wy``).
 
@@ -21,7 +22,7 @@ files), ``similar`` (similar items).
 from .scorers import shared_scorer
 from .similar import similar_items
 from .snapshot import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
-from .store import Recommendations, SessionStore
+from .store import Advanced, Recommendations, SessionStore
 
-__all__ = ["SessionStore", "Recommendations", "shared_scorer", "similar_items",
+__all__ = ["SessionStore", "Recommendations", "Advanced", "shared_scorer", "similar_items",
            "SNAPSHOT_FORMAT", "SNAPSHOT_VERSION"]

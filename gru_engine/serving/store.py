@@ -10,9 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..config import MIN_BLOCK_ROWS
-from ..ranking import top_k
-from .scorers import _cpu_proto, _fork, _sum_hidden
+from ..ranking import Exclusions
+from .scorers import _cpu_proto, _fork, _sum_hidden, blas_one_thread
 
 logger = logging.getLogger("gru_engine")
 
@@ -43,22 +42,32 @@ class Recommendations(NamedTuple):
     new_session: np.ndarray
 
 
+class Advanced(NamedTuple):
+    """Answer of :meth:`SessionStore.advance`, one entry per click (in the order given).
+
+    unknown_item: (n,) bool, True where the click was an item the model does not know (the
+                  session's state is unchanged, as in :meth:`SessionStore.step`)
+    new_session:  (n,) bool, True where this call started the session
+    """
+    unknown_item: np.ndarray
+    new_session: np.ndarray
+
+
 class _Slots:
     """Hidden states of the store's slots and, per slot, the state before its last click (to
-    answer without a click by replaying that click): host arrays for a CPU scorer (shared by
-    its forks, ``scorer.state``), device arrays per layer for a CUDA scorer (``scorer.h``)."""
+    answer without a click by replaying that click): host arrays for a CPU scorer
+    (``scorer.state``), device arrays per layer for a CUDA scorer (``scorer.h``). ``scorer``
+    may be replaced by one with the same hidden sizes that takes over the states."""
 
-    def __init__(self, scorers, capacity: int):
-        self.scorers = scorers
-        self.cuda = not hasattr(scorers[0], "state")
-        self.dev = scorers[0].dev if self.cuda else None
-        scorers[0].begin(capacity)
-        for sc in scorers[1:]:
-            sc.state = scorers[0].state
+    def __init__(self, scorer, capacity: int):
+        self.scorer = scorer
+        self.cuda = not hasattr(scorer, "state")
+        self.dev = scorer.dev if self.cuda else None
+        scorer.begin(capacity)
         self.prev = [self._zeros_like(a) for a in self.current()]
 
     def current(self) -> list:
-        sc = self.scorers[0]
+        sc = self.scorer
         return list(sc.h) if self.cuda else [sc.state]
 
     def _zeros_like(self, a):
@@ -128,13 +137,21 @@ class SessionStore:
     capacity:       most live sessions (slots allocated up front: ``2 * capacity * sum(layers)``
                     float32, the state and the state before the last click); a new session
                     beyond it evicts the least recently used one
-    idle_timeout_s: sessions not used (``step``/``recommend_for``) for longer are evicted, checked
-                    at every call (None: never)
+    idle_timeout_s: sessions not used (``step``/``advance``/``recommend_for``) for longer are
+                    evicted, checked at every call (None: never)
     k:              default number of recommendations
     n_threads:      CPU threads of one call (rows split in blocks, each stepped, scored and
                     ranked on its own thread; default the model's ``n_threads``); BLAS runs one
-                    thread per block during a call. A CUDA store uses the device.
+                    thread per block during a call (:func:`.scorers.blas_one_thread`). A CUDA
+                    store uses the device.
     clock:          seconds, monotonic (tests pass a fake)
+
+    Scoring (CPU): where the CPU runs the fused panel kernels (AVX-512F or AVX2 + FMA, see
+    :func:`gru_engine.ranking.panels_available`) and the model has no final activation, each
+    row's top-k is kept while its scores are computed, never written: the same items, scores
+    and tie order (higher score, then lower item index) as scoring all items and taking the
+    top-k, at a fraction of the memory traffic. Otherwise all items are scored into a buffer
+    first.
 
     Behaviour:
 
@@ -142,6 +159,10 @@ class SessionStore:
       once (its clicks are consumed in order, each entry answered after its own click). A
       session id seen for the first time (or again after ``end`` or eviction) starts from the
       empty state.
+    - ``advance(session_ids, item_ids)``: the same clicks without recommendations (no item is
+      scored: the cost of a GRU step only), for clicks whose answer nobody reads; a later
+      ``recommend_for`` answers as ``step`` would have (bit for bit when it asks for the
+      sessions of that step, in its order: the GRU step's BLAS rounds by batch size).
     - Unknown items never raise: the session's state is unchanged and the entry is answered as
       before the click, flagged ``unknown_item`` (and ``cold`` with the most popular items if
       the session has no known click yet).
@@ -180,15 +201,14 @@ class SessionStore:
         self._free = list(range(self.capacity - 1, -1, -1))
         self._new_ids = None    # FeatureSessionGRU: new items clicked in sessions (ItemIndex)
         self._new_bags = None   # their bags per feature source
-        self._blas = None
         first = model.scorer()
         self.cuda = not hasattr(first, "state")
-        # the prototype of this store's CPU scorers, kept: a later refit of the model does not
+        # the prototype of this store's CPU scorer, kept: a later refit of the model does not
         # mix new tables into this store (new items of a FeatureSessionGRU fork it again)
         self._proto = None if self.cuda else _cpu_proto(model)
-        n_forks = 1 if self.cuda else self.n_threads
-        self._scorers = [first] + [_fork(self._proto) for _ in range(n_forks - 1)]
-        self._slots = _Slots(self._scorers, self.capacity)
+        if not self.cuda:
+            first.n_threads = self.n_threads  # its topk / advance split the rows over threads
+        self._slots = _Slots(first, self.capacity)
         self.width = _sum_hidden(first)
         self._popular = np.argsort(-np.asarray(model.item_support_), kind="stable")
 
@@ -199,34 +219,19 @@ class SessionStore:
         and return the top-``k`` next items of each (:class:`Recommendations`, rows in the order
         of the entries). ``item_features``: FeatureSessionGRU only, features of new items (class
         docstring)."""
-        sids = self._session_list(session_ids)
-        items = self._id_array(item_ids)
-        if items.ndim != 1 or len(items) != len(sids):
-            raise ValueError(f"session_ids and item_ids must be 1-D of one length, got "
-                             f"{len(sids)} session ids and item ids of shape {items.shape}")
         k = self._check_k(self.k if k is None else k)
-        with self._lock:
-            self._expire(self.clock())
-            n_distinct = len(set(sids))
-            if n_distinct > self.capacity:
-                raise ValueError(f"{n_distinct} distinct sessions in one call exceed the "
-                                 f"store's capacity ({self.capacity})")
-            idx = self._item_indices(items, item_features)
-            res = self._empty_result(len(sids), k)
-            # entries of a session repeated in the call go in rounds: its i-th click in round i
-            if n_distinct == len(sids):
-                rounds = {0: range(len(sids))}
-            else:
-                seen_count = collections.Counter()
-                rounds = collections.defaultdict(list)
-                for pos, sid in enumerate(sids):
-                    rounds[seen_count[sid]].append(pos)
-                    seen_count[sid] += 1
-            with self._blas_one_thread(len(sids)):
-                for r in range(len(rounds)):
-                    self._step_round(np.asarray(rounds[r], np.int64), sids, idx, k,
-                                     exclude_seen, res)
-            return res
+        return self._clicks(session_ids, item_ids, item_features, k, exclude_seen)
+
+    def advance(self, session_ids, item_ids, item_features=None) -> Advanced:
+        """Advance each session ``session_ids[i]`` by the click ``item_ids[i]`` as :meth:`step`
+        does (same state, same bookkeeping: new sessions, unknown items, seen items, LRU and
+        idle clock), without scoring any item: for clicks whose recommendations nobody reads
+        (costs one GRU step per click, no scoring of all items). A later
+        :meth:`recommend_for` of a session answers as :meth:`step` would have after its last
+        click (class docstring). Returns :class:`Advanced` (per entry: ``unknown_item``,
+        ``new_session``)."""
+        res = self._clicks(session_ids, item_ids, item_features, None, False)
+        return Advanced(res.unknown_item, res.new_session)
 
     def recommend_for(self, session_ids, k: int | None = None,
                       exclude_seen: bool = False) -> Recommendations:
@@ -247,7 +252,7 @@ class SessionStore:
             for pos, s in enumerate(sids):
                 rowpos[s].append(pos)
             if live:
-                with self._blas_one_thread(len(live)):
+                with blas_one_thread():
                     ti, tv = self._replay([self._live[s] for s in live], k, exclude_seen)
                 for j, s in enumerate(live):
                     res.items[rowpos[s]] = self.model.item_index_.ids[ti[j]]
@@ -306,6 +311,37 @@ class SessionStore:
         return load_store(cls, path, model, **options)
 
     # ---- internals --------------------------------------------------------------------------
+    def _clicks(self, session_ids, item_ids, item_features, k, exclude_seen) -> Recommendations:
+        """:meth:`step` (``k``: an int) or :meth:`advance` (``k`` None: nothing scored, the
+        result's ``items`` / ``scores`` have no columns)."""
+        sids = self._session_list(session_ids)
+        items = self._id_array(item_ids)
+        if items.ndim != 1 or len(items) != len(sids):
+            raise ValueError(f"session_ids and item_ids must be 1-D of one length, got "
+                             f"{len(sids)} session ids and item ids of shape {items.shape}")
+        with self._lock:
+            self._expire(self.clock())
+            n_distinct = len(set(sids))
+            if n_distinct > self.capacity:
+                raise ValueError(f"{n_distinct} distinct sessions in one call exceed the "
+                                 f"store's capacity ({self.capacity})")
+            idx = self._item_indices(items, item_features)
+            res = self._empty_result(len(sids), 0 if k is None else k)
+            # entries of a session repeated in the call go in rounds: its i-th click in round i
+            if n_distinct == len(sids):
+                rounds = {0: np.arange(len(sids))}
+            else:
+                seen_count = collections.Counter()
+                rounds = collections.defaultdict(list)
+                for pos, sid in enumerate(sids):
+                    rounds[seen_count[sid]].append(pos)
+                    seen_count[sid] += 1
+            with blas_one_thread():
+                for r in range(len(rounds)):
+                    self._step_round(np.asarray(rounds[r], np.int64), sids, idx, k,
+                                     exclude_seen, res)
+            return res
+
     @staticmethod
     def _check_k(k) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -353,24 +389,6 @@ class SessionStore:
         ids = self.model.item_index_.ids
         return Recommendations(np.empty((n, kk), ids.dtype), np.empty((n, kk), np.float32),
                                np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool))
-
-    def _blas_one_thread(self, n_rows: int):
-        """BLAS limited to one thread during a call of ``n_rows`` rows: the rows are split over
-        ``n_threads`` blocks instead (on busy cores a threaded OpenBLAS GEMM of 64 x 100 x 300
-        took 70 ms against 0.2 ms on one thread). One row runs a GEMV, never threaded, and
-        skips the limit (a threadpoolctl controller: microseconds)."""
-        import contextlib
-        if n_rows < 2:
-            return contextlib.nullcontext()
-        if self._blas is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-                self._blas = ThreadpoolController()
-            except ImportError:
-                self._blas = False
-        if self._blas is False:
-            return contextlib.nullcontext()
-        return self._blas.limit(limits=1, user_api="blas")
 
     def _expire(self, now: float) -> int:
         if self.idle_timeout_s is None:
@@ -459,32 +477,35 @@ class SessionStore:
             from ..backends.cuda import Scorer
             from ..model import _resolve_device
             from .. import params as hp
-            old = self._scorers[0]
+            old = self._slots.scorer
             sc = Scorer(_resolve_device("cuda"), params, old.sum_mode,
                         hp.parse_final_act(model.final_act))
             sc.h = old.h  # same hidden sizes: the live states carry over
-            self._scorers[0] = sc
-            self._slots.scorers = self._scorers
         else:
-            for i, old in enumerate(self._scorers):
-                sc = _fork(self._proto, params)
-                sc.state = old.state
-                self._scorers[i] = sc
+            old = self._slots.scorer
+            sc = _fork(self._proto, params)
+            sc.state, sc.n_threads = old.state, old.n_threads
+        self._slots.scorer = sc
         self._new_ids, self._new_bags = index, bags
         logger.info("session store: %d new items with features", len(index))
 
     def _step_round(self, pos, sids, idx, k, exclude_seen, res) -> None:
-        """Entries ``pos`` (distinct sessions) of a ``step`` call."""
+        """Entries ``pos`` (distinct sessions) of a ``step`` call (``k`` None: of an
+        ``advance`` call)."""
         now = self.clock()
-        lives, started = [], np.zeros(len(pos), bool)
-        for j, p in enumerate(pos):
+        # plain Python lists in the per-session loops (numpy scalars index and box slowly)
+        lives, started = [], []
+        live_map = self._live
+        for p in pos.tolist():
             sid = sids[p]
-            if sid in self._live:
-                self._touch(sid, now)
-                live = self._live[sid]
-            else:
+            live = live_map.get(sid)
+            if live is None:
                 live = self._open(sid, now)
-                started[j] = True
+                started.append(True)
+            else:
+                live.used = now
+                live_map.move_to_end(sid)
+                started.append(False)
             lives.append(live)
         res.new_session[pos] = started
         item = idx[pos]
@@ -492,18 +513,25 @@ class SessionStore:
         res.unknown_item[pos] = ~known
         step_j = np.flatnonzero(known)
         if len(step_j):
-            rows = np.array([lives[j].slot for j in step_j], np.int64)
-            new = np.array([lives[j].n_clicks == 0 for j in step_j], bool)
-            self._slots.save_prev(rows)
-            for j in step_j:
+            slots, new = [], []
+            for j, it in zip(step_j.tolist(), item[step_j].tolist()):
                 live = lives[j]
+                slots.append(live.slot)
+                new.append(live.n_clicks == 0)
                 live.n_clicks += 1
-                live.last_item = int(item[j])
-                live.seen.add(int(item[j]))
-            excl = [lives[j].seen for j in step_j] if exclude_seen else None
-            ti, tv = self._score_topk(rows, item[step_j].astype(np.int32), new, k, excl)
-            res.items[pos[step_j]] = self.model.item_index_.ids[ti]
-            res.scores[pos[step_j]] = tv
+                live.last_item = it
+                live.seen.add(it)
+            rows, new = np.array(slots, np.int64), np.array(new, bool)
+            self._slots.save_prev(rows)
+            if k is None:
+                self._slots.scorer.advance(rows, item[step_j].astype(np.int32), new)
+            else:
+                excl = [lives[j].seen for j in step_j] if exclude_seen else None
+                ti, tv = self._score_topk(rows, item[step_j].astype(np.int32), new, k, excl)
+                res.items[pos[step_j]] = self.model.item_index_.ids[ti]
+                res.scores[pos[step_j]] = tv
+        if k is None:
+            return
         unk = np.flatnonzero(~known)
         warm = [j for j in unk if lives[j].n_clicks > 0]
         if warm:
@@ -537,37 +565,13 @@ class SessionStore:
     def _score_topk(self, rows, items, new, k, exclude):
         """(R, k') item indices and scores of the sessions in slots ``rows`` after clicks
         ``items``; ``exclude``: per row a collection of indices to leave out, or None."""
-        R = len(rows)
         kk = min(k, self.n_items)
+        sc = self._slots.scorer
+        excl = None if exclude is None else Exclusions(exclude, self.n_items)
         if self.cuda:
-            sc = self._scorers[0]
-            if exclude is None and hasattr(sc, "topk"):
-                ti, tv = sc.topk(rows, items, new, kk)
-                return ti.astype(np.int64), tv
-            S = np.array(sc.score(rows, items, new), np.float32)
-            _mask(S, exclude, 0, self.n_items)
-            return top_k(S, kk)
-        ti = np.empty((R, kk), np.int64)
-        tv = np.empty((R, kk), np.float32)
-
-        def block(b, a, e):
-            S = self._scorers[b].score(rows[a:e], items[a:e], new[a:e])
-            if exclude is not None:
-                _mask(S, exclude[a:e], 0, self.n_items)
-            ti[a:e], tv[a:e] = top_k(S, kk)
-
-        from ..backends.cpu_scoring import run_row_blocks
-        run_row_blocks(R, len(self._scorers), MIN_BLOCK_ROWS, block)
-        return ti, tv
-
-
-def _mask(S, exclude, a, n_items) -> None:
-    if exclude is None:
-        return
-    for i, seen in enumerate(exclude):
-        if seen:
-            cols = np.fromiter(seen, np.int64, len(seen))
-            S[a + i, cols[cols < n_items]] = -np.inf
+            ti, tv = sc.topk(rows, items, new, kk, excl)
+            return ti.astype(np.int64), tv
+        return sc.topk(rows, items, new, kk, excl)
 
 
 def _take_bag(bag, keep):

@@ -43,7 +43,8 @@ class Scorer(ScratchBuffers):
     items, new_session)`` feeds one click per listed row (rows: (R,) int indices into the state,
     distinct; items: (R,) int item indices; new_session: (R,) bool, True resets that row) and
     returns float32 (R, n_items) host scores ``final_act(h_comb @ Wy.T + By)``. ``rank`` and
-    ``topk`` do the same step but keep the score block on the device.
+    ``topk`` do the same step but keep the score block on the device; ``advance`` does the
+    step alone (no scores).
     """
 
     def __init__(self, device: Device, params: dict, sum_mode: bool, final_act=(0, 0.0),
@@ -83,16 +84,26 @@ class Scorer(ScratchBuffers):
                      [self._buf(f"y{g}", (R, H)), rows_d, R, H, h])
         return net.combine([True] * net.S, R, self.sum_mode, self._arange, self._buf, None)
 
-    def _scores_device(self, rows, items, new_session):
-        """(R, n_items) float32 device scores of one click per row (advances those rows)."""
+    def _step(self, rows, items, new_session):
+        """One click per row (host inputs of the protocol); returns h_comb (R, Hc)."""
         if self.h is None:
             raise ValueError("call begin(n_rows) before score()")
-        d, p = self.dev, self.net.p
-        R = len(rows)
+        d = self.dev
         rows_d = d.to_device(np.asarray(rows), np.int32)
         items_d = d.to_device(np.asarray(items), np.int32)
         reset_d = d.to_device(np.asarray(new_session).astype(np.uint8))
-        x = self._forward_rows(rows_d, items_d, reset_d, R)
+        return self._forward_rows(rows_d, items_d, reset_d, len(rows))
+
+    def advance(self, rows, items, new_session) -> None:
+        """The state update of :meth:`score` without scoring any item."""
+        if len(rows):
+            self._step(rows, items, new_session)
+
+    def _scores_device(self, rows, items, new_session):
+        """(R, n_items) float32 device scores of one click per row (advances those rows)."""
+        d, p = self.dev, self.net.p
+        R = len(rows)
+        x = self._step(rows, items, new_session)
         N = self.n_items
         S = self._buf("S", (R, N))
         d.gemm(x, p["Wy"], out=S, trans_b=True)
@@ -121,10 +132,23 @@ class Scorer(ScratchBuffers):
                          RANK_MODES[mode], ranks])
         return self.dev.to_host(ranks)
 
-    def topk(self, rows, items, new_session, k: int):
+    def topk(self, rows, items, new_session, k: int, exclude=None):
         """Top-k items per row, best first (ties: lower index first): (R, k) int32 indices
-        and float32 scores."""
-        return topk_device(self.dev, self._scores_device(rows, items, new_session), k)
+        and float32 scores. ``exclude``: :class:`~gru_engine.ranking.Exclusions` of R rows,
+        items scored ``-inf`` on the device before the top-k (as the CPU scorer's
+        ``topk``)."""
+        if not 1 <= int(k) <= self.n_items:  # before the state moves
+            raise ValueError(f"k must be in [1, {self.n_items}], got {k!r}")
+        if exclude is not None and exclude.n_rows != len(rows):
+            raise ValueError(f"exclude has {exclude.n_rows} rows for {len(rows)} rows")
+        S = self._scores_device(rows, items, new_session)
+        if exclude is not None:
+            ptr = exclude.indptr
+            cols = exclude.indices[ptr[0]:ptr[-1]]
+            if len(cols):
+                r = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(ptr))
+                S[self.dev.to_device(r), self.dev.to_device(cols)] = -np.inf
+        return topk_device(self.dev, S, k)
 
 
 def topk_device(device: Device, S, k: int):
