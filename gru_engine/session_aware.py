@@ -133,3 +133,58 @@ def build_user_sessions(data, item_index: ItemIndex | None = None,
     has = session_known[kept]
     codes[has] = np.searchsorted(user_ids, session_user[kept][has])
     return UserSessions(sessions, codes, user_ids), item_index, report
+
+
+class UserHistoryPop:
+    """The simplest session-aware baseline, a :class:`~gru_engine.evaluation.UserAwareScorer`:
+    every item scores the number of times the session's user clicked it in the history
+    sessions, plus ``0.5 * pop / max(pop)`` with ``pop`` its number of history clicks by all
+    users (< 1, so it only breaks ties between equal counts; an anonymous user or one without
+    history gets popularity alone). The current session's clicks are not read. Useful as a
+    check that a cross-session signal exists.
+
+    n_items: number of item indices scored (the model's item index).
+    """
+
+    def __init__(self, n_items: int):
+        self.n_items = int(n_items)
+
+    def begin(self, n_rows: int) -> None:
+        self._row_user = np.full(n_rows, -1, dtype=np.int64)
+        self._told = np.zeros(n_rows, dtype=bool)  # start_sessions named the row's user
+        self._history = None
+
+    def begin_users(self, history) -> None:
+        from scipy import sparse
+        self._history = history
+        if history is None:
+            self._counts = sparse.csr_matrix((0, self.n_items), dtype=np.float32)
+            self._pop = np.zeros(self.n_items, dtype=np.float32)
+            return
+        s = history.sessions
+        event_user = np.repeat(history.users, s.lengths)
+        keep = event_user >= 0
+        self._counts = sparse.csr_matrix(
+            (np.ones(int(keep.sum()), dtype=np.float32), (event_user[keep], s.items[keep])),
+            shape=(len(history.user_ids), self.n_items))
+        self._counts.sum_duplicates()
+        pop = np.bincount(s.items, minlength=self.n_items).astype(np.float64)
+        self._pop = (0.5 * pop / max(pop.max(), 1.0)).astype(np.float32)
+
+    def start_sessions(self, rows, user_ids, known) -> None:
+        codes = np.full(len(rows), -1, dtype=np.int64)
+        if self._history is not None and np.any(known):
+            codes[known] = self._history.codes_of(np.asarray(user_ids)[known])
+        self._row_user[rows] = codes
+        self._told[rows] = True
+
+    def score(self, rows, items, new_session) -> np.ndarray:
+        fresh = rows[new_session]
+        self._row_user[fresh[~self._told[fresh]]] = -1  # a new session nobody named: anonymous
+        self._told[rows] = False
+        out = np.repeat(self._pop[None, :], len(rows), axis=0)
+        users = self._row_user[rows]
+        has = np.flatnonzero(users >= 0)
+        if len(has):
+            out[has] += self._counts[users[has]].toarray()
+        return out

@@ -74,3 +74,20 @@ def test_build_user_sessions_errors():
     t[USER_KEY][1] = "a"
     with pytest.raises(ValueError, match="session 10 has events of two users"):
         build_user_sessions(t)
+
+
+def test_user_history_pop_scores():
+    from gru_engine.session_aware import UserHistoryPop
+    us, index, _ = build_user_sessions(table())
+    scorer = UserHistoryPop(len(index))  # index ids: 1, 2, 3 (first appearance)
+    scorer.begin(2)
+    scorer.begin_users(us)
+    scorer.start_sessions(np.array([0, 1]), np.array(["a", "zz"]), np.array([True, True]))
+    got = scorer.score(np.array([0, 1]), np.array([0, 0], dtype=np.int32), np.array([True, True]))
+    # user a clicked 2, 3 (session 11) and 3, 1 (14); popularity (sessions 10, 11, 12, 14;
+    # 13 is too short) 1: 3, 2: 2, 3: 3
+    pop = 0.5 * np.array([3, 2, 3]) / 3
+    np.testing.assert_allclose(got, [[1, 1, 2] + pop, pop], rtol=1e-6)
+    # a new session no one named (a plain replay reusing slot 0) is anonymous
+    got = scorer.score(np.array([0]), np.array([0], dtype=np.int32), np.array([True]))
+    np.testing.assert_allclose(got, [pop], rtol=1e-6)
