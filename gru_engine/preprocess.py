@@ -25,8 +25,10 @@ The pipeline (:func:`preprocess`), as in the published GRU4Rec preprocessing of 
 
 Each step logs its counts (logger ``"gru_engine"``, level INFO) and :func:`preprocess` returns
 them. Readers of the raw formats: :func:`read_yoochoose_clicks`, :func:`read_diginetica_views`,
-:func:`read_retailrocket_events`; :func:`preprocess_file` runs reader + pipeline with each
-dataset's defaults (:data:`DATASETS`).
+:func:`read_retailrocket_events`, :func:`read_lastfm_listens`; all but YooChoose also give a
+``UserId`` column, which every step carries along. :func:`preprocess_session_aware` is the
+session-aware split instead (each user's last session as test, HRNN);
+:func:`preprocess_file` runs reader + pipeline with each dataset's defaults (:data:`DATASETS`).
 """
 from __future__ import annotations
 
