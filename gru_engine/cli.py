@@ -154,7 +154,14 @@ def cmd_preprocess(args) -> int:
     quiet_steps.filter = lambda record: not str(record.msg).startswith("preprocess ")
     logger.addFilter(quiet_steps)
     try:
-        stats = preprocess.preprocess_file(args.dataset, args.raw_file, args.out_dir)
+        options = {k: v for k, v in (("min_item_support", args.min_item_support),
+                                     ("min_session_length", args.min_session_length),
+                                     ("min_sessions_per_user", args.min_sessions_per_user))
+                   if v is not None}
+        if "min_sessions_per_user" in options and args.split != "user":
+            raise ValueError("--min-sessions-per-user applies to --split user only")
+        stats = preprocess.preprocess_file(args.dataset, args.raw_file, args.out_dir,
+                                           split=args.split, **options)
     finally:
         logger.removeFilter(quiet_steps)
     for key, value in stats.items():
@@ -388,9 +395,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("preprocess", help="GRU4Rec preprocessing of a raw public dataset")
-    p.add_argument("dataset", choices=("rsc15", "diginetica", "retailrocket"))
-    p.add_argument("raw_file", help="yoochoose-clicks.dat, train-item-views.csv or events.csv")
+    p.add_argument("dataset", choices=("rsc15", "diginetica", "retailrocket", "lastfm"))
+    p.add_argument("raw_file", help="yoochoose-clicks.dat, train-item-views.csv, events.csv or "
+                                    "userid-timestamp-artid-artname-traid-traname.tsv")
     p.add_argument("out_dir", help="folder for the train/test/train_tr/train_valid files")
+    p.add_argument("--split", choices=("time", "user"), default="time",
+                   help="time: the last days are test (GRU4Rec); user: each user's last "
+                        "session is test (session-aware, HRNN; not rsc15) "
+                        "(default: %(default)s)")
+    p.add_argument("--min-item-support", type=int, default=None,
+                   help="drop items with fewer events (default 5)")
+    p.add_argument("--min-session-length", type=int, default=None,
+                   help="drop sessions with fewer events (default 2)")
+    p.add_argument("--min-sessions-per-user", type=int, default=None,
+                   help="--split user: drop users with fewer sessions (default 2)")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("compile", help="compile and cache the CPU kernels ahead of time (e.g. "

@@ -18,7 +18,9 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 
 from .exceptions import ModelFitError
+from .data import show_id
 from .ranking import RANK_MODES, _check_threads, rank_targets
+from .session_aware import UserSessions
 
 logger = logging.getLogger("gru_engine")
 
@@ -275,4 +277,140 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
         result["by_position"] = _by_position(ranks, position, cutoffs)
     logger.info("evaluated %d predictions of %d sessions in %.2f s (%.0f/s), mode=%s",
                 len(ranks), result["n_sessions"], seconds, len(ranks) / max(seconds, 1e-9), mode)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the session-aware protocol (HRNN)
+# ---------------------------------------------------------------------------------------------
+@runtime_checkable
+class UserAwareScorer(Protocol):
+    """A :class:`SessionScorer` that also reads the user of each session (a user-level model).
+
+    ``begin_users(history)``: called once, right after ``begin``, with the users' earlier
+    sessions (:class:`~gru_engine.session_aware.UserSessions`, or None): the scorer builds
+    each user's state from them.
+
+    ``start_sessions(rows, user_ids, known)``: called just before the ``score`` (or ``rank``)
+    call in which slots ``rows`` (R,) int64 start new sessions; ``user_ids`` (R,) the original
+    user id of each new session, ``known`` (R,) bool, False for an anonymous session (its
+    ``user_ids`` entry is a placeholder), which the scorer starts as a plain session.
+    """
+
+    def begin_users(self, history) -> None: ...
+
+    def start_sessions(self, rows: np.ndarray, user_ids: np.ndarray, known: np.ndarray) -> None: ...
+
+
+class _UserFeed:
+    """A user-aware scorer seen as a plain one: tells it the user of each session it starts.
+
+    :func:`evaluate_sessions` starts the sessions (of 2+ events) in order of their first event
+    time, and within one step lower slots first, so the ``k``-th new session it passes is the
+    ``k``-th of ``order``.
+    """
+
+    def __init__(self, scorer, history, user_ids: np.ndarray, known: np.ndarray):
+        self.scorer, self.history = scorer, history
+        self.n_items = scorer.n_items
+        self.user_ids, self.known = user_ids, known
+        self._next = 0
+        if callable(getattr(scorer, "rank", None)):
+            self.rank = self._rank
+
+    def begin(self, n_rows: int) -> None:
+        self.scorer.begin(n_rows)
+        self.scorer.begin_users(self.history)
+        self._next = 0
+
+    def _start(self, rows, new_session):
+        k = int(np.count_nonzero(new_session))
+        if k:
+            take = slice(self._next, self._next + k)
+            self.scorer.start_sessions(rows[new_session], self.user_ids[take], self.known[take])
+            self._next += k
+
+    def score(self, rows, items, new_session):
+        self._start(rows, new_session)
+        return self.scorer.score(rows, items, new_session)
+
+    def _rank(self, rows, items, new_session, targets, mode):
+        self._start(rows, new_session)
+        return self.scorer.rank(rows, items, new_session, targets, mode)
+
+
+def _check_history(test, history) -> int:
+    """The number of test users with history; ``ValueError`` when a user's history reaches
+    past the start of the user's test session (the protocol predicts the *next* session)."""
+    if history is None:
+        return 0
+    if (history.user_ids.dtype.kind in "US") != (test.user_ids.dtype.kind in "US") \
+            and len(history.user_ids) and len(test.user_ids):
+        raise ValueError("the user ids of test and history are of different kinds (strings "
+                         "and integers); ids are never converted between kinds")
+    s, h = test.sessions, history.sessions
+    known = test.users >= 0
+    hist_code = np.full(len(test.users), -1, dtype=np.int64)
+    hist_code[known] = history.codes_of(test.user_ids[test.users[known]])
+    if not (hist_code >= 0).any():
+        return 0
+    last = np.full(len(history.user_ids), -np.inf)
+    h_known = history.users >= 0
+    np.maximum.at(last, history.users[h_known], h.times[h.offsets[1:] - 1][h_known])
+    start = s.times[s.offsets[:-1]]
+    has = hist_code >= 0
+    late = has & (last[np.maximum(hist_code, 0)] > start)
+    if late.any():
+        j = int(np.flatnonzero(late)[0])
+        raise ValueError(f"user {show_id(test.user_ids[test.users[j]])} has history up to time "
+                         f"{last[hist_code[j]]} after the start of a test session ({start[j]}); "
+                         "the session-aware protocol predicts sessions after the history")
+    return int(len(np.unique(test.users[has])))
+
+
+def evaluate_session_aware(scorer, test, history=None, cutoffs=(1, 5, 10, 20),
+                           mode: str = "conservative", batch_size: int = 512,
+                           by_position: bool = True, n_threads: int = 1) -> dict:
+    """The session-aware protocol of HRNN (Quadrana et al., RecSys 2017): every click of each
+    user's test session(s) is predicted, the user's earlier sessions are the history.
+
+    scorer:  a :class:`SessionScorer`; if it is also a :class:`UserAwareScorer` it gets
+             ``history`` first and the user of every test session as it starts, otherwise
+             (a plain session model) the history is not used.
+    test:    :class:`~gru_engine.session_aware.UserSessions`, e.g. the ``test`` split of
+             :func:`gru_engine.preprocess.preprocess_session_aware` built with the model's
+             item index (:func:`~gru_engine.session_aware.build_user_sessions`); anonymous
+             sessions are predicted as plain sessions.
+    history: :class:`~gru_engine.session_aware.UserSessions` of the users' earlier sessions
+             (the train split), or None; ``ValueError`` when a user's history ends after the
+             start of one of the user's test sessions.
+    Other arguments as :func:`evaluate_sessions` (``targets='all'``: every click).
+
+    Returns :func:`evaluate_sessions`'s dict plus ``'n_users'`` (test sessions' distinct
+    known users), ``'n_users_with_history'`` and ``'user_aware'`` (whether the scorer read
+    the users).
+    """
+    if not isinstance(test, UserSessions):
+        raise ValueError("test must be UserSessions (gru_engine.session_aware."
+                         f"build_user_sessions), got {type(test).__name__}")
+    if history is not None and not isinstance(history, UserSessions):
+        raise ValueError("history must be UserSessions or None, got "
+                         f"{type(history).__name__}")
+    n_with_history = _check_history(test, history)
+    user_aware = isinstance(scorer, UserAwareScorer)
+    if user_aware:
+        s = test.sessions
+        order = s.order_by_start_time()
+        order = order[s.lengths[order] >= 2]
+        codes = test.users[order]
+        known = codes >= 0
+        ids = test.user_ids[np.maximum(codes, 0)] if len(test.user_ids) else \
+            np.zeros(len(order), dtype=np.int64)
+        scorer = _UserFeed(scorer, history, ids, known)
+    result = evaluate_sessions(scorer, test.sessions, cutoffs=cutoffs, mode=mode,
+                               batch_size=batch_size, by_position=by_position, targets="all",
+                               n_threads=n_threads)
+    result["n_users"] = int(len(np.unique(test.users[test.users >= 0])))
+    result["n_users_with_history"] = n_with_history
+    result["user_aware"] = user_aware
     return result

@@ -25,17 +25,22 @@ The pipeline (:func:`preprocess`), as in the published GRU4Rec preprocessing of 
 
 Each step logs its counts (logger ``"gru_engine"``, level INFO) and :func:`preprocess` returns
 them. Readers of the raw formats: :func:`read_yoochoose_clicks`, :func:`read_diginetica_views`,
-:func:`read_retailrocket_events`; :func:`preprocess_file` runs reader + pipeline with each
-dataset's defaults (:data:`DATASETS`).
+:func:`read_retailrocket_events`, :func:`read_lastfm_listens`; all but YooChoose also give a
+``UserId`` column, which every step carries along. :func:`preprocess_session_aware` is the
+session-aware split instead (each user's last session as test, HRNN);
+:func:`preprocess_file` runs reader + pipeline with each dataset's defaults (:data:`DATASETS`).
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
 import logging
 import os
 
 import numpy as np
 
 from .data import extract_events, read_events, write_events
+from .session_aware import USER_KEY, extract_users, user_column, users_of_sessions
 
 logger = logging.getLogger("gru_engine")
 
@@ -50,18 +55,24 @@ FILE_SUFFIX = {"train": "train_full", "test": "test", "train_tr": "train_tr",
 # ---------------------------------------------------------------------------------------------
 # generic steps on event dicts
 # ---------------------------------------------------------------------------------------------
+def _keys(events: dict) -> tuple:
+    """The columns a step carries: :data:`KEYS`, plus ``UserId`` when the events have it."""
+    return KEYS + ((USER_KEY,) if USER_KEY in events else ())
+
+
 def _check(events: dict) -> int:
     missing = [k for k in KEYS if k not in events]
     if missing:
         raise ValueError(f"events lack column(s) {missing}; expected {list(KEYS)}")
-    lengths = {len(events[k]) for k in KEYS}
+    lengths = {len(events[k]) for k in _keys(events)}
     if len(lengths) != 1:
-        raise ValueError(f"event columns {list(KEYS)} have different lengths {sorted(lengths)}")
+        raise ValueError(f"event columns {list(_keys(events))} have different lengths "
+                         f"{sorted(lengths)}")
     return lengths.pop()
 
 
 def _take(events: dict, selector) -> dict:
-    return {k: np.asarray(events[k])[selector] for k in KEYS}
+    return {k: np.asarray(events[k])[selector] for k in _keys(events)}
 
 
 def _codes(values: np.ndarray):
@@ -71,10 +82,15 @@ def _codes(values: np.ndarray):
 
 
 def counts(events: dict) -> dict:
-    """``{'events', 'sessions', 'items'}`` of an event dict (ints)."""
+    """``{'events', 'sessions', 'items'}`` of an event dict (ints), and ``'users'`` (distinct
+    known users) when it has a ``UserId`` column."""
     n = _check(events)
-    return {"events": n, "sessions": len(np.unique(events["SessionId"])),
-            "items": len(np.unique(events["ItemId"]))}
+    out = {"events": n, "sessions": len(np.unique(events["SessionId"])),
+           "items": len(np.unique(events["ItemId"]))}
+    if USER_KEY in events:
+        ids, known = extract_users(events)
+        out["users"] = len(np.unique(ids[known]))
+    return out
 
 
 def sort_events(events: dict) -> dict:
@@ -136,15 +152,16 @@ def restrict_to_train_items(test: dict, train: dict) -> dict:
 def _log_step(stats: dict, step: str, events: dict) -> dict:
     c = counts(events)
     stats[step] = c
-    logger.info("preprocess %-26s %10d events %9d sessions %7d items",
-                step, c["events"], c["sessions"], c["items"])
+    users = f" {c['users']:7d} users" if "users" in c else ""
+    logger.info("preprocess %-26s %10d events %9d sessions %7d items%s",
+                step, c["events"], c["sessions"], c["items"], users)
     return events
 
 
-def _holdout(events: dict, last_days: float, by_day: bool, min_session_length: int,
-             stats: dict, names: tuple):
-    """Steps 5-6 of the pipeline: time split, test restricted to train items and re-filtered."""
-    train, test = split_by_time(events, last_days, by_day)
+def _holdout(events: dict, split, min_session_length: int, stats: dict, names: tuple):
+    """Steps 5-6 of the pipeline: ``split(events) -> (train, test)`` (by time, or each user's
+    last sessions), then test restricted to train items and re-filtered."""
+    train, test = split(events)
     _log_step(stats, names[0], train)
     _log_step(stats, names[1] + "_split", test)
     test = _log_step(stats, names[1] + "_train_items", restrict_to_train_items(test, train))
@@ -171,7 +188,7 @@ def preprocess(events: dict, min_item_support: int = 5, min_session_length: int 
         raise ValueError(f"min_item_support and min_session_length must be >= 1, got "
                          f"{min_item_support} and {min_session_length}")
     valid_days = test_days if valid_days is None else valid_days
-    events = dict(zip(KEYS, extract_events(events, *KEYS)))
+    events = _validated(events)
     stats: dict = {}
     data = _log_step(stats, "input", sort_events(events))
     data = _log_step(stats, "filter_short_sessions", filter_short_sessions(data, min_session_length))
@@ -180,24 +197,178 @@ def preprocess(events: dict, min_item_support: int = 5, min_session_length: int 
                      filter_short_sessions(data, min_session_length))
     if len(data["ItemId"]) == 0:
         raise ValueError("no events left after the support / length filters")
-    train, test = _holdout(data, test_days, by_day, min_session_length, stats, ("train", "test"))
+    train, test = _holdout(data, lambda ev: split_by_time(ev, test_days, by_day),
+                           min_session_length, stats, ("train", "test"))
     if len(train["ItemId"]) == 0:
         raise ValueError(f"the last {test_days} day(s) hold all sessions; nothing left to train on")
-    train_tr, valid = _holdout(train, valid_days, by_day, min_session_length, stats,
-                               ("train_tr", "train_valid"))
+    train_tr, valid = _holdout(train, lambda ev: split_by_time(ev, valid_days, by_day),
+                               min_session_length, stats, ("train_tr", "train_valid"))
     result = {"train": train, "test": test, "train_tr": train_tr, "train_valid": valid,
               "stats": stats, "paths": {}}
     for split in SPLITS:
         if stats[split]["events"] == 0:
             logger.warning("preprocess: the %s split is empty (test_days=%s, valid_days=%s)",
                            split, test_days, valid_days)
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        for split in SPLITS:
-            path = os.path.join(os.fspath(out_dir), f"{name}_{FILE_SUFFIX[split]}.tsv.gz")
-            write_events(path, result[split])
-            result["paths"][split] = path
-            logger.info("wrote %s", path)
+    _write_splits(result, out_dir, name)
+    return result
+
+
+def _validated(events: dict) -> dict:
+    """The event columns validated (:func:`~gru_engine.data.extract_events`); ``UserId``, when
+    present, as :func:`~gru_engine.session_aware.user_column` writes it, one user per session
+    checked."""
+    out = dict(zip(KEYS, extract_events(events, *KEYS)))
+    if USER_KEY in events:
+        ids, known = extract_users(events)
+        if len(ids) != len(out["ItemId"]):
+            raise ValueError(f"column {USER_KEY!r} has {len(ids)} rows, the events "
+                             f"{len(out['ItemId'])}")
+        users_of_sessions(out["SessionId"], ids, known)
+        out[USER_KEY] = user_column(events[USER_KEY])
+    return out
+
+
+def _write_splits(result: dict, out_dir, name: str) -> None:
+    if out_dir is None:
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    for split in SPLITS:
+        path = os.path.join(os.fspath(out_dir), f"{name}_{FILE_SUFFIX[split]}.tsv.gz")
+        write_events(path, result[split])
+        result["paths"][split] = path
+        logger.info("wrote %s", path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the session-aware split (HRNN protocol)
+# ---------------------------------------------------------------------------------------------
+def _session_table(events: dict):
+    """Per event: session code; per session: ``(start, end, user id, user known)``."""
+    _, codes, _ = _codes(np.asarray(events["SessionId"]))
+    n = codes.max() + 1 if len(codes) else 0
+    times = np.asarray(events["Time"], dtype=np.float64)
+    start, end = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(start, codes, times)
+    np.maximum.at(end, codes, times)
+    ids, known = extract_users(events)
+    _, session_user, session_known = users_of_sessions(codes, ids, known)
+    return codes, start, end, session_user, session_known
+
+
+def drop_anonymous(events: dict) -> dict:
+    """Events whose ``UserId`` is known (order kept); ``ValueError`` without a ``UserId``
+    column."""
+    if USER_KEY not in events:
+        raise ValueError(f"events lack the column {USER_KEY!r} that the session-aware split "
+                         f"needs; columns: {sorted(events)}")
+    _check(events)
+    _, known = extract_users(events)
+    return _take(events, known)
+
+
+def filter_users(events: dict, min_sessions: int = 2) -> dict:
+    """Events of the users with at least ``min_sessions`` sessions (order kept; anonymous
+    events must have been dropped: :func:`drop_anonymous`)."""
+    if _check(events) == 0:
+        return _take(events, slice(None))
+    codes, _, _, session_user, known = _session_table(events)
+    if not known.all():
+        raise ValueError("filter_users: drop the anonymous sessions first (drop_anonymous)")
+    _, user_code, n_sessions = _codes(session_user)
+    return _take(events, (n_sessions[user_code] >= min_sessions)[codes])
+
+
+def split_last_sessions(events: dict, n_sessions: int = 1, min_history: int = 1):
+    """``(train, test)``: test = each user's last ``n_sessions`` sessions, for the users with
+    at least ``n_sessions + min_history`` sessions (the others stay whole in train).
+
+    A user's sessions are ordered by their first event's time (ties: last event's time, then
+    session id). A session goes to one side whole; event order is kept. Every event needs a
+    known ``UserId`` (:func:`drop_anonymous`).
+    """
+    if n_sessions < 1 or min_history < 0:
+        raise ValueError(f"n_sessions must be >= 1 and min_history >= 0, got {n_sessions} and "
+                         f"{min_history}")
+    if _check(events) == 0:
+        raise ValueError("cannot split an empty event set")
+    codes, start, end, session_user, known = _session_table(events)
+    if not known.all():
+        raise ValueError("split_last_sessions: every session needs a known user; drop the "
+                         "anonymous ones first (drop_anonymous)")
+    _, user_code, per_user = _codes(session_user)
+    order = np.lexsort((np.arange(len(start)), end, start, user_code))
+    rank = np.empty(len(order), dtype=np.int64)  # position of each session among its user's
+    first_of_user = np.searchsorted(user_code[order], user_code[order])
+    rank[order] = np.arange(len(order)) - first_of_user
+    from_end = per_user[user_code] - 1 - rank
+    is_test = (from_end < n_sessions) & (per_user[user_code] >= n_sessions + min_history)
+    return _take(events, ~is_test[codes]), _take(events, is_test[codes])
+
+
+def preprocess_session_aware(events: dict, min_item_support: int = 5,
+                             min_session_length: int = 2, min_sessions_per_user: int = 2,
+                             test_sessions: int = 1, valid_sessions: int | None = None,
+                             out_dir: str | os.PathLike | None = None,
+                             name: str = "events") -> dict:
+    """The session-aware split of the HRNN paper (Quadrana et al., RecSys 2017): each user's
+    last session(s) are the test set, the user's earlier sessions are in train (the history a
+    user-level model reads). Every click of a test session is predicted
+    (:func:`gru_engine.evaluation.evaluate_session_aware`).
+
+    events: as :func:`preprocess`, plus a ``UserId`` column (``ValueError`` without one).
+    Steps, each logged and counted in ``'stats'``:
+
+    1. sort by (session, time); 2. ``drop_anonymous``: sessions without a user;
+    3. sessions shorter than ``min_session_length`` (2); 4. items with fewer than
+    ``min_item_support`` (5) events; 5. sessions now too short;
+    6. ``filter_users``: users with fewer than ``min_sessions_per_user`` (2) sessions (one
+       history session + the test one at least; the HRNN paper used stricter filters);
+    7. ``train`` / ``test_split``: each user's last ``test_sessions`` (1) sessions are test
+       (:func:`split_last_sessions`); 8. test events whose item is not in train are removed,
+       then test sessions shorter than ``min_session_length``;
+    9. the same inside train with ``valid_sessions`` (default ``test_sessions``), for the users
+       with more than ``valid_sessions`` train sessions: ``train_tr`` and ``train_valid``.
+
+    The filters run once each, in this order (a user may fall below ``min_sessions_per_user``
+    through step 8; the split does not re-filter). Returns what :func:`preprocess` returns;
+    the files keep the ``UserId`` column.
+    """
+    if min_item_support < 1 or min_session_length < 1:
+        raise ValueError(f"min_item_support and min_session_length must be >= 1, got "
+                         f"{min_item_support} and {min_session_length}")
+    valid_sessions = test_sessions if valid_sessions is None else valid_sessions
+    if test_sessions < 1 or valid_sessions < 1:
+        raise ValueError(f"test_sessions and valid_sessions must be >= 1, got {test_sessions} "
+                         f"and {valid_sessions}")
+    if min_sessions_per_user < test_sessions + 1:
+        raise ValueError(f"min_sessions_per_user must be >= test_sessions + 1 = "
+                         f"{test_sessions + 1} (a test user needs a history), got "
+                         f"{min_sessions_per_user}")
+    if USER_KEY not in events:
+        raise ValueError(f"the session-aware split needs a {USER_KEY!r} column; the events have "
+                         f"{sorted(events)}")
+    events = _validated(events)
+    stats: dict = {}
+    data = _log_step(stats, "input", sort_events(events))
+    data = _log_step(stats, "drop_anonymous", drop_anonymous(data))
+    data = _log_step(stats, "filter_short_sessions", filter_short_sessions(data, min_session_length))
+    data = _log_step(stats, "filter_rare_items", filter_rare_items(data, min_item_support))
+    data = _log_step(stats, "filter_short_sessions_again",
+                     filter_short_sessions(data, min_session_length))
+    data = _log_step(stats, "filter_users", filter_users(data, min_sessions_per_user))
+    if len(data["ItemId"]) == 0:
+        raise ValueError("no events left after the user / support / length filters")
+    data[USER_KEY] = extract_users(data)[0]  # every user known from here on
+    train, test = _holdout(data, lambda ev: split_last_sessions(ev, test_sessions),
+                           min_session_length, stats, ("train", "test"))
+    train_tr, valid = _holdout(train, lambda ev: split_last_sessions(ev, valid_sessions),
+                               min_session_length, stats, ("train_tr", "train_valid"))
+    result = {"train": train, "test": test, "train_tr": train_tr, "train_valid": valid,
+              "stats": stats, "paths": {}}
+    for split in SPLITS:
+        if stats[split]["events"] == 0:
+            logger.warning("preprocess: the %s split is empty", split)
+    _write_splits(result, out_dir, name)
     return result
 
 
@@ -253,12 +424,14 @@ def read_diginetica_views(path: str | os.PathLike) -> dict:
     Raw format: ``;``-separated with header ``sessionId;userId;itemId;timeframe;eventdate``;
     ``timeframe`` is milliseconds since the session's start, ``eventdate`` ``YYYY-MM-DD``.
     Time = midnight UTC of eventdate + timeframe / 1000 (seconds), as in the session-rec
-    GRU4Rec evaluations; userId is not read. Preprocess with ``test_days=7, by_day=True``
+    GRU4Rec evaluations. ``UserId`` = userId, missing (``NA`` or empty in the file: most
+    sessions are anonymous) for anonymous sessions. Preprocess with ``test_days=7, by_day=True``
     (:data:`DATASETS`): test = the sessions dated in the last 7 days, the SR-GNN protocol. One
     difference: SR-GNN drops the sessions dated exactly 7 days before the last date from both
     sides (its ``<`` / ``>`` split); here they are train.
     """
-    raw = read_events(path, sep=";", columns=["sessionId", "itemId", "timeframe", "eventdate"])
+    raw = read_events(path, sep=";", columns=["sessionId", "userId", "itemId", "timeframe",
+                                              "eventdate"])
     try:
         days = np.asarray(raw["eventdate"]).astype(str).astype("datetime64[D]")
     except ValueError as exc:
@@ -267,7 +440,8 @@ def read_diginetica_views(path: str | os.PathLike) -> dict:
     if np.isnat(days).any() or np.isnan(frame).any():
         raise ValueError(f"{path}: missing eventdate or timeframe")
     return {"SessionId": raw["sessionId"], "ItemId": raw["itemId"],
-            "Time": days.astype(np.int64) * DAY + frame / 1000.0}
+            "Time": days.astype(np.int64) * DAY + frame / 1000.0,
+            USER_KEY: user_column(raw["userId"])}
 
 
 def sessionize(user_ids, times, max_gap: float = 1800.0) -> np.ndarray:
@@ -294,7 +468,7 @@ def read_retailrocket_events(path: str | os.PathLike, session_gap: float = 1800.
     are kept; the dataset has no sessions, so a visitor's views are cut into sessions at gaps
     of more than ``session_gap`` seconds (30 minutes, the usual web-analytics inactivity timeout
     and the one session-rec uses for this dataset). SessionId = dense session number in
-    (visitor, time) order. Preprocess with ``test_days=7`` (:data:`DATASETS`): the last week, as
+    (visitor, time) order; ``UserId`` = visitorid. Preprocess with ``test_days=7`` (:data:`DATASETS`): the last week, as
     our shared retailrocket split (SR-GNN-style) does, so results can be compared with it.
     """
     raw = read_events(path, sep=",", columns=["timestamp", "visitorid", "event", "itemid"])
@@ -302,30 +476,119 @@ def read_retailrocket_events(path: str | os.PathLike, session_gap: float = 1800.
     times = np.asarray(raw["timestamp"], dtype=np.float64)[keep] / 1000.0
     visitors = np.asarray(raw["visitorid"])[keep]
     return {"SessionId": sessionize(visitors, times, session_gap),
-            "ItemId": np.asarray(raw["itemid"])[keep], "Time": times}
+            "ItemId": np.asarray(raw["itemid"])[keep], "Time": times, USER_KEY: visitors}
 
 
-#: dataset name -> (reader, keyword defaults of :func:`preprocess`)
+#: fields of a Last.fm 1K listening line, in file order
+LASTFM_FIELDS = ("userid", "timestamp", "artist_mbid", "artist_name", "track_mbid", "track_name")
+
+
+def lastfm_name_id(artist: str, track: str) -> str:
+    """Item id of a Last.fm track without a MusicBrainz id: ``'name:'`` + the first 24 hex
+    digits of BLAKE2b of ``artist + '\\x1f' + track`` (UTF-8; the ASCII unit separator, which
+    no name holds, keeps the (artist, track) pairs apart). A fixed short id, so that the id
+    column stays as narrow as a MusicBrainz id (36 characters) whatever the names' length."""
+    digest = hashlib.blake2b(f"{artist}\x1f{track}".encode("utf-8"), digest_size=12)
+    return "name:" + digest.hexdigest()
+
+
+def read_lastfm_listens(path: str | os.PathLike, session_gap: float = 1800.0,
+                        chunk_lines: int = 1_000_000) -> dict:
+    """Listening events of Last.fm 1K ``userid-timestamp-artid-artname-traid-traname.tsv``
+    (Celma 2010), sessionised per user.
+
+    Raw format: no header, tab-separated ``userid, timestamp (ISO-8601 UTC, e.g.
+    2009-05-04T23:08:57Z), musicbrainz-artist-id, artist-name, musicbrainz-track-id,
+    track-name``, each user's lines newest first; names may hold quotes, which are read as
+    written (no quoting). Item = the track's MusicBrainz id; a track without one (about a
+    tenth of the lines) gets :func:`lastfm_name_id` of its artist and track name. Lines with
+    neither a track id nor a track name, and lines without exactly six fields, are skipped and
+    counted in a logged warning. A user's next listen more than ``session_gap`` seconds (30
+    minutes) after the previous one starts a new session (:func:`sessionize`); ``UserId`` =
+    userid. Read line by line (no pandas: quotes must stay literal), ids interned.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such event file: {path}")
+    opener = gzip.open if path.endswith(".gz") else open
+    intern: dict = {}
+    name_ids: dict = {}
+    users, items, stamps = [], [], []
+    n_bad_fields = n_no_track = 0
+    first_bad = None
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="\n") as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = line.rstrip("\r\n").split("\t")
+            if len(fields) != 6:
+                if line.strip():
+                    n_bad_fields += 1
+                    first_bad = first_bad or line_no
+                continue
+            user, stamp, _, artist, track_id, track = fields
+            if not track_id:
+                if not track:
+                    n_no_track += 1
+                    continue
+                key = (artist, track)
+                track_id = name_ids.get(key)
+                if track_id is None:
+                    track_id = name_ids[key] = lastfm_name_id(artist, track)
+            users.append(intern.setdefault(user, user))
+            items.append(intern.setdefault(track_id, track_id))
+            stamps.append(stamp)
+    if n_bad_fields:
+        logger.warning("%s: skipped %d lines without exactly 6 tab-separated fields (first: "
+                       "line %d)", path, n_bad_fields, first_bad)
+    if n_no_track:
+        logger.warning("%s: skipped %d lines with neither a track id nor a track name", path,
+                       n_no_track)
+    if not users:
+        raise ValueError(f"{path} holds no listening line (6 tab-separated fields)")
+    times = parse_iso_utc(np.array(stamps, dtype=object), chunk=chunk_lines)
+    users = np.array(users, dtype=object).astype(str)
+    item_ids = np.array(items, dtype=str)
+    return {"SessionId": sessionize(users, times, session_gap), "ItemId": item_ids,
+            "Time": times, USER_KEY: users}
+
+
+#: dataset name -> (reader, keyword defaults of :func:`preprocess`); the session-aware split
+#: (:func:`preprocess_session_aware`) uses its own defaults for every dataset
 DATASETS = {
     "rsc15": (read_yoochoose_clicks, {"test_days": 1.0}),
     "diginetica": (read_diginetica_views, {"test_days": 7.0, "by_day": True}),
     "retailrocket": (read_retailrocket_events, {"test_days": 7.0}),
+    "lastfm": (read_lastfm_listens, {"test_days": 30.0}),
 }
+#: the split each dataset can get: 'time' (:func:`preprocess`), 'user' (session-aware,
+#: :func:`preprocess_session_aware`; needs the user column, which rsc15 lacks)
+SPLIT_KINDS = ("time", "user")
 
 
 def preprocess_file(dataset: str, path: str | os.PathLike, out_dir: str | os.PathLike,
-                    **options) -> dict:
+                    split: str = "time", **options) -> dict:
     """Raw file of ``dataset`` (a key of :data:`DATASETS`) -> the four split files in ``out_dir``.
 
-    Runs the dataset's reader and :func:`preprocess` with that dataset's defaults, overridden
-    by ``options``; files are named ``<out_dir>/<dataset>_{train_full,test,train_tr,
-    train_valid}.tsv.gz``. Returns the step counts (``preprocess(...)['stats']``: step name ->
-    ``{'events', 'sessions', 'items'}``); call the reader and :func:`preprocess` directly for
-    the arrays.
+    ``split='time'``: the reader and :func:`preprocess` with that dataset's defaults,
+    overridden by ``options``; files ``<out_dir>/<dataset>_{train_full,test,train_tr,
+    train_valid}.tsv.gz``. ``split='user'``: the session-aware split
+    (:func:`preprocess_session_aware`, each user's last session as test); files
+    ``<out_dir>/<dataset>_sessionaware_{...}.tsv.gz``; rsc15 has no user column
+    (``ValueError``). The files keep the ``UserId`` column of the datasets that have one.
+    Returns the step counts (``preprocess(...)['stats']``: step name -> ``{'events',
+    'sessions', 'items'[, 'users']}``); call the reader and the pipeline directly for the
+    arrays.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
+    if split not in SPLIT_KINDS:
+        raise ValueError(f"split must be one of {SPLIT_KINDS}, got {split!r}")
     reader, defaults = DATASETS[dataset]
+    if split == "user" and dataset == "rsc15":
+        raise ValueError("rsc15 (yoochoose-clicks.dat) has no user column; the session-aware "
+                         "split needs one (diginetica, retailrocket, lastfm)")
     events = reader(path)
+    if split == "user":
+        kwargs = {"name": f"{dataset}_sessionaware", **options}
+        return preprocess_session_aware(events, out_dir=out_dir, **kwargs)["stats"]
     kwargs = {**defaults, "name": dataset, **options}
     return preprocess(events, out_dir=out_dir, **kwargs)["stats"]

@@ -400,3 +400,244 @@ def test_written_files_read_back_with_the_data_layer(tmp_path):
     test_sessions, _, test_report = build_sessions(read_events(result["paths"]["test"]), index)
     assert report.n_short_sessions == 0 and test_report.n_unknown_item_events == 0
     assert train_sessions.n_events == 16 and test_sessions.n_events == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# users: the raw formats keep the user column; the session-aware split (HRNN protocol)
+# ---------------------------------------------------------------------------------------------
+def test_diginetica_and_retailrocket_keep_the_user(tmp_path, reader):
+    path = tmp_path / "train-item-views.csv"
+    path.write_text(DIGINETICA)
+    ev = P.read_diginetica_views(path)
+    assert ev["UserId"].tolist() == [None, None, 5, 5]  # NA -> missing, ids stay integers
+    assert P.counts(ev)["users"] == 1
+    path = tmp_path / "events.csv"
+    path.write_text(RETAILROCKET)
+    ev = P.read_retailrocket_events(path)
+    got = sorted(zip(ev["SessionId"].tolist(), ev["UserId"].tolist()))
+    assert got == [(0, 3), (0, 3), (1, 7), (1, 7), (1, 7), (2, 7)]
+
+
+def test_time_split_keeps_the_user_column(tmp_path):
+    ev = hand_events()
+    ev["UserId"] = np.array([None if s % 3 == 0 else f"u{s % 4}" for s in ev["SessionId"]],
+                            dtype=object)
+    result = P.preprocess(ev, out_dir=tmp_path, name="h")
+    assert as_sessions(result["test"]) == EXPECTED_SPLITS["test"]  # the user changes nothing
+    back = read_events(result["paths"]["train"])
+    assert list(back) == ["SessionId", "ItemId", "Time", "UserId"]
+    for s, u in zip(back["SessionId"].tolist(), back["UserId"].tolist()):
+        assert (u != u) if s % 3 == 0 else u == f"u{s % 4}"  # anonymous: an empty field
+    assert result["stats"]["train"]["users"] == 4  # u1 (1), u2 (2), u0 (4, 8), u3 (7)
+
+
+# Last.fm 1K: no header, newest first per user, tab-separated; track mbid may be empty
+LASTFM = (
+    "user_000002\t2009-05-04T13:40:00Z\tart-1\tDeep Dish\ttrk-3\tSay Hello\n"
+    "user_000002\t2009-05-04T13:10:00Z\tart-1\tDeep Dish\t\tFlashdance \"Live\"\n"
+    "user_000002\t2009-05-04T12:00:00Z\tart-2\tThe Dogs D'Amour\ttrk-1\tWait Until I'm Dead\n"
+    "user_000002\t2009-05-04T11:59:00Z\tart-2\tThe Dogs D'Amour\ttrk-2\tFall in Love Again?\n"
+    "user_000001\t2009-05-01T09:00:00Z\tart-3\tX\ttrk-1\tWait Until I'm Dead\n"
+    "user_000001\t2009-05-01T08:45:30Z\tart-3\tX\ttrk-3\tY\n"
+    "user_000001\t2009-05-01T08:40:00Z\t\t\t\t\n"            # no track at all: skipped
+    "user_000001\tbroken line\n"                              # 2 fields: skipped
+    "user_000001\t2009-04-30T08:00:00Z\tart-3\tX\ttrk-2\tZ\n"
+)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_lastfm_listens(tmp_path, gz, caplog):
+    path = tmp_path / ("userid-timestamp-artid-artname-traid-traname.tsv" + (".gz" if gz else ""))
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(LASTFM)
+    else:
+        path.write_text(LASTFM, encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="gru_engine"):
+        ev = P.read_lastfm_listens(path)
+    assert "skipped 1 lines without exactly 6" in caplog.text and "line 8" in caplog.text
+    assert "skipped 1 lines with neither a track id nor a track name" in caplog.text
+    name_id = P.lastfm_name_id("Deep Dish", 'Flashdance "Live"')  # quotes kept literally
+    assert name_id.startswith("name:") and len(name_id) == 29
+    assert P.lastfm_name_id("Deep Dis", 'hFlashdance "Live"') != name_id
+    rows = sorted(zip(ev["UserId"].tolist(), ev["Time"].tolist(), ev["SessionId"].tolist(),
+                      ev["ItemId"].tolist()))
+    t = lambda s: float(np.datetime64(s, "s").astype(np.int64))  # noqa: E731
+    # user 1: 04-30 08:00 | 05-01 08:45:30, 09:00 (14.5 min gap); user 2: 11:59, 12:00 |
+    # 13:10 (70 min gap: new), 13:40 (exactly 30 min: same session)
+    assert rows == [
+        ("user_000001", t("2009-04-30T08:00:00"), 0, "trk-2"),
+        ("user_000001", t("2009-05-01T08:45:30"), 1, "trk-3"),
+        ("user_000001", t("2009-05-01T09:00:00"), 1, "trk-1"),
+        ("user_000002", t("2009-05-04T11:59:00"), 2, "trk-2"),
+        ("user_000002", t("2009-05-04T12:00:00"), 2, "trk-1"),
+        ("user_000002", t("2009-05-04T13:10:00"), 3, name_id),
+        ("user_000002", t("2009-05-04T13:40:00"), 3, "trk-3")]
+    assert len(set(P.read_lastfm_listens(path, session_gap=3 * 3600)["SessionId"].tolist())) == 3
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("a\tb\n")
+    with pytest.raises(ValueError, match="no listening line"):
+        P.read_lastfm_listens(empty)
+
+
+def at_user(user, sess, items, day):
+    return [(sess, i, at(day, k), user) for k, i in enumerate(items)]
+
+
+# session: user, items, day; comments: fate under preprocess_session_aware(min_item_support=1)
+USER_HAND = (
+    at_user("A", 1, [1, 2, 3], 0)         # train_tr
+    + at_user("A", 2, [2, 3], 1)          # train_tr
+    + at_user("A", 10, [1, 3], 1.5)       # A's last train session: train_valid
+    + at_user("A", 3, [3, 1, 2], 2)       # A's last session: test
+    + at_user("B", 4, [1, 2], 0)          # B's only train session: train_tr (no valid)
+    + at_user("B", 5, [2, 9], 3)          # test; 9 not in train -> [2]: dropped
+    + at_user("C", 6, [1], 1)             # length 1: dropped -> C keeps one session:
+    + at_user("C", 7, [1, 2], 2)          #   C dropped by filter_users
+    + at_user(None, 8, [1, 2], 0)         # anonymous: dropped
+    + at_user("E", 9, [3, 1], 0)          # E's only session: dropped by filter_users
+)
+
+
+def user_events(rows=USER_HAND, seed=None):
+    if seed is not None:
+        rows = [rows[j] for j in np.random.default_rng(seed).permutation(len(rows))]
+    s, i, t, u = zip(*rows)
+    return {"SessionId": np.array(s), "ItemId": np.array(i), "Time": np.array(t),
+            "UserId": np.array(u, dtype=object)}
+
+
+@pytest.mark.parametrize("seed", [None, 5])
+def test_session_aware_pipeline_on_a_hand_table(seed, tmp_path):
+    result = P.preprocess_session_aware(user_events(seed=seed), min_item_support=1,
+                                        out_dir=tmp_path, name="u")
+    assert as_sessions(result["train"]) == {1: [1, 2, 3], 2: [2, 3], 10: [1, 3], 4: [1, 2]}
+    assert as_sessions(result["test"]) == {3: [3, 1, 2]}
+    assert as_sessions(result["train_tr"]) == {1: [1, 2, 3], 2: [2, 3], 4: [1, 2]}
+    assert as_sessions(result["train_valid"]) == {10: [1, 3]}
+    stats = {k: (v["events"], v["sessions"], v["users"]) for k, v in result["stats"].items()}
+    assert stats["input"] == (21, 10, 4)  # the anonymous session counts no user
+    assert stats["drop_anonymous"] == (19, 9, 4)
+    assert stats["filter_short_sessions"] == (18, 8, 4)
+    assert stats["filter_users"] == (14, 6, 2)
+    assert stats["test_split"] == (5, 2, 2) and stats["test"] == (3, 1, 1)
+    back = read_events(result["paths"]["test"])
+    assert back["UserId"].tolist() == ["A"] * 3 and back["ItemId"].tolist() == [3, 1, 2]
+    assert read_events(result["paths"]["train_tr"])["UserId"].tolist() == ["A"] * 5 + ["B"] * 2
+
+
+def test_session_aware_pipeline_filters_and_options():
+    # item support 5: items 1 (7 events in kept users... counted before the user filter), 2, 3
+    result = P.preprocess_session_aware(user_events(), min_item_support=5)
+    assert sorted(set(result["train"]["ItemId"].tolist())) == [1, 2, 3]
+    assert as_sessions(result["test"]) == {3: [3, 1, 2]}
+    three = P.preprocess_session_aware(user_events(), min_item_support=1, min_sessions_per_user=3)
+    assert set(three["train"]["UserId"].tolist()) == {"A"}  # B has 2 sessions
+    two = P.preprocess_session_aware(user_events(), min_item_support=1, test_sessions=2,
+                                     min_sessions_per_user=3)
+    assert as_sessions(two["test"]) == {10: [1, 3], 3: [3, 1, 2]}
+    assert as_sessions(two["train"]) == {1: [1, 2, 3], 2: [2, 3]}
+
+
+def test_split_last_sessions_orders_by_start_then_end():
+    ev = {"SessionId": np.array([1, 1, 2, 2, 3, 3]), "ItemId": np.array([1, 2, 1, 2, 1, 2]),
+          "Time": np.array([5.0, 9.0, 5.0, 8.0, 0.0, 1.0]), "UserId": np.array([7] * 6)}
+    train, test = P.split_last_sessions(ev)  # 1 and 2 start together; 1 ends later: last
+    assert sorted(set(test["SessionId"].tolist())) == [1]
+    train, test = P.split_last_sessions(ev, n_sessions=3)  # needs 4 sessions: all train
+    assert len(test["ItemId"]) == 0 and len(train["ItemId"]) == 6
+    _, test = P.split_last_sessions(ev, n_sessions=3, min_history=0)
+    assert len(test["ItemId"]) == 6
+
+
+def test_session_aware_errors():
+    ev = user_events()
+    no_user = {k: v for k, v in ev.items() if k != "UserId"}
+    with pytest.raises(ValueError, match="needs a 'UserId' column"):
+        P.preprocess_session_aware(no_user)
+    with pytest.raises(ValueError, match="lack the column 'UserId'"):
+        P.drop_anonymous(no_user)
+    with pytest.raises(ValueError, match="min_sessions_per_user must be >= test_sessions"):
+        P.preprocess_session_aware(ev, test_sessions=2)
+    with pytest.raises(ValueError, match="every session needs a known user"):
+        P.split_last_sessions(P.sort_events(ev))
+    two = user_events()
+    two["UserId"][0] = "B"  # session 1 now has events of A and B
+    with pytest.raises(ValueError, match="session 1 has events of two users"):
+        P.preprocess_session_aware(two)
+    with pytest.raises(ValueError, match="session 1 has events of two users"):
+        P.preprocess(two)
+    mixed = user_events()
+    mixed["UserId"][0] = 5
+    with pytest.raises(ValueError, match="'UserId' holds ids of type"):
+        P.preprocess_session_aware(mixed)
+    with pytest.raises(ValueError, match="no events left"):
+        P.preprocess_session_aware(ev, min_sessions_per_user=10)
+
+
+def lastfm_lines(n_users=4, n_sessions=5, items=(1, 2, 3)):
+    """Listens of users on consecutive days, newest first per user, as in the raw file."""
+    lines = []
+    for u in range(n_users):
+        for d in reversed(range(n_sessions)):
+            for k in reversed(range(len(items))):
+                stamp = str(np.datetime64(int(T0 + d * 86400 + u * 7 + k * 60), "s")) + "Z"
+                lines.append(f"user_{u:06d}\t{stamp}\tart\tA\ttrk-{items[k]}\tT{items[k]}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("dataset", ["lastfm", "retailrocket", "diginetica"])
+def test_preprocess_file_session_aware_split_of_each_raw_format(tmp_path, dataset):
+    """Four users with five 3-click sessions each (one a day), in each raw format: one
+    command gives the session-aware split: each user's last session is test."""
+    if dataset == "lastfm":
+        raw = tmp_path / "userid-timestamp-artid-artname-traid-traname.tsv"
+        raw.write_text(lastfm_lines())
+    elif dataset == "retailrocket":
+        raw = tmp_path / "events.csv"
+        raw.write_text("timestamp,visitorid,event,itemid,transactionid\n" + "".join(
+            f"{int((T0 + d * 86400 + u * 7 + k * 60) * 1000)},{u},view,{k + 1},\n"
+            for u in range(4) for d in range(5) for k in range(3)))
+    else:
+        raw = tmp_path / "train-item-views.csv"
+        day = lambda d: str(np.datetime64(int(T0 // 86400) + d, "D"))  # noqa: E731
+        raw.write_text("sessionId;userId;itemId;timeframe;eventdate\n" + "".join(
+            f"{u * 10 + d};{u};{k + 1};{k * 60000};{day(d)}\n"
+            for u in range(4) for d in range(5) for k in range(3))
+            + "99;NA;1;0;2016-01-01\n99;NA;2;5;2016-01-01\n")  # anonymous: dropped
+    stats = P.preprocess_file(dataset, raw, tmp_path / "out", split="user")
+    assert stats["test"] == {"events": 12, "sessions": 4, "items": 3, "users": 4}
+    assert stats["train"]["sessions"] == 16 and stats["train_valid"]["sessions"] == 4
+    test = read_events(tmp_path / "out" / f"{dataset}_sessionaware_test.tsv.gz")
+    train = read_events(tmp_path / "out" / f"{dataset}_sessionaware_train_full.tsv.gz")
+    for u in set(test["UserId"].tolist()):  # the test session is the user's latest
+        assert test["Time"][test["UserId"] == u].min() > train["Time"][train["UserId"] == u].max()
+    stats = P.preprocess_file(dataset, raw, tmp_path / "o2", split="user", test_sessions=2,
+                              min_sessions_per_user=5)
+    assert stats["test"]["sessions"] == 8 and stats["train_valid"]["sessions"] == 8
+
+
+def test_preprocess_file_split_errors(tmp_path):
+    raw = tmp_path / "x.tsv"
+    raw.write_text(lastfm_lines(n_sessions=2))
+    with pytest.raises(ValueError, match="rsc15 .* has no user column"):
+        P.preprocess_file("rsc15", raw, tmp_path, split="user")
+    with pytest.raises(ValueError, match="split must be one of"):
+        P.preprocess_file("lastfm", raw, tmp_path, split="users")
+    with pytest.raises(ValueError, match="no events left"):
+        P.preprocess_file("lastfm", raw, tmp_path, split="user", min_sessions_per_user=3)
+
+
+def test_cli_preprocess_session_aware(tmp_path, capsys):
+    from gru_engine.cli import main
+    raw = tmp_path / "listens.tsv"
+    raw.write_text(lastfm_lines())
+    assert main(["preprocess", "lastfm", str(raw), str(tmp_path / "out"), "--split", "user",
+                 "--min-item-support", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "test: {'events': 12, 'sessions': 4, 'items': 3, 'users': 4}" in out
+    assert (tmp_path / "out" / "lastfm_sessionaware_train_tr.tsv.gz").exists()
+    assert main(["preprocess", "lastfm", str(raw), str(tmp_path / "o"),
+                 "--min-sessions-per-user", "3"]) == 2
+    assert "--split user only" in capsys.readouterr().err
+    assert main(["preprocess", "rsc15", str(raw), str(tmp_path / "o"), "--split", "user"]) == 2
