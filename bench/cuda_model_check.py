@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     train, test = load_sample()
     if args.max_sessions:
         train = _first_sessions(train, args.max_sessions)
-    rows, results = [], {}
+    results = {}
     for device in ("cuda", "cpu"):
         m = SessionGRU(**PARAMS, n_epochs=args.epochs, random_state=args.seed, device=device)
         m.fit(train)

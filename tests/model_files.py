@@ -17,7 +17,6 @@ import subprocess
 import tempfile
 import sys
 import time
-import zlib
 
 import numpy as np
 

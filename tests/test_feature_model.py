@@ -301,7 +301,6 @@ def reference_scores(model, feats_x, session):
     """NumPy forward of every subnet over one session's clicks (dense item indices); returns
     the scores after the last click. ``feats_x[name]`` is the (n_items, d) input of a feature
     subnet, computed independently of the model's bag code."""
-    hc_parts = []
     Hc = model.params_["Wy"].shape[1]
     combined = np.zeros(Hc)
     for name in model.subnet_names_:
@@ -333,7 +332,6 @@ def test_scores_match_numpy_reference(combine):
     events, feats = _small()
     m = FeatureSessionGRU(combine=combine, **dict(SMALL, n_epochs=1)).fit(events, item_features=feats)
     idx = m.item_index_
-    vec = np.zeros((len(idx), 300))
     vec_rows = idx.lookup(np.arange(300))
     signal = feats["vec"].matrix
     cat = np.arange(300) % 7

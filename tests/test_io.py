@@ -1,13 +1,11 @@
 """Model files (gru_engine/io.py): older formats load with identical scores, round trips, every
 malformed file the production issue lists gives ModelFileError naming what is wrong, file modes,
 stale temporaries, and the CLI's one-line errors."""
-import json
 import os
 import stat
 import subprocess
 import sys
 import time
-import zipfile
 
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ import pytest
 
 import naive as ref
 from gru_engine import ModelFitError, NotFittedError
-from gru_engine import params as hp
 from gru_engine.backends import cpu_scoring
 from gru_engine.backends.cpu import Trainer
 from gru_engine.model import SessionGRU

@@ -1,6 +1,5 @@
 """gru-engine report: dataset discovery, the report on the bundled sample, resuming from cells."""
 import json
-import os
 
 import numpy as np
 import pytest
