@@ -12,13 +12,14 @@ One training step (all gradients use the parameters as they were before the step
    table rows, ``Wy`` column-block rows for the constrained ID input, or raw feature values),
    ``x @ Wx`` (a one-hot input's table row *is* the gate pre-activation), GRU layers,
    ``y = h' * mask``; the combination ``hc`` (``concat``, or ``sum`` with a weight per
-   subnet); scores ``O = hc @ Wy[cols].T + By[cols]``;
-5. loss and ``dO`` (``losses.py``, divided by ``batch_size``);
-6. backward: ``dWc = dO^T hc``, ``dbc``, ``dhc = dO Wc``; per trained subnet from its top
-   layer: ``dh' = dy * mask``, gate backward, ``dWh = hprev^T dgh``, ``dbhn``, ``dWx = x^T dgx``,
-   ``dbx``, ``dx = dgx Wx^T``;
-7. sparse sums per row: output rows of ``Wy``/``By`` first, then constrained-input rows of
-   ``Wy`` (``dx * mask0``), then table rows per subnet;
+   subnet); scores ``O = hc @ Wy[cols].T + By[cols]``, computed once per distinct item of
+   ``cols`` (``S = hc @ Wy[distinct].T``, ``O[:, j] = S[:, slot(j)] + By[cols[j]]``);
+5. loss and ``dO`` (``losses.py``, divided by ``batch_size``), summed per distinct item: ``dS``;
+6. backward: ``dWy[distinct] = dS^T hc``, ``dBy``, ``dhc = dS Wy[distinct]``; per trained
+   subnet from its top layer: ``dh' = dy * mask``, gate backward, ``dWh = hprev^T dgh``,
+   ``dbhn``, ``dWx = x^T dgx``, ``dbx``, ``dx = dgx Wx^T``;
+7. sparse sums per row: output rows of ``Wy``/``By`` first (step 6 writes them), then
+   constrained-input rows of ``Wy`` (``dx * mask0``), then table rows per subnet;
 8. Adagrad + momentum (``optim.py``): dense ranges of ``theta`` and the touched table rows of the
    trained subnets, the touched ``Wy`` rows in the trained column blocks, ``By`` on output rows;
 9. carry: ``hprev = y`` (the dropped-out output), compacted/zeroed by the schedule.
@@ -45,8 +46,7 @@ from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN,
                         S_XOFF, T_NONE, T_OWN, T_WY)
 from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
 from .losses import activate, loss_forward_backward
-from .optim import (accumulate_rows, accumulate_rows_1d, adagrad_flat, adagrad_rows_1d,
-                    claim_row, release_rows)
+from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
 from .profile import (P_ADA_DENSE, P_ADA_SPARSE, P_DH_GEMM, P_DWH_GEMM, P_DWX_GEMM, P_DWY_GEMM,
                       P_DX_GEMM, P_GATES, P_GRU_BACK, P_H_GEMM, P_IN_GATHER, P_IN_GEMM, P_LOSS,
                       P_OUT_GATHER, P_SCORE_GEMM, P_SPARSE, tick, tick_gemm)
@@ -95,15 +95,15 @@ class Work(NamedTuple):
 
 
 class OutBuf(NamedTuple):
-    """Sampled output layer of a step (cmax = batch_size + n_sample columns): cols (cmax,) int32;
-    Wc, dWc (cmax, Hc) the gathered ``Wy`` rows and their gradient; bc, dbc (cmax,); O_flat
-    (bs * cmax,) scores then dL/dO; lq (cmax,) log q; ra, rb, rc (cmax,), rs (2, cmax) loss
-    scratch."""
+    """Sampled output layer of a step (cmax = batch_size + n_sample columns): cols (cmax,) int32
+    the columns' items, cmap (cmax,) int32 their slots (distinct items); Wc (cmax, Hc), bc
+    (cmax,) the gathered ``Wy`` rows and ``By`` entries of the slots; O_flat (bs * cmax,) the
+    slots' scores then their gradient; lq (cmax,) log q per column; ra, rb, rc (cmax,), rs (2,
+    cmax) loss scratch."""
     cols: np.ndarray
+    cmap: np.ndarray
     Wc: np.ndarray
-    dWc: np.ndarray
     bc: np.ndarray
-    dbc: np.ndarray
     O_flat: np.ndarray
     lq: np.ndarray
     ra: np.ndarray
@@ -116,7 +116,7 @@ class Sparse(NamedTuple):
     """Sparse gradient accumulators. slotY (n_items,) int32 (-1: no row), rowsY (cap,) int32,
     GY (cap, Hc), gBy (cap,): rows of Wy / By; slotT (table rows of all own tables,) int32,
     rowsT, GT (flat), nT (S,) int64: table rows per subnet (capacities in ``SI[:, S_GCAP]``);
-    counts (2,) int64: ``[n Wy rows, n output rows]``; no_mask (1, 1): placeholder mask."""
+    counts (2,) int64: ``[n Wy rows, n output rows]``."""
     slotY: np.ndarray
     rowsY: np.ndarray
     GY: np.ndarray
@@ -126,7 +126,6 @@ class Sparse(NamedTuple):
     GT: np.ndarray
     nT: np.ndarray
     counts: np.ndarray
-    no_mask: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,39 +251,44 @@ def combine_forward(net, active, B, bs, Y, hc, sum_mode):
 
 @njit(cache=True, error_model="numpy")
 def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof):
-    """Sampled output layer of one step: ``O = hc[:B] @ Wy[cols].T + By[cols]``, the loss,
-    ``dhc[:B] = dO @ Wy[cols]`` and the output rows of the sparse sums, ``GY[u]``/``gBy[u]``
-    for item ``rowsY[u]`` (slots ``0..n_out-1``). ``ob``: :class:`OutBuf`, ``sp``:
-    :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`. Returns
-    ``(step loss, n_out)``."""
-    Wy, By, cols, Wc, bc = net.Wy, net.By, ob.cols, ob.Wc, ob.bc
+    """Sampled output layer of one step, on the ``U`` distinct items of ``cols`` (a column that
+    repeats an item shares its row of every product): the items get the sparse-sum slots
+    ``0..U-1`` in order of first appearance (``sp.rowsY[u]``, ``sp.slotY[item]``;
+    ``ob.cmap[j]`` is column ``j``'s slot), ``Wc[u] = Wy[rowsY[u]]``, scores
+    ``S = hc[:B] @ Wc[:U].T``; the loss over the ``C`` columns ``O[:, j] = S[:, cmap[j]] +
+    By[cols[j]]``; its gradient summed per slot, ``dS``, gives the slots' sums directly:
+    ``GY[:U] = dS.T @ hc[:B]``, ``gBy[:U]``, and ``dhc[:B] = dS @ Wc[:U]``. ``ob``:
+    :class:`OutBuf`, ``sp``: :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`.
+    Returns ``(step loss, U)``."""
+    Wy, By, cols, Wc, bc, cmap = net.Wy, net.By, ob.cols, ob.Wc, ob.bc, ob.cmap
+    slot, rows = sp.slotY, sp.rowsY
     H = hc.shape[1]
+    U = 0
     for j in range(C):
         c = cols[j]
-        for k in range(H):
-            Wc[j, k] = Wy[c, k]
-        bc[j] = By[c]
+        u = slot[c]
+        if u < 0:
+            u = U
+            slot[c] = u
+            rows[u] = c
+            Wc[u, :] = Wy[c, :]
+            bc[u] = By[c]
+            U += 1
+        cmap[j] = u
     tick(prof, P_OUT_GATHER)
-    O = ob.O_flat[:B * C].reshape(B, C)
-    np.dot(hc[:B], Wc[:C].T, O)
-    tick_gemm(prof, P_SCORE_GEMM, B, C, H)
-    for i in range(B):
-        for j in range(C):
-            O[i, j] += bc[j]
-    total = loss_forward_backward(O, B, C, hy.loss, hy.final_act, hy.final_act_param, hy.logq,
-                                  ob.lq, hy.bpreg, hy.elu_param, float(hy.batch_size), ob.ra,
-                                  ob.rb, ob.rc, ob.rs)
-    column_sums(O, B, ob.dbc, 0, C)
+    S = ob.O_flat[:B * U].reshape(B, U)
+    np.dot(hc[:B], Wc[:U].T, S)
+    tick_gemm(prof, P_SCORE_GEMM, B, U, H)
+    total = loss_forward_backward(S, cmap, bc, B, C, U, hy.loss, hy.final_act,
+                                  hy.final_act_param, hy.logq, ob.lq, hy.bpreg, hy.elu_param,
+                                  float(hy.batch_size), ob.ra, ob.rb, ob.rc, ob.rs)
+    column_sums(S, B, sp.gBy, 0, U)
     tick(prof, P_LOSS)
-    np.dot(O.T, hc[:B], ob.dWc[:C])
-    tick_gemm(prof, P_DWY_GEMM, C, H, B)
-    np.dot(O, Wc[:C], dhc[:B])
-    tick_gemm(prof, P_DH_GEMM, B, H, C)
-    n_out = accumulate_rows(sp.slotY, sp.rowsY, 0, sp.GY, cols, ob.dWc, C, sp.no_mask, False)
-    sp.gBy[:n_out] = 0.0
-    accumulate_rows_1d(sp.slotY, sp.gBy, cols, ob.dbc, C)
-    tick(prof, P_SPARSE)
-    return total, n_out
+    np.dot(S.T, hc[:B], sp.GY[:U])
+    tick_gemm(prof, P_DWY_GEMM, U, H, B)
+    np.dot(S, Wc[:U], dhc[:B])
+    tick_gemm(prof, P_DH_GEMM, B, H, U)
+    return total, U
 
 
 # ---------------------------------------------------------------------------------------------

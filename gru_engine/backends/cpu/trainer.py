@@ -248,9 +248,9 @@ class Trainer:
         if optimizer_state is not None:
             self.load_state(optimizer_state=optimizer_state)
         self.work = work_buffers(SI, p["LI"], bs, Hc, len(p["theta"]), dt)
-        self.out = OutBuf(cols=np.zeros(cmax, np.int32), Wc=np.zeros((cmax, Hc), dt),
-                          dWc=np.zeros((cmax, Hc), dt), bc=z(cmax), dbc=z(cmax),
-                          O_flat=z(bs * cmax), lq=z(cmax), ra=z(cmax), rb=z(cmax), rc=z(cmax),
+        self.out = OutBuf(cols=np.zeros(cmax, np.int32), cmap=np.zeros(cmax, np.int32),
+                          Wc=np.zeros((cmax, Hc), dt), bc=z(cmax), O_flat=z(bs * cmax),
+                          lq=z(cmax), ra=z(cmax), rb=z(cmax), rc=z(cmax),
                           rs=np.zeros((2, cmax), dt))
         own = SI[:, S_TAB] == T_OWN
         self.sparse = Sparse(
@@ -259,7 +259,7 @@ class Trainer:
             slotT=np.full(max(int(SI[own, S_TROWS].sum()), 1), -1, np.int32),
             rowsT=np.zeros(max(int(SI[own, S_GCAP].sum()), 1), np.int32),
             GT=z(max(int((SI[own, S_GCAP] * SI[own, S_TCOLS]).sum()), 1)),
-            nT=np.zeros(S, np.int64), counts=np.zeros(2, np.int64), no_mask=np.ones((1, 1), dt))
+            nT=np.zeros(S, np.int64), counts=np.zeros(2, np.int64))
         self.sched_state = np.zeros(5, np.int64)
         self.rows = dict(cur=np.zeros(bs, np.int64), end=np.zeros(bs, np.int64),
                          src=np.zeros(bs, np.int64), reset=np.zeros(bs, np.bool_),
