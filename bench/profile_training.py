@@ -9,7 +9,7 @@ events/s a step made of its GEMMs alone at those ceilings would reach; "GEMM sha
 is the step's GEMM FLOP rate over the ceiling rate of the same GEMMs. Writes JSON to
 ``bench/out/``.
 
-    python bench/profile_training.py --jobs rsc15 yoo480 --epochs 1
+    python bench/profile_training.py --jobs rsc15 yoo480 --epochs 1 [--max-steps 0 800]
     NUMBA_CPU_NAME=haswell NUMBA_CACHE_DIR=/tmp/numba-haswell python bench/profile_training.py
 """
 from __future__ import annotations
@@ -36,14 +36,32 @@ JOBS = {"rsc15": ("rsc15-100k/rsc15_100k_train_full.tsv.gz", RSC15),
         "yoo480": ("yoochoose-1-64/yoochoose1_64_train.tsv.gz", YOO480)}
 
 
-class ProfiledSessionGRU(SessionGRU):
-    """SessionGRU whose CPU trainer profiles every step (``trainer`` kept for reading)."""
+class LimitedSessionGRU(SessionGRU):
+    """SessionGRU whose CPU trainer ends each epoch after ``max_steps`` steps (all when None)
+    and, with ``profile``, profiles every step (the trainer is kept for reading)."""
+    max_steps = None
+    profile = False
 
     def _make_trainer(self, *args, **kwargs):
         trainer = super()._make_trainer(*args, **kwargs)
-        trainer.start_profile()
+        if self.profile:
+            trainer.start_profile()
         self.profiled_trainer = trainer
+        if self.max_steps is not None:
+            run, limit = trainer.run, self.max_steps
+
+            def limited(max_steps=-1):
+                result = run(limit)
+                trainer.sched_state[0] = 0  # the epoch ends here
+                return result
+            trainer.run = limited
         return trainer
+
+
+def fit(train, params: str, threads: int, seed: int, max_steps, profile: bool):
+    cls = type("Fit", (LimitedSessionGRU,), {"max_steps": max_steps, "profile": profile})
+    model = cls.from_param_string(params, random_state=seed, n_threads=threads)
+    return model.fit(train)
 
 
 def job_params(text: str, epochs: int) -> str:
@@ -51,10 +69,9 @@ def job_params(text: str, epochs: int) -> str:
         f",n_epochs={epochs}"
 
 
-def profile_job(train, params: str, threads: int, seed: int) -> dict:
+def profile_job(train, params: str, threads: int, seed: int, max_steps) -> dict:
     """Profiled fit of ``params`` on ``train``; per-phase table with GEMM ceilings."""
-    model = ProfiledSessionGRU.from_param_string(params, random_state=seed, n_threads=threads)
-    model.fit(train)
+    model = fit(train, params, threads, seed, max_steps, True)
     tr = model.profiled_trainer
     prof = tr.profile()
     steps = int(tr.sched_state[4])
@@ -106,6 +123,9 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=1, help="epochs of each fit")
     ap.add_argument("--threads", type=int, default=2, help="training threads")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--max-steps", type=int, nargs="+", default=None,
+                    help="end each epoch after this many steps (one value per job, or one for "
+                    "all; 0: no limit): events/s and the profile then cover the first steps")
     ap.add_argument("--no-profile", action="store_true", help="plain fits only")
     ap.add_argument("--data", default="/work/shared/data")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
@@ -116,18 +136,20 @@ def main(argv=None):
               "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "native"),
               "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", ""),
               "sgemm_peak_2048": sgemm_peak(a.threads), "jobs": {}}
-    for name in a.jobs:
+    limits = a.max_steps or [None]
+    for j, name in enumerate(a.jobs):
         path, text = JOBS[name]
         train = read_events(os.path.join(a.data, path))
         params = job_params(text, a.epochs)
+        max_steps = (limits[j] if len(limits) > 1 else limits[0]) or None  # 0: no limit
         t0 = time.perf_counter()
-        model = SessionGRU.from_param_string(params, random_state=a.seed, n_threads=a.threads)
-        model.fit(train)
-        res = {"params": params, "events_per_s": max(model.events_per_s_),
+        model = fit(train, params, a.threads, a.seed, max_steps, False)
+        res = {"params": params, "max_steps": max_steps,
+               "events_per_s": max(model.events_per_s_),
                "epoch_events_per_s": list(model.events_per_s_),
                "fit_seconds": time.perf_counter() - t0}
         if not a.no_profile:
-            res.update(profile_job(train, params, a.threads, a.seed))
+            res.update(profile_job(train, params, a.threads, a.seed, max_steps))
             print_table(name, res)
         else:
             print(f"{name}: {res['events_per_s']:.0f} events/s")

@@ -50,6 +50,14 @@ def test_ticks_compile_to_nothing_without_a_profile():
     assert prof[1, 2] == 2 * 3 * 4 * 5 and prof[2, 2] == 1 and prof[0, 1] >= 0
 
 
+def test_the_training_kernel_has_no_timing_code_without_a_profile():
+    from gru_engine.backends.cpu.trainer import train_steps
+    SessionGRU(**dict(KW, n_epochs=1)).fit(_events())  # compiles (or loads) prof=None
+    plain = [sig for sig in train_steps.signatures if str(sig[-1]) == "none"]
+    assert plain
+    assert "rdtsc" not in train_steps.inspect_asm(plain[0])
+
+
 def test_profiling_leaves_training_unchanged_and_counts_the_gemms():
     ev = _events()
     plain = SessionGRU(**KW).fit(ev)
