@@ -28,7 +28,6 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 from refactor_job import RSC15, YOO480  # noqa: E402
 
-from gru_engine.backends.cpu import profile as cpu_profile  # noqa: E402
 from gru_engine.data import read_events  # noqa: E402
 from gru_engine.model import SessionGRU, _thread_limit  # noqa: E402
 
@@ -71,6 +70,7 @@ def job_params(text: str, epochs: int) -> str:
 
 def profile_job(train, params: str, threads: int, seed: int, max_steps) -> dict:
     """Profiled fit of ``params`` on ``train``; per-phase table with GEMM ceilings."""
+    from gru_engine.backends.cpu import profile as cpu_profile
     model = fit(train, params, threads, seed, max_steps, True)
     tr = model.profiled_trainer
     prof = tr.profile()
