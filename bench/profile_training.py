@@ -111,10 +111,11 @@ def print_table(name: str, res: dict) -> None:
         c = (f"{r['ceiling_gflops']:.0f} ({', '.join(map(str, r['shape']))})"
              if "ceiling_gflops" in r else "")
         print(f"| {r['phase']} | {r['ms_per_step']:.4f} | {100 * r['share']:.1f} | {g} | {c} |")
+    rate, ceiling = res["gemm_gflops_per_s"], res["gemm_ceiling_gflops_per_s"]
     print(f"GEMMs: {100 * res['gemm_share_of_step']:.0f}% of the step; step GEMM rate "
-          f"{res['gemm_gflops_per_s']:.0f} GFLOP/s against {res['gemm_ceiling_gflops_per_s']:.0f}"
-          f" at the ceilings of its shapes ({100 * res['gemm_gflops_per_s'] / res['gemm_ceiling_gflops_per_s']:.0f}%); "
-          f"GEMM-bound {res['gemm_bound_events_per_s']:.0f} events/s")
+          f"{rate:.0f} GFLOP/s against {ceiling:.0f} at the ceilings of its shapes "
+          f"({100 * rate / ceiling:.0f}%); GEMM-bound {res['gemm_bound_events_per_s']:.0f} "
+          "events/s")
 
 
 def main(argv=None):
