@@ -16,19 +16,19 @@ from .mathfuncs import cast_like, fsigmoid, ftanh
 
 
 @njit(cache=True, error_model="numpy")
-def gru_forward(gx, h, Wh, bhn, gh, gates, hout, B):
+def gru_forward(gx, h, bhn, gh, gates, hout, B):
     """One GRU step for the first ``B`` rows.
 
     gx:    (>=B, 3H) input pre-activations ``x @ Wx + bx`` (read)
     h:     (>=B, H) previous hidden state, zero rows for sessions that start now (read)
-    Wh:    (H, 3H), bhn: (H,)
-    gh:    (>=B, 3H) out: ``h @ Wh``, whose n-block is replaced by ``a = gh_n + bhn``
+    bhn:   (H,)
+    gh:    (>=B, 3H) in: ``h @ Wh`` (the caller's GEMM); out: its n-block replaced by
+           ``a = gh_n + bhn``
     gates: (>=B, 3H) out: ``[r | z | n]``
     hout:  (>=B, H) out: new hidden state (before dropout)
     """
     H = h.shape[1]
     one = cast_like(h, 1.0)
-    np.dot(h[:B], Wh, gh[:B])
     for i in range(B):
         # row views and separate simple loops: each loop vectorises (a fused one does not)
         gxi, ghi, gi, hi, ho = gx[i], gh[i], gates[i], h[i], hout[i]

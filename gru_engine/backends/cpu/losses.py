@@ -55,6 +55,25 @@ def activate_grad(y, act, param):
     return 1.0
 
 
+@njit(cache=True, error_model="numpy", fastmath={"nnan", "nsz"})
+def row_max(r, C):
+    """``max(r[:C])`` as a vector reduction (no NaN: callers detect NaN scores themselves)."""
+    m = r[0]
+    for j in range(1, C):
+        m = max(m, r[j])
+    return m
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def row_sum(r, C):
+    """``sum(r[:C])`` in float64, as a vector reduction (summation order left to the
+    compiler)."""
+    z = 0.0
+    for j in range(C):
+        z += r[j]
+    return z
+
+
 @njit(cache=True, error_model="numpy")
 def _softmax_negatives(r, g, i, C):
     """``g[:C]`` = softmax of ``r[:C]`` over the columns other than ``i`` (``g[i] = 0``)."""
@@ -65,9 +84,7 @@ def _softmax_negatives(r, g, i, C):
     for j in range(C):
         g[j] = fexp(r[j] - m)
     g[i] = 0.0
-    z = 0.0
-    for j in range(C):
-        z += g[j]
+    z = row_sum(g, C)
     inv_z = cast_like(g, 1.0 / z)
     for j in range(C):
         g[j] *= inv_z
@@ -90,15 +107,10 @@ def _row_loss(a, r, g, scr, i, C, loss, logq, lq, bpreg, elu):
         else:
             for j in range(C):
                 r[j] = a[j]
-        m = r[0]
-        for j in range(1, C):
-            if r[j] > m:
-                m = r[j]
+        m = row_max(r, C)
         for j in range(C):
             r[j] = fexp(r[j] - m)
-        z = 0.0
-        for j in range(C):
-            z += r[j]
+        z = row_sum(r, C)
         p_pos = r[i] / z
         c = p_pos / (p_pos + LOG_EPS)
         cz = cast_like(g, c / z)
@@ -196,11 +208,14 @@ def _row_loss(a, r, g, scr, i, C, loss, logq, lq, bpreg, elu):
 
 
 @njit(cache=True, error_model="numpy")
-def loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, scale, a, r, g,
-                          scr=None):
-    """Step loss over the first ``B`` rows of ``O``; ``O[:B, :C]`` is overwritten with dL/dO.
+def loss_forward_backward(S, cmap, bias, B, C, U, loss, act, act_param, logq, lq, bpreg, elu,
+                          scale, a, r, g, scr=None):
+    """Step loss over the first ``B`` rows of the scores ``O[i, j] = S[i, cmap[j]] +
+    bias[cmap[j]]`` (``j < C``); ``S[:B, :U]`` is overwritten with dL/dS, the gradient of the
+    columns that share a slot summed.
 
-    O: (>=B, >=C) raw scores ``h @ Wy[cols].T + By[cols]``; lq: (>=C,) log q per column (used by
+    S: (>=B, >=U) raw scores ``h @ W.T`` of the ``U`` distinct columns; cmap: (>=C,) int32 slot
+    of each column; bias: (>=U,) bias of each slot; lq: (>=C,) log q per column (used by
     cross-entropy when ``logq > 0``); a, r, g: (>=C,) and scr: (2, >=C) scratch (allocated per
     call when not given). Returns ``sum_rows loss / scale``.
     """
@@ -209,13 +224,27 @@ def loss_forward_backward(O, B, C, loss, act, act_param, logq, lq, bpreg, elu, s
     inv_scale = 1.0 / scale
     n_bad = 0
     for i in range(B):
-        for j in range(C):
-            a[j] = activate(O[i, j], act, act_param)
+        Si = S[i]
+        if act == LINEAR:  # simple loops (they vectorise)
+            for j in range(C):
+                a[j] = Si[cmap[j]] + bias[cmap[j]]
+        else:
+            for j in range(C):
+                u = cmap[j]
+                a[j] = activate(Si[u] + bias[u], act, act_param)
         for j in range(C):
             n_bad += (a[j] - a[j]) != 0.0  # NaN or inf (the fast exp would hide them)
         total += _row_loss(a, r, g, work, i, C, loss, logq, lq, bpreg, elu)
+        if act == LINEAR:
+            for j in range(C):
+                g[j] = g[j] * inv_scale
+        else:
+            for j in range(C):
+                g[j] = g[j] * activate_grad(a[j], act, act_param) * inv_scale
+        for u in range(U):
+            Si[u] = 0.0
         for j in range(C):
-            O[i, j] = g[j] * activate_grad(a[j], act, act_param) * inv_scale
+            Si[cmap[j]] += g[j]
     if n_bad > 0:
         return np.nan
     return total * inv_scale

@@ -3,8 +3,8 @@
 Per parameter: ``acc += g^2``; ``step = g / sqrt(acc + 1e-6)``; with ``momentum > 0``:
 ``v = momentum * v - lr * step``, ``p += v``; else ``p -= lr * step`` (reference page; not
 Nesterov). Item-indexed matrices are updated only in the rows of the step: gradients of repeated
-items are first summed into one row (:func:`accumulate_rows`), rows not touched keep their
-``acc`` and ``v`` unchanged.
+items are first summed into one accumulator row (:func:`claim_row` gives an item its row), rows
+not touched keep their ``acc`` and ``v`` unchanged.
 """
 from __future__ import annotations
 
@@ -70,39 +70,6 @@ def claim_row(slot, rows, n_rows, G, item):
             G[s, k] = 0.0
         n_rows += 1
     return s, n_rows
-
-
-@njit(cache=True, error_model="numpy")
-def accumulate_rows(slot, rows, n_rows, G, items, D, n, scale_by, use_scale):
-    """Sum gradient rows per item: ``G[slot[items[j]]] += D[j] (* scale_by[j])`` for ``j < n``.
-
-    slot: (n_items,) int32, -1 for items without a row yet (new rows are appended to ``rows``
-    and zeroed); rows: (cap,) int32 item of each accumulator row; G: (cap, d).
-    ``use_scale`` multiplies ``D[j]`` elementwise by ``scale_by[j]`` (a dropout mask row; a
-    mask of one column scales the whole row). Returns the new number of accumulator rows.
-    """
-    d = G.shape[1]
-    per_row = scale_by.shape[1] == 1
-    for j in range(n):
-        s, n_rows = claim_row(slot, rows, n_rows, G, items[j])
-        if use_scale and per_row:
-            m = scale_by[j, 0]
-            for k in range(d):
-                G[s, k] += D[j, k] * m
-        elif use_scale:
-            for k in range(d):
-                G[s, k] += D[j, k] * scale_by[j, k]
-        else:
-            for k in range(d):
-                G[s, k] += D[j, k]
-    return n_rows
-
-
-@njit(cache=True, error_model="numpy")
-def accumulate_rows_1d(slot, g, items, d, n):
-    """``g[slot[items[j]]] += d[j]`` for ``j < n``; every item must already have a slot."""
-    for j in range(n):
-        g[slot[items[j]]] += d[j]
 
 
 @njit(cache=True, error_model="numpy")

@@ -12,21 +12,23 @@ One training step (all gradients use the parameters as they were before the step
    table rows, ``Wy`` column-block rows for the constrained ID input, or raw feature values),
    ``x @ Wx`` (a one-hot input's table row *is* the gate pre-activation), GRU layers,
    ``y = h' * mask``; the combination ``hc`` (``concat``, or ``sum`` with a weight per
-   subnet); scores ``O = hc @ Wy[cols].T + By[cols]``;
-5. loss and ``dO`` (``losses.py``, divided by ``batch_size``);
-6. backward: ``dWc = dO^T hc``, ``dbc``, ``dhc = dO Wc``; per trained subnet from its top
-   layer: ``dh' = dy * mask``, gate backward, ``dWh = hprev^T dgh``, ``dbhn``, ``dWx = x^T dgx``,
-   ``dbx``, ``dx = dgx Wx^T``;
-7. sparse sums per row: output rows of ``Wy``/``By`` first, then constrained-input rows of
-   ``Wy`` (``dx * mask0``), then table rows per subnet;
+   subnet); scores ``O = hc @ Wy[cols].T + By[cols]``, computed once per distinct item of
+   ``cols`` (``S = hc @ Wy[distinct].T``, ``O[:, j] = S[:, slot(j)] + By[cols[j]]``);
+5. loss and ``dO`` (``losses.py``, divided by ``batch_size``), summed per distinct item: ``dS``;
+6. backward: ``dWy[distinct] = dS^T hc``, ``dBy``, ``dhc = dS Wy[distinct]``; per trained
+   subnet from its top layer: ``dh' = dy * mask``, gate backward, ``dWh = hprev^T dgh``,
+   ``dbhn``, ``dWx = x^T dgx``, ``dbx``, ``dx = dgx Wx^T``;
+7. sparse sums per row: output rows of ``Wy``/``By`` first (step 6 writes them), then
+   constrained-input rows of ``Wy`` (``dx * mask0``), then table rows per subnet;
 8. Adagrad + momentum (``optim.py``): dense ranges of ``theta`` and the touched table rows of the
    trained subnets, the touched ``Wy`` rows in the trained column blocks, ``By`` on output rows;
 9. carry: ``hprev = y`` (the dropped-out output), compacted/zeroed by the schedule.
 
 The kernels take records (:class:`Net`, :class:`Work`, :class:`OutBuf`, :class:`Sparse`) instead
-of long argument lists; :class:`~gru_engine.params.Hyper` carries the hyperparameters. A work
-buffer of per-layer blocks stores block ``g`` as ``(bs, width)`` rows at ``bs * offset``
-(:func:`block_view`), with ``bs`` the batch size.
+of long argument lists; :class:`~gru_engine.params.Hyper` carries the hyperparameters; ``prof``
+is ``None`` or a per-phase profile (:mod:`.profile`: the ``tick`` calls compile to nothing for
+``None``). A work buffer of per-layer blocks stores block ``g`` as ``(bs, width)`` rows at
+``bs * offset`` (:func:`block_view`), with ``bs`` the batch size.
 """
 from __future__ import annotations
 
@@ -44,8 +46,10 @@ from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN,
                         S_XOFF, T_NONE, T_OWN, T_WY)
 from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
 from .losses import activate, loss_forward_backward
-from .optim import (accumulate_rows, accumulate_rows_1d, adagrad_flat, adagrad_rows_1d,
-                    claim_row, release_rows)
+from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
+from .profile import (P_ADA_DENSE, P_ADA_SPARSE, P_DH_GEMM, P_DWH_GEMM, P_DWX_GEMM, P_DWY_GEMM,
+                      P_DX_GEMM, P_GATES, P_GRU_BACK, P_H_GEMM, P_IN_GATHER, P_IN_GEMM, P_LOSS,
+                      P_OUT_GATHER, P_SCORE_GEMM, P_SPARSE, tick, tick_gemm)
 
 
 class Net(NamedTuple):
@@ -91,15 +95,15 @@ class Work(NamedTuple):
 
 
 class OutBuf(NamedTuple):
-    """Sampled output layer of a step (cmax = batch_size + n_sample columns): cols (cmax,) int32;
-    Wc, dWc (cmax, Hc) the gathered ``Wy`` rows and their gradient; bc, dbc (cmax,); O_flat
-    (bs * cmax,) scores then dL/dO; lq (cmax,) log q; ra, rb, rc (cmax,), rs (2, cmax) loss
-    scratch."""
+    """Sampled output layer of a step (cmax = batch_size + n_sample columns): cols (cmax,) int32
+    the columns' items, cmap (cmax,) int32 their slots (distinct items); Wc (cmax, Hc), bc
+    (cmax,) the gathered ``Wy`` rows and ``By`` entries of the slots; O_flat (bs * cmax,) the
+    slots' scores then their gradient; lq (cmax,) log q per column; ra, rb, rc (cmax,), rs (2,
+    cmax) loss scratch."""
     cols: np.ndarray
+    cmap: np.ndarray
     Wc: np.ndarray
-    dWc: np.ndarray
     bc: np.ndarray
-    dbc: np.ndarray
     O_flat: np.ndarray
     lq: np.ndarray
     ra: np.ndarray
@@ -112,7 +116,7 @@ class Sparse(NamedTuple):
     """Sparse gradient accumulators. slotY (n_items,) int32 (-1: no row), rowsY (cap,) int32,
     GY (cap, Hc), gBy (cap,): rows of Wy / By; slotT (table rows of all own tables,) int32,
     rowsT, GT (flat), nT (S,) int64: table rows per subnet (capacities in ``SI[:, S_GCAP]``);
-    counts (2,) int64: ``[n Wy rows, n output rows]``; no_mask (1, 1): placeholder mask."""
+    counts (2,) int64: ``[n Wy rows, n output rows]``."""
     slotY: np.ndarray
     rowsY: np.ndarray
     GY: np.ndarray
@@ -122,7 +126,6 @@ class Sparse(NamedTuple):
     GT: np.ndarray
     nT: np.ndarray
     counts: np.ndarray
-    no_mask: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,11 +186,12 @@ def gather_input(s, net, in_items, B, bs, Xf, M0f):
 
 
 @njit(cache=True, error_model="numpy")
-def subnet_forward(s, net, in_items, B, bs, wk):
+def subnet_forward(s, net, in_items, B, bs, wk, prof):
     """Forward of subnet ``s`` for the first ``B`` rows: input gather, its GRU layers, outputs
     ``y = h' * mask`` per layer (buffers of ``wk``, a :class:`Work`)."""
     SI, LI, theta = net.SI, net.LI, net.theta
     X = gather_input(s, net, in_items, B, bs, wk.Xf, wk.M0f)
+    tick(prof, P_IN_GATHER)
     l0, l1 = SI[s, S_L0], SI[s, S_L1]
     for g in range(l0, l1):
         H = LI[g, L_H]
@@ -198,25 +202,30 @@ def subnet_forward(s, net, in_items, B, bs, wk):
                 for i in range(B):
                     for k in range(3 * H):
                         gx[i, k] = X[i, k] + bx[k]
+                tick(prof, P_IN_GATHER)
             else:
                 np.dot(X[:B], flat_view(theta, LI[g, L_WX], LI[g, L_IN], 3 * H), gx[:B])
                 add_bias(gx, bx, B)
+                tick_gemm(prof, P_IN_GEMM, B, 3 * H, LI[g, L_IN])
         else:
             Hp = LI[g - 1, L_H]
             np.dot(block_view(wk.Y, LI[g - 1, L_HOFF], bs, Hp)[:B],
                    flat_view(theta, LI[g, L_WX], LI[g, L_IN], 3 * H), gx[:B])
             add_bias(gx, bx, B)
+            tick_gemm(prof, P_IN_GEMM, B, 3 * H, Hp)
         hp = block_view(wk.HP, LI[g, L_HOFF], bs, H)
         ho = block_view(wk.HO, LI[g, L_HOFF], bs, H)
-        gru_forward(gx, hp, flat_view(theta, LI[g, L_WH], H, 3 * H),
-                    theta[LI[g, L_BHN]:LI[g, L_BHN] + H],
-                    block_view(wk.GH, LI[g, L_GOFF], bs, 3 * H),
+        gh = block_view(wk.GH, LI[g, L_GOFF], bs, 3 * H)
+        np.dot(hp[:B], flat_view(theta, LI[g, L_WH], H, 3 * H), gh[:B])
+        tick_gemm(prof, P_H_GEMM, B, 3 * H, H)
+        gru_forward(gx, hp, theta[LI[g, L_BHN]:LI[g, L_BHN] + H], gh,
                     block_view(wk.GA, LI[g, L_GOFF], bs, 3 * H), ho, B)
         y = block_view(wk.Y, LI[g, L_HOFF], bs, H)
         mk = block_view(wk.MK, LI[g, L_HOFF], bs, H)
         for i in range(B):
             for k in range(H):
                 y[i, k] = ho[i, k] * mk[i, k]
+        tick(prof, P_GATES)
 
 
 @njit(cache=True, error_model="numpy")
@@ -241,34 +250,46 @@ def combine_forward(net, active, B, bs, Y, hc, sum_mode):
 
 
 @njit(cache=True, error_model="numpy")
-def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy):
-    """Sampled output layer of one step: ``O = hc[:B] @ Wy[cols].T + By[cols]``, the loss,
-    ``dhc[:B] = dO @ Wy[cols]`` and the output rows of the sparse sums, ``GY[u]``/``gBy[u]``
-    for item ``rowsY[u]`` (slots ``0..n_out-1``). ``ob``: :class:`OutBuf`, ``sp``:
-    :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`. Returns
-    ``(step loss, n_out)``."""
-    Wy, By, cols, Wc, bc = net.Wy, net.By, ob.cols, ob.Wc, ob.bc
+def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof):
+    """Sampled output layer of one step, on the ``U`` distinct items of ``cols`` (a column that
+    repeats an item shares its row of every product): the items get the sparse-sum slots
+    ``0..U-1`` in order of first appearance (``sp.rowsY[u]``, ``sp.slotY[item]``;
+    ``ob.cmap[j]`` is column ``j``'s slot), ``Wc[u] = Wy[rowsY[u]]``, scores
+    ``S = hc[:B] @ Wc[:U].T``; the loss over the ``C`` columns ``O[:, j] = S[:, cmap[j]] +
+    By[cols[j]]``; its gradient summed per slot, ``dS``, gives the slots' sums directly:
+    ``GY[:U] = dS.T @ hc[:B]``, ``gBy[:U]``, and ``dhc[:B] = dS @ Wc[:U]``. ``ob``:
+    :class:`OutBuf`, ``sp``: :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`.
+    Returns ``(step loss, U)``."""
+    Wy, By, cols, Wc, bc, cmap = net.Wy, net.By, ob.cols, ob.Wc, ob.bc, ob.cmap
+    slot, rows = sp.slotY, sp.rowsY
     H = hc.shape[1]
+    U = 0
     for j in range(C):
         c = cols[j]
-        for k in range(H):
-            Wc[j, k] = Wy[c, k]
-        bc[j] = By[c]
-    O = ob.O_flat[:B * C].reshape(B, C)
-    np.dot(hc[:B], Wc[:C].T, O)
-    for i in range(B):
-        for j in range(C):
-            O[i, j] += bc[j]
-    total = loss_forward_backward(O, B, C, hy.loss, hy.final_act, hy.final_act_param, hy.logq,
-                                  ob.lq, hy.bpreg, hy.elu_param, float(hy.batch_size), ob.ra,
-                                  ob.rb, ob.rc, ob.rs)
-    np.dot(O.T, hc[:B], ob.dWc[:C])
-    column_sums(O, B, ob.dbc, 0, C)
-    np.dot(O, Wc[:C], dhc[:B])
-    n_out = accumulate_rows(sp.slotY, sp.rowsY, 0, sp.GY, cols, ob.dWc, C, sp.no_mask, False)
-    sp.gBy[:n_out] = 0.0
-    accumulate_rows_1d(sp.slotY, sp.gBy, cols, ob.dbc, C)
-    return total, n_out
+        u = slot[c]
+        if u < 0:
+            u = U
+            slot[c] = u
+            rows[u] = c
+            for k in range(H):  # an explicit loop: the slice assignment profiled 2x slower
+                Wc[u, k] = Wy[c, k]
+            bc[u] = By[c]
+            U += 1
+        cmap[j] = u
+    tick(prof, P_OUT_GATHER)
+    S = ob.O_flat[:B * U].reshape(B, U)
+    np.dot(hc[:B], Wc[:U].T, S)
+    tick_gemm(prof, P_SCORE_GEMM, B, U, H)
+    total = loss_forward_backward(S, cmap, bc, B, C, U, hy.loss, hy.final_act,
+                                  hy.final_act_param, hy.logq, ob.lq, hy.bpreg, hy.elu_param,
+                                  float(hy.batch_size), ob.ra, ob.rb, ob.rc, ob.rs)
+    column_sums(S, B, sp.gBy, 0, U)
+    tick(prof, P_LOSS)
+    np.dot(S.T, hc[:B], sp.GY[:U])
+    tick_gemm(prof, P_DWY_GEMM, U, H, B)
+    np.dot(S, Wc[:U], dhc[:B])
+    tick_gemm(prof, P_DH_GEMM, B, H, U)
+    return total, U
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +314,7 @@ def acc_bag(slot, rows, n, G, col0, ip0, net, in_items, B, DX):
 
 
 @njit(cache=True, error_model="numpy")
-def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY):
+def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, prof):
     """Gradients of subnet ``s`` from ``wk.dhc`` (gradient w.r.t. the combined hidden state):
     dense ones into ``wk.gtheta`` (its range ``S_D0:S_D1``, combine weight included), table rows
     into ``sp.GT`` (own table; count in ``sp.nT[s]``) or ``sp.GY`` (constrained ID input).
@@ -331,43 +352,53 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY):
         dgh = block_view(wk.DGH, LI[g, L_GOFF], bs, 3 * H)
         gru_backward(dyg, hp, block_view(wk.GA, LI[g, L_GOFF], bs, 3 * H),
                      block_view(wk.GH, LI[g, L_GOFF], bs, 3 * H), dgx, dgh, B)
-        np.dot(hp[:B].T, dgh[:B], flat_view(gtheta, LI[g, L_WH], H, 3 * H))
         column_sums(dgh, B, gtheta[LI[g, L_BHN]:LI[g, L_BHN] + H], 2 * H, H)
         column_sums(dgx, B, gtheta[LI[g, L_BX]:LI[g, L_BX] + 3 * H], 0, 3 * H)
+        tick(prof, P_GRU_BACK)
+        np.dot(hp[:B].T, dgh[:B], flat_view(gtheta, LI[g, L_WH], H, 3 * H))
+        tick_gemm(prof, P_DWH_GEMM, H, 3 * H, B)
         if g > l0:
             Hp = LI[g - 1, L_H]
             Wx = flat_view(theta, LI[g, L_WX], Hp, 3 * H)
             np.dot(block_view(wk.Y, LI[g - 1, L_HOFF], bs, Hp)[:B].T, dgx[:B],
                    flat_view(gtheta, LI[g, L_WX], Hp, 3 * H))
+            tick_gemm(prof, P_DWX_GEMM, Hp, 3 * H, B)
             np.dot(dgx[:B], Wx.T, block_view(wk.DY, LI[g - 1, L_HOFF], bs, Hp)[:B])
+            tick_gemm(prof, P_DX_GEMM, B, Hp, 3 * H)
         elif kind == K_DIRECT:
             for i in range(B):
                 for k in range(3 * H):
                     DX[i, k] = dgx[i, k]
+            tick(prof, P_GRU_BACK)
         else:
             Wx = flat_view(theta, LI[g, L_WX], din, 3 * H)
             np.dot(X[:B].T, dgx[:B], flat_view(gtheta, LI[g, L_WX], din, 3 * H))
+            tick_gemm(prof, P_DWX_GEMM, din, 3 * H, B)
             if tab != T_NONE:
                 np.dot(dgx[:B], Wx.T, DX[:B])
+                tick_gemm(prof, P_DX_GEMM, B, din, 3 * H)
     if tab == T_NONE:
         return nY
     multiply_rows(DX, M0, B)
     if tab == T_WY:
         # the constrained ID input (identity bag) is its own block of Wy: gradient rows are
         # full width, only that block is non-zero
-        return acc_bag(sp.slotY, sp.rowsY, nY, sp.GY, SI[s, S_WYC0], SI[s, S_IPOFF], net,
-                       in_items, B, DX)
+        nY = acc_bag(sp.slotY, sp.rowsY, nY, sp.GY, SI[s, S_WYC0], SI[s, S_IPOFF], net,
+                     in_items, B, DX)
+        tick(prof, P_SPARSE)
+        return nY
     tc = SI[s, S_TCOLS]
     cap = SI[s, S_GCAP]
     sp.nT[s] = acc_bag(sp.slotT[SI[s, S_SOFF]:SI[s, S_SOFF] + SI[s, S_TROWS]],
                        sp.rowsT[SI[s, S_ROFF]:SI[s, S_ROFF] + cap], 0,
                        flat_view(sp.GT, SI[s, S_GOFF], cap, tc), 0, SI[s, S_IPOFF], net,
                        in_items, B, DX)
+    tick(prof, P_SPARSE)
     return nY
 
 
 @njit(cache=True, error_model="numpy")
-def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, sp, hy):
+def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, sp, hy, prof):
     """Forward over the active subnets, sampled loss, and the gradients of the trained subnets
     and of the output layer (steps 4-7). ``sp.counts`` gets ``[n Wy rows, n output rows]``;
     table rows per subnet are in ``sp.nT``. Slots stay set (release with :func:`step_update`
@@ -377,13 +408,14 @@ def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, 
     for s in range(S):
         sp.nT[s] = 0
         if active[s]:
-            subnet_forward(s, net, in_items, B, bs, wk)
+            subnet_forward(s, net, in_items, B, bs, wk, prof)
     combine_forward(net, active, B, bs, wk.Y, wk.hc, sum_mode)
-    total, nY = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy)
+    tick(prof, P_GATES)
+    total, nY = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy, prof)
     n_out = nY
     for s in range(S):
         if active[s] and train[s]:
-            nY = subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY)
+            nY = subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, prof)
     sp.counts[0] = nY
     sp.counts[1] = n_out
     return total
@@ -403,7 +435,7 @@ def release_all(SI, sp):
 # update
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, mom):
+def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, mom, prof):
     """Adagrad + momentum (step 8): dense ranges and tables of the trained subnets; rows of
     ``Wy`` in the column blocks being trained (output rows: every active subnet's block, or only
     the trained ones' under ``freeze_out``; rows met only as constrained input: the ID block);
@@ -417,6 +449,7 @@ def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, m
             continue
         d0, d1 = SI[s, S_D0], SI[s, S_D1]
         adagrad_flat(theta[d0:d1], gtheta[d0:d1], opt.acc_d[d0:d1], opt.vel_d[d0:d1], lr, mom)
+        tick(prof, P_ADA_DENSE)
         if SI[s, S_TAB] == T_OWN and sp.nT[s] > 0:
             tc, toff, goff, roff = SI[s, S_TCOLS], SI[s, S_TOFF], SI[s, S_GOFF], SI[s, S_ROFF]
             for u in range(sp.nT[s]):
@@ -443,6 +476,7 @@ def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, m
             adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1], lr, mom)
     adagrad_rows_1d(net.By, opt.acc_b, opt.vel_b, sp.rowsY, sp.gBy, n_out, lr, mom)
     release_all(SI, sp)
+    tick(prof, P_ADA_SPARSE)
 
 
 @njit(cache=True, error_model="numpy")
@@ -502,7 +536,7 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
             else:
                 hp[i, :] = state[rows[i], st0:st0 + H]
     for s in range(net.SI.shape[0]):
-        subnet_forward(s, net, items, R, bs, wk)
+        subnet_forward(s, net, items, R, bs, wk, None)
     Hc = hc_aug.shape[1] - 1
     hc = hc_aug[:, :Hc]
     combine_forward(net, active, R, bs, wk.Y, hc, sum_mode)

@@ -18,6 +18,8 @@ from ...network import L_H, L_HOFF, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S
 from ...network import S_TCOLS, S_TOFF, S_TROWS, S_XOFF, T_OWN
 from ...sampling import SampleStore, draw
 from .losses import CROSS_ENTROPY
+from .profile import (P_CARRY, P_MASKS, P_SAMPLING, P_SCHEDULE, new_profile, tick,
+                      tick_start)
 from .step import (Net, OutBuf, Sparse, Work, block_view, draw_masks, release_all,
                    step_forward_backward, step_update)
 
@@ -118,13 +120,13 @@ def carry_hidden(hp, y, reset, src, n_rows):
 
 @njit(cache=True, error_model="numpy")
 def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, min_rows,
-                draw_dropout, hy):
+                draw_dropout, hy, prof):
     """Up to ``max_steps`` steps (all remaining when < 0) of the epoch started by
     :func:`epoch_start`. ``flags`` (3,) bool ``[interleave, freeze_out, sum_mode]``: with
     ``interleave`` the trained subnet is ``state[4] % S`` (global step count); ``draw_dropout`` False
     keeps the dropout masks in ``wk`` as they are (tests). Returns ``(sum of step_loss * rows,
     events, finite)``; stops at the first non-finite step loss (``finite`` False, parameters of
-    that step not updated)."""
+    that step not updated). ``prof``: ``None`` or a per-phase profile (:mod:`.profile`)."""
     S = net.SI.shape[0]
     LI = net.LI
     bs = hy.batch_size
@@ -137,6 +139,7 @@ def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, m
     next_sess = state[1]
     store_pos = state[2]
     finite = True
+    tick_start(prof)
     while n_rows > 0 and (max_steps < 0 or steps < max_steps):
         B = n_rows
         if interleave:
@@ -144,27 +147,31 @@ def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, m
             for s in range(S):
                 train[s] = s == k
         C, store_pos = step_columns(sc, B, ob, st, store_pos, hy)
+        tick(prof, P_SAMPLING)
         if draw_dropout:
             draw_masks(net, active, B, bs, wk.M0f, wk.MK, hy.dropout_p_embed,
                        hy.dropout_p_hidden)
+        tick(prof, P_MASKS)
         step_loss = step_forward_backward(net, active, train, sum_mode, sc.in_items, B, C, wk,
-                                          ob, sp, hy)
+                                          ob, sp, hy, prof)
         if not np.isfinite(step_loss):
             release_all(net.SI, sp)
             finite = False
             break
         step_update(net, active, train, sum_mode, freeze_out, wk.gtheta, opt, sp,
-                    hy.learning_rate, hy.momentum)
+                    hy.learning_rate, hy.momentum, prof)
         loss_sum += step_loss * B
         events += B
         steps += 1
         state[4] += 1
         n_rows, next_sess = schedule_advance(sc.order, sc.offsets, n_rows, next_sess, min_rows,
                                              sc.cur, sc.end, sc.reset, sc.src)
+        tick(prof, P_SCHEDULE)
         for g in range(LI.shape[0]):
             H = LI[g, L_H]
             carry_hidden(block_view(wk.HP, LI[g, L_HOFF], bs, H),
                          block_view(wk.Y, LI[g, L_HOFF], bs, H), sc.reset, sc.src, n_rows)
+        tick(prof, P_CARRY)
     state[0] = n_rows
     state[1] = next_sess
     state[2] = store_pos
@@ -241,9 +248,9 @@ class Trainer:
         if optimizer_state is not None:
             self.load_state(optimizer_state=optimizer_state)
         self.work = work_buffers(SI, p["LI"], bs, Hc, len(p["theta"]), dt)
-        self.out = OutBuf(cols=np.zeros(cmax, np.int32), Wc=np.zeros((cmax, Hc), dt),
-                          dWc=np.zeros((cmax, Hc), dt), bc=z(cmax), dbc=z(cmax),
-                          O_flat=z(bs * cmax), lq=z(cmax), ra=z(cmax), rb=z(cmax), rc=z(cmax),
+        self.out = OutBuf(cols=np.zeros(cmax, np.int32), cmap=np.zeros(cmax, np.int32),
+                          Wc=np.zeros((cmax, Hc), dt), bc=z(cmax), O_flat=z(bs * cmax),
+                          lq=z(cmax), ra=z(cmax), rb=z(cmax), rc=z(cmax),
                           rs=np.zeros((2, cmax), dt))
         own = SI[:, S_TAB] == T_OWN
         self.sparse = Sparse(
@@ -252,7 +259,7 @@ class Trainer:
             slotT=np.full(max(int(SI[own, S_TROWS].sum()), 1), -1, np.int32),
             rowsT=np.zeros(max(int(SI[own, S_GCAP].sum()), 1), np.int32),
             GT=z(max(int((SI[own, S_GCAP] * SI[own, S_TCOLS]).sum()), 1)),
-            nT=np.zeros(S, np.int64), counts=np.zeros(2, np.int64), no_mask=np.ones((1, 1), dt))
+            nT=np.zeros(S, np.int64), counts=np.zeros(2, np.int64))
         self.sched_state = np.zeros(5, np.int64)
         self.rows = dict(cur=np.zeros(bs, np.int64), end=np.zeros(bs, np.int64),
                          src=np.zeros(bs, np.int64), reset=np.zeros(bs, np.bool_),
@@ -264,6 +271,19 @@ class Trainer:
         self.draw_masks = True
         self.plan, self.epoch = plan, 0
         self.names = list(names) if names is not None else [str(s) for s in range(S)]
+        self.prof = None
+
+    def start_profile(self):
+        """Time every phase of the following steps (:mod:`.profile`; the profiled kernels are
+        compiled on first use). Read the result with :meth:`profile`."""
+        self.prof = new_profile()
+
+    def profile(self) -> np.ndarray:
+        """The profile of the steps since :meth:`start_profile` (``profile.new_profile``
+        layout; steps in ``sched_state``)."""
+        if self.prof is None:
+            raise ValueError("profile: call start_profile() before training")
+        return self.prof
 
     def set_phase(self, active, train, interleave: bool = False, freeze_out: bool = False):
         """Which subnets run (``active``) and learn (``train``) from now on."""
@@ -345,7 +365,7 @@ class Trainer:
         st = Store(samples=self.store.samples, cdf=self.store.cdf, log_support=self.log_support)
         return train_steps(max_steps, self.net, self.sched, st, self.work, self.out,
                            self.sparse, self.opt, self.active, self.train, self.flags,
-                           self.min_rows, self.draw_masks, self.hyper)
+                           self.min_rows, self.draw_masks, self.hyper, self.prof)
 
     def forward_backward(self, in_items, B, cols, C):
         """One step's loss and gradients without an update (gradient checks), with the current
@@ -358,7 +378,7 @@ class Trainer:
         self.out.cols[:C] = cols
         wk.gtheta[:] = 0.0
         total = step_forward_backward(self.net, self.active, self.train, bool(self.flags[2]),
-                                      in_buf, B, C, wk, self.out, sp, self.hyper)
+                                      in_buf, B, C, wk, self.out, sp, self.hyper, None)
         grads = {"theta": np.zeros_like(p["theta"]), "T": np.zeros_like(p["T"]),
                  "Wy": np.zeros_like(p["Wy"]), "By": np.zeros_like(p["By"])}
         for s in range(SI.shape[0]):
