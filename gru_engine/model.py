@@ -60,6 +60,23 @@ def _threads(n_threads) -> int:
         return os.cpu_count() or 1
 
 
+def _warn_if_cpus_busy(n_threads: int) -> None:
+    """Warn when multi-threaded CPU training starts on a machine already busier than its CPUs.
+
+    Each training step runs a few short BLAS products on ``n_threads`` threads; when other
+    processes keep the cores busy, every product waits for a descheduled thread, and training
+    has been measured 30x slower on 2 threads than on 1 (bench/RESULTS.md, issue 15).
+    """
+    if n_threads <= 1 or not hasattr(os, "getloadavg"):
+        return
+    load = os.getloadavg()[0]
+    cpus = _threads(None)
+    if load > cpus:
+        logger.warning("the CPUs are busy (load average %.1f on %d CPUs): training on %d threads "
+                       "may run many times slower than on one; consider n_threads=1",
+                       load, cpus, n_threads)
+
+
 @contextlib.contextmanager
 def _thread_limit(n_threads):
     """Limit BLAS (and Numba) threads to ``n_threads`` inside the block; restore afterwards."""
@@ -110,7 +127,9 @@ class SessionGRU(SessionModel):
     BLAS products of each step on ``n_threads`` threads; evaluation splits each step's rows
     into ``n_threads`` blocks, each run (GRU step, scoring GEMM with one BLAS thread, ranking)
     on its own thread. On a machine whose cores are busy with other work, ``n_threads=1`` is
-    often faster: idle OpenBLAS workers spin and fight for the cores.
+    often faster: idle OpenBLAS workers spin and fight for the cores (2-thread training was
+    measured 30x slower than 1-thread at load 8-12 on 2 cores); ``fit`` warns when it starts
+    on more than one thread while the load average exceeds the CPU count.
 
     ``augment_crop_p``, ``augment_drop_p``: session augmentation after Tan et al. (2016),
     redrawn every epoch: a session replaced by a random contiguous sub-session of >= 2 clicks
@@ -275,6 +294,8 @@ class SessionGRU(SessionModel):
         numba_state = numba_seed.generate_state(2)
         trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]))
         run = _EpochRun(self, p, trainer, sessions, order_rng, checkpoint)
+        if device is None:
+            _warn_if_cpus_busy(_threads(p["n_threads"]))
         with _thread_limit(_threads(p["n_threads"])):
             seed_numba(int(numba_state[0] & 0x7FFFFFFF))
             t0 = time.perf_counter()

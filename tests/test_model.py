@@ -345,3 +345,14 @@ def test_threaded_rank_equals_score_then_rank(fitted, n_threads, use_panels, mon
         np.testing.assert_array_equal(ranks, expected)
     assert set(a.output.path_counts) == {panel_path() if use_panels and panel_path() else "blas"}
     assert ranks.min() >= 1
+
+
+@pytest.mark.parametrize("load, n_threads, warned", [(9.0, 2, True), (9.0, 1, False),
+                                                      (0.5, 2, False)])
+def test_busy_cpus_warning(monkeypatch, caplog, load, n_threads, warned):
+    import gru_engine.model as model_mod
+    monkeypatch.setattr(model_mod.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(model_mod, "_threads", lambda n: 2 if n is None else int(n))
+    with caplog.at_level(logging.WARNING, logger="gru_engine"):
+        SessionGRU(**dict(SMALL, n_epochs=1, n_threads=n_threads)).fit(_events())
+    assert any("CPUs are busy" in r.getMessage() for r in caplog.records) == warned
