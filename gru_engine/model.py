@@ -60,21 +60,33 @@ def _threads(n_threads) -> int:
         return os.cpu_count() or 1
 
 
-def _warn_if_cpus_busy(n_threads: int) -> None:
-    """Warn when multi-threaded CPU training starts on a machine already busier than its CPUs.
+def _other_runnable_tasks() -> int:
+    """Tasks other than the caller that are runnable right now (Linux ``/proc/loadavg``; 0
+    where it cannot be read)."""
+    try:
+        with open("/proc/loadavg") as fh:
+            running = int(fh.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(running - 1, 0)
 
-    Each training step runs a few short BLAS products on ``n_threads`` threads; when other
-    processes keep the cores busy, every product waits for a descheduled thread, and training
-    has been measured 30x slower on 2 threads than on 1 (bench/RESULTS.md, issue 15).
+
+def _warn_if_cpus_busy(n_threads: int) -> None:
+    """Warn when multi-threaded CPU training starts with fewer idle CPUs than threads.
+
+    Each training step runs a few short BLAS products on ``n_threads`` threads; when another
+    process keeps a core busy, every product waits for a descheduled thread: on 2 cores,
+    2-thread training was measured 30-35x slower than 1-thread beside one busy process
+    (bench/RESULTS.md, issue 15). Busy = the tasks runnable at the start of the fit (an
+    instant, not an average, so that this process's own earlier work does not count).
     """
-    if n_threads <= 1 or not hasattr(os, "getloadavg"):
+    if n_threads <= 1:
         return
-    load = os.getloadavg()[0]
-    cpus = _threads(None)
-    if load > cpus:
-        logger.warning("the CPUs are busy (load average %.1f on %d CPUs): training on %d threads "
-                       "may run many times slower than on one; consider n_threads=1",
-                       load, cpus, n_threads)
+    busy, cpus = _other_runnable_tasks(), _threads(None)
+    if busy >= cpus - n_threads + 1:
+        logger.warning("the CPUs are busy (%d other runnable tasks on %d CPUs): training on %d "
+                       "threads may run many times slower than on one; consider n_threads=1",
+                       busy, cpus, n_threads)
 
 
 @contextlib.contextmanager
@@ -128,8 +140,8 @@ class SessionGRU(SessionModel):
     into ``n_threads`` blocks, each run (GRU step, scoring GEMM with one BLAS thread, ranking)
     on its own thread. On a machine whose cores are busy with other work, ``n_threads=1`` is
     often faster: idle OpenBLAS workers spin and fight for the cores (2-thread training was
-    measured 30x slower than 1-thread at load 8-12 on 2 cores); ``fit`` warns when it starts
-    on more than one thread while the load average exceeds the CPU count.
+    measured 30-35x slower than 1-thread beside one busy process on 2 cores); ``fit`` warns
+    when it starts on more threads than there are idle CPUs.
 
     ``augment_crop_p``, ``augment_drop_p``: session augmentation after Tan et al. (2016),
     redrawn every epoch: a session replaced by a random contiguous sub-session of >= 2 clicks
