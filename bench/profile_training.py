@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.append(os.path.join(HERE, ".."))  # after PYTHONPATH: `PYTHONPATH=<tree>` measures that tree
 sys.path.insert(0, HERE)
 from refactor_job import RSC15, YOO480  # noqa: E402
 
