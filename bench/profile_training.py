@@ -21,7 +21,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.append(os.path.join(HERE, ".."))  # after PYTHONPATH: `PYTHONPATH=<tree>` measures that tree
@@ -47,14 +46,19 @@ class LimitedSessionGRU(SessionGRU):
             trainer.start_profile()
         self.profiled_trainer = trainer
         if self.max_steps is not None:
-            run, limit = trainer.run, self.max_steps
-
-            def limited(max_steps=-1):
-                result = run(limit)
-                trainer.sched_state[0] = 0  # the epoch ends here
-                return result
-            trainer.run = limited
+            end_epochs_after(trainer, self.max_steps)
         return trainer
+
+
+def end_epochs_after(trainer, steps: int) -> None:
+    """Make ``trainer.run`` end every epoch after ``steps`` steps (a bench's short epoch)."""
+    run = trainer.run
+
+    def limited(max_steps=-1):
+        result = run(steps)
+        trainer.sched_state[0] = 0  # the epoch ends here
+        return result
+    trainer.run = limited
 
 
 def fit(train, params: str, threads: int, seed: int, max_steps, profile: bool):

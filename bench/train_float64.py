@@ -20,6 +20,7 @@ sys.path.insert(0, HERE)
 
 
 def train(job: str, steps: int, out: str, data: str) -> None:
+    from profile_training import end_epochs_after
     from refactor_job import RSC15, YOO480
 
     from gru_engine import SessionGRU
@@ -37,13 +38,7 @@ def train(job: str, steps: int, out: str, data: str) -> None:
                 if v.dtype == np.float32:
                     params[k] = v.astype(np.float64)
             trainer = super()._make_trainer(p, params, *args, **kwargs)
-            run = trainer.run
-
-            def limited(max_steps=-1):
-                result = run(steps)
-                trainer.sched_state[0] = 0  # end the epoch here
-                return result
-            trainer.run = limited
+            end_epochs_after(trainer, steps)
             return trainer
 
     model = Float64GRU.from_param_string(text, random_state=1, n_threads=1)
