@@ -99,7 +99,7 @@ def main(argv=None):
             print(f"{a.dataset} {variant:>18} seed {seed}: R@20 {run['recall@20']:.4f} "
                   f"MRR@20 {run['mrr@20']:.4f} fit {fit_s:.1f} s "
                   f"{np.mean(run['events_per_s']):.0f} ev/s (load {load:.1f})", flush=True)
-    print(f"\n| variant | Recall@20 mean (min-max) | MRR@20 mean (min-max) | fit s | events/s |")
+    print("\n| variant | Recall@20 mean (min-max) | MRR@20 mean (min-max) | fit s | events/s |")
     print("|---|---|---|---|---|")
     for variant in a.variants:
         rs = [r for r in runs if r["variant"] == variant]

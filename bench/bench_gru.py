@@ -28,7 +28,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from gru_engine.batching import full_schedule  # noqa: E402
 from gru_engine.data import build_sessions, read_events  # noqa: E402
-from gru_engine.model import SessionGRU, _thread_limit  # noqa: E402
+from gru_engine.model import SessionGRU  # noqa: E402
+from gru_engine.threads import thread_limit  # noqa: E402
 
 OFFICIAL = {"recall@5": 0.4913, "recall@10": 0.5829, "recall@20": 0.6550, "mrr@20": 0.3453,
             "train_events_per_s": "9-13k", "eval_predictions_per_s": 92000}
@@ -46,7 +47,7 @@ def sgemm_peak(n_threads, size=2048, repeats=5) -> float:
     b = rng.random((size, size), dtype=np.float32)
     out = np.empty_like(a)
     best = np.inf
-    with _thread_limit(n_threads):
+    with thread_limit(n_threads):
         np.dot(a, b, out=out)
         for _ in range(repeats):
             t0 = time.perf_counter()

@@ -28,7 +28,8 @@ sys.path.insert(0, HERE)
 from refactor_job import RSC15, YOO480  # noqa: E402
 
 from gru_engine.data import read_events  # noqa: E402
-from gru_engine.model import SessionGRU, _thread_limit  # noqa: E402
+from gru_engine.model import SessionGRU  # noqa: E402
+from gru_engine.threads import thread_limit  # noqa: E402
 
 JOBS = {"rsc15": ("rsc15-100k/rsc15_100k_train_full.tsv.gz", RSC15),
         "yoo480": ("yoochoose-1-64/yoochoose1_64_train.tsv.gz", YOO480)}
@@ -84,7 +85,7 @@ def profile_job(train, params: str, threads: int, seed: int, max_steps) -> dict:
     rows = cpu_profile.summary(prof, steps, rate)
     step_s = prof[0, 1:].sum() / rate / steps
     gemm_flops = gemm_s_at_ceiling = 0.0
-    with _thread_limit(threads):
+    with thread_limit(threads):
         for row in rows:
             if "shape" in row:
                 m, n, k = row["shape"]

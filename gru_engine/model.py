@@ -31,10 +31,8 @@ Fitted attributes:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
 import time
 
 import numpy as np
@@ -46,70 +44,9 @@ from .batching import augment_sessions, session_order
 from .exceptions import ModelFitError, NotFittedError
 from .network import PARAM_KEYS, S_A, build_layout, epoch_plan, grow_items, subnet_views
 from .sampling import seed_numba
+from .threads import resolve_threads, thread_limit, warn_if_cpus_busy
 
 logger = logging.getLogger("gru_engine")
-
-
-def _threads(n_threads) -> int:
-    """``n_threads`` resolved: None means every CPU this process may run on."""
-    if n_threads is not None:
-        return int(n_threads)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _other_runnable_tasks() -> int:
-    """Tasks other than the caller that are runnable right now (Linux ``/proc/loadavg``; 0
-    where it cannot be read)."""
-    try:
-        with open("/proc/loadavg") as fh:
-            running = int(fh.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return max(running - 1, 0)
-
-
-def _warn_if_cpus_busy(n_threads: int) -> None:
-    """Warn when multi-threaded CPU training starts with fewer idle CPUs than threads.
-
-    Each training step runs a few short BLAS products on ``n_threads`` threads; when another
-    process keeps a core busy, every product waits for a descheduled thread: on 2 cores,
-    2-thread training was measured 30-35x slower than 1-thread beside one busy process
-    (bench/RESULTS.md, issue 15). Busy = the tasks runnable at the start of the fit (an
-    instant, not an average, so that this process's own earlier work does not count).
-    """
-    if n_threads <= 1:
-        return
-    busy, cpus = _other_runnable_tasks(), _threads(None)
-    if busy >= cpus - n_threads + 1:
-        logger.warning("the CPUs are busy (%d other runnable tasks on %d CPUs): training on %d "
-                       "threads may run many times slower than on one; consider n_threads=1",
-                       busy, cpus, n_threads)
-
-
-@contextlib.contextmanager
-def _thread_limit(n_threads):
-    """Limit BLAS (and Numba) threads to ``n_threads`` inside the block; restore afterwards."""
-    if n_threads is None:
-        yield
-        return
-    import numba
-    old_numba = numba.get_num_threads()
-    limiter = None
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-            limiter = threadpool_limits(limits=int(n_threads), user_api="blas")
-        except ImportError:
-            logger.warning("threadpoolctl is not installed: n_threads does not limit BLAS threads")
-        numba.set_num_threads(min(int(n_threads), numba.config.NUMBA_NUM_THREADS))
-        yield
-    finally:
-        numba.set_num_threads(old_numba)
-        if limiter is not None:
-            limiter.restore_original_limits()
 
 
 def _resolve_device(name: str) -> Device | None:
@@ -307,8 +244,8 @@ class SessionGRU(SessionModel):
         trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]))
         run = _EpochRun(self, p, trainer, sessions, order_rng, checkpoint)
         if device is None:
-            _warn_if_cpus_busy(_threads(p["n_threads"]))
-        with _thread_limit(_threads(p["n_threads"])):
+            warn_if_cpus_busy(resolve_threads(p["n_threads"]))
+        with thread_limit(resolve_threads(p["n_threads"])):
             seed_numba(int(numba_state[0] & 0x7FFFFFFF))
             t0 = time.perf_counter()
             trainer.fill_store()
@@ -371,7 +308,7 @@ class SessionGRU(SessionModel):
                                                                  "vel": grown[1]})
         run = _EpochRun(self, p, trainer, sessions, np.random.default_rng(order_seed), None)
         try:
-            with _thread_limit(_threads(p["n_threads"])):
+            with thread_limit(resolve_threads(p["n_threads"])):
                 seed_numba(int(numba_state[0] & 0x7FFFFFFF))
                 trainer.fill_store()
                 run.epochs(1, n_epochs, callback, offset=len(before["loss_history_"]))
@@ -433,12 +370,12 @@ class SessionGRU(SessionModel):
                           cache_on=self)
         from .backends.cpu_scoring import Scorer
         return Scorer(self.params_ if params is None else params, sum_mode, act, act_param,
-                      _threads(self.n_threads))
+                      resolve_threads(self.n_threads))
 
     def evaluate(self, test, *args, **kwargs) -> dict:
         """Next-item evaluation (see :meth:`SessionModel.evaluate`), under ``n_threads``."""
         # One BLAS thread: the scorer's rank() splits the rows over ``n_threads`` threads.
-        with _thread_limit(1):
+        with thread_limit(1):
             return super().evaluate(test, *args, **kwargs)
 
     def predict_next(self, sessions_items) -> np.ndarray:

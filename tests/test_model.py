@@ -350,9 +350,9 @@ def test_threaded_rank_equals_score_then_rank(fitted, n_threads, use_panels, mon
 @pytest.mark.parametrize("busy, n_threads, warned", [(9, 2, True), (1, 2, True), (9, 1, False),
                                                       (0, 2, False)])
 def test_busy_cpus_warning(monkeypatch, caplog, busy, n_threads, warned):
-    import gru_engine.model as model_mod
-    monkeypatch.setattr(model_mod, "_other_runnable_tasks", lambda: busy)
-    monkeypatch.setattr(model_mod, "_threads", lambda n: 2 if n is None else int(n))
+    import gru_engine.threads as threads_mod
+    monkeypatch.setattr(threads_mod, "other_runnable_tasks", lambda: busy)
+    monkeypatch.setattr(threads_mod, "resolve_threads", lambda n: 2 if n is None else int(n))
     with caplog.at_level(logging.WARNING, logger="gru_engine"):
         SessionGRU(**dict(SMALL, n_epochs=1, n_threads=n_threads)).fit(_events())
     assert any("CPUs are busy" in r.getMessage() for r in caplog.records) == warned

@@ -542,7 +542,7 @@ def test_store_top_k_equals_scores_then_top_k(model, k):
 def test_blas_one_thread_limits_and_restores(model):
     """Inside (nested too): every BLAS at one thread; after: as before; store calls too."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from gru_engine.serving.scorers import blas_one_thread
+    from gru_engine.threads import blas_one_thread
     store = SessionStore(model, capacity=4, k=5)  # its scorer's BLAS is loaded
     blas = lambda: [i["num_threads"] for i in threadpoolctl.threadpool_info()
                     if i["user_api"] == "blas"]

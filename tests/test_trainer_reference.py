@@ -103,7 +103,7 @@ def hyper(loss="cross-entropy", act="linear", n_sample=3, **kw):
 
 def random_masks(params, rng, p=0.3):
     """Inverted-dropout masks of BS rows per subnet (naive form) and for the trainer."""
-    SI, LI = params["SI"], params["LI"]
+    SI = params["SI"]
     drop = lambda shape: np.where(rng.random(shape) < p, 0.0, 1 / (1 - p))
     naive_masks, m0s, mks = [], [], []
     for s in range(SI.shape[0]):

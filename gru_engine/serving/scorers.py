@@ -2,7 +2,6 @@
 :func:`shared_scorer`)."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import threading
 import weakref
@@ -110,38 +109,3 @@ def shared_scorer(model, params=None, device=None):
 
 def _sum_hidden(scorer) -> int:
     return int(scorer.width) if hasattr(scorer, "width") else int(sum(scorer.net.H))
-
-
-# ---------------------------------------------------------------------------------------------
-# one BLAS thread while a store call scores on its own threads
-# ---------------------------------------------------------------------------------------------
-_BLAS = {"controller": None, "n_modules": -1}
-_BLAS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def blas_one_thread():
-    """BLAS limited to one thread inside the block (a no-op without threadpoolctl), for the
-    session store's calls, which split their rows over their own threads or step one session:
-    OpenBLAS threads even the GEMV of one session's GRU step at hidden 480 (1 x 480 x 1440),
-    and on a busy machine its waiting threads made a one-session ``advance`` take 56-66 ms
-    instead of 0.1 ms. The limit is process-wide, and threadpoolctl lets one thread at a time
-    set OpenBLAS's: blocks overlapping on several threads can leave BLAS at one thread after
-    them (a store's calls never overlap: it holds its lock). The threadpoolctl controller (it
-    lists the BLAS libraries loaded when it is made) is made again only when modules were
-    imported since: ~5 us a block otherwise."""
-    import sys
-    with _BLAS_LOCK:
-        if _BLAS["n_modules"] != len(sys.modules):
-            try:
-                from threadpoolctl import ThreadpoolController
-                controller = ThreadpoolController()
-            except ImportError:
-                controller = False
-            _BLAS.update(controller=controller, n_modules=len(sys.modules))
-        controller = _BLAS["controller"]
-    if controller is False:
-        yield
-        return
-    with controller.limit(limits=1, user_api="blas"):
-        yield

@@ -11,7 +11,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..ranking import Exclusions
-from .scorers import _cpu_proto, _fork, _sum_hidden, blas_one_thread
+from ..threads import blas_one_thread, resolve_threads
+from .scorers import _cpu_proto, _fork, _sum_hidden
 
 logger = logging.getLogger("gru_engine")
 
@@ -142,7 +143,7 @@ class SessionStore:
     k:              default number of recommendations
     n_threads:      CPU threads of one call (rows split in blocks, each stepped, scored and
                     ranked on its own thread; default the model's ``n_threads``); BLAS runs one
-                    thread per block during a call (:func:`.scorers.blas_one_thread`). A CUDA
+                    thread per block during a call (:func:`gru_engine.threads.blas_one_thread`). A CUDA
                     store uses the device.
     clock:          seconds, monotonic (tests pass a fake)
 
@@ -187,12 +188,11 @@ class SessionStore:
             raise ValueError(f"idle_timeout_s must be None or > 0 seconds, got "
                              f"{idle_timeout_s!r}")
         self._check_k(k)
-        from ..model import _threads
         self.model = model
         self.capacity = int(capacity)
         self.idle_timeout_s = None if idle_timeout_s is None else float(idle_timeout_s)
         self.k = int(k)
-        self.n_threads = max(1, _threads(model.n_threads if n_threads is None else n_threads))
+        self.n_threads = max(1, resolve_threads(model.n_threads if n_threads is None else n_threads))
         self.clock = clock
         self.n_items = model.n_items_
         self._params = model.params_

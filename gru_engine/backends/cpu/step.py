@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 # Numba's np.dot calls the BLAS behind scipy.linalg.cython_blas. Load it now, so that a thread
-# limit set later (threadpoolctl, see model._thread_limit) sees and limits that library.
+# limit set later (threadpoolctl, see threads.thread_limit) sees and limits that library.
 import scipy.linalg.cython_blas  # noqa: F401
 from numba import njit
 
