@@ -533,8 +533,9 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
         for i in range(R):
             if new_session[i]:
                 hp[i, :] = 0.0
-            else:
-                hp[i, :] = state[rows[i], st0:st0 + H]
+            else:  # element loops: an array slice assignment compiles a shape-error formatter
+                for j in range(H):
+                    hp[i, j] = state[rows[i], st0 + j]
     for s in range(net.SI.shape[0]):
         subnet_forward(s, net, items, R, bs, wk, None)
     Hc = hc_aug.shape[1] - 1
@@ -547,4 +548,5 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
         st0 = LI[g, L_STOFF]
         y = block_view(wk.Y, LI[g, L_HOFF], bs, H)
         for i in range(R):
-            state[rows[i], st0:st0 + H] = y[i, :]
+            for j in range(H):
+                state[rows[i], st0 + j] = y[i, j]
