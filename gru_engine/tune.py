@@ -104,8 +104,11 @@ def _as_model_params(params: dict) -> dict:
         out["layers"] = [int(out["layers"])]
     for key in ("elu_param", "bpreg", "logq", "learning_rate", "momentum", "sample_alpha",
                 "dropout_p_embed", "dropout_p_hidden"):
-        if key in out:  # stepped Optuna floats carry binary noise (0.35000000000000003)
-            out[key] = round(float(out[key]), 10)
+        if key in out:
+            out[key] = float(out[key])
+    for key, value in out.items():
+        if isinstance(value, float):  # stepped Optuna floats carry binary noise (0.35000000000000003)
+            out[key] = round(value, 10)
     return out
 
 
