@@ -181,6 +181,10 @@ class SessionStore:
     def __init__(self, model, capacity: int = 10_000, idle_timeout_s: float | None = None,
                  k: int = 20, n_threads: int | None = None, clock=time.monotonic):
         model._check_fitted()
+        if "context_in" in model.params_:
+            raise ValueError("SessionStore does not serve context-aware models (context_input/"
+                             "context_output) yet: use model.recommend(items, times=..., "
+                             "now=...)")
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
                 or capacity < 1:
             raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
