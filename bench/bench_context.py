@@ -30,6 +30,8 @@ VARIANTS = {
     "plain": {},
     "ctx-in": {"context_input": "concat"},
     "ctx-in-out": {"context_input": "concat", "context_output": "multiply"},
+    "ctx-mul-in": {"context_input": "multiply"},
+    "ctx-out": {"context_output": "multiply"},
 }
 SEARCH = {
     "layers": {"type": "int", "low": 64, "high": 160, "step": 32},
@@ -80,7 +82,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["rsc15-100k", "diginetica-sample"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["plain", "ctx-in", "ctx-in-out"],
+                    choices=list(VARIANTS))
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--n-sample", type=int, default=512)

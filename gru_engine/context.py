@@ -49,6 +49,8 @@ TIME_FEATURES = ("gap", "hour", "weekday")
 GAP_BUCKETS = 20
 #: a time column below this (1973-03-03 in Unix seconds) is an ordinal, not a timestamp
 MIN_UNIX_TIME = 1e8
+#: the options holding lists of names (tuples in the constructor)
+NAME_LIST_PARAMS = ("context_time", "context_columns")
 #: the parameter dict keys of the context tables (in ``params_``, model files)
 TABLE_KEYS = ("context_in", "context_out")
 
@@ -181,12 +183,20 @@ class ContextEncoder:
         first[np.asarray(offsets[:-1], np.int64)] = True
         prev = np.concatenate([[0.0], times[:-1]])
         t_ids = self.time_ids(times, prev, first)
-        local = np.hstack([t_ids, self.column_ids(columns, len(times))])
-        off_in = np.concatenate([[0], np.cumsum(self.sizes_in)[:-1]]).astype(np.int32)
-        off_out = np.concatenate([[0], np.cumsum(self.sizes_out)[:-1]]).astype(np.int32)
-        ev_in = np.ascontiguousarray(local + off_in[:local.shape[1]], np.int32)
-        ev_out = np.ascontiguousarray(t_ids + off_out[:t_ids.shape[1]], np.int32)
-        return ev_in, ev_out
+        return (self.input_rows(t_ids, self.column_ids(columns, len(times))),
+                self.output_rows(t_ids))
+
+    def input_rows(self, t_ids, c_ids) -> np.ndarray:
+        """(n, F_in) int32 input-table rows of time ids (n, len(time)) and column ids (n,
+        len(columns))."""
+        local = np.hstack([t_ids, c_ids])
+        off = np.concatenate([[0], np.cumsum(self.sizes_in)[:-1]]).astype(np.int32)
+        return np.ascontiguousarray(local + off[:local.shape[1]], np.int32)
+
+    def output_rows(self, t_ids) -> np.ndarray:
+        """(n, F_out) int32 output-table rows of time ids (n, len(time))."""
+        off = np.concatenate([[0], np.cumsum(self.sizes_out)[:-1]]).astype(np.int32)
+        return np.ascontiguousarray(t_ids + off[:t_ids.shape[1]], np.int32)
 
 
 def read_columns(table, names, rows=None) -> dict:
@@ -252,6 +262,15 @@ def fit_context(model, p, layout, params, sessions, table):
     model.context_vocab_ = encoder.vocab
     params.update(init_tables(p, layout, encoder, params["Wy"].dtype))
     return training_context(p, params, sessions, encoder, table, p["batch_size"])
+
+
+def saved_params(params: dict) -> dict:
+    """``params`` as a model file's header stores them: without the context options when
+    both sides are off (files of plain models stay readable by versions without context)."""
+    if params.get("context_input") == "none" and params.get("context_output") == "none":
+        keys = ("context_input", "context_output") + NAME_LIST_PARAMS
+        return {k: v for k, v in params.items() if k not in keys}
+    return dict(params)
 
 
 def file_arrays(model) -> dict:

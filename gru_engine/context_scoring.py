@@ -40,6 +40,16 @@ class ContextScorer(Scorer):
         self._rows = (np.zeros((0, self.n_in), np.int32), np.zeros((0, self.n_out), np.int32))
         self._events = None
 
+    @property
+    def n_threads(self) -> int:
+        """Always 1: the rows' context is set per call, not per row block (a store or model
+        asking for more threads gets one)."""
+        return 1
+
+    @n_threads.setter
+    def n_threads(self, value) -> None:
+        pass
+
     def _workspace(self, k, R):
         ws = super()._workspace(k, R)
         if ws.context.rin.shape[0] != ws.cap or not ws.context.cfg.any():

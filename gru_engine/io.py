@@ -74,7 +74,7 @@ def save_model(model, path) -> None:
     ids = np.asarray(model.item_index_.ids)
     if ids.dtype.kind not in "iuU":
         raise ValueError(f"cannot save item ids of dtype {ids.dtype}: only integer or string ids")
-    params = model.get_params()
+    params = context.saved_params(model.get_params())
     for key in ("layers", "feature_layers"):
         if params.get(key) is not None:
             params[key] = [int(h) for h in np.atleast_1d(params[key])]
@@ -273,6 +273,9 @@ def _model_from_params(ck: _Checker, header: dict, cls):
                 f"{header.get('library_version', 'of another version')}); upgrade gru_engine to "
                 "load this file")
     full = dict(cls().get_params(), **params)
+    for key in context.NAME_LIST_PARAMS:  # JSON lists back to the constructor's tuples
+        if isinstance(full.get(key), list):
+            full[key] = tuple(full[key])
     try:
         # the device the file was trained on need not exist here: a loaded model scores on CPU
         p = cls(**dict(full, device="cpu", show_progress=False))._validated()
