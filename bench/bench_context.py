@@ -78,6 +78,31 @@ def run(dataset, seed, variant, args, splits):
             "trial_s": sum(t.seconds or 0 for t in res.trials)}
 
 
+def speed(args):
+    """Training events/s of each variant against plain, interleaved (plain, v1, v2, plain, ...)
+    ``args.speed`` rounds of one epoch on rsc15-100k train_full, fixed parameters (layers 100,
+    batch 32, n_sample 2048, one thread); prints per variant the median ratio to the plain
+    epoch of the same round."""
+    from gru_engine import SessionGRU
+    full = load("rsc15-100k")[2]
+    ratios = {v: [] for v in args.variants if v != "plain"}
+    eps = {v: [] for v in args.variants}
+    for rnd in range(args.speed):
+        got = {}
+        for v in args.variants:
+            m = SessionGRU(layers=[100], n_epochs=1, n_sample=2048, n_threads=1, random_state=rnd,
+                           **VARIANTS[v]).fit(full)
+            got[v] = m.events_per_s_[0]
+            eps[v].append(got[v])
+        for v in ratios:
+            ratios[v].append(got[v] / got["plain"])
+        print(json.dumps({"round": rnd, "events_per_s": got, "load": os.getloadavg()[0]}),
+              flush=True)
+    for v in args.variants:
+        r = f", median ratio to plain {np.median(ratios[v]):.3f}" if v in ratios else ""
+        print(f"{v}: median {np.median(eps[v]):.0f} events/s{r}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["rsc15-100k", "diginetica-sample"])
@@ -88,7 +113,11 @@ def main():
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--n-sample", type=int, default=512)
     ap.add_argument("--out", default="context.json")
+    ap.add_argument("--speed", type=int, default=0,
+                    help="instead of the search: this many interleaved rounds of training speed")
     args = ap.parse_args()
+    if args.speed:
+        return speed(args)
     import logging
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)

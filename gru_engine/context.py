@@ -164,6 +164,20 @@ class ContextEncoder:
                 out[:, j] = ((np.floor(times / 86400.0) + 3) % 7).astype(np.int32)
         return out
 
+    def checked_columns(self, columns, n: int, call: str) -> dict:
+        """``columns`` (name -> n values of the requested clicks) as arrays for
+        :meth:`column_ids`; ``ValueError`` naming what ``call`` is missing."""
+        columns = {} if columns is None else dict(columns)
+        missing = [c for c in self.columns if c not in columns]
+        if missing:
+            raise ValueError(f"this model has context_columns {self.columns}: {call} needs "
+                             f"columns= with {missing} (one value per click)")
+        out = {c: np.atleast_1d(np.asarray(columns[c])) for c in self.columns}
+        for c, v in out.items():
+            if len(v) != n:
+                raise ValueError(f"columns[{c!r}] has {len(v)} values for {n} clicks")
+        return out
+
     def column_ids(self, columns: dict, n: int) -> np.ndarray:
         """(n, len(columns)) int32 ids of the n per-event values ``columns[name]`` (0:
         unknown)."""

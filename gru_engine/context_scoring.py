@@ -121,17 +121,8 @@ def recommend(model, items, k, exclude, times, now, columns):
         check_times(ev_t, "times")
     else:
         ev_t = np.zeros(n + 1)
-    columns = {} if columns is None else dict(columns)
-    missing = [c for c in enc.columns if c not in columns]
-    if missing:
-        raise ValueError(f"this model has context_columns {enc.columns}: recommend needs "
-                         f"columns= with {missing} (one value per click)")
-    for c in enc.columns:
-        if len(np.atleast_1d(columns[c])) != n:
-            raise ValueError(f"columns[{c!r}] has {len(np.atleast_1d(columns[c]))} values for "
-                             f"{n} clicks")
-    cols = {c: np.concatenate([np.atleast_1d(columns[c]).astype(str), [""]])
-            for c in enc.columns}
+    cols = {c: np.concatenate([v.astype(str), [""]])
+            for c, v in enc.checked_columns(columns, n, "recommend").items()}
     ev_in, ev_out = enc.event_rows(ev_t, np.array([0, n + 1]), cols)
     sc = model.scorer()
     sc.bind_events(ev_in, ev_out)

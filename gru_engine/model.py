@@ -446,6 +446,10 @@ class SessionGRU(SessionModel):
         Unknown item ids raise ``KeyError``; an empty session raises ``ValueError``.
         """
         self._check_fitted()
+        if "context_in" in self.params_:
+            raise ValueError("predict_next has no click times: a context-aware model scores "
+                             "through recommend(items, times=..., now=...), evaluate or "
+                             "SessionStore")
         seqs = [self.item_index_.to_index(np.atleast_1d(np.asarray(s))) for s in sessions_items]
         return self._predict_next(self.scorer(), seqs)
 

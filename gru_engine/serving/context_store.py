@@ -38,17 +38,8 @@ class StoreContext:
                 raise ValueError(f"times must hold {n} finite seconds, got {len(t)} values")
         else:
             t = np.zeros(n)
-        cols = {} if columns is None else dict(columns)
-        missing = [c for c in enc.columns if c not in cols]
-        if missing:
-            raise ValueError(f"this model has context_columns {enc.columns}: step/advance need "
-                             f"columns= with {missing} (one value per entry)")
-        for c in enc.columns:
-            if len(np.atleast_1d(cols[c])) != n:
-                raise ValueError(f"columns[{c!r}] has {len(np.atleast_1d(cols[c]))} values for "
-                                 f"{n} entries")
         self.times = t
-        self.cols = enc.column_ids({c: np.atleast_1d(cols[c]) for c in enc.columns}, n)
+        self.cols = enc.column_ids(enc.checked_columns(columns, n, "step/advance"), n)
 
     def clicks(self, scorer, slots, new, pos) -> None:
         """Before stepping ``slots`` by the call's entries ``pos`` (``new``: the session's

@@ -109,13 +109,19 @@ def _row_sums(table, rows, B, out, plus_one):
 
 
 @njit(cache=True, error_model="numpy")
-def context_input_forward(cx, X, B):
-    """Multiply mode: ``X[:B] *= 1 + sum Cin[rin]`` in place (keeps ``xraw``, ``mod_in``)."""
-    _row_sums(cx.Cin, cx.rin, B, cx.mod_in, 1.0)
+def _modulate(table, rows, B, X, mod, raw):
+    """``raw[:B] = X[:B]``; ``mod[:B] = 1 + sum table[rows]``; ``X[:B] *= mod[:B]``."""
+    _row_sums(table, rows, B, mod, 1.0)
     for i in range(B):
         for k in range(X.shape[1]):
-            cx.xraw[i, k] = X[i, k]
-            X[i, k] *= cx.mod_in[i, k]
+            raw[i, k] = X[i, k]
+            X[i, k] *= mod[i, k]
+
+
+@njit(cache=True, error_model="numpy")
+def context_input_forward(cx, X, B):
+    """Multiply mode: ``X[:B] *= 1 + sum Cin[rin]`` in place (keeps ``xraw``, ``mod_in``)."""
+    _modulate(cx.Cin, cx.rin, B, X, cx.mod_in, cx.xraw)
 
 
 @njit(cache=True, error_model="numpy")
@@ -147,11 +153,7 @@ def context_input_backward(cx, D, B):
 @njit(cache=True, error_model="numpy")
 def context_output_forward(cx, hc, B):
     """``hc[:B] *= 1 + sum Cout[rout]`` in place (keeps ``hraw``, ``mod_out``)."""
-    _row_sums(cx.Cout, cx.rout, B, cx.mod_out, 1.0)
-    for i in range(B):
-        for k in range(hc.shape[1]):
-            cx.hraw[i, k] = hc[i, k]
-            hc[i, k] *= cx.mod_out[i, k]
+    _modulate(cx.Cout, cx.rout, B, hc, cx.mod_out, cx.hraw)
 
 
 @njit(cache=True, error_model="numpy")
