@@ -49,7 +49,7 @@ TIME_FEATURES = ("gap", "hour", "weekday")
 GAP_BUCKETS = 20
 #: a time column below this (1973-03-03 in Unix seconds) is an ordinal, not a timestamp
 MIN_UNIX_TIME = 1e8
-#: the options holding lists of names (tuples in the constructor)
+#: the options holding lists of names
 NAME_LIST_PARAMS = ("context_time", "context_columns")
 #: the parameter dict keys of the context tables (in ``params_``, model files)
 TABLE_KEYS = ("context_in", "context_out")
@@ -77,12 +77,14 @@ def validate_context(p: dict) -> dict:
         raise ValueError(f"context_input must be one of {list(CONTEXT_INPUTS)}, got {cin!r}")
     if cout not in CONTEXT_OUTPUTS:
         raise ValueError(f"context_output must be one of {list(CONTEXT_OUTPUTS)}, got {cout!r}")
-    times = _names("context_time", p["context_time"])
+    times = _names("context_time", TIME_FEATURES if p["context_time"] is None
+                   else p["context_time"])
     bad = [t for t in times if t not in TIME_FEATURES]
     if bad:
         raise ValueError(f"context_time: unknown time feature(s) {bad}; choose from "
                          f"{list(TIME_FEATURES)}")
-    columns = _names("context_columns", p["context_columns"])
+    columns = _names("context_columns", () if p["context_columns"] is None
+                     else p["context_columns"])
     if cin != "none" and not times and not columns:
         raise ValueError(f"context_input={cin!r} needs at least one feature: context_time or "
                          "context_columns is empty")

@@ -89,7 +89,7 @@ class FeatureSessionGRU(SessionGRU):
                  show_progress=False, architecture="parallel", combine="concat",
                  strategy="simultaneous", feature_layers=None, augment_crop_p=0.0,
                  augment_drop_p=0.0, context_input="none", context_output="none",
-                 context_time=("gap", "hour", "weekday"), context_columns=()):
+                 context_time=None, context_columns=None):
         super().__init__(layers=layers, loss=loss, final_act=final_act, batch_size=batch_size,
                          n_epochs=n_epochs, n_sample=n_sample, sample_alpha=sample_alpha,
                          sample_store_size=sample_store_size, logq=logq, bpreg=bpreg,

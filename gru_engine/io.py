@@ -273,9 +273,6 @@ def _model_from_params(ck: _Checker, header: dict, cls):
                 f"{header.get('library_version', 'of another version')}); upgrade gru_engine to "
                 "load this file")
     full = dict(cls().get_params(), **params)
-    for key in context.NAME_LIST_PARAMS:  # JSON lists back to the constructor's tuples
-        if isinstance(full.get(key), list):
-            full[key] = tuple(full[key])
     try:
         # the device the file was trained on need not exist here: a loaded model scores on CPU
         p = cls(**dict(full, device="cpu", show_progress=False))._validated()

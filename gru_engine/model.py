@@ -88,10 +88,10 @@ class SessionGRU(SessionModel):
     :data:`gru_engine.params.AUGMENT_KEYS`.
 
     ``context_input`` (``'none'|'concat'|'multiply'``), ``context_output``
-    (``'none'|'multiply'``), ``context_time`` (subset of ``('gap', 'hour', 'weekday')``),
-    ``context_columns`` (per-event categorical column names): the context-aware GRU (Smirnova
-    & Vasile 2017), the current event's context on the input and the next event's on the
-    output; needs real timestamps for ``context_time``; CPU only. See
+    (``'none'|'multiply'``), ``context_time`` (subset of ``('gap', 'hour', 'weekday')``; None:
+    all three), ``context_columns`` (per-event categorical column names; None: none): the
+    context-aware GRU (Smirnova & Vasile 2017), the current event's context on the input and
+    the next event's on the output; needs real timestamps for ``context_time``; CPU only. See
     :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the
     request's time ``now``.
 
@@ -113,7 +113,7 @@ class SessionGRU(SessionModel):
                  random_state=None, n_threads=None, device="cpu", shuffle_sessions=False,
                  show_progress=False, augment_crop_p=0.0, augment_drop_p=0.0,
                  context_input="none", context_output="none",
-                 context_time=("gap", "hour", "weekday"), context_columns=()):
+                 context_time=None, context_columns=None):
         self.layers = layers
         self.loss = loss
         self.final_act = final_act

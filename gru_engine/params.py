@@ -36,21 +36,21 @@ DEFAULTS = {
     "augment_drop_p": 0.0,
     "context_input": "none",
     "context_output": "none",
-    "context_time": ["gap", "hour", "weekday"],
-    "context_columns": [],
+    "context_time": None,
+    "context_columns": None,
 }
 
-#: Context-aware GRU (Smirnova & Vasile, DLRS 2017; :mod:`gru_engine.context`): per-event
-#: context features (``context_time``: time since the previous click in log2 buckets, hour of
-#: day and day of week, UTC, from the time column in Unix seconds; ``context_columns``: named
-#: per-event categorical columns), each with its own rows in a context table.
-#:   context_input: 'none' | 'concat' (the current event's context, one-hot, concatenated to
-#:       the input of layer 0: its rows are added to the layer-0 gate pre-activations) |
-#:       'multiply' (the input vector times ``1 + W c``);
-#:   context_output: 'none' | 'multiply' (the combined state before the output layer times
-#:       ``1 + W c'``, c' the next event's time context: the target's time in training, the
-#:       request's time at serving); categorical columns enter the input side only.
-CONTEXT_KEYS = ("context_input", "context_output", "context_time", "context_columns")
+# Context-aware GRU (Smirnova & Vasile, DLRS 2017; :mod:`gru_engine.context`): per-event
+# context features (``context_time``: time since the previous click in log2 buckets, hour of
+# day and day of week, UTC, from the time column in Unix seconds, None = all three;
+# ``context_columns``: named per-event categorical columns, None = none), each with its own
+# rows in a context table.
+#   context_input: 'none' | 'concat' (the current event's context, one-hot, concatenated to
+#       the input of layer 0: its rows are added to the layer-0 gate pre-activations) |
+#       'multiply' (the input vector times ``1 + W c``);
+#   context_output: 'none' | 'multiply' (the combined state before the output layer times
+#       ``1 + W c'``, c' the next event's time context: the target's time in training, the
+#       request's time at serving); categorical columns enter the input side only.
 
 #: Session augmentation (Tan, Xu & Liu, DLRS 2016), redrawn every epoch from the epoch-order
 #: generator (reproducible under ``random_state``). Tan et al. train on every prefix of every
