@@ -189,7 +189,7 @@ def gather_input(s, net, in_items, B, bs, Xf, M0f):
 
 
 @njit(cache=True, error_model="numpy")
-def subnet_forward(s, net, in_items, B, bs, wk, prof, cx):
+def subnet_forward(s, net, in_items, B, bs, wk, cx, prof):
     """Forward of subnet ``s`` for the first ``B`` rows: input gather, its GRU layers, outputs
     ``y = h' * mask`` per layer (buffers of ``wk``, a :class:`Work`); subnet 0 takes the input
     context of ``cx`` (:mod:`.context_step`)."""
@@ -323,7 +323,7 @@ def acc_bag(slot, rows, n, G, col0, ip0, net, in_items, B, DX):
 
 
 @njit(cache=True, error_model="numpy")
-def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, prof, cx):
+def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
     """Gradients of subnet ``s`` from ``wk.dhc`` (gradient w.r.t. the combined hidden state):
     dense ones into ``wk.gtheta`` (its range ``S_D0:S_D1``, combine weight included), table rows
     into ``sp.GT`` (own table; count in ``sp.nT[s]``) or ``sp.GY`` (constrained ID input);
@@ -414,8 +414,8 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, prof, cx):
 
 
 @njit(cache=True, error_model="numpy")
-def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, sp, hy, prof,
-                          cx):
+def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, sp, hy, cx,
+                          prof):
     """Forward over the active subnets, sampled loss, and the gradients of the trained subnets
     and of the output layer (steps 4-7); context (``cx``, :mod:`.context_step`) on subnet 0's
     input and on the combined state, its gradients in ``cx.gin``/``cx.gout``. ``sp.counts``
@@ -427,7 +427,7 @@ def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, 
     for s in range(S):
         sp.nT[s] = 0
         if active[s]:
-            subnet_forward(s, net, in_items, B, bs, wk, prof, cx)
+            subnet_forward(s, net, in_items, B, bs, wk, cx, prof)
     combine_forward(net, active, B, bs, wk.Y, wk.hc, sum_mode)
     if cx.cfg[1] != COUT_NONE:
         context_output_forward(cx, wk.hc, B)
@@ -438,7 +438,7 @@ def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, 
     n_out = nY
     for s in range(S):
         if active[s] and train[s]:
-            nY = subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, prof, cx)
+            nY = subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof)
     sp.counts[0] = nY
     sp.counts[1] = n_out
     return total
@@ -560,7 +560,7 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
             else:
                 hp[i, :] = state[rows[i], st0:st0 + H]
     for s in range(net.SI.shape[0]):
-        subnet_forward(s, net, items, R, bs, wk, None, cx)
+        subnet_forward(s, net, items, R, bs, wk, cx, None)
     Hc = hc_aug.shape[1] - 1
     hc = hc_aug[:, :Hc]
     combine_forward(net, active, R, bs, wk.Y, hc, sum_mode)

@@ -121,14 +121,14 @@ def carry_hidden(hp, y, reset, src, n_rows):
 
 @njit(cache=True, error_model="numpy")
 def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, min_rows,
-                draw_dropout, hy, prof, cx):
+                draw_dropout, hy, cx, prof):
     """Up to ``max_steps`` steps (all remaining when < 0) of the epoch started by
     :func:`epoch_start`. ``flags`` (3,) bool ``[interleave, freeze_out, sum_mode]``: with
     ``interleave`` the trained subnet is ``state[4] % S`` (global step count); ``draw_dropout`` False
     keeps the dropout masks in ``wk`` as they are (tests). Returns ``(sum of step_loss * rows,
     events, finite)``; stops at the first non-finite step loss (``finite`` False, parameters of
-    that step not updated). ``prof``: ``None`` or a per-phase profile (:mod:`.profile`); ``cx``:
-the context record (:mod:`.context_step`; ``cfg`` zero without context)."""
+    that step not updated). ``cx``: the context record (:mod:`.context_step`; ``cfg`` zero
+    without context); ``prof``: ``None`` or a per-phase profile (:mod:`.profile`)."""
     S = net.SI.shape[0]
     LI = net.LI
     bs = hy.batch_size
@@ -156,7 +156,7 @@ the context record (:mod:`.context_step`; ``cfg`` zero without context)."""
                        hy.dropout_p_hidden)
         tick(prof, P_MASKS)
         step_loss = step_forward_backward(net, active, train, sum_mode, sc.in_items, B, C, wk,
-                                          ob, sp, hy, prof, cx)
+                                          ob, sp, hy, cx, prof)
         if not np.isfinite(step_loss):
             release_all(net.SI, sp)
             finite = False
@@ -372,7 +372,7 @@ class Trainer:
         st = Store(samples=self.store.samples, cdf=self.store.cdf, log_support=self.log_support)
         return train_steps(max_steps, self.net, self.sched, st, self.work, self.out,
                            self.sparse, self.opt, self.active, self.train, self.flags,
-                           self.min_rows, self.draw_masks, self.hyper, self.prof, self.cx)
+                           self.min_rows, self.draw_masks, self.hyper, self.cx, self.prof)
 
     def forward_backward(self, in_items, B, cols, C):
         """One step's loss and gradients without an update (gradient checks), with the current
@@ -386,8 +386,8 @@ class Trainer:
         self.out.cols[:C] = cols
         wk.gtheta[:] = 0.0
         total = step_forward_backward(self.net, self.active, self.train, bool(self.flags[2]),
-                                      in_buf, B, C, wk, self.out, sp, self.hyper, None,
-                                      self.cx)
+                                      in_buf, B, C, wk, self.out, sp, self.hyper, self.cx,
+                                      None)
         grads = {"theta": np.zeros_like(p["theta"]), "T": np.zeros_like(p["T"]),
                  "Wy": np.zeros_like(p["Wy"]), "By": np.zeros_like(p["By"])}
         for s in range(SI.shape[0]):
