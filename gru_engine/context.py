@@ -30,9 +30,12 @@ as the plain network):
   target's time; at serving the request's time, ``recommend(..., now=...)``). Categorical
   columns enter the input side only (a request does not know its own event type).
 
-Not built: the paper's context-dependent transition matrices (``W_h`` as a function of the
-context) and the CUDA backend (``device='cuda'`` with context raises ``ValueError``).
-Kernels: :mod:`gru_engine.backends.cpu.context_step`.
+Serving: :mod:`gru_engine.context_scoring` (``evaluate``, ``recommend(..., times=, now=)``)
+and :mod:`gru_engine.serving.context_store` (``SessionStore``). Not built: the paper's
+context-dependent transition matrices (``W_h`` as a function of the context), the CUDA backend
+(``device='cuda'``/``'auto'`` with context raises ``ValueError``), ``partial_fit``,
+checkpoints, store snapshots, ``predict_next`` and file scoring of context models (each raises
+``ValueError``). Kernels: :mod:`gru_engine.backends.cpu.context_step`.
 """
 from __future__ import annotations
 

@@ -544,8 +544,9 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
     state: (n_slots, sum of layer sizes) float32, layer ``g`` in columns ``L_STOFF``..; rows are
     gathered (zero where ``new_session``), stepped and scattered back. ``hc_aug[:R]`` gets
     ``[combined hidden | 1]``, the combined state modulated by the output context in ``cx``
-    (:mod:`.context_step`; ``cx.rin``/``cx.rout`` set by the caller). Releases the GIL: calls on disjoint ``rows`` with their own
-    buffers may run on separate threads.
+    (:mod:`.context_step`; ``cx.rin``/``cx.rout`` set by the caller). Releases the GIL: calls
+    on disjoint ``rows`` with their own buffers (``wk``, ``hc_aug``, ``cx``) may run on
+    separate threads.
     """
     LI = net.LI
     R = len(rows)
