@@ -122,11 +122,17 @@ class SessionModel:
         keys.update({k: v for k, v in (("session_key", session_key), ("item_key", item_key),
                                         ("time_key", time_key)) if v is not None})
         sessions, _, report = build_sessions(test, self.item_index_, **keys)
-        result = evaluate_sessions(self.scorer(), sessions, cutoffs=cutoffs, mode=mode,
+        result = evaluate_sessions(self._eval_scorer(sessions, test), sessions, cutoffs=cutoffs,
+                                   mode=mode,
                                    batch_size=batch_size, by_position=by_position,
                                    targets=targets)
         result["n_unknown_item_events"] = report.n_unknown_item_events
         return result
+
+    def _eval_scorer(self, sessions, test):
+        """The scorer that :meth:`evaluate` replays ``sessions`` (built from the table
+        ``test``) through."""
+        return self.scorer()
 
     def recommend(self, session_items, k: int = 20, exclude=None):
         """Top-``k`` next items after the clicks ``session_items`` (original ids, in order).

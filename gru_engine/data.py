@@ -323,12 +323,15 @@ class Sessions:
     offsets:     (n_sessions + 1,) int64; session ``s`` is ``items[offsets[s]:offsets[s+1]]``
     times:       (n_events,) float64 event times
     session_ids: (n_sessions,) original session ids
+    rows:        (n_events,) int64 row of each event in the event table it was built from
+                 (None when not built from a table); per-event columns follow it
     """
 
     items: np.ndarray
     offsets: np.ndarray
     times: np.ndarray
     session_ids: np.ndarray
+    rows: np.ndarray | None = None
 
     @property
     def n_sessions(self) -> int:
@@ -414,9 +417,11 @@ def build_sessions(data, item_index: ItemIndex | None = None, session_key: str =
     lengths = counts[keep_session]
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    table_rows = np.flatnonzero(known)[order] if n_unknown else order
     sessions = Sessions(items=np.ascontiguousarray(idx[order], dtype=np.int32), offsets=offsets,
                         times=np.ascontiguousarray(times[order]),
-                        session_ids=session_codes_sorted[keep_session])
+                        session_ids=session_codes_sorted[keep_session],
+                        rows=table_rows.astype(np.int64))
     report = BuildReport(n_in, n_unknown, n_short, n_short_events)
     if sessions.n_sessions == 0:
         raise ValueError(f"no session with at least {min_session_length} events is left "

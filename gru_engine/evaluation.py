@@ -98,11 +98,12 @@ def _schedule(sessions, batch_size: int):
     Sessions with at least two events are visited in order of their first event's time; a slot
     takes the next session as soon as its current one has no next event, lower slots first
     (the official GRU4Rec order). Returns ``(step_bounds, rows, inputs, targets, new_session,
-    position, is_last, n_slots, canonical)``: predictions of step ``s`` are
+    position, is_last, n_slots, canonical, events)``: predictions of step ``s`` are
     ``step_bounds[s]:step_bounds[s+1]``; ``position`` is 1-based (the prediction follows the
     ``position``-th click); ``canonical[i]`` is where the ``i``-th prediction in (session,
     position) order sits, an order independent of ``batch_size`` so that the summed metrics are
-    bit-identical for every batch size.
+    bit-identical for every batch size; ``events`` the index of each prediction's input click
+    in ``sessions``.
     """
     order = sessions.order_by_start_time()
     lengths = sessions.lengths
@@ -142,7 +143,7 @@ def _schedule(sessions, batch_size: int):
     canonical = np.empty(total, dtype=np.int64)
     canonical[perm] = np.arange(total)
     return (bounds, np.ascontiguousarray(rows), items, targets, pos0 == 0, pos0 + 1,
-            pos0 == n_pred[owner] - 1, n_slots, canonical)
+            pos0 == n_pred[owner] - 1, n_slots, canonical, event)
 
 
 def _checked_ranks(ranks, n_rows: int, n_items: int) -> np.ndarray:
@@ -198,7 +199,9 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
     """Replay test sessions through ``scorer`` and rank every true next item (GRU4Rec protocol).
 
     scorer:   a :class:`SessionScorer` (``n_items`` must cover every item in ``sessions``);
-              its optional ``rank`` method is used instead of ``score`` when it has one.
+              its optional ``rank`` method is used instead of ``score`` when it has one; an
+              optional ``set_events(events)`` is told before each step the indices of the
+              step's input clicks in ``sessions`` (context-aware scorers).
     sessions: :class:`gru_engine.data.Sessions`; sessions shorter than 2 events are skipped.
     cutoffs:  positive ints k for Recall@k and MRR@k (deduplicated, sorted).
     mode:     tie mode of :func:`rank_targets`.
@@ -237,16 +240,19 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
                          f"has n_items={n_items}")
 
     t0 = time.perf_counter()
-    bounds, rows, items, target_items, new_session, position, is_last, n_slots, canonical = \
-        _schedule(sessions, int(batch_size))
+    bounds, rows, items, target_items, new_session, position, is_last, n_slots, canonical, \
+        events = _schedule(sessions, int(batch_size))
     n_total = len(rows)
     ranked = is_last if targets == "last" else np.ones(n_total, dtype=bool)
     ranks = np.zeros(n_total, dtype=np.float64)
     scorer.begin(n_slots)
     next_log = time.monotonic() + _LOG_EVERY_S
     device_rank = getattr(scorer, "rank", None)
+    set_events = getattr(scorer, "set_events", None)  # context-aware scorers
     for step in range(len(bounds) - 1):
         a, b = int(bounds[step]), int(bounds[step + 1])
+        if set_events is not None:
+            set_events(events[a:b])
         # With targets='last' every row is still ranked (one cheap pass) so that a NaN
         # anywhere refuses the model; only the selected ranks count.
         if callable(device_rank):

@@ -88,7 +88,8 @@ class FeatureSessionGRU(SessionGRU):
                  random_state=None, n_threads=None, device="cpu", shuffle_sessions=False,
                  show_progress=False, architecture="parallel", combine="concat",
                  strategy="simultaneous", feature_layers=None, augment_crop_p=0.0,
-                 augment_drop_p=0.0):
+                 augment_drop_p=0.0, context_input="none", context_output="none",
+                 context_time=None, context_columns=None):
         super().__init__(layers=layers, loss=loss, final_act=final_act, batch_size=batch_size,
                          n_epochs=n_epochs, n_sample=n_sample, sample_alpha=sample_alpha,
                          sample_store_size=sample_store_size, logq=logq, bpreg=bpreg,
@@ -98,7 +99,9 @@ class FeatureSessionGRU(SessionGRU):
                          learning_rate=learning_rate, momentum=momentum,
                          random_state=random_state, n_threads=n_threads, device=device,
                          shuffle_sessions=shuffle_sessions, show_progress=show_progress,
-                         augment_crop_p=augment_crop_p, augment_drop_p=augment_drop_p)
+                         augment_crop_p=augment_crop_p, augment_drop_p=augment_drop_p,
+                         context_input=context_input, context_output=context_output,
+                         context_time=context_time, context_columns=context_columns)
         self.architecture = architecture
         self.combine = combine
         self.strategy = strategy

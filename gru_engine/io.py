@@ -44,6 +44,7 @@ import zlib
 
 import numpy as np
 
+from . import context
 from . import network as nw
 from .exceptions import ModelFileError
 from .network import PARAM_KEYS, from_layers
@@ -73,13 +74,14 @@ def save_model(model, path) -> None:
     ids = np.asarray(model.item_index_.ids)
     if ids.dtype.kind not in "iuU":
         raise ValueError(f"cannot save item ids of dtype {ids.dtype}: only integer or string ids")
-    params = model.get_params()
+    params = context.saved_params(model.get_params())
     for key in ("layers", "feature_layers"):
         if params.get(key) is not None:
             params[key] = [int(h) for h in np.atleast_1d(params[key])]
     vocab = model.feature_vocab_
     arrays = {"item_ids": ids, "item_support": np.asarray(model.item_support_, np.int64)}
     arrays.update({k: model.params_[k] for k in PARAM_KEYS})
+    arrays.update(context.file_arrays(model))
     for s, codes_list in enumerate(vocab or []):
         for c, codes in enumerate(codes_list):
             arrays[f"vocab_{s}_{c}"] = np.asarray(codes)
@@ -233,7 +235,9 @@ def load_model(path, cls):
     _check_network(ck, params, subnets, p, n_items)
     if not legacy:
         vocab = _vocabularies(ck, header, info, version)
+    tables, context_vocab, context_names = context.read_file_arrays(ck, p, params, arrays)
     expected = set(params if not legacy else ()) | {"header", "item_ids", "item_support"}
+    expected |= context_names
     expected |= {f"vocab_{s}_{c}" for s, v in enumerate(vocab or []) for c in range(len(v))}
     if legacy:
         expected |= {f"{k}_{l}" for k in _LAYER_KEYS for l in range(len(p["layers"]))}
@@ -244,6 +248,9 @@ def load_model(path, cls):
     model.item_index_ = index
     model.keys_ = keys
     model.params_ = {k: np.ascontiguousarray(params[k]) for k in PARAM_KEYS}
+    if tables:
+        model.params_.update({k: np.ascontiguousarray(v) for k, v in tables.items()})
+        model.context_vocab_ = context_vocab
     model.input_mode_ = mode
     model.item_support_ = support
     model.loss_history_ = [float(x) for x in history]

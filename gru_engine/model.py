@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from . import context
 from . import params as hp
 from .backends.device import Device
 from .base import SessionModel
@@ -86,6 +87,14 @@ class SessionGRU(SessionModel):
     ``augment_drop_p`` (>= 2 kept); 0 = off. Why these two and not prefixes: see
     :data:`gru_engine.params.AUGMENT_KEYS`.
 
+    ``context_input`` (``'none'|'concat'|'multiply'``), ``context_output``
+    (``'none'|'multiply'``), ``context_time`` (subset of ``('gap', 'hour', 'weekday')``; None:
+    all three), ``context_columns`` (per-event categorical column names; None: none): the
+    context-aware GRU (Smirnova & Vasile 2017), the current event's context on the input and
+    the next event's on the output; needs real timestamps for ``context_time``; CPU only. See
+    :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the
+    request's time ``now``.
+
     ``device``: ``'cpu'`` (default), ``'cuda'`` (needs CuPy and an NVIDIA GPU; ``ValueError``
     in ``fit`` otherwise) or ``'auto'`` (CUDA when available, else CPU). The backend used is
     ``device_``; a CUDA model also scores and evaluates on the GPU, while ``params_`` always
@@ -102,7 +111,9 @@ class SessionGRU(SessionModel):
                  logq=1.0, bpreg=0.0, elu_param=0.0, embedding=0, constrained_embedding=True,
                  dropout_p_embed=0.0, dropout_p_hidden=0.0, learning_rate=0.1, momentum=0.0,
                  random_state=None, n_threads=None, device="cpu", shuffle_sessions=False,
-                 show_progress=False, augment_crop_p=0.0, augment_drop_p=0.0):
+                 show_progress=False, augment_crop_p=0.0, augment_drop_p=0.0,
+                 context_input="none", context_output="none",
+                 context_time=None, context_columns=None):
         self.layers = layers
         self.loss = loss
         self.final_act = final_act
@@ -127,6 +138,10 @@ class SessionGRU(SessionModel):
         self.show_progress = show_progress
         self.augment_crop_p = augment_crop_p
         self.augment_drop_p = augment_drop_p
+        self.context_input = context_input
+        self.context_output = context_output
+        self.context_time = context_time
+        self.context_columns = context_columns
 
     @classmethod
     def from_param_string(cls, text: str, **overrides) -> "SessionGRU":
@@ -139,6 +154,9 @@ class SessionGRU(SessionModel):
     def _validated(self) -> dict:
         """The validated hyperparameters (``ValueError`` naming a bad one)."""
         p = hp.validate(self.get_params())
+        if context.enabled(p) and p["device"] != "cpu":
+            raise ValueError(f"context_input/context_output run on the CPU backend only, but "
+                             f"device={p['device']!r}; use device='cpu'")
         if p["device"] == "cuda":
             _resolve_device("cuda")  # ValueError now, before the data is read, without a GPU
         return p
@@ -210,15 +228,22 @@ class SessionGRU(SessionModel):
 
     def _fit_events(self, data, session_key, item_key, time_key, callback, item_features,
                     checkpoint=None, resume=False):
-        self._validated()  # fail before reading the data
+        p = self._validated()  # fail before reading the data
         if resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=<folder>")
+        extra = {}
+        if context.enabled(p):
+            if checkpoint is not None:
+                raise ValueError("checkpoint= is not supported with context_input/"
+                                 "context_output (the context tables are not checkpointed)")
+            extra["context_table"] = data
         return SessionModel.fit(self, data, session_key=session_key, item_key=item_key,
                                 time_key=time_key, callback=callback,
                                 item_features=item_features, checkpoint=checkpoint,
-                                resume=resume)
+                                resume=resume, **extra)
 
-    def _fit(self, sessions, callback=None, item_features=None, checkpoint=None, resume=False):
+    def _fit(self, sessions, callback=None, item_features=None, checkpoint=None, resume=False,
+             context_table=None):
         self._interrupted_usable = False
         p = self._validated()
         spec = self._network_spec(p)
@@ -233,6 +258,9 @@ class SessionGRU(SessionModel):
         layout = build_layout(n_items, spec["architecture"], spec["combine"], mode, p["layers"],
                               p["embedding"], spec["feature_layers"], encoded, rng)
         params = {k: layout[k] for k in PARAM_KEYS}
+        ctx = None
+        if context.enabled(p):
+            ctx = context.fit_context(self, p, layout, params, sessions, context_table)
         support = sessions.item_support(n_items)
         self.device_ = "cpu" if device is None else "cuda"
         self.item_support_ = support
@@ -241,7 +269,8 @@ class SessionGRU(SessionModel):
         self.params_ = params
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
         numba_state = numba_seed.generate_state(2)
-        trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]))
+        trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]),
+                                     context=ctx)
         run = _EpochRun(self, p, trainer, sessions, order_rng, checkpoint)
         if device is None:
             warn_if_cpus_busy(resolve_threads(p["n_threads"]))
@@ -263,6 +292,9 @@ class SessionGRU(SessionModel):
         from .data import ItemIndex, build_sessions, extract_events
         self._check_fitted()
         p = self._validated()
+        if context.enabled(p):
+            raise ValueError("partial_fit is not supported with context_input/context_output "
+                             "yet; refit the model")
         keys = dict(self.keys_)
         keys.update({k: v for k, v in (("session_key", session_key), ("item_key", item_key),
                                         ("time_key", time_key)) if v is not None})
@@ -322,8 +354,10 @@ class SessionGRU(SessionModel):
         """Feature bags of items new to the model (one per feature subnet; none here)."""
         return []
 
-    def _make_trainer(self, p, params, spec, support, device, seed, optimizer_state=None):
-        """The device's trainer over the initial ``params`` (see the module docstring)."""
+    def _make_trainer(self, p, params, spec, support, device, seed, optimizer_state=None,
+                      context=None):
+        """The device's trainer over the initial ``params`` (see the module docstring);
+        ``context``: the CPU context record of a context-aware network."""
         hyper = hp.hyper(p)
         plan = epoch_plan(spec["strategy"], len(self.subnet_names_), p["n_epochs"])
         sum_mode = spec["combine"] == "sum"
@@ -333,7 +367,8 @@ class SessionGRU(SessionModel):
             from .backends.cpu.compile import announce_compilation
             announce_compilation()
             return Trainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
-                           names=self.subnet_names_, optimizer_state=optimizer_state)
+                           names=self.subnet_names_, optimizer_state=optimizer_state,
+                           context=context)
         from .backends.cuda import Trainer
         return Trainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
                        names=self.subnet_names_, seed=seed, optimizer_state=optimizer_state)
@@ -364,6 +399,9 @@ class SessionGRU(SessionModel):
         self._check_fitted()
         act, act_param = hp.parse_final_act(self.final_act)
         sum_mode = bool(self.params_["SI"][0, S_A] >= 0)  # combine weights exist only for 'sum'
+        if "context_in" in self.params_ and (params is None or params is self.params_):
+            from .context_scoring import ContextScorer
+            return ContextScorer(self)
         if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda":
             from .backends.cuda import Scorer
             return Scorer(_resolve_device("cuda"), self.params_, sum_mode, (act, act_param),
@@ -378,6 +416,28 @@ class SessionGRU(SessionModel):
         with thread_limit(1):
             return super().evaluate(test, *args, **kwargs)
 
+    def _eval_scorer(self, sessions, test):
+        if "context_in" not in self.params_:
+            return self.scorer()
+        from .context_scoring import scorer_for_sessions
+        return scorer_for_sessions(self, sessions, test)
+
+    def recommend(self, session_items, k: int = 20, exclude=None, times=None, now=None,
+                  columns=None):
+        """Top-``k`` next items (see :meth:`SessionModel.recommend`). A context-aware model
+        also needs ``times`` (the clicks' times, Unix seconds, in order) and ``now`` (the
+        request's time: the next event's context) for ``context_time``, and ``columns``
+        (name -> one value per click) for ``context_columns``; other models ignore them."""
+        if "context_in" not in getattr(self, "params_", {}):
+            return super().recommend(session_items, k, exclude)
+        from .context_scoring import recommend
+        items = self.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
+        if len(items) == 0:
+            raise ValueError("session_items is empty: a session needs at least one click")
+        if not (isinstance(k, (int, np.integer)) and k >= 1):
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        return recommend(self, items, k, exclude, times, now, columns)
+
     def predict_next(self, sessions_items) -> np.ndarray:
         """Scores of every item as the next click of each live session.
 
@@ -386,6 +446,10 @@ class SessionGRU(SessionModel):
         Unknown item ids raise ``KeyError``; an empty session raises ``ValueError``.
         """
         self._check_fitted()
+        if "context_in" in self.params_:
+            raise ValueError("predict_next has no click times: a context-aware model scores "
+                             "through recommend(items, times=..., now=...), evaluate or "
+                             "SessionStore")
         seqs = [self.item_index_.to_index(np.atleast_1d(np.asarray(s))) for s in sessions_items]
         return self._predict_next(self.scorer(), seqs)
 

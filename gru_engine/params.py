@@ -34,7 +34,23 @@ DEFAULTS = {
     "show_progress": False,
     "augment_crop_p": 0.0,
     "augment_drop_p": 0.0,
+    "context_input": "none",
+    "context_output": "none",
+    "context_time": None,
+    "context_columns": None,
 }
+
+# Context-aware GRU (Smirnova & Vasile, DLRS 2017; :mod:`gru_engine.context`): per-event
+# context features (``context_time``: time since the previous click in log2 buckets, hour of
+# day and day of week, UTC, from the time column in Unix seconds, None = all three;
+# ``context_columns``: named per-event categorical columns, None = none), each with its own
+# rows in a context table.
+#   context_input: 'none' | 'concat' (the current event's context, one-hot, concatenated to
+#       the input of layer 0: its rows are added to the layer-0 gate pre-activations) |
+#       'multiply' (the input vector times ``1 + W c``);
+#   context_output: 'none' | 'multiply' (the combined state before the output layer times
+#       ``1 + W c'``, c' the next event's time context: the target's time in training, the
+#       request's time at serving); categorical columns enter the input side only.
 
 #: Session augmentation (Tan, Xu & Liu, DLRS 2016), redrawn every epoch from the epoch-order
 #: generator (reproducible under ``random_state``). Tan et al. train on every prefix of every
@@ -66,6 +82,7 @@ _INT_KEYS = ("batch_size", "n_epochs", "n_sample", "sample_store_size", "embeddi
 _FLOAT_KEYS = ("sample_alpha", "logq", "bpreg", "elu_param", "dropout_p_embed",
                "dropout_p_hidden", "learning_rate", "momentum") + AUGMENT_KEYS
 _BOOL_KEYS = ("constrained_embedding", "shuffle_sessions", "show_progress")
+_LIST_KEYS = ("context_time", "context_columns")
 
 
 def parse_final_act(final_act: str) -> tuple[int, float]:
@@ -180,6 +197,8 @@ def validate(params: dict) -> dict:
         if not isinstance(p[key], (bool, type(None))) and type(p[key]).__name__ != "bool_":
             raise ValueError(f"{key} must be True or False, got {p[key]!r}")
         p[key] = bool(p[key])
+    from .context import validate_context
+    p.update(validate_context(p))
     rs = p["random_state"]
     if rs is not None and not (_is_int(rs) and int(rs) >= 0):
         raise ValueError(f"random_state must be None or a non-negative int, got {rs!r}")
@@ -222,6 +241,8 @@ def parse_param_string(text: str) -> dict:
         try:
             if key == "layers":
                 out[key] = [int(v) for v in value.split("/")]
+            elif key in _LIST_KEYS:
+                out[key] = [v.strip() for v in value.split("/") if v.strip()]
             elif key in _INT_KEYS:
                 out[key] = int(float(value)) if float(value).is_integer() else int(value)
             elif key in _FLOAT_KEYS:

@@ -151,6 +151,10 @@ class ChunkScorer:
 
     def __init__(self, model, k: int = 20, exclude_seen: bool = False, n_threads=None):
         model._check_fitted()
+        if "context_in" in getattr(model, "params_", {}):
+            raise ValueError("scoring files of a context-aware model (context_input/"
+                             "context_output) is not supported: it needs the clicks' times and "
+                             "the request's; use recommend(times=, now=) or SessionStore")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int)

@@ -21,6 +21,7 @@ from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
                        S_KIND, S_L0, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE,
                        T_OWN, T_WY)
 from ..ranking import Exclusions, ItemPanels, panels_available, rank_targets, top_k
+from .cpu.context_step import no_context
 from .cpu.step import Net, apply_final_act, infer_step
 from .cpu.trainer import work_buffers
 
@@ -151,7 +152,7 @@ class Scorer:
     def _step(self, ws: _Workspace, rows, items, new_session) -> np.ndarray:
         """Step one block of rows in ``ws``; returns their ``[h_comb | 1]``."""
         infer_step(self.net, self.active, self.sum_mode, rows, items, new_session, self.state,
-                   ws.work, ws.aug)
+                   ws.work, ws.aug, ws.context)
         return ws.aug[:len(rows)]
 
     @staticmethod
@@ -362,6 +363,7 @@ class _Workspace:
         self.work = work_buffers(net.SI, net.LI, cap, Hc, 0, np.float32, grads=False)
         self.aug = np.zeros((cap, Hc + 1), np.float32)
         self.out = None
+        self.context = no_context(np.float32)  # replaced by a context-aware scorer
 
     def scores(self, n_items: int) -> np.ndarray:
         if self.out is None:

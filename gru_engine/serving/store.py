@@ -211,18 +211,26 @@ class SessionStore:
         self._slots = _Slots(first, self.capacity)
         self.width = _sum_hidden(first)
         self._popular = np.argsort(-np.asarray(model.item_support_), kind="stable")
+        self._context = None  # a context-aware model's per-slot context (context_store.py)
+        if "context_in" in model.params_:
+            from .context_store import StoreContext
+            self._context = StoreContext(model, self.capacity)
 
     # ---- public API -------------------------------------------------------------------------
     def step(self, session_ids, item_ids, k: int | None = None, exclude_seen: bool = False,
-             item_features=None) -> Recommendations:
+             item_features=None, times=None, columns=None) -> Recommendations:
         """Advance each session ``session_ids[i]`` by the click ``item_ids[i]`` (original ids)
         and return the top-``k`` next items of each (:class:`Recommendations`, rows in the order
         of the entries). ``item_features``: FeatureSessionGRU only, features of new items (class
-        docstring)."""
+        docstring). A context-aware model needs ``times`` (per entry, Unix seconds) and
+        ``columns`` (name -> per-entry values) of the clicks
+        (:mod:`gru_engine.serving.context_store`)."""
         k = self._check_k(self.k if k is None else k)
-        return self._clicks(session_ids, item_ids, item_features, k, exclude_seen)
+        return self._clicks(session_ids, item_ids, item_features, k, exclude_seen, times,
+                            columns)
 
-    def advance(self, session_ids, item_ids, item_features=None) -> Advanced:
+    def advance(self, session_ids, item_ids, item_features=None, times=None,
+                columns=None) -> Advanced:
         """Advance each session ``session_ids[i]`` by the click ``item_ids[i]`` as :meth:`step`
         does (same state, same bookkeeping: new sessions, unknown items, seen items, LRU and
         idle clock), without scoring any item: for clicks whose recommendations nobody reads
@@ -230,15 +238,18 @@ class SessionStore:
         :meth:`recommend_for` of a session answers as :meth:`step` would have after its last
         click (class docstring). Returns :class:`Advanced` (per entry: ``unknown_item``,
         ``new_session``)."""
-        res = self._clicks(session_ids, item_ids, item_features, None, False)
+        res = self._clicks(session_ids, item_ids, item_features, None, False, times, columns)
         return Advanced(res.unknown_item, res.new_session)
 
     def recommend_for(self, session_ids, k: int | None = None,
-                      exclude_seen: bool = False) -> Recommendations:
+                      exclude_seen: bool = False, now=None) -> Recommendations:
         """Top-``k`` next items of live sessions without a click (the same answer as their last
-        ``step``); marks them used. A session that is not live is answered ``cold``."""
+        ``step``); marks them used. A session that is not live is answered ``cold``. A model
+        with time context needs ``now``, the request's Unix seconds (the next event's
+        context)."""
         sids = self._session_list(session_ids)
         k = self._check_k(self.k if k is None else k)
+        request = None if self._context is None else self._context.request_time(now)
         with self._lock:
             now = self.clock()
             self._expire(now)
@@ -252,8 +263,9 @@ class SessionStore:
             for pos, s in enumerate(sids):
                 rowpos[s].append(pos)
             if live:
+                when = None if request is None else np.full(len(live), request)
                 with blas_one_thread():
-                    ti, tv = self._replay([self._live[s] for s in live], k, exclude_seen)
+                    ti, tv = self._replay([self._live[s] for s in live], k, exclude_seen, when)
                 for j, s in enumerate(live):
                     res.items[rowpos[s]] = self.model.item_index_.ids[ti[j]]
                     res.scores[rowpos[s]] = tv[j]
@@ -297,6 +309,9 @@ class SessionStore:
         write; :mod:`gru_engine.serving.snapshot`): per session its id, state, state before its
         last click, last item, click count, seen items and idle time, in LRU order, and the new
         items of a FeatureSessionGRU store. Session ids must all be integers or all strings."""
+        if self._context is not None:
+            raise ValueError("snapshots of a store over a context-aware model are not "
+                             "supported yet (the sessions' click times are not saved)")
         from .snapshot import save_store
         save_store(self, path)
 
@@ -311,7 +326,8 @@ class SessionStore:
         return load_store(cls, path, model, **options)
 
     # ---- internals --------------------------------------------------------------------------
-    def _clicks(self, session_ids, item_ids, item_features, k, exclude_seen) -> Recommendations:
+    def _clicks(self, session_ids, item_ids, item_features, k, exclude_seen, times=None,
+                columns=None) -> Recommendations:
         """:meth:`step` (``k``: an int) or :meth:`advance` (``k`` None: nothing scored, the
         result's ``items`` / ``scores`` have no columns)."""
         sids = self._session_list(session_ids)
@@ -319,6 +335,8 @@ class SessionStore:
         if items.ndim != 1 or len(items) != len(sids):
             raise ValueError(f"session_ids and item_ids must be 1-D of one length, got "
                              f"{len(sids)} session ids and item ids of shape {items.shape}")
+        if self._context is not None:
+            self._context.begin_call(len(sids), times, columns)
         with self._lock:
             self._expire(self.clock())
             n_distinct = len(set(sids))
@@ -522,6 +540,8 @@ class SessionStore:
                 live.last_item = it
                 live.seen.add(it)
             rows, new = np.array(slots, np.int64), np.array(new, bool)
+            if self._context is not None:
+                self._context.clicks(self._slots.scorer, rows, new, pos[step_j])
             self._slots.save_prev(rows)
             if k is None:
                 self._slots.scorer.advance(rows, item[step_j].astype(np.int32), new)
@@ -535,17 +555,21 @@ class SessionStore:
         unk = np.flatnonzero(~known)
         warm = [j for j in unk if lives[j].n_clicks > 0]
         if warm:
-            ti, tv = self._replay([lives[j] for j in warm], k, exclude_seen)
+            when = None if self._context is None else self._context.times[pos[warm]]
+            ti, tv = self._replay([lives[j] for j in warm], k, exclude_seen, when)
             res.items[pos[warm]] = self.model.item_index_.ids[ti]
             res.scores[pos[warm]] = tv
         self._fill_cold(res, pos[[j for j in unk if lives[j].n_clicks == 0]], k)
 
-    def _replay(self, lives, k, exclude_seen):
+    def _replay(self, lives, k, exclude_seen, when=None):
         """Top-k of sessions without a click: their last click replayed from the state before
-        it (the same computation as the step that made the state), then the state put back."""
+        it (the same computation as the step that made the state), then the state put back.
+        ``when``: (n,) request times (context-aware models: the next event's context)."""
         rows = np.array([v.slot for v in lives], np.int64)
         items = np.array([v.last_item for v in lives], np.int32)
         new = np.array([v.n_clicks == 1 for v in lives], bool)
+        if self._context is not None:
+            self._context.replay(self._slots.scorer, rows, new, when)
         now_state = self._slots.read(rows)
         self._slots.restore_prev(rows)
         try:

@@ -44,6 +44,9 @@ from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN,
                         L_WX, S_A, S_C0, S_C1, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_KIND,
                         S_L0, S_L1, S_ROFF, S_SOFF, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0,
                         S_XOFF, T_NONE, T_OWN, T_WY)
+from .context_step import (CIN_CONCAT, CIN_MULTIPLY, COUT_NONE, context_input_backward,
+                           context_input_forward, context_input_gates, context_output_backward,
+                           context_output_forward, context_zero_grads)
 from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
 from .losses import activate, loss_forward_backward
 from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
@@ -186,11 +189,15 @@ def gather_input(s, net, in_items, B, bs, Xf, M0f):
 
 
 @njit(cache=True, error_model="numpy")
-def subnet_forward(s, net, in_items, B, bs, wk, prof):
+def subnet_forward(s, net, in_items, B, bs, wk, cx, prof):
     """Forward of subnet ``s`` for the first ``B`` rows: input gather, its GRU layers, outputs
-    ``y = h' * mask`` per layer (buffers of ``wk``, a :class:`Work`)."""
+    ``y = h' * mask`` per layer (buffers of ``wk``, a :class:`Work`); subnet 0 takes the input
+    context of ``cx`` (:mod:`.context_step`)."""
     SI, LI, theta = net.SI, net.LI, net.theta
     X = gather_input(s, net, in_items, B, bs, wk.Xf, wk.M0f)
+    cin = cx.cfg[0] if s == 0 else 0
+    if cin == CIN_MULTIPLY:
+        context_input_forward(cx, X[:B], B)
     tick(prof, P_IN_GATHER)
     l0, l1 = SI[s, S_L0], SI[s, S_L1]
     for g in range(l0, l1):
@@ -207,6 +214,8 @@ def subnet_forward(s, net, in_items, B, bs, wk, prof):
                 np.dot(X[:B], flat_view(theta, LI[g, L_WX], LI[g, L_IN], 3 * H), gx[:B])
                 add_bias(gx, bx, B)
                 tick_gemm(prof, P_IN_GEMM, B, 3 * H, LI[g, L_IN])
+            if cin == CIN_CONCAT:
+                context_input_gates(cx, gx, B)
         else:
             Hp = LI[g - 1, L_H]
             np.dot(block_view(wk.Y, LI[g - 1, L_HOFF], bs, Hp)[:B],
@@ -314,12 +323,13 @@ def acc_bag(slot, rows, n, G, col0, ip0, net, in_items, B, DX):
 
 
 @njit(cache=True, error_model="numpy")
-def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, prof):
+def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
     """Gradients of subnet ``s`` from ``wk.dhc`` (gradient w.r.t. the combined hidden state):
     dense ones into ``wk.gtheta`` (its range ``S_D0:S_D1``, combine weight included), table rows
-    into ``sp.GT`` (own table; count in ``sp.nT[s]``) or ``sp.GY`` (constrained ID input).
-    Returns the new ``nY``."""
+    into ``sp.GT`` (own table; count in ``sp.nT[s]``) or ``sp.GY`` (constrained ID input);
+    subnet 0's input context into ``cx.gin``. Returns the new ``nY``."""
     SI, LI, theta, gtheta, dhc = net.SI, net.LI, net.theta, wk.gtheta, wk.dhc
+    cin = cx.cfg[0] if s == 0 else 0
     l0, l1 = SI[s, S_L0], SI[s, S_L1]
     gl = l1 - 1
     H = LI[gl, L_H]
@@ -355,6 +365,8 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, prof):
         column_sums(dgh, B, gtheta[LI[g, L_BHN]:LI[g, L_BHN] + H], 2 * H, H)
         column_sums(dgx, B, gtheta[LI[g, L_BX]:LI[g, L_BX] + 3 * H], 0, 3 * H)
         tick(prof, P_GRU_BACK)
+        if g == l0 and cin == CIN_CONCAT:
+            context_input_backward(cx, dgx[:B], B)
         np.dot(hp[:B].T, dgh[:B], flat_view(gtheta, LI[g, L_WH], H, 3 * H))
         tick_gemm(prof, P_DWH_GEMM, H, 3 * H, B)
         if g > l0:
@@ -369,14 +381,18 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, prof):
             for i in range(B):
                 for k in range(3 * H):
                     DX[i, k] = dgx[i, k]
+            if cin == CIN_MULTIPLY:
+                context_input_backward(cx, DX[:B], B)
             tick(prof, P_GRU_BACK)
         else:
             Wx = flat_view(theta, LI[g, L_WX], din, 3 * H)
             np.dot(X[:B].T, dgx[:B], flat_view(gtheta, LI[g, L_WX], din, 3 * H))
             tick_gemm(prof, P_DWX_GEMM, din, 3 * H, B)
-            if tab != T_NONE:
+            if tab != T_NONE or cin == CIN_MULTIPLY:
                 np.dot(dgx[:B], Wx.T, DX[:B])
                 tick_gemm(prof, P_DX_GEMM, B, din, 3 * H)
+            if cin == CIN_MULTIPLY:
+                context_input_backward(cx, DX[:B], B)
     if tab == T_NONE:
         return nY
     multiply_rows(DX, M0, B)
@@ -398,24 +414,31 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, prof):
 
 
 @njit(cache=True, error_model="numpy")
-def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, sp, hy, prof):
+def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, sp, hy, cx,
+                          prof):
     """Forward over the active subnets, sampled loss, and the gradients of the trained subnets
-    and of the output layer (steps 4-7). ``sp.counts`` gets ``[n Wy rows, n output rows]``;
-    table rows per subnet are in ``sp.nT``. Slots stay set (release with :func:`step_update`
-    or :func:`release_all`). Returns the step loss."""
+    and of the output layer (steps 4-7); context (``cx``, :mod:`.context_step`) on subnet 0's
+    input and on the combined state, its gradients in ``cx.gin``/``cx.gout``. ``sp.counts``
+    gets ``[n Wy rows, n output rows]``; table rows per subnet are in ``sp.nT``. Slots stay set
+    (release with :func:`step_update` or :func:`release_all`). Returns the step loss."""
     S = net.SI.shape[0]
     bs = hy.batch_size
+    context_zero_grads(cx)
     for s in range(S):
         sp.nT[s] = 0
         if active[s]:
-            subnet_forward(s, net, in_items, B, bs, wk, prof)
+            subnet_forward(s, net, in_items, B, bs, wk, cx, prof)
     combine_forward(net, active, B, bs, wk.Y, wk.hc, sum_mode)
+    if cx.cfg[1] != COUT_NONE:
+        context_output_forward(cx, wk.hc, B)
     tick(prof, P_GATES)
     total, nY = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy, prof)
+    if cx.cfg[1] != COUT_NONE:
+        context_output_backward(cx, wk.dhc, B)
     n_out = nY
     for s in range(S):
         if active[s] and train[s]:
-            nY = subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, prof)
+            nY = subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof)
     sp.counts[0] = nY
     sp.counts[1] = n_out
     return total
@@ -513,15 +536,17 @@ def apply_final_act(S, R, act, param):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_aug):
+def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_aug, cx):
     """Inference step (no dropout: ``wk.M0f``, ``wk.MK`` all ones) for ``R = len(rows)`` live
     sessions. ``wk``: a :class:`Work` of ``bs = hc_aug.shape[0]`` rows (the gradient buffers may
     be empty).
 
     state: (n_slots, sum of layer sizes) float32, layer ``g`` in columns ``L_STOFF``..; rows are
     gathered (zero where ``new_session``), stepped and scattered back. ``hc_aug[:R]`` gets
-    ``[combined hidden | 1]``. Releases the GIL: calls on disjoint ``rows`` with their own
-    buffers may run on separate threads.
+    ``[combined hidden | 1]``, the combined state modulated by the output context in ``cx``
+    (:mod:`.context_step`; ``cx.rin``/``cx.rout`` set by the caller). Releases the GIL: calls
+    on disjoint ``rows`` with their own buffers (``wk``, ``hc_aug``, ``cx``) may run on
+    separate threads.
     """
     LI = net.LI
     R = len(rows)
@@ -537,10 +562,12 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
                 for j in range(H):
                     hp[i, j] = state[rows[i], st0 + j]
     for s in range(net.SI.shape[0]):
-        subnet_forward(s, net, items, R, bs, wk, None)
+        subnet_forward(s, net, items, R, bs, wk, cx, None)
     Hc = hc_aug.shape[1] - 1
     hc = hc_aug[:, :Hc]
     combine_forward(net, active, R, bs, wk.Y, hc, sum_mode)
+    if cx.cfg[1] != COUT_NONE:
+        context_output_forward(cx, hc, R)
     for i in range(R):
         hc_aug[i, Hc] = 1.0
     for g in range(LI.shape[0]):

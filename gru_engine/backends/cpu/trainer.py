@@ -17,6 +17,7 @@ from ...batching import schedule_advance, schedule_start
 from ...network import L_H, L_HOFF, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_ROFF, S_TAB
 from ...network import S_TCOLS, S_TOFF, S_TROWS, S_XOFF, T_OWN
 from ...sampling import SampleStore, draw
+from .context_step import context_rows, context_update, no_context
 from .losses import CROSS_ENTROPY
 from .profile import (P_CARRY, P_MASKS, P_SAMPLING, P_SCHEDULE, new_profile, tick,
                       tick_start)
@@ -120,13 +121,14 @@ def carry_hidden(hp, y, reset, src, n_rows):
 
 @njit(cache=True, error_model="numpy")
 def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, min_rows,
-                draw_dropout, hy, prof):
+                draw_dropout, hy, cx, prof):
     """Up to ``max_steps`` steps (all remaining when < 0) of the epoch started by
     :func:`epoch_start`. ``flags`` (3,) bool ``[interleave, freeze_out, sum_mode]``: with
     ``interleave`` the trained subnet is ``state[4] % S`` (global step count); ``draw_dropout`` False
     keeps the dropout masks in ``wk`` as they are (tests). Returns ``(sum of step_loss * rows,
     events, finite)``; stops at the first non-finite step loss (``finite`` False, parameters of
-    that step not updated). ``prof``: ``None`` or a per-phase profile (:mod:`.profile`)."""
+    that step not updated). ``cx``: the context record (:mod:`.context_step`; ``cfg`` zero
+    without context); ``prof``: ``None`` or a per-phase profile (:mod:`.profile`)."""
     S = net.SI.shape[0]
     LI = net.LI
     bs = hy.batch_size
@@ -147,19 +149,21 @@ def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, m
             for s in range(S):
                 train[s] = s == k
         C, store_pos = step_columns(sc, B, ob, st, store_pos, hy)
+        context_rows(cx, sc.cur, B)
         tick(prof, P_SAMPLING)
         if draw_dropout:
             draw_masks(net, active, B, bs, wk.M0f, wk.MK, hy.dropout_p_embed,
                        hy.dropout_p_hidden)
         tick(prof, P_MASKS)
         step_loss = step_forward_backward(net, active, train, sum_mode, sc.in_items, B, C, wk,
-                                          ob, sp, hy, prof)
+                                          ob, sp, hy, cx, prof)
         if not np.isfinite(step_loss):
             release_all(net.SI, sp)
             finite = False
             break
         step_update(net, active, train, sum_mode, freeze_out, wk.gtheta, opt, sp,
                     hy.learning_rate, hy.momentum, prof)
+        context_update(cx, hy.learning_rate, hy.momentum)
         loss_sum += step_loss * B
         events += B
         steps += 1
@@ -219,11 +223,13 @@ class Trainer:
     by :meth:`start_epoch`; without it the phase is whatever :meth:`set_phase` set last
     (default: all subnets run and train). ``names``: subnet names for the log.
     ``optimizer_state``: optional ``{'acc': {...}, 'vel': {...}}`` of :meth:`optimizer_state`
-    (arrays shaped like theta/T/Wy/By) to continue from (warm start).
+    (arrays shaped like theta/T/Wy/By) to continue from (warm start). ``context``: the
+    :class:`~.context_step.Ctx` of a context-aware network (its tables are updated in place;
+    :func:`gru_engine.context.training_context`), None without context.
     """
 
     def __init__(self, params: dict, hyper, support, *, sum_mode: bool = False, plan=None,
-                 names=None, optimizer_state=None):
+                 names=None, optimizer_state=None, context=None):
         p = params
         dt = p["Wy"].dtype
         n_items = len(support)
@@ -272,6 +278,7 @@ class Trainer:
         self.plan, self.epoch = plan, 0
         self.names = list(names) if names is not None else [str(s) for s in range(S)]
         self.prof = None
+        self.cx = no_context(dt) if context is None else context
 
     def start_profile(self):
         """Time every phase of the following steps (:mod:`.profile`; the profiled kernels are
@@ -365,20 +372,22 @@ class Trainer:
         st = Store(samples=self.store.samples, cdf=self.store.cdf, log_support=self.log_support)
         return train_steps(max_steps, self.net, self.sched, st, self.work, self.out,
                            self.sparse, self.opt, self.active, self.train, self.flags,
-                           self.min_rows, self.draw_masks, self.hyper, self.prof)
+                           self.min_rows, self.draw_masks, self.hyper, self.cx, self.prof)
 
     def forward_backward(self, in_items, B, cols, C):
         """One step's loss and gradients without an update (gradient checks), with the current
-        ``work.HP`` (previous hidden states), masks ``work.M0f``/``work.MK`` and ``out.lq``.
-        Returns ``(loss, grads)``; ``grads`` holds full-size ``theta``, ``T``, ``Wy``, ``By``
-        gradients (zero for parameters that are frozen or not reached)."""
+        ``work.HP`` (previous hidden states), masks ``work.M0f``/``work.MK``, ``out.lq`` and the
+        context rows ``cx.rin``/``cx.rout``. Returns ``(loss, grads)``; ``grads`` holds
+        full-size ``theta``, ``T``, ``Wy``, ``By`` gradients (zero for parameters that are
+        frozen or not reached) and, with context, ``context_in``/``context_out``."""
         p, SI, sp, wk = self.params, self.net.SI, self.sparse, self.work
         in_buf = self.rows["in_items"]
         in_buf[:B] = in_items
         self.out.cols[:C] = cols
         wk.gtheta[:] = 0.0
         total = step_forward_backward(self.net, self.active, self.train, bool(self.flags[2]),
-                                      in_buf, B, C, wk, self.out, sp, self.hyper, None)
+                                      in_buf, B, C, wk, self.out, sp, self.hyper, self.cx,
+                                      None)
         grads = {"theta": np.zeros_like(p["theta"]), "T": np.zeros_like(p["T"]),
                  "Wy": np.zeros_like(p["Wy"]), "By": np.zeros_like(p["By"])}
         for s in range(SI.shape[0]):
@@ -397,4 +406,6 @@ class Trainer:
         for u in range(n_out):
             grads["By"][sp.rowsY[u]] += sp.gBy[u]
         release_all(SI, sp)
+        if self.cx.cfg.any():
+            grads["context_in"], grads["context_out"] = self.cx.gin.copy(), self.cx.gout.copy()
         return total, grads

@@ -1,0 +1,322 @@
+"""The context-aware GRU (Smirnova & Vasile, "Contextual sequence modeling for recommendation
+with recurrent neural networks", DLRS 2017): the options ``context_input``, ``context_output``,
+``context_time`` and ``context_columns`` of :class:`~gru_engine.model.SessionGRU` and
+:class:`~gru_engine.feature_model.FeatureSessionGRU`.
+
+Context features are integer ids per event:
+
+* ``'gap'``: time since the session's previous click, ``0`` for a session's first click, else
+  ``1 + floor(log2(1 + seconds))`` capped at :data:`GAP_BUCKETS` (1 s, 2-3 s, 4-7 s, ...);
+* ``'hour'``: hour of day (0-23, UTC); ``'weekday'``: day of week (0 = Monday, UTC);
+* each name in ``context_columns``: a per-event categorical column of the event table (e.g. an
+  event type), its training values as the vocabulary, id 0 for a value not seen in training.
+
+The time features need real timestamps (Unix seconds or datetime64) in the time column: a
+column whose values lie below :data:`MIN_UNIX_TIME` (an ordinal event counter, as in
+yoochoose-1-64 and diginetica here) is refused with a ``ValueError``.
+
+Each feature has its own rows in a context table, and an event's context is the sum of its
+features' rows: a one-hot context vector times a weight matrix. The variants (the paper's
+concatenative and multiplicative integration; tables start at zero, so a context model starts
+as the plain network):
+
+* ``context_input='concat'``: the current event's context concatenated to the input of layer 0
+  of the first subnet (the ID subnet): its rows ``Cin`` (R_in, 3 H_0) add to the layer-0 gate
+  pre-activations, ``[x, c] @ [Wx; Cin] = x Wx + c Cin``;
+* ``context_input='multiply'``: the input vector (after input dropout) times ``1 + c Cin``,
+  ``Cin`` (R_in, d_0) with d_0 the subnet's input width, before ``Wx``;
+* ``context_output='multiply'``: the combined state before the output layer times ``1 + c'
+  Cout``, ``Cout`` (R_out, Hc), ``c'`` the *next* event's time context (in training the
+  target's time; at serving the request's time, ``recommend(..., now=...)``). Categorical
+  columns enter the input side only (a request does not know its own event type).
+
+Serving: :mod:`gru_engine.context_scoring` (``evaluate``, ``recommend(..., times=, now=)``)
+and :mod:`gru_engine.serving.context_store` (``SessionStore``). Not built: the paper's
+context-dependent transition matrices (``W_h`` as a function of the context), the CUDA backend
+(``device='cuda'``/``'auto'`` with context raises ``ValueError``), ``partial_fit``,
+checkpoints, store snapshots, ``predict_next`` and file scoring of context models (each raises
+``ValueError``). Kernels: :mod:`gru_engine.backends.cpu.context_step`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backends.cpu.context_step import (CIN_CONCAT, CIN_MULTIPLY, CIN_NONE, COUT_MULTIPLY,
+                                        COUT_NONE, make_ctx)
+from .network import L_H, S_IN, S_L0
+
+CONTEXT_INPUTS = {"none": CIN_NONE, "concat": CIN_CONCAT, "multiply": CIN_MULTIPLY}
+CONTEXT_OUTPUTS = {"none": COUT_NONE, "multiply": COUT_MULTIPLY}
+TIME_FEATURES = ("gap", "hour", "weekday")
+#: gap rows: 0 = a session's first click, 1..GAP_BUCKETS = 1 + floor(log2(1 + seconds)), capped
+GAP_BUCKETS = 20
+#: a time column below this (1973-03-03 in Unix seconds) is an ordinal, not a timestamp
+MIN_UNIX_TIME = 1e8
+#: the options holding lists of names
+NAME_LIST_PARAMS = ("context_time", "context_columns")
+#: the parameter dict keys of the context tables (in ``params_``, model files)
+TABLE_KEYS = ("context_in", "context_out")
+
+
+def _names(key, value) -> list:
+    if isinstance(value, str):
+        value = [value]
+    try:
+        out = list(value)
+    except TypeError:
+        raise ValueError(f"{key} must be a list of names, got {value!r}") from None
+    if not all(isinstance(v, str) and v for v in out):
+        raise ValueError(f"{key} must be a list of non-empty strings, got {value!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{key} names a feature twice: {value!r}")
+    return out
+
+
+def validate_context(p: dict) -> dict:
+    """The validated context options of a hyperparameter dict (``ValueError`` naming the bad
+    one): ``context_time`` and ``context_columns`` as lists."""
+    cin, cout = p["context_input"], p["context_output"]
+    if cin not in CONTEXT_INPUTS:
+        raise ValueError(f"context_input must be one of {list(CONTEXT_INPUTS)}, got {cin!r}")
+    if cout not in CONTEXT_OUTPUTS:
+        raise ValueError(f"context_output must be one of {list(CONTEXT_OUTPUTS)}, got {cout!r}")
+    times = _names("context_time", TIME_FEATURES if p["context_time"] is None
+                   else p["context_time"])
+    bad = [t for t in times if t not in TIME_FEATURES]
+    if bad:
+        raise ValueError(f"context_time: unknown time feature(s) {bad}; choose from "
+                         f"{list(TIME_FEATURES)}")
+    columns = _names("context_columns", () if p["context_columns"] is None
+                     else p["context_columns"])
+    if cin != "none" and not times and not columns:
+        raise ValueError(f"context_input={cin!r} needs at least one feature: context_time or "
+                         "context_columns is empty")
+    if cout != "none" and not times:
+        raise ValueError(f"context_output={cout!r} needs time features (the next event's "
+                         "context), but context_time is empty")
+    if columns and cin == "none":
+        raise ValueError(f"context_columns={columns!r} enter the input side only, but "
+                         "context_input='none'")
+    on = cin != "none" or cout != "none"
+    if on:
+        for key, off in (("augment_crop_p", 0.0), ("augment_drop_p", 0.0)):
+            if p.get(key, off) != off:
+                raise ValueError(f"{key}={p[key]!r} is not supported with context (the "
+                                 "augmented sessions would lose their events' context); set it "
+                                 "to 0")
+    return {"context_time": times, "context_columns": columns}
+
+
+def enabled(p: dict) -> bool:
+    """Whether validated parameters ``p`` ask for a context-aware network."""
+    return p["context_input"] != "none" or p["context_output"] != "none"
+
+
+def check_times(times: np.ndarray, time_key: str) -> None:
+    """``ValueError`` unless ``times`` (seconds) look like real timestamps."""
+    if len(times) and float(np.max(times)) < MIN_UNIX_TIME:
+        raise ValueError(f"context_time needs real timestamps (Unix seconds or datetime64) in "
+                         f"column {time_key!r}, but its values lie in [{float(np.min(times)):g}, "
+                         f"{float(np.max(times)):g}]: an ordinal event counter, not a time. "
+                         "Use context_time=[] with context_columns, or data with real times")
+
+
+def _gap_ids(gaps: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """(n,) int32 gap buckets of gaps in seconds (``first``: a session's first click)."""
+    b = 1 + np.floor(np.log2(1.0 + np.maximum(gaps, 0.0)))
+    b = np.minimum(b, GAP_BUCKETS).astype(np.int32)
+    b[first] = 0
+    return b
+
+
+class ContextEncoder:
+    """Context features of one fitted model: ``time`` (names of :data:`TIME_FEATURES`),
+    ``columns`` (categorical column names) and ``vocab`` (per column, its sorted training values
+    as a str array; id ``1 + position``, 0 for unknown)."""
+
+    def __init__(self, time, columns, vocab):
+        self.time, self.columns, self.vocab = list(time), list(columns), list(vocab)
+
+    @property
+    def sizes_in(self) -> list:
+        """Rows of each input-side feature (time features first, then columns)."""
+        return [self._time_size(t) for t in self.time] + [len(v) + 1 for v in self.vocab]
+
+    @property
+    def sizes_out(self) -> list:
+        return [self._time_size(t) for t in self.time]
+
+    @staticmethod
+    def _time_size(name) -> int:
+        return {"gap": GAP_BUCKETS + 1, "hour": 24, "weekday": 7}[name]
+
+    @classmethod
+    def fit(cls, p: dict, columns: dict) -> "ContextEncoder":
+        """The encoder of validated parameters ``p``; ``columns``: name -> training values."""
+        vocab = [np.unique(np.asarray(columns[c]).astype(str)) for c in p["context_columns"]]
+        return cls(p["context_time"], p["context_columns"], vocab)
+
+    def time_ids(self, times: np.ndarray, prev: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """(n, len(time)) int32 ids of events at ``times`` (seconds) whose previous click was at
+        ``prev`` (ignored where ``first``)."""
+        out = np.zeros((len(times), len(self.time)), np.int32)
+        for j, name in enumerate(self.time):
+            if name == "gap":
+                out[:, j] = _gap_ids(times - prev, first)
+            elif name == "hour":
+                out[:, j] = (np.floor(times / 3600.0) % 24).astype(np.int32)
+            else:  # 1970-01-01 was a Thursday (weekday 3)
+                out[:, j] = ((np.floor(times / 86400.0) + 3) % 7).astype(np.int32)
+        return out
+
+    def checked_columns(self, columns, n: int, call: str) -> dict:
+        """``columns`` (name -> n values of the requested clicks) as arrays for
+        :meth:`column_ids`; ``ValueError`` naming what ``call`` is missing."""
+        columns = {} if columns is None else dict(columns)
+        missing = [c for c in self.columns if c not in columns]
+        if missing:
+            raise ValueError(f"this model has context_columns {self.columns}: {call} needs "
+                             f"columns= with {missing} (one value per click)")
+        out = {c: np.atleast_1d(np.asarray(columns[c])) for c in self.columns}
+        for c, v in out.items():
+            if len(v) != n:
+                raise ValueError(f"columns[{c!r}] has {len(v)} values for {n} clicks")
+        return out
+
+    def column_ids(self, columns: dict, n: int) -> np.ndarray:
+        """(n, len(columns)) int32 ids of the n per-event values ``columns[name]`` (0:
+        unknown)."""
+        out = np.zeros((n, len(self.columns)), np.int32)
+        for j, (name, vocab) in enumerate(zip(self.columns, self.vocab)):
+            values = np.asarray(columns[name]).astype(str)
+            pos = np.minimum(np.searchsorted(vocab, values), max(len(vocab) - 1, 0))
+            hit = (vocab[pos] == values) if len(vocab) else np.zeros(len(values), bool)
+            out[:, j] = np.where(hit, pos + 1, 0)
+        return out
+
+    def event_rows(self, times, offsets, columns) -> tuple:
+        """``(ev_in (n, F_in), ev_out (n, F_out))`` int32 table rows of events in sessions
+        (``times`` (n,) seconds grouped by ``offsets``); ``columns``: name -> (n,) values."""
+        times = np.asarray(times, np.float64)
+        first = np.zeros(len(times), bool)
+        first[np.asarray(offsets[:-1], np.int64)] = True
+        prev = np.concatenate([[0.0], times[:-1]])
+        t_ids = self.time_ids(times, prev, first)
+        return (self.input_rows(t_ids, self.column_ids(columns, len(times))),
+                self.output_rows(t_ids))
+
+    def input_rows(self, t_ids, c_ids) -> np.ndarray:
+        """(n, F_in) int32 input-table rows of time ids (n, len(time)) and column ids (n,
+        len(columns))."""
+        local = np.hstack([t_ids, c_ids])
+        off = np.concatenate([[0], np.cumsum(self.sizes_in)[:-1]]).astype(np.int32)
+        return np.ascontiguousarray(local + off[:local.shape[1]], np.int32)
+
+    def output_rows(self, t_ids) -> np.ndarray:
+        """(n, F_out) int32 output-table rows of time ids (n, len(time))."""
+        off = np.concatenate([[0], np.cumsum(self.sizes_out)[:-1]]).astype(np.int32)
+        return np.ascontiguousarray(t_ids + off[:t_ids.shape[1]], np.int32)
+
+
+def read_columns(table, names, rows=None) -> dict:
+    """``name -> values`` of the event table's categorical columns (``rows``: the events kept,
+    in session order); ``ValueError`` naming a missing column."""
+    from .data import _column
+    out = {}
+    for name in names:
+        try:
+            values = np.asarray(_column(table, name))
+        except (KeyError, ValueError):
+            raise ValueError(f"context_columns names column {name!r}, which the event table "
+                             "does not have") from None
+        out[name] = values if rows is None else values[rows]
+    return out
+
+
+def table_widths(p: dict, layout: dict) -> tuple:
+    """``(w_in, w_out)``: widths of the input table (concat: 3 H_0 of subnet 0; multiply: its
+    input width) and of the output table (Hc)."""
+    SI, LI = layout["SI"], layout["LI"]
+    w_in = 3 * int(LI[SI[0, S_L0], L_H]) if p["context_input"] == "concat" else int(SI[0, S_IN])
+    return w_in, int(layout["Wy"].shape[1])
+
+
+def init_tables(p: dict, layout: dict, encoder: ContextEncoder, dtype=np.float32) -> dict:
+    """Zero context tables of a new network: ``context_in`` (R_in, w_in), ``context_out``
+    (R_out, Hc); a side that is off gets (0, width)."""
+    w_in, w_out = table_widths(p, layout)
+    r_in = sum(encoder.sizes_in) if p["context_input"] != "none" else 0
+    r_out = sum(encoder.sizes_out) if p["context_output"] != "none" else 0
+    return {"context_in": np.zeros((r_in, w_in), dtype),
+            "context_out": np.zeros((r_out, w_out), dtype)}
+
+
+def config(p: dict) -> tuple:
+    """``Ctx.cfg`` of validated parameters."""
+    return (CONTEXT_INPUTS[p["context_input"]], CONTEXT_OUTPUTS[p["context_output"]])
+
+
+def training_context(p, params, sessions, encoder, table, batch_size):
+    """The :class:`~gru_engine.backends.cpu.context_step.Ctx` of a CPU fit on ``sessions``
+    (``table``: the event table, for ``context_columns``), over ``params``' context tables."""
+    columns = read_columns(table, encoder.columns, sessions.rows)
+    ev_in, ev_out = encoder.event_rows(sessions.times, sessions.offsets, columns)
+    return make_ctx(config(p), params["context_in"], params["context_out"], batch_size,
+                    ev_in if p["context_input"] != "none" else None,
+                    ev_out if p["context_output"] != "none" else None)
+
+
+def fit_context(model, p, layout, params, sessions, table):
+    """Start a context-aware fit: checks the data (``ValueError`` for ordinal times or a
+    missing column), fits the encoder (``model.context_vocab_``), adds zero context tables to
+    ``params`` and returns the training :class:`~gru_engine.backends.cpu.context_step.Ctx`."""
+    if p["context_input"] != "none" and layout["names"][0] != "id":
+        raise ValueError(f"context_input={p['context_input']!r} enters the ID subnet, but "
+                         "architecture='feature' has none; use architecture='parallel' or "
+                         "context_input='none'")
+    if p["context_time"]:
+        check_times(sessions.times, model.keys_["time_key"])
+    columns = read_columns(table, p["context_columns"])
+    encoder = ContextEncoder.fit(p, {c: v[sessions.rows] for c, v in columns.items()})
+    model.context_vocab_ = encoder.vocab
+    params.update(init_tables(p, layout, encoder, params["Wy"].dtype))
+    return training_context(p, params, sessions, encoder, table, p["batch_size"])
+
+
+def saved_params(params: dict) -> dict:
+    """``params`` as a model file's header stores them: without the context options when
+    both sides are off (files of plain models stay readable by versions without context)."""
+    if params.get("context_input") == "none" and params.get("context_output") == "none":
+        keys = ("context_input", "context_output") + NAME_LIST_PARAMS
+        return {k: v for k, v in params.items() if k not in keys}
+    return dict(params)
+
+
+def file_arrays(model) -> dict:
+    """The arrays a model file holds for a context-aware model (none for others): the tables
+    and, per categorical column, its vocabulary (``context_vocab_<j>``, str)."""
+    if "context_in" not in model.params_:
+        return {}
+    out = {k: model.params_[k] for k in TABLE_KEYS}
+    out.update({f"context_vocab_{j}": np.asarray(v).astype(str)
+                for j, v in enumerate(model.context_vocab_)})
+    return out
+
+
+def read_file_arrays(ck, p: dict, params: dict, arrays: dict) -> tuple:
+    """``(tables, vocab, names)`` of a model file with validated parameters ``p`` and its
+    network ``params``, every array checked (``ck``: the io checker, it raises
+    ``ModelFileError``); ``({}, [], set())`` for a model without context."""
+    if not enabled(p):
+        return {}, [], set()
+    vocab = [ck.array(f"context_vocab_{j}", kinds="U", ndim=1)
+             for j in range(len(p["context_columns"]))]
+    enc = ContextEncoder(p["context_time"], p["context_columns"], vocab)
+    want = init_tables(p, {"SI": params["SI"], "LI": params["LI"], "Wy": params["Wy"]}, enc)
+    tables = {}
+    for key, zero in want.items():
+        tables[key] = ck.array(key, dtype=np.float32, shape=zero.shape,
+                               why=" (the header's context options and vocabularies)")
+        ck.finite(key, tables[key])
+    names = set(TABLE_KEYS) | {f"context_vocab_{j}" for j in range(len(vocab))}
+    return tables, vocab, names

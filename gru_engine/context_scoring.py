@@ -1,0 +1,142 @@
+"""Scoring a context-aware model (:mod:`gru_engine.context`): the CPU scorer that feeds each
+step's context, the evaluator's per-event context, and ``recommend`` with the request's time."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import params as hp
+from .backends.cpu.context_step import make_ctx
+from .backends.cpu_scoring import Scorer
+from .context import ContextEncoder, check_times, config, read_columns
+from .network import S_A
+
+
+def encoder_of(model) -> ContextEncoder:
+    """The fitted model's :class:`~gru_engine.context.ContextEncoder`."""
+    p = hp.validate({k: v for k, v in model.get_params().items() if k in hp.DEFAULTS})
+    return ContextEncoder(p["context_time"], p["context_columns"], model.context_vocab_)
+
+
+class ContextScorer(Scorer):
+    """The CPU :class:`~gru_engine.backends.cpu_scoring.Scorer` of a context-aware model. Before
+    each ``score``/``rank``/``topk``/``advance`` call give the rows' context: either
+    :meth:`set_context` (table rows) or, after :meth:`bind_events`, :meth:`set_events` (event
+    indices; what :func:`gru_engine.evaluation.evaluate_sessions` calls). Scores on one thread
+    (the rows' context is set per call, not per row block). With ``context_input='multiply'``
+    the layer-0 projection is not precomputed (it depends on the context)."""
+
+    def __init__(self, model):
+        p = hp.validate({k: v for k, v in model.get_params().items() if k in hp.DEFAULTS})
+        if p["context_input"] == "multiply":
+            self.MAX_TABLE = 0
+        act, act_param = hp.parse_final_act(model.final_act)
+        super().__init__(model.params_, bool(model.params_["SI"][0, S_A] >= 0), act, act_param,
+                         1)
+        enc = encoder_of(model)
+        self.cfg = config(p)
+        self.n_in, self.n_out = len(enc.sizes_in), len(enc.sizes_out)
+        self.Cin = np.ascontiguousarray(model.params_["context_in"], np.float32)
+        self.Cout = np.ascontiguousarray(model.params_["context_out"], np.float32)
+        self._rows = (np.zeros((0, self.n_in), np.int32), np.zeros((0, self.n_out), np.int32))
+        self._events = None
+
+    @property
+    def n_threads(self) -> int:
+        """Always 1: the rows' context is set per call, not per row block (a store or model
+        asking for more threads gets one)."""
+        return 1
+
+    @n_threads.setter
+    def n_threads(self, value) -> None:
+        pass
+
+    def _workspace(self, k, R):
+        ws = super()._workspace(k, R)
+        if ws.context.rin.shape[0] != ws.cap or not ws.context.cfg.any():
+            ws.context = make_ctx(self.cfg, self.Cin, self.Cout, ws.cap,
+                                  np.zeros((0, self.n_in), np.int32),
+                                  np.zeros((0, self.n_out), np.int32), grads=False)
+        return ws
+
+    def set_context(self, rin, rout) -> None:
+        """The next call's rows' context: ``rin`` (R, F_in) input-side table rows of the
+        clicks, ``rout`` (R, F_out) output-side rows of the next event (the request)."""
+        self._rows = (np.ascontiguousarray(rin, np.int32), np.ascontiguousarray(rout, np.int32))
+
+    def bind_events(self, ev_in, ev_out) -> None:
+        """Per-event rows of the sessions being replayed
+        (:meth:`~gru_engine.context.ContextEncoder.event_rows`)."""
+        self._events = (ev_in, ev_out)
+
+    def set_events(self, events) -> None:
+        """The next call's rows are the clicks ``events`` (indices into the bound events; the
+        output context is the following event's)."""
+        ev = np.asarray(events, np.int64)
+        self.set_context(self._events[0][ev], self._events[1][ev + 1])
+
+    def _step(self, ws, rows, items, new_session):
+        R = len(rows)
+        rin, rout = self._rows
+        if len(rin) != R or len(rout) != R:
+            raise ValueError(f"a context-aware scorer needs the context of its {R} rows: call "
+                             f"set_context or set_events first (it has {len(rin)})")
+        ws.context.rin[:R, :self.n_in] = rin
+        ws.context.rout[:R, :self.n_out] = rout
+        return super()._step(ws, rows, items, new_session)
+
+
+def session_rows(model, sessions, table) -> tuple:
+    """``(ev_in, ev_out)`` of ``sessions`` built from the event table ``table``."""
+    enc = encoder_of(model)
+    if enc.time:
+        check_times(sessions.times, model.keys_["time_key"])
+    return enc.event_rows(sessions.times, sessions.offsets,
+                          read_columns(table, enc.columns, sessions.rows))
+
+
+def scorer_for_sessions(model, sessions, table) -> ContextScorer:
+    """A scorer bound to the events of ``sessions`` (evaluation)."""
+    sc = model.scorer()
+    sc.bind_events(*session_rows(model, sessions, table))
+    return sc
+
+
+def recommend(model, items, k, exclude, times, now, columns):
+    """:meth:`SessionGRU.recommend` of a context-aware model: ``items`` (n,) indices clicked at
+    ``times`` (n,) seconds, the request at ``now`` (seconds; its time context is the output
+    context), ``columns``: name -> (n,) values of the clicks' ``context_columns``."""
+    from .ranking import Exclusions
+    enc = encoder_of(model)
+    n = len(items)
+    if enc.time:
+        if times is None or now is None:
+            raise ValueError("this model has time context: recommend needs times= (the clicks' "
+                             "times, Unix seconds) and now= (the request's time)")
+        times = np.asarray(times, np.float64).reshape(-1)
+        if len(times) != n:
+            raise ValueError(f"times has {len(times)} entries for {n} clicks")
+        ev_t = np.concatenate([times, [float(now)]])
+        if not np.all(np.isfinite(ev_t)) or np.any(np.diff(ev_t) < 0):
+            raise ValueError("times and now must be finite and in click order (non-decreasing)")
+        check_times(ev_t, "times")
+    else:
+        ev_t = np.zeros(n + 1)
+    cols = {c: np.concatenate([v.astype(str), [""]])
+            for c, v in enc.checked_columns(columns, n, "recommend").items()}
+    ev_in, ev_out = enc.event_rows(ev_t, np.array([0, n + 1]), cols)
+    sc = model.scorer()
+    sc.bind_events(ev_in, ev_out)
+    sc.begin(1)
+    row = np.zeros(1, np.int64)
+    for t in range(n - 1):
+        sc.set_events([t])
+        sc.advance(row, np.array([items[t]], np.int32), np.array([t == 0]))
+    excl = None
+    if exclude is not None:
+        e = model.item_index_.lookup(np.atleast_1d(np.asarray(exclude)))
+        excl = Exclusions([e[e >= 0]], sc.n_items)
+    sc.set_events([n - 1])
+    idx, vals = sc.topk(row, np.array([items[-1]], np.int32), np.array([n == 1]),
+                        min(int(k), sc.n_items), excl)
+    keep = np.isfinite(vals[0])
+    return model.item_index_.ids[np.asarray(idx[0], np.int64)[keep]], vals[0][keep]
