@@ -86,6 +86,19 @@ class SessionGRU(SessionModel):
     ``augment_drop_p`` (>= 2 kept); 0 = off. Why these two and not prefixes: see
     :data:`gru_engine.params.AUGMENT_KEYS`.
 
+    ``user_layers``, ``user_mode``, ``user_input``: the user-level GRU across a user's sessions
+    (HRNN, Quadrana et al. RecSys 2017; :data:`gru_engine.params.USER_KEYS`,
+    :mod:`gru_engine.user_level`): ``user_layers`` units (0: off, the default), fed to each
+    session as its initial state (``'init'``), as an input at every step (``'all'``, default)
+    or both; the user GRU reads each finished session as the mean of its clicks' rows in a user
+    input table (``'items'``, default) or as the session's last combined state (``'hidden'``).
+    ``fit`` then needs a user column (``user_key``, default ``'UserId'``; missing values =
+    anonymous sessions, which, like a user's first session, run as plain sessions); training
+    walks users (user-parallel rows); CPU only (``device='cuda'`` raises ``ValueError``).
+    Scoring a user's session with the user state: :func:`gru_engine.evaluation.
+    evaluate_session_aware` (the scorer reads the users' history) or ``recommend(...,
+    user_sessions=...)``; without a user, a session scores as in the plain model.
+
     ``device``: ``'cpu'`` (default), ``'cuda'`` (needs CuPy and an NVIDIA GPU; ``ValueError``
     in ``fit`` otherwise) or ``'auto'`` (CUDA when available, else CPU). The backend used is
     ``device_``; a CUDA model also scores and evaluates on the GPU, while ``params_`` always
@@ -102,7 +115,8 @@ class SessionGRU(SessionModel):
                  logq=1.0, bpreg=0.0, elu_param=0.0, embedding=0, constrained_embedding=True,
                  dropout_p_embed=0.0, dropout_p_hidden=0.0, learning_rate=0.1, momentum=0.0,
                  random_state=None, n_threads=None, device="cpu", shuffle_sessions=False,
-                 show_progress=False, augment_crop_p=0.0, augment_drop_p=0.0):
+                 show_progress=False, augment_crop_p=0.0, augment_drop_p=0.0, user_layers=0,
+                 user_mode="all", user_input="items"):
         self.layers = layers
         self.loss = loss
         self.final_act = final_act
@@ -127,6 +141,9 @@ class SessionGRU(SessionModel):
         self.show_progress = show_progress
         self.augment_crop_p = augment_crop_p
         self.augment_drop_p = augment_drop_p
+        self.user_layers = user_layers
+        self.user_mode = user_mode
+        self.user_input = user_input
 
     @classmethod
     def from_param_string(cls, text: str, **overrides) -> "SessionGRU":
@@ -139,6 +156,9 @@ class SessionGRU(SessionModel):
     def _validated(self) -> dict:
         """The validated hyperparameters (``ValueError`` naming a bad one)."""
         p = hp.validate(self.get_params())
+        if p.get("user_layers", 0) > 0 and p["device"] == "cuda":
+            raise ValueError(f"user_layers={p['user_layers']} (the user-level GRU) runs on the "
+                             "CPU only; use device='cpu'")
         if p["device"] == "cuda":
             _resolve_device("cuda")  # ValueError now, before the data is read, without a GPU
         return p
@@ -166,8 +186,12 @@ class SessionGRU(SessionModel):
 
     # ---- fitting ----------------------------------------------------------------------------
     def fit(self, data, session_key: str = "SessionId", item_key: str = "ItemId",
-            time_key: str = "Time", callback=None, checkpoint=None, resume: bool = False):
+            time_key: str = "Time", callback=None, checkpoint=None, resume: bool = False,
+            user_key: str = "UserId"):
         """Train on an event table (see :meth:`SessionModel.fit`). Returns self.
+
+        ``user_key``: the user column, read only when ``user_layers > 0`` (``ValueError`` when
+        the table has none).
 
         ``callback(epoch, elapsed_s, loss)`` is called after every epoch (epoch counted from 1);
         inside it the model scores with that epoch's parameters (``evaluate``, ``recommend``),
@@ -187,6 +211,12 @@ class SessionGRU(SessionModel):
         error names the epoch; its ``model`` attribute holds a fitted copy with the last good
         epoch's parameters (None when the first epoch diverged), and this model is unfitted.
         """
+        self._user_table = None
+        if hp.validate(self.get_params()).get("user_layers", 0) > 0:
+            from .user_level import fit_users
+            if checkpoint is not None:
+                raise ValueError("checkpoint is not supported with user_layers > 0")
+            self._user_table = fit_users(data, session_key, user_key, self.user_layers)
         return self._fit_events(data, session_key, item_key, time_key, callback, None,
                                 checkpoint, resume)
 
@@ -233,6 +263,16 @@ class SessionGRU(SessionModel):
         layout = build_layout(n_items, spec["architecture"], spec["combine"], mode, p["layers"],
                               p["embedding"], spec["feature_layers"], encoded, rng)
         params = {k: layout[k] for k in PARAM_KEYS}
+        users = None
+        if p.get("user_layers", 0) > 0:
+            from .user_level import training_walks, user_layout
+            if device is not None:
+                raise ValueError(f"user_layers={p['user_layers']} runs on the CPU only, but "
+                                 f"device={p['device']!r} chose CUDA; use device='cpu'")
+            params.update(user_layout(p["user_layers"], p["user_mode"], p["user_input"],
+                                      layout["Hc"], layout["LI"], n_items, rng))
+            users = training_walks(sessions, self._user_table, order_rng, p["shuffle_sessions"])
+            self._user_table = None
         support = sessions.item_support(n_items)
         self.device_ = "cpu" if device is None else "cuda"
         self.item_support_ = support
@@ -241,7 +281,8 @@ class SessionGRU(SessionModel):
         self.params_ = params
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
         numba_state = numba_seed.generate_state(2)
-        trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]))
+        trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]),
+                                     users=users)
         run = _EpochRun(self, p, trainer, sessions, order_rng, checkpoint)
         if device is None:
             warn_if_cpus_busy(resolve_threads(p["n_threads"]))
@@ -263,6 +304,9 @@ class SessionGRU(SessionModel):
         from .data import ItemIndex, build_sessions, extract_events
         self._check_fitted()
         p = self._validated()
+        if "UI" in self.params_:
+            raise ValueError("partial_fit is not supported for a model with a user-level GRU "
+                             f"(user_layers={p['user_layers']}); fit it again")
         keys = dict(self.keys_)
         keys.update({k: v for k, v in (("session_key", session_key), ("item_key", item_key),
                                         ("time_key", time_key)) if v is not None})
@@ -322,8 +366,11 @@ class SessionGRU(SessionModel):
         """Feature bags of items new to the model (one per feature subnet; none here)."""
         return []
 
-    def _make_trainer(self, p, params, spec, support, device, seed, optimizer_state=None):
-        """The device's trainer over the initial ``params`` (see the module docstring)."""
+    def _make_trainer(self, p, params, spec, support, device, seed, optimizer_state=None,
+                      users=None):
+        """The device's trainer over the initial ``params`` (see the module docstring);
+        ``users``: keyword arguments of :class:`~gru_engine.backends.cpu.user_trainer.
+        UserTrainer` (a user-level GRU; CPU only)."""
         hyper = hp.hyper(p)
         plan = epoch_plan(spec["strategy"], len(self.subnet_names_), p["n_epochs"])
         sum_mode = spec["combine"] == "sum"
@@ -332,6 +379,10 @@ class SessionGRU(SessionModel):
             from .backends.cpu import Trainer
             from .backends.cpu.compile import announce_compilation
             announce_compilation()
+            if users is not None:
+                from .backends.cpu.user_trainer import UserTrainer
+                return UserTrainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
+                                   names=self.subnet_names_, **users)
             return Trainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
                            names=self.subnet_names_, optimizer_state=optimizer_state)
         from .backends.cuda import Trainer
@@ -368,6 +419,10 @@ class SessionGRU(SessionModel):
             from .backends.cuda import Scorer
             return Scorer(_resolve_device("cuda"), self.params_, sum_mode, (act, act_param),
                           cache_on=self)
+        if "UI" in self.params_:
+            from .backends.cpu_user_scoring import UserScorer
+            return UserScorer(self.params_ if params is None else params, sum_mode, act,
+                              act_param, resolve_threads(self.n_threads))
         from .backends.cpu_scoring import Scorer
         return Scorer(self.params_ if params is None else params, sum_mode, act, act_param,
                       resolve_threads(self.n_threads))

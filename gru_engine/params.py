@@ -34,7 +34,24 @@ DEFAULTS = {
     "show_progress": False,
     "augment_crop_p": 0.0,
     "augment_drop_p": 0.0,
+    "user_layers": 0,
+    "user_mode": "all",
+    "user_input": "items",
 }
+
+#: The user-level GRU across sessions (HRNN, Quadrana et al. RecSys 2017;
+#: :mod:`gru_engine.user_level`, docs/user_level_gru.md); ``fit`` then needs a user column:
+#:   user_layers: units of the user GRU (0, the default: none, the plain session GRU bit for
+#:       bit);
+#:   user_mode: how the user state reaches a session: ``'init'`` (HRNN-init, the initial hidden
+#:       state of every layer), ``'all'`` (HRNN-all's user input: an extra input of layer 0 at
+#:       every step) or ``'both'``;
+#:   user_input: what the user GRU reads of each finished session: ``'items'`` (the mean of
+#:       its clicks' rows in a user input table) or ``'hidden'`` (HRNN: the combined session
+#:       state after its last input).
+USER_KEYS = ("user_layers", "user_mode", "user_input")
+USER_MODES = ("init", "all", "both")
+USER_INPUTS = ("items", "hidden")
 
 #: Session augmentation (Tan, Xu & Liu, DLRS 2016), redrawn every epoch from the epoch-order
 #: generator (reproducible under ``random_state``). Tan et al. train on every prefix of every
@@ -62,7 +79,8 @@ ACT_CODES = {"linear": 0, "relu": 1, "tanh": 2, "leaky": 3, "elu": 4}
 DEVICES = ("cpu", "cuda", "auto")
 
 _ACT_RE = re.compile(r"^(linear|relu|tanh|leaky-[^-].*|elu-[^-].*)$")
-_INT_KEYS = ("batch_size", "n_epochs", "n_sample", "sample_store_size", "embedding")
+_INT_KEYS = ("batch_size", "n_epochs", "n_sample", "sample_store_size", "embedding",
+             "user_layers")
 _FLOAT_KEYS = ("sample_alpha", "logq", "bpreg", "elu_param", "dropout_p_embed",
                "dropout_p_hidden", "learning_rate", "momentum") + AUGMENT_KEYS
 _BOOL_KEYS = ("constrained_embedding", "shuffle_sessions", "show_progress")
@@ -188,7 +206,23 @@ def validate(params: dict) -> dict:
         raise ValueError(f"n_threads must be None or a positive int, got {nt!r}")
     if p["device"] not in DEVICES:
         raise ValueError(f"device must be one of {list(DEVICES)}, got {p['device']!r}")
+    _validate_user(p)
     return p
+
+
+def _validate_user(p: dict) -> None:
+    """The user-level options (:data:`USER_KEYS`), where the estimator has them."""
+    if "user_layers" not in p:
+        return
+    v = p["user_layers"]
+    if not _is_int(v) or int(v) < 0:
+        raise ValueError(f"user_layers must be an integer >= 0, got {v!r}")
+    p["user_layers"] = int(v)
+    if p["user_mode"] not in USER_MODES:
+        raise ValueError(f"user_mode must be one of {list(USER_MODES)}, got {p['user_mode']!r}")
+    if p["user_input"] not in USER_INPUTS:
+        raise ValueError(f"user_input must be one of {list(USER_INPUTS)}, got "
+                         f"{p['user_input']!r}")
 
 
 def _parse_bool(key: str, text: str) -> bool:
