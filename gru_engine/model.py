@@ -116,7 +116,7 @@ class SessionGRU(SessionModel):
                  dropout_p_embed=0.0, dropout_p_hidden=0.0, learning_rate=0.1, momentum=0.0,
                  random_state=None, n_threads=None, device="cpu", shuffle_sessions=False,
                  show_progress=False, augment_crop_p=0.0, augment_drop_p=0.0, user_layers=0,
-                 user_mode="all", user_input="items"):
+                 user_mode="all", user_input="items", user_dropout=0.0):
         self.layers = layers
         self.loss = loss
         self.final_act = final_act
@@ -144,6 +144,7 @@ class SessionGRU(SessionModel):
         self.user_layers = user_layers
         self.user_mode = user_mode
         self.user_input = user_input
+        self.user_dropout = user_dropout
 
     @classmethod
     def from_param_string(cls, text: str, **overrides) -> "SessionGRU":
@@ -271,7 +272,8 @@ class SessionGRU(SessionModel):
                                  f"device={p['device']!r} chose CUDA; use device='cpu'")
             params.update(user_layout(p["user_layers"], p["user_mode"], p["user_input"],
                                       layout["Hc"], layout["LI"], n_items, rng))
-            users = training_walks(sessions, self._user_table, order_rng, p["shuffle_sessions"])
+            users = training_walks(sessions, self._user_table, order_rng, p["shuffle_sessions"],
+                                   p["user_dropout"])
             self._user_table = None
         support = sessions.item_support(n_items)
         self.device_ = "cpu" if device is None else "cuda"

@@ -37,6 +37,7 @@ DEFAULTS = {
     "user_layers": 0,
     "user_mode": "all",
     "user_input": "items",
+    "user_dropout": 0.0,
 }
 
 #: The user-level GRU across sessions (HRNN, Quadrana et al. RecSys 2017;
@@ -48,8 +49,10 @@ DEFAULTS = {
 #:       every step) or ``'both'``;
 #:   user_input: what the user GRU reads of each finished session: ``'items'`` (the mean of
 #:       its clicks' rows in a user input table) or ``'hidden'`` (HRNN: the combined session
-#:       state after its last input).
-USER_KEYS = ("user_layers", "user_mode", "user_input")
+#:       state after its last input);
+#:   user_dropout: inverted-dropout probability on the user state where it feeds a session,
+#:       in training (HRNN uses dropout on the user representation), in [0, 1).
+USER_KEYS = ("user_layers", "user_mode", "user_input", "user_dropout")
 USER_MODES = ("init", "all", "both")
 USER_INPUTS = ("items", "hidden")
 
@@ -82,7 +85,7 @@ _ACT_RE = re.compile(r"^(linear|relu|tanh|leaky-[^-].*|elu-[^-].*)$")
 _INT_KEYS = ("batch_size", "n_epochs", "n_sample", "sample_store_size", "embedding",
              "user_layers")
 _FLOAT_KEYS = ("sample_alpha", "logq", "bpreg", "elu_param", "dropout_p_embed",
-               "dropout_p_hidden", "learning_rate", "momentum") + AUGMENT_KEYS
+               "dropout_p_hidden", "learning_rate", "momentum", "user_dropout") + AUGMENT_KEYS
 _BOOL_KEYS = ("constrained_embedding", "shuffle_sessions", "show_progress")
 
 
@@ -170,7 +173,7 @@ def validate(params: dict) -> dict:
         if not _is_int(v) or int(v) < low:
             raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
         p[key] = int(v)
-    for key in _FLOAT_KEYS:
+    for key in (k for k in _FLOAT_KEYS if k in p):  # user_dropout: where the estimator has it
         v = p[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) and not type(v).__name__.startswith("float"):
             raise ValueError(f"{key} must be a number, got {v!r}")
@@ -220,6 +223,8 @@ def _validate_user(p: dict) -> None:
     p["user_layers"] = int(v)
     if p["user_mode"] not in USER_MODES:
         raise ValueError(f"user_mode must be one of {list(USER_MODES)}, got {p['user_mode']!r}")
+    if not 0.0 <= p["user_dropout"] < 1.0:
+        raise ValueError(f"user_dropout must be in [0, 1), got {p['user_dropout']!r}")
     if p["user_input"] not in USER_INPUTS:
         raise ValueError(f"user_input must be one of {list(USER_INPUTS)}, got "
                          f"{p['user_input']!r}")

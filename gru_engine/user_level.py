@@ -160,12 +160,15 @@ class UserStep:
         self.UI, self.U, self.bags = UI, U, bags
         self.views = user_views(UI, U)
 
-    def forward(self, S, Ub, init_mask):
+    def forward(self, S, Ub, init_mask, drop=None):
         """Returns ``(u (R, Hu), h0 (Ri, W) or None, gates (R, 3H0) or None)``; ``init_mask``
-        (R,) bool: rows that start a session now (get ``h0``)."""
+        (R,) bool: rows that start a session now (get ``h0``); ``drop``: None or an (R, Hu)
+        inverted-dropout mask applied to ``u`` where it feeds the session (training)."""
         v = self.views
-        self.S, self.Ub, self.init_mask = S, Ub, init_mask
+        self.S, self.Ub, self.init_mask, self.drop = S, Ub, init_mask, drop
         u, self.cache = gru_step(user_input_gates(self.UI, v, S, self.bags), Ub, v["Wh"], v["bhn"])
+        if drop is not None:
+            u = u * drop
         self.u = u
         self.h0 = None
         if self.UI[U_INIT] and init_mask.any():
@@ -189,6 +192,8 @@ class UserStep:
             gv["Wi"][...] = self.u[self.init_mask].T @ dpre
             gv["bi"][...] = dpre.sum(0)
             du[self.init_mask] += dpre @ v["Wi"].T
+        if self.drop is not None:
+            du *= self.drop
         dgx, dgh = gru_step_backward(du, self.Ub, self.cache)
         Hu = int(UI[U_HU])
         gv["bx"][...] = dgx.sum(0)
@@ -238,7 +243,7 @@ def fit_users(data, session_key: str, user_key: str, user_layers: int):
     return users_of_sessions(_ids(data, session_key), users, known, user_key)
 
 
-def training_walks(sessions, user_table, rng, shuffle: bool) -> dict:
+def training_walks(sessions, user_table, rng, shuffle: bool, user_dropout: float = 0.0) -> dict:
     """Keyword arguments of the user trainer (``walks``, ``start_times``, ``shuffle``,
     ``rng``) for ``sessions`` (:class:`~gru_engine.data.Sessions` of the fit) and
     ``user_table`` (:func:`fit_users`)."""
@@ -252,4 +257,4 @@ def training_walks(sessions, user_table, rng, shuffle: bool) -> dict:
     codes[has] = np.searchsorted(user_ids, session_user[kept][has])
     walks = user_walks(UserSessions(sessions, codes, user_ids))
     return {"walks": walks, "start_times": sessions.times[sessions.offsets[:-1]],
-            "shuffle": bool(shuffle), "rng": rng}
+            "shuffle": bool(shuffle), "rng": rng, "user_dropout": user_dropout}

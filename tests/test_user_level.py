@@ -100,3 +100,193 @@ def test_step_gradients_match_finite_differences(mode, user_input, layers, input
         scale = max(np.linalg.norm(fd), 1e-8)
         worst[key] = np.linalg.norm(g - fd) / scale
     assert max(worst.values()) < 1e-6, worst
+
+
+def _walk_steps(offsets, walks, order, bs, min_rows=2):
+    """Every step of a UserSchedule: list of (cur, reset, new_user, last, session) tuples."""
+    sch = UserSchedule(offsets, walks, order, bs, min_rows)
+    steps = []
+    while sch.n_rows > 0:
+        steps.append(tuple(np.array(a) for a in sch.rows()) + (sch.src[:sch.n_rows].copy(),))
+        sch.advance()
+    return steps
+
+
+def test_user_schedule_walks_each_users_sessions_in_order():
+    # sessions (CSR): lengths 3, 2, 1 (too short: skipped), 4, 2; users: [0, 3], [1], [4, 2]
+    offsets = np.cumsum([0, 3, 2, 1, 4, 2]).astype(np.int64)
+    walks = [np.array([0, 3]), np.array([1]), np.array([4, 2])]
+    steps = _walk_steps(offsets, walks, np.array([0, 1, 2]), bs=2, min_rows=1)
+    # row 0: user 0 = session 0 inputs 0, 1 then session 3 inputs 6, 7, 8;
+    # row 1: user 1 = session 1 input 3, then user 2 = session 4 input 10 (session 2 skipped)
+    rows = [[int(c) for c in s[0]] for s in steps]
+    assert rows == [[0, 3], [1, 10], [6], [7], [8]]
+    assert [list(s[1]) for s in steps] == [[True, True], [False, True], [True], [False], [False]]
+    assert [list(s[2]) for s in steps] == [[True, True], [False, True], [False], [False], [False]]
+    assert [list(s[3]) for s in steps] == [[False, True], [True, True], [False], [False], [True]]
+    assert [list(s[4]) for s in steps] == [[0, 1], [0, 4], [3], [3], [3]]
+    # the second row drops out after step 2; the first keeps its place
+    assert [list(s[5]) for s in steps][2:] == [[0], [0], [0]]
+
+
+def test_user_schedule_covers_every_input_once_in_time_order_per_user():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 7, 40)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    perm = rng.permutation(40)
+    walks = [np.sort(perm[a:a + 5]) for a in range(0, 40, 5)]
+    steps = _walk_steps(offsets, walks, rng.permutation(len(walks)), bs=3, min_rows=1)
+    seen = np.concatenate([s[0] for s in steps])
+    expected = np.concatenate([np.arange(offsets[s], offsets[s + 1] - 1) for s in range(40)])
+    assert np.array_equal(np.sort(seen), np.sort(expected))
+    # a row keeps one user: its inputs follow that user's sessions in walk order
+    owner = {int(s): k for k, w in enumerate(walks) for s in w}
+    pos = {int(s): j for w in walks for j, s in enumerate(w)}
+    for k in range(len(steps) - 1):
+        cur, _, _, _, sess, _ = steps[k]
+        nxt_sess, new_user, src = steps[k + 1][4], steps[k + 1][2], steps[k + 1][5]
+        for r in range(len(nxt_sess)):
+            if not new_user[r]:
+                a, b = int(sess[src[r]]), int(nxt_sess[r])
+                assert owner[a] == owner[b] and pos[a] <= pos[b]
+
+
+def _data(n_users=40, persistent=True, seed=0):
+    ev, _ = session_aware_events(n_users=n_users, sessions_per_user=4, n_items=60, n_tastes=6,
+                                 persistent=persistent, seed=seed)
+    return session_aware_split(ev)
+
+
+def _small(**kw):
+    base = dict(layers=[8], batch_size=8, n_sample=0, n_epochs=2, random_state=1, n_threads=1,
+                user_layers=5)
+    base.update(kw)
+    return SessionGRU(**base)
+
+
+def test_fit_without_user_column_names_it():
+    train, _ = _data()
+    no_user = {k: v for k, v in train.items() if k != "UserId"}
+    with pytest.raises(ValueError, match=r"user_layers=5 needs a user column 'UserId'"):
+        _small().fit(no_user)
+    with pytest.raises(ValueError, match=r"needs a user column 'Customer'"):
+        _small().fit(train, user_key="Customer")
+    SessionGRU(layers=[8], n_epochs=1, n_sample=0, n_threads=1).fit(no_user)  # plain: fine
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(user_layers=-1), "user_layers must be an integer >= 0"),
+    (dict(user_mode="sideways"), "user_mode must be one of"),
+    (dict(user_input="clicks"), "user_input must be one of"),
+    (dict(user_dropout=1.0), r"user_dropout must be in \[0, 1\)"),
+    (dict(device="cuda"), "runs on the CPU only"),
+])
+def test_bad_user_options_raise(bad, match):
+    train, _ = _data()
+    with pytest.raises(ValueError, match=match):
+        _small(**bad).fit(train)
+
+
+def test_partial_fit_and_checkpoint_are_refused(tmp_path):
+    train, _ = _data()
+    with pytest.raises(ValueError, match="checkpoint is not supported with user_layers"):
+        _small().fit(train, checkpoint=tmp_path / "ck")
+    m = _small().fit(train)
+    with pytest.raises(ValueError, match="partial_fit is not supported"):
+        m.partial_fit(train)
+
+
+@pytest.mark.parametrize("mode,user_input", [("all", "items"), ("init", "hidden"),
+                                             ("both", "items")])
+def test_save_load_keeps_scores(tmp_path, mode, user_input):
+    train, test = _data()
+    m = _small(user_mode=mode, user_input=user_input).fit(train)
+    m.save(tmp_path / "m.npz")
+    m2 = SessionGRU.load(tmp_path / "m.npz")
+    for k in ("UI", "U"):
+        assert np.array_equal(m.params_[k], m2.params_[k])
+    te, _, _ = build_user_sessions(test, m.item_index_)
+    hi, _, _ = build_user_sessions(train, m.item_index_)
+    r1 = evaluate_session_aware(m.scorer(), te, hi, cutoffs=(5,))
+    r2 = evaluate_session_aware(m2.scorer(), te, hi, cutoffs=(5,))
+    assert r1["user_aware"] and r1["recall@5"] == r2["recall@5"] and r1["mrr@5"] == r2["mrr@5"]
+
+
+def test_file_with_wrong_user_layout_is_refused(tmp_path):
+    from gru_engine.io import ModelFileError, read_arrays, write_npz
+    train, _ = _data()
+    _small().fit(train).save(tmp_path / "m.npz")
+    arrays = read_arrays(str(tmp_path / "m.npz"))
+    arrays.pop("U")
+    write_npz(str(tmp_path / "bad.npz"), arrays)
+    with pytest.raises(ModelFileError):
+        SessionGRU.load(tmp_path / "bad.npz")
+
+
+def test_sessions_without_user_history_score_as_the_plain_network():
+    """The fallback: a user model's scorer on a session without a user state gives exactly the
+    scores of the plain scorer over the same session network."""
+    from gru_engine.backends.cpu_scoring import Scorer
+    train, test = _data()
+    for mode in ("all", "init"):
+        m = _small(user_mode=mode).fit(train)
+        plain = Scorer({k: m.params_[k] for k in PARAM_KEYS}, False)
+        seqs = [m.item_index_.to_index(np.asarray(s)) for s in ([1, 5, 7], [2, 2, 9, 4])]
+        got = m._predict_next(m.scorer(), seqs)
+        want = m._predict_next(plain, seqs)
+        assert np.array_equal(got, want)
+
+
+def test_user_state_changes_scores_and_replay_matches_a_naive_one():
+    """begin_users/start_sessions: the user's first test click is scored from the state a
+    naive replay of the user's history gives (float64 NumPy of the same formulas)."""
+    from gru_engine.user_level import gru_step, user_views
+    train, test = _data()
+    m = _small(user_mode="both", user_input="hidden").fit(train)
+    hi, _, _ = build_user_sessions(train, m.item_index_)
+    sc = m.scorer()
+    sc.begin(1)
+    sc.begin_users(hi)
+    user = hi.user_ids[3]
+    sc.start_sessions(np.array([0]), np.array([user]), np.array([True]))
+    item = np.array([m.item_index_.to_index(np.asarray([test["ItemId"][0]]))[0]], np.int32)
+    with_user = sc.score(np.array([0]), item, np.array([True])).copy()
+    sc.begin(1)
+    without = sc.score(np.array([0]), item, np.array([True])).copy()
+    assert np.abs(with_user - without).max() > 1e-4
+    # naive replay of user 3's history with the plain scorer's combined states
+    from gru_engine.backends.cpu_scoring import Scorer
+    plain = Scorer({k: m.params_[k] for k in PARAM_KEYS}, False)
+    v = user_views(m.params_["UI"], m.params_["U"].astype(np.float64))
+    Hu = m.params_["UI"][U_HU]
+    u, has = np.zeros((1, Hu)), False
+    for s in hi.sessions_by_user()[3]:
+        clicks = hi.sessions.items[hi.sessions.offsets[s]:hi.sessions.offsets[s + 1]]
+        plain.begin(1)
+        h0 = None
+        if has:  # the session starts from the user state: h0 and the extra gates
+            h0 = np.tanh(u @ v["Wi"] + v["bi"])
+        hc = _naive_session(m, plain, clicks[:-1], h0, u if has else None, v)
+        u = gru_step(hc @ v["Wx"] + v["bx"], u, v["Wh"], v["bhn"])[0]
+        has = True
+    h0 = np.tanh(u @ v["Wi"] + v["bi"])
+    hc = _naive_session(m, plain, item, h0, u, v)
+    Wy, By = m.params_["Wy"].astype(np.float64), m.params_["By"].astype(np.float64)
+    np.testing.assert_allclose(with_user[0], (hc @ Wy.T + By)[0], rtol=2e-4, atol=2e-4)
+
+
+def _naive_session(m, plain, clicks, h0, u, v):
+    """Combined state (1, Hc) after ``clicks`` of a one-layer ID network (float64 NumPy),
+    starting from ``h0`` (or zeros) with extra gates ``u Wu`` (or none)."""
+    from gru_engine.network import subnet_views
+    from gru_engine.user_level import gru_step
+    sv = subnet_views(m.params_, 0)
+    Wx = sv["Wx"][0].astype(np.float64)
+    E = m.params_["Wy"].astype(np.float64)  # constrained input: the ID block of Wy
+    h = np.zeros((1, Wx.shape[1] // 3)) if h0 is None else h0
+    for it in clicks:
+        gx = E[it:it + 1] @ Wx + sv["bx"][0]
+        if u is not None:
+            gx = gx + u @ v["Wu"]
+        h = gru_step(gx, h, sv["Wh"][0].astype(np.float64), sv["bhn"][0].astype(np.float64))[0]
+    return h

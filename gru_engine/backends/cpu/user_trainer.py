@@ -46,7 +46,8 @@ class UserTrainer(Trainer):
     ``shuffle``: visit users in random order (``rng``). Other arguments as :class:`Trainer`
     (``plan`` must train every subnet in every epoch)."""
 
-    def __init__(self, params, hyper, support, walks, start_times, shuffle, rng, **kwargs):
+    def __init__(self, params, hyper, support, walks, start_times, shuffle, rng,
+                 user_dropout: float = 0.0, **kwargs):
         super().__init__(params, hyper, support, **kwargs)
         p = params
         self.UI, self.U = p["UI"], p["U"]
@@ -64,6 +65,7 @@ class UserTrainer(Trainer):
                          "has_pend": np.zeros(bs, np.bool_)}
         self.acc_u, self.vel_u = np.zeros_like(self.U), np.zeros_like(self.U)
         self.walk, self.bags = None, None
+        self.user_dropout = float(user_dropout)
 
     # ---- the user part of one step ----------------------------------------------------------
     def _layer_views(self, g):
@@ -90,7 +92,11 @@ class UserTrainer(Trainer):
             return rows, None
         ustep = UserStep(UI, self.U, self.bags)
         init = reset[rows] if UI[U_INIT] else np.zeros(len(rows), np.bool_)
-        _, h0, gates = ustep.forward(rs["S"][rows], rs["Ub"][rows], init)
+        drop = None
+        if self.user_dropout > 0 and self.rng is not None:
+            keep = 1.0 - self.user_dropout
+            drop = (self.rng.random((len(rows), int(UI[U_HU]))) < keep) / keep
+        _, h0, gates = ustep.forward(rs["S"][rows], rs["Ub"][rows], init, drop)
         if h0 is not None:
             scatter_initial_state(self.net.LI, self._hp_view, rows[init], h0)
         if gates is not None:
