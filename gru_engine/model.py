@@ -463,6 +463,30 @@ class SessionGRU(SessionModel):
             out[rows[last]] = scores[last]
         return out
 
+    def recommend(self, session_items, k: int = 20, exclude=None, user_sessions=None):
+        """Top-``k`` next items after the clicks ``session_items`` (see
+        :meth:`SessionModel.recommend`). ``user_sessions``: a user-level model
+        (``user_layers > 0``) only: the user's earlier sessions, oldest first, each a sequence
+        of original item ids (unknown ids raise ``KeyError``; sessions of fewer than 2 clicks
+        are skipped); the session then starts from the user state they give. Without it (or
+        when no earlier session has 2 clicks) the session scores as a plain session."""
+        if user_sessions is None:
+            return super().recommend(session_items, k, exclude)
+        self._check_fitted()
+        if "UI" not in self.params_:
+            raise ValueError("user_sessions needs a user-level model (user_layers > 0); this "
+                             "model has none")
+        from .backends.cpu_user_scoring import OneUser
+        from .session_aware import one_user_history
+        items = self.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
+        history = one_user_history([self.item_index_.to_index(np.atleast_1d(np.asarray(s)))
+                                    for s in user_sessions])
+        if history.sessions.n_sessions == 0:
+            return super().recommend(session_items, k, exclude)
+        sc = self.scorer()
+        sc.begin_users(history)
+        return self._recommend(OneUser(sc, 0), items, k, exclude)
+
     def similar_items(self, item_ids, k: int = 20):
         """Items most similar to ``item_ids`` by the cosine of their learned output vectors
         (rows of ``Wy``), best first, the item itself excluded: implicit offers ("customers

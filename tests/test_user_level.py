@@ -290,3 +290,31 @@ def _naive_session(m, plain, clicks, h0, u, v):
             gx = gx + u @ v["Wu"]
         h = gru_step(gx, h, sv["Wh"][0].astype(np.float64), sv["bhn"][0].astype(np.float64))[0]
     return h
+
+
+def test_recommend_with_user_sessions_uses_the_user_state():
+    from gru_engine.serving import SessionStore
+    train, _ = _data()
+    m = _small(user_mode="both").fit(train)
+    ids = m.item_index_.ids
+    history = [list(ids[[1, 2, 3]]), list(ids[[4, 5]]), [ids[6]]]
+    plain = m.recommend([ids[7], ids[8]], k=5)
+    user = m.recommend([ids[7], ids[8]], k=5, user_sessions=history)
+    assert not np.array_equal(plain[1], user[1])
+    # the same as the session-aware scorer fed that history
+    from gru_engine.session_aware import one_user_history
+    sc = m.scorer()
+    sc.begin(1)
+    sc.begin_users(one_user_history([m.item_index_.to_index(np.asarray(s)) for s in history]))
+    sc.start_sessions(np.array([0]), np.array([0]), np.array([True]))
+    sc.score(np.array([0]), m.item_index_.to_index(np.asarray([ids[7]])), np.array([True]))
+    s = sc.score(np.array([0]), m.item_index_.to_index(np.asarray([ids[8]])), np.array([False]))
+    best = np.argsort(-s[0], kind="stable")[:5]
+    assert np.array_equal(ids[best], user[0])
+    # no usable history: the plain answer; a plain model refuses user_sessions
+    assert np.array_equal(m.recommend([ids[7], ids[8]], k=5, user_sessions=[[ids[1]]])[0],
+                          plain[0])
+    with pytest.raises(ValueError, match="user_sessions needs a user-level model"):
+        _small(user_layers=0).fit(train).recommend([ids[7]], user_sessions=history)
+    with pytest.raises(ValueError, match="SessionStore does not keep user states"):
+        SessionStore(m)

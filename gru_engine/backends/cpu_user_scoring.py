@@ -134,3 +134,33 @@ class UserScorer(Scorer):
             new_session[np.flatnonzero(new_session)[user]] = False
         self.slot_user[start] = False
         return rows, items, new_session
+
+
+class OneUser:
+    """A :class:`UserScorer` seen as a plain scorer whose every new session belongs to user
+    ``code`` of the scorer's history (``begin_users`` done): ``recommend`` with a user."""
+
+    def __init__(self, scorer: UserScorer, code: int):
+        self.scorer, self.code = scorer, int(code)
+        self.n_items = scorer.n_items
+
+    def begin(self, n_rows: int) -> None:
+        self.scorer.begin(n_rows)
+
+    def _start(self, rows, new_session):
+        rows = np.asarray(rows, np.int64)[np.asarray(new_session, np.bool_)]
+        if len(rows):
+            ids = self.scorer.history.user_ids[np.full(len(rows), self.code)]
+            self.scorer.start_sessions(rows, ids, np.ones(len(rows), np.bool_))
+
+    def score(self, rows, items, new_session):
+        self._start(rows, new_session)
+        return self.scorer.score(rows, items, new_session)
+
+    def advance(self, rows, items, new_session):
+        self._start(rows, new_session)
+        return self.scorer.advance(rows, items, new_session)
+
+    def topk(self, rows, items, new_session, k, exclude=None):
+        self._start(rows, new_session)
+        return self.scorer.topk(rows, items, new_session, k, exclude)

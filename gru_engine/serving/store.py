@@ -181,6 +181,10 @@ class SessionStore:
     def __init__(self, model, capacity: int = 10_000, idle_timeout_s: float | None = None,
                  k: int = 20, n_threads: int | None = None, clock=time.monotonic):
         model._check_fitted()
+        if "UI" in model.params_:
+            raise ValueError(f"SessionStore does not keep user states: a model with a "
+                             f"user-level GRU (user_layers={model.user_layers}) is served by "
+                             "recommend(..., user_sessions=...) or evaluate_session_aware")
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
                 or capacity < 1:
             raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
