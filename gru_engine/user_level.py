@@ -139,15 +139,20 @@ class SessionBags:
         return rows, cols, np.repeat(1.0 / np.maximum(n, 1), n)
 
 
+def bag_matrix(bags, S, n_rows: int, dtype):
+    """(R, n_rows) sparse matrix of the bags of sessions ``S`` (R,) (scipy CSR)."""
+    from scipy.sparse import csr_matrix
+    rows, cols, w = bags.gather(S)
+    return csr_matrix((w.astype(dtype), (rows, cols)), shape=(len(S), n_rows))
+
+
 def user_input_gates(UI, views, S, bags):
     """(R, 3Hu) input pre-activations ``s Wxu + bxu`` of the user GRU: ``S`` (R, Hc) states
     for 'hidden'; for 'items' ``S`` (R,) int64 session numbers of ``bags``."""
     if not UI[U_ITEMS]:
         return S @ views["Wx"] + views["bx"]
-    rows, cols, w = bags.gather(S)
-    gx = np.zeros((len(S), views["bx"].shape[0]), views["bx"].dtype)
-    np.add.at(gx, rows, views["Wx"][cols] * w[:, None].astype(gx.dtype))
-    return gx + views["bx"]
+    Wx = views["Wx"]
+    return np.asarray(bag_matrix(bags, S, Wx.shape[0], Wx.dtype) @ Wx) + views["bx"]
 
 
 class UserStep:
@@ -200,9 +205,9 @@ class UserStep:
         gv["Wh"][...] = self.Ub.T @ dgh
         gv["bhn"][...] = dgh[:, 2 * Hu:].sum(0)
         if UI[U_ITEMS]:
-            rows, cols, w = self.bags.gather(self.S)
-            np.add.at(gv["Wx"], cols, dgx[rows] * w[:, None].astype(dgx.dtype))
-            self.touched = np.unique(cols)
+            bag = bag_matrix(self.bags, self.S, gv["Wx"].shape[0], dgx.dtype).tocsc()
+            self.touched = np.flatnonzero(np.diff(bag.indptr))
+            gv["Wx"][self.touched] = np.asarray(bag[:, self.touched].T @ dgx)
         else:
             gv["Wx"][...] = self.S.T @ dgx
         return g
