@@ -318,3 +318,11 @@ def test_recommend_with_user_sessions_uses_the_user_state():
         _small(user_layers=0).fit(train).recommend([ids[7]], user_sessions=history)
     with pytest.raises(ValueError, match="SessionStore does not keep user states"):
         SessionStore(m)
+
+
+def test_auto_device_choosing_cuda_is_refused(monkeypatch):
+    import gru_engine.model as model_module
+    monkeypatch.setattr(model_module, "_resolve_device", lambda name: object())
+    train, _ = _data()
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        _small(device="auto").fit(train)
