@@ -266,14 +266,9 @@ class SessionGRU(SessionModel):
         params = {k: layout[k] for k in PARAM_KEYS}
         users = None
         if p.get("user_layers", 0) > 0:
-            from .user_level import training_walks, user_layout
-            if device is not None:
-                raise ValueError(f"user_layers={p['user_layers']} runs on the CPU only, but "
-                                 f"device={p['device']!r} chose CUDA; use device='cpu'")
-            params.update(user_layout(p["user_layers"], p["user_mode"], p["user_input"],
-                                      layout["Hc"], layout["LI"], n_items, rng))
-            users = training_walks(sessions, self._user_table, order_rng, p["shuffle_sessions"],
-                                   p["user_dropout"])
+            from .user_level import user_training
+            users = user_training(p, device, layout, params, sessions, self._user_table,
+                                  order_rng, rng)
             self._user_table = None
         support = sessions.item_support(n_items)
         self.device_ = "cpu" if device is None else "cuda"
@@ -473,19 +468,12 @@ class SessionGRU(SessionModel):
         if user_sessions is None:
             return super().recommend(session_items, k, exclude)
         self._check_fitted()
-        if "UI" not in self.params_:
-            raise ValueError("user_sessions needs a user-level model (user_layers > 0); this "
-                             "model has none")
-        from .backends.cpu_user_scoring import OneUser
-        from .session_aware import one_user_history
-        items = self.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
-        history = one_user_history([self.item_index_.to_index(np.atleast_1d(np.asarray(s)))
-                                    for s in user_sessions])
-        if history.sessions.n_sessions == 0:
+        from .backends.cpu_user_scoring import user_scorer_of
+        sc = user_scorer_of(self, user_sessions)
+        if sc is None:  # no earlier session of 2 clicks: a plain session
             return super().recommend(session_items, k, exclude)
-        sc = self.scorer()
-        sc.begin_users(history)
-        return self._recommend(OneUser(sc, 0), items, k, exclude)
+        items = self.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
+        return self._recommend(sc, items, k, exclude)
 
     def similar_items(self, item_ids, k: int = 20):
         """Items most similar to ``item_ids`` by the cosine of their learned output vectors

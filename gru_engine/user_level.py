@@ -263,3 +263,18 @@ def training_walks(sessions, user_table, rng, shuffle: bool, user_dropout: float
     walks = user_walks(UserSessions(sessions, codes, user_ids))
     return {"walks": walks, "start_times": sessions.times[sessions.offsets[:-1]],
             "shuffle": bool(shuffle), "rng": rng, "user_dropout": user_dropout}
+
+
+def user_training(p: dict, device, layout: dict, params: dict, sessions, user_table, order_rng,
+                  rng) -> dict:
+    """The user part of a fit (``user_layers > 0``): adds ``UI``/``U`` (drawn from ``rng``
+    after the network) to ``params`` and returns the user trainer's keyword arguments
+    (:func:`training_walks`); ``ValueError`` when ``device`` is CUDA."""
+    if device is not None:
+        raise ValueError(f"user_layers={p['user_layers']} runs on the CPU only, but "
+                         f"device={p['device']!r} chose CUDA; use device='cpu'")
+    params.update(user_layout(p["user_layers"], p["user_mode"], p["user_input"], layout["Hc"],
+                              layout["LI"], params["Wy"].shape[0],
+                              rng))
+    return training_walks(sessions, user_table, order_rng, p["shuffle_sessions"],
+                          p["user_dropout"])

@@ -164,3 +164,21 @@ class OneUser:
     def topk(self, rows, items, new_session, k, exclude=None):
         self._start(rows, new_session)
         return self.scorer.topk(rows, items, new_session, k, exclude)
+
+
+def user_scorer_of(model, user_sessions):
+    """A scorer of ``model`` whose new sessions start from the user state of ``user_sessions``
+    (earlier sessions, oldest first, each a sequence of original item ids; unknown ids raise
+    ``KeyError``), or None when none has 2 clicks. ``ValueError`` for a model without a
+    user-level GRU."""
+    from ..session_aware import one_user_history
+    if "UI" not in model.params_:
+        raise ValueError("user_sessions needs a user-level model (user_layers > 0); this "
+                         "model has none")
+    history = one_user_history([model.item_index_.to_index(np.atleast_1d(np.asarray(s)))
+                                for s in user_sessions])
+    if history.sessions.n_sessions == 0:
+        return None
+    sc = model.scorer()
+    sc.begin_users(history)
+    return OneUser(sc, 0)
