@@ -47,8 +47,8 @@ import numpy as np
 from . import network as nw
 from .exceptions import ModelFileError
 from .network import PARAM_KEYS, from_layers
-from .user_level import USER_PARAM_KEYS, user_layout
 from .safe_npz import read_arrays, read_header, write_npz
+from .user_level import USER_PARAM_KEYS, user_layout
 
 logger = logging.getLogger("gru_engine")
 
