@@ -326,3 +326,14 @@ def test_auto_device_choosing_cuda_is_refused(monkeypatch):
     train, _ = _data()
     with pytest.raises(ValueError, match="runs on the CPU only"):
         _small(device="auto").fit(train)
+
+
+def test_fit_is_reproducible_and_plain_evaluate_works():
+    train, test = _data()
+    a = _small(shuffle_sessions=True, user_dropout=0.2).fit(train)
+    b = _small(shuffle_sessions=True, user_dropout=0.2).fit(train)
+    for k in ("theta", "T", "Wy", "By", "U"):
+        assert np.array_equal(a.params_[k], b.params_[k])
+    assert "UI" not in _small(user_layers=0).fit(train).params_
+    res = a.evaluate(test, cutoffs=(5,))  # no users: every session scored as a plain session
+    assert 0.0 <= res["recall@5"] <= 1.0
