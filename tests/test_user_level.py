@@ -293,7 +293,6 @@ def _naive_session(m, plain, clicks, h0, u, v):
 
 
 def test_recommend_with_user_sessions_uses_the_user_state():
-    from gru_engine.serving import SessionStore
     train, _ = _data()
     m = _small(user_mode="both").fit(train)
     ids = m.item_index_.ids
@@ -316,8 +315,6 @@ def test_recommend_with_user_sessions_uses_the_user_state():
                           plain[0])
     with pytest.raises(ValueError, match="user_sessions needs a user-level model"):
         _small(user_layers=0).fit(train).recommend([ids[7]], user_sessions=history)
-    with pytest.raises(ValueError, match="SessionStore does not keep user states"):
-        SessionStore(m)
 
 
 def test_auto_device_choosing_cuda_is_refused(monkeypatch):
@@ -337,3 +334,43 @@ def test_fit_is_reproducible_and_plain_evaluate_works():
     assert "UI" not in _small(user_layers=0).fit(train).params_
     res = a.evaluate(test, cutoffs=(5,))  # no users: every session scored as a plain session
     assert 0.0 <= res["recall@5"] <= 1.0
+
+
+@pytest.mark.parametrize("mode,user_input", [("all", "items"), ("init", "hidden"),
+                                             ("both", "items")])
+def test_session_store_keeps_user_states(mode, user_input, tmp_path):
+    """A user's ended sessions give the state of its next session: the store answers as
+    recommend(..., user_sessions=...) does; anonymous sessions as the plain recommend."""
+    from gru_engine.serving import SessionStore
+    train, _ = _data()
+    m = _small(user_mode=mode, user_input=user_input).fit(train)
+    ids = m.item_index_.ids
+    store = SessionStore(m, capacity=4, k=5)
+    for it in ids[[1, 2, 3]]:
+        store.step(["a"], [it], user_ids=[7])
+    store.step(["short"], [ids[9]], user_ids=[7])  # one click: no user update at its end
+    assert store.end("a") and store.end("short")
+    for it in ids[[4, 5]]:
+        store.step(["b"], [it], user_ids=[7])
+    store.end("b")
+    got = store.step(["c", "anon"], [ids[7], ids[7]], user_ids=[7, None])
+    want = m.recommend([ids[7]], k=5, user_sessions=[list(ids[[1, 2, 3]]), list(ids[[4, 5]])])
+    assert np.array_equal(got.items[0], want[0])
+    np.testing.assert_allclose(got.scores[0], want[1], rtol=1e-5, atol=1e-5)
+    plain = m.recommend([ids[7]], k=5)
+    assert np.array_equal(got.items[1], plain[0])
+    assert not np.allclose(want[1], plain[1])  # the user state matters
+    # no click: the replay of the first click keeps the user state
+    again = store.recommend_for(["c", "anon"])
+    assert np.array_equal(again.items, got.items)
+    nxt = store.step(["c"], [ids[8]], user_ids=[7])
+    want2 = m.recommend([ids[7], ids[8]], k=5,
+                        user_sessions=[list(ids[[1, 2, 3]]), list(ids[[4, 5]])])
+    assert np.array_equal(nxt.items[0], want2[0])
+    with pytest.raises(ValueError, match="user_ids must be 1-D"):
+        store.step(["c"], [ids[8]], user_ids=[7, 8])
+    with pytest.raises(ValueError, match="snapshots of a store over a user-level model"):
+        store.save(tmp_path / "s.npz")
+    plain_store = SessionStore(_small(user_layers=0).fit(train))
+    with pytest.raises(ValueError, match="user_ids needs a model with a user-level GRU"):
+        plain_store.step(["x"], [ids[1]], user_ids=[1])

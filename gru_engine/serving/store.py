@@ -168,6 +168,11 @@ class SessionStore:
       before the click, flagged ``unknown_item`` (and ``cold`` with the most popular items if
       the session has no known click yet).
     - ``exclude_seen=True`` removes the items of the session's known clicks from its answer.
+    - A model with a user-level GRU (``user_layers > 0``): ``step``/``advance`` take
+      ``user_ids`` (one per entry, None for anonymous; read when a session starts); a session
+      of a user starts from the user's state, and ``end(session_id)`` steps the user's state
+      with the session (2+ known clicks). Evicted sessions do not update their user. Snapshots
+      (``save``) of such a store are not supported (``ValueError``).
     - FeatureSessionGRU: ``item_features`` (as in ``fit``/``recommend``) lets sessions click new
       items; the store keeps their encodings for later calls (and snapshots). New items are
       never recommended.
@@ -181,10 +186,6 @@ class SessionStore:
     def __init__(self, model, capacity: int = 10_000, idle_timeout_s: float | None = None,
                  k: int = 20, n_threads: int | None = None, clock=time.monotonic):
         model._check_fitted()
-        if "UI" in model.params_:
-            raise ValueError(f"SessionStore does not keep user states: a model with a "
-                             f"user-level GRU (user_layers={model.user_layers}) is served by "
-                             "recommend(..., user_sessions=...) or evaluate_session_aware")
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
                 or capacity < 1:
             raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
@@ -214,19 +215,24 @@ class SessionStore:
             first.n_threads = self.n_threads  # its topk / advance split the rows over threads
         self._slots = _Slots(first, self.capacity)
         self.width = _sum_hidden(first)
+        self._users = None  # a user-level model: the users' states (``user_ids``)
+        if "UI" in model.params_:
+            from .user_states import UserStates
+            self._users = UserStates(model.params_)
         self._popular = np.argsort(-np.asarray(model.item_support_), kind="stable")
 
     # ---- public API -------------------------------------------------------------------------
     def step(self, session_ids, item_ids, k: int | None = None, exclude_seen: bool = False,
-             item_features=None) -> Recommendations:
+             item_features=None, user_ids=None) -> Recommendations:
         """Advance each session ``session_ids[i]`` by the click ``item_ids[i]`` (original ids)
         and return the top-``k`` next items of each (:class:`Recommendations`, rows in the order
         of the entries). ``item_features``: FeatureSessionGRU only, features of new items (class
+        docstring). ``user_ids``: user-level models only, the user of each entry (class
         docstring)."""
         k = self._check_k(self.k if k is None else k)
-        return self._clicks(session_ids, item_ids, item_features, k, exclude_seen)
+        return self._clicks(session_ids, item_ids, item_features, k, exclude_seen, user_ids)
 
-    def advance(self, session_ids, item_ids, item_features=None) -> Advanced:
+    def advance(self, session_ids, item_ids, item_features=None, user_ids=None) -> Advanced:
         """Advance each session ``session_ids[i]`` by the click ``item_ids[i]`` as :meth:`step`
         does (same state, same bookkeeping: new sessions, unknown items, seen items, LRU and
         idle clock), without scoring any item: for clicks whose recommendations nobody reads
@@ -234,7 +240,7 @@ class SessionStore:
         :meth:`recommend_for` of a session answers as :meth:`step` would have after its last
         click (class docstring). Returns :class:`Advanced` (per entry: ``unknown_item``,
         ``new_session``)."""
-        res = self._clicks(session_ids, item_ids, item_features, None, False)
+        res = self._clicks(session_ids, item_ids, item_features, None, False, user_ids)
         return Advanced(res.unknown_item, res.new_session)
 
     def recommend_for(self, session_ids, k: int | None = None,
@@ -273,6 +279,8 @@ class SessionStore:
             live = self._live.pop(session_id, None)
             if live is None:
                 return False
+            if self._users is not None:
+                self._users.end(self._slots.scorer, live.slot, self._slots.prev[0][live.slot])
             self._free.append(live.slot)
             return True
 
@@ -302,6 +310,9 @@ class SessionStore:
         last click, last item, click count, seen items and idle time, in LRU order, and the new
         items of a FeatureSessionGRU store. Session ids must all be integers or all strings."""
         from .snapshot import save_store
+        if self._users is not None:
+            raise ValueError("snapshots of a store over a user-level model (user states) are "
+                             "not supported")
         save_store(self, path)
 
     @classmethod
@@ -315,7 +326,8 @@ class SessionStore:
         return load_store(cls, path, model, **options)
 
     # ---- internals --------------------------------------------------------------------------
-    def _clicks(self, session_ids, item_ids, item_features, k, exclude_seen) -> Recommendations:
+    def _clicks(self, session_ids, item_ids, item_features, k, exclude_seen,
+                user_ids=None) -> Recommendations:
         """:meth:`step` (``k``: an int) or :meth:`advance` (``k`` None: nothing scored, the
         result's ``items`` / ``scores`` have no columns)."""
         sids = self._session_list(session_ids)
@@ -323,6 +335,14 @@ class SessionStore:
         if items.ndim != 1 or len(items) != len(sids):
             raise ValueError(f"session_ids and item_ids must be 1-D of one length, got "
                              f"{len(sids)} session ids and item ids of shape {items.shape}")
+        if user_ids is not None:
+            if self._users is None:
+                raise ValueError("user_ids needs a model with a user-level GRU (user_layers > "
+                                 "0)")
+            user_ids = self._session_list(user_ids) if np.ndim(user_ids) else None
+            if user_ids is None or len(user_ids) != len(sids):
+                raise ValueError(f"user_ids must be 1-D with one entry per session id "
+                                 f"({len(sids)})")
         with self._lock:
             self._expire(self.clock())
             n_distinct = len(set(sids))
@@ -343,7 +363,7 @@ class SessionStore:
             with blas_one_thread():
                 for r in range(len(rounds)):
                     self._step_round(np.asarray(rounds[r], np.int64), sids, idx, k,
-                                     exclude_seen, res)
+                                     exclude_seen, res, user_ids)
             return res
 
     @staticmethod
@@ -405,6 +425,8 @@ class SessionStore:
                 break
             self._live.popitem(last=False)
             self._free.append(live.slot)
+            if self._users is not None:
+                self._users.forget(live.slot)
             n += 1
         if n:
             logger.debug("session store: %d idle sessions evicted", n)
@@ -419,6 +441,8 @@ class SessionStore:
         if not self._free:
             old, live = self._live.popitem(last=False)
             self._free.append(live.slot)
+            if self._users is not None:
+                self._users.forget(live.slot)
         live = _Live(self._free.pop(), now)
         self._live[sid] = live
         return live
@@ -493,7 +517,7 @@ class SessionStore:
         self._new_ids, self._new_bags = index, bags
         logger.info("session store: %d new items with features", len(index))
 
-    def _step_round(self, pos, sids, idx, k, exclude_seen, res) -> None:
+    def _step_round(self, pos, sids, idx, k, exclude_seen, res, user_ids=None) -> None:
         """Entries ``pos`` (distinct sessions) of a ``step`` call (``k`` None: of an
         ``advance`` call)."""
         now = self.clock()
@@ -505,6 +529,8 @@ class SessionStore:
             live = live_map.get(sid)
             if live is None:
                 live = self._open(sid, now)
+                if self._users is not None:
+                    self._users.open(live.slot, None if user_ids is None else user_ids[p])
                 started.append(True)
             else:
                 live.used = now
@@ -525,7 +551,11 @@ class SessionStore:
                 live.n_clicks += 1
                 live.last_item = it
                 live.seen.add(it)
+                if self._users is not None:
+                    self._users.clicked(live.slot, it)
             rows, new = np.array(slots, np.int64), np.array(new, bool)
+            if self._users is not None:
+                self._users.mark(self._slots.scorer, rows[new].tolist())
             self._slots.save_prev(rows)
             if k is None:
                 self._slots.scorer.advance(rows, item[step_j].astype(np.int32), new)
@@ -552,6 +582,8 @@ class SessionStore:
         new = np.array([v.n_clicks == 1 for v in lives], bool)
         now_state = self._slots.read(rows)
         self._slots.restore_prev(rows)
+        if self._users is not None:
+            self._users.mark(self._slots.scorer, rows[new].tolist())
         try:
             return self._score_topk(rows, items, new, k,
                                     [v.seen for v in lives] if exclude_seen else None)
