@@ -374,3 +374,17 @@ def test_session_store_keeps_user_states(mode, user_input, tmp_path):
     plain_store = SessionStore(_small(user_layers=0).fit(train))
     with pytest.raises(ValueError, match="user_ids needs a model with a user-level GRU"):
         plain_store.step(["x"], [ids[1]], user_ids=[1])
+
+
+def test_session_store_eviction_updates_the_user_like_end():
+    from gru_engine.serving import SessionStore
+    train, _ = _data()
+    m = _small().fit(train)
+    ids = m.item_index_.ids
+    store = SessionStore(m, capacity=2, k=5)
+    store.step(["a", "a"], ids[[1, 2]], user_ids=[7, 7])
+    store.step(["z", "y"], ids[[3, 4]])  # "a" is the least recently used: evicted by "y"
+    assert "a" not in store
+    got = store.step(["c"], [ids[7]], user_ids=[7])
+    want = m.recommend([ids[7]], k=5, user_sessions=[list(ids[[1, 2]])])
+    assert np.array_equal(got.items[0], want[0])

@@ -170,9 +170,9 @@ class SessionStore:
     - ``exclude_seen=True`` removes the items of the session's known clicks from its answer.
     - A model with a user-level GRU (``user_layers > 0``): ``step``/``advance`` take
       ``user_ids`` (one per entry, None for anonymous; read when a session starts); a session
-      of a user starts from the user's state, and ``end(session_id)`` steps the user's state
-      with the session (2+ known clicks). Evicted sessions do not update their user. Snapshots
-      (``save``) of such a store are not supported (``ValueError``).
+      of a user starts from the user's state, and ``end(session_id)`` or the session's
+      eviction (idle or least recently used) steps the user's state with the session (2+
+      known clicks). Snapshots (``save``) of such a store are not supported (``ValueError``).
     - FeatureSessionGRU: ``item_features`` (as in ``fit``/``recommend``) lets sessions click new
       items; the store keeps their encodings for later calls (and snapshots). New items are
       never recommended.
@@ -279,8 +279,7 @@ class SessionStore:
             live = self._live.pop(session_id, None)
             if live is None:
                 return False
-            if self._users is not None:
-                self._users.end(self._slots.scorer, live.slot, self._slots.prev[0][live.slot])
+            self._user_session_over(live.slot)
             self._free.append(live.slot)
             return True
 
@@ -425,12 +424,17 @@ class SessionStore:
                 break
             self._live.popitem(last=False)
             self._free.append(live.slot)
-            if self._users is not None:
-                self._users.forget(live.slot)
+            self._user_session_over(live.slot)
             n += 1
         if n:
             logger.debug("session store: %d idle sessions evicted", n)
         return n
+
+    def _user_session_over(self, slot: int) -> None:
+        """A user-level model: the session in ``slot`` ended or was evicted; its user's state
+        is stepped with it."""
+        if self._users is not None:
+            self._users.end(self._slots.scorer, slot, self._slots.prev[0][slot])
 
     def _touch(self, sid, now: float) -> None:
         self._live[sid].used = now
@@ -441,8 +445,7 @@ class SessionStore:
         if not self._free:
             old, live = self._live.popitem(last=False)
             self._free.append(live.slot)
-            if self._users is not None:
-                self._users.forget(live.slot)
+            self._user_session_over(live.slot)
         live = _Live(self._free.pop(), now)
         self._live[sid] = live
         return live
