@@ -369,8 +369,16 @@ def test_session_store_keeps_user_states(mode, user_input, tmp_path):
     assert np.array_equal(nxt.items[0], want2[0])
     with pytest.raises(ValueError, match="user_ids must be 1-D"):
         store.step(["c"], [ids[8]], user_ids=[7, 8])
-    with pytest.raises(ValueError, match="snapshots of a store over a user-level model"):
-        store.save(tmp_path / "s.npz")
+    # a snapshot keeps the users' states and the live sessions' users
+    store.save(tmp_path / "s.npz")
+    back = SessionStore.load(tmp_path / "s.npz", m)
+    assert np.array_equal(back.step(["c"], [ids[9]]).items, store.step(["c"], [ids[9]]).items)
+    back.end("c")
+    store.end("c")
+    a, b = back.step(["d"], [ids[2]], user_ids=[7]), store.step(["d"], [ids[2]], user_ids=[7])
+    assert np.array_equal(a.items, b.items) and np.allclose(a.scores, b.scores)
+    with pytest.raises(ValueError, match="user states do not fit the model"):
+        SessionStore.load(tmp_path / "s.npz", _small(user_layers=0).fit(train))
     plain_store = SessionStore(_small(user_layers=0).fit(train))
     with pytest.raises(ValueError, match="user_ids needs a model with a user-level GRU"):
         plain_store.step(["x"], [ids[1]], user_ids=[1])

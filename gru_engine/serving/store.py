@@ -172,7 +172,7 @@ class SessionStore:
       ``user_ids`` (one per entry, None for anonymous; read when a session starts); a session
       of a user starts from the user's state, and ``end(session_id)`` or the session's
       eviction (idle or least recently used) steps the user's state with the session (2+
-      known clicks). Snapshots (``save``) of such a store are not supported (``ValueError``).
+      known clicks). Snapshots keep the users' states and each live session's user.
     - FeatureSessionGRU: ``item_features`` (as in ``fit``/``recommend``) lets sessions click new
       items; the store keeps their encodings for later calls (and snapshots). New items are
       never recommended.
@@ -309,9 +309,6 @@ class SessionStore:
         last click, last item, click count, seen items and idle time, in LRU order, and the new
         items of a FeatureSessionGRU store. Session ids must all be integers or all strings."""
         from .snapshot import save_store
-        if self._users is not None:
-            raise ValueError("snapshots of a store over a user-level model (user states) are "
-                             "not supported")
         save_store(self, path)
 
     @classmethod
