@@ -95,7 +95,8 @@ class UserTrainer(Trainer):
         drop = None
         if self.user_dropout > 0 and self.rng is not None:
             keep = 1.0 - self.user_dropout
-            drop = (self.rng.random((len(rows), int(UI[U_HU]))) < keep) / keep
+            drop = ((self.rng.random((len(rows), int(UI[U_HU]))) < keep) / keep).astype(
+                self.U.dtype)
         _, h0, gates = ustep.forward(rs["S"][rows], rs["Ub"][rows], init, drop)
         if h0 is not None:
             scatter_initial_state(self.net.LI, self._hp_view, rows[init], h0)
@@ -116,6 +117,8 @@ class UserTrainer(Trainer):
         return ustep.backward(dgates, dhp)
 
     def _update_user(self, gU, ustep):
+        """Adagrad (+ momentum) of ``U``: the dense part, and the items table's rows that the
+        step's bags touched."""
         lr, mom, UI = self.hyper.learning_rate, self.hyper.momentum, self.UI
         d0 = int(UI[U_DENSE])
         adagrad(self.U[d0:], gU[d0:], self.acc_u[d0:], self.vel_u[d0:], lr, mom)
