@@ -49,6 +49,7 @@ from . import network as nw
 from .exceptions import ModelFileError
 from .network import PARAM_KEYS, from_layers
 from .safe_npz import read_arrays, read_header, write_npz
+from .user_level import USER_PARAM_KEYS, user_layout
 
 logger = logging.getLogger("gru_engine")
 
@@ -80,7 +81,8 @@ def save_model(model, path) -> None:
             params[key] = [int(h) for h in np.atleast_1d(params[key])]
     vocab = model.feature_vocab_
     arrays = {"item_ids": ids, "item_support": np.asarray(model.item_support_, np.int64)}
-    arrays.update({k: model.params_[k] for k in PARAM_KEYS})
+    arrays.update({k: model.params_[k] for k in PARAM_KEYS + USER_PARAM_KEYS
+                   if k in model.params_})
     arrays.update(context.file_arrays(model))
     for s, codes_list in enumerate(vocab or []):
         for c, codes in enumerate(codes_list):
@@ -233,6 +235,8 @@ def load_model(path, cls):
         vocab = None
     subnets = _expected_subnets(ck, p, mode, names, info, params, n_items)
     _check_network(ck, params, subnets, p, n_items)
+    if p.get("user_layers", 0) > 0:
+        params.update(_user_arrays(ck, p, params, n_items))
     if not legacy:
         vocab = _vocabularies(ck, header, info, version)
     tables, context_vocab, context_names = context.read_file_arrays(ck, p, params, arrays)
@@ -247,7 +251,8 @@ def load_model(path, cls):
         ck.fail(f"unexpected array(s) {extra} (not part of a {cls.__name__} file)")
     model.item_index_ = index
     model.keys_ = keys
-    model.params_ = {k: np.ascontiguousarray(params[k]) for k in PARAM_KEYS}
+    model.params_ = {k: np.ascontiguousarray(params[k]) for k in PARAM_KEYS + USER_PARAM_KEYS
+                     if k in params}
     if tables:
         model.params_.update({k: np.ascontiguousarray(v) for k, v in tables.items()})
         model.context_vocab_ = context_vocab
@@ -258,6 +263,21 @@ def load_model(path, cls):
     model.feature_info_ = info
     model.feature_vocab_ = vocab
     return model
+
+
+def _user_arrays(ck: _Checker, p: dict, params: dict, n_items: int) -> dict:
+    """``{'UI', 'U'}`` of a user-level model's file, checked against the layout its parameters
+    and network give (:func:`~gru_engine.user_level.user_layout`)."""
+    want = user_layout(p["user_layers"], p["user_mode"], p["user_input"], params["Wy"].shape[1],
+                       params["LI"], n_items, np.random.default_rng(0),
+                       params["Wy"].dtype)
+    UI = ck.array("UI", dtype=np.int64, shape=want["UI"].shape)
+    if not np.array_equal(UI, want["UI"]):
+        ck.fail(f"array 'UI' is {UI.tolist()}, but the parameters (user_layers="
+                f"{p['user_layers']}, user_mode={p['user_mode']!r}, user_input="
+                f"{p['user_input']!r}) and the network make it {want['UI'].tolist()}")
+    U = ck.array("U", dtype=want["U"].dtype, shape=want["U"].shape)
+    return {"UI": UI, "U": U}
 
 
 def _model_from_params(ck: _Checker, header: dict, cls):

@@ -94,6 +94,18 @@ class SessionGRU(SessionModel):
     the next event's on the output; needs real timestamps for ``context_time``; CPU only. See
     :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the
     request's time ``now``.
+    ``user_layers``, ``user_mode``, ``user_input``: the user-level GRU across a user's sessions
+    (HRNN, Quadrana et al. RecSys 2017; :data:`gru_engine.params.USER_KEYS`,
+    :mod:`gru_engine.user_level`): ``user_layers`` units (0: off, the default), fed to each
+    session as its initial state (``'init'``), as an input at every step (``'all'``, default)
+    or both; the user GRU reads each finished session as the mean of its clicks' rows in a user
+    input table (``'items'``, default) or as the session's last combined state (``'hidden'``).
+    ``fit`` then needs a user column (``user_key``, default ``'UserId'``; missing values =
+    anonymous sessions, which, like a user's first session, run as plain sessions); training
+    walks users (user-parallel rows); CPU only (``device='cuda'`` raises ``ValueError``).
+    Scoring a user's session with the user state: :func:`gru_engine.evaluation.
+    evaluate_session_aware` (the scorer reads the users' history) or ``recommend(...,
+    user_sessions=...)``; without a user, a session scores as in the plain model.
 
     ``device``: ``'cpu'`` (default), ``'cuda'`` (needs CuPy and an NVIDIA GPU; ``ValueError``
     in ``fit`` otherwise) or ``'auto'`` (CUDA when available, else CPU). The backend used is
@@ -113,7 +125,8 @@ class SessionGRU(SessionModel):
                  random_state=None, n_threads=None, device="cpu", shuffle_sessions=False,
                  show_progress=False, augment_crop_p=0.0, augment_drop_p=0.0,
                  context_input="none", context_output="none",
-                 context_time=None, context_columns=None):
+                 context_time=None, context_columns=None, user_layers=0,
+                 user_mode="all", user_input="items", user_dropout=0.0):
         self.layers = layers
         self.loss = loss
         self.final_act = final_act
@@ -142,6 +155,10 @@ class SessionGRU(SessionModel):
         self.context_output = context_output
         self.context_time = context_time
         self.context_columns = context_columns
+        self.user_layers = user_layers
+        self.user_mode = user_mode
+        self.user_input = user_input
+        self.user_dropout = user_dropout
 
     @classmethod
     def from_param_string(cls, text: str, **overrides) -> "SessionGRU":
@@ -157,6 +174,13 @@ class SessionGRU(SessionModel):
         if context.enabled(p) and p["device"] != "cpu":
             raise ValueError(f"context_input/context_output run on the CPU backend only, but "
                              f"device={p['device']!r}; use device='cpu'")
+        if p.get("user_layers", 0) > 0 and p["device"] == "cuda":
+            raise ValueError(f"user_layers={p['user_layers']} (the user-level GRU) runs on the "
+                             "CPU only; use device='cpu'")
+        if context.enabled(p) and p.get("user_layers", 0) > 0:
+            raise ValueError("context_input/context_output and user_layers > 0 cannot be "
+                             "combined yet (the user-level trainer has no context input); use "
+                             "one of them")
         if p["device"] == "cuda":
             _resolve_device("cuda")  # ValueError now, before the data is read, without a GPU
         return p
@@ -184,8 +208,12 @@ class SessionGRU(SessionModel):
 
     # ---- fitting ----------------------------------------------------------------------------
     def fit(self, data, session_key: str = "SessionId", item_key: str = "ItemId",
-            time_key: str = "Time", callback=None, checkpoint=None, resume: bool = False):
+            time_key: str = "Time", callback=None, checkpoint=None, resume: bool = False,
+            user_key: str = "UserId"):
         """Train on an event table (see :meth:`SessionModel.fit`). Returns self.
+
+        ``user_key``: the user column, read only when ``user_layers > 0`` (``ValueError`` when
+        the table has none).
 
         ``callback(epoch, elapsed_s, loss)`` is called after every epoch (epoch counted from 1);
         inside it the model scores with that epoch's parameters (``evaluate``, ``recommend``),
@@ -205,6 +233,12 @@ class SessionGRU(SessionModel):
         error names the epoch; its ``model`` attribute holds a fitted copy with the last good
         epoch's parameters (None when the first epoch diverged), and this model is unfitted.
         """
+        self._user_table = None
+        if hp.validate(self.get_params()).get("user_layers", 0) > 0:
+            from .user_level import fit_users
+            if checkpoint is not None:
+                raise ValueError("checkpoint is not supported with user_layers > 0")
+            self._user_table = fit_users(data, session_key, user_key, self.user_layers)
         return self._fit_events(data, session_key, item_key, time_key, callback, None,
                                 checkpoint, resume)
 
@@ -261,6 +295,12 @@ class SessionGRU(SessionModel):
         ctx = None
         if context.enabled(p):
             ctx = context.fit_context(self, p, layout, params, sessions, context_table)
+        users = None
+        if p.get("user_layers", 0) > 0:
+            from .user_level import user_training
+            users = user_training(p, device, layout, params, sessions, self._user_table,
+                                  order_rng, rng)
+            self._user_table = None
         support = sessions.item_support(n_items)
         self.device_ = "cpu" if device is None else "cuda"
         self.item_support_ = support
@@ -270,7 +310,7 @@ class SessionGRU(SessionModel):
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
         numba_state = numba_seed.generate_state(2)
         trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]),
-                                     context=ctx)
+                                     context=ctx, users=users)
         run = _EpochRun(self, p, trainer, sessions, order_rng, checkpoint)
         if device is None:
             warn_if_cpus_busy(resolve_threads(p["n_threads"]))
@@ -295,6 +335,9 @@ class SessionGRU(SessionModel):
         if context.enabled(p):
             raise ValueError("partial_fit is not supported with context_input/context_output "
                              "yet; refit the model")
+        if "UI" in self.params_:
+            raise ValueError("partial_fit is not supported for a model with a user-level GRU "
+                             f"(user_layers={p['user_layers']}); fit it again")
         keys = dict(self.keys_)
         keys.update({k: v for k, v in (("session_key", session_key), ("item_key", item_key),
                                         ("time_key", time_key)) if v is not None})
@@ -355,9 +398,11 @@ class SessionGRU(SessionModel):
         return []
 
     def _make_trainer(self, p, params, spec, support, device, seed, optimizer_state=None,
-                      context=None):
+                      context=None, users=None):
         """The device's trainer over the initial ``params`` (see the module docstring);
-        ``context``: the CPU context record of a context-aware network."""
+        ``context``: the CPU context record of a context-aware network; ``users``: keyword
+        arguments of :class:`~gru_engine.backends.cpu.user_trainer.UserTrainer` (a user-level
+        GRU; CPU only)."""
         hyper = hp.hyper(p)
         plan = epoch_plan(spec["strategy"], len(self.subnet_names_), p["n_epochs"])
         sum_mode = spec["combine"] == "sum"
@@ -366,6 +411,10 @@ class SessionGRU(SessionModel):
             from .backends.cpu import Trainer
             from .backends.cpu.compile import announce_compilation
             announce_compilation()
+            if users is not None:
+                from .backends.cpu.user_trainer import UserTrainer
+                return UserTrainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
+                                   names=self.subnet_names_, **users)
             return Trainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
                            names=self.subnet_names_, optimizer_state=optimizer_state,
                            context=context)
@@ -406,6 +455,10 @@ class SessionGRU(SessionModel):
             from .backends.cuda import Scorer
             return Scorer(_resolve_device("cuda"), self.params_, sum_mode, (act, act_param),
                           cache_on=self)
+        if "UI" in self.params_:
+            from .backends.cpu_user_scoring import UserScorer
+            return UserScorer(self.params_ if params is None else params, sum_mode, act,
+                              act_param, resolve_threads(self.n_threads))
         from .backends.cpu_scoring import Scorer
         return Scorer(self.params_ if params is None else params, sum_mode, act, act_param,
                       resolve_threads(self.n_threads))
@@ -423,20 +476,33 @@ class SessionGRU(SessionModel):
         return scorer_for_sessions(self, sessions, test)
 
     def recommend(self, session_items, k: int = 20, exclude=None, times=None, now=None,
-                  columns=None):
-        """Top-``k`` next items (see :meth:`SessionModel.recommend`). A context-aware model
-        also needs ``times`` (the clicks' times, Unix seconds, in order) and ``now`` (the
-        request's time: the next event's context) for ``context_time``, and ``columns``
-        (name -> one value per click) for ``context_columns``; other models ignore them."""
-        if "context_in" not in getattr(self, "params_", {}):
+                  columns=None, user_sessions=None):
+        """Top-``k`` next items after the clicks ``session_items`` (see
+        :meth:`SessionModel.recommend`). A context-aware model also needs ``times`` (the
+        clicks' times, Unix seconds, in order) and ``now`` (the request's time: the next
+        event's context) for ``context_time``, and ``columns`` (name -> one value per click)
+        for ``context_columns``; other models ignore them. ``user_sessions``: a user-level
+        model (``user_layers > 0``) only: the user's earlier sessions, oldest first, each a
+        sequence of original item ids (unknown ids raise ``KeyError``; sessions of fewer than
+        2 clicks are skipped); the session then starts from the user state they give. Without
+        it (or when no earlier session has 2 clicks) the session scores as a plain session."""
+        if "context_in" in getattr(self, "params_", {}):
+            from .context_scoring import recommend
+            items = self.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
+            if len(items) == 0:
+                raise ValueError("session_items is empty: a session needs at least one click")
+            if not (isinstance(k, (int, np.integer)) and k >= 1):
+                raise ValueError(f"k must be a positive integer, got {k!r}")
+            return recommend(self, items, k, exclude, times, now, columns)
+        if user_sessions is None:
             return super().recommend(session_items, k, exclude)
-        from .context_scoring import recommend
+        self._check_fitted()
+        from .backends.cpu_user_scoring import user_scorer_of
+        sc = user_scorer_of(self, user_sessions)
+        if sc is None:  # no earlier session of 2 clicks: a plain session
+            return super().recommend(session_items, k, exclude)
         items = self.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
-        if len(items) == 0:
-            raise ValueError("session_items is empty: a session needs at least one click")
-        if not (isinstance(k, (int, np.integer)) and k >= 1):
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        return recommend(self, items, k, exclude, times, now, columns)
+        return self._recommend(sc, items, k, exclude)
 
     def predict_next(self, sessions_items) -> np.ndarray:
         """Scores of every item as the next click of each live session.

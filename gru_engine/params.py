@@ -38,6 +38,10 @@ DEFAULTS = {
     "context_output": "none",
     "context_time": None,
     "context_columns": None,
+    "user_layers": 0,
+    "user_mode": "all",
+    "user_input": "items",
+    "user_dropout": 0.0,
 }
 
 # Context-aware GRU (Smirnova & Vasile, DLRS 2017; :mod:`gru_engine.context`): per-event
@@ -51,6 +55,22 @@ DEFAULTS = {
 #   context_output: 'none' | 'multiply' (the combined state before the output layer times
 #       ``1 + W c'``, c' the next event's time context: the target's time in training, the
 #       request's time at serving); categorical columns enter the input side only.
+
+#: The user-level GRU across sessions (HRNN, Quadrana et al. RecSys 2017;
+#: :mod:`gru_engine.user_level`, docs/user_level_gru.md); ``fit`` then needs a user column:
+#:   user_layers: units of the user GRU (0, the default: none, the plain session GRU bit for
+#:       bit);
+#:   user_mode: how the user state reaches a session: ``'init'`` (HRNN-init, the initial hidden
+#:       state of every layer), ``'all'`` (HRNN-all's user input: an extra input of layer 0 at
+#:       every step) or ``'both'``;
+#:   user_input: what the user GRU reads of each finished session: ``'items'`` (the mean of
+#:       its clicks' rows in a user input table) or ``'hidden'`` (HRNN: the combined session
+#:       state after its last input);
+#:   user_dropout: inverted-dropout probability on the user state where it feeds a session,
+#:       in training (HRNN uses dropout on the user representation), in [0, 1).
+USER_KEYS = ("user_layers", "user_mode", "user_input", "user_dropout")
+USER_MODES = ("init", "all", "both")
+USER_INPUTS = ("items", "hidden")
 
 #: Session augmentation (Tan, Xu & Liu, DLRS 2016), redrawn every epoch from the epoch-order
 #: generator (reproducible under ``random_state``). Tan et al. train on every prefix of every
@@ -78,9 +98,10 @@ ACT_CODES = {"linear": 0, "relu": 1, "tanh": 2, "leaky": 3, "elu": 4}
 DEVICES = ("cpu", "cuda", "auto")
 
 _ACT_RE = re.compile(r"^(linear|relu|tanh|leaky-[^-].*|elu-[^-].*)$")
-_INT_KEYS = ("batch_size", "n_epochs", "n_sample", "sample_store_size", "embedding")
+_INT_KEYS = ("batch_size", "n_epochs", "n_sample", "sample_store_size", "embedding",
+             "user_layers")
 _FLOAT_KEYS = ("sample_alpha", "logq", "bpreg", "elu_param", "dropout_p_embed",
-               "dropout_p_hidden", "learning_rate", "momentum") + AUGMENT_KEYS
+               "dropout_p_hidden", "learning_rate", "momentum", "user_dropout") + AUGMENT_KEYS
 _BOOL_KEYS = ("constrained_embedding", "shuffle_sessions", "show_progress")
 _LIST_KEYS = ("context_time", "context_columns")
 
@@ -169,7 +190,7 @@ def validate(params: dict) -> dict:
         if not _is_int(v) or int(v) < low:
             raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
         p[key] = int(v)
-    for key in _FLOAT_KEYS:
+    for key in (k for k in _FLOAT_KEYS if k in p):  # user_dropout: where the estimator has it
         v = p[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) and not type(v).__name__.startswith("float"):
             raise ValueError(f"{key} must be a number, got {v!r}")
@@ -207,7 +228,25 @@ def validate(params: dict) -> dict:
         raise ValueError(f"n_threads must be None or a positive int, got {nt!r}")
     if p["device"] not in DEVICES:
         raise ValueError(f"device must be one of {list(DEVICES)}, got {p['device']!r}")
+    _validate_user(p)
     return p
+
+
+def _validate_user(p: dict) -> None:
+    """The user-level options (:data:`USER_KEYS`), where the estimator has them."""
+    if "user_layers" not in p:
+        return
+    v = p["user_layers"]
+    if not _is_int(v) or int(v) < 0:
+        raise ValueError(f"user_layers must be an integer >= 0, got {v!r}")
+    p["user_layers"] = int(v)
+    if p["user_mode"] not in USER_MODES:
+        raise ValueError(f"user_mode must be one of {list(USER_MODES)}, got {p['user_mode']!r}")
+    if not 0.0 <= p["user_dropout"] < 1.0:
+        raise ValueError(f"user_dropout must be in [0, 1), got {p['user_dropout']!r}")
+    if p["user_input"] not in USER_INPUTS:
+        raise ValueError(f"user_input must be one of {list(USER_INPUTS)}, got "
+                         f"{p['user_input']!r}")
 
 
 def _parse_bool(key: str, text: str) -> bool:

@@ -188,3 +188,16 @@ class UserHistoryPop:
         if len(has):
             out[has] += self._counts[users[has]].toarray()
         return out
+
+
+def one_user_history(sessions_items) -> UserSessions:
+    """:class:`UserSessions` of one user (id 0) from a list of sessions, oldest first, each an
+    array of item indices; sessions of fewer than 2 clicks are left out (as in training)."""
+    kept = [np.asarray(s, np.int32) for s in sessions_items if len(s) >= 2]
+    lengths = np.array([len(s) for s in kept], np.int64)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    items = np.concatenate(kept) if kept else np.zeros(0, np.int32)
+    times = np.arange(len(items), dtype=np.float64)
+    sessions = Sessions(items, offsets, times, np.arange(len(kept), dtype=np.int64))
+    return UserSessions(sessions, np.zeros(len(kept), np.int64),
+                        np.zeros(1 if kept else 0, np.int64))

@@ -36,8 +36,10 @@ def save_store(store, path) -> None:
         if ids.dtype.kind not in "iuU" or ids.ndim != 1:
             raise ValueError("save needs session ids that are all integers or all strings")
         rows = np.array([v.slot for v in lives], np.int64)
+        users = store._users  # a user-level model's user states, or None
+        full = store.width + (users.gates if users is not None else 0)
         state, prev = store._slots.host(rows) if len(rows) else (
-            np.zeros((0, store.width), np.float32), np.zeros((0, store.width), np.float32))
+            np.zeros((0, full), np.float32), np.zeros((0, full), np.float32))
         seen = [np.array(sorted(v.seen), np.int64) for v in lives]
         header = {"format": SNAPSHOT_FORMAT, "format_version": SNAPSHOT_VERSION,
                   "model_class": type(store.model).__name__, "n_items": store.n_items,
@@ -46,7 +48,8 @@ def save_store(store, path) -> None:
                   "model_crc32": _fingerprint(store._params),
                   "n_sessions": len(sids), "session_id_dtype": ids.dtype.str,
                   "n_new_items": 0 if store._new_ids is None else len(store._new_ids),
-                  "n_sources": 0 if store._new_bags is None else len(store._new_bags)}
+                  "n_sources": 0 if store._new_bags is None else len(store._new_bags),
+                  "user_states": users is not None}
         arrays = {
             "header": np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8),
             "session_ids": ids, "state": state, "prev_state": prev,
@@ -56,6 +59,8 @@ def save_store(store, path) -> None:
             "seen_indptr": np.concatenate([[0], np.cumsum([len(s) for s in seen])]
                                           ).astype(np.int64),
             "seen_indices": np.concatenate(seen) if seen else np.zeros(0, np.int64)}
+        if users is not None:
+            arrays.update(users.to_arrays(rows.tolist()))
         if store._new_ids is not None:
             arrays["new_item_ids"] = np.asarray(store._new_ids.ids)
             for s, (ip, ind, w) in enumerate(store._new_bags):
@@ -97,6 +102,11 @@ def load_store(cls, path, model, **options):
     if header.get("width") != store.width:
         raise bad(f"header width={header.get('width')!r}, the model's hidden state is "
                   f"{store.width} wide")
+    users = store._users
+    if bool(header.get("user_states", False)) != (users is not None):
+        raise bad("the snapshot's user states do not fit the model (a user-level model's store "
+                  "has them, any other not)")
+    full = store.width + (users.gates if users is not None else 0)
     if n > store.capacity:
         raise bad(f"{n} sessions do not fit capacity={store.capacity}")
     n_new = header.get("n_new_items", 0)
@@ -105,7 +115,7 @@ def load_store(cls, path, model, **options):
         raise bad("header n_new_items / n_sources are not counts")
     _check_array(arrays, "session_ids", None, (n,), path, kinds="iuU")
     for name in ("state", "prev_state"):
-        a = _check_array(arrays, name, np.float32, (n, store.width), path)
+        a = _check_array(arrays, name, np.float32, (n, full), path)
         if not np.all(np.isfinite(a)):
             raise bad(f"array {name!r} holds non-finite values")
     _check_array(arrays, "n_clicks", np.int64, (n,), path)
@@ -130,6 +140,12 @@ def load_store(cls, path, model, **options):
         raise bad("array 'session_ids' holds duplicates")
     if n_new:
         _load_new_items(store, arrays, n_new, n_src, path)
+    if users is not None:
+        if len(arrays.get("session_user_known", ())) != n:
+            raise bad(f"array 'session_user_known' must have {n} entries")
+        def fail(message):
+            raise bad(message)
+        users.from_arrays(arrays, n_all, fail)
     if header.get("model_crc32") != _fingerprint(model.params_):
         warnings.warn(f"{path}: the model's parameters differ from those the sessions were "
                       "saved with; their states may not mean the same", stacklevel=2)

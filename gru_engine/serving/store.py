@@ -168,6 +168,11 @@ class SessionStore:
       before the click, flagged ``unknown_item`` (and ``cold`` with the most popular items if
       the session has no known click yet).
     - ``exclude_seen=True`` removes the items of the session's known clicks from its answer.
+    - A model with a user-level GRU (``user_layers > 0``): ``step``/``advance`` take
+      ``user_ids`` (one per entry, None for anonymous; read when a session starts); a session
+      of a user starts from the user's state, and ``end(session_id)`` or the session's
+      eviction (idle or least recently used) steps the user's state with the session (2+
+      known clicks). Snapshots keep the users' states and each live session's user.
     - FeatureSessionGRU: ``item_features`` (as in ``fit``/``recommend``) lets sessions click new
       items; the store keeps their encodings for later calls (and snapshots). New items are
       never recommended.
@@ -210,6 +215,10 @@ class SessionStore:
             first.n_threads = self.n_threads  # its topk / advance split the rows over threads
         self._slots = _Slots(first, self.capacity)
         self.width = _sum_hidden(first)
+        self._users = None  # a user-level model: the users' states (``user_ids``)
+        if "UI" in model.params_:
+            from .user_states import UserStates
+            self._users = UserStates(model.params_)
         self._popular = np.argsort(-np.asarray(model.item_support_), kind="stable")
         self._context = None  # a context-aware model's per-slot context (context_store.py)
         if "context_in" in model.params_:
@@ -218,19 +227,20 @@ class SessionStore:
 
     # ---- public API -------------------------------------------------------------------------
     def step(self, session_ids, item_ids, k: int | None = None, exclude_seen: bool = False,
-             item_features=None, times=None, columns=None) -> Recommendations:
+             item_features=None, times=None, columns=None, user_ids=None) -> Recommendations:
         """Advance each session ``session_ids[i]`` by the click ``item_ids[i]`` (original ids)
         and return the top-``k`` next items of each (:class:`Recommendations`, rows in the order
         of the entries). ``item_features``: FeatureSessionGRU only, features of new items (class
         docstring). A context-aware model needs ``times`` (per entry, Unix seconds) and
         ``columns`` (name -> per-entry values) of the clicks
-        (:mod:`gru_engine.serving.context_store`)."""
+        (:mod:`gru_engine.serving.context_store`). ``user_ids``: user-level models only, the
+        user of each entry (class docstring)."""
         k = self._check_k(self.k if k is None else k)
         return self._clicks(session_ids, item_ids, item_features, k, exclude_seen, times,
-                            columns)
+                            columns, user_ids)
 
     def advance(self, session_ids, item_ids, item_features=None, times=None,
-                columns=None) -> Advanced:
+                columns=None, user_ids=None) -> Advanced:
         """Advance each session ``session_ids[i]`` by the click ``item_ids[i]`` as :meth:`step`
         does (same state, same bookkeeping: new sessions, unknown items, seen items, LRU and
         idle clock), without scoring any item: for clicks whose recommendations nobody reads
@@ -238,7 +248,8 @@ class SessionStore:
         :meth:`recommend_for` of a session answers as :meth:`step` would have after its last
         click (class docstring). Returns :class:`Advanced` (per entry: ``unknown_item``,
         ``new_session``)."""
-        res = self._clicks(session_ids, item_ids, item_features, None, False, times, columns)
+        res = self._clicks(session_ids, item_ids, item_features, None, False, times, columns,
+                           user_ids)
         return Advanced(res.unknown_item, res.new_session)
 
     def recommend_for(self, session_ids, k: int | None = None,
@@ -281,6 +292,7 @@ class SessionStore:
             live = self._live.pop(session_id, None)
             if live is None:
                 return False
+            self._user_session_over(live.slot)
             self._free.append(live.slot)
             return True
 
@@ -327,7 +339,7 @@ class SessionStore:
 
     # ---- internals --------------------------------------------------------------------------
     def _clicks(self, session_ids, item_ids, item_features, k, exclude_seen, times=None,
-                columns=None) -> Recommendations:
+                columns=None, user_ids=None) -> Recommendations:
         """:meth:`step` (``k``: an int) or :meth:`advance` (``k`` None: nothing scored, the
         result's ``items`` / ``scores`` have no columns)."""
         sids = self._session_list(session_ids)
@@ -337,6 +349,14 @@ class SessionStore:
                              f"{len(sids)} session ids and item ids of shape {items.shape}")
         if self._context is not None:
             self._context.begin_call(len(sids), times, columns)
+        if user_ids is not None:
+            if self._users is None:
+                raise ValueError("user_ids needs a model with a user-level GRU (user_layers > "
+                                 "0)")
+            user_ids = self._session_list(user_ids) if np.ndim(user_ids) else None
+            if user_ids is None or len(user_ids) != len(sids):
+                raise ValueError(f"user_ids must be 1-D with one entry per session id "
+                                 f"({len(sids)})")
         with self._lock:
             self._expire(self.clock())
             n_distinct = len(set(sids))
@@ -357,7 +377,7 @@ class SessionStore:
             with blas_one_thread():
                 for r in range(len(rounds)):
                     self._step_round(np.asarray(rounds[r], np.int64), sids, idx, k,
-                                     exclude_seen, res)
+                                     exclude_seen, res, user_ids)
             return res
 
     @staticmethod
@@ -419,10 +439,17 @@ class SessionStore:
                 break
             self._live.popitem(last=False)
             self._free.append(live.slot)
+            self._user_session_over(live.slot)
             n += 1
         if n:
             logger.debug("session store: %d idle sessions evicted", n)
         return n
+
+    def _user_session_over(self, slot: int) -> None:
+        """A user-level model: the session in ``slot`` ended or was evicted; its user's state
+        is stepped with it."""
+        if self._users is not None:
+            self._users.end(self._slots.scorer, slot, self._slots.prev[0][slot])
 
     def _touch(self, sid, now: float) -> None:
         self._live[sid].used = now
@@ -433,6 +460,7 @@ class SessionStore:
         if not self._free:
             old, live = self._live.popitem(last=False)
             self._free.append(live.slot)
+            self._user_session_over(live.slot)
         live = _Live(self._free.pop(), now)
         self._live[sid] = live
         return live
@@ -507,7 +535,7 @@ class SessionStore:
         self._new_ids, self._new_bags = index, bags
         logger.info("session store: %d new items with features", len(index))
 
-    def _step_round(self, pos, sids, idx, k, exclude_seen, res) -> None:
+    def _step_round(self, pos, sids, idx, k, exclude_seen, res, user_ids=None) -> None:
         """Entries ``pos`` (distinct sessions) of a ``step`` call (``k`` None: of an
         ``advance`` call)."""
         now = self.clock()
@@ -519,6 +547,8 @@ class SessionStore:
             live = live_map.get(sid)
             if live is None:
                 live = self._open(sid, now)
+                if self._users is not None:
+                    self._users.open(live.slot, None if user_ids is None else user_ids[p])
                 started.append(True)
             else:
                 live.used = now
@@ -539,9 +569,13 @@ class SessionStore:
                 live.n_clicks += 1
                 live.last_item = it
                 live.seen.add(it)
+                if self._users is not None:
+                    self._users.clicked(live.slot, it)
             rows, new = np.array(slots, np.int64), np.array(new, bool)
             if self._context is not None:
                 self._context.clicks(self._slots.scorer, rows, new, pos[step_j])
+            if self._users is not None:
+                self._users.mark(self._slots.scorer, rows[new].tolist())
             self._slots.save_prev(rows)
             if k is None:
                 self._slots.scorer.advance(rows, item[step_j].astype(np.int32), new)
@@ -572,6 +606,8 @@ class SessionStore:
             self._context.replay(self._slots.scorer, rows, new, when)
         now_state = self._slots.read(rows)
         self._slots.restore_prev(rows)
+        if self._users is not None:
+            self._users.mark(self._slots.scorer, rows[new].tolist())
         try:
             return self._score_topk(rows, items, new, k,
                                     [v.seen for v in lives] if exclude_seen else None)

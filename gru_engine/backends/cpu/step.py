@@ -78,7 +78,9 @@ class Work(NamedTuple):
     layers' hidden sizes). Xf, M0f, DXf (bs * X,): inputs, input dropout masks, input gradients;
     HP, HO, Y, MK, DY (bs * W,): previous hidden states, new states, dropped-out outputs, output
     masks, output gradients; GX, GH, GA, DGX, DGH (3 * bs * W,): gate buffers of ``gru.py``;
-    hc, dhc (bs, Hc): combined state and its gradient; gtheta (n_dense,): dense gradients."""
+    hc, dhc (bs, Hc): combined state and its gradient; gtheta (n_dense,): dense gradients;
+    GU (bs * 3 H0,) or empty: extra layer-0 gate input of subnet 0 (the user-level GRU's
+    ``user_mode='all'``, :mod:`gru_engine.user_level`), added after ``x Wx + bx``."""
     Xf: np.ndarray
     M0f: np.ndarray
     DXf: np.ndarray
@@ -95,6 +97,7 @@ class Work(NamedTuple):
     hc: np.ndarray
     dhc: np.ndarray
     gtheta: np.ndarray
+    GU: np.ndarray
 
 
 class OutBuf(NamedTuple):
@@ -216,6 +219,11 @@ def subnet_forward(s, net, in_items, B, bs, wk, cx, prof):
                 tick_gemm(prof, P_IN_GEMM, B, 3 * H, LI[g, L_IN])
             if cin == CIN_CONCAT:
                 context_input_gates(cx, gx, B)
+            if s == 0 and wk.GU.shape[0] > 0:
+                gu = block_view(wk.GU, 0, bs, 3 * H)
+                for i in range(B):
+                    for k in range(3 * H):
+                        gx[i, k] += gu[i, k]
         else:
             Hp = LI[g - 1, L_H]
             np.dot(block_view(wk.Y, LI[g - 1, L_HOFF], bs, Hp)[:B],
@@ -546,11 +554,19 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
     ``[combined hidden | 1]``, the combined state modulated by the output context in ``cx``
     (:mod:`.context_step`; ``cx.rin``/``cx.rout`` set by the caller). Releases the GIL: calls
     on disjoint ``rows`` with their own buffers (``wk``, ``hc_aug``, ``cx``) may run on
-    separate threads.
+    separate threads. With a non-empty ``wk.GU`` (user-level GRU, ``user_mode='all'``) the
+    last ``len(GU) / bs`` columns of each state row are the slot's extra layer-0 gates (read,
+    never written).
     """
     LI = net.LI
     R = len(rows)
     bs = hc_aug.shape[0]
+    gw = wk.GU.shape[0] // bs
+    if gw > 0:
+        gu = block_view(wk.GU, 0, bs, gw)
+        c0 = state.shape[1] - gw
+        for i in range(R):
+            gu[i, :] = state[rows[i], c0:c0 + gw]
     for g in range(LI.shape[0]):
         H = LI[g, L_H]
         st0 = LI[g, L_STOFF]

@@ -198,9 +198,11 @@ def table_capacities(SI, indptr, batch_size: int, n_items: int) -> None:
         r_off += cap
 
 
-def work_buffers(SI, LI, bs: int, Hc: int, n_dense: int, dtype, grads: bool = True) -> Work:
+def work_buffers(SI, LI, bs: int, Hc: int, n_dense: int, dtype, grads: bool = True,
+                 user_gates: int = 0) -> Work:
     """A :class:`Work` of ``bs`` rows; masks are ones. Without ``grads`` (inference) the
-    gradient buffers are empty."""
+    gradient buffers are empty; ``user_gates``: width of the extra layer-0 gate input ``GU``
+    (0: none)."""
     z = lambda n: np.zeros(n, dtype)
     W, X = int(LI[:, L_H].sum()), int(SI[:, S_IN].sum())
     g = bs if grads else 0
@@ -208,7 +210,7 @@ def work_buffers(SI, LI, bs: int, Hc: int, n_dense: int, dtype, grads: bool = Tr
                 HO=z(bs * W), Y=z(bs * W), MK=np.ones(bs * W, dtype), DY=z(g * W),
                 GX=z(3 * bs * W), GH=z(3 * bs * W), GA=z(3 * bs * W), DGX=z(3 * g * W),
                 DGH=z(3 * g * W), hc=np.zeros((g, Hc), dtype), dhc=np.zeros((g, Hc), dtype),
-                gtheta=z(n_dense if grads else 0))
+                gtheta=z(n_dense if grads else 0), GU=z(bs * user_gates))
 
 
 class Trainer:
