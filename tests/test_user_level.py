@@ -325,6 +325,12 @@ def test_auto_device_choosing_cuda_is_refused(monkeypatch):
         _small(device="auto").fit(train)
 
 
+def test_user_level_with_context_is_refused():
+    train, _ = _data()
+    with pytest.raises(ValueError, match="cannot be combined"):
+        _small(context_input="concat").fit(train)
+
+
 def test_fit_is_reproducible_and_plain_evaluate_works():
     train, test = _data()
     a = _small(shuffle_sessions=True, user_dropout=0.2).fit(train)
