@@ -171,6 +171,9 @@ def test_new_items_are_recommended_from_their_features(tmp_path):
     assert set(held) & set(recs.tolist())
     res = m.evaluate(events, cutoffs=(20,))
     assert res["n_events"] > 0
+    # similar items by the effective vectors: a new item has neighbours, never a NaN
+    ids, cos = m.similar_items(int(held[0]), k=5)
+    assert len(ids) == 5 and np.all(np.isfinite(cos)) and cos[0] > 0
     # save / load keeps the added items and the feature rows
     path = tmp_path / "m.npz"
     m.save(path)

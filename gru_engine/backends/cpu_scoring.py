@@ -17,10 +17,10 @@ import numpy as np
 
 from ..config import (BALANCE_MIN_WORK, FUSED_TOP_K_MAX, INPUT_TABLE_MAX_ENTRIES,
                       MIN_BLOCK_ROWS)
-from ..output_features import effective_output
 from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
                        S_KIND, S_L0, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE,
                        T_OWN, T_WY)
+from ..output_features import effective_output
 from ..ranking import Exclusions, ItemPanels, panels_available, rank_targets, top_k
 from .cpu.step import Net, apply_final_act, infer_step
 from .cpu.trainer import work_buffers
