@@ -16,8 +16,9 @@ Reported, Recall@20 / MRR@20 (conservative ties) of the held-out targets:
 
 * ``among all items``: the target ranked against every item (trained and added): would the new
   item reach a real top-20? An ID-only model scores 0 here (it cannot rank an unknown item).
-* ``among all items, mean prior``: the same model with ``add_items(id_prior='mean')``
-  (the support-weighted mean ID vector and bias on every new item).
+* ``among all items, mean prior``: the same model with every new item's ID part set to
+  the support-weighted mean ID vector and bias of the trained items (tried as an add_items
+  option; it did not help, so the library has none).
 * ``among new items``: ranked against the held-out items only (a cold-start shelf), where two
   feature baselines compete: attribute popularity (an item's mean training count of its
   attributes) and session-attribute match (attribute overlap with the session's clicks, ties
@@ -147,7 +148,7 @@ def run(name, args) -> dict:
             ranks_known += list(conservative_ranks(S, m.item_index_.lookup(
                 np.array([s[-1] for s in chunk]))))
         row["known_targets"] = metrics(ranks_known)
-        # the same model with add_items(id_prior='mean'): the support-weighted mean ID part on
+        # the same model with the support-weighted mean ID part (vector and bias) on
         # every new item (the order among new items is unchanged)
         w = m.item_support_[:n_trained].astype(np.float64)
         w /= w.sum()

@@ -205,20 +205,15 @@ class FeatureSessionGRU(SessionGRU):
                 setattr(self, k, v)
             raise
 
-    def add_items(self, item_features, id_prior: str = "zero"):
+    def add_items(self, item_features):
         """Make the items listed in ``item_features`` (``{source_name: spec}``, encoded with
         the model's encoders as in :meth:`recommend`) that the model does not know yet model
-        items, without training. Their ID part (``Wy``/``By`` rows; the ID subnet's input
-        rows are zero) is ``id_prior``: ``'zero'`` (default: scored by the feature part of the
-        output layer alone) or ``'mean'`` (the training-support-weighted mean ``Wy`` row and
-        ``By`` of the trained items: the same vector for every new item, so their order among
-        themselves is the same as under ``'zero'``, while their scores sit on the scale of the
-        trained items'). They get indices ``n_items_..`` in the order of their ids (sorted) and
-        support 0 (never drawn as negative samples). Needs ``output_features=True``
+        items, without training: their ``Wy``/``By`` rows (and ID-subnet input rows) are zero,
+        so they are scored by the feature part of the output layer alone and as clicks read by
+        the feature subnets. They get indices ``n_items_..`` in the order of their ids (sorted)
+        and support 0 (never drawn as negative samples). Needs ``output_features=True``
         (``ValueError`` otherwise). Returns the (sorted) new ids."""
         self._check_fitted()
-        if id_prior not in ("zero", "mean"):
-            raise ValueError(f"id_prior must be 'zero' or 'mean', got {id_prior!r}")
         if "Fy" not in self.params_:
             raise ValueError("add_items needs a model fitted with output_features=True (without "
                              "it a new item has no output vector)")
@@ -227,10 +222,10 @@ class FeatureSessionGRU(SessionGRU):
         ids = np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
         new_ids = ids[self.item_index_.lookup(ids) < 0]
         if len(new_ids):
-            self._add_items(new_ids, feats, id_prior)
+            self._add_items(new_ids, feats)
         return new_ids
 
-    def _add_items(self, new_ids, feats, id_prior="zero") -> None:
+    def _add_items(self, new_ids, feats) -> None:
         bags = self._new_item_bags(new_ids, feats)
         n_items, has_id = self.n_items_, self.subnet_names_[0] == "id"
         state = getattr(self, "optimizer_state_", None)
@@ -240,11 +235,6 @@ class FeatureSessionGRU(SessionGRU):
         if state is not None:
             self.optimizer_state_ = {"acc": grown[0], "vel": grown[1]}
         params["Wy"][n_items:] = 0.0
-        if id_prior == "mean":
-            w = self.item_support_.astype(np.float64)
-            w = w / max(w.sum(), 1.0)
-            params["Wy"][n_items:] = (w @ params["Wy"][:n_items].astype(np.float64))
-            params["By"][n_items:] = w @ params["By"][:n_items].astype(np.float64)
         if has_id and subnet_views(params, 0)["table"] is not None:
             subnet_views(params, 0)["table"][n_items:] = 0.0
         rows = [info.get("n_rows", info.get("d")) for info in self.feature_info_]

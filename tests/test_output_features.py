@@ -171,18 +171,6 @@ def test_new_items_are_recommended_from_their_features(tmp_path):
     assert set(held) & set(recs.tolist())
     res = m.evaluate(events, cutoffs=(20,))
     assert res["n_events"] > 0
-    # the 'mean' prior adds one vector and bias to every new item: their order among
-    # themselves is unchanged, the trained items' scores too
-    m_mean = FeatureSessionGRU(output_features=True, **dict(SMALL, n_epochs=3)).fit(
-        train, item_features=feats)
-    m_mean.add_items(feats, id_prior="mean")
-    s0 = m.predict_next([train["ItemId"][:2]])[0]
-    s1 = m_mean.predict_next([train["ItemId"][:2]])[0]
-    np.testing.assert_allclose(s0[:n0], s1[:n0], rtol=1e-5, atol=1e-5)
-    d = s1[n0:] - s0[n0:]
-    np.testing.assert_allclose(d, d[0], rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="id_prior"):
-        m_mean.add_items(feats, id_prior="median")
     # similar items by the effective vectors: a new item has neighbours, never a NaN
     ids, cos = m.similar_items(int(held[0]), k=5)
     assert len(ids) == 5 and np.all(np.isfinite(cos)) and cos[0] > 0
