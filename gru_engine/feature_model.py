@@ -31,7 +31,9 @@ Training strategies (``strategy``):
 Output features (``output_features=True``, :mod:`gru_engine.output_features`): every item's
 output vector and bias get a learned part pooled from its features, ``Wy_eff[i] = Wy[i] +
 sum_j w_ij Fy[r_ij]``, so similar items share what they learn and an item never clicked in
-training can be scored and recommended (:meth:`FeatureSessionGRU.add_items`). Dropout: ``dropout_p_embed`` on every subnet's input vector,
+training can be scored and recommended (:meth:`FeatureSessionGRU.add_items`).
+
+Dropout: ``dropout_p_embed`` on every subnet's input vector,
 ``dropout_p_hidden`` on every layer's output.
 
 Parameters: ``params_`` is the network's flat parameter dict (:mod:`gru_engine.network`);
