@@ -63,6 +63,18 @@ def metrics(ranks, k=20) -> dict:
             "n": int(len(ranks))}
 
 
+def target_ranks(model, seqs) -> np.ndarray:
+    """Conservative rank of each sequence's last item after its earlier clicks, among all of
+    ``model``'s items (sessions scored 512 at a time)."""
+    out = []
+    for a in range(0, len(seqs), 512):
+        chunk = seqs[a:a + 512]
+        S = model.predict_next([s[:-1] for s in chunk])
+        out += list(conservative_ranks(S, model.item_index_.lookup(
+            np.array([s[-1] for s in chunk]))))
+    return np.array(out, np.int64)
+
+
 def sequences(table: dict) -> list:
     sid = np.asarray(table["SessionId"])
     cut = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1], True])
@@ -141,13 +153,7 @@ def run(name, args) -> dict:
         row["new_among_new"] = metrics(ranks_new)
         # known targets: this model (with the added items among the candidates) and ID-only
         known = [s for s in old_target if m.item_index_.lookup(s[-1:])[0] < n_trained]
-        ranks_known = []
-        for a in range(0, len(known), 512):
-            chunk = known[a:a + 512]
-            S = m.predict_next([s[:-1] for s in chunk])
-            ranks_known += list(conservative_ranks(S, m.item_index_.lookup(
-                np.array([s[-1] for s in chunk]))))
-        row["known_targets"] = metrics(ranks_known)
+        row["known_targets"] = metrics(target_ranks(m, known))
         # the same model with the support-weighted mean ID part (vector and bias) on
         # every new item (the order among new items is unchanged)
         w = m.item_support_[:n_trained].astype(np.float64)
@@ -156,19 +162,8 @@ def run(name, args) -> dict:
         Wy[n_trained:] = w @ Wy[:n_trained].astype(np.float64)
         By[n_trained:] = w @ By[:n_trained].astype(np.float64)
         m.params_ = dict(m.params_, Wy=Wy, By=By)
-        ranks_all_mean, ranks_known_mean = [], []
-        for a in range(0, len(new_target), 512):
-            chunk = new_target[a:a + 512]
-            S = m.predict_next([s[:-1] for s in chunk])
-            ranks_all_mean += list(conservative_ranks(S, m.item_index_.lookup(
-                np.array([s[-1] for s in chunk]))))
-        for a in range(0, len(known), 512):
-            chunk = known[a:a + 512]
-            S = m.predict_next([s[:-1] for s in chunk])
-            ranks_known_mean += list(conservative_ranks(S, m.item_index_.lookup(
-                np.array([s[-1] for s in chunk]))))
-        row["new_among_all_mean_prior"] = metrics(ranks_all_mean)
-        row["known_targets_mean_prior"] = metrics(ranks_known_mean)
+        row["new_among_all_mean_prior"] = metrics(target_ranks(m, new_target))
+        row["known_targets_mean_prior"] = metrics(target_ranks(m, known))
         ido = FeatureSessionGRU(architecture="id", **kw).fit(reduced)
         ranks_id = []
         for a in range(0, len(known), 512):
