@@ -26,7 +26,14 @@ Training strategies (``strategy``):
 - ``interleaved``: as alternating, but the trained subnet changes every mini-batch.
 
 ``architecture='id'`` is plain GRU4Rec: it trains exactly as :class:`~gru_engine.model.SessionGRU`
-(item features are ignored). Dropout: ``dropout_p_embed`` on every subnet's input vector,
+(item features are ignored).
+
+Output features (``output_features=True``, :mod:`gru_engine.output_features`): every item's
+output vector and bias get a learned part pooled from its features, ``Wy_eff[i] = Wy[i] +
+sum_j w_ij Fy[r_ij]``, so similar items share what they learn and an item never clicked in
+training can be scored and recommended (:meth:`FeatureSessionGRU.add_items`).
+
+Dropout: ``dropout_p_embed`` on every subnet's input vector,
 ``dropout_p_hidden`` on every layer's output.
 
 Parameters: ``params_`` is the network's flat parameter dict (:mod:`gru_engine.network`);
@@ -39,10 +46,12 @@ import logging
 import numpy as np
 
 from . import params as hp
-from .data import ItemIndex, show_id
-from .features import encode_item_features, encode_new_items, validate_item_features
+from .data import ItemIndex, extract_events, show_id
+from .features import _as_ids, encode_item_features, encode_new_items, validate_item_features
 from .model import SessionGRU
-from .network import ARCHITECTURES, COMBINES, STRATEGIES, with_new_items
+from .network import ARCHITECTURES, COMBINES, STRATEGIES, grow_items, subnet_views, with_new_items
+from .output_features import build as build_output_features
+from .output_features import extend_output_bags, merge_bags
 
 logger = logging.getLogger("gru_engine")
 
@@ -59,7 +68,13 @@ class FeatureSessionGRU(SessionGRU):
       subnets' last layers must have the same size);
     - ``strategy``: ``'simultaneous'`` (default), ``'alternating'``, ``'residual'``,
       ``'interleaved'`` (module docstring);
-    - ``feature_layers``: hidden sizes of every feature subnet (int or list; None = ``layers``).
+    - ``feature_layers``: hidden sizes of every feature subnet (int or list; None = ``layers``);
+    - ``output_features``: ``False`` (default) or ``True``: output vectors ``Wy[i]`` plus a
+      learned ``(Hc,)`` row per feature code (dense sources: a learned ``(d, Hc)`` projection),
+      pooled with the item's input bag weights, and likewise the bias (module docstring);
+      needs ``architecture`` ``'parallel'`` or ``'feature'``; CPU only (``ValueError`` on
+      CUDA); ``fit(checkpoint=...)`` is refused (the feature rows' optimiser state is not
+      checkpointed). New items: :meth:`add_items`.
 
     Example::
 
@@ -68,8 +83,9 @@ class FeatureSessionGRU(SessionGRU):
         model.fit(train, item_features=feats)
         model.evaluate(test)["recall@20"]
 
-    Items that did not occur in the training events (new items): the output layer is
-    item-indexed, so they are never recommended or scored; as *clicks* of a live session they
+    Items that did not occur in the training events (new items): without output features the
+    output layer is item-indexed, so they are never recommended or scored (with them:
+    :meth:`add_items`); as *clicks* of a live session they
     are understood when their features are given: ``recommend(..., item_features=...)`` and
     ``predict_next(..., item_features=...)`` encode them with the model's feature encoders
     (codes or tokens never seen in training get the unknown row) and the ID subnet reads them as
@@ -89,7 +105,7 @@ class FeatureSessionGRU(SessionGRU):
                  show_progress=False, architecture="parallel", combine="concat",
                  strategy="simultaneous", feature_layers=None, augment_crop_p=0.0,
                  augment_drop_p=0.0, context_input="none", context_output="none",
-                 context_time=None, context_columns=None):
+                 context_time=None, context_columns=None, output_features=False):
         super().__init__(layers=layers, loss=loss, final_act=final_act, batch_size=batch_size,
                          n_epochs=n_epochs, n_sample=n_sample, sample_alpha=sample_alpha,
                          sample_store_size=sample_store_size, logq=logq, bpreg=bpreg,
@@ -106,6 +122,7 @@ class FeatureSessionGRU(SessionGRU):
         self.combine = combine
         self.strategy = strategy
         self.feature_layers = feature_layers
+        self.output_features = output_features
 
     def _validated(self) -> dict:
         p = super()._validated()
@@ -128,6 +145,7 @@ class FeatureSessionGRU(SessionGRU):
         if p["combine"] == "sum" and p["architecture"] == "parallel" and fl[-1] != p["layers"][-1]:
             raise ValueError(f"combine='sum' needs subnets of one size: "
                              f"layers[-1]={p['layers'][-1]} but feature_layers[-1]={fl[-1]}")
+        _check_output_features(p)
         if p["strategy"] == "residual" and p["combine"] != "concat":
             raise ValueError("strategy='residual' needs combine='concat' (each subnet has its own "
                              "output block)")
@@ -135,6 +153,9 @@ class FeatureSessionGRU(SessionGRU):
 
     def _network_spec(self, p: dict) -> dict:
         return {k: p[k] for k in ("architecture", "combine", "strategy", "feature_layers")}
+
+    def _output_params(self, p: dict, encoded: list, n_items: int, Hc: int) -> dict:
+        return build_output_features(encoded, n_items, Hc) if p["output_features"] else {}
 
     # ---- fitting ----------------------------------------------------------------------------
     def fit(self, data, item_features=None, session_key: str = "SessionId",
@@ -153,6 +174,9 @@ class FeatureSessionGRU(SessionGRU):
         if p["architecture"] != "id" and not feats:
             raise ValueError(f"architecture={p['architecture']!r} needs item_features "
                              "(a dict {name: DenseFeatures | CategoricalFeatures | TokenFeatures})")
+        if p["output_features"] and checkpoint is not None:
+            raise ValueError("output_features=True: fit(checkpoint=...) is not supported (the "
+                             "feature rows' optimiser state is not checkpointed)")
         return self._fit_events(data, session_key, item_key, time_key, callback, feats,
                                 checkpoint, resume)
 
@@ -161,8 +185,70 @@ class FeatureSessionGRU(SessionGRU):
         """Warm start on new events (see :meth:`SessionGRU.partial_fit`). Items new to the
         model need their features in ``item_features`` (as in ``fit``; encoded with the model's
         own encoders, codes unseen in training get the unknown row); ``KeyError`` otherwise."""
-        return self._partial_fit(data, n_epochs, session_key, item_key, time_key, callback,
-                                 validate_item_features(item_features))
+        feats = validate_item_features(item_features)
+        if not getattr(self, "output_features", False) or "Fy" not in getattr(self, "params_", {}):
+            return self._partial_fit(data, n_epochs, session_key, item_key, time_key, callback,
+                                     feats)
+        # output features: new items join through add_items (zero ID rows, their features'
+        # output part), then train; on failure the model is as before the call
+        before = {k: getattr(self, k, None) for k in ("item_index_", "item_support_", "params_",
+                                                       "optimizer_state_")}
+        self.params_ = dict(self.params_, Fy=self.params_["Fy"].copy(),
+                            Fb=self.params_["Fb"].copy())
+        try:
+            _, item_ids, _ = extract_events(data, session_key or self.keys_["session_key"],
+                                            item_key or self.keys_["item_key"],
+                                            time_key or self.keys_["time_key"])
+            ids = np.unique(np.asarray(item_ids))
+            new_ids = ids[self.item_index_.lookup(ids) < 0]
+            if len(new_ids):
+                self._add_items(new_ids, feats)
+            return self._partial_fit(data, n_epochs, session_key, item_key, time_key,
+                                     callback, feats)
+        except BaseException:
+            for k, v in before.items():
+                setattr(self, k, v)
+            raise
+
+    def add_items(self, item_features):
+        """Make the items listed in ``item_features`` (``{source_name: spec}``, encoded with
+        the model's encoders as in :meth:`recommend`) that the model does not know yet model
+        items, without training: their ``Wy``/``By`` rows (and ID-subnet input rows) are zero,
+        so they are scored by the feature part of the output layer alone and as clicks read by
+        the feature subnets. They get indices ``n_items_..`` in the order of their ids (sorted)
+        and support 0 (never drawn as negative samples). Needs ``output_features=True``
+        (``ValueError`` otherwise). Returns the (sorted) new ids."""
+        self._check_fitted()
+        if "Fy" not in self.params_:
+            raise ValueError("add_items needs a model fitted with output_features=True (without "
+                             "it a new item has no output vector)")
+        feats = validate_item_features(item_features)
+        ids = [np.asarray(_as_ids(spec.ids, name)) for name, spec in feats.items()]
+        ids = np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
+        new_ids = ids[self.item_index_.lookup(ids) < 0]
+        if len(new_ids):
+            self._add_items(new_ids, feats)
+        return new_ids
+
+    def _add_items(self, new_ids, feats) -> None:
+        bags = self._new_item_bags(new_ids, feats)
+        n_items, has_id = self.n_items_, self.subnet_names_[0] == "id"
+        state = getattr(self, "optimizer_state_", None)
+        params, grown = grow_items(self.params_, len(new_ids), bags, has_id,
+                                   np.random.default_rng(0),
+                                   state=() if state is None else (state["acc"], state["vel"]))
+        if state is not None:
+            self.optimizer_state_ = {"acc": grown[0], "vel": grown[1]}
+        params["Wy"][n_items:] = 0.0
+        if has_id and subnet_views(params, 0)["table"] is not None:
+            subnet_views(params, 0)["table"][n_items:] = 0.0
+        rows = [info.get("n_rows", info.get("d")) for info in self.feature_info_]
+        params.update(extend_output_bags(params, merge_bags(bags, rows, len(new_ids))))
+        self.params_ = params
+        self.item_index_ = ItemIndex(np.concatenate([self.item_index_.ids, new_ids]))
+        self.item_support_ = np.concatenate([self.item_support_,
+                                             np.zeros(len(new_ids), np.int64)])
+        logger.info("add_items: %d new items (scored by their features)", len(new_ids))
 
     def _new_item_bags(self, new_ids, item_features) -> list:
         if not self.feature_info_ or len(new_ids) == 0:
@@ -243,3 +329,25 @@ class FeatureSessionGRU(SessionGRU):
         params = with_new_items(self.params_, n_items, bags,
                                 has_id=self.subnet_names_[0] == "id")
         return self.scorer(params), out
+
+
+def _check_output_features(p: dict) -> None:
+    """``ValueError`` for ``output_features`` that is not a bool, on an ``'id'`` network, or on
+    a CUDA device (the CUDA backend has no output-feature kernels)."""
+    of = p["output_features"]
+    if not isinstance(of, (bool, np.bool_)):
+        raise ValueError(f"output_features must be True or False, got {of!r}")
+    if not of:
+        return
+    if p["architecture"] == "id":
+        raise ValueError("output_features=True needs item features: architecture 'parallel' or "
+                         "'feature', got architecture='id'")
+    if p["context_input"] != "none" or p["context_output"] != "none":
+        raise ValueError("output_features=True cannot be combined with context_input/"
+                         "context_output yet (the context scorer has no output features); use "
+                         "one of them")
+    if p["device"] != "cpu":
+        from . import model
+        if model._resolve_device(p["device"]) is not None:
+            raise ValueError(f"output_features=True runs on the CPU only; got device="
+                             f"{p['device']!r} (a CUDA device); use device='cpu'")

@@ -48,6 +48,8 @@ from . import context
 from . import network as nw
 from .exceptions import ModelFileError
 from .network import PARAM_KEYS, from_layers
+from .output_features import OUTPUT_KEYS
+from .output_features import check as check_output_features
 from .safe_npz import read_arrays, read_header, write_npz
 from .user_level import USER_PARAM_KEYS, user_layout
 
@@ -81,7 +83,7 @@ def save_model(model, path) -> None:
             params[key] = [int(h) for h in np.atleast_1d(params[key])]
     vocab = model.feature_vocab_
     arrays = {"item_ids": ids, "item_support": np.asarray(model.item_support_, np.int64)}
-    arrays.update({k: model.params_[k] for k in PARAM_KEYS + USER_PARAM_KEYS
+    arrays.update({k: model.params_[k] for k in PARAM_KEYS + USER_PARAM_KEYS + OUTPUT_KEYS
                    if k in model.params_})
     arrays.update(context.file_arrays(model))
     for s, codes_list in enumerate(vocab or []):
@@ -232,6 +234,7 @@ def load_model(path, cls):
         names = ck.field(header, "subnet_names", list)
         info = ck.field(header, "feature_info", list)
         params = {k: arrays[k] if k in arrays else ck.array(k) for k in PARAM_KEYS}
+        params.update(_output_arrays(ck, p, params, n_items))
         vocab = None
     subnets = _expected_subnets(ck, p, mode, names, info, params, n_items)
     _check_network(ck, params, subnets, p, n_items)
@@ -251,8 +254,7 @@ def load_model(path, cls):
         ck.fail(f"unexpected array(s) {extra} (not part of a {cls.__name__} file)")
     model.item_index_ = index
     model.keys_ = keys
-    model.params_ = {k: np.ascontiguousarray(params[k]) for k in PARAM_KEYS + USER_PARAM_KEYS
-                     if k in params}
+    model.params_ = {k: np.ascontiguousarray(params[k]) for k in params}
     if tables:
         model.params_.update({k: np.ascontiguousarray(v) for k, v in tables.items()})
         model.context_vocab_ = context_vocab
@@ -278,6 +280,23 @@ def _user_arrays(ck: _Checker, p: dict, params: dict, n_items: int) -> dict:
                 f"{p['user_input']!r}) and the network make it {want['UI'].tolist()}")
     U = ck.array("U", dtype=want["U"].dtype, shape=want["U"].shape)
     return {"UI": UI, "U": U}
+def _output_arrays(ck: _Checker, p: dict, params: dict, n_items: int) -> dict:
+    """The output-feature arrays (:mod:`gru_engine.output_features`) of a model with
+    ``output_features=True`` (none otherwise; files before the option have none)."""
+    if not p.get("output_features"):
+        return {}
+    out = {"Fy": ck.array("Fy", dtype=np.float32, ndim=2),
+           "Fb": ck.array("Fb", dtype=np.float32, ndim=1),
+           "oindptr": ck.array("oindptr", dtype=np.int64, ndim=1),
+           "oindices": ck.array("oindices", dtype=np.int32, ndim=1),
+           "oweights": ck.array("oweights", dtype=np.float32, ndim=1)}
+    try:
+        check_output_features(dict(out, Wy=params["Wy"]), n_items)
+    except ValueError as exc:
+        ck.fail(str(exc))
+    if not (np.all(np.isfinite(out["Fy"])) and np.all(np.isfinite(out["Fb"]))):
+        ck.fail("array 'Fy' or 'Fb' holds NaN or infinite values")
+    return out
 
 
 def _model_from_params(ck: _Checker, header: dict, cls):

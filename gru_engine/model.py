@@ -198,6 +198,11 @@ class SessionGRU(SessionModel):
         self.feature_info_, self.feature_vocab_ = [], []
         return []
 
+    def _output_params(self, p: dict, encoded: list, n_items: int, Hc: int) -> dict:
+        """Parameters of the output layer beyond ``Wy``/``By`` (none for SessionGRU; see
+        :mod:`gru_engine.output_features`)."""
+        return {}
+
     def _input_mode(self, p) -> str:
         if p["constrained_embedding"]:
             if p["embedding"] > 0:
@@ -292,6 +297,7 @@ class SessionGRU(SessionModel):
         layout = build_layout(n_items, spec["architecture"], spec["combine"], mode, p["layers"],
                               p["embedding"], spec["feature_layers"], encoded, rng)
         params = {k: layout[k] for k in PARAM_KEYS}
+        params.update(self._output_params(p, encoded, n_items, layout["Hc"]))
         ctx = None
         if context.enabled(p):
             ctx = context.fit_context(self, p, layout, params, sessions, context_table)

@@ -229,6 +229,8 @@ def grow_items(params: dict, n_new: int, bags: list, has_id: bool, rng, state=()
         T_parts, off = [], 0
         SI_new = SI.copy()
         for s in range(SI.shape[0]):
+            if has_id and s == 0 and SI[s, S_TAB] == T_WY:
+                SI_new[s, S_TROWS] = N  # the constrained input reads all N rows of Wy
             if SI[s, S_TAB] != T_OWN:
                 continue
             a, r, c = SI[s, S_TOFF], SI[s, S_TROWS], SI[s, S_TCOLS]

@@ -66,8 +66,10 @@ class Profiled(SessionGRU):
 kw = dict(layers=[8], n_epochs=1, batch_size=4, n_sample=6, n_threads=1)
 SessionGRU(**kw).fit(ev)
 Profiled(**kw).fit(ev)
-(plain,) = [sig for sig in train_steps.signatures if str(sig[-1]) == "none"]
-(prof,) = [sig for sig in train_steps.signatures if str(sig[-1]) != "none"]
+import inspect
+at = list(inspect.signature(train_steps.py_func).parameters).index("prof")
+(plain,) = [sig for sig in train_steps.signatures if str(sig[at]) == "none"]
+(prof,) = [sig for sig in train_steps.signatures if str(sig[at]) != "none"]
 with warnings.catch_warnings():
     warnings.simplefilter("error")  # cached code gives no valid assembly: fail, not pass
     asm, asm_prof = train_steps.inspect_asm(plain), train_steps.inspect_asm(prof)

@@ -152,6 +152,16 @@ def test_partial_fit_appends_and_learns_new_items_and_keeps_old_ones():
         m.params_["Wy"][:len(old_ids)], old_wy)
 
 
+def test_partial_fit_with_new_items_saves_a_loadable_file(tmp_path):
+    """The constrained ID input reads every row of Wy: its table row count grows with the new
+    items (a file written after partial_fit with new items loads and scores the same)."""
+    m = SessionGRU(**dict(SMALL, n_epochs=1)).fit(_events())
+    m.partial_fit(_new_item_events(), n_epochs=1)
+    m.save(tmp_path / "m.npz")
+    loaded = SessionGRU.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(loaded.predict_next([[7, 1007]]), m.predict_next([[7, 1007]]))
+
+
 def test_partial_fit_on_the_same_data_continues_the_fit():
     """Warm-starting on the training data is continued training: the loss keeps falling and
     nothing is appended."""

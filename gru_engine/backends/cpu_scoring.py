@@ -20,6 +20,7 @@ from ..config import (BALANCE_MIN_WORK, FUSED_TOP_K_MAX, INPUT_TABLE_MAX_ENTRIES
 from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
                        S_KIND, S_L0, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE,
                        T_OWN, T_WY)
+from ..output_features import effective_output
 from ..ranking import Exclusions, ItemPanels, panels_available, rank_targets, top_k
 from .cpu.context_step import no_context
 from .cpu.step import Net, apply_final_act, infer_step
@@ -129,7 +130,9 @@ class Scorer:
         self.net = Net(**p)
         self.sum_mode = bool(sum_mode)
         self.n_threads = max(1, int(n_threads))
-        self.output = OutputLayer(p["Wy"], p["By"], act, act_param)
+        # with output features (``Fy`` in params) the output vectors are Wy + pooled features
+        self.output = OutputLayer(*effective_output(dict(params, Wy=p["Wy"], By=p["By"])), act,
+                                  act_param)
         self.n_items = self.output.n_items
         self.Hc = p["Wy"].shape[1]
         self.width = int(p["LI"][:, L_H].sum())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..output_features import effective_output
 from ..ranking import top_k
 from .scorers import _static
 
@@ -34,7 +35,9 @@ def similar_items(model, item_ids, k: int = 20):
     st = _static(model)
     with st.lock:
         if st.unit_wy is None:
-            Wy = np.asarray(model.params_["Wy"], np.float32)
+            # output features: the effective vectors (Wy + pooled feature rows), so items
+            # added from their features have vectors too
+            Wy = np.asarray(effective_output(model.params_)[0], np.float32)
             norm = np.sqrt(np.einsum("ij,ij->i", Wy, Wy, dtype=np.float64))
             # a zero vector is similar to nothing (cosine 0), not NaN
             st.unit_wy = np.ascontiguousarray(Wy / np.maximum(norm, 1e-30)[:, None],

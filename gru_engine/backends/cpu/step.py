@@ -50,6 +50,7 @@ from .context_step import (CIN_CONCAT, CIN_MULTIPLY, COUT_NONE, context_input_ba
 from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
 from .losses import activate, loss_forward_backward
 from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
+from .output_features import add_output_features, scatter_output_gradients
 from .profile import (P_ADA_DENSE, P_ADA_SPARSE, P_DH_GEMM, P_DWH_GEMM, P_DWX_GEMM, P_DWY_GEMM,
                       P_DX_GEMM, P_GATES, P_GRU_BACK, P_H_GEMM, P_IN_GATHER, P_IN_GEMM, P_LOSS,
                       P_OUT_GATHER, P_SCORE_GEMM, P_SPARSE, tick, tick_gemm)
@@ -267,7 +268,7 @@ def combine_forward(net, active, B, bs, Y, hc, sum_mode):
 
 
 @njit(cache=True, error_model="numpy")
-def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof):
+def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of):
     """Sampled output layer of one step, on the ``U`` distinct items of ``cols`` (a column that
     repeats an item shares its row of every product): the items get the sparse-sum slots
     ``0..U-1`` in order of first appearance (``sp.rowsY[u]``, ``sp.slotY[item]``;
@@ -275,8 +276,9 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof):
     ``S = hc[:B] @ Wc[:U].T``; the loss over the ``C`` columns ``O[:, j] = S[:, cmap[j]] +
     By[cols[j]]``; its gradient summed per slot, ``dS``, gives the slots' sums directly:
     ``GY[:U] = dS.T @ hc[:B]``, ``gBy[:U]``, and ``dhc[:B] = dS @ Wc[:U]``. ``ob``:
-    :class:`OutBuf`, ``sp``: :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`.
-    Returns ``(step loss, U)``."""
+    :class:`OutBuf`, ``sp``: :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`;
+    ``of``: None or the output features' record (:mod:`.output_features`: their rows are added
+    to the gathered ``Wc``/``bc``). Returns ``(step loss, U)``."""
     Wy, By, cols, Wc, bc, cmap = net.Wy, net.By, ob.cols, ob.Wc, ob.bc, ob.cmap
     slot, rows = sp.slotY, sp.rowsY
     H = hc.shape[1]
@@ -293,6 +295,8 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof):
             bc[u] = By[c]
             U += 1
         cmap[j] = u
+    if of is not None:
+        add_output_features(of, rows, U, Wc, bc)
     tick(prof, P_OUT_GATHER)
     S = ob.O_flat[:B * U].reshape(B, U)
     np.dot(hc[:B], Wc[:U].T, S)
@@ -423,12 +427,13 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
 
 @njit(cache=True, error_model="numpy")
 def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, sp, hy, cx,
-                          prof):
+                          prof, of):
     """Forward over the active subnets, sampled loss, and the gradients of the trained subnets
     and of the output layer (steps 4-7); context (``cx``, :mod:`.context_step`) on subnet 0's
     input and on the combined state, its gradients in ``cx.gin``/``cx.gout``. ``sp.counts``
-    gets ``[n Wy rows, n output rows]``; table rows per subnet are in ``sp.nT``. Slots stay set
-    (release with :func:`step_update` or :func:`release_all`). Returns the step loss."""
+    gets ``[n Wy rows, n output rows]``; table rows per subnet are in ``sp.nT``; ``of`` (None
+    or the output features' record) gets its rows' gradients. Slots stay set (release with
+    :func:`step_update` or :func:`release_all`). Returns the step loss."""
     S = net.SI.shape[0]
     bs = hy.batch_size
     context_zero_grads(cx)
@@ -440,10 +445,12 @@ def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, 
     if cx.cfg[1] != COUT_NONE:
         context_output_forward(cx, wk.hc, B)
     tick(prof, P_GATES)
-    total, nY = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy, prof)
+    total, nY = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy, prof, of)
     if cx.cfg[1] != COUT_NONE:
         context_output_backward(cx, wk.dhc, B)
     n_out = nY
+    if of is not None:
+        scatter_output_gradients(of, sp.rowsY, n_out, sp.GY, sp.gBy)
     for s in range(S):
         if active[s] and train[s]:
             nY = subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof)

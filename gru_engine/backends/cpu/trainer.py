@@ -19,6 +19,7 @@ from ...network import S_TCOLS, S_TOFF, S_TROWS, S_XOFF, T_OWN
 from ...sampling import SampleStore, draw
 from .context_step import context_rows, context_update, no_context
 from .losses import CROSS_ENTROPY
+from .output_features import new_record, release_output_rows, update_output_features
 from .profile import (P_CARRY, P_MASKS, P_SAMPLING, P_SCHEDULE, new_profile, tick,
                       tick_start)
 from .step import (Net, OutBuf, Sparse, Work, block_view, draw_masks, release_all,
@@ -121,14 +122,15 @@ def carry_hidden(hp, y, reset, src, n_rows):
 
 @njit(cache=True, error_model="numpy")
 def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, min_rows,
-                draw_dropout, hy, cx, prof):
+                draw_dropout, hy, cx, prof, of):
     """Up to ``max_steps`` steps (all remaining when < 0) of the epoch started by
     :func:`epoch_start`. ``flags`` (3,) bool ``[interleave, freeze_out, sum_mode]``: with
     ``interleave`` the trained subnet is ``state[4] % S`` (global step count); ``draw_dropout`` False
     keeps the dropout masks in ``wk`` as they are (tests). Returns ``(sum of step_loss * rows,
     events, finite)``; stops at the first non-finite step loss (``finite`` False, parameters of
     that step not updated). ``cx``: the context record (:mod:`.context_step`; ``cfg`` zero
-    without context); ``prof``: ``None`` or a per-phase profile (:mod:`.profile`)."""
+    without context); ``prof``: ``None`` or a per-phase profile (:mod:`.profile`); ``of``:
+    ``None`` or the output features' record (:mod:`.output_features`)."""
     S = net.SI.shape[0]
     LI = net.LI
     bs = hy.batch_size
@@ -156,14 +158,19 @@ def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, m
                        hy.dropout_p_hidden)
         tick(prof, P_MASKS)
         step_loss = step_forward_backward(net, active, train, sum_mode, sc.in_items, B, C, wk,
-                                          ob, sp, hy, cx, prof)
+                                          ob, sp, hy, cx, prof, of)
         if not np.isfinite(step_loss):
             release_all(net.SI, sp)
+            if of is not None:
+                release_output_rows(of)
             finite = False
             break
         step_update(net, active, train, sum_mode, freeze_out, wk.gtheta, opt, sp,
                     hy.learning_rate, hy.momentum, prof)
         context_update(cx, hy.learning_rate, hy.momentum)
+        if of is not None:
+            update_output_features(of, net.SI, active, train, sum_mode, freeze_out,
+                                   hy.learning_rate, hy.momentum)
         loss_sum += step_loss * B
         events += B
         steps += 1
@@ -281,6 +288,9 @@ class Trainer:
         self.names = list(names) if names is not None else [str(s) for s in range(S)]
         self.prof = None
         self.cx = no_context(dt) if context is None else context
+        # output features (``Fy`` in params, :mod:`gru_engine.output_features`): their own
+        # gradient rows and optimiser state (not part of optimizer_state())
+        self.of = new_record(p, cmax) if "Fy" in p else None
 
     def start_profile(self):
         """Time every phase of the following steps (:mod:`.profile`; the profiled kernels are
@@ -374,14 +384,16 @@ class Trainer:
         st = Store(samples=self.store.samples, cdf=self.store.cdf, log_support=self.log_support)
         return train_steps(max_steps, self.net, self.sched, st, self.work, self.out,
                            self.sparse, self.opt, self.active, self.train, self.flags,
-                           self.min_rows, self.draw_masks, self.hyper, self.cx, self.prof)
+                           self.min_rows, self.draw_masks, self.hyper, self.cx, self.prof,
+                           self.of)
 
     def forward_backward(self, in_items, B, cols, C):
         """One step's loss and gradients without an update (gradient checks), with the current
         ``work.HP`` (previous hidden states), masks ``work.M0f``/``work.MK``, ``out.lq`` and the
         context rows ``cx.rin``/``cx.rout``. Returns ``(loss, grads)``; ``grads`` holds
         full-size ``theta``, ``T``, ``Wy``, ``By`` gradients (zero for parameters that are
-        frozen or not reached) and, with context, ``context_in``/``context_out``."""
+        frozen or not reached), with context ``context_in``/``context_out``, and ``Fy``/``Fb``
+        for a network with output features."""
         p, SI, sp, wk = self.params, self.net.SI, self.sparse, self.work
         in_buf = self.rows["in_items"]
         in_buf[:B] = in_items
@@ -389,7 +401,7 @@ class Trainer:
         wk.gtheta[:] = 0.0
         total = step_forward_backward(self.net, self.active, self.train, bool(self.flags[2]),
                                       in_buf, B, C, wk, self.out, sp, self.hyper, self.cx,
-                                      None)
+                                      None, self.of)
         grads = {"theta": np.zeros_like(p["theta"]), "T": np.zeros_like(p["T"]),
                  "Wy": np.zeros_like(p["Wy"]), "By": np.zeros_like(p["By"])}
         for s in range(SI.shape[0]):
@@ -410,4 +422,11 @@ class Trainer:
         release_all(SI, sp)
         if self.cx.cfg.any():
             grads["context_in"], grads["context_out"] = self.cx.gin.copy(), self.cx.gout.copy()
+        if self.of is not None:
+            of, H = self.of, self.of.Fy.shape[1]
+            grads["Fy"], grads["Fb"] = np.zeros_like(of.Fy), np.zeros_like(of.Fb)
+            for u in range(of.count[0]):
+                grads["Fy"][of.rows[u]] += of.G[u, :H]
+                grads["Fb"][of.rows[u]] += of.G[u, H]
+            release_output_rows(of)
         return total, grads

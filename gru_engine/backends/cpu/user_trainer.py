@@ -183,7 +183,8 @@ class UserTrainer(Trainer):
                            hy.dropout_p_hidden)
             rows, ustep = self._user_forward(B, reset)
             loss = step_forward_backward(net, self.active, self.train, sum_mode, sc.in_items, B,
-                                         C, wk, self.out, self.sparse, hy, self.cx, None)
+                                         C, wk, self.out, self.sparse, hy, self.cx, None,
+                                         self.of)
             if not np.isfinite(loss):
                 release_all(net.SI, self.sparse)
                 finite = False
