@@ -208,6 +208,60 @@ def _row_loss(a, r, g, scr, i, C, loss, logq, lq, bpreg, elu):
 
 
 @njit(cache=True, error_model="numpy")
+def _cross_entropy_slots(S, cmap, bias, B, C, U, act, act_param, logq, lq, scale, a, g, lw):
+    """Cross-entropy of :func:`loss_forward_backward` computed per slot, not per column.
+
+    The columns of a slot share their activated score ``a_u``; column ``j`` adds
+    ``exp(a_u - logq * lq_j)`` to the softmax sum, so the slot adds ``exp(a_u + lw_u)`` with
+    ``lw_u = log sum_{j in u} exp(-logq * lq_j)`` (the log of its column count without logq),
+    and its summed gradient is ``c p_u - c [u = slot of the positive]`` with ``p_u`` that term
+    over the sum: the same softmax and gradients over ``U`` slots (one exp per distinct item,
+    no gather or scatter), only the rounding differs. ``lw`` (>=U,) scratch."""
+    wsum = np.zeros(U)
+    for j in range(C):
+        wsum[cmap[j]] += np.exp(-logq * lq[j]) if logq > 0.0 else 1.0
+    for u in range(U):
+        lw[u] = np.log(wsum[u])
+    total = 0.0
+    inv_scale = cast_like(g, 1.0 / scale)
+    n_bad = 0
+    for i in range(B):
+        Si = S[i]
+        if act == LINEAR:
+            for u in range(U):
+                a[u] = Si[u] + bias[u]
+        else:
+            for u in range(U):
+                a[u] = activate(Si[u] + bias[u], act, act_param)
+        for u in range(U):
+            n_bad += (a[u] - a[u]) != 0.0  # NaN or inf (the fast exp would hide them)
+        for u in range(U):
+            g[u] = a[u] + lw[u]
+        m = row_max(g, U)
+        for u in range(U):
+            g[u] = fexp(g[u] - m)
+        z = row_sum(g, U)
+        pos = cmap[i]
+        t_pos = a[pos] - logq * lq[i] if logq > 0.0 else a[pos]
+        p_pos = np.exp(t_pos - m) / z
+        c = p_pos / (p_pos + LOG_EPS)
+        cz = cast_like(g, c / z)
+        for u in range(U):
+            g[u] = cz * g[u]
+        g[pos] -= c
+        if act == LINEAR:
+            for u in range(U):
+                Si[u] = g[u] * inv_scale
+        else:
+            for u in range(U):
+                Si[u] = g[u] * activate_grad(a[u], act, act_param) * inv_scale
+        total += -np.log(p_pos + LOG_EPS)
+    if n_bad > 0:
+        return np.nan
+    return total / scale
+
+
+@njit(cache=True, error_model="numpy")
 def loss_forward_backward(S, cmap, bias, B, C, U, loss, act, act_param, logq, lq, bpreg, elu,
                           scale, a, r, g, scr=None):
     """Step loss over the first ``B`` rows of the scores ``O[i, j] = S[i, cmap[j]] +
@@ -220,6 +274,9 @@ def loss_forward_backward(S, cmap, bias, B, C, U, loss, act, act_param, logq, lq
     call when not given). Returns ``sum_rows loss / scale``.
     """
     work = np.empty((2, len(a)), a.dtype) if scr is None else scr
+    if loss == CROSS_ENTROPY:
+        return _cross_entropy_slots(S, cmap, bias, B, C, U, act, act_param, logq, lq, scale, a,
+                                    g, work[0])
     total = 0.0
     inv_scale = 1.0 / scale
     n_bad = 0
