@@ -16,6 +16,10 @@ DIVERGENCE_LOSS_FACTOR = 3.0
 DIVERGENCE_CONSTANT_FACTOR = 2.0
 #: divergence guard of fit: any weight beyond this magnitude after an epoch
 DIVERGENCE_MAX_WEIGHT = 1e4
+#: CPU training, cross-entropy: the output layer of a step runs in this many parts, one per
+#: thread up to ``n_threads`` (``backends/cpu/output_parts.py``); fixed, so that results do not
+#: depend on ``n_threads``
+TRAIN_OUTPUT_PARTS = 2
 #: CUDA: threads per block of the element-wise and row kernels (a multiple of 32, <= 1024)
 CUDA_BLOCK = 256
 #: CUDA: the most CUDA graphs one trainer keeps (one per phase and table-entry count of a step)

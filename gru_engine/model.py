@@ -44,7 +44,7 @@ from .batching import augment_sessions, session_order
 from .exceptions import ModelFitError, NotFittedError
 from .network import PARAM_KEYS, S_A, build_layout, epoch_plan, grow_items, subnet_views
 from .sampling import seed_numba
-from .threads import resolve_threads, thread_limit, warn_if_cpus_busy
+from .threads import resolve_threads, thread_limit, training_blas_threads, warn_if_cpus_busy
 
 logger = logging.getLogger("gru_engine")
 
@@ -245,7 +245,8 @@ class SessionGRU(SessionModel):
         run = _EpochRun(self, p, trainer, sessions, order_rng, checkpoint)
         if device is None:
             warn_if_cpus_busy(resolve_threads(p["n_threads"]))
-        with thread_limit(resolve_threads(p["n_threads"])):
+        n_threads = resolve_threads(p["n_threads"])
+        with thread_limit(n_threads, blas=training_blas_threads(p["loss"], n_threads)):
             seed_numba(int(numba_state[0] & 0x7FFFFFFF))
             t0 = time.perf_counter()
             trainer.fill_store()
@@ -308,7 +309,8 @@ class SessionGRU(SessionModel):
                                                                  "vel": grown[1]})
         run = _EpochRun(self, p, trainer, sessions, np.random.default_rng(order_seed), None)
         try:
-            with thread_limit(resolve_threads(p["n_threads"])):
+            n_threads = resolve_threads(p["n_threads"])
+            with thread_limit(n_threads, blas=training_blas_threads(p["loss"], n_threads)):
                 seed_numba(int(numba_state[0] & 0x7FFFFFFF))
                 trainer.fill_store()
                 run.epochs(1, n_epochs, callback, offset=len(before["loss_history_"]))

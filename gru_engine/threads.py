@@ -50,19 +50,28 @@ def warn_if_cpus_busy(n_threads: int) -> None:
                        busy, cpus, n_threads)
 
 
+def training_blas_threads(loss: str, n_threads: int) -> int:
+    """BLAS threads of CPU training: one for cross-entropy, whose output layer runs on
+    ``n_threads`` threads of its own (``backends/cpu/output_parts.py``; every BLAS product of
+    the step is then a short single-threaded one), ``n_threads`` for the other losses."""
+    return 1 if loss == "cross-entropy" else n_threads
+
+
 @contextlib.contextmanager
-def thread_limit(n_threads):
-    """Limit BLAS (and Numba) threads to ``n_threads`` inside the block; restore afterwards."""
+def thread_limit(n_threads, blas=None):
+    """Limit Numba threads to ``n_threads`` and BLAS threads to ``blas`` (default
+    ``n_threads``) inside the block; restore afterwards."""
     if n_threads is None:
         yield
         return
+    blas = n_threads if blas is None else blas
     import numba
     old_numba = numba.get_num_threads()
     limiter = None
     try:
         try:
             from threadpoolctl import threadpool_limits
-            limiter = threadpool_limits(limits=int(n_threads), user_api="blas")
+            limiter = threadpool_limits(limits=int(blas), user_api="blas")
         except ImportError:
             logger.warning("threadpoolctl is not installed: n_threads does not limit BLAS threads")
         numba.set_num_threads(min(int(n_threads), numba.config.NUMBA_NUM_THREADS))

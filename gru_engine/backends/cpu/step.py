@@ -38,15 +38,17 @@ import numpy as np
 # Numba's np.dot calls the BLAS behind scipy.linalg.cython_blas. Load it now, so that a thread
 # limit set later (threadpoolctl, see threads.thread_limit) sees and limits that library.
 import scipy.linalg.cython_blas  # noqa: F401
-from numba import njit
+from numba import njit, prange
 
+from ...config import TRAIN_OUTPUT_PARTS
 from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN, L_STOFF, L_WH,
                         L_WX, S_A, S_C0, S_C1, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_KIND,
                         S_L0, S_L1, S_ROFF, S_SOFF, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0,
                         S_XOFF, T_NONE, T_OWN, T_WY)
 from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
-from .losses import activate, loss_forward_backward
+from .losses import CROSS_ENTROPY, activate, loss_forward_backward
 from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
+from .output_parts import cross_entropy_output
 from .profile import (P_ADA_DENSE, P_ADA_SPARSE, P_DH_GEMM, P_DWH_GEMM, P_DWX_GEMM, P_DWY_GEMM,
                       P_DX_GEMM, P_GATES, P_GRU_BACK, P_H_GEMM, P_IN_GATHER, P_IN_GEMM, P_LOSS,
                       P_OUT_GATHER, P_SCORE_GEMM, P_SPARSE, tick, tick_gemm)
@@ -257,7 +259,8 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof):
     ``ob.cmap[j]`` is column ``j``'s slot), ``Wc[u] = Wy[rowsY[u]]``, scores
     ``S = hc[:B] @ Wc[:U].T``; the loss over the ``C`` columns ``O[:, j] = S[:, cmap[j]] +
     By[cols[j]]``; its gradient summed per slot, ``dS``, gives the slots' sums directly:
-    ``GY[:U] = dS.T @ hc[:B]``, ``gBy[:U]``, and ``dhc[:B] = dS @ Wc[:U]``. ``ob``:
+    ``GY[:U] = dS.T @ hc[:B]``, ``gBy[:U]``, and ``dhc[:B] = dS @ Wc[:U]``; cross-entropy does
+    all of that after the gather in the parts of :mod:`.output_parts` (on threads). ``ob``:
     :class:`OutBuf`, ``sp``: :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`.
     Returns ``(step loss, U)``."""
     Wy, By, cols, Wc, bc, cmap = net.Wy, net.By, ob.cols, ob.Wc, ob.bc, ob.cmap
@@ -277,11 +280,17 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof):
             U += 1
         cmap[j] = u
     tick(prof, P_OUT_GATHER)
+    if hy.loss == CROSS_ENTROPY:
+        total = cross_entropy_output(hc, dhc, Wc, bc, cmap, ob.lq, ob.ra, B, C, U,
+                                     TRAIN_OUTPUT_PARTS, ob.O_flat, hy.final_act,
+                                     hy.final_act_param, hy.logq, float(hy.batch_size), sp.GY,
+                                     sp.gBy, prof)
+        return total, U
     S = ob.O_flat[:B * U].reshape(B, U)
     np.dot(hc[:B], Wc[:U].T, S)
     tick_gemm(prof, P_SCORE_GEMM, B, U, H)
     total = loss_forward_backward(S, cmap, bc, B, C, U, hy.loss, hy.final_act,
-                                  hy.final_act_param, hy.logq, ob.lq, hy.bpreg, hy.elu_param,
+                                  hy.final_act_param, hy.bpreg, hy.elu_param,
                                   float(hy.batch_size), ob.ra, ob.rb, ob.rc, ob.rs)
     column_sums(S, B, sp.gBy, 0, U)
     tick(prof, P_LOSS)
@@ -434,6 +443,33 @@ def release_all(SI, sp):
 # ---------------------------------------------------------------------------------------------
 # update
 # ---------------------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy", parallel=True)
+def update_wy_rows(SI, active, train, sum_mode, freeze_out, Wy, GY, acc_y, vel_y, rowsY, nY,
+                   n_out, lr, mom, P):
+    """Adagrad of the step's ``Wy`` rows (``rowsY[:nY]``, gradients ``GY``; the first ``n_out``
+    are output rows) in the column blocks :func:`step_update` names, in ``P`` parts of rows on
+    threads (rows are independent: the results do not depend on the threads)."""
+    S = SI.shape[0]
+    for h in prange(P):
+        for u in range(h * nY // P, (h + 1) * nY // P):
+            r = rowsY[u]
+            if sum_mode:
+                if u < n_out or (active[0] and train[0] and SI[0, S_TAB] == T_WY):
+                    adagrad_flat(Wy[r], GY[u], acc_y[r], vel_y[r], lr, mom)
+            else:
+                for s in range(S):
+                    if not active[s]:
+                        continue
+                    if u < n_out:
+                        if freeze_out and not train[s]:
+                            continue
+                    elif not (train[s] and SI[s, S_TAB] == T_WY):
+                        continue
+                    c0, c1 = SI[s, S_C0], SI[s, S_C1]
+                    adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1],
+                                 lr, mom)
+
+
 @njit(cache=True, error_model="numpy")
 def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, mom, prof):
     """Adagrad + momentum (step 8): dense ranges and tables of the trained subnets; rows of
@@ -457,23 +493,8 @@ def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, m
                 a, b = toff + r * tc, toff + (r + 1) * tc
                 adagrad_flat(T[a:b], sp.GT[goff + u * tc:goff + (u + 1) * tc], opt.acc_t[a:b],
                              opt.vel_t[a:b], lr, mom)
-    acc_y, vel_y, GY = opt.acc_y, opt.vel_y, sp.GY
-    for u in range(nY):
-        r = sp.rowsY[u]
-        if sum_mode:
-            if u < n_out or (active[0] and train[0] and SI[0, S_TAB] == T_WY):
-                adagrad_flat(Wy[r], GY[u], acc_y[r], vel_y[r], lr, mom)
-            continue
-        for s in range(S):
-            if not active[s]:
-                continue
-            if u < n_out:
-                if freeze_out and not train[s]:
-                    continue
-            elif not (train[s] and SI[s, S_TAB] == T_WY):
-                continue
-            c0, c1 = SI[s, S_C0], SI[s, S_C1]
-            adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1], lr, mom)
+    update_wy_rows(SI, active, train, sum_mode, freeze_out, Wy, sp.GY, opt.acc_y, opt.vel_y,
+                   sp.rowsY, nY, n_out, lr, mom, TRAIN_OUTPUT_PARTS)
     adagrad_rows_1d(net.By, opt.acc_b, opt.vel_b, sp.rowsY, sp.gBy, n_out, lr, mom)
     release_all(SI, sp)
     tick(prof, P_ADA_SPARSE)
