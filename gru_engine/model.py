@@ -72,8 +72,10 @@ class SessionGRU(SessionModel):
     2018). Hyperparameters keep the official names; see :mod:`gru_engine.params` for checks and
     ``parse_param_string`` for the official ``key=value`` syntax.
 
-    ``n_threads``: CPU threads (``None``: every CPU the process may use). Training runs the
-    BLAS products of each step on ``n_threads`` threads; evaluation splits each step's rows
+    ``n_threads``: CPU threads (``None``: every CPU the process may use). Cross-entropy
+    training runs the output layer of each step in two parts on up to ``n_threads`` threads
+    (BLAS on one; the trained model does not depend on ``n_threads``); the other losses run
+    the BLAS products of each step on ``n_threads`` threads. Evaluation splits each step's rows
     into ``n_threads`` blocks, each run (GRU step, scoring GEMM with one BLAS thread, ranking)
     on its own thread. On a machine whose cores are busy with other work, ``n_threads=1`` is
     often faster: idle OpenBLAS workers spin and fight for the cores (2-thread training was
