@@ -134,14 +134,14 @@ def main(argv=None):
                     "all; 0: no limit): events/s and the profile then cover the first steps")
     ap.add_argument("--no-profile", action="store_true", help="plain fits only")
     ap.add_argument("--blas-threads", type=int, default=None,
-                    help="BLAS threads of training instead of the model's choice "
-                    "(threads.training_blas_threads)")
+                    help="BLAS threads of training, Numba threads = --threads, instead of "
+                    "the model's choice (threads.training_threads)")
     ap.add_argument("--data", default="/work/shared/data")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     a = ap.parse_args(argv)
     if a.blas_threads is not None:
         import gru_engine.model
-        gru_engine.model.training_blas_threads = lambda loss, n: a.blas_threads
+        gru_engine.model.training_threads = lambda loss, hidden, n: (n, a.blas_threads)
     from bench_gru import sgemm_peak
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "load_average": os.getloadavg(), "threads": a.threads,

@@ -87,3 +87,10 @@ def test_training_does_not_depend_on_n_threads():
     two = SessionGRU(**kw, n_threads=2).fit(events)
     for k in ("theta", "Wy", "By"):
         assert np.array_equal(one.params_[k], two.params_[k]), k
+
+
+def test_threads_go_to_the_parts_or_to_blas():
+    from gru_engine.threads import training_threads
+    assert training_threads("cross-entropy", 100, 2) == (2, 1)
+    assert training_threads("cross-entropy", 480, 2) == (1, 2)
+    assert training_threads("bpr-max", 100, 2) == (1, 2)

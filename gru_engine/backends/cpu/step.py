@@ -38,7 +38,7 @@ import numpy as np
 # Numba's np.dot calls the BLAS behind scipy.linalg.cython_blas. Load it now, so that a thread
 # limit set later (threadpoolctl, see threads.thread_limit) sees and limits that library.
 import scipy.linalg.cython_blas  # noqa: F401
-from numba import njit, prange
+from numba import njit
 
 from ...config import TRAIN_OUTPUT_PARTS
 from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN, L_STOFF, L_WH,
@@ -443,33 +443,6 @@ def release_all(SI, sp):
 # ---------------------------------------------------------------------------------------------
 # update
 # ---------------------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy", parallel=True)
-def update_wy_rows(SI, active, train, sum_mode, freeze_out, Wy, GY, acc_y, vel_y, rowsY, nY,
-                   n_out, lr, mom, P):
-    """Adagrad of the step's ``Wy`` rows (``rowsY[:nY]``, gradients ``GY``; the first ``n_out``
-    are output rows) in the column blocks :func:`step_update` names, in ``P`` parts of rows on
-    threads (rows are independent: the results do not depend on the threads)."""
-    S = SI.shape[0]
-    for h in prange(P):
-        for u in range(h * nY // P, (h + 1) * nY // P):
-            r = rowsY[u]
-            if sum_mode:
-                if u < n_out or (active[0] and train[0] and SI[0, S_TAB] == T_WY):
-                    adagrad_flat(Wy[r], GY[u], acc_y[r], vel_y[r], lr, mom)
-            else:
-                for s in range(S):
-                    if not active[s]:
-                        continue
-                    if u < n_out:
-                        if freeze_out and not train[s]:
-                            continue
-                    elif not (train[s] and SI[s, S_TAB] == T_WY):
-                        continue
-                    c0, c1 = SI[s, S_C0], SI[s, S_C1]
-                    adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1],
-                                 lr, mom)
-
-
 @njit(cache=True, error_model="numpy")
 def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, mom, prof):
     """Adagrad + momentum (step 8): dense ranges and tables of the trained subnets; rows of
@@ -493,8 +466,23 @@ def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, m
                 a, b = toff + r * tc, toff + (r + 1) * tc
                 adagrad_flat(T[a:b], sp.GT[goff + u * tc:goff + (u + 1) * tc], opt.acc_t[a:b],
                              opt.vel_t[a:b], lr, mom)
-    update_wy_rows(SI, active, train, sum_mode, freeze_out, Wy, sp.GY, opt.acc_y, opt.vel_y,
-                   sp.rowsY, nY, n_out, lr, mom, TRAIN_OUTPUT_PARTS)
+    acc_y, vel_y, GY = opt.acc_y, opt.vel_y, sp.GY
+    for u in range(nY):
+        r = sp.rowsY[u]
+        if sum_mode:
+            if u < n_out or (active[0] and train[0] and SI[0, S_TAB] == T_WY):
+                adagrad_flat(Wy[r], GY[u], acc_y[r], vel_y[r], lr, mom)
+            continue
+        for s in range(S):
+            if not active[s]:
+                continue
+            if u < n_out:
+                if freeze_out and not train[s]:
+                    continue
+            elif not (train[s] and SI[s, S_TAB] == T_WY):
+                continue
+            c0, c1 = SI[s, S_C0], SI[s, S_C1]
+            adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1], lr, mom)
     adagrad_rows_1d(net.By, opt.acc_b, opt.vel_b, sp.rowsY, sp.gBy, n_out, lr, mom)
     release_all(SI, sp)
     tick(prof, P_ADA_SPARSE)
