@@ -5,8 +5,8 @@ The ``U`` distinct items (slots) of a step's sampled columns are split into
 every row's softmax (max and sum over its slots), and after the rows' softmax is joined, its
 slots' gradient, their ``Wy``/``By`` gradient rows and its partial ``dhc``; the partial ``dhc``
 are summed. The split is fixed, not the thread count: results do not depend on ``n_threads``
-(the parts run one after another on one thread). BLAS must run on one thread meanwhile (each
-part's products are short; :func:`gru_engine.threads.thread_limit` with ``blas=1``).
+(the parts run one after another on one thread). Parts on threads need BLAS on one thread
+(:func:`gru_engine.threads.training_threads` decides which of the two gets the threads).
 
 Softmax per slot: the columns of a slot share its activated score ``a_u``; column ``j`` adds
 ``exp(a_u - logq lq_j - m)`` to the row's softmax sum, so the slot adds ``exp(a_u + lw_u -
