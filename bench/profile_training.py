@@ -133,13 +133,20 @@ def main(argv=None):
                     help="end each epoch after this many steps (one value per job, or one for "
                     "all; 0: no limit): events/s and the profile then cover the first steps")
     ap.add_argument("--no-profile", action="store_true", help="plain fits only")
+    ap.add_argument("--blas-threads", type=int, default=None,
+                    help="BLAS threads of training, Numba threads = --threads, instead of "
+                    "the model's choice (threads.training_threads)")
     ap.add_argument("--data", default="/work/shared/data")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     a = ap.parse_args(argv)
+    if a.blas_threads is not None:
+        import gru_engine.model
+        gru_engine.model.training_threads = lambda loss, hidden, n: (n, a.blas_threads)
     from bench_gru import sgemm_peak
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "load_average": os.getloadavg(), "threads": a.threads,
               "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME", "native"),
+              "blas_threads": a.blas_threads,
               "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", ""),
               "sgemm_peak_2048": sgemm_peak(a.threads), "jobs": {}}
     limits = a.max_steps or [None]

@@ -16,6 +16,15 @@ DIVERGENCE_LOSS_FACTOR = 3.0
 DIVERGENCE_CONSTANT_FACTOR = 2.0
 #: divergence guard of fit: any weight beyond this magnitude after an epoch
 DIVERGENCE_MAX_WEIGHT = 1e4
+#: CPU training, cross-entropy: the output layer of a step runs in this many parts, one per
+#: thread up to ``n_threads`` (``backends/cpu/output_parts.py``); fixed, so that results do not
+#: depend on ``n_threads``
+TRAIN_OUTPUT_PARTS = 2
+#: CPU training, cross-entropy: the parts run on threads (BLAS on one) up to this combined
+#: hidden size, above it BLAS gets the threads (``threads.training_threads``). Measured on 2
+#: cores: hidden 100 (rsc15-100k) 59-67k events/s with parts vs 36-52k with BLAS threads;
+#: hidden 480 (yoochoose-1-64) 6.4-7.2k with parts vs 7.1-8.9k with BLAS threads
+TRAIN_PARTS_MAX_HIDDEN = 256
 #: CUDA: threads per block of the element-wise and row kernels (a multiple of 32, <= 1024)
 CUDA_BLOCK = 256
 #: CUDA: the most CUDA graphs one trainer keeps (one per phase and table-entry count of a step)

@@ -45,7 +45,7 @@ from .batching import augment_sessions, session_order
 from .exceptions import ModelFitError, NotFittedError
 from .network import PARAM_KEYS, S_A, build_layout, epoch_plan, grow_items, subnet_views
 from .sampling import seed_numba
-from .threads import resolve_threads, thread_limit, warn_if_cpus_busy
+from .threads import resolve_threads, thread_limit, training_threads, warn_if_cpus_busy
 
 logger = logging.getLogger("gru_engine")
 
@@ -73,8 +73,11 @@ class SessionGRU(SessionModel):
     2018). Hyperparameters keep the official names; see :mod:`gru_engine.params` for checks and
     ``parse_param_string`` for the official ``key=value`` syntax.
 
-    ``n_threads``: CPU threads (``None``: every CPU the process may use). Training runs the
-    BLAS products of each step on ``n_threads`` threads; evaluation splits each step's rows
+    ``n_threads``: CPU threads (``None``: every CPU the process may use). Cross-entropy
+    training with a combined hidden size up to 256 runs the output layer of each step in two
+    parts on up to ``n_threads`` threads (BLAS on one; the trained model does not depend on
+    ``n_threads``); otherwise the BLAS products of each step run on ``n_threads`` threads
+    (:func:`gru_engine.threads.training_threads`). Evaluation splits each step's rows
     into ``n_threads`` blocks, each run (GRU step, scoring GEMM with one BLAS thread, ranking)
     on its own thread. On a machine whose cores are busy with other work, ``n_threads=1`` is
     often faster: idle OpenBLAS workers spin and fight for the cores (2-thread training was
@@ -320,7 +323,9 @@ class SessionGRU(SessionModel):
         run = _EpochRun(self, p, trainer, sessions, order_rng, checkpoint)
         if device is None:
             warn_if_cpus_busy(resolve_threads(p["n_threads"]))
-        with thread_limit(resolve_threads(p["n_threads"])):
+        numba_threads, blas_threads = training_threads(
+            p["loss"], params["Wy"].shape[1], resolve_threads(p["n_threads"]))
+        with thread_limit(numba_threads, blas=blas_threads):
             seed_numba(int(numba_state[0] & 0x7FFFFFFF))
             t0 = time.perf_counter()
             trainer.fill_store()
@@ -389,7 +394,9 @@ class SessionGRU(SessionModel):
                                                                  "vel": grown[1]})
         run = _EpochRun(self, p, trainer, sessions, np.random.default_rng(order_seed), None)
         try:
-            with thread_limit(resolve_threads(p["n_threads"])):
+            numba_threads, blas_threads = training_threads(
+                p["loss"], params["Wy"].shape[1], resolve_threads(p["n_threads"]))
+            with thread_limit(numba_threads, blas=blas_threads):
                 seed_numba(int(numba_state[0] & 0x7FFFFFFF))
                 trainer.fill_store()
                 run.epochs(1, n_epochs, callback, offset=len(before["loss_history_"]))

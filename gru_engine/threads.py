@@ -50,19 +50,34 @@ def warn_if_cpus_busy(n_threads: int) -> None:
                        busy, cpus, n_threads)
 
 
+def training_threads(loss: str, combined_hidden: int, n_threads: int) -> tuple:
+    """``(Numba threads, BLAS threads)`` of CPU training on ``n_threads`` threads: cross-entropy
+    with a combined hidden size up to ``config.TRAIN_PARTS_MAX_HIDDEN`` runs its output layer's
+    parts (``backends/cpu/output_parts.py``) on the threads and BLAS on one (every product of
+    its step is short); otherwise BLAS gets the threads and the parts run one after the other.
+    Both on several threads at once is never chosen: two parts calling a 2-thread OpenBLAS
+    made rsc15-100k training 50x slower (bench/RESULTS.md, issue 15)."""
+    from .config import TRAIN_PARTS_MAX_HIDDEN
+    if loss == "cross-entropy" and combined_hidden <= TRAIN_PARTS_MAX_HIDDEN:
+        return n_threads, 1
+    return 1, n_threads
+
+
 @contextlib.contextmanager
-def thread_limit(n_threads):
-    """Limit BLAS (and Numba) threads to ``n_threads`` inside the block; restore afterwards."""
+def thread_limit(n_threads, blas=None):
+    """Limit Numba threads to ``n_threads`` and BLAS threads to ``blas`` (default
+    ``n_threads``) inside the block; restore afterwards. ``n_threads`` None: no limits."""
     if n_threads is None:
         yield
         return
+    blas = n_threads if blas is None else blas
     import numba
     old_numba = numba.get_num_threads()
     limiter = None
     try:
         try:
             from threadpoolctl import threadpool_limits
-            limiter = threadpool_limits(limits=int(n_threads), user_api="blas")
+            limiter = threadpool_limits(limits=int(blas), user_api="blas")
         except ImportError:
             logger.warning("threadpoolctl is not installed: n_threads does not limit BLAS threads")
         numba.set_num_threads(min(int(n_threads), numba.config.NUMBA_NUM_THREADS))

@@ -1,8 +1,8 @@
-"""The vectorisable float32 exp/sigmoid/tanh of the kernels against NumPy float64."""
+"""The vectorisable float32 exp/sigmoid/tanh/rsqrt of the kernels against NumPy float64."""
 import numpy as np
 from numba import njit
 
-from gru_engine.backends.cpu.mathfuncs import cast_like, fexp, fsigmoid, fsoftplus, ftanh
+from gru_engine.backends.cpu.mathfuncs import cast_like, fexp, frsqrt, fsigmoid, fsoftplus, ftanh
 
 
 @njit(error_model="numpy")
@@ -51,3 +51,24 @@ def test_softplus():
         _softplus(x, out)
         ref = np.logaddexp(0.0, x.astype(np.float64))
         assert np.max(np.abs(out - ref) / np.maximum(ref, 1e-30)) < tol
+
+
+@njit(error_model="numpy")
+def _rsqrt_all(x, out):
+    for i in range(len(x)):
+        out[i] = frsqrt(x[i])
+
+
+def test_rsqrt():
+    # every binade of the positive normal float32 numbers, densely, and a NaN
+    x = np.concatenate([np.geomspace(1.2e-38, 3.4e38, 400001), np.geomspace(1e-6, 1e4, 100001),
+                        [np.nan]]).astype(np.float32)
+    out = np.empty_like(x)
+    _rsqrt_all(x, out)
+    ref = 1.0 / np.sqrt(x[:-1].astype(np.float64))
+    assert np.max(np.abs(out[:-1] / ref - 1.0)) < 2e-7  # correctly rounded: 6e-8..1.2e-7
+    assert np.isnan(out[-1])
+    x64 = x[:-1].astype(np.float64)
+    out64 = np.empty_like(x64)
+    _rsqrt_all(x64, out64)
+    np.testing.assert_allclose(out64, 1.0 / np.sqrt(x64), rtol=1e-15)

@@ -6,7 +6,7 @@ Per row (reference page):
 
 - ``final_act`` (linear, relu, tanh, leaky-x, elu-x) is applied to the scores first;
 - ``cross-entropy``: ``t = o - logq * lq`` (``lq[j] = log q_j``), softmax over all C columns,
-  loss ``-log(p_i + 1e-24)``;
+  loss ``-log(p_i + 1e-24)`` (computed per distinct item, in parts: :mod:`.output_parts`);
 - ``bpr-max``: ``r = ELU_elu(o)`` when ``elu > 0``; ``s`` = softmax over the negatives;
   loss ``-log(sum_j s_j sigmoid(r_i - r_j) + 1e-24) + bpreg * sum_j s_j r_j^2``;
 - ``top1-max``: ``sum_j s_j (sigmoid(r_j - r_i) + sigmoid(r_j^2))``;
@@ -91,8 +91,8 @@ def _softmax_negatives(r, g, i, C):
 
 
 @njit(cache=True, error_model="numpy")
-def _row_loss(a, r, g, scr, i, C, loss, logq, lq, bpreg, elu):
-    """Loss of one row and its gradient ``g`` w.r.t. the activated scores ``a`` (C,).
+def _row_loss(a, r, g, scr, i, C, loss, bpreg, elu):
+    """Ranking loss of one row and its gradient ``g`` w.r.t. the activated scores ``a`` (C,).
 
     ``r`` (C,) and ``scr`` (2, C) are scratch. Returns the row loss. Needs ``C >= 2`` for the
     ranking losses. Loops are kept simple (no branches, array precision) so that they
@@ -100,25 +100,6 @@ def _row_loss(a, r, g, scr, i, C, loss, logq, lq, bpreg, elu):
     """
     one = cast_like(g, 1.0)
     two = cast_like(g, 2.0)
-    if loss == CROSS_ENTROPY:
-        if logq > 0.0:
-            for j in range(C):
-                r[j] = a[j] - logq * lq[j]
-        else:
-            for j in range(C):
-                r[j] = a[j]
-        m = row_max(r, C)
-        for j in range(C):
-            r[j] = fexp(r[j] - m)
-        z = row_sum(r, C)
-        p_pos = r[i] / z
-        c = p_pos / (p_pos + LOG_EPS)
-        cz = cast_like(g, c / z)
-        for j in range(C):
-            g[j] = cz * r[j]
-        g[i] -= c
-        return -np.log(p_pos + LOG_EPS)
-
     # ranking losses on r = scores (ELU'd for bpr-max); i = the positive column
     if loss == BPR_MAX and elu > 0.0:
         el = cast_like(r, elu)
@@ -208,18 +189,31 @@ def _row_loss(a, r, g, scr, i, C, loss, logq, lq, bpreg, elu):
 
 
 @njit(cache=True, error_model="numpy")
-def loss_forward_backward(S, cmap, bias, B, C, U, loss, act, act_param, logq, lq, bpreg, elu,
-                          scale, a, r, g, scr=None):
-    """Step loss over the first ``B`` rows of the scores ``O[i, j] = S[i, cmap[j]] +
+def slot_log_weights(cmap, lq, C, U, logq, lw):
+    """``lw[u] = log sum_{j < C, cmap[j] = u} exp(-logq * lq[j])`` for ``u < U``: the log
+    weight of slot ``u`` in a softmax over the columns (the log of its column count without
+    logq). cmap (>=C,) int32, lq (>=C,), lw (>=U,) of the scores' dtype."""
+    wsum = np.zeros(U)
+    for j in range(C):
+        wsum[cmap[j]] += np.exp(-logq * lq[j]) if logq > 0.0 else 1.0
+    for u in range(U):
+        lw[u] = np.log(wsum[u])
+
+
+@njit(cache=True, error_model="numpy")
+def loss_forward_backward(S, cmap, bias, B, C, U, loss, act, act_param, bpreg, elu, scale, a, r,
+                          g, scr=None):
+    """Ranking loss (not cross-entropy) of the step over the first ``B`` rows of the scores ``O[i, j] = S[i, cmap[j]] +
     bias[cmap[j]]`` (``j < C``); ``S[:B, :U]`` is overwritten with dL/dS, the gradient of the
     columns that share a slot summed.
 
     S: (>=B, >=U) raw scores ``h @ W.T`` of the ``U`` distinct columns; cmap: (>=C,) int32 slot
-    of each column; bias: (>=U,) bias of each slot; lq: (>=C,) log q per column (used by
-    cross-entropy when ``logq > 0``); a, r, g: (>=C,) and scr: (2, >=C) scratch (allocated per
-    call when not given). Returns ``sum_rows loss / scale``.
+    of each column; bias: (>=U,) bias of each slot; a, r, g: (>=C,) and scr: (2, >=C) scratch
+    (allocated per call when not given). Returns ``sum_rows loss / scale``.
     """
     work = np.empty((2, len(a)), a.dtype) if scr is None else scr
+    if loss == CROSS_ENTROPY:
+        raise ValueError("loss_forward_backward: cross-entropy is output_parts.py's")
     total = 0.0
     inv_scale = 1.0 / scale
     n_bad = 0
@@ -234,7 +228,7 @@ def loss_forward_backward(S, cmap, bias, B, C, U, loss, act, act_param, logq, lq
                 a[j] = activate(Si[u] + bias[u], act, act_param)
         for j in range(C):
             n_bad += (a[j] - a[j]) != 0.0  # NaN or inf (the fast exp would hide them)
-        total += _row_loss(a, r, g, work, i, C, loss, logq, lq, bpreg, elu)
+        total += _row_loss(a, r, g, work, i, C, loss, bpreg, elu)
         if act == LINEAR:
             for j in range(C):
                 g[j] = g[j] * inv_scale

@@ -12,13 +12,15 @@ import numpy as np
 from numba import njit
 
 from ...config import ADAGRAD_EPS as EPS
-from .mathfuncs import cast_like
+from .mathfuncs import cast_like, frsqrt
 
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def adagrad_flat(p, g, acc, vel, lr, mom):
-    """Dense update of 1-D views ``p``, ``g``, ``acc``, ``vel`` (same length)."""
+    """Dense update of 1-D views ``p``, ``g``, ``acc``, ``vel`` (same length). Inlined into its
+    callers: called per row on row views, an out-of-line call (the views' reference counts)
+    took 3x the update itself (Wy rows of an rsc15-100k step: 340 vs 110 us)."""
     eps = cast_like(p, EPS)
     rate = cast_like(p, lr)
     beta = cast_like(p, mom)
@@ -27,7 +29,7 @@ def adagrad_flat(p, g, acc, vel, lr, mom):
             gk = g[k]
             a = acc[k] + gk * gk
             acc[k] = a
-            v = beta * vel[k] - rate * (gk / np.sqrt(a + eps))
+            v = beta * vel[k] - rate * (gk * frsqrt(a + eps))
             vel[k] = v
             p[k] += v
     else:
@@ -35,7 +37,7 @@ def adagrad_flat(p, g, acc, vel, lr, mom):
             gk = g[k]
             a = acc[k] + gk * gk
             acc[k] = a
-            p[k] -= rate * (gk / np.sqrt(a + eps))
+            p[k] -= rate * (gk * frsqrt(a + eps))
 
 
 @njit(cache=True, error_model="numpy")

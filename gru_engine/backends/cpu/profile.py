@@ -23,10 +23,14 @@ from numba.extending import intrinsic, overload
 PHASES = ("sampling", "dropout masks", "input gather", "input GEMM", "hidden GEMM",
           "GRU gates", "output gather", "score GEMM", "loss", "dWy GEMM", "dh GEMM",
           "GRU backward", "dWh GEMM", "dWx GEMM", "dx GEMM", "sparse sums", "Adagrad dense",
-          "Adagrad sparse", "schedule", "carry")
+          "Adagrad sparse", "schedule", "carry", "CE parts: scores + softmax sums",
+          "CE softmax join + dh sum", "CE parts: gradient + dWy, dh GEMMs")
 (P_SAMPLING, P_MASKS, P_IN_GATHER, P_IN_GEMM, P_H_GEMM, P_GATES, P_OUT_GATHER, P_SCORE_GEMM,
  P_LOSS, P_DWY_GEMM, P_DH_GEMM, P_GRU_BACK, P_DWH_GEMM, P_DWX_GEMM, P_DX_GEMM, P_SPARSE,
- P_ADA_DENSE, P_ADA_SPARSE, P_SCHEDULE, P_CARRY) = range(1, len(PHASES) + 1)
+ P_ADA_DENSE, P_ADA_SPARSE, P_SCHEDULE, P_CARRY, P_CE_SCORES, P_CE_JOIN,
+ P_CE_GRADS) = range(1, len(PHASES) + 1)
+#: "CE ...": the cross-entropy output layer after the gather (:mod:`.output_parts`; "parts"
+#: run on threads); the phases "score GEMM" to "dh GEMM" are the other losses' and stay empty
 #: GEMM phases and the operand layout of their product ``(M x K) @ (K x N)``: "NN", "NT"
 #: (second operand transposed) or "TN" (first transposed), as the step calls ``np.dot``
 GEMM_LAYOUT = {"input GEMM": "NN", "hidden GEMM": "NN", "score GEMM": "NT", "dWy GEMM": "TN",

@@ -40,6 +40,7 @@ import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401
 from numba import njit
 
+from ...config import TRAIN_OUTPUT_PARTS
 from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN, L_STOFF, L_WH,
                         L_WX, S_A, S_C0, S_C1, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_KIND,
                         S_L0, S_L1, S_ROFF, S_SOFF, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0,
@@ -48,9 +49,10 @@ from .context_step import (CIN_CONCAT, CIN_MULTIPLY, COUT_NONE, context_input_ba
                            context_input_forward, context_input_gates, context_output_backward,
                            context_output_forward, context_zero_grads)
 from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
-from .losses import activate, loss_forward_backward
+from .losses import CROSS_ENTROPY, activate, loss_forward_backward
 from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
 from .output_features import add_output_features, scatter_output_gradients
+from .output_parts import cross_entropy_output
 from .profile import (P_ADA_DENSE, P_ADA_SPARSE, P_DH_GEMM, P_DWH_GEMM, P_DWX_GEMM, P_DWY_GEMM,
                       P_DX_GEMM, P_GATES, P_GRU_BACK, P_H_GEMM, P_IN_GATHER, P_IN_GEMM, P_LOSS,
                       P_OUT_GATHER, P_SCORE_GEMM, P_SPARSE, tick, tick_gemm)
@@ -275,7 +277,8 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of):
     ``ob.cmap[j]`` is column ``j``'s slot), ``Wc[u] = Wy[rowsY[u]]``, scores
     ``S = hc[:B] @ Wc[:U].T``; the loss over the ``C`` columns ``O[:, j] = S[:, cmap[j]] +
     By[cols[j]]``; its gradient summed per slot, ``dS``, gives the slots' sums directly:
-    ``GY[:U] = dS.T @ hc[:B]``, ``gBy[:U]``, and ``dhc[:B] = dS @ Wc[:U]``. ``ob``:
+    ``GY[:U] = dS.T @ hc[:B]``, ``gBy[:U]``, and ``dhc[:B] = dS @ Wc[:U]``; cross-entropy does
+    all of that after the gather in the parts of :mod:`.output_parts` (on threads). ``ob``:
     :class:`OutBuf`, ``sp``: :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`;
     ``of``: None or the output features' record (:mod:`.output_features`: their rows are added
     to the gathered ``Wc``/``bc``). Returns ``(step loss, U)``."""
@@ -298,11 +301,17 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of):
     if of is not None:
         add_output_features(of, rows, U, Wc, bc)
     tick(prof, P_OUT_GATHER)
+    if hy.loss == CROSS_ENTROPY:
+        total = cross_entropy_output(hc, dhc, Wc, bc, cmap, ob.lq, ob.ra, B, C, U,
+                                     TRAIN_OUTPUT_PARTS, ob.O_flat, hy.final_act,
+                                     hy.final_act_param, hy.logq, float(hy.batch_size), sp.GY,
+                                     sp.gBy, prof)
+        return total, U
     S = ob.O_flat[:B * U].reshape(B, U)
     np.dot(hc[:B], Wc[:U].T, S)
     tick_gemm(prof, P_SCORE_GEMM, B, U, H)
     total = loss_forward_backward(S, cmap, bc, B, C, U, hy.loss, hy.final_act,
-                                  hy.final_act_param, hy.logq, ob.lq, hy.bpreg, hy.elu_param,
+                                  hy.final_act_param, hy.bpreg, hy.elu_param,
                                   float(hy.batch_size), ob.ra, ob.rb, ob.rc, ob.rs)
     column_sums(S, B, sp.gBy, 0, U)
     tick(prof, P_LOSS)

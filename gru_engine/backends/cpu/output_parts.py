@@ -1,0 +1,182 @@
+"""The cross-entropy output layer of a training step in parts that run on separate threads.
+
+The ``U`` distinct items (slots) of a step's sampled columns are split into
+``config.TRAIN_OUTPUT_PARTS`` contiguous ranges. Each part computes its scores, its share of
+every row's softmax (max and sum over its slots), and after the rows' softmax is joined, its
+slots' gradient, their ``Wy``/``By`` gradient rows and its partial ``dhc``; the partial ``dhc``
+are summed. The split is fixed, not the thread count: results do not depend on ``n_threads``
+(the parts run one after another on one thread). Parts on threads need BLAS on one thread
+(:func:`gru_engine.threads.training_threads` decides which of the two gets the threads).
+
+Softmax per slot: the columns of a slot share its activated score ``a_u``; column ``j`` adds
+``exp(a_u - logq lq_j - m)`` to the row's softmax sum, so the slot adds ``exp(a_u + lw_u -
+m)`` with ``lw_u = log sum_{j in u} exp(-logq lq_j)`` (:func:`~.losses.slot_log_weights`), and
+its summed gradient is ``c p_u - c [u = slot of the positive]``: the softmax and gradients of
+the columns over ``U`` slots (one exp per distinct item, no gather or scatter); only the
+rounding differs from a softmax over the columns.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ...config import LOG_EPS
+from .gru import column_sums
+from .losses import LINEAR, activate, activate_grad, row_max, row_sum, slot_log_weights
+from .mathfuncs import cast_like, fexp
+from .profile import P_CE_GRADS, P_CE_JOIN, P_CE_SCORES, tick
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def part_scores_and_sums(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z, A_pos,
+                         bad, scratch):
+    """Per part ``h`` (slots ``h U // P`` to ``(h + 1) U // P``): its scores ``S_h = hc[:B] @
+    Wc[lo:hi].T`` in ``O_flat[B lo:B hi]`` as ``(B, hi - lo)``, and per row ``i``
+    ``M[h, i] = max_u (a_iu + lw_u)``, ``Z[h, i] = sum_u exp(a_iu + lw_u - M[h, i])`` (float64;
+    an empty part: -inf, 0), ``a = final_act(S + bc)``. With a linear final activation ``S_h``
+    is then overwritten with those exps. ``A_pos[i]``: ``a`` of row ``i``'s positive (slot
+    ``cmap[i]``), by the part that has it; ``bad[h]``: non-finite ``a`` count. scratch:
+    (P, >=U) of the scores' dtype."""
+    for h in prange(P):
+        lo = h * U // P
+        hi = (h + 1) * U // P
+        n = hi - lo
+        nb = 0
+        if n == 0:
+            for i in range(B):
+                M[h, i] = -np.inf
+                Z[h, i] = 0.0
+        else:
+            S = O_flat[B * lo:B * hi].reshape(B, n)
+            np.dot(hc[:B], Wc[lo:hi].T, S)
+            r = scratch[h]
+            for i in range(B):
+                Si = S[i]
+                if act == LINEAR:
+                    for u in range(n):
+                        r[u] = Si[u] + bc[lo + u]
+                else:
+                    for u in range(n):
+                        r[u] = activate(Si[u] + bc[lo + u], act, act_param)
+                for u in range(n):
+                    nb += (r[u] - r[u]) != 0.0  # NaN or inf (the fast exp would hide them)
+                pos = cmap[i]
+                if lo <= pos < hi:
+                    A_pos[i] = r[pos - lo]
+                for u in range(n):
+                    r[u] += lw[lo + u]
+                m = row_max(r, n)
+                for u in range(n):
+                    r[u] = fexp(r[u] - m)
+                M[h, i] = m
+                Z[h, i] = row_sum(r, n)
+                if act == LINEAR:
+                    for u in range(n):
+                        Si[u] = r[u]
+        bad[h] = nb
+
+
+@njit(cache=True, error_model="numpy")
+def softmax_join(cmap, lq, B, logq, M, Z, A_pos, MM, CZ, CC):
+    """Each row's softmax over all parts: ``MM[i]`` the max, the positive's probability
+    ``p`` (column ``i``: activated score ``A_pos[i]``, ``lq[i]``), ``CC[i] = c = p / (p +
+    LOG_EPS)``, ``CZ[i] = c / z``. Returns the sum over rows of ``-log(p + LOG_EPS)``."""
+    P = M.shape[0]
+    total = 0.0
+    for i in range(B):
+        m = M[0, i]
+        for h in range(1, P):
+            m = max(m, M[h, i])
+        z = 0.0
+        for h in range(P):
+            if Z[h, i] > 0.0:
+                z += Z[h, i] * np.exp(M[h, i] - m)
+        t = A_pos[i] - logq * lq[i] if logq > 0.0 else A_pos[i]
+        p = np.exp(t - m) / z
+        c = p / (p + LOG_EPS)
+        MM[i] = m
+        CZ[i] = c / z
+        CC[i] = c
+        total += -np.log(p + LOG_EPS)
+    return total
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def part_gradients(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, MM, CZ, CC, scale,
+                   GY, gBy, DH, scratch):
+    """Per part: its slots' ``dS = dL/dS`` (the softmax gradient of the columns of a slot
+    summed, divided by ``scale``) over its exps (linear final activation) or scores in
+    ``O_flat``, ``gBy[lo:hi]`` (column sums), ``GY[lo:hi] = dS.T @ hc[:B]`` and the partial
+    ``DH[h, :B] = dS @ Wc[lo:hi]``."""
+    inv_scale = cast_like(O_flat, 1.0 / scale)
+    for h in prange(P):
+        lo = h * U // P
+        hi = (h + 1) * U // P
+        n = hi - lo
+        if n == 0:
+            DH[h, :B] = 0.0
+        else:
+            S = O_flat[B * lo:B * hi].reshape(B, n)
+            r = scratch[h]
+            for i in range(B):
+                Si = S[i]
+                pos = cmap[i]
+                if act == LINEAR:  # Si holds exp(a + lw - M[h, i])
+                    f = cast_like(O_flat, CZ[i] * np.exp(M[h, i] - MM[i]))
+                    for u in range(n):
+                        Si[u] = f * Si[u]
+                    if lo <= pos < hi:
+                        Si[pos - lo] -= CC[i]
+                    for u in range(n):
+                        Si[u] *= inv_scale
+                else:
+                    m = cast_like(O_flat, MM[i])
+                    cz = cast_like(O_flat, CZ[i])
+                    for u in range(n):
+                        r[u] = activate(Si[u] + bc[lo + u], act, act_param)
+                    for u in range(n):
+                        Si[u] = cz * fexp(r[u] + lw[lo + u] - m)
+                    if lo <= pos < hi:
+                        Si[pos - lo] -= CC[i]
+                    for u in range(n):
+                        Si[u] *= activate_grad(r[u], act, act_param) * inv_scale
+            column_sums(S, B, gBy[lo:hi], 0, n)
+            np.dot(S.T, hc[:B], GY[lo:hi])
+            np.dot(S, Wc[lo:hi], DH[h, :B])
+
+
+@njit(cache=True, error_model="numpy")
+def cross_entropy_output(hc, dhc, Wc, bc, cmap, lq, lw, B, C, U, P, O_flat, act, act_param,
+                         logq, scale, GY, gBy, prof):
+    """Scores, cross-entropy and gradients of the ``U`` gathered slots (``Wc``, ``bc``) in
+    ``P`` parts: ``GY[:U]``, ``gBy[:U]`` the slots' gradient rows, ``dhc[:B]``. ``lw`` (>=U,)
+    gets the slots' log weights. Returns the step loss (sum over rows / ``scale``; NaN when a
+    score is not finite). ``prof``: ``None`` or a profile (:mod:`.profile`)."""
+    slot_log_weights(cmap, lq, C, U, logq, lw)
+    dt = O_flat.dtype
+    M = np.empty((P, B))
+    Z = np.empty((P, B))
+    bad = np.zeros(P, np.int64)
+    scratch = np.empty((P, max(U, 1)), dt)
+    A_pos = np.empty(B, dt)
+    part_scores_and_sums(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z, A_pos, bad,
+                         scratch)
+    tick(prof, P_CE_SCORES)
+    if bad.sum() > 0:
+        return np.nan
+    MM, CZ, CC = np.empty(B), np.empty(B), np.empty(B)
+    total = softmax_join(cmap, lq, B, logq, M, Z, A_pos, MM, CZ, CC)
+    DH = np.empty((P, B, hc.shape[1]), dt)
+    tick(prof, P_CE_JOIN)
+    part_gradients(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, MM, CZ, CC, scale,
+                   GY, gBy, DH, scratch)
+    tick(prof, P_CE_GRADS)
+    for i in range(B):
+        for k in range(hc.shape[1]):
+            dhc[i, k] = DH[0, i, k]
+    for h in range(1, P):
+        for i in range(B):
+            for k in range(hc.shape[1]):
+                dhc[i, k] += DH[h, i, k]
+    tick(prof, P_CE_JOIN)
+    return total / scale
