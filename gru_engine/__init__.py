@@ -5,7 +5,10 @@
 holds POP, S-POP, Item-KNN and BPR-MF; ``gru_engine.evaluation`` ranks the true next item
 against all items for any of them.
 """
+from . import numba_cache
 from .exceptions import ModelFileError, ModelFitError, NotFittedError
+
+numba_cache.install()  # before any kernel module is imported (numba_cache.py says why)
 
 __version__ = "0.1.0"
 __all__ = ["SessionGRU", "FeatureSessionGRU", "ModelFileError", "ModelFitError", "NotFittedError",
@@ -13,7 +16,7 @@ __all__ = ["SessionGRU", "FeatureSessionGRU", "ModelFileError", "ModelFitError",
 
 
 def __getattr__(name):
-    # The model pulls in Numba; import it only when asked for.
+    # The models import the kernel modules; import them only when asked for.
     if name == "SessionGRU":
         from .model import SessionGRU
         return SessionGRU

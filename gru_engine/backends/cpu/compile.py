@@ -20,10 +20,8 @@ def kernels_cached() -> bool:
     evaluation then starts without compiling)."""
     from .step import infer_step
     from .trainer import train_steps
-    try:
-        import os
-        return all(os.path.exists(f._cache._cache_file._index_path)
-                   for f in (train_steps, infer_step))
+    try:  # an index whose source stamp is not the package's (numba_cache.py) reads as empty
+        return all(bool(f._cache._cache_file._load_index()) for f in (train_steps, infer_step))
     except AttributeError:  # a Numba without this cache layout: assume nothing is cached
         return False
 
