@@ -14,12 +14,12 @@ def test_compile_command_caches_the_kernels(capsys):
 
 def test_first_fit_says_it_is_compiling(monkeypatch, caplog):
     from gru_engine import SessionGRU
-    monkeypatch.setattr(aot, "kernels_cached", lambda: False)
+    monkeypatch.setattr(aot, "_cached", lambda kernel: False)
     with caplog.at_level(logging.WARNING, logger="gru_engine"):
         SessionGRU(**SMALL).fit(_events())
     assert "compiling the CPU kernels" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(aot, "kernels_cached", lambda: True)
+    monkeypatch.setattr(aot, "_cached", lambda kernel: True)
     with caplog.at_level(logging.WARNING, logger="gru_engine"):
         SessionGRU(**SMALL).fit(_events())
     assert "compiling" not in caplog.text

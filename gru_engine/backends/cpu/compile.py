@@ -15,15 +15,21 @@ import numpy as np
 logger = logging.getLogger("gru_engine")
 
 
+def _cached(kernel) -> bool:
+    """Whether ``kernel`` has cached machine code for this package's source (an index whose
+    source stamp is not the package's, :mod:`gru_engine.numba_cache`, reads as empty)."""
+    try:
+        return bool(kernel._cache._cache_file._load_index())
+    except AttributeError:  # a Numba without this cache layout: assume nothing is cached
+        return False
+
+
 def kernels_cached() -> bool:
     """Whether the training and inference kernels have cached machine code (a fit or an
     evaluation then starts without compiling)."""
     from .step import infer_step
     from .trainer import train_steps
-    try:  # an index whose source stamp is not the package's (numba_cache.py) reads as empty
-        return all(bool(f._cache._cache_file._load_index()) for f in (train_steps, infer_step))
-    except AttributeError:  # a Numba without this cache layout: assume nothing is cached
-        return False
+    return _cached(train_steps) and _cached(infer_step)
 
 
 def compile_kernels() -> float:
@@ -46,8 +52,9 @@ def compile_kernels() -> float:
 
 
 def announce_compilation() -> None:
-    """Say so (a warning) when the first fit or evaluation is about to compile the kernels."""
-    if not kernels_cached():
+    """Say so (a warning) when a fit is about to compile the training kernels."""
+    from .trainer import train_steps
+    if not _cached(train_steps):
         logger.warning("first run: compiling the CPU kernels with Numba (a minute or more on a "
                        "busy machine; cached for later runs; `gru-engine compile` does it ahead "
                        "of time)")

@@ -88,12 +88,14 @@ def no_context(dtype) -> Ctx:
 def context_rows(cx, cur, B):
     """Training: the context rows of the step's ``B`` rows from their current events ``cur``
     (input: event ``cur[r]``; output: the target event ``cur[r] + 1``)."""
-    if cx.cfg[0] != CIN_NONE:
+    if cx.cfg[0] != CIN_NONE:  # element loops: a row slice copy compiles a shape-error formatter
         for r in range(B):
-            cx.rin[r, :] = cx.ev_in[cur[r], :]
+            for f in range(cx.rin.shape[1]):
+                cx.rin[r, f] = cx.ev_in[cur[r], f]
     if cx.cfg[1] != COUT_NONE:
         for r in range(B):
-            cx.rout[r, :] = cx.ev_out[cur[r] + 1, :]
+            for f in range(cx.rout.shape[1]):
+                cx.rout[r, f] = cx.ev_out[cur[r] + 1, f]
 
 
 @njit(cache=True, error_model="numpy")

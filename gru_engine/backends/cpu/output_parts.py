@@ -27,6 +27,49 @@ from .mathfuncs import cast_like, fexp
 from .profile import P_CE_GRADS, P_CE_JOIN, P_CE_SCORES, tick
 
 
+@njit(cache=True, error_model="numpy")
+def _scores_and_sums_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z,
+                             A_pos, bad, scratch):
+    """Part ``h`` of :func:`part_scores_and_sums` (a plain kernel: the parallel loop around it
+    stays small, which keeps Numba's parallel compilation short)."""
+    lo = h * U // P
+    hi = (h + 1) * U // P
+    n = hi - lo
+    nb = 0
+    if n == 0:
+        for i in range(B):
+            M[h, i] = -np.inf
+            Z[h, i] = 0.0
+    else:
+        S = O_flat[B * lo:B * hi].reshape(B, n)
+        np.dot(hc[:B], Wc[lo:hi].T, S)
+        r = scratch[h]
+        for i in range(B):
+            Si = S[i]
+            if act == LINEAR:
+                for u in range(n):
+                    r[u] = Si[u] + bc[lo + u]
+            else:
+                for u in range(n):
+                    r[u] = activate(Si[u] + bc[lo + u], act, act_param)
+            for u in range(n):
+                nb += (r[u] - r[u]) != 0.0  # NaN or inf (the fast exp would hide them)
+            pos = cmap[i]
+            if lo <= pos < hi:
+                A_pos[i] = r[pos - lo]
+            for u in range(n):
+                r[u] += lw[lo + u]
+            m = row_max(r, n)
+            for u in range(n):
+                r[u] = fexp(r[u] - m)
+            M[h, i] = m
+            Z[h, i] = row_sum(r, n)
+            if act == LINEAR:
+                for u in range(n):
+                    Si[u] = r[u]
+    bad[h] = nb
+
+
 @njit(cache=True, error_model="numpy", parallel=True)
 def part_scores_and_sums(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z, A_pos,
                          bad, scratch):
@@ -38,43 +81,8 @@ def part_scores_and_sums(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, 
     ``cmap[i]``), by the part that has it; ``bad[h]``: non-finite ``a`` count. scratch:
     (P, >=U) of the scores' dtype."""
     for h in prange(P):
-        lo = h * U // P
-        hi = (h + 1) * U // P
-        n = hi - lo
-        nb = 0
-        if n == 0:
-            for i in range(B):
-                M[h, i] = -np.inf
-                Z[h, i] = 0.0
-        else:
-            S = O_flat[B * lo:B * hi].reshape(B, n)
-            np.dot(hc[:B], Wc[lo:hi].T, S)
-            r = scratch[h]
-            for i in range(B):
-                Si = S[i]
-                if act == LINEAR:
-                    for u in range(n):
-                        r[u] = Si[u] + bc[lo + u]
-                else:
-                    for u in range(n):
-                        r[u] = activate(Si[u] + bc[lo + u], act, act_param)
-                for u in range(n):
-                    nb += (r[u] - r[u]) != 0.0  # NaN or inf (the fast exp would hide them)
-                pos = cmap[i]
-                if lo <= pos < hi:
-                    A_pos[i] = r[pos - lo]
-                for u in range(n):
-                    r[u] += lw[lo + u]
-                m = row_max(r, n)
-                for u in range(n):
-                    r[u] = fexp(r[u] - m)
-                M[h, i] = m
-                Z[h, i] = row_sum(r, n)
-                if act == LINEAR:
-                    for u in range(n):
-                        Si[u] = r[u]
-        bad[h] = nb
-
+        _scores_and_sums_of_part(np.int64(h), hc, Wc, bc, lw, cmap, B, U, P, O_flat, act,
+                                 act_param, M, Z, A_pos, bad, scratch)
 
 @njit(cache=True, error_model="numpy")
 def softmax_join(cmap, lq, B, logq, M, Z, A_pos, MM, CZ, CC):
@@ -101,6 +109,46 @@ def softmax_join(cmap, lq, B, logq, M, Z, A_pos, MM, CZ, CC):
     return total
 
 
+@njit(cache=True, error_model="numpy")
+def _gradients_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, MM, CZ, CC,
+                       inv_scale, GY, gBy, DH, scratch):
+    """Part ``h`` of :func:`part_gradients` (a plain kernel, as
+    :func:`_scores_and_sums_of_part`)."""
+    lo = h * U // P
+    hi = (h + 1) * U // P
+    n = hi - lo
+    if n == 0:
+        DH[h, :B] = 0.0
+    else:
+        S = O_flat[B * lo:B * hi].reshape(B, n)
+        r = scratch[h]
+        for i in range(B):
+            Si = S[i]
+            pos = cmap[i]
+            if act == LINEAR:  # Si holds exp(a + lw - M[h, i])
+                f = cast_like(O_flat, CZ[i] * np.exp(M[h, i] - MM[i]))
+                for u in range(n):
+                    Si[u] = f * Si[u]
+                if lo <= pos < hi:
+                    Si[pos - lo] -= CC[i]
+                for u in range(n):
+                    Si[u] *= inv_scale
+            else:
+                m = cast_like(O_flat, MM[i])
+                cz = cast_like(O_flat, CZ[i])
+                for u in range(n):
+                    r[u] = activate(Si[u] + bc[lo + u], act, act_param)
+                for u in range(n):
+                    Si[u] = cz * fexp(r[u] + lw[lo + u] - m)
+                if lo <= pos < hi:
+                    Si[pos - lo] -= CC[i]
+                for u in range(n):
+                    Si[u] *= activate_grad(r[u], act, act_param) * inv_scale
+        column_sums(S, B, gBy[lo:hi], 0, n)
+        np.dot(S.T, hc[:B], GY[lo:hi])
+        np.dot(S, Wc[lo:hi], DH[h, :B])
+
+
 @njit(cache=True, error_model="numpy", parallel=True)
 def part_gradients(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, MM, CZ, CC, scale,
                    GY, gBy, DH, scratch):
@@ -110,40 +158,8 @@ def part_gradients(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, MM,
     ``DH[h, :B] = dS @ Wc[lo:hi]``."""
     inv_scale = cast_like(O_flat, 1.0 / scale)
     for h in prange(P):
-        lo = h * U // P
-        hi = (h + 1) * U // P
-        n = hi - lo
-        if n == 0:
-            DH[h, :B] = 0.0
-        else:
-            S = O_flat[B * lo:B * hi].reshape(B, n)
-            r = scratch[h]
-            for i in range(B):
-                Si = S[i]
-                pos = cmap[i]
-                if act == LINEAR:  # Si holds exp(a + lw - M[h, i])
-                    f = cast_like(O_flat, CZ[i] * np.exp(M[h, i] - MM[i]))
-                    for u in range(n):
-                        Si[u] = f * Si[u]
-                    if lo <= pos < hi:
-                        Si[pos - lo] -= CC[i]
-                    for u in range(n):
-                        Si[u] *= inv_scale
-                else:
-                    m = cast_like(O_flat, MM[i])
-                    cz = cast_like(O_flat, CZ[i])
-                    for u in range(n):
-                        r[u] = activate(Si[u] + bc[lo + u], act, act_param)
-                    for u in range(n):
-                        Si[u] = cz * fexp(r[u] + lw[lo + u] - m)
-                    if lo <= pos < hi:
-                        Si[pos - lo] -= CC[i]
-                    for u in range(n):
-                        Si[u] *= activate_grad(r[u], act, act_param) * inv_scale
-            column_sums(S, B, gBy[lo:hi], 0, n)
-            np.dot(S.T, hc[:B], GY[lo:hi])
-            np.dot(S, Wc[lo:hi], DH[h, :B])
-
+        _gradients_of_part(np.int64(h), hc, Wc, bc, lw, cmap, B, U, P, O_flat, act,
+                           act_param, M, MM, CZ, CC, inv_scale, GY, gBy, DH, scratch)
 
 @njit(cache=True, error_model="numpy")
 def cross_entropy_output(hc, dhc, Wc, bc, cmap, lq, lw, B, C, U, P, O_flat, act, act_param,

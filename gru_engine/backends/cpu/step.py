@@ -285,7 +285,7 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of):
     Wy, By, cols, Wc, bc, cmap = net.Wy, net.By, ob.cols, ob.Wc, ob.bc, ob.cmap
     slot, rows = sp.slotY, sp.rowsY
     H = hc.shape[1]
-    U = 0
+    U = np.int64(0)  # not the literal 0: Numba would compile the callees for that type too
     for j in range(C):
         c = cols[j]
         u = slot[c]
