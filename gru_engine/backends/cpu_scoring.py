@@ -23,7 +23,8 @@ from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
 from ..output_features import effective_output
 from ..ranking import Exclusions, ItemPanels, panels_available, rank_targets, top_k
 from .cpu.context_step import no_context
-from .cpu.step import Net, apply_final_act, infer_step
+from .cpu.infer import apply_final_act, infer_step
+from .cpu.step import Net
 from .cpu.trainer import work_buffers
 
 
@@ -106,7 +107,7 @@ class OutputLayer:
 class Scorer:
     """Evaluation scorer (protocol of :class:`gru_engine.evaluation.SessionScorer`) of any
     network (:mod:`gru_engine.network`): one compiled step of every subnet for the given slots
-    (:func:`.cpu.step.infer_step`: gather the hidden rows, step, scatter back), then the
+    (:func:`.cpu.infer.infer_step`: gather the hidden rows, step, scatter back), then the
     all-item scores ``[h_comb | 1] @ [Wy | By]^T`` of :class:`OutputLayer` into a preallocated
     buffer (valid until the next call). ``rank`` splits a step's rows into up to ``n_threads``
     blocks, each stepped, scored and ranked on its own thread with its own buffers.

@@ -27,7 +27,7 @@ def _cached(kernel) -> bool:
 def kernels_cached() -> bool:
     """Whether the training and inference kernels have cached machine code (a fit or an
     evaluation then starts without compiling)."""
-    from .step import infer_step
+    from .infer import infer_step
     from .trainer import train_steps
     return _cached(train_steps) and _cached(infer_step)
 

@@ -1,4 +1,5 @@
-"""One training step and one inference step of any network (:mod:`gru_engine.network`) in Numba.
+"""One training step of any network (:mod:`gru_engine.network`) in Numba (its inference step:
+:mod:`.infer`).
 
 One training step (all gradients use the parameters as they were before the step):
 
@@ -41,7 +42,7 @@ import scipy.linalg.cython_blas  # noqa: F401
 from numba import njit
 
 from ...config import TRAIN_OUTPUT_PARTS
-from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN, L_STOFF, L_WH,
+from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN, L_WH,
                         L_WX, S_A, S_C0, S_C1, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_KIND,
                         S_L0, S_L1, S_ROFF, S_SOFF, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0,
                         S_XOFF, T_NONE, T_OWN, T_WY)
@@ -49,7 +50,7 @@ from .context_step import (CIN_CONCAT, CIN_MULTIPLY, COUT_NONE, context_input_ba
                            context_input_forward, context_input_gates, context_output_backward,
                            context_output_forward, context_zero_grads)
 from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
-from .losses import CROSS_ENTROPY, activate, loss_forward_backward
+from .losses import CROSS_ENTROPY, loss_forward_backward
 from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
 from .output_features import add_output_features, scatter_output_gradients
 from .output_parts import cross_entropy_output
@@ -546,66 +547,3 @@ def draw_masks(net, active, B, bs, M0f, MK, p_embed, p_hidden):
             dropout_mask(M0, B, p_embed)
         for g in range(SI[s, S_L0], SI[s, S_L1]):
             dropout_mask(block_view(MK, LI[g, L_HOFF], bs, LI[g, L_H]), B, p_hidden)
-
-
-# ---------------------------------------------------------------------------------------------
-# inference
-# ---------------------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy", nogil=True)
-def apply_final_act(S, R, act, param):
-    """``S[:R] = final_act(S[:R])`` in place."""
-    for i in range(R):
-        for j in range(S.shape[1]):
-            S[i, j] = activate(S[i, j], act, param)
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_aug, cx):
-    """Inference step (no dropout: ``wk.M0f``, ``wk.MK`` all ones) for ``R = len(rows)`` live
-    sessions. ``wk``: a :class:`Work` of ``bs = hc_aug.shape[0]`` rows (the gradient buffers may
-    be empty).
-
-    state: (n_slots, sum of layer sizes) float32, layer ``g`` in columns ``L_STOFF``..; rows are
-    gathered (zero where ``new_session``), stepped and scattered back. ``hc_aug[:R]`` gets
-    ``[combined hidden | 1]``, the combined state modulated by the output context in ``cx``
-    (:mod:`.context_step`; ``cx.rin``/``cx.rout`` set by the caller). Releases the GIL: calls
-    on disjoint ``rows`` with their own buffers (``wk``, ``hc_aug``, ``cx``) may run on
-    separate threads. With a non-empty ``wk.GU`` (user-level GRU, ``user_mode='all'``) the
-    last ``len(GU) / bs`` columns of each state row are the slot's extra layer-0 gates (read,
-    never written).
-    """
-    LI = net.LI
-    R = len(rows)
-    bs = hc_aug.shape[0]
-    gw = wk.GU.shape[0] // bs
-    if gw > 0:
-        gu = block_view(wk.GU, 0, bs, gw)
-        c0 = state.shape[1] - gw
-        for i in range(R):
-            gu[i, :] = state[rows[i], c0:c0 + gw]
-    for g in range(LI.shape[0]):
-        H = LI[g, L_H]
-        st0 = LI[g, L_STOFF]
-        hp = block_view(wk.HP, LI[g, L_HOFF], bs, H)
-        for i in range(R):
-            if new_session[i]:
-                hp[i, :] = 0.0
-            else:  # element loops: an array slice assignment compiles a shape-error formatter
-                for j in range(H):
-                    hp[i, j] = state[rows[i], st0 + j]
-    for s in range(net.SI.shape[0]):
-        subnet_forward(s, net, items, R, bs, wk, cx, None)
-    Hc = hc_aug.shape[1] - 1
-    hc = hc_aug[:, :Hc]
-    combine_forward(net, active, R, bs, wk.Y, hc, sum_mode)
-    if cx.cfg[1] != COUT_NONE:
-        context_output_forward(cx, hc, R)
-    for i in range(R):
-        hc_aug[i, Hc] = 1.0
-    for g in range(LI.shape[0]):
-        H = LI[g, L_H]
-        st0 = LI[g, L_STOFF]
-        y = block_view(wk.Y, LI[g, L_HOFF], bs, H)
-        for i in range(R):
-            for j in range(H):
-                state[rows[i], st0 + j] = y[i, j]
