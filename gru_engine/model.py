@@ -177,9 +177,6 @@ class SessionGRU(SessionModel):
         if context.enabled(p) and p["device"] != "cpu":
             raise ValueError(f"context_input/context_output run on the CPU backend only, but "
                              f"device={p['device']!r}; use device='cpu'")
-        if p.get("user_layers", 0) > 0 and p["device"] == "cuda":
-            raise ValueError(f"user_layers={p['user_layers']} (the user-level GRU) runs on the "
-                             "CPU only; use device='cpu'")
         if context.enabled(p) and p.get("user_layers", 0) > 0:
             raise ValueError("context_input/context_output and user_layers > 0 cannot be "
                              "combined yet (the user-level trainer has no context input); use "
@@ -307,7 +304,7 @@ class SessionGRU(SessionModel):
         users = None
         if p.get("user_layers", 0) > 0:
             from .user_level import user_training
-            users = user_training(p, device, layout, params, sessions, self._user_table,
+            users = user_training(p, layout, params, sessions, self._user_table,
                                   order_rng, rng)
             self._user_table = None
         support = sessions.item_support(n_items)
@@ -414,8 +411,8 @@ class SessionGRU(SessionModel):
                       context=None, users=None):
         """The device's trainer over the initial ``params`` (see the module docstring);
         ``context``: the CPU context record of a context-aware network; ``users``: keyword
-        arguments of :class:`~gru_engine.backends.cpu.user_trainer.UserTrainer` (a user-level
-        GRU; CPU only)."""
+        arguments of the device's ``UserTrainer`` (a user-level GRU: ``backends/cpu/
+        user_trainer.py``, ``backends/cuda/user_trainer.py``)."""
         hyper = hp.hyper(p)
         plan = epoch_plan(spec["strategy"], len(self.subnet_names_), p["n_epochs"])
         sum_mode = spec["combine"] == "sum"
@@ -432,6 +429,10 @@ class SessionGRU(SessionModel):
                            names=self.subnet_names_, optimizer_state=optimizer_state,
                            context=context)
         from .backends.cuda import Trainer
+        if users is not None:
+            from .backends.cuda.user_trainer import UserTrainer
+            return UserTrainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
+                               names=self.subnet_names_, seed=seed, **users)
         return Trainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
                        names=self.subnet_names_, seed=seed, optimizer_state=optimizer_state)
 
@@ -464,7 +465,8 @@ class SessionGRU(SessionModel):
         if "context_in" in self.params_ and (params is None or params is self.params_):
             from .context_scoring import ContextScorer
             return ContextScorer(self)
-        if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda":
+        if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda" \
+                and "UI" not in self.params_:
             from .backends.cuda import Scorer
             return Scorer(_resolve_device("cuda"), self.params_, sum_mode, (act, act_param),
                           cache_on=self)

@@ -265,14 +265,11 @@ def training_walks(sessions, user_table, rng, shuffle: bool, user_dropout: float
             "shuffle": bool(shuffle), "rng": rng, "user_dropout": user_dropout}
 
 
-def user_training(p: dict, device, layout: dict, params: dict, sessions, user_table, order_rng,
+def user_training(p: dict, layout: dict, params: dict, sessions, user_table, order_rng,
                   rng) -> dict:
     """The user part of a fit (``user_layers > 0``): adds ``UI``/``U`` (drawn from ``rng``
     after the network) to ``params`` and returns the user trainer's keyword arguments
-    (:func:`training_walks`); ``ValueError`` when ``device`` is CUDA."""
-    if device is not None:
-        raise ValueError(f"user_layers={p['user_layers']} runs on the CPU only, but "
-                         f"device={p['device']!r} chose CUDA; use device='cpu'")
+    (:func:`training_walks`), the same for both devices."""
     params.update(user_layout(p["user_layers"], p["user_mode"], p["user_input"], layout["Hc"],
                               layout["LI"], params["Wy"].shape[0],
                               rng))

@@ -148,13 +148,15 @@ class DeviceNet:
         return out
 
     # ---- forward -------------------------------------------------------------------------
-    def subnet_forward(self, s, items, R, reset, hprevs, m0, mks, buf, carry=None):
+    def subnet_forward(self, s, items, R, reset, hprevs, m0, mks, buf, carry=None, gates=None):
         """Forward of subnet ``s`` for ``R`` rows: input ``x{s}`` (none for one-hot input),
         every layer g's ``gx{g}``, ``gh{g}``, output ``y{g}`` (dropped out by ``mks[g]``),
         ``saved{g}``, ``hpe{g}`` in ``buf``. ``items`` (R,) int32; ``reset`` (R,) uint8;
         ``hprevs[g]`` (R, H_g) previous states (ignored on reset rows); ``m0``: input dropout
         mask ((R,) per-row factor for one-hot input, else (R, din)) or None. ``carry(g, y)``
-        is called after each layer (the trainer copies the carried state)."""
+        is called after each layer (the trainer copies the carried state). ``gates``: None or
+        (R, 3 H) extra gate pre-activations of the first layer, added after its bias (the
+        user-level GRU's ``user_mode='all'``)."""
         d, p, sn = self.dev, self.p, self.sub[s]
         for n, g in enumerate(sn.layers):
             H = self.H[g]
@@ -170,6 +172,8 @@ class DeviceNet:
                     self._input(sn, items, R, m0, x)
                 d.gemm(x, Wx, out=gx)
                 d.launch("add_bias", grid(R * 3 * H), BLOCK, [gx, bx, R, 3 * H])
+            if n == 0 and gates is not None:
+                d.launch("add_inplace", grid(R * 3 * H), BLOCK, [gx, gates, R * 3 * H])
             gh = buf(f"gh{g}", (R, 3 * H))
             d.gemm(hprevs[g], Wh, out=gh)
             y = buf(f"y{g}", (R, H))

@@ -74,6 +74,7 @@ class Trainer(StepOps):
         self.use_graphs = device.name == "cuda" if use_graphs is None else bool(use_graphs)
         self._graphs, self._warm, self._stage = {}, set(), None
         self.n_steps = 0
+        self.extra_gates = None  # (R, 3 H0) layer-0 gates added in subnet 0 (user_trainer.py)
         # epoch loop
         self.store = SampleStore(np.asarray(item_support), hyper.sample_alpha, self.n_sample,
                                  hyper.sample_store_size)
@@ -162,7 +163,8 @@ class Trainer(StepOps):
 
         for s in range(net.S):
             if self.active[s]:
-                net.subnet_forward(s, in_items, R, reset, hprevs, m0s[s], mks, buf, carry)
+                net.subnet_forward(s, in_items, R, reset, hprevs, m0s[s], mks, buf, carry,
+                                   self.extra_gates if s == 0 else None)
         hc = net.combine(self.active, R, self.sum_mode, self.arange, buf, self._zeros[:R])
         trained = [s for s in range(net.S) if self.active[s] and self.train[s]]
         n_wy = C + sum(nnz[s] for s in trained if net.sub[s].tab == T_WY)
