@@ -6,7 +6,7 @@ are reused unchanged: :class:`HostMirrorDevice` copies NumPy arguments to the GP
 launch and the results back, so each test compares GPU output with the float64 references.
 The model tests (``SessionGRU(device='cuda')`` against the Numba CPU path: training steps per
 loss / input mode / depth / dropout, a small fit's metrics, device ranking vs the Cython
-evaluator, save/load, NaN refusal) run with ``cuda_device`` overridden to a plain CupyDevice.
+evaluator, save/load, NaN refusal; the user-level GRU's fits of test_user_cuda.py) run with ``cuda_device`` overridden to a plain CupyDevice.
 """
 from __future__ import annotations
 
@@ -42,6 +42,10 @@ from test_cuda_model import (  # noqa: E402,F401  (SessionGRU(device='cuda') on 
     test_nan_in_a_cuda_model_is_refused_by_device_evaluation,
     test_cuda_fit_that_diverges_raises_and_leaves_model_unfitted,
     test_device_auto_uses_the_resolved_device)
+from test_user_cuda import (  # noqa: E402,F401  (the user-level GRU on the GPU)
+    test_add_inplace, test_select_rows, test_state_grad, test_tanh_rows_backward,
+    test_fit_equals_cpu_every_mode_and_input, test_fit_equals_cpu_deeper_sampled_momentum_dropout,
+    test_cuda_trained_model_file_loads_and_scores_on_the_cpu)
 
 
 class HostMirrorDevice(CupyDevice):

@@ -179,7 +179,6 @@ def test_fit_without_user_column_names_it():
     (dict(user_mode="sideways"), "user_mode must be one of"),
     (dict(user_input="clicks"), "user_input must be one of"),
     (dict(user_dropout=1.0), r"user_dropout must be in \[0, 1\)"),
-    (dict(device="cuda"), "runs on the CPU only"),
 ])
 def test_bad_user_options_raise(bad, match):
     train, _ = _data()
@@ -315,14 +314,6 @@ def test_recommend_with_user_sessions_uses_the_user_state():
                           plain[0])
     with pytest.raises(ValueError, match="user_sessions needs a user-level model"):
         _small(user_layers=0).fit(train).recommend([ids[7]], user_sessions=history)
-
-
-def test_auto_device_choosing_cuda_is_refused(monkeypatch):
-    import gru_engine.model as model_module
-    monkeypatch.setattr(model_module, "_resolve_device", lambda name: object())
-    train, _ = _data()
-    with pytest.raises(ValueError, match="runs on the CPU only"):
-        _small(device="auto").fit(train)
 
 
 def test_user_level_with_context_is_refused():
