@@ -465,8 +465,11 @@ class SessionGRU(SessionModel):
         if "context_in" in self.params_ and (params is None or params is self.params_):
             from .context_scoring import ContextScorer
             return ContextScorer(self)
-        if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda" \
-                and "UI" not in self.params_:
+        if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda":
+            if "UI" in self.params_:
+                from .backends.cuda.user_scorer import UserScorer
+                return UserScorer(_resolve_device("cuda"), self.params_, sum_mode,
+                                  (act, act_param), cache_on=self)
             from .backends.cuda import Scorer
             return Scorer(_resolve_device("cuda"), self.params_, sum_mode, (act, act_param),
                           cache_on=self)

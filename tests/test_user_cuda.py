@@ -185,6 +185,61 @@ def test_cuda_trained_model_file_loads_and_scores_on_the_cpu(cuda_model, tmp_pat
     assert np.array_equal(got[0], want[0])
 
 
+@pytest.mark.parametrize("mode,user_input", [("all", "items"), ("init", "hidden"),
+                                             ("both", "hidden")])
+def test_device_scorer_equals_cpu_scorer(cuda_model, mode, user_input):
+    """A CUDA-trained model scores on the device (UserScorer of backends/cuda): the same
+    session-aware metrics, user-state scores and recommendations as the CPU scorer of the
+    same parameters."""
+    from gru_engine.backends.cpu_user_scoring import UserScorer as CPUUserScorer
+    from gru_engine.backends.cuda.user_scorer import UserScorer
+    train, test = _data()
+    m = _model("cuda", user_mode=mode, user_input=user_input, layers=[8, 6]).fit(train)
+    dev_sc, cpu_sc = m.scorer(), m._build_scorer(device="cpu")
+    assert isinstance(dev_sc, UserScorer) and isinstance(cpu_sc, CPUUserScorer)
+    te, _, _ = build_user_sessions(test, m.item_index_)
+    hi, _, _ = build_user_sessions(train, m.item_index_)
+    r_dev = evaluate_session_aware(dev_sc, te, hi, cutoffs=(5, 10))
+    r_cpu = evaluate_session_aware(cpu_sc, te, hi, cutoffs=(5, 10))
+    assert r_dev["user_aware"] and r_dev["n_users_with_history"] > 0
+    for key in ("recall@5", "mrr@5", "recall@10", "mrr@10"):
+        assert r_dev[key] == r_cpu[key], key
+    # scores of first and later clicks, with and without a user state, in one batch
+    rows, users = np.arange(4), hi.user_ids[[0, 3, 5, 0]]
+    known = np.array([True, True, False, True])
+    clicks = [np.array([1, 4, 7, 9], np.int32), np.array([2, 2, 5, 11], np.int32)]
+    got, want = [], []
+    for sc, out in ((dev_sc, got), (cpu_sc, want)):
+        sc.begin(4)
+        sc.begin_users(hi)
+        sc.start_sessions(rows, users, known)
+        for t, items in enumerate(clicks):
+            out.append(np.array(sc.score(rows, items, np.full(4, t == 0))))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert np.abs(got[0][0] - got[0][2]).max() > 1e-4  # the user state matters
+    ids = m.item_index_.ids
+    history = [list(ids[[1, 2, 3]]), list(ids[[4, 5]])]
+    on_dev = m.recommend([ids[7], ids[8]], k=5, user_sessions=history)
+    from gru_engine.backends.cpu_user_scoring import OneUser
+    from gru_engine.session_aware import one_user_history
+    cpu_sc.begin_users(one_user_history([m.item_index_.to_index(np.asarray(s)) for s in history]))
+    want_rec = m._recommend(OneUser(cpu_sc, 0), m.item_index_.to_index(np.asarray(ids[[7, 8]])),
+                            5, None)
+    assert np.array_equal(on_dev[0], want_rec[0])
+    np.testing.assert_allclose(on_dev[1], want_rec[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode,user_input", [("all", "items"), ("init", "hidden")])
+def test_session_store_keeps_user_states_of_a_cuda_model(cuda_model, mode, user_input,
+                                                        tmp_path):
+    from test_user_level import _data as store_data
+    from test_user_level import check_store_keeps_user_states
+    train, _ = store_data()
+    m = _model("cuda", user_mode=mode, user_input=user_input).fit(train)
+    check_store_keeps_user_states(m, train, tmp_path)
+
+
 def test_device_auto_trains_a_user_model_on_the_resolved_device(cuda_model):
     train, _ = _data()
     m = _model("auto", n_epochs=1).fit(train)

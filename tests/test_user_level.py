@@ -336,11 +336,16 @@ def test_fit_is_reproducible_and_plain_evaluate_works():
 @pytest.mark.parametrize("mode,user_input", [("all", "items"), ("init", "hidden"),
                                              ("both", "items")])
 def test_session_store_keeps_user_states(mode, user_input, tmp_path):
-    """A user's ended sessions give the state of its next session: the store answers as
-    recommend(..., user_sessions=...) does; anonymous sessions as the plain recommend."""
-    from gru_engine.serving import SessionStore
     train, _ = _data()
-    m = _small(user_mode=mode, user_input=user_input).fit(train)
+    check_store_keeps_user_states(_small(user_mode=mode, user_input=user_input).fit(train),
+                                  train, tmp_path)
+
+
+def check_store_keeps_user_states(m, train, tmp_path):
+    """A user's ended sessions give the state of its next session: the store answers as
+    recommend(..., user_sessions=...) does; anonymous sessions as the plain recommend (also
+    run over a CUDA-trained model by tests/test_user_cuda.py)."""
+    from gru_engine.serving import SessionStore
     ids = m.item_index_.ids
     store = SessionStore(m, capacity=4, k=5)
     for it in ids[[1, 2, 3]]:

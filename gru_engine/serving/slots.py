@@ -20,7 +20,7 @@ class Slots:
 
     def current(self) -> list:
         sc = self.scorer
-        return list(sc.h) if self.cuda else [sc.state]
+        return list(sc.h) + list(sc.extra_state) if self.cuda else [sc.state]
 
     def _zeros_like(self, a):
         return self.dev.zeros(a.shape) if self.cuda else np.zeros_like(a)

@@ -388,7 +388,7 @@ class SessionStore:
         """A user-level model: the session in ``slot`` ended or was evicted; its user's state
         is stepped with it."""
         if self._users is not None:
-            self._users.end(self._slots.scorer, slot, self._slots.prev[0][slot])
+            self._users.end(self._slots.scorer, slot, self._slots.host([slot])[1][0])
 
     def _touch(self, sid, now: float) -> None:
         self._live[sid].used = now

@@ -47,6 +47,10 @@ class Scorer(ScratchBuffers):
     step alone (no scores).
     """
 
+    #: per-slot device arrays (n_rows, w) besides ``h`` that a session store keeps with the
+    #: hidden state (the user-level scorer's extra gates)
+    extra_state = ()
+
     def __init__(self, device: Device, params: dict, sum_mode: bool, final_act=(0, 0.0),
                  cache_on=None):
         self.dev = device
@@ -76,13 +80,20 @@ class Scorer(ScratchBuffers):
             d.launch("gather_rows", grid(R * H), BLOCK, [h, H, rows_d, R, H, None, None, hp, H])
             hprevs.append(hp)
         no_masks = [None] * net.G
+        gates = self._layer0_gates(rows_d, R)
         for s in range(net.S):
-            net.subnet_forward(s, items_d, R, reset_d, hprevs, None, no_masks, self._buf)
+            net.subnet_forward(s, items_d, R, reset_d, hprevs, None, no_masks, self._buf,
+                               gates=gates if s == 0 else None)
         for g, h in enumerate(self.h):
             H = h.shape[1]
             d.launch("scatter_rows", grid(R * H), BLOCK,
                      [self._buf(f"y{g}", (R, H)), rows_d, R, H, h])
         return net.combine([True] * net.S, R, self.sum_mode, self._arange, self._buf, None)
+
+    def _layer0_gates(self, rows_d, R: int):
+        """(R, 3 H0) extra layer-0 gates of subnet 0 for the rows, or None (none here; see
+        :mod:`.user_scorer`)."""
+        return None
 
     def _step(self, rows, items, new_session):
         """One click per row (host inputs of the protocol); returns h_comb (R, Hc)."""
