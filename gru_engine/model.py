@@ -105,7 +105,9 @@ class SessionGRU(SessionModel):
     input table (``'items'``, default) or as the session's last combined state (``'hidden'``).
     ``fit`` then needs a user column (``user_key``, default ``'UserId'``; missing values =
     anonymous sessions, which, like a user's first session, run as plain sessions); training
-    walks users (user-parallel rows); CPU only (``device='cuda'`` raises ``ValueError``).
+    walks users (user-parallel rows), on either device (``backends/cpu/user_trainer.py``,
+    ``backends/cuda/user_trainer.py``: the same steps, results equal to float32 rounding; a
+    CUDA-trained model also scores on the device).
     Scoring a user's session with the user state: :func:`gru_engine.evaluation.
     evaluate_session_aware` (the scorer reads the users' history) or ``recommend(...,
     user_sessions=...)``; without a user, a session scores as in the plain model.

@@ -24,6 +24,11 @@ Layout: the user parameters are one flat array ``U`` (float) with the offsets ta
 (N_UCOL,) int64 (columns ``U_*``), keys ``'U'``/``'UI'`` of a model's ``params_`` (absent for a
 plain model). Gate convention as :mod:`gru_engine.backends.cpu.gru` (``[r|z|n]``, ``bhn``
 inside ``r * (...)``).
+
+Devices: the trainers ``backends/cpu/user_trainer.py`` and ``backends/cuda/user_trainer.py``
+run the same steps in the same order (results equal to float32 rounding); the scorers
+``backends/cpu_user_scoring.py`` and ``backends/cuda/user_scorer.py`` share the users'
+states (``backends/user_scoring.py``).
 """
 from __future__ import annotations
 

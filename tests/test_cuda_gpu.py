@@ -45,7 +45,8 @@ from test_cuda_model import (  # noqa: E402,F401  (SessionGRU(device='cuda') on 
 from test_user_cuda import (  # noqa: E402,F401  (the user-level GRU on the GPU)
     test_add_inplace, test_select_rows, test_state_grad, test_tanh_rows_backward,
     test_fit_equals_cpu_every_mode_and_input, test_fit_equals_cpu_deeper_sampled_momentum_dropout,
-    test_cuda_trained_model_file_loads_and_scores_on_the_cpu)
+    test_cuda_trained_model_file_loads_and_scores_on_the_cpu, test_device_scorer_equals_cpu_scorer,
+    test_session_store_keeps_user_states_of_a_cuda_model)
 
 
 class HostMirrorDevice(CupyDevice):
