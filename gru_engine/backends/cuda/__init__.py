@@ -9,8 +9,8 @@ against :class:`~gru_engine.backends.device.Device`, so they run unchanged on a 
 - :class:`Scorer` (``scorer.py``): the evaluator's scorer protocol with device-side ``rank`` and
   ``topk`` (:func:`topk_device`);
 - ``net.py``: the network's layout and device parameters, one subnet's forward, the combine step;
-- ``user_trainer.py`` / ``user_scorer.py``: the same with the user-level GRU
-  (:mod:`gru_engine.user_level`; user-parallel rows, no CUDA graphs);
+- ``user_trainer.py`` / ``user_scorer.py``: the trainer and the scorer of a network with a
+  user-level GRU (:mod:`gru_engine.user_level`; user-parallel rows, no CUDA graphs);
 - ``ops.py``: the tunables (:data:`BLOCK`, :data:`MAX_GRAPHS`), scratch buffers, and the step's
   network-independent kernels (dropout masks, sampled output layer + fused loss, GRU cell
   backward, dense and sparse Adagrad).
