@@ -11,7 +11,8 @@
 #      training step, SessionGRU and FeatureSessionGRU device='cuda' fits/evaluation against the
 #      CPU path), the
 #      end-to-end model check on the bundled sample (bench/cuda_model_check.py: SessionGRU
-#      device='cuda' vs 'cpu', Recall@20/MRR@20, training events/s, evaluation predictions/s)
+#      device='cuda' vs 'cpu', Recall@20/MRR@20, training events/s, evaluation predictions/s),
+#      the user-level GRU's device='cuda' vs 'cpu' fits (bench/user_cuda_check.py)
 #      and the GPU benchmark (bench/cuda_bench.py: events/s, FLOP/s and bytes/s vs measured
 #      ceilings, PyTorch reference step when torch is installed)
 # Whatever cannot run here is reported as SKIPPED with the reason. Exit status: 0 when every
@@ -55,6 +56,7 @@ if [ -z "$reason" ]; then
     python -m pytest -q -m cuda tests/test_cuda_gpu.py tests/test_feature_cuda_gpu.py \
         tests/test_emulator_modes.py || status=1  # the last: CupyDevice(guards=True) overrun
     python bench/cuda_model_check.py || status=1
+    python bench/user_cuda_check.py || status=1
     python bench/cuda_bench.py || status=1
 else
     skipped+=("GPU parity tests (pytest -m cuda, incl. SessionGRU(device='cuda') fits), SessionGRU device='cuda' vs 'cpu' on the sample (bench/cuda_model_check.py) and GPU benchmarks (bench/cuda_bench.py): $reason")
