@@ -43,6 +43,8 @@ pytestmark = [pytest.mark.cuda_emulated,
               pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found: the CUDA "
                                  "emulator compiles kernels/*.cu with g++")]
 
+_REAL_RESOLVE = model_mod._resolve_device
+
 # Every entry point of kernels/output_features.cu -> its test here (checked by
 # tests/test_cuda_emulated.py::test_every_kernel_has_an_emulated_test).
 KERNEL_TESTS = {
@@ -370,3 +372,35 @@ def _save(model, tmp_path, name="copy"):
     path = tmp_path / f"{name}.npz"
     model.save(path)
     return path
+
+
+def test_cupy_device_path_on_a_stand_in_cupy(tmp_path, monkeypatch, record_init):
+    """Not a GPU test: with a stand-in CuPy whose kernels run in the emulator (see
+    test_cuda_emulated), FeatureSessionGRU(output_features=True, device='cuda') gets a
+    CupyDevice (CUDA graphs on by default): its fit, add_items and scores through CupyDevice's
+    plumbing match the CPU path."""
+    import sys
+    from gru_engine.backends import device as device_mod
+    from test_cuda_emulated import _fake_cupy_module
+    fake, _ = _fake_cupy_module(tmp_path)
+    monkeypatch.setattr(model_mod, "_resolve_device", _REAL_RESOLVE)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    device_mod.cuda_available.cache_clear()
+    device_mod._cupy_module.cache_clear()
+    try:
+        kw = dict(KW, n_epochs=2, feature_layers=[3], loss="cross-entropy", logq=1.0)
+        data = _markov_events(30, 15, seed=9)
+        keep = ~np.isin(data["ItemId"], [43])
+        data = {k: v[keep] for k, v in data.items()}
+        feats = _item_features(15, np.arange(15) * 3 + 1)
+        gpu = FeatureSessionGRU(**kw, device="cuda").fit(data, item_features=feats)
+        cpu = FeatureSessionGRU(**kw, device="cpu").fit(data, item_features=feats)
+        _assert_fits_equal(cpu, gpu, record_init[0])
+        for m in (gpu, cpu):
+            np.testing.assert_array_equal(m.add_items(feats), [43])
+        assert isinstance(gpu.scorer().dev, device_mod.CupyDevice)
+        sessions = [[1, 4, 7], [10, 43]]
+        close(gpu.predict_next(sessions), cpu.predict_next(sessions), rtol=1e-4, atol=1e-5)
+    finally:
+        device_mod.cuda_available.cache_clear()
+        device_mod._cupy_module.cache_clear()
