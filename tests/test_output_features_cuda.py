@@ -22,22 +22,17 @@ import numpy as np
 import pytest
 
 from gru_engine import model as model_mod
-from gru_engine import params as hp
 from gru_engine.backends import cuda as cuda_mod
-from gru_engine.backends.cpu import Trainer as CPUTrainer
 from gru_engine.backends.cpu_scoring import Scorer as CPUScorer
 from gru_engine.backends.cuda import BLOCK, Scorer, Trainer
 from gru_engine.backends.device import EmulatedDevice
 from gru_engine.backends.emulator import STRICT
-from gru_engine.data import ItemIndex
 from gru_engine.feature_model import FeatureSessionGRU
-from gru_engine.features import encode_item_features
-from gru_engine.network import PARAM_KEYS, build_layout
-from gru_engine.output_features import OUTPUT_KEYS, build, effective_output
+from gru_engine.network import PARAM_KEYS
+from gru_engine.output_features import OUTPUT_KEYS, effective_output
 from gru_engine.serving import SessionStore
 from test_feature_cuda import (_cpu_inputs, _device_grads, _item_features, _markov_events,
-                               record_init)  # noqa: F401  (record_init: a fixture)
-from test_feature_model import N_ITEMS, _features
+                               _step_pair, close, dev, grid, record_init)  # noqa: F401
 
 pytestmark = [pytest.mark.cuda_emulated,
               pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found: the CUDA "
@@ -51,20 +46,6 @@ KERNEL_TESTS = {
     "bag_accumulate": "test_bag_accumulate",
     "output_bag_grad": "test_output_bag_grad",
 }
-
-
-@pytest.fixture(scope="module")
-def dev():
-    return EmulatedDevice()
-
-
-def grid(n):
-    return max(1, (n + BLOCK - 1) // BLOCK)
-
-
-def close(a, b, rtol=1e-5, atol=1e-6):
-    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol,
-                               atol=atol)
 
 
 def _bags(rng, n_items, n_rows, max_len):
@@ -129,38 +110,13 @@ def test_output_bag_grad(dev, Hc, max_bag):
 
 
 # ---- one training step: CUDA vs CPU -------------------------------------------------------------
-KINDS = ["dense", "proj", "cat", "multi", "tok"]
-
-
-def _step_pair(dev, arch, combine, loss, B=4, n_sample=3, seed=0):
-    """A CUDA and a CPU trainer over the same network with output features whose ``Fy``/``Fb``
-    rows are non-zero (the forward reads them)."""
-    rng = np.random.default_rng(seed)
-    enc = encode_item_features(_features(KINDS), ItemIndex(np.arange(N_ITEMS) + 100))
-    lay = build_layout(N_ITEMS, arch, combine, "constrained", [5], 3, [5], enc, rng)
-    params = {k: lay[k] for k in PARAM_KEYS}
-    params.update(build(enc, N_ITEMS, lay["Hc"]))
-    params["Wy"] *= 3
-    params["Fy"][...] = rng.normal(size=params["Fy"].shape) * 0.5
-    params["Fb"][...] = rng.normal(size=params["Fb"].shape) * 0.5
-    support = rng.integers(1, 10, N_ITEMS)
-    ce = loss == "cross-entropy"
-    hyper = hp.hyper(hp.validate(dict(
-        hp.DEFAULTS, loss=loss, logq=1.0 if ce else 0.0, bpreg=0.5 if loss == "bpr-max" else 0.0,
-        elu_param=0.5 if loss == "bpr-max" else 0.0, sample_alpha=0.5, learning_rate=0.1,
-        batch_size=B, n_sample=n_sample, sample_store_size=100)))
-    gpu = Trainer(dev, params, hyper, support, sum_mode=combine == "sum")
-    cpu = CPUTrainer({k: v.copy() for k, v in params.items()}, hyper, support,
-                     sum_mode=combine == "sum")
-    return params, gpu, cpu, rng
-
-
 @pytest.mark.parametrize("arch,combine,loss", [("parallel", "concat", "cross-entropy"),
                                                ("parallel", "sum", "bpr-max"),
                                                ("feature", "concat", "top1-max")])
 def test_step_gradients_equal_cpu(dev, arch, combine, loss):
     B, n_sample = 4, 3
-    params, gpu, cpu, rng = _step_pair(dev, arch, combine, loss, B, n_sample)
+    params, gpu, cpu, rng = _step_pair(dev, arch, combine, "constrained", (5,), (5,), loss, B,
+                                       n_sample, output_features=True)
     in_items, cols, m0s, mks, hps = _cpu_inputs(cpu, rng, B, n_sample)
     cols[1] = cols[B] = cols[0]  # a target repeated among the targets and the samples
     cpu.out.lq[:len(cols)] = cpu.log_support[cols]  # their logq corrections, as _cpu_inputs
