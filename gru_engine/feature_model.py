@@ -72,9 +72,10 @@ class FeatureSessionGRU(SessionGRU):
     - ``output_features``: ``False`` (default) or ``True``: output vectors ``Wy[i]`` plus a
       learned ``(Hc,)`` row per feature code (dense sources: a learned ``(d, Hc)`` projection),
       pooled with the item's input bag weights, and likewise the bias (module docstring);
-      needs ``architecture`` ``'parallel'`` or ``'feature'``; CPU only (``ValueError`` on
-      CUDA); ``fit(checkpoint=...)`` is refused (the feature rows' optimiser state is not
-      checkpointed). New items: :meth:`add_items`.
+      needs ``architecture`` ``'parallel'`` or ``'feature'``; trains and scores on either
+      device (CUDA: :mod:`gru_engine.backends.cuda.output_features`); ``fit(checkpoint=...)``
+      is refused (the feature rows' optimiser state is not checkpointed). New items:
+      :meth:`add_items`.
 
     Example::
 
@@ -332,8 +333,8 @@ class FeatureSessionGRU(SessionGRU):
 
 
 def _check_output_features(p: dict) -> None:
-    """``ValueError`` for ``output_features`` that is not a bool, on an ``'id'`` network, or on
-    a CUDA device (the CUDA backend has no output-feature kernels)."""
+    """``ValueError`` for ``output_features`` that is not a bool, on an ``'id'`` network, or
+    with context input/output."""
     of = p["output_features"]
     if not isinstance(of, (bool, np.bool_)):
         raise ValueError(f"output_features must be True or False, got {of!r}")
@@ -346,8 +347,3 @@ def _check_output_features(p: dict) -> None:
         raise ValueError("output_features=True cannot be combined with context_input/"
                          "context_output yet (the context scorer has no output features); use "
                          "one of them")
-    if p["device"] != "cpu":
-        from . import model
-        if model._resolve_device(p["device"]) is not None:
-            raise ValueError(f"output_features=True runs on the CPU only; got device="
-                             f"{p['device']!r} (a CUDA device); use device='cpu'")

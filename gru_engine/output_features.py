@@ -14,6 +14,10 @@ before training the scores are GRU4Rec's.
 An item that had no training events can still be scored: its ``Wy``/``By`` rows are zero and its
 vector is its features' part alone (:meth:`FeatureSessionGRU.add_items`).
 
+Kernels: the CPU trainer's in :mod:`gru_engine.backends.cpu.output_features` (Numba), the CUDA
+trainer's and scorer's in :mod:`gru_engine.backends.cuda.output_features`
+(``kernels/output_features.cu``); both follow the same steps and update order.
+
 Parameter keys (besides ``network.PARAM_KEYS``): ``Fy``, ``Fb`` (trained), ``oindptr``
 (n_items+1,) int64, ``oindices`` (nnz,) int32, ``oweights`` (nnz,) float (the output bags).
 """

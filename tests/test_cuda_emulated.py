@@ -95,22 +95,32 @@ def grid(n):
 
 
 # ---- coverage and the emulator itself ------------------------------------------------------
+# Test modules holding the KERNEL_TESTS of the other kernel files.
+KERNEL_TEST_MODULES = ("test_feature_cuda",  # kernels/features.cu
+                       "test_user_cuda",  # kernels/user.cu
+                       "test_output_features_cuda")  # kernels/output_features.cu
+
+
+def _kernel_test_modules():
+    import importlib
+    return [importlib.import_module(name) for name in KERNEL_TEST_MODULES]
+
+
 def test_every_kernel_has_an_emulated_test():
-    import test_feature_cuda  # kernels/features.cu is tested there
-    import test_user_cuda  # kernels/user.cu is tested there
     found = {}
     for path in sorted(K.kernel_dir().glob("*.cu")):
         for name in K.parse_entry_points(path.read_text()):
             found[name] = path.name
-    tests = {**KERNEL_TESTS, **test_feature_cuda.KERNEL_TESTS, **test_user_cuda.KERNEL_TESTS}
+    tests = dict(KERNEL_TESTS)
+    for module in _kernel_test_modules():
+        tests.update(module.KERNEL_TESTS)
+        for test in set(module.KERNEL_TESTS.values()):
+            assert callable(getattr(module, test, None)), test
     missing = sorted(set(found) - set(tests))
     assert not missing, f"kernels without an emulated test: {missing}"
     assert set(tests) <= set(found), sorted(set(tests) - set(found))
     for test in set(KERNEL_TESTS.values()):
         assert callable(globals().get(test)), test
-    for module in (test_feature_cuda, test_user_cuda):
-        for test in set(module.KERNEL_TESTS.values()):
-            assert callable(getattr(module, test, None)), test
     assert set(found) == set(K.kernel_index())  # every file is in KERNEL_FILES
 
 
@@ -119,10 +129,8 @@ def test_every_kernel_is_launched_by_its_test():
     through the device interface per test (tests/conftest.py records them; this test runs after
     the others, see pytest_collection_modifyitems there)."""
     import conftest
-    import test_feature_cuda
-    import test_user_cuda
     expected = [("test_cuda_emulated", k, t) for k, t in KERNEL_TESTS.items()]
-    for module in (test_feature_cuda, test_user_cuda):
+    for module in _kernel_test_modules():
         expected += [(module.__name__, k, t) for k, t in module.KERNEL_TESTS.items()]
     ran = conftest.KERNEL_LAUNCHES_BY_TEST
     not_launched = [f"{m}::{t} never launched {k}" for m, k, t in expected

@@ -32,6 +32,7 @@ from gru_engine.feature_model import FeatureSessionGRU
 from gru_engine.features import (CategoricalFeatures, DenseFeatures, TokenFeatures,
                                  encode_item_features)
 from gru_engine.model import SessionGRU
+from gru_engine.output_features import build as build_output_features
 from test_cuda_model import _ScoresOnly  # noqa: E402  (tests/ is on sys.path)
 from test_feature_model import N_ITEMS, _features  # noqa: E402
 
@@ -216,13 +217,20 @@ STEP_CASES = {
 KINDS = ["dense", "proj", "cat", "multi", "tok"]
 
 
-def _step_pair(dev, arch, combine, mode, layers, flayers, loss, B=4, n_sample=3, seed=0):
+def _step_pair(dev, arch, combine, mode, layers, flayers, loss, B=4, n_sample=3, seed=0,
+               output_features=False):
+    """A CUDA and a CPU trainer over one network (``output_features``: with output features
+    whose rows are non-zero, :mod:`gru_engine.output_features`)."""
     rng = np.random.default_rng(seed)
     enc = encode_item_features(_features(KINDS), ItemIndex(np.arange(N_ITEMS) + 100))
     lay = build_layout(N_ITEMS, arch, combine, mode, list(layers), 3, list(flayers), enc, rng)
     params = {k: lay[k] for k in PARAM_KEYS}
     params["Wy"] *= 3
     params["T"] *= 2
+    if output_features:
+        params.update(build_output_features(enc, N_ITEMS, lay["Hc"]))
+        params["Fy"][...] = rng.normal(size=params["Fy"].shape) * 0.5
+        params["Fb"][...] = rng.normal(size=params["Fb"].shape) * 0.5
     params["theta"] += rng.normal(size=params["theta"].shape).astype(np.float32) * 0.1
     support = rng.integers(1, 10, N_ITEMS)
     ce = loss == "cross-entropy"

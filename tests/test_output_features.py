@@ -220,11 +220,3 @@ def test_errors():
     with pytest.raises(ValueError, match="output_features=True"):
         m.add_items(feats)
 
-
-def test_cuda_refuses_output_features(monkeypatch):
-    from gru_engine import model as model_module
-    monkeypatch.setattr(model_module, "_resolve_device", lambda name: object())
-    events, feats = _data()
-    with pytest.raises(ValueError, match="CPU only"):
-        FeatureSessionGRU(output_features=True, device="cuda", **SMALL).fit(
-            events, item_features=feats)

@@ -11,6 +11,9 @@ against :class:`~gru_engine.backends.device.Device`, so they run unchanged on a 
 - ``net.py``: the network's layout and device parameters, one subnet's forward, the combine step;
 - ``user_trainer.py`` / ``user_scorer.py``: the trainer and the scorer of a network with a
   user-level GRU (:mod:`gru_engine.user_level`; user-parallel rows, no CUDA graphs);
+- ``output_features.py``: the feature part of the output layer (``output_features=True``):
+  the sampled columns' pooled feature rows, their gradient rows and sparse Adagrad, the
+  scorer's effective output vectors;
 - ``ops.py``: the tunables (:data:`BLOCK`, :data:`MAX_GRAPHS`), scratch buffers, and the step's
   network-independent kernels (dropout masks, sampled output layer + fused loss, GRU cell
   backward, dense and sparse Adagrad).

@@ -107,6 +107,7 @@ class DeviceNet:
         self.p = p
         # one subnet under concat: its last output is the combined state (no copy)
         self.single = self.S == 1 and self.sub[0].a < 0
+        self._scoring_output = None
 
     # ---- views ---------------------------------------------------------------------------
     @staticmethod
@@ -139,6 +140,18 @@ class DeviceNet:
         """The part of device array ``arr`` (``p[key]`` or an array of its shape) that the
         host parameter ``key`` holds (``T`` without its spare rows)."""
         return arr[:self.n_T] if key == "T" else arr
+
+    def scoring_output(self):
+        """``(Wy (n_items, Hc), By (n_items,))`` device arrays that score every item: ``p['Wy']``,
+        ``p['By']``, or with output features (``Fy`` in the host parameters) the effective ones
+        (:func:`.output_features.effective_output`, computed on first use)."""
+        if self._scoring_output is None:
+            self._scoring_output = (self.p["Wy"], self.p["By"])
+            if "Fy" in self.host:
+                from .output_features import effective_output
+                self._scoring_output = effective_output(self.dev, self.p["Wy"], self.p["By"],
+                                                        self.host)
+        return self._scoring_output
 
     def to_host(self) -> dict:
         """The host parameter dict with ``theta``/``T``/``Wy``/``By`` copied from the device."""

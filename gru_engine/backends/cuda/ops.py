@@ -84,6 +84,8 @@ class StepOps(ScratchBuffers):
         self.arange = d.to_device(np.arange(self.batch_size + self.n_sample, dtype=np.int32))
         # dropout's step counter in device memory (a graph replay must not freeze it)
         self.step_counter = d.zeros((1,), np.uint32)
+        # the output features' part of the output layer (.output_features), set by the subclass
+        self.output_features = None
 
     def take_loss_sum(self) -> float:
         """Sum of step losses (each = sum over rows / batch_size) since the last call; syncs."""
@@ -142,6 +144,8 @@ class StepOps(ScratchBuffers):
         d.launch("gather_rows", grid(C * Hc), BLOCK,
                  [p["Wy"], Hc, cols, C, Hc, None, None, wy_c, Hc])
         d.launch("gather_rows", grid(C), BLOCK, [p["By"], 1, cols, C, 1, None, None, by_c, 1])
+        if self.output_features is not None:  # the columns' effective vectors and biases
+            self.output_features.add_to_columns(cols, C, wy_c, by_c)
         S = self._buf("S", (R, C))
         d.gemm(h_last, wy_c, out=S, trans_b=True)
         d.launch("add_bias", grid(R * C), BLOCK, [S, by_c, R, C])

@@ -112,13 +112,14 @@ class Scorer(ScratchBuffers):
 
     def _scores_device(self, rows, items, new_session):
         """(R, n_items) float32 device scores of one click per row (advances those rows)."""
-        d, p = self.dev, self.net.p
+        d = self.dev
         R = len(rows)
         x = self._step(rows, items, new_session)
         N = self.n_items
+        Wy, By = self.net.scoring_output()
         S = self._buf("S", (R, N))
-        d.gemm(x, p["Wy"], out=S, trans_b=True)
-        d.launch("add_bias", grid(R * N), BLOCK, [S, p["By"], R, N])
+        d.gemm(x, Wy, out=S, trans_b=True)
+        d.launch("add_bias", grid(R * N), BLOCK, [S, By, R, N])
         if self.final_act[0] != 0:
             S_act = self._buf("S_act", (R, N))
             d.launch("final_act_forward", grid(R * N), BLOCK,

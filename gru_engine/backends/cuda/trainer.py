@@ -12,6 +12,7 @@ from ...params import Hyper
 from ...sampling import SampleStore
 from ..device import Device, GraphCaptureError
 from .net import DeviceNet
+from .output_features import OutputFeatures
 from .ops import BLOCK, INT_MAX, MAX_GRAPHS, StepOps, grid
 
 logger = logging.getLogger("gru_engine")
@@ -53,8 +54,13 @@ class Trainer(StepOps):
         if optimizer_state is not None:
             self.load_state(optimizer_state=optimizer_state)
         self.gtheta = d.zeros(net.p["theta"].shape)
-        self.owner = d.full((max([net.n_items] + [max(sn.trows, sn.spare_row + 1)
-                                                   for sn in net.sub]),), INT_MAX, np.int32)
+        # output features (``Fy`` in params): their rows, one spare row per sampled column
+        self.output_features = (OutputFeatures(d, params, B + self.n_sample, train=True)
+                                if "Fy" in params else None)
+        of_rows = [] if self.output_features is None else [self.output_features.F.shape[0]]
+        self.owner = d.full((max([net.n_items] + of_rows + [max(sn.trows, sn.spare_row + 1)
+                                                             for sn in net.sub]),),
+                            INT_MAX, np.int32)
         self.h = [d.zeros((B, H)) for H in net.H]
         self.h_prev = [d.zeros((B, H)) for H in net.H]
         self._zeros = d.zeros((B, net.Hc))
@@ -63,6 +69,10 @@ class Trainer(StepOps):
         wy_cap = B + self.n_sample + sum(c for c, sn in zip(self._cap, net.sub) if sn.tab == T_WY)
         self._buf("G_wy", (wy_cap, net.Hc))
         self._buf("idx_wy", (wy_cap,), np.int32)
+        if self.output_features is not None:
+            of_cap = (B + self.n_sample) * self.output_features.max_bag
+            self._buf("G_of", (of_cap, self.output_features.W))
+            self._buf("idx_of", (of_cap,), np.int32)
         self._spare = {}  # counted own table -> (cap,) int32 device array of its spare row
         for s, sn in enumerate(net.sub):
             if sn.tab == T_OWN and sn.counted:
@@ -169,7 +179,14 @@ class Trainer(StepOps):
         trained = [s for s in range(net.S) if self.active[s] and self.train[s]]
         n_wy = C + sum(nnz[s] for s in trained if net.sub[s].tab == T_WY)
         idx_wy = buf("idx_wy", (n_wy,), np.int32)
-        _, G_wy, dhc = self._output_layer(hc, out_items, sample, idx_wy, n_wy, "dhc", loss_slot)
+        dBy, G_wy, dhc = self._output_layer(hc, out_items, sample, idx_wy, n_wy, "dhc",
+                                            loss_slot)
+        self.n_of = 0
+        if self.output_features is not None:  # before any input gradient joins G_wy's rows
+            of = self.output_features
+            self.n_of = of.gradient_rows(idx_wy[:C], C, G_wy, dBy,
+                                         buf("G_of", (C * of.max_bag, of.W)),
+                                         buf("idx_of", (C * of.max_bag,), np.int32))
         self.table_rows, e_wy = {}, C
         for s in trained:
             sn = net.sub[s]
@@ -287,6 +304,11 @@ class Trainer(StepOps):
                             col_masks=None if col_masks is None else (C, *col_masks))
         self._sparse_update(p["By"], self.acc["By"], self.vel["By"], self._buf("dBy", (C,)),
                             idx_wy[:C], C, 1)
+        if self.output_features is not None:
+            of = self.output_features
+            of.update(self._sparse_update, self._buf("G_of", (self.n_of, of.W)),
+                      self._buf("idx_of", (self.n_of,), np.int32), self.n_of,
+                      of.column_mask(self._phase, None if col_masks is None else col_masks[0]))
         if self.p_embed > 0 or self.p_hidden > 0:
             d.launch("counter_add", 1, 1, [self.step_counter, 1])
 
@@ -454,8 +476,12 @@ class Trainer(StepOps):
     def host_params(self) -> dict:
         """The trained parameters copied to the host: the flat dict given, with ``theta``,
         ``T``, ``Wy``, ``By`` (float32) from the device (copies: writing into them changes
-        nothing on the device; see :meth:`load_state`)."""
-        return self.net.to_host()
+        nothing on the device; see :meth:`load_state`), and ``Fy``, ``Fb`` with output
+        features."""
+        out = self.net.to_host()
+        if self.output_features is not None:
+            out.update(self.output_features.to_host())
+        return out
 
     def optimizer_state(self) -> dict:
         """``{'acc': {'theta', 'T', 'Wy', 'By'}, 'vel': {...}}``: host copies of the Adagrad
