@@ -174,9 +174,6 @@ class SessionGRU(SessionModel):
     def _validated(self) -> dict:
         """The validated hyperparameters (``ValueError`` naming a bad one)."""
         p = hp.validate(self.get_params())
-        if context.enabled(p) and p["device"] != "cpu":
-            raise ValueError(f"context_input/context_output run on the CPU backend only, but "
-                             f"device={p['device']!r}; use device='cpu'")
         if p.get("user_layers", 0) > 0 and p["device"] == "cuda":
             raise ValueError(f"user_layers={p['user_layers']} (the user-level GRU) runs on the "
                              "CPU only; use device='cpu'")
@@ -413,7 +410,8 @@ class SessionGRU(SessionModel):
     def _make_trainer(self, p, params, spec, support, device, seed, optimizer_state=None,
                       context=None, users=None):
         """The device's trainer over the initial ``params`` (see the module docstring);
-        ``context``: the CPU context record of a context-aware network; ``users``: keyword
+        ``context``: the context record of a context-aware network (:func:`gru_engine.context.
+        fit_context`; both backends); ``users``: keyword
         arguments of :class:`~gru_engine.backends.cpu.user_trainer.UserTrainer` (a user-level
         GRU; CPU only)."""
         hyper = hp.hyper(p)
@@ -433,7 +431,8 @@ class SessionGRU(SessionModel):
                            context=context)
         from .backends.cuda import Trainer
         return Trainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
-                       names=self.subnet_names_, seed=seed, optimizer_state=optimizer_state)
+                       names=self.subnet_names_, seed=seed, optimizer_state=optimizer_state,
+                       context=context)
 
     def _keep_after_interrupt(self) -> bool:
         return self._interrupted_usable
@@ -462,8 +461,10 @@ class SessionGRU(SessionModel):
         act, act_param = hp.parse_final_act(self.final_act)
         sum_mode = bool(self.params_["SI"][0, S_A] >= 0)  # combine weights exist only for 'sum'
         if "context_in" in self.params_ and (params is None or params is self.params_):
-            from .context_scoring import ContextScorer
-            return ContextScorer(self)
+            from . import context_scoring
+            if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda":
+                return context_scoring.DeviceContextScorer(self, _resolve_device("cuda"))
+            return context_scoring.ContextScorer(self)
         if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda":
             from .backends.cuda import Scorer
             return Scorer(_resolve_device("cuda"), self.params_, sum_mode, (act, act_param),
