@@ -4,7 +4,8 @@
 #   2. the kernels, the training step, SessionGRU(device='cuda') and FeatureSessionGRU(device=
 #      'cuda') through the CPU emulator (pytest -m cuda_emulated: tests/test_cuda_emulated.py,
 #      tests/test_cuda_trainer.py, tests/test_cuda_model.py, tests/test_cuda_graphs.py,
-#      tests/test_feature_cuda.py, tests/test_emulator_modes.py; the emulator's race detector,
+#      tests/test_feature_cuda.py, tests/test_context_cuda.py (the context-aware GRU),
+#      tests/test_emulator_modes.py; the emulator's race detector,
 #      barrier check, shuffled blocks, poisoned and guarded buffers on)
 #   3. on a machine with an NVIDIA GPU and CuPy: the GPU parity tests (pytest -m cuda: kernels,
 #      training step, SessionGRU and FeatureSessionGRU device='cuda' fits/evaluation against the
@@ -31,7 +32,7 @@ echo "== 2/3 CUDA kernels through the CPU emulator"
 if command -v "${CXX:-g++}" >/dev/null 2>&1; then
     python -m pytest -q -m cuda_emulated tests/test_cuda_emulated.py tests/test_cuda_trainer.py \
         tests/test_cuda_model.py tests/test_cuda_graphs.py tests/test_feature_cuda.py \
-        tests/test_emulator_modes.py || status=1
+        tests/test_context_cuda.py tests/test_emulator_modes.py || status=1
 else
     skipped+=("emulated kernel tests: no C++ compiler (${CXX:-g++})")
 fi
@@ -52,7 +53,8 @@ PY
 )
 if [ -z "$reason" ]; then
     python -m pytest -q -m cuda tests/test_cuda_gpu.py tests/test_feature_cuda_gpu.py \
-        tests/test_emulator_modes.py || status=1  # the last: CupyDevice(guards=True) overrun
+        tests/test_context_cuda_gpu.py tests/test_emulator_modes.py \
+        || status=1  # the last: CupyDevice(guards=True) overrun
     python bench/cuda_model_check.py || status=1
     python bench/cuda_bench.py || status=1
 else

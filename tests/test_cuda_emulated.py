@@ -96,19 +96,21 @@ def grid(n):
 
 # ---- coverage and the emulator itself ------------------------------------------------------
 def test_every_kernel_has_an_emulated_test():
+    import test_context_cuda  # kernels/context.cu is tested there
     import test_feature_cuda  # kernels/features.cu is tested there
     found = {}
     for path in sorted(K.kernel_dir().glob("*.cu")):
         for name in K.parse_entry_points(path.read_text()):
             found[name] = path.name
-    tests = {**KERNEL_TESTS, **test_feature_cuda.KERNEL_TESTS}
+    tests = {**KERNEL_TESTS, **test_feature_cuda.KERNEL_TESTS, **test_context_cuda.KERNEL_TESTS}
     missing = sorted(set(found) - set(tests))
     assert not missing, f"kernels without an emulated test: {missing}"
     assert set(tests) <= set(found), sorted(set(tests) - set(found))
     for test in set(KERNEL_TESTS.values()):
         assert callable(globals().get(test)), test
-    for test in set(test_feature_cuda.KERNEL_TESTS.values()):
-        assert callable(getattr(test_feature_cuda, test, None)), test
+    for module in (test_feature_cuda, test_context_cuda):
+        for test in set(module.KERNEL_TESTS.values()):
+            assert callable(getattr(module, test, None)), test
     assert set(found) == set(K.kernel_index())  # every file is in KERNEL_FILES
 
 
@@ -117,9 +119,11 @@ def test_every_kernel_is_launched_by_its_test():
     through the device interface per test (tests/conftest.py records them; this test runs after
     the others, see pytest_collection_modifyitems there)."""
     import conftest
+    import test_context_cuda
     import test_feature_cuda
     expected = [("test_cuda_emulated", k, t) for k, t in KERNEL_TESTS.items()]
     expected += [("test_feature_cuda", k, t) for k, t in test_feature_cuda.KERNEL_TESTS.items()]
+    expected += [("test_context_cuda", k, t) for k, t in test_context_cuda.KERNEL_TESTS.items()]
     ran = conftest.KERNEL_LAUNCHES_BY_TEST
     not_launched = [f"{m}::{t} never launched {k}" for m, k, t in expected
                     if (m, t) in ran and ran[(m, t)][k] == 0]
