@@ -31,11 +31,14 @@ as the plain network):
   columns enter the input side only (a request does not know its own event type).
 
 Serving: :mod:`gru_engine.context_scoring` (``evaluate``, ``recommend(..., times=, now=)``)
-and :mod:`gru_engine.serving.context_store` (``SessionStore``). Not built: the paper's
-context-dependent transition matrices (``W_h`` as a function of the context), the CUDA backend
-(``device='cuda'``/``'auto'`` with context raises ``ValueError``), ``partial_fit``,
-checkpoints, store snapshots, ``predict_next`` and file scoring of context models (each raises
-``ValueError``). Kernels: :mod:`gru_engine.backends.cpu.context_step`.
+and :mod:`gru_engine.serving.context_store` (``SessionStore``). Kernels: on the CPU
+:mod:`gru_engine.backends.cpu.context_step`; on CUDA (``device='cuda'``/``'auto'``)
+:mod:`gru_engine.backends.cuda.context` over ``kernels/context.cu``, the same operations in the
+same order (a CUDA fit gives the CPU fit's parameters to float32 rounding), and a CUDA-trained
+model scores on the device (:class:`~gru_engine.context_scoring.DeviceContextScorer`). Not
+built: the paper's context-dependent transition matrices (``W_h`` as a function of the
+context), ``partial_fit``, checkpoints, store snapshots, ``predict_next`` and file scoring of
+context models (each raises ``ValueError``).
 """
 from __future__ import annotations
 

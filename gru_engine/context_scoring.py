@@ -108,12 +108,15 @@ class DeviceContextScorer(ContextRows, DeviceScorer):
     """The CUDA :class:`~gru_engine.backends.cuda.Scorer` of a context-aware model trained on
     CUDA (``device``: its :class:`~gru_engine.backends.device.Device`): the rows' context as
     :class:`ContextRows`, the tables on the device (a :class:`~gru_engine.backends.cuda.
-    context.DeviceContext`); scores, ranks and top-k on the device."""
+    context.DeviceContext`); scores, ranks and top-k on the device. ``params``: None
+    (``params_``) or a variant of them with new items' bags (a store's new items)."""
 
-    def __init__(self, model, device):
+    def __init__(self, model, device, params=None):
         self._init_rows(model)
-        super().__init__(device, model.params_, bool(model.params_["SI"][0, S_A] >= 0),
-                         hp.parse_final_act(model.final_act), cache_on=model)
+        own = params is None
+        params = model.params_ if own else params
+        super().__init__(device, params, bool(params["SI"][0, S_A] >= 0),
+                         hp.parse_final_act(model.final_act), cache_on=model if own else None)
         self.context = DeviceContext(device, self.cfg, model.params_["context_in"],
                                      model.params_["context_out"], self.n_in, self.n_out,
                                      self._buf)

@@ -94,8 +94,8 @@ class SessionGRU(SessionModel):
     (``'none'|'multiply'``), ``context_time`` (subset of ``('gap', 'hour', 'weekday')``; None:
     all three), ``context_columns`` (per-event categorical column names; None: none): the
     context-aware GRU (Smirnova & Vasile 2017), the current event's context on the input and
-    the next event's on the output; needs real timestamps for ``context_time``; CPU only. See
-    :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the
+    the next event's on the output; needs real timestamps for ``context_time``; on CPU and
+    CUDA (a CUDA-trained model scores on the device). See :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the
     request's time ``now``.
     ``user_layers``, ``user_mode``, ``user_input``: the user-level GRU across a user's sessions
     (HRNN, Quadrana et al. RecSys 2017; :data:`gru_engine.params.USER_KEYS`,

@@ -376,3 +376,27 @@ def test_device_auto_trains_context_on_the_device(cuda_model):
     m = SessionGRU(**dict(BASE, n_epochs=1, context_input="concat", context_time=[],
                           context_columns=["Type"]), device="auto").fit(_type_data(60))
     assert m.device_ == "cuda" and isinstance(m.scorer(), DeviceContextScorer)
+
+
+def test_session_store_new_items_keep_the_context(cuda_model):
+    """FeatureSessionGRU with context on the device: clicks on new items with features (the
+    store builds a scorer over the grown bags) still score with the context tables."""
+    import copy
+    from gru_engine.serving import SessionStore
+    data = _mixed_data()
+    feats = {"cat": CategoricalFeatures(np.arange(30), np.arange(30) % 4, dim=3)}
+    cpu = FeatureSessionGRU(**dict(BASE, n_epochs=1, architecture="parallel",
+                                   feature_layers=[4], context_input="multiply",
+                                   context_output="multiply")).fit(data, item_features=feats)
+    gpu = copy.deepcopy(cpu)
+    gpu.device_ = "cuda"
+    new = {"cat": CategoricalFeatures([40, 41], [1, 2])}
+    a, b = SessionStore(cpu, capacity=4, k=5), SessionStore(gpu, capacity=4, k=5)
+    assert b.cuda and not a.cuda
+    for n, (sids, clicks) in enumerate((([0, 1], [3, 41]), ([0, 1], [40, 5]), ([0], [7]))):
+        t = [T0 + 60.0 * n + 7 * j for j in range(len(sids))]
+        ra, rb = (s.step(sids, clicks, times=t, item_features=new) for s in (a, b))
+        assert not ra.unknown_item.any() and not rb.unknown_item.any()
+        assert isinstance(b._slots.scorer, DeviceContextScorer)
+        np.testing.assert_array_equal(rb.items, ra.items)
+        np.testing.assert_allclose(rb.scores, ra.scores, rtol=1e-5, atol=1e-5)

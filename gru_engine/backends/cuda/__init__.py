@@ -9,6 +9,8 @@ against :class:`~gru_engine.backends.device.Device`, so they run unchanged on a 
 - :class:`Scorer` (``scorer.py``): the evaluator's scorer protocol with device-side ``rank`` and
   ``topk`` (:func:`topk_device`);
 - ``net.py``: the network's layout and device parameters, one subnet's forward, the combine step;
+- ``context.py``: the context tables of the context-aware GRU (:mod:`gru_engine.context`) and
+  their forward/backward/update hooks, called by the shared forward and the trainer;
 - ``ops.py``: the tunables (:data:`BLOCK`, :data:`MAX_GRAPHS`), scratch buffers, and the step's
   network-independent kernels (dropout masks, sampled output layer + fused loss, GRU cell
   backward, dense and sparse Adagrad).
