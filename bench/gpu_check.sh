@@ -56,6 +56,7 @@ if [ -z "$reason" ]; then
         tests/test_context_cuda_gpu.py tests/test_emulator_modes.py \
         || status=1  # the last: CupyDevice(guards=True) overrun
     python bench/cuda_model_check.py || status=1
+    python bench/cuda_model_check.py --context full --epochs 1 || status=1
     python bench/cuda_bench.py || status=1
 else
     skipped+=("GPU parity tests (pytest -m cuda, incl. SessionGRU(device='cuda') fits), SessionGRU device='cuda' vs 'cpu' on the sample (bench/cuda_model_check.py) and GPU benchmarks (bench/cuda_bench.py): $reason")
