@@ -24,6 +24,7 @@ from gru_engine.backends.cpu import Trainer as CPUTrainer
 from gru_engine.backends.cpu.context_step import (_row_sums, context_input_backward,
                                                   context_input_gates, make_ctx)
 from gru_engine.backends.cuda import BLOCK, Trainer
+from gru_engine.backends.cuda.ops import grid
 from gru_engine.backends.device import EmulatedDevice
 from gru_engine.context import config, table_widths
 from gru_engine.context_scoring import ContextScorer, DeviceContextScorer
@@ -31,7 +32,8 @@ from gru_engine.feature_model import FeatureSessionGRU
 from gru_engine.features import CategoricalFeatures
 from gru_engine.model import SessionGRU
 from gru_engine.network import PARAM_KEYS, build_layout
-from test_context import T0, _mixed_data, _type_data  # noqa: E402  (tests/ is on sys.path)
+from test_context import (  # noqa: E402  (tests/ is on sys.path)
+    T0, _mixed_data, _type_data, check_store_answers_as_recommend)
 from test_feature_cuda import _cpu_inputs, _device_grads  # noqa: E402
 from test_feature_model import N_ITEMS  # noqa: E402
 
@@ -50,10 +52,6 @@ KERNEL_TESTS = {
 @pytest.fixture(scope="module")
 def dev():
     return EmulatedDevice()
-
-
-def grid(n):
-    return max(1, (n + BLOCK - 1) // BLOCK)
 
 
 def _rows(rng, R, sizes):
@@ -352,24 +350,7 @@ def test_session_store_on_the_device_answers_as_recommend(cuda_pair):
     gpu, cpu, data = cuda_pair
     store = SessionStore(gpu, capacity=2, k=5)
     assert store.cuda  # the states live on the device
-    sid, items, times, types = (data[k] for k in ("SessionId", "ItemId", "Time", "Type"))
-    clicks = {s: np.flatnonzero(sid == s)[:4] for s in (0, 1)}
-    for n in range(4):
-        batch = [s for s in (0, 1) if n < len(clicks[s])]
-        ev = [clicks[s][n] for s in batch]
-        res = store.step(batch, items[ev], times=times[ev], columns={"Type": types[ev]})
-        for j, s in enumerate(batch):
-            i = clicks[s][:n + 1]
-            req = dict(times=times[i], now=times[i[-1]], columns={"Type": types[i]})
-            want = cpu.recommend(items[i], 5, **req)
-            np.testing.assert_array_equal(res.items[j], want[0])
-            np.testing.assert_allclose(res.scores[j], want[1], rtol=1e-5, atol=1e-6)
-    i = clicks[0]
-    later = times[i[-1]] + 5000.0
-    res = store.recommend_for([0], now=later)
-    want = cpu.recommend(items[i], 5, times=times[i], now=later, columns={"Type": types[i]})
-    np.testing.assert_array_equal(res.items[0], want[0])
-    np.testing.assert_allclose(res.scores[0], want[1], rtol=1e-5, atol=1e-6)
+    check_store_answers_as_recommend(store, cpu, data)
 
 
 def test_device_auto_trains_context_on_the_device(cuda_model):
