@@ -381,3 +381,14 @@ def test_session_store_new_items_keep_the_context(cuda_model):
         assert isinstance(b._slots.scorer, DeviceContextScorer)
         np.testing.assert_array_equal(rb.items, ra.items)
         np.testing.assert_allclose(rb.scores, ra.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_output_context_learns_on_the_device_with_dropout(cuda_model):
+    """What only the next event's time tells (test_context._gap_data), learned on the device
+    with dropout masks drawn there, and evaluated there."""
+    from test_context import _gap_data, _model
+    data = _gap_data()
+    m = _model(context_output="multiply", context_time=["gap"], dropout_p_hidden=0.1,
+               dropout_p_embed=0.1, device="cuda").fit(data)
+    assert m.device_ == "cuda"
+    assert m.evaluate(data, cutoffs=(1,))["recall@1"] > 0.95
