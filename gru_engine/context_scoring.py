@@ -77,6 +77,7 @@ class ContextScorer(ContextRows, Scorer):
                          1)
         self.Cin = np.ascontiguousarray(model.params_["context_in"], np.float32)
         self.Cout = np.ascontiguousarray(model.params_["context_out"], np.float32)
+        self.Ch = np.ascontiguousarray(model.params_["context_h"], np.float32)
 
     @property
     def n_threads(self) -> int:
@@ -93,7 +94,7 @@ class ContextScorer(ContextRows, Scorer):
         if ws.context.rin.shape[0] != ws.cap or not ws.context.cfg.any():
             ws.context = make_ctx(self.cfg, self.Cin, self.Cout, ws.cap,
                                   np.zeros((0, self.n_in), np.int32),
-                                  np.zeros((0, self.n_out), np.int32), grads=False)
+                                  np.zeros((0, self.n_out), np.int32), grads=False, Ch=self.Ch)
         return ws
 
     def _step(self, ws, rows, items, new_session):
@@ -119,7 +120,7 @@ class DeviceContextScorer(ContextRows, DeviceScorer):
                          hp.parse_final_act(model.final_act), cache_on=model if own else None)
         self.context = DeviceContext(device, self.cfg, model.params_["context_in"],
                                      model.params_["context_out"], self.n_in, self.n_out,
-                                     self._buf)
+                                     self._buf, Ch=model.params_["context_h"])
 
     def _step(self, rows, items, new_session):
         self.context.set_rows(*self._rows_for(len(rows)))

@@ -95,8 +95,11 @@ class SessionGRU(SessionModel):
     all three), ``context_columns`` (per-event categorical column names; None: none): the
     context-aware GRU (Smirnova & Vasile 2017), the current event's context on the input and
     the next event's on the output; needs real timestamps for ``context_time``; on CPU and
-    CUDA (a CUDA-trained model scores on the device). See :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the
-    request's time ``now``.
+    CUDA (a CUDA-trained model scores on the device). ``context_transition``
+    (``'none'|'multiply'``): the paper's context-dependent hidden dynamics, layer 0's recurrent
+    matrix ``W_h(c) = diag(1 + W c) W_h`` of the current event's context. See
+    :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the request's
+    time ``now``.
     ``user_layers``, ``user_mode``, ``user_input``: the user-level GRU across a user's sessions
     (HRNN, Quadrana et al. RecSys 2017; :data:`gru_engine.params.USER_KEYS`,
     :mod:`gru_engine.user_level`): ``user_layers`` units (0: off, the default), fed to each
@@ -128,7 +131,8 @@ class SessionGRU(SessionModel):
                  random_state=None, n_threads=None, device="cpu", shuffle_sessions=False,
                  show_progress=False, augment_crop_p=0.0, augment_drop_p=0.0,
                  context_input="none", context_output="none",
-                 context_time=None, context_columns=None, user_layers=0,
+                 context_time=None, context_columns=None, context_transition="none",
+                 user_layers=0,
                  user_mode="all", user_input="items", user_dropout=0.0):
         self.layers = layers
         self.loss = loss
@@ -158,6 +162,7 @@ class SessionGRU(SessionModel):
         self.context_output = context_output
         self.context_time = context_time
         self.context_columns = context_columns
+        self.context_transition = context_transition
         self.user_layers = user_layers
         self.user_mode = user_mode
         self.user_input = user_input

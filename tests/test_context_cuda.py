@@ -135,44 +135,54 @@ def test_concat_gates_equal_the_cpu_bits(dev):
 # ---------------------------------------------------------------------------------------------
 # one training step: every gradient against the CPU trainer
 # ---------------------------------------------------------------------------------------------
-STEP_CASES = {  # input mode, layers, context_input, context_output, loss
-    "onehot-concat": ("onehot", [5], "concat", "none", "cross-entropy"),
-    "onehot-multiply-out": ("onehot", [5], "multiply", "multiply", "bpr-max"),
-    "embedding-multiply": ("embedding", [5, 4], "multiply", "none", "cross-entropy"),
-    "embedding-concat-out": ("embedding", [4], "concat", "multiply", "top1-max"),
-    "constrained-multiply-out": ("constrained", [5], "multiply", "multiply", "cross-entropy"),
-    "constrained-out": ("constrained", [4, 3], "none", "multiply", "bpr-max"),
+STEP_CASES = {  # input mode, layers, context_input, context_output, context_transition, loss
+    "onehot-concat": ("onehot", [5], "concat", "none", "none", "cross-entropy"),
+    "onehot-multiply-out": ("onehot", [5], "multiply", "multiply", "none", "bpr-max"),
+    "embedding-multiply": ("embedding", [5, 4], "multiply", "none", "none", "cross-entropy"),
+    "embedding-concat-out": ("embedding", [4], "concat", "multiply", "none", "top1-max"),
+    "constrained-multiply-out": ("constrained", [5], "multiply", "multiply", "none",
+                                 "cross-entropy"),
+    "constrained-out": ("constrained", [4, 3], "none", "multiply", "none", "bpr-max"),
+    "constrained-transition": ("constrained", [5, 3], "none", "none", "multiply",
+                               "cross-entropy"),
+    "onehot-concat-transition": ("onehot", [4], "concat", "multiply", "multiply", "bpr-max"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(STEP_CASES))
 def test_step_gradients_equal_cpu(dev, case):
-    mode, layers, cin, cout, loss = STEP_CASES[case]
+    mode, layers, cin, cout, ctr, loss = STEP_CASES[case]
     B, n_sample, sizes_in, sizes_out = 4, 3, (4, 3), (5,)
     rng = np.random.default_rng(len(case))
     lay = build_layout(N_ITEMS, "id", "concat", mode, list(layers), 3, list(layers), [], rng)
     params = {k: lay[k] for k in PARAM_KEYS}
     params["Wy"] *= 3
     params["theta"] += rng.normal(size=params["theta"].shape).astype(np.float32) * 0.1
-    p = dict(context_input=cin, context_output=cout)
-    w_in, w_out = table_widths(p, lay)
-    Cin = rng.normal(0, 0.5, (sum(sizes_in) if cin != "none" else 0, w_in)).astype(np.float32)
-    Cout = rng.normal(0, 0.5, (sum(sizes_out) if cout != "none" else 0, w_out)).astype(
-        np.float32)
+    p = dict(context_input=cin, context_output=cout, context_transition=ctr)
+    on = {"context_in": cin != "none", "context_out": cout != "none",
+          "context_h": ctr != "none"}
+    widths = dict(zip(on, table_widths(p, lay)))
+    rows = {"context_in": sum(sizes_in), "context_out": sum(sizes_out),
+            "context_h": sum(sizes_in)}
+    tables = {k: rng.normal(0, 0.5, (rows[k] if on[k] else 0, widths[k])).astype(np.float32)
+              for k in on}
     support = rng.integers(1, 10, N_ITEMS)
     hyper = hp.hyper(hp.validate(dict(
         hp.DEFAULTS, loss=loss, logq=1.0 if loss == "cross-entropy" else 0.0, bpreg=0.5,
         elu_param=0.5, sample_alpha=0.5, batch_size=B, n_sample=n_sample,
         sample_store_size=100)))
-    no_ev = (np.zeros((0, len(sizes_in) if cin != "none" else 0), np.int32),
-             np.zeros((0, len(sizes_out) if cout != "none" else 0), np.int32))
-    cpu = CPUTrainer({k: v.copy() for k, v in params.items()}, hyper, support,
-                     context=make_ctx(config(p), Cin.copy(), Cout.copy(), B, *no_ev))
-    gpu = Trainer(dev, params, hyper, support, sum_mode=False,
-                  context=make_ctx(config(p), Cin.copy(), Cout.copy(), B, *no_ev))
+    F_in = len(sizes_in) if on["context_in"] or on["context_h"] else 0
+    F_out = len(sizes_out) if on["context_out"] else 0
+
+    def ctx():
+        return make_ctx(config(p), tables["context_in"].copy(), tables["context_out"].copy(),
+                        B, np.zeros((0, F_in), np.int32), np.zeros((0, F_out), np.int32),
+                        Ch=tables["context_h"].copy())
+    cpu = CPUTrainer({k: v.copy() for k, v in params.items()}, hyper, support, context=ctx())
+    gpu = Trainer(dev, params, hyper, support, sum_mode=False, context=ctx())
     rin, rout = _rows(rng, B, sizes_in), _rows(rng, B, sizes_out)
-    cpu.cx.rin[:, :no_ev[0].shape[1]] = rin[:, :no_ev[0].shape[1]]
-    cpu.cx.rout[:, :no_ev[1].shape[1]] = rout[:, :no_ev[1].shape[1]]
+    cpu.cx.rin[:, :F_in] = rin[:, :F_in]
+    cpu.cx.rout[:, :F_out] = rout[:, :F_out]
     gpu.context.set_rows(rin, rout)
     in_items, cols, m0s, mks, hps = _cpu_inputs(cpu, rng, B, n_sample)
     want_loss, want = cpu.forward_backward(in_items, B, cols, len(cols))
@@ -186,9 +196,7 @@ def test_step_gradients_equal_cpu(dev, case):
     np.testing.assert_allclose(gpu.take_loss_sum(), want_loss, rtol=1e-5)
     got = _device_grads(dev, gpu, params, n_wy, cols)
     got.update(gpu.context.grads())
-    keys = ["theta", "Wy", "By"] + ["T"] * (mode != "constrained") + [k for k, side in (("context_in", cin),
-                                                           ("context_out", cout))
-                                         if side != "none"]
+    keys = ["theta", "Wy", "By"] + ["T"] * (mode != "constrained") + [k for k in on if on[k]]
     for key in keys:
         a, b = got[key], want[key]
         assert np.abs(b).max() > 0, f"{key}: no gradient at all"
@@ -213,8 +221,12 @@ FIT_CASES = {
                                  context_columns=["Type"]),
     "column-only-multiply": dict(context_input="multiply", context_time=[],
                                  context_columns=["Type"], logq=1.0),
+    "transition": dict(context_transition="multiply", layers=[6, 4]),
+    "transition-column-all": dict(context_input="concat", context_output="multiply",
+                                  context_transition="multiply", context_columns=["Type"],
+                                  constrained_embedding=False, embedding=4),
 }
-TRAINED = ("theta", "T", "Wy", "By", "context_in", "context_out")
+TRAINED = ("theta", "T", "Wy", "By", "context_in", "context_out", "context_h")
 
 
 def _assert_fits_equal(cpu, gpu, tol=2e-5, same_device=False):
@@ -256,7 +268,7 @@ def test_feature_model_fit_with_an_inactive_id_subnet_equals_cpu(cuda_model):
 @pytest.mark.parametrize("case", [
     dict(context_input="multiply", context_output="multiply", context_columns=["Type"],
          constrained_embedding=False, embedding=4),
-    dict(context_input="concat", constrained_embedding=False)])
+    dict(context_input="concat", context_transition="multiply", constrained_embedding=False)])
 def test_graph_replays_equal_uncaptured_steps(cuda_model, monkeypatch, case):
     kw = {**BASE, **case}
     data = _mixed_data()
@@ -286,13 +298,13 @@ def test_graph_replays_equal_uncaptured_steps(cuda_model, monkeypatch, case):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cuda_pair(cuda_device, tmp_path_factory):
-    """A CUDA-trained context model (concat + output multiply + a column) and the same model
-    read back from its file (a CPU model)."""
+    """A CUDA-trained context model (concat + output multiply + transition + a column) and the
+    same model read back from its file (a CPU model)."""
     from gru_engine import model as model_mod
     mp = pytest.MonkeyPatch()
     mp.setattr(model_mod, "_resolve_device", lambda name: None if name == "cpu" else cuda_device)
     data = _mixed_data()
-    m = SessionGRU(**dict(BASE, n_epochs=3, **FIT_CASES["column-concat-output"]),
+    m = SessionGRU(**dict(BASE, n_epochs=3, **FIT_CASES["transition-column-all"]),
                    device="cuda").fit(data)
     path = tmp_path_factory.mktemp("ctx") / "m.npz"
     m.save(path)

@@ -16,7 +16,11 @@ subnet 0 only) and the trainer from its backward:
   with the input gradient adds ``D * x_raw`` to ``gin`` and scales ``D`` by the modulation;
 * output ``multiply``: :meth:`output` returns ``hc * (1 + sum_f Cout[rout_f])`` (a copy; the
   unmodulated ``hc`` stays for the backward); :meth:`output_backward` adds ``dhc * hc`` to
-  ``gout`` and scales ``dhc`` in place.
+  ``gout`` and scales ``dhc`` in place;
+* transition ``multiply``: :meth:`transition` returns layer 0's previous state as ``W_h``
+  reads it, ``h_prev * (1 + sum_f Ch[rin_f])`` (a copy); :meth:`transition_backward` gives
+  ``dWh``'s operand (the cell's effective previous state, modulated) and adds ``(dgh W_h^T) *
+  h_prev`` to ``gh``.
 
 Training (``events`` given): dense gradients ``gin``/``gout`` zeroed by :meth:`zero_grads` at
 the start of every step and a dense Adagrad + momentum of the whole tables (:meth:`update`,
@@ -29,7 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cpu.context_step import CIN_CONCAT, CIN_MULTIPLY, CIN_NONE, COUT_MULTIPLY, COUT_NONE
+from ..cpu.context_step import (CIN_CONCAT, CIN_MULTIPLY, CIN_NONE, COUT_MULTIPLY, COUT_NONE,
+                                CTR_NONE)
 from ..device import Device
 from .ops import BLOCK, grid
 
@@ -37,21 +42,24 @@ from .ops import BLOCK, grid
 class DeviceContext:
     """Context tables and per-step context of a network on ``device``.
 
-    cfg: ``(input mode CIN_*, output mode COUT_*)``; Cin (R_in, w_in), Cout (R_out, Hc): host
-    tables (float, copied to the device as float32); n_in, n_out: features per side (F_in,
+    cfg: ``(input mode CIN_*, output mode COUT_*[, transition mode CTR_*])``; Cin (R_in,
+    w_in), Cout (R_out, Hc), Ch (R_in, H_0; None: no transition): host tables (float, copied
+    to the device as float32); n_in, n_out: features per side (F_in,
     F_out); ``buf``: the owner's scratch allocator (``ScratchBuffers._buf``); ``events``:
     training only, ``(ev_in (n_events, F_in), ev_out (n_events, F_out))`` int32 host table
     rows of the training events (gradients and optimiser state are allocated then).
     """
 
     def __init__(self, device: Device, cfg, Cin, Cout, n_in: int, n_out: int, buf,
-                 events=None):
+                 events=None, Ch=None):
         d = self.dev = device
         self.cin, self.cout = int(cfg[0]), int(cfg[1])
-        self.n_in = n_in if self.cin != CIN_NONE else 0
+        self.ctr = int(cfg[2]) if len(cfg) > 2 else CTR_NONE
+        self.n_in = n_in if self.cin != CIN_NONE or self.ctr != CTR_NONE else 0
         self.n_out = n_out if self.cout != COUT_NONE else 0
         self.Cin = d.to_device(np.asarray(Cin), np.float32)
         self.Cout = d.to_device(np.asarray(Cout), np.float32)
+        self.Ch = d.to_device(np.zeros((0, 1)) if Ch is None else np.asarray(Ch), np.float32)
         self.w_in, self.w_out = int(self.Cin.shape[1]), int(self.Cout.shape[1])
         self._buf = buf
         self.events = events
@@ -63,7 +71,8 @@ class DeviceContext:
             self.gin, self.gout = z(self.Cin), z(self.Cout)
             self.acc_in, self.vel_in = z(self.Cin), z(self.Cin)
             self.acc_out, self.vel_out = z(self.Cout), z(self.Cout)
-            self._zero_in, self._zero_out = z(self.Cin), z(self.Cout)
+            self.gh, self.acc_h, self.vel_h = z(self.Ch), z(self.Ch), z(self.Ch)
+            self._zero_in, self._zero_out, self._zero_h = z(self.Cin), z(self.Cout), z(self.Ch)
 
     # ---- the rows' context ---------------------------------------------------------------------
     def set_rows(self, rin, rout) -> None:
@@ -136,6 +145,24 @@ class DeviceContext:
         d.launch("multiply_inplace", grid(R * W), BLOCK, [out, mod, R * W])
         return out
 
+    def _modulated(self, h, R, name):
+        """Buffer ``name`` = ``h`` (R, H_0) ``* (1 + sum Ch[rin])`` (the modulation kept)."""
+        d, W = self.dev, int(self.Ch.shape[1])
+        out = self._buf(name, (R, W))
+        d.copy(out, h)
+        d.launch("multiply_inplace", grid(R * W), BLOCK, [out, self._buf("ctx_mod_h", (R, W)),
+                                                          R * W])
+        return out
+
+    def transition(self, hprev, R):
+        """Layer 0's previous state (R, H_0) as ``W_h`` reads it: ``hprev * (1 + sum
+        Ch[rin])`` (a new buffer) in transition mode, else ``hprev`` itself."""
+        if self.ctr == CTR_NONE:
+            return hprev
+        W = int(self.Ch.shape[1])
+        self._sums(self.Ch, self.rin, R, W, self._buf("ctx_mod_h", (R, W)), 1.0, 0, W)
+        return self._modulated(hprev, R, "ctx_hmod")
+
     # ---- backward and update (training) ----------------------------------------------------
     def zero_grads(self) -> None:
         d = self.dev
@@ -143,6 +170,23 @@ class DeviceContext:
             d.copy(self.gin, self._zero_in)
         if self.cout != COUT_NONE:
             d.copy(self.gout, self._zero_out)
+        if self.ctr != CTR_NONE:
+            d.copy(self.gh, self._zero_h)
+
+    def transition_state(self, hpe, R):
+        """The operand of ``dWh = h^T dgh`` for layer 0: the cell's effective previous state
+        ``hpe`` (R, H_0; zero on reset rows), modulated in transition mode."""
+        return hpe if self.ctr == CTR_NONE else self._modulated(hpe, R, "ctx_hmod_e")
+
+    def transition_backward(self, dgh, Wh, hpe, R) -> None:
+        """Transition mode: ``gh[rin] += (dgh W_h^T) * hpe`` from layer 0's ``dgh`` (R, 3 H_0)
+        and ``Wh`` (H_0, 3 H_0)."""
+        if self.ctr == CTR_NONE:
+            return
+        W = int(self.Ch.shape[1])
+        dh = self._buf("ctx_dh", (R, W))
+        self.dev.gemm(dgh, Wh, out=dh, trans_b=True)
+        self._table_grad(dh, hpe, self.rin, R, W, self.gh)
 
     def _table_grad(self, D, raw, rows, R, W, G):
         F = int(rows.shape[1])
@@ -176,20 +220,24 @@ class DeviceContext:
         for on, p, g, acc, vel in ((self.cin != CIN_NONE, self.Cin, self.gin, self.acc_in,
                                     self.vel_in),
                                    (self.cout != COUT_NONE, self.Cout, self.gout, self.acc_out,
-                                    self.vel_out)):
+                                    self.vel_out),
+                                   (self.ctr != CTR_NONE, self.Ch, self.gh, self.acc_h,
+                                    self.vel_h)):
             if on and p.size:
                 self.dev.launch("adagrad_dense", grid(p.size), BLOCK,
                                 [p, g, acc, vel, p.size, lr, momentum])
 
     def host_tables(self) -> dict:
-        """``{'context_in', 'context_out'}``: host float32 copies of the tables."""
+        """``{'context_in', 'context_out', 'context_h'}``: host float32 copies of the tables."""
         return {"context_in": self.dev.to_host(self.Cin),
-                "context_out": self.dev.to_host(self.Cout)}
+                "context_out": self.dev.to_host(self.Cout),
+                "context_h": self.dev.to_host(self.Ch)}
 
     def grads(self) -> dict:
         """Training: host copies of the step's table gradients (tests)."""
         return {"context_in": self.dev.to_host(self.gin),
-                "context_out": self.dev.to_host(self.gout)}
+                "context_out": self.dev.to_host(self.gout),
+                "context_h": self.dev.to_host(self.gh)}
 
 
 def training_context(device, ctx, buf) -> DeviceContext:
@@ -197,4 +245,4 @@ def training_context(device, ctx, buf) -> DeviceContext:
     (:class:`~gru_engine.backends.cpu.context_step.Ctx` of :func:`gru_engine.context.fit_context`:
     its modes, initial tables and the training events' rows ``ev_in``/``ev_out``)."""
     return DeviceContext(device, ctx.cfg, ctx.Cin, ctx.Cout, ctx.ev_in.shape[1],
-                         ctx.ev_out.shape[1], buf, events=(ctx.ev_in, ctx.ev_out))
+                         ctx.ev_out.shape[1], buf, events=(ctx.ev_in, ctx.ev_out), Ch=ctx.Ch)

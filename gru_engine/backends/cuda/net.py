@@ -183,7 +183,8 @@ class DeviceNet:
             if n == 0 and ctx is not None:
                 ctx.gates(gx, R)
             gh = buf(f"gh{g}", (R, 3 * H))
-            d.gemm(hprevs[g], Wh, out=gh)
+            d.gemm(hprevs[g] if n > 0 or ctx is None else ctx.transition(hprevs[g], R), Wh,
+                   out=gh)
             y = buf(f"y{g}", (R, H))
             d.launch("gru_cell_forward", grid(R * H), BLOCK,
                      [gx, gh, bhn, hprevs[g], reset, mks[g], y, buf(f"saved{g}", (R, 4 * H)),

@@ -215,9 +215,13 @@ class Trainer(StepOps):
         for n in reversed(range(len(sn.layers))):
             g, H = sn.layers[n], sn.H[n]
             gWx, gbx, gWh, gbhn = net.layer(gt, g)
-            dgx = self._cell_backward(g, dy, buf(f"saved{g}", (R, 4 * H)), buf(f"hpe{g}", (R, H)),
-                                      mks[g], gWh, gbx, gbhn)
+            hpe = buf(f"hpe{g}", (R, H))
+            h_wh = ctx.transition_state(hpe, R) if n == 0 and ctx is not None else hpe
+            dgx = self._cell_backward(g, dy, buf(f"saved{g}", (R, 4 * H)), hpe, mks[g], gWh, gbx,
+                                      gbhn, h_wh)
             if n == 0 and ctx is not None:
+                Wh = net.layer(net.p["theta"], g)[2]
+                ctx.transition_backward(buf(f"dgh{g}", (R, 3 * H)), Wh, hpe, R)
                 ctx.input_backward(dgx, R, gates=True)
             if n == 0 and sn.kind == K_DIRECT:
                 if ctx is not None:  # the gate gradient is the (modulated) input's
