@@ -3,11 +3,12 @@ the device twin of :mod:`gru_engine.backends.cpu.context_step`, with the same op
 the same order (kernels/context.cu), so that a CUDA fit gives the CPU fit's parameters up to
 float32 rounding.
 
-:class:`DeviceContext` holds the tables ``Cin`` (R_in, w_in) and ``Cout`` (R_out, Hc) on the
-device and, per step, the rows' table rows ``rin`` (R, F_in) / ``rout`` (R, F_out) int32 (the
-current event's input context, the next event's output context). The trainer and the scorer
-call its hooks from the shared forward (:meth:`DeviceNet.subnet_forward` with ``context=``,
-subnet 0 only) and the trainer from its backward:
+:class:`DeviceContext` holds the tables ``Cin`` (R_in, w_in), ``Cout`` (R_out, Hc) and
+``Ch`` (R_in, H_0) on the device and, per step, the rows' table rows ``rin`` (R, F_in) /
+``rout`` (R, F_out) int32 (the current event's input context, the next event's output
+context). The trainer and the scorer call its hooks from the shared forward
+(:meth:`DeviceNet.subnet_forward` with ``context=``, subnet 0 only) and the trainer from its
+backward:
 
 * input ``concat``: :meth:`gates` adds ``sum_f Cin[rin_f]`` to layer 0's gate pre-activations;
   :meth:`input_backward` with ``dgx`` adds it to ``gin``;
@@ -22,10 +23,10 @@ subnet 0 only) and the trainer from its backward:
   ``dWh``'s operand (the cell's effective previous state, modulated) and adds ``(dgh W_h^T) *
   h_prev`` to ``gh``.
 
-Training (``events`` given): dense gradients ``gin``/``gout`` zeroed by :meth:`zero_grads` at
-the start of every step and a dense Adagrad + momentum of the whole tables (:meth:`update`,
-after the network's updates), as the CPU trainer; untouched rows have zero gradient and,
-without momentum, keep their values. Every buffer a step reads is allocated before the step
+Training (``events`` given): dense gradients ``gin``/``gout``/``gh`` zeroed by
+:meth:`zero_grads` at the start of every step and a dense Adagrad + momentum of the whole
+tables (:meth:`update`, after the network's updates), as the CPU trainer; untouched rows have
+zero gradient and, without momentum, keep their values. Every buffer a step reads is allocated before the step
 (the per-step rows through :meth:`stage` into fixed staging buffers), so a step captured into
 a CUDA graph replays correctly.
 """
@@ -44,8 +45,8 @@ class DeviceContext:
 
     cfg: ``(input mode CIN_*, output mode COUT_*[, transition mode CTR_*])``; Cin (R_in,
     w_in), Cout (R_out, Hc), Ch (R_in, H_0; None: no transition): host tables (float, copied
-    to the device as float32); n_in, n_out: features per side (F_in,
-    F_out); ``buf``: the owner's scratch allocator (``ScratchBuffers._buf``); ``events``:
+    to the device as float32); n_in, n_out: features per side (F_in, F_out); ``buf``: the
+    owner's scratch allocator (``ScratchBuffers._buf``); ``events``:
     training only, ``(ev_in (n_events, F_in), ev_out (n_events, F_out))`` int32 host table
     rows of the training events (gradients and optimiser state are allocated then).
     """
