@@ -26,9 +26,9 @@ backward:
 Training (``events`` given): dense gradients ``gin``/``gout``/``gh`` zeroed by
 :meth:`zero_grads` at the start of every step and a dense Adagrad + momentum of the whole
 tables (:meth:`update`, after the network's updates), as the CPU trainer; untouched rows have
-zero gradient and, without momentum, keep their values. Every buffer a step reads is allocated before the step
-(the per-step rows through :meth:`stage` into fixed staging buffers), so a step captured into
-a CUDA graph replays correctly.
+zero gradient and, without momentum, keep their values. Every buffer a step reads is
+allocated before the step (the per-step rows through :meth:`stage` into fixed staging
+buffers), so a step captured into a CUDA graph replays correctly.
 """
 from __future__ import annotations
 
