@@ -19,6 +19,11 @@ Needs CuPy and an NVIDIA GPU; ``--emulated`` runs the CUDA backend in the CPU em
 
     python bench/cuda_model_check.py                       # GPU
     python bench/cuda_model_check.py --emulated --max-sessions 600 --epochs 1
+    python bench/cuda_model_check.py --context full        # the context-aware GRU
+
+``--context`` fits the context-aware GRU (:mod:`gru_engine.context`; the sample has real
+timestamps: gap, hour, weekday) instead: ``concat``/``multiply`` input context, ``output``
+(output multiply) or ``full`` (concat input + output multiply).
 
 Writes ``bench/out/cuda_model_check.json`` and prints Markdown.
 """
@@ -46,6 +51,12 @@ PARAMS = dict(loss="cross-entropy", logq=1.0, layers=[100], batch_size=32, learn
               dropout_p_hidden=0.0, constrained_embedding=True)
 
 
+#: ``--context`` variants (the sample's time features; no categorical column)
+CONTEXTS = {"none": {}, "concat": dict(context_input="concat"),
+            "multiply": dict(context_input="multiply"), "output": dict(context_output="multiply"),
+            "full": dict(context_input="concat", context_output="multiply")}
+
+
 def _first_sessions(table: dict, n: int) -> dict:
     keep = np.isin(table["SessionId"], np.unique(table["SessionId"])[:n])
     return {k: np.asarray(v)[keep] for k, v in table.items()}
@@ -61,8 +72,17 @@ def main(argv=None) -> int:
                     help="train on the first N sessions only (0 = all)")
     ap.add_argument("--tolerance", type=float, default=0.03,
                     help="largest relative difference of Recall@20 / MRR@20 accepted")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "cuda_model_check.json")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads of the CPU fit (default: every CPU; 1 on a busy machine)")
+    ap.add_argument("--context", choices=sorted(CONTEXTS), default="none",
+                    help="the context-aware GRU variant to fit (default: the plain GRU4Rec)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON output (default bench/out/cuda_model_check[_context-X].json)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        suffix = "" if args.context == "none" else f"_context-{args.context}"
+        args.out = ROOT / "bench" / "out" / f"cuda_model_check{suffix}.json"
+    params = dict(PARAMS, **CONTEXTS[args.context])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.emulated:
         dev = EmulatedDevice()
@@ -74,7 +94,8 @@ def main(argv=None) -> int:
         train = _first_sessions(train, args.max_sessions)
     results = {}
     for device in ("cuda", "cpu"):
-        m = SessionGRU(**PARAMS, n_epochs=args.epochs, random_state=args.seed, device=device)
+        m = SessionGRU(**params, n_epochs=args.epochs, random_state=args.seed, device=device,
+                       n_threads=args.threads)
         m.fit(train)
         res = m.evaluate(test, cutoffs=(5, 20), by_position=False)
         results[device] = {
@@ -88,7 +109,7 @@ def main(argv=None) -> int:
     ok = all(d <= args.tolerance for d in diffs.values())
     now = datetime.datetime.now().isoformat(timespec="seconds")
     out = {"kind": "cuda_model_check", "date": now,
-           "machine": platform.node(), "emulated": args.emulated, "params": PARAMS,
+           "machine": platform.node(), "emulated": args.emulated, "params": params,
            "epochs": args.epochs, "max_sessions": args.max_sessions, "results": results,
            "relative_differences": diffs, "tolerance": args.tolerance, "ok": ok}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
 #      'cuda') through the CPU emulator (pytest -m cuda_emulated: tests/test_cuda_emulated.py,
 #      tests/test_cuda_trainer.py, tests/test_cuda_model.py, tests/test_cuda_graphs.py,
 #      tests/test_feature_cuda.py, tests/test_user_cuda.py (the user-level GRU),
-#      tests/test_output_features_cuda.py,
+#      tests/test_output_features_cuda.py, tests/test_context_cuda.py (the context-aware GRU),
 #      tests/test_emulator_modes.py; the emulator's race detector,
 #      barrier check, shuffled blocks, poisoned and guarded buffers on)
 #   3. on a machine with an NVIDIA GPU and CuPy: the GPU parity tests (pytest -m cuda: kernels,
@@ -34,7 +34,7 @@ echo "== 2/3 CUDA kernels through the CPU emulator"
 if command -v "${CXX:-g++}" >/dev/null 2>&1; then
     python -m pytest -q -m cuda_emulated tests/test_cuda_emulated.py tests/test_cuda_trainer.py \
         tests/test_cuda_model.py tests/test_cuda_graphs.py tests/test_feature_cuda.py \
-        tests/test_user_cuda.py tests/test_output_features_cuda.py \
+        tests/test_user_cuda.py tests/test_output_features_cuda.py tests/test_context_cuda.py \
         tests/test_emulator_modes.py || status=1
 else
     skipped+=("emulated kernel tests: no C++ compiler (${CXX:-g++})")
@@ -56,9 +56,10 @@ PY
 )
 if [ -z "$reason" ]; then
     python -m pytest -q -m cuda tests/test_cuda_gpu.py tests/test_feature_cuda_gpu.py \
-        tests/test_output_features_cuda_gpu.py \
+        tests/test_output_features_cuda_gpu.py tests/test_context_cuda_gpu.py \
         tests/test_emulator_modes.py || status=1  # the last: CupyDevice(guards=True) overrun
     python bench/cuda_model_check.py || status=1
+    python bench/cuda_model_check.py --context full --epochs 1 || status=1
     python bench/user_cuda_check.py || status=1
     python bench/cuda_bench.py || status=1
 else

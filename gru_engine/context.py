@@ -28,25 +28,33 @@ as the plain network):
 * ``context_output='multiply'``: the combined state before the output layer times ``1 + c'
   Cout``, ``Cout`` (R_out, Hc), ``c'`` the *next* event's time context (in training the
   target's time; at serving the request's time, ``recommend(..., now=...)``). Categorical
-  columns enter the input side only (a request does not know its own event type).
+  columns enter the input side only (a request does not know its own event type);
+* ``context_transition='multiply'``: the paper's context-dependent hidden dynamics, the
+  recurrent matrix of layer 0 of the ID subnet as a function of the current event's context,
+  ``W_h(c) = diag(1 + c Ch) W_h``: the previous state times ``1 + c Ch`` where ``W_h`` reads
+  it (``gh = (h_prev * (1 + c Ch)) W_h``; the update gate still mixes the plain ``h_prev``),
+  ``Ch`` (R_in, H_0) over the input-side features.
 
 Serving: :mod:`gru_engine.context_scoring` (``evaluate``, ``recommend(..., times=, now=)``)
-and :mod:`gru_engine.serving.context_store` (``SessionStore``). Not built: the paper's
-context-dependent transition matrices (``W_h`` as a function of the context), the CUDA backend
-(``device='cuda'``/``'auto'`` with context raises ``ValueError``), ``partial_fit``,
-checkpoints, store snapshots, ``predict_next`` and file scoring of context models (each raises
-``ValueError``). Kernels: :mod:`gru_engine.backends.cpu.context_step`.
+and :mod:`gru_engine.serving.context_store` (``SessionStore``). Kernels: on the CPU
+:mod:`gru_engine.backends.cpu.context_step`; on CUDA (``device='cuda'``/``'auto'``)
+:mod:`gru_engine.backends.cuda.context` over ``kernels/context.cu``, the same operations in the
+same order (a CUDA fit gives the CPU fit's parameters to float32 rounding), and a CUDA-trained
+model scores on the device (:class:`~gru_engine.context_scoring.DeviceContextScorer`). Not
+built: ``partial_fit``, checkpoints, store snapshots, ``predict_next`` and file scoring of
+context models (each raises ``ValueError``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .backends.cpu.context_step import (CIN_CONCAT, CIN_MULTIPLY, CIN_NONE, COUT_MULTIPLY,
-                                        COUT_NONE, make_ctx)
+                                        COUT_NONE, CTR_MULTIPLY, CTR_NONE, make_ctx)
 from .network import L_H, S_IN, S_L0
 
 CONTEXT_INPUTS = {"none": CIN_NONE, "concat": CIN_CONCAT, "multiply": CIN_MULTIPLY}
 CONTEXT_OUTPUTS = {"none": COUT_NONE, "multiply": COUT_MULTIPLY}
+CONTEXT_TRANSITIONS = {"none": CTR_NONE, "multiply": CTR_MULTIPLY}
 TIME_FEATURES = ("gap", "hour", "weekday")
 #: gap rows: 0 = a session's first click, 1..GAP_BUCKETS = 1 + floor(log2(1 + seconds)), capped
 GAP_BUCKETS = 20
@@ -55,7 +63,7 @@ MIN_UNIX_TIME = 1e8
 #: the options holding lists of names
 NAME_LIST_PARAMS = ("context_time", "context_columns")
 #: the parameter dict keys of the context tables (in ``params_``, model files)
-TABLE_KEYS = ("context_in", "context_out")
+TABLE_KEYS = ("context_in", "context_out", "context_h")
 
 
 def _names(key, value) -> list:
@@ -75,7 +83,10 @@ def _names(key, value) -> list:
 def validate_context(p: dict) -> dict:
     """The validated context options of a hyperparameter dict (``ValueError`` naming the bad
     one): ``context_time`` and ``context_columns`` as lists."""
-    cin, cout = p["context_input"], p["context_output"]
+    cin, cout, ctr = p["context_input"], p["context_output"], p.get("context_transition", "none")
+    if ctr not in CONTEXT_TRANSITIONS:
+        raise ValueError(f"context_transition must be one of {list(CONTEXT_TRANSITIONS)}, got "
+                         f"{ctr!r}")
     if cin not in CONTEXT_INPUTS:
         raise ValueError(f"context_input must be one of {list(CONTEXT_INPUTS)}, got {cin!r}")
     if cout not in CONTEXT_OUTPUTS:
@@ -88,16 +99,17 @@ def validate_context(p: dict) -> dict:
                          f"{list(TIME_FEATURES)}")
     columns = _names("context_columns", () if p["context_columns"] is None
                      else p["context_columns"])
-    if cin != "none" and not times and not columns:
-        raise ValueError(f"context_input={cin!r} needs at least one feature: context_time or "
-                         "context_columns is empty")
+    for key, side in (("context_input", cin), ("context_transition", ctr)):
+        if side != "none" and not times and not columns:
+            raise ValueError(f"{key}={side!r} needs at least one feature: context_time or "
+                             "context_columns is empty")
     if cout != "none" and not times:
         raise ValueError(f"context_output={cout!r} needs time features (the next event's "
                          "context), but context_time is empty")
-    if columns and cin == "none":
+    if columns and cin == "none" and ctr == "none":
         raise ValueError(f"context_columns={columns!r} enter the input side only, but "
-                         "context_input='none'")
-    on = cin != "none" or cout != "none"
+                         "context_input='none' and context_transition='none'")
+    on = cin != "none" or cout != "none" or ctr != "none"
     if on:
         for key, off in (("augment_crop_p", 0.0), ("augment_drop_p", 0.0)):
             if p.get(key, off) != off:
@@ -109,7 +121,14 @@ def validate_context(p: dict) -> dict:
 
 def enabled(p: dict) -> bool:
     """Whether validated parameters ``p`` ask for a context-aware network."""
-    return p["context_input"] != "none" or p["context_output"] != "none"
+    return (p["context_input"] != "none" or p["context_output"] != "none"
+            or p.get("context_transition", "none") != "none")
+
+
+def input_side(p: dict) -> bool:
+    """Whether the current event's (input-side) context is read: by ``context_input`` or
+    ``context_transition``."""
+    return p["context_input"] != "none" or p.get("context_transition", "none") != "none"
 
 
 def check_times(times: np.ndarray, time_key: str) -> None:
@@ -234,26 +253,30 @@ def read_columns(table, names, rows=None) -> dict:
 
 
 def table_widths(p: dict, layout: dict) -> tuple:
-    """``(w_in, w_out)``: widths of the input table (concat: 3 H_0 of subnet 0; multiply: its
-    input width) and of the output table (Hc)."""
+    """``(w_in, w_out, w_h)``: widths of the input table (concat: 3 H_0 of subnet 0; multiply:
+    its input width), of the output table (Hc) and of the transition table (H_0)."""
     SI, LI = layout["SI"], layout["LI"]
-    w_in = 3 * int(LI[SI[0, S_L0], L_H]) if p["context_input"] == "concat" else int(SI[0, S_IN])
-    return w_in, int(layout["Wy"].shape[1])
+    H0 = int(LI[SI[0, S_L0], L_H])
+    w_in = 3 * H0 if p["context_input"] == "concat" else int(SI[0, S_IN])
+    return w_in, int(layout["Wy"].shape[1]), H0
 
 
 def init_tables(p: dict, layout: dict, encoder: ContextEncoder, dtype=np.float32) -> dict:
     """Zero context tables of a new network: ``context_in`` (R_in, w_in), ``context_out``
-    (R_out, Hc); a side that is off gets (0, width)."""
-    w_in, w_out = table_widths(p, layout)
-    r_in = sum(encoder.sizes_in) if p["context_input"] != "none" else 0
+    (R_out, Hc), ``context_h`` (R_in, H_0); a part that is off gets (0, width)."""
+    w_in, w_out, w_h = table_widths(p, layout)
+    r_in = sum(encoder.sizes_in)
     r_out = sum(encoder.sizes_out) if p["context_output"] != "none" else 0
-    return {"context_in": np.zeros((r_in, w_in), dtype),
-            "context_out": np.zeros((r_out, w_out), dtype)}
+    on_h = p.get("context_transition", "none") != "none"
+    return {"context_in": np.zeros((r_in if p["context_input"] != "none" else 0, w_in), dtype),
+            "context_out": np.zeros((r_out, w_out), dtype),
+            "context_h": np.zeros((r_in if on_h else 0, w_h), dtype)}
 
 
 def config(p: dict) -> tuple:
     """``Ctx.cfg`` of validated parameters."""
-    return (CONTEXT_INPUTS[p["context_input"]], CONTEXT_OUTPUTS[p["context_output"]])
+    return (CONTEXT_INPUTS[p["context_input"]], CONTEXT_OUTPUTS[p["context_output"]],
+            CONTEXT_TRANSITIONS[p.get("context_transition", "none")])
 
 
 def training_context(p, params, sessions, encoder, table, batch_size):
@@ -262,18 +285,19 @@ def training_context(p, params, sessions, encoder, table, batch_size):
     columns = read_columns(table, encoder.columns, sessions.rows)
     ev_in, ev_out = encoder.event_rows(sessions.times, sessions.offsets, columns)
     return make_ctx(config(p), params["context_in"], params["context_out"], batch_size,
-                    ev_in if p["context_input"] != "none" else None,
-                    ev_out if p["context_output"] != "none" else None)
+                    ev_in if input_side(p) else None,
+                    ev_out if p["context_output"] != "none" else None, Ch=params["context_h"])
 
 
 def fit_context(model, p, layout, params, sessions, table):
     """Start a context-aware fit: checks the data (``ValueError`` for ordinal times or a
     missing column), fits the encoder (``model.context_vocab_``), adds zero context tables to
     ``params`` and returns the training :class:`~gru_engine.backends.cpu.context_step.Ctx`."""
-    if p["context_input"] != "none" and layout["names"][0] != "id":
-        raise ValueError(f"context_input={p['context_input']!r} enters the ID subnet, but "
-                         "architecture='feature' has none; use architecture='parallel' or "
-                         "context_input='none'")
+    for key in ("context_input", "context_transition"):
+        if p.get(key, "none") != "none" and layout["names"][0] != "id":
+            raise ValueError(f"{key}={p[key]!r} enters the ID subnet, but "
+                             f"architecture='feature' has none; use architecture='parallel' "
+                             f"or {key}='none'")
     if p["context_time"]:
         check_times(sessions.times, model.keys_["time_key"])
     columns = read_columns(table, p["context_columns"])
@@ -286,8 +310,9 @@ def fit_context(model, p, layout, params, sessions, table):
 def saved_params(params: dict) -> dict:
     """``params`` as a model file's header stores them: without the context options when
     both sides are off (files of plain models stay readable by versions without context)."""
-    if params.get("context_input") == "none" and params.get("context_output") == "none":
-        keys = ("context_input", "context_output") + NAME_LIST_PARAMS
+    if (params.get("context_input") == "none" and params.get("context_output") == "none"
+            and params.get("context_transition", "none") == "none"):
+        keys = ("context_input", "context_output", "context_transition") + NAME_LIST_PARAMS
         return {k: v for k, v in params.items() if k not in keys}
     return dict(params)
 
@@ -315,6 +340,9 @@ def read_file_arrays(ck, p: dict, params: dict, arrays: dict) -> tuple:
     want = init_tables(p, {"SI": params["SI"], "LI": params["LI"], "Wy": params["Wy"]}, enc)
     tables = {}
     for key, zero in want.items():
+        if key == "context_h" and key not in arrays and zero.shape[0] == 0:
+            tables[key] = zero  # a file of a version without context_transition
+            continue
         tables[key] = ck.array(key, dtype=np.float32, shape=zero.shape,
                                why=" (the header's context options and vocabularies)")
         ck.finite(key, tables[key])

@@ -1,5 +1,6 @@
-"""Scoring a context-aware model (:mod:`gru_engine.context`): the CPU scorer that feeds each
-step's context, the evaluator's per-event context, and ``recommend`` with the request's time."""
+"""Scoring a context-aware model (:mod:`gru_engine.context`): the CPU and CUDA scorers that
+feed each step's context, the evaluator's per-event context, and ``recommend`` with the
+request's time."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,8 @@ import numpy as np
 from . import params as hp
 from .backends.cpu.context_step import make_ctx
 from .backends.cpu_scoring import Scorer
+from .backends.cuda.context import DeviceContext
+from .backends.cuda.scorer import Scorer as DeviceScorer
 from .context import ContextEncoder, check_times, config, read_columns
 from .network import S_A
 
@@ -17,46 +20,22 @@ def encoder_of(model) -> ContextEncoder:
     return ContextEncoder(p["context_time"], p["context_columns"], model.context_vocab_)
 
 
-class ContextScorer(Scorer):
-    """The CPU :class:`~gru_engine.backends.cpu_scoring.Scorer` of a context-aware model. Before
-    each ``score``/``rank``/``topk``/``advance`` call give the rows' context: either
-    :meth:`set_context` (table rows) or, after :meth:`bind_events`, :meth:`set_events` (event
-    indices; what :func:`gru_engine.evaluation.evaluate_sessions` calls). Scores on one thread
-    (the rows' context is set per call, not per row block). With ``context_input='multiply'``
-    the layer-0 projection is not precomputed (it depends on the context)."""
+class ContextRows:
+    """The rows' context of a context-aware scorer (CPU :class:`ContextScorer` and CUDA
+    :class:`DeviceContextScorer`). Before each ``score``/``rank``/``topk``/``advance`` call
+    give the rows' context: either :meth:`set_context` (table rows) or, after
+    :meth:`bind_events`, :meth:`set_events` (event indices; what
+    :func:`gru_engine.evaluation.evaluate_sessions` calls)."""
 
-    def __init__(self, model):
+    def _init_rows(self, model) -> dict:
+        """Set up the rows' context of ``model``; returns its validated parameters."""
         p = hp.validate({k: v for k, v in model.get_params().items() if k in hp.DEFAULTS})
-        if p["context_input"] == "multiply":
-            self.MAX_TABLE = 0
-        act, act_param = hp.parse_final_act(model.final_act)
-        super().__init__(model.params_, bool(model.params_["SI"][0, S_A] >= 0), act, act_param,
-                         1)
         enc = encoder_of(model)
         self.cfg = config(p)
         self.n_in, self.n_out = len(enc.sizes_in), len(enc.sizes_out)
-        self.Cin = np.ascontiguousarray(model.params_["context_in"], np.float32)
-        self.Cout = np.ascontiguousarray(model.params_["context_out"], np.float32)
         self._rows = (np.zeros((0, self.n_in), np.int32), np.zeros((0, self.n_out), np.int32))
         self._events = None
-
-    @property
-    def n_threads(self) -> int:
-        """Always 1: the rows' context is set per call, not per row block (a store or model
-        asking for more threads gets one)."""
-        return 1
-
-    @n_threads.setter
-    def n_threads(self, value) -> None:
-        pass
-
-    def _workspace(self, k, R):
-        ws = super()._workspace(k, R)
-        if ws.context.rin.shape[0] != ws.cap or not ws.context.cfg.any():
-            ws.context = make_ctx(self.cfg, self.Cin, self.Cout, ws.cap,
-                                  np.zeros((0, self.n_in), np.int32),
-                                  np.zeros((0, self.n_out), np.int32), grads=False)
-        return ws
+        return p
 
     def set_context(self, rin, rout) -> None:
         """The next call's rows' context: ``rin`` (R, F_in) input-side table rows of the
@@ -74,15 +53,78 @@ class ContextScorer(Scorer):
         ev = np.asarray(events, np.int64)
         self.set_context(self._events[0][ev], self._events[1][ev + 1])
 
-    def _step(self, ws, rows, items, new_session):
-        R = len(rows)
+    def _rows_for(self, R: int) -> tuple:
+        """``(rin, rout)`` of the next step's ``R`` rows (``ValueError`` when unset)."""
         rin, rout = self._rows
         if len(rin) != R or len(rout) != R:
             raise ValueError(f"a context-aware scorer needs the context of its {R} rows: call "
                              f"set_context or set_events first (it has {len(rin)})")
+        return rin, rout
+
+
+class ContextScorer(ContextRows, Scorer):
+    """The CPU :class:`~gru_engine.backends.cpu_scoring.Scorer` of a context-aware model (the
+    rows' context: :class:`ContextRows`). Scores on one thread (the rows' context is set per
+    call, not per row block). With ``context_input='multiply'`` the layer-0 projection is not
+    precomputed (it depends on the context)."""
+
+    def __init__(self, model):
+        p = self._init_rows(model)
+        if p["context_input"] == "multiply":
+            self.MAX_TABLE = 0
+        act, act_param = hp.parse_final_act(model.final_act)
+        super().__init__(model.params_, bool(model.params_["SI"][0, S_A] >= 0), act, act_param,
+                         1)
+        self.Cin = np.ascontiguousarray(model.params_["context_in"], np.float32)
+        self.Cout = np.ascontiguousarray(model.params_["context_out"], np.float32)
+        self.Ch = np.ascontiguousarray(model.params_["context_h"], np.float32)
+
+    @property
+    def n_threads(self) -> int:
+        """Always 1: the rows' context is set per call, not per row block (a store or model
+        asking for more threads gets one)."""
+        return 1
+
+    @n_threads.setter
+    def n_threads(self, value) -> None:
+        pass
+
+    def _workspace(self, k, R):
+        ws = super()._workspace(k, R)
+        if ws.context.rin.shape[0] != ws.cap or not ws.context.cfg.any():
+            ws.context = make_ctx(self.cfg, self.Cin, self.Cout, ws.cap,
+                                  np.zeros((0, self.n_in), np.int32),
+                                  np.zeros((0, self.n_out), np.int32), grads=False, Ch=self.Ch)
+        return ws
+
+    def _step(self, ws, rows, items, new_session):
+        R = len(rows)
+        rin, rout = self._rows_for(R)
         ws.context.rin[:R, :self.n_in] = rin
         ws.context.rout[:R, :self.n_out] = rout
         return super()._step(ws, rows, items, new_session)
+
+
+class DeviceContextScorer(ContextRows, DeviceScorer):
+    """The CUDA :class:`~gru_engine.backends.cuda.Scorer` of a context-aware model trained on
+    CUDA (``device``: its :class:`~gru_engine.backends.device.Device`): the rows' context as
+    :class:`ContextRows`, the tables on the device (a :class:`~gru_engine.backends.cuda.
+    context.DeviceContext`); scores, ranks and top-k on the device. ``params``: None
+    (``params_``) or a variant of them with new items' bags (a store's new items)."""
+
+    def __init__(self, model, device, params=None):
+        self._init_rows(model)
+        own = params is None
+        params = model.params_ if own else params
+        super().__init__(device, params, bool(params["SI"][0, S_A] >= 0),
+                         hp.parse_final_act(model.final_act), cache_on=model if own else None)
+        self.context = DeviceContext(device, self.cfg, model.params_["context_in"],
+                                     model.params_["context_out"], self.n_in, self.n_out,
+                                     self._buf, Ch=model.params_["context_h"])
+
+    def _step(self, rows, items, new_session):
+        self.context.set_rows(*self._rows_for(len(rows)))
+        return super()._step(rows, items, new_session)
 
 
 def session_rows(model, sessions, table) -> tuple:

@@ -106,7 +106,8 @@ class FeatureSessionGRU(SessionGRU):
                  show_progress=False, architecture="parallel", combine="concat",
                  strategy="simultaneous", feature_layers=None, augment_crop_p=0.0,
                  augment_drop_p=0.0, context_input="none", context_output="none",
-                 context_time=None, context_columns=None, output_features=False):
+                 context_time=None, context_columns=None, context_transition="none",
+                 output_features=False):
         super().__init__(layers=layers, loss=loss, final_act=final_act, batch_size=batch_size,
                          n_epochs=n_epochs, n_sample=n_sample, sample_alpha=sample_alpha,
                          sample_store_size=sample_store_size, logq=logq, bpreg=bpreg,
@@ -118,7 +119,8 @@ class FeatureSessionGRU(SessionGRU):
                          shuffle_sessions=shuffle_sessions, show_progress=show_progress,
                          augment_crop_p=augment_crop_p, augment_drop_p=augment_drop_p,
                          context_input=context_input, context_output=context_output,
-                         context_time=context_time, context_columns=context_columns)
+                         context_time=context_time, context_columns=context_columns,
+                         context_transition=context_transition)
         self.architecture = architecture
         self.combine = combine
         self.strategy = strategy
@@ -343,7 +345,8 @@ def _check_output_features(p: dict) -> None:
     if p["architecture"] == "id":
         raise ValueError("output_features=True needs item features: architecture 'parallel' or "
                          "'feature', got architecture='id'")
-    if p["context_input"] != "none" or p["context_output"] != "none":
+    if (p["context_input"] != "none" or p["context_output"] != "none"
+            or p["context_transition"] != "none"):
         raise ValueError("output_features=True cannot be combined with context_input/"
                          "context_output yet (the context scorer has no output features); use "
                          "one of them")

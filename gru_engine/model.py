@@ -94,9 +94,12 @@ class SessionGRU(SessionModel):
     (``'none'|'multiply'``), ``context_time`` (subset of ``('gap', 'hour', 'weekday')``; None:
     all three), ``context_columns`` (per-event categorical column names; None: none): the
     context-aware GRU (Smirnova & Vasile 2017), the current event's context on the input and
-    the next event's on the output; needs real timestamps for ``context_time``; CPU only. See
-    :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the
-    request's time ``now``.
+    the next event's on the output; needs real timestamps for ``context_time``; on CPU and
+    CUDA (a CUDA-trained model scores on the device). ``context_transition``
+    (``'none'|'multiply'``): the paper's context-dependent hidden dynamics, layer 0's recurrent
+    matrix ``W_h(c) = diag(1 + W c) W_h`` of the current event's context. See
+    :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the request's
+    time ``now``.
     ``user_layers``, ``user_mode``, ``user_input``: the user-level GRU across a user's sessions
     (HRNN, Quadrana et al. RecSys 2017; :data:`gru_engine.params.USER_KEYS`,
     :mod:`gru_engine.user_level`): ``user_layers`` units (0: off, the default), fed to each
@@ -130,7 +133,8 @@ class SessionGRU(SessionModel):
                  random_state=None, n_threads=None, device="cpu", shuffle_sessions=False,
                  show_progress=False, augment_crop_p=0.0, augment_drop_p=0.0,
                  context_input="none", context_output="none",
-                 context_time=None, context_columns=None, user_layers=0,
+                 context_time=None, context_columns=None, context_transition="none",
+                 user_layers=0,
                  user_mode="all", user_input="items", user_dropout=0.0):
         self.layers = layers
         self.loss = loss
@@ -160,6 +164,7 @@ class SessionGRU(SessionModel):
         self.context_output = context_output
         self.context_time = context_time
         self.context_columns = context_columns
+        self.context_transition = context_transition
         self.user_layers = user_layers
         self.user_mode = user_mode
         self.user_input = user_input
@@ -176,9 +181,6 @@ class SessionGRU(SessionModel):
     def _validated(self) -> dict:
         """The validated hyperparameters (``ValueError`` naming a bad one)."""
         p = hp.validate(self.get_params())
-        if context.enabled(p) and p["device"] != "cpu":
-            raise ValueError(f"context_input/context_output run on the CPU backend only, but "
-                             f"device={p['device']!r}; use device='cpu'")
         if context.enabled(p) and p.get("user_layers", 0) > 0:
             raise ValueError("context_input/context_output and user_layers > 0 cannot be "
                              "combined yet (the user-level trainer has no context input); use "
@@ -412,9 +414,10 @@ class SessionGRU(SessionModel):
     def _make_trainer(self, p, params, spec, support, device, seed, optimizer_state=None,
                       context=None, users=None):
         """The device's trainer over the initial ``params`` (see the module docstring);
-        ``context``: the CPU context record of a context-aware network; ``users``: keyword
-        arguments of the device's ``UserTrainer`` (a user-level GRU: ``backends/cpu/
-        user_trainer.py``, ``backends/cuda/user_trainer.py``)."""
+        ``context``: the context record of a context-aware network (:func:`gru_engine.context.
+        fit_context`; both backends); ``users``: keyword arguments of the device's
+        ``UserTrainer`` (a user-level GRU: ``backends/cpu/user_trainer.py``,
+        ``backends/cuda/user_trainer.py``)."""
         hyper = hp.hyper(p)
         plan = epoch_plan(spec["strategy"], len(self.subnet_names_), p["n_epochs"])
         sum_mode = spec["combine"] == "sum"
@@ -436,7 +439,8 @@ class SessionGRU(SessionModel):
             return UserTrainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
                                names=self.subnet_names_, seed=seed, **users)
         return Trainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
-                       names=self.subnet_names_, seed=seed, optimizer_state=optimizer_state)
+                       names=self.subnet_names_, seed=seed, optimizer_state=optimizer_state,
+                       context=context)
 
     def _keep_after_interrupt(self) -> bool:
         return self._interrupted_usable
@@ -465,8 +469,10 @@ class SessionGRU(SessionModel):
         act, act_param = hp.parse_final_act(self.final_act)
         sum_mode = bool(self.params_["SI"][0, S_A] >= 0)  # combine weights exist only for 'sum'
         if "context_in" in self.params_ and (params is None or params is self.params_):
-            from .context_scoring import ContextScorer
-            return ContextScorer(self)
+            from . import context_scoring
+            if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda":
+                return context_scoring.DeviceContextScorer(self, _resolve_device("cuda"))
+            return context_scoring.ContextScorer(self)
         if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda":
             if "UI" in self.params_:
                 from .backends.cuda.user_scorer import UserScorer

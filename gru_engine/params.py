@@ -38,6 +38,7 @@ DEFAULTS = {
     "context_output": "none",
     "context_time": None,
     "context_columns": None,
+    "context_transition": "none",
     "user_layers": 0,
     "user_mode": "all",
     "user_input": "items",
@@ -54,7 +55,10 @@ DEFAULTS = {
 #       'multiply' (the input vector times ``1 + W c``);
 #   context_output: 'none' | 'multiply' (the combined state before the output layer times
 #       ``1 + W c'``, c' the next event's time context: the target's time in training, the
-#       request's time at serving); categorical columns enter the input side only.
+#       request's time at serving); categorical columns enter the input side only;
+#   context_transition: 'none' | 'multiply' (the recurrent matrix of layer 0 as a function of
+#       the current event's context, ``W_h(c) = diag(1 + W c) W_h``: the previous state times
+#       ``1 + W c`` where ``W_h`` reads it).
 
 #: The user-level GRU across sessions (HRNN, Quadrana et al. RecSys 2017;
 #: :mod:`gru_engine.user_level`, docs/user_level_gru.md); ``fit`` then needs a user column:

@@ -21,22 +21,24 @@ def _hyper(loss, n_sample=N_SAMPLE):
                                sample_store_size=100)))
 
 
-def _trainer(mode, layers, cin, cout, loss, seed, sizes_in=(3, 2), sizes_out=(3,)):
+def _trainer(mode, layers, cin, cout, loss, seed, sizes_in=(3, 2), sizes_out=(3,), ctr="none"):
     """A float64 trainer of the ID network with random (non-zero) context tables, previous
-    hidden states and context rows (rows 0 and 1 share their context rows)."""
+    hidden states and context rows (rows 0 and 1 share their context rows); ``ctr``:
+    ``context_transition``."""
     rng = np.random.default_rng(seed)
     lay = build_layout(N_ITEMS, "id", "concat", mode, list(layers), 3, list(layers), [], rng,
                        np.float64)
     params = {k: lay[k] for k in PARAM_KEYS}
     params["By"][:] = rng.normal(0, 0.3, N_ITEMS)
     params["Wy"] *= 3.0
-    p = dict(context_input=cin, context_output=cout)
-    w_in, w_out = table_widths(p, lay)
+    p = dict(context_input=cin, context_output=cout, context_transition=ctr)
+    w_in, w_out, w_h = table_widths(p, lay)
     Cin = rng.normal(0, 0.5, (sum(sizes_in), w_in))
     Cout = rng.normal(0, 0.5, (sum(sizes_out), w_out))
+    Ch = rng.normal(0, 0.5, (sum(sizes_in) if ctr != "none" else 0, w_h))
     tr = Trainer(params, _hyper(loss), np.ones(N_ITEMS, np.int64),
                  context=make_ctx(config(p), Cin, Cout, B, np.zeros((0, len(sizes_in)), np.int32),
-                                  np.zeros((0, len(sizes_out)), np.int32)))
+                                  np.zeros((0, len(sizes_out)), np.int32), Ch=Ch))
     off_in = np.concatenate([[0], np.cumsum(sizes_in)[:-1]])
     tr.cx.rin[:] = rng.integers(0, min(sizes_in), (B, len(sizes_in))) + off_in
     tr.cx.rin[1] = tr.cx.rin[0]  # a shared row: its gradient is summed
@@ -53,16 +55,19 @@ def _trainer(mode, layers, cin, cout, loss, seed, sizes_in=(3, 2), sizes_out=(3,
 
 @pytest.mark.parametrize("mode,layers", [("onehot", [4]), ("embedding", [4, 3]),
                                          ("constrained", [4])])
-@pytest.mark.parametrize("cin,cout", [("concat", "none"), ("multiply", "none"),
-                                      ("none", "multiply"), ("multiply", "multiply"),
-                                      ("concat", "multiply")])
+@pytest.mark.parametrize("cin,cout,ctr", [
+    ("concat", "none", "none"), ("multiply", "none", "none"), ("none", "multiply", "none"),
+    ("multiply", "multiply", "none"), ("concat", "multiply", "none"),
+    ("none", "none", "multiply"), ("concat", "multiply", "multiply")])
 @pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max"])
-def test_gradients_match_finite_differences(mode, layers, cin, cout, loss):
-    tr, items, cols = _trainer(mode, layers, cin, cout, loss, seed=len(mode) + len(cin))
+def test_gradients_match_finite_differences(mode, layers, cin, cout, ctr, loss):
+    tr, items, cols = _trainer(mode, layers, cin, cout, loss, seed=len(mode) + len(cin),
+                               ctr=ctr)
     C = len(cols)
     _, grads = tr.forward_backward(items, B, cols, C)
     arrays = {"theta": tr.params["theta"], "T": tr.params["T"], "Wy": tr.params["Wy"],
-              "By": tr.params["By"], "context_in": tr.cx.Cin, "context_out": tr.cx.Cout}
+              "By": tr.params["By"], "context_in": tr.cx.Cin, "context_out": tr.cx.Cout,
+              "context_h": tr.cx.Ch}
     eps = 1e-6
     for name, a in arrays.items():
         flat, g = a.reshape(-1), grads[name].reshape(-1)
@@ -76,7 +81,7 @@ def test_gradients_match_finite_differences(mode, layers, cin, cout, loss):
             flat[j] = keep
             num[j] = (up - down) / (2 * eps)
         np.testing.assert_allclose(g, num, rtol=1e-5, atol=1e-8, err_msg=name)
-    for side, key in ((cin, "context_in"), (cout, "context_out")):
+    for side, key in ((cin, "context_in"), (cout, "context_out"), (ctr, "context_h")):
         assert side == "none" or np.abs(grads[key]).sum() > 0  # the check saw real gradients
 
 
@@ -198,6 +203,31 @@ def _mixed_data(seed=2):
 FULL = dict(context_input="concat", context_output="multiply", context_columns=["Type"])
 
 
+def _transition_data(n_sessions=400, seed=3):
+    """Sessions 0, 5, then 3 when the second click was a 'cart' (else 4): the second click's
+    type decides what its history means, which only a context-dependent transition (or the
+    input side) can read; it is the first click's state that W_h(c) transforms."""
+    rng = np.random.default_rng(seed)
+    cart = rng.random(n_sessions) < 0.5
+    start = T0 + rng.integers(0, 86400 * 30, n_sessions)
+    times = np.stack([start, start + 60, start + 120], 1).ravel().astype(float)
+    items = np.stack([np.zeros(n_sessions, int), np.full(n_sessions, 5),
+                      np.where(cart, 3, 4)], 1).ravel()
+    types = np.stack([np.full(n_sessions, "view"), np.where(cart, "cart", "view"),
+                      np.full(n_sessions, "view")], 1).ravel()
+    return {"SessionId": np.repeat(np.arange(n_sessions), 3), "ItemId": items, "Time": times,
+            "Type": types}
+
+
+def test_context_transition_learns_what_the_click_makes_of_the_history():
+    data = _transition_data()
+    plain = _model(n_sample=8).fit(data).evaluate(data, cutoffs=(1,))["recall@1"]
+    ctx = _model(n_sample=8, context_transition="multiply", context_time=[],
+                 context_columns=["Type"]).fit(data)
+    assert ctx.evaluate(data, cutoffs=(1,))["recall@1"] > 0.95 > 0.85 > plain
+    assert np.abs(ctx.params_["context_h"]).max() > 0 and ctx.params_["context_in"].size == 0
+
+
 def test_evaluation_equals_serving_and_does_not_depend_on_batch_size():
     data = _mixed_data()
     m = _model(n_epochs=2, n_sample=8, **FULL).fit(data)
@@ -219,7 +249,8 @@ def test_evaluation_equals_serving_and_does_not_depend_on_batch_size():
 
 def test_model_file_round_trip(tmp_path):
     data = _mixed_data()
-    for kw in (FULL, dict(context_input="multiply", context_time=["hour", "weekday"])):
+    for kw in (FULL, dict(context_input="multiply", context_time=["hour", "weekday"]),
+               dict(context_transition="multiply", context_time=["gap"])):
         m = _model(n_epochs=1, n_sample=8, **kw).fit(data)
         m.save(tmp_path / "m.npz")
         back = SessionGRU.load(tmp_path / "m.npz")
@@ -230,6 +261,28 @@ def test_model_file_round_trip(tmp_path):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
         assert back.evaluate(data)["mrr@20"] == m.evaluate(data)["mrr@20"]
+
+
+def test_files_without_the_transition_table_still_load(tmp_path):
+    """A context model file written before ``context_transition`` existed (no ``context_h``,
+    no option in the header) loads and scores as before."""
+    import json
+    from model_files import read, write
+    data = _mixed_data()
+    m = _model(n_epochs=1, n_sample=8, **FULL).fit(data)
+    m.save(tmp_path / "m.npz")
+    arrays = read(tmp_path / "m.npz")
+    assert arrays["context_h"].shape[0] == 0
+    del arrays["context_h"]
+    header = json.loads(bytes(arrays["header"]).decode("utf-8"))
+    del header["params"]["context_transition"]
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    write(tmp_path / "old.npz", arrays)
+    back = SessionGRU.load(tmp_path / "old.npz")
+    assert back.context_transition == "none"
+    req = dict(times=[T0, T0 + 30], now=T0 + 99, columns={"Type": ["view", "cart"]})
+    np.testing.assert_array_equal(back.recommend([1, 2], 5, **req)[1],
+                                  m.recommend([1, 2], 5, **req)[1])
 
 
 def test_feature_model_takes_context():
@@ -267,9 +320,9 @@ def test_ordinal_times_are_refused():
     (dict(context_output="multiply", context_time=[], context_columns=["Type"],
           context_input="concat"), "time features"),
     (dict(context_columns=["Type"]), "input side only"),
+    (dict(context_transition="add"), "context_transition"),
+    (dict(context_transition="multiply", context_time=[]), "at least one feature"),
     (dict(context_input="concat", augment_drop_p=0.1), "augment_drop_p"),
-    (dict(context_input="concat", device="cuda"), "CPU backend only"),
-    (dict(context_output="multiply", device="auto"), "CPU backend only"),
 ])
 def test_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -295,29 +348,40 @@ def test_missing_column_and_unsupported_calls(tmp_path):
         _model(context_input="concat").fit(_gap_data(), checkpoint=tmp_path)
 
 
-def test_session_store_answers_as_recommend(tmp_path):
-    from gru_engine.serving import SessionStore
-    data = _mixed_data()
-    m = _model(n_epochs=2, n_sample=8, **FULL).fit(data)
-    store = SessionStore(m, capacity=2, k=5, n_threads=2)  # 2 slots: the third session evicts
+def check_store_answers_as_recommend(store, reference, data) -> tuple:
+    """Sessions 0 and 1 of ``data`` (4 clicks each) through ``store``: every answer equals
+    ``reference.recommend`` with the request at the click's time, and ``recommend_for`` of a
+    later request equals it at that time. Returns ``(store answer, clicks of session 0)``
+    of the later request."""
     sid, items, times, types = (data[k] for k in ("SessionId", "ItemId", "Time", "Type"))
-    clicks = {s: np.flatnonzero(sid == s)[:4] for s in (0, 1, 2)}
+    clicks = {s: np.flatnonzero(sid == s)[:4] for s in (0, 1)}
     for n in range(4):
         batch = [s for s in (0, 1) if n < len(clicks[s])]
         ev = [clicks[s][n] for s in batch]
         res = store.step(batch, items[ev], times=times[ev], columns={"Type": types[ev]})
         for j, s in enumerate(batch):
             i = clicks[s][:n + 1]
-            want = m.recommend(items[i], 5, times=times[i], now=times[i[-1]],
-                               columns={"Type": types[i]})
+            want = reference.recommend(items[i], 5, times=times[i], now=times[i[-1]],
+                                       columns={"Type": types[i]})
             np.testing.assert_array_equal(res.items[j], want[0])
-            np.testing.assert_allclose(res.scores[j], want[1], rtol=1e-5)
+            np.testing.assert_allclose(res.scores[j], want[1], rtol=1e-5, atol=1e-6)
     i = clicks[0]
     later = times[i[-1]] + 5000.0
     res = store.recommend_for([0], now=later)
-    want = m.recommend(items[i], 5, times=times[i], now=later, columns={"Type": types[i]})
+    want = reference.recommend(items[i], 5, times=times[i], now=later,
+                               columns={"Type": types[i]})
     np.testing.assert_array_equal(res.items[0], want[0])
-    np.testing.assert_allclose(res.scores[0], want[1], rtol=1e-5)
+    np.testing.assert_allclose(res.scores[0], want[1], rtol=1e-5, atol=1e-6)
+    return res, i
+
+
+def test_session_store_answers_as_recommend(tmp_path):
+    from gru_engine.serving import SessionStore
+    data = _mixed_data()
+    m = _model(n_epochs=2, n_sample=8, **FULL).fit(data)
+    store = SessionStore(m, capacity=2, k=5, n_threads=2)
+    res, i = check_store_answers_as_recommend(store, m, data)
+    items, times = data["ItemId"], data["Time"]
     assert not np.array_equal(store.recommend_for([0], now=times[i[-1]]).scores[0],
                               res.scores[0])  # the request's time changes the answer
     with pytest.raises(ValueError, match="times="):

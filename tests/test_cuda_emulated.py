@@ -98,7 +98,8 @@ def grid(n):
 # Test modules holding the KERNEL_TESTS of the other kernel files.
 KERNEL_TEST_MODULES = ("test_feature_cuda",  # kernels/features.cu
                        "test_user_cuda",  # kernels/user.cu
-                       "test_output_features_cuda")  # kernels/output_features.cu
+                       "test_output_features_cuda",  # kernels/output_features.cu
+                       "test_context_cuda")  # kernels/context.cu
 
 
 def _kernel_test_modules():

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 KERNEL_FILES = ("gru_cell.cu", "tensor.cu", "losses.cu", "optim.cu", "ranking.cu",
-                "features.cu", "user.cu", "output_features.cu")
+                "features.cu", "user.cu", "output_features.cu", "context.cu")
 EMULATION_HEADER = "emulation/cuda_on_cpu.h"
 COMMON_HEADER = "common.cuh"  # device helpers every .cu includes (on the NVRTC/g++ include path)
 

@@ -463,8 +463,12 @@ class SessionStore:
             from ..model import _resolve_device
             from .. import params as hp
             old = self._slots.scorer
-            sc = Scorer(_resolve_device("cuda"), params, old.sum_mode,
-                        hp.parse_final_act(model.final_act))
+            if self._context is not None:  # a context-aware model: the tables come along
+                from ..context_scoring import DeviceContextScorer
+                sc = DeviceContextScorer(model, old.dev, params)
+            else:
+                sc = Scorer(_resolve_device("cuda"), params, old.sum_mode,
+                            hp.parse_final_act(model.final_act))
             sc.h = old.h  # same hidden sizes: the live states carry over
         else:
             old = self._slots.scorer

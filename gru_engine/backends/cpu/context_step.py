@@ -12,7 +12,11 @@ sum of its features' rows (a one-hot context times a weight matrix, as Smirnova 
   d_0) with d_0 subnet 0's input width, applied to the (dropped-out) input before ``Wx``;
 * output ``multiply`` (:data:`COUT_MULTIPLY`): the combined state before the output layer
   ``hc' = hc * (1 + sum_f Cout[c'_f])``, ``Cout`` (R_out, Hc), ``c'`` the *next* event's
-  context (known in training from the target's time, at serving from the request's time).
+  context (known in training from the target's time, at serving from the request's time);
+* transition ``multiply`` (:data:`CTR_MULTIPLY`): layer 0's recurrent matrix as a function of
+  the current event's context, ``W_h(c) = diag(1 + sum_f Ch[c_f]) W_h``: ``W_h`` reads
+  ``hmod = h_prev * (1 + sum_f Ch[c_f])``, ``Ch`` (R_in, H_0) (the update gate mixes the plain
+  ``h_prev``; the previous state is a constant of the step, as everywhere in training).
 """
 from __future__ import annotations
 
@@ -25,19 +29,23 @@ from .optim import adagrad_flat
 
 CIN_NONE, CIN_CONCAT, CIN_MULTIPLY = 0, 1, 2
 COUT_NONE, COUT_MULTIPLY = 0, 1
+CTR_NONE, CTR_MULTIPLY = 0, 1
 
 
 class Ctx(NamedTuple):
     """Context record of a step (float arrays of the network's dtype).
 
-    cfg (2,) int64 ``[input mode (CIN_*), output mode (COUT_*)]``; ev_in (n_events, F_in),
+    cfg (3,) int64 ``[input mode (CIN_*), output mode (COUT_*), transition mode (CTR_*)]``;
+    ev_in (n_events, F_in),
     ev_out (n_events, F_out) int32: per training event the rows of ``Cin``/``Cout`` of its
     context features (empty at inference); rin (bs, F_in), rout (bs, F_out) int32: the rows of
     the step's rows (input: the current event's; output: the next event's); Cin (R_in, w_in),
     Cout (R_out, Hc): the tables (updated in place); gin, gout: their gradients (dense, zeroed
     every step); acc_in, vel_in, acc_out, vel_out: Adagrad state; mod_in, xraw (bs, w_in):
     ``1 + sum Cin`` and the unmodulated input (multiply); mod_out, hraw (bs, Hc): likewise for
-    the output."""
+    the output; Ch (R_in, H_0), gh, acc_h, vel_h: the transition table, its gradient and
+    Adagrad state; mod_h, hmod, dh (bs, H_0): ``1 + sum Ch``, the modulated previous state of
+    layer 0 and its gradient (transition)."""
     cfg: np.ndarray
     ev_in: np.ndarray
     ev_out: np.ndarray
@@ -55,11 +63,20 @@ class Ctx(NamedTuple):
     xraw: np.ndarray
     mod_out: np.ndarray
     hraw: np.ndarray
+    Ch: np.ndarray
+    gh: np.ndarray
+    acc_h: np.ndarray
+    vel_h: np.ndarray
+    mod_h: np.ndarray
+    hmod: np.ndarray
+    dh: np.ndarray
 
 
-def make_ctx(cfg, Cin, Cout, bs: int, ev_in=None, ev_out=None, grads: bool = True) -> Ctx:
+def make_ctx(cfg, Cin, Cout, bs: int, ev_in=None, ev_out=None, grads: bool = True,
+             Ch=None) -> Ctx:
     """A :class:`Ctx` of ``bs`` rows over the tables ``Cin`` (R_in, w_in), ``Cout`` (R_out,
-    Hc) (float, one dtype); ``ev_in``/``ev_out`` the training events' rows (None: none, for
+    Hc) and ``Ch`` (R_in, H_0; None: no transition table) (float, one dtype); ``cfg`` of 2
+    modes means no transition; ``ev_in``/``ev_out`` the training events' rows (None: none, for
     inference). Without ``grads`` the gradient and optimiser arrays are empty."""
     dt = Cin.dtype
     F_in = 0 if ev_in is None else ev_in.shape[1]
@@ -69,13 +86,18 @@ def make_ctx(cfg, Cin, Cout, bs: int, ev_in=None, ev_out=None, grads: bool = Tru
     ev_out = np.zeros((0, F_out), np.int32) if ev_out is None else np.ascontiguousarray(
         ev_out, np.int32)
     like = (lambda a: np.zeros_like(a)) if grads else (lambda a: np.zeros((0, a.shape[1]), dt))
-    return Ctx(cfg=np.asarray(cfg, np.int64), ev_in=ev_in, ev_out=ev_out,
+    Ch = np.zeros((0, 1), dt) if Ch is None else Ch
+    cfg = np.concatenate([np.asarray(cfg, np.int64), np.zeros(3 - len(cfg), np.int64)])
+    return Ctx(cfg=cfg, ev_in=ev_in, ev_out=ev_out,
                rin=np.zeros((bs, max(F_in, 1)), np.int32),
                rout=np.zeros((bs, max(F_out, 1)), np.int32), Cin=Cin, Cout=Cout,
                gin=like(Cin), gout=like(Cout), acc_in=like(Cin), vel_in=like(Cin),
                acc_out=like(Cout), vel_out=like(Cout),
                mod_in=np.ones((bs, Cin.shape[1]), dt), xraw=np.zeros((bs, Cin.shape[1]), dt),
-               mod_out=np.ones((bs, Cout.shape[1]), dt), hraw=np.zeros((bs, Cout.shape[1]), dt))
+               mod_out=np.ones((bs, Cout.shape[1]), dt), hraw=np.zeros((bs, Cout.shape[1]), dt),
+               Ch=Ch, gh=like(Ch), acc_h=like(Ch), vel_h=like(Ch),
+               mod_h=np.ones((bs, Ch.shape[1]), dt), hmod=np.zeros((bs, Ch.shape[1]), dt),
+               dh=np.zeros((bs if grads else 0, Ch.shape[1]), dt))
 
 
 def no_context(dtype) -> Ctx:
@@ -88,7 +110,8 @@ def no_context(dtype) -> Ctx:
 def context_rows(cx, cur, B):
     """Training: the context rows of the step's ``B`` rows from their current events ``cur``
     (input: event ``cur[r]``; output: the target event ``cur[r] + 1``)."""
-    if cx.cfg[0] != CIN_NONE:  # element loops: a row slice copy compiles a shape-error formatter
+    if cx.cfg[0] != CIN_NONE or cx.cfg[2] != CTR_NONE:  # element loops: a row slice copy
+        # compiles a shape-error formatter
         for r in range(B):
             for f in range(cx.rin.shape[1]):
                 cx.rin[r, f] = cx.ev_in[cur[r], f]
@@ -172,12 +195,37 @@ def context_output_backward(cx, dhc, B):
 
 
 @njit(cache=True, error_model="numpy")
+def context_transition_forward(cx, hp, B):
+    """Transition mode: ``hmod[:B] = hp[:B] * (1 + sum Ch[rin])`` (layer 0's previous state as
+    ``W_h`` reads it; keeps ``mod_h``). Returns ``hmod``."""
+    _row_sums(cx.Ch, cx.rin, B, cx.mod_h, 1.0)
+    for i in range(B):
+        for k in range(hp.shape[1]):
+            cx.hmod[i, k] = hp[i, k] * cx.mod_h[i, k]
+    return cx.hmod
+
+
+@njit(cache=True, error_model="numpy")
+def context_transition_backward(cx, dgh, Wh, hp, B):
+    """From ``dgh`` (B, 3 H_0) = dL/d(hmod W_h): ``dh = dgh W_h^T`` (dL/d hmod) and ``gh[rin]
+    += dh * hp`` (``hp`` the plain previous state)."""
+    np.dot(dgh[:B], Wh.T, cx.dh[:B])
+    for i in range(B):
+        for f in range(cx.rin.shape[1]):
+            r = cx.rin[i, f]
+            for k in range(hp.shape[1]):
+                cx.gh[r, k] += cx.dh[i, k] * hp[i, k]
+
+
+@njit(cache=True, error_model="numpy")
 def context_zero_grads(cx):
     """Zero the tables' gradients before a step."""
     if cx.cfg[0] != CIN_NONE:
         cx.gin[:, :] = 0.0
     if cx.cfg[1] != COUT_NONE:
         cx.gout[:, :] = 0.0
+    if cx.cfg[2] != CTR_NONE:
+        cx.gh[:, :] = 0.0
 
 
 @njit(cache=True, error_model="numpy")
@@ -192,3 +240,7 @@ def context_update(cx, lr, mom):
         n = cx.Cout.size
         adagrad_flat(cx.Cout.reshape(n), cx.gout.reshape(n), cx.acc_out.reshape(n),
                      cx.vel_out.reshape(n), lr, mom)
+    if cx.cfg[2] != CTR_NONE:
+        n = cx.Ch.size
+        adagrad_flat(cx.Ch.reshape(n), cx.gh.reshape(n), cx.acc_h.reshape(n),
+                     cx.vel_h.reshape(n), lr, mom)

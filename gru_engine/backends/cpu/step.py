@@ -46,9 +46,11 @@ from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN,
                         L_WX, S_A, S_C0, S_C1, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_KIND,
                         S_L0, S_L1, S_ROFF, S_SOFF, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0,
                         S_XOFF, T_NONE, T_OWN, T_WY)
-from .context_step import (CIN_CONCAT, CIN_MULTIPLY, COUT_NONE, context_input_backward,
-                           context_input_forward, context_input_gates, context_output_backward,
-                           context_output_forward, context_zero_grads)
+from .context_step import (CIN_CONCAT, CIN_MULTIPLY, COUT_NONE, CTR_NONE,
+                           context_input_backward, context_input_forward, context_input_gates,
+                           context_output_backward, context_output_forward,
+                           context_transition_backward, context_transition_forward,
+                           context_zero_grads)
 from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
 from .losses import CROSS_ENTROPY, loss_forward_backward
 from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
@@ -237,7 +239,10 @@ def subnet_forward(s, net, in_items, B, bs, wk, cx, prof):
         hp = block_view(wk.HP, LI[g, L_HOFF], bs, H)
         ho = block_view(wk.HO, LI[g, L_HOFF], bs, H)
         gh = block_view(wk.GH, LI[g, L_GOFF], bs, 3 * H)
-        np.dot(hp[:B], flat_view(theta, LI[g, L_WH], H, 3 * H), gh[:B])
+        hw = hp  # the previous state as Wh reads it (context_transition: modulated)
+        if s == 0 and g == l0 and cx.cfg[2] != CTR_NONE:
+            hw = context_transition_forward(cx, hp, B)
+        np.dot(hw[:B], flat_view(theta, LI[g, L_WH], H, 3 * H), gh[:B])
         tick_gemm(prof, P_H_GEMM, B, 3 * H, H)
         gru_forward(gx, hp, theta[LI[g, L_BHN]:LI[g, L_BHN] + H], gh,
                     block_view(wk.GA, LI[g, L_GOFF], bs, 3 * H), ho, B)
@@ -389,7 +394,11 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
         tick(prof, P_GRU_BACK)
         if g == l0 and cin == CIN_CONCAT:
             context_input_backward(cx, dgx[:B], B)
-        np.dot(hp[:B].T, dgh[:B], flat_view(gtheta, LI[g, L_WH], H, 3 * H))
+        hw = hp
+        if s == 0 and g == l0 and cx.cfg[2] != CTR_NONE:
+            hw = cx.hmod
+            context_transition_backward(cx, dgh, flat_view(theta, LI[g, L_WH], H, 3 * H), hp, B)
+        np.dot(hw[:B].T, dgh[:B], flat_view(gtheta, LI[g, L_WH], H, 3 * H))
         tick_gemm(prof, P_DWH_GEMM, H, 3 * H, B)
         if g > l0:
             Hp = LI[g - 1, L_H]

@@ -392,8 +392,8 @@ class Trainer:
         ``work.HP`` (previous hidden states), masks ``work.M0f``/``work.MK``, ``out.lq`` and the
         context rows ``cx.rin``/``cx.rout``. Returns ``(loss, grads)``; ``grads`` holds
         full-size ``theta``, ``T``, ``Wy``, ``By`` gradients (zero for parameters that are
-        frozen or not reached), with context ``context_in``/``context_out``, and ``Fy``/``Fb``
-        for a network with output features."""
+        frozen or not reached), with context ``context_in``/``context_out``/``context_h``, and
+        ``Fy``/``Fb`` for a network with output features."""
         p, SI, sp, wk = self.params, self.net.SI, self.sparse, self.work
         in_buf = self.rows["in_items"]
         in_buf[:B] = in_items
@@ -422,6 +422,7 @@ class Trainer:
         release_all(SI, sp)
         if self.cx.cfg.any():
             grads["context_in"], grads["context_out"] = self.cx.gin.copy(), self.cx.gout.copy()
+            grads["context_h"] = self.cx.gh.copy()
         if self.of is not None:
             of, H = self.of, self.of.Fy.shape[1]
             grads["Fy"], grads["Fb"] = np.zeros_like(of.Fy), np.zeros_like(of.Fb)

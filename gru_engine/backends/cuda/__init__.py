@@ -14,6 +14,8 @@ against :class:`~gru_engine.backends.device.Device`, so they run unchanged on a 
 - ``output_features.py``: the feature part of the output layer (``output_features=True``):
   the sampled columns' pooled feature rows, their gradient rows and sparse Adagrad, the
   scorer's effective output vectors;
+- ``context.py``: the context tables of the context-aware GRU (:mod:`gru_engine.context`) and
+  their forward/backward/update hooks, called by the shared forward and the trainer;
 - ``ops.py``: the tunables (:data:`BLOCK`, :data:`MAX_GRAPHS`), scratch buffers, and the step's
   network-independent kernels (dropout masks, sampled output layer + fused loss, GRU cell
   backward, dense and sparse Adagrad).

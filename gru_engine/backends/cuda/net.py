@@ -161,7 +161,8 @@ class DeviceNet:
         return out
 
     # ---- forward -------------------------------------------------------------------------
-    def subnet_forward(self, s, items, R, reset, hprevs, m0, mks, buf, carry=None, gates=None):
+    def subnet_forward(self, s, items, R, reset, hprevs, m0, mks, buf, carry=None, gates=None,
+                       context=None):
         """Forward of subnet ``s`` for ``R`` rows: input ``x{s}`` (none for one-hot input),
         every layer g's ``gx{g}``, ``gh{g}``, output ``y{g}`` (dropped out by ``mks[g]``),
         ``saved{g}``, ``hpe{g}`` in ``buf``. ``items`` (R,) int32; ``reset`` (R,) uint8;
@@ -169,26 +170,38 @@ class DeviceNet:
         mask ((R,) per-row factor for one-hot input, else (R, din)) or None. ``carry(g, y)``
         is called after each layer (the trainer copies the carried state). ``gates``: None or
         (R, 3 H) extra gate pre-activations of the first layer, added after its bias (the
-        user-level GRU's ``user_mode='all'``)."""
+        user-level GRU's ``user_mode='all'``). ``context``: the
+        :class:`~.context.DeviceContext` of a context-aware network (subnet 0's input)."""
         d, p, sn = self.dev, self.p, self.sub[s]
+        ctx = context if s == 0 else None
         for n, g in enumerate(sn.layers):
             H = self.H[g]
             Wx, bx, Wh, bhn = self.layer(p["theta"], g)
             gx = buf(f"gx{g}", (R, 3 * H))
             if n == 0 and sn.kind == K_DIRECT:
                 table, _, _ = self.table(sn)
+                late_bias = ctx is not None and ctx.multiplies_input  # the row, modulated, + bx
                 d.launch("gather_rows", grid(R * 3 * H), BLOCK,
-                         [table, 3 * H, items, R, 3 * H, bx, m0, gx, 3 * H])
+                         [table, 3 * H, items, R, 3 * H, None if late_bias else bx, m0, gx,
+                          3 * H])
+                if late_bias:
+                    ctx.modulate_input(gx, R)
+                    d.launch("add_bias", grid(R * 3 * H), BLOCK, [gx, bx, R, 3 * H])
             else:
                 x = buf(f"x{s}", (R, sn.din)) if n == 0 else buf(f"y{g - 1}", (R, sn.H[n - 1]))
                 if n == 0:
                     self._input(sn, items, R, m0, x)
+                    if ctx is not None:
+                        ctx.modulate_input(x, R)
                 d.gemm(x, Wx, out=gx)
                 d.launch("add_bias", grid(R * 3 * H), BLOCK, [gx, bx, R, 3 * H])
             if n == 0 and gates is not None:
                 d.launch("add_inplace", grid(R * 3 * H), BLOCK, [gx, gates, R * 3 * H])
+            if n == 0 and ctx is not None:
+                ctx.gates(gx, R)
             gh = buf(f"gh{g}", (R, 3 * H))
-            d.gemm(hprevs[g], Wh, out=gh)
+            d.gemm(hprevs[g] if n > 0 or ctx is None else ctx.transition(hprevs[g], R), Wh,
+                   out=gh)
             y = buf(f"y{g}", (R, H))
             d.launch("gru_cell_forward", grid(R * H), BLOCK,
                      [gx, gh, bhn, hprevs[g], reset, mks[g], y, buf(f"saved{g}", (R, 4 * H)),

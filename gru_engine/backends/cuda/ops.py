@@ -194,15 +194,16 @@ class StepOps(ScratchBuffers):
             d.launch("final_act_backward", grid(R * C), BLOCK, [S, dS, dS, R * C, act, act_param])
         return dS
 
-    def _cell_backward(self, g: int, dh, saved, hpe, mask, dWh, dbx, dbhn):
+    def _cell_backward(self, g: int, dh, saved, hpe, mask, dWh, dbx, dbhn, h_wh=None):
         """Backward of layer ``g``'s fused GRU cell for dh (R, H) (``saved`` (R, 4H), ``hpe``
-        (R, H) and ``mask`` of its forward): writes dWh (H, 3H) = hpe^T dgh, dbx (3H,) and
-        dbhn (H,); returns dgx (R, 3H) (buffer ``dgx{g}``), the gradient of x @ Wx + bx."""
+        (R, H) and ``mask`` of its forward): writes dWh (H, 3H) = h_wh^T dgh (``h_wh``: the
+        state Wh read, default hpe), dbx (3H,) and dbhn (H,); returns dgx (R, 3H) (buffer
+        ``dgx{g}``), the gradient of x @ Wx + bx (``dgh{g}`` holds dgh)."""
         d = self.dev
         R, H = dh.shape
         dgx, dgh = self._buf(f"dgx{g}", (R, 3 * H)), self._buf(f"dgh{g}", (R, 3 * H))
         d.launch("gru_cell_backward", grid(R * H), BLOCK, [dh, saved, hpe, mask, dgx, dgh, R, H])
-        d.gemm(hpe, dgh, out=dWh, trans_a=True)
+        d.gemm(hpe if h_wh is None else h_wh, dgh, out=dWh, trans_a=True)
         d.launch("column_sum", grid(3 * H), BLOCK, [dgx, R, 3 * H, 3 * H, dbx])
         d.launch("column_sum", grid(H), BLOCK, [dgh.reshape(-1)[2 * H:], R, 3 * H, H, dbhn])
         return dgx

@@ -44,7 +44,8 @@ class Scorer(ScratchBuffers):
     distinct; items: (R,) int item indices; new_session: (R,) bool, True resets that row) and
     returns float32 (R, n_items) host scores ``final_act(h_comb @ Wy.T + By)``. ``rank`` and
     ``topk`` do the same step but keep the score block on the device; ``advance`` does the
-    step alone (no scores).
+    step alone (no scores). ``context``: None, or the :class:`~.context.DeviceContext` of a
+    context-aware network (its rows set before each step; :mod:`gru_engine.context_scoring`).
     """
 
     #: per-slot device arrays (n_rows, w) besides ``h`` that a session store keeps with the
@@ -63,6 +64,7 @@ class Scorer(ScratchBuffers):
         self.h = None
         self._arange = None
         self._init_scratch()
+        self.context = None
 
     def begin(self, n_rows: int):
         self.h = [self.dev.zeros((int(n_rows), H)) for H in self.net.H]
@@ -83,12 +85,13 @@ class Scorer(ScratchBuffers):
         gates = self._layer0_gates(rows_d, R)
         for s in range(net.S):
             net.subnet_forward(s, items_d, R, reset_d, hprevs, None, no_masks, self._buf,
-                               gates=gates if s == 0 else None)
+                               gates=gates if s == 0 else None, context=self.context)
         for g, h in enumerate(self.h):
             H = h.shape[1]
             d.launch("scatter_rows", grid(R * H), BLOCK,
                      [self._buf(f"y{g}", (R, H)), rows_d, R, H, h])
-        return net.combine([True] * net.S, R, self.sum_mode, self._arange, self._buf, None)
+        hc = net.combine([True] * net.S, R, self.sum_mode, self._arange, self._buf, None)
+        return hc if self.context is None else self.context.output(hc, R)
 
     def _layer0_gates(self, rows_d, R: int):
         """(R, 3 H0) extra layer-0 gates of subnet 0 for the rows, or None (none here; see

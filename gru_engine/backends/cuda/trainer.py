@@ -11,6 +11,7 @@ from ...network import K_DIRECT, T_NONE, T_OWN, T_WY
 from ...params import Hyper
 from ...sampling import SampleStore
 from ..device import Device, GraphCaptureError
+from .context import training_context
 from .net import DeviceNet
 from .output_features import OutputFeatures
 from .ops import BLOCK, INT_MAX, MAX_GRAPHS, StepOps, grid
@@ -31,7 +32,9 @@ class Trainer(StepOps):
     masks (drawn on the device by ``dropout_mask``, so a fit with dropout follows another random
     stream than on the CPU); ``use_graphs``: replay full steps from captured CUDA graphs (None:
     on for a CupyDevice); ``optimizer_state``: optional ``{'acc': {...}, 'vel': {...}}`` host
-    arrays shaped like ``theta``/``T``/``Wy``/``By`` to continue from (warm start).
+    arrays shaped like ``theta``/``T``/``Wy``/``By`` to continue from (warm start);
+    ``context``: the CPU context record of a context-aware network (:func:`gru_engine.context.
+    fit_context`; its tables and events' rows go to a :class:`~.context.DeviceContext`).
 
     Schedule (:func:`gru_engine.batching.full_schedule`) and negative samples
     (:class:`~gru_engine.sampling.SampleStore`, drawn with Numba's generator) are the CPU
@@ -43,7 +46,7 @@ class Trainer(StepOps):
 
     def __init__(self, device: Device, params: dict, hyper: Hyper, item_support, *,
                  sum_mode: bool, plan=None, names=None, seed: int = 0, use_graphs=None,
-                 optimizer_state=None):
+                 optimizer_state=None, context=None):
         super().__init__(device, hyper, item_support, seed)
         d, B = device, self.batch_size
         self.net = net = DeviceNet(device, params)
@@ -96,6 +99,7 @@ class Trainer(StepOps):
         self._masks = None
         self._rows = np.zeros(0, np.int64)
         self._step = 0
+        self.context = None if context is None else training_context(device, context, self._buf)
 
     # ---- phase -------------------------------------------------------------------------------
     def set_phase(self, active, train, interleave: bool = False, freeze_out: bool = False):
@@ -167,6 +171,9 @@ class Trainer(StepOps):
         m0s, mks = self._draw_masks(R, masks)
         buf = self._buf
         hprevs = [self._prev_state(g, src, R) for g in range(net.G)]
+        ctx = self.context
+        if ctx is not None:
+            ctx.zero_grads()
 
         def carry(g, y):
             d.copy(self.h[g][:R], y)  # the dropped-out output is the carried state
@@ -174,8 +181,10 @@ class Trainer(StepOps):
         for s in range(net.S):
             if self.active[s]:
                 net.subnet_forward(s, in_items, R, reset, hprevs, m0s[s], mks, buf, carry,
-                                   self.extra_gates if s == 0 else None)
+                                   self.extra_gates if s == 0 else None, ctx)
         hc = net.combine(self.active, R, self.sum_mode, self.arange, buf, self._zeros[:R])
+        if ctx is not None:
+            hc = ctx.output(hc, R)
         trained = [s for s in range(net.S) if self.active[s] and self.train[s]]
         n_wy = C + sum(nnz[s] for s in trained if net.sub[s].tab == T_WY)
         idx_wy = buf("idx_wy", (n_wy,), np.int32)
@@ -187,6 +196,8 @@ class Trainer(StepOps):
             self.n_of = of.gradient_rows(idx_wy[:C], C, G_wy, dBy,
                                          buf("G_of", (C * of.max_bag, of.W)),
                                          buf("idx_of", (C * of.max_bag,), np.int32))
+        if ctx is not None:
+            ctx.output_backward(dhc, R)
         self.table_rows, e_wy = {}, C
         for s in trained:
             sn = net.sub[s]
@@ -207,6 +218,7 @@ class Trainer(StepOps):
         straight into ``wy_rows`` (its rows of ``G_wy``)."""
         d, net, buf = self.dev, self.net, self._buf
         sn, gt = net.sub[s], self.gtheta
+        ctx = self.context if s == 0 else None  # the input context enters subnet 0
         gl, H = sn.layers[-1], sn.H[-1]
         if net.single:
             dy = dhc
@@ -222,9 +234,17 @@ class Trainer(StepOps):
         for n in reversed(range(len(sn.layers))):
             g, H = sn.layers[n], sn.H[n]
             gWx, gbx, gWh, gbhn = net.layer(gt, g)
-            dgx = self._cell_backward(g, dy, buf(f"saved{g}", (R, 4 * H)), buf(f"hpe{g}", (R, H)),
-                                      mks[g], gWh, gbx, gbhn)
+            hpe = buf(f"hpe{g}", (R, H))
+            h_wh = ctx.transition_state(hpe, R) if n == 0 and ctx is not None else hpe
+            dgx = self._cell_backward(g, dy, buf(f"saved{g}", (R, 4 * H)), hpe, mks[g], gWh, gbx,
+                                      gbhn, h_wh)
+            if n == 0 and ctx is not None:
+                Wh = net.layer(net.p["theta"], g)[2]
+                ctx.transition_backward(buf(f"dgh{g}", (R, 3 * H)), Wh, hpe, R)
+                ctx.input_backward(dgx, R, gates=True)
             if n == 0 and sn.kind == K_DIRECT:
+                if ctx is not None:  # the gate gradient is the (modulated) input's
+                    ctx.input_backward(dgx, R, gates=False)
                 return
             n_in = int(gWx.shape[0])
             x = buf(f"y{g - 1}", (R, n_in)) if n > 0 else buf(f"x{s}", (R, n_in))
@@ -236,6 +256,8 @@ class Trainer(StepOps):
             elif sn.tab != T_NONE:
                 dx = wy_rows if sn.direct_grad and sn.tab == T_WY else buf(f"dx{s}", (R, n_in))
                 d.gemm(dgx, Wx, out=dx, trans_b=True)
+                if ctx is not None:
+                    ctx.input_backward(dx, R, gates=False)
                 if m0 is not None:
                     d.launch("multiply_inplace", grid(dx.size), BLOCK, [dx, m0, dx.size])
 
@@ -309,6 +331,8 @@ class Trainer(StepOps):
             of.update(self._sparse_update, self._buf("G_of", (self.n_of, of.W)),
                       self._buf("idx_of", (self.n_of,), np.int32), self.n_of,
                       of.column_mask(self._phase, None if col_masks is None else col_masks[0]))
+        if self.context is not None:
+            self.context.update(self.lr, self.momentum)
         if self.p_embed > 0 or self.p_hidden > 0:
             d.launch("counter_add", 1, 1, [self.step_counter, 1])
 
@@ -447,6 +471,9 @@ class Trainer(StepOps):
         self._step = 0
         for h in self.h:
             h.fill(0)
+        if self.context is not None:  # the input event of every row (its target: the next)
+            self.context.start_epoch(full_schedule(np.arange(len(items), dtype=np.int32), order,
+                                                   offsets, self.batch_size, self.min_rows)[1])
 
     def rows_left(self) -> bool:
         return self._step < len(self._rows)
@@ -463,6 +490,8 @@ class Trainer(StepOps):
             if self.interleave:
                 k = self.global_step % S
                 self.set_phase(self.active, [s == k for s in range(S)], True, self.freeze_out)
+            if self.context is not None:
+                self.context.stage(a, b)
             self.step(self._ins[a:b], self._tgts[a:b], self._rsts[a:b], self._sample_block(),
                       self._srcs[a:b], nnz=[int(v) for v in self._nnz[t]], masks=self._masks,
                       loss_slot=losses[t - t0:t - t0 + 1])
@@ -476,11 +505,13 @@ class Trainer(StepOps):
     def host_params(self) -> dict:
         """The trained parameters copied to the host: the flat dict given, with ``theta``,
         ``T``, ``Wy``, ``By`` (float32) from the device (copies: writing into them changes
-        nothing on the device; see :meth:`load_state`), and ``Fy``, ``Fb`` with output
-        features."""
+        nothing on the device; see :meth:`load_state`), ``Fy``, ``Fb`` with output
+        features, and a context-aware network's context tables."""
         out = self.net.to_host()
         if self.output_features is not None:
             out.update(self.output_features.to_host())
+        if self.context is not None:
+            out.update(self.context.host_tables())
         return out
 
     def optimizer_state(self) -> dict:
