@@ -326,8 +326,91 @@ def test_session_store_answers_as_recommend(tmp_path):
         store.step([0], items[:1], times=times[:1])
     with pytest.raises(ValueError, match="now="):
         store.recommend_for([0])
-    with pytest.raises(ValueError, match="snapshots"):
-        store.save(tmp_path / "s.npz")
+
+
+def _snapshot_header(path) -> dict:
+    import json
+    with np.load(path) as f:
+        return json.loads(bytes(f["header"]).decode())
+
+
+def _snapshot_store(m, data):
+    """A store over ``m`` with sessions 0..3 of ``data`` live after 3 clicks each (capacity 8,
+    k 5), and the events' arrays."""
+    from gru_engine.serving import SessionStore
+    store = SessionStore(m, capacity=8, k=5, n_threads=1)
+    sid, items, times, types = (data[k] for k in ("SessionId", "ItemId", "Time", "Type"))
+    clicks = {s: np.flatnonzero(sid == s) for s in range(4)}
+    for n in range(3):
+        batch = [s for s in clicks if n < len(clicks[s])]
+        ev = [clicks[s][n] for s in batch]
+        store.step(batch, items[ev], times=times[ev], columns={"Type": types[ev]})
+    return store, clicks, (items, times, types)
+
+
+def test_session_store_snapshot_keeps_each_sessions_context(tmp_path):
+    """A snapshot of a store over a context-aware model keeps each session's last click time,
+    the time before it and its column ids: after a restore, recommend_for at a later time and
+    the next clicks (whose gap bucket needs the last click's time) answer bit for bit as the
+    store that was never saved."""
+    from gru_engine.serving import SessionStore
+    data = _mixed_data()
+    m = _model(n_epochs=2, n_sample=8, **FULL).fit(data)
+    store, clicks, (items, times, types) = _snapshot_store(m, data)
+    path = tmp_path / "s.npz"
+    store.save(path)
+    assert _snapshot_header(path)["format_version"] == 2 and _snapshot_header(path)["context"]
+    back = SessionStore.load(path, m, n_threads=1)
+    assert back.session_ids() == store.session_ids()
+    sids = sorted(clicks)
+    later = max(times[clicks[s][2]] for s in sids) + 700.0
+    a, b = store.recommend_for(sids, now=later), back.recommend_for(sids, now=later)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    # and against recommend with the session's whole history
+    want = m.recommend(items[clicks[0][:3]], 5, times=times[clicks[0][:3]], now=later,
+                       columns={"Type": types[clicks[0][:3]]})
+    np.testing.assert_array_equal(b.items[0], want[0])
+    batch = [s for s in sids if len(clicks[s]) > 3]
+    ev = [clicks[s][3] for s in batch]
+    req = dict(times=times[ev], columns={"Type": types[ev]})
+    a, b = store.step(batch, items[ev], **req), back.step(batch, items[ev], **req)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    # a restore that forgot the times would answer differently: the context matters here
+    blind = SessionStore.load(path, m, n_threads=1)
+    blind._context.last_time[:] = 0.0
+    assert not np.array_equal(blind.step(batch, items[ev], **req).scores, a.scores)
+
+
+def test_session_store_snapshot_refuses_a_context_that_does_not_fit(tmp_path):
+    from gru_engine.serving import SessionStore
+    data = _mixed_data()
+    m = _model(n_epochs=1, n_sample=8, **FULL).fit(data)
+    store, _, _ = _snapshot_store(m, data)
+    path = tmp_path / "s.npz"
+    store.save(path)
+    plain = _model(n_epochs=1, n_sample=8).fit(data)
+    with pytest.raises(ValueError, match="session context does not fit"):
+        SessionStore.load(path, plain)
+    plain_path = tmp_path / "plain.npz"
+    SessionStore(plain).save(plain_path)
+    # a snapshot without context stays version 1 (readable by versions without context)
+    assert _snapshot_header(plain_path)["format_version"] == 1
+    assert "context" not in _snapshot_header(plain_path)
+    with pytest.raises(ValueError, match="session context does not fit"):
+        SessionStore.load(plain_path, m)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    n = len(arrays["session_ids"])
+    cases = {"context_last_cols": np.full((n, 1), 3, np.int32),  # vocabulary: 2 values + 0
+             "context_last_time": np.full(n, np.nan),
+             "context_prev_time": np.zeros(n, np.float32)}
+    for name, value in cases.items():
+        bad = tmp_path / f"bad_{name}.npz"
+        np.savez(bad, **dict(arrays, **{name: value}))
+        with pytest.raises(ValueError, match=name):
+            SessionStore.load(bad, m)
 
 
 def test_param_string():
