@@ -174,9 +174,6 @@ class FeatureSessionGRU(SessionGRU):
         if p["architecture"] != "id" and not feats:
             raise ValueError(f"architecture={p['architecture']!r} needs item_features "
                              "(a dict {name: DenseFeatures | CategoricalFeatures | TokenFeatures})")
-        if p["output_features"] and checkpoint is not None:
-            raise ValueError("output_features=True: fit(checkpoint=...) is not supported (the "
-                             "feature rows' optimiser state is not checkpointed)")
         return self._fit_events(data, session_key, item_key, time_key, callback, feats,
                                 checkpoint, resume)
 

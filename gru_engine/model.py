@@ -244,8 +244,6 @@ class SessionGRU(SessionModel):
         self._user_table = None
         if hp.validate(self.get_params()).get("user_layers", 0) > 0:
             from .user_level import fit_users
-            if checkpoint is not None:
-                raise ValueError("checkpoint is not supported with user_layers > 0")
             self._user_table = fit_users(data, session_key, user_key, self.user_layers)
         return self._fit_events(data, session_key, item_key, time_key, callback, None,
                                 checkpoint, resume)
@@ -275,9 +273,6 @@ class SessionGRU(SessionModel):
             raise ValueError("resume=True needs checkpoint=<folder>")
         extra = {}
         if context.enabled(p):
-            if checkpoint is not None:
-                raise ValueError("checkpoint= is not supported with context_input/"
-                                 "context_output (the context tables are not checkpointed)")
             extra["context_table"] = data
         return SessionModel.fit(self, data, session_key=session_key, item_key=item_key,
                                 time_key=time_key, callback=callback,
@@ -317,6 +312,9 @@ class SessionGRU(SessionModel):
         self.subnet_names_ = layout["names"]
         self.params_ = params
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
+        if checkpoint is not None:
+            from .checkpoint import check_supported
+            check_supported(params, device)
         numba_state = numba_seed.generate_state(2)
         trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]),
                                      context=ctx, users=users)

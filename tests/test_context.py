@@ -291,8 +291,6 @@ def test_missing_column_and_unsupported_calls(tmp_path):
         ChunkScorer(m)
     with pytest.raises(ValueError, match="partial_fit"):
         m.partial_fit(_gap_data())
-    with pytest.raises(ValueError, match="checkpoint"):
-        _model(context_input="concat").fit(_gap_data(), checkpoint=tmp_path)
 
 
 def test_session_store_answers_as_recommend(tmp_path):

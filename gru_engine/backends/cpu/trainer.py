@@ -260,8 +260,6 @@ class Trainer:
         self.opt = OptState(acc_d=like(p["theta"]), vel_d=like(p["theta"]), acc_t=like(p["T"]),
                             vel_t=like(p["T"]), acc_y=like(p["Wy"]), vel_y=like(p["Wy"]),
                             acc_b=like(p["By"]), vel_b=like(p["By"]))
-        if optimizer_state is not None:
-            self.load_state(optimizer_state=optimizer_state)
         self.work = work_buffers(SI, p["LI"], bs, Hc, len(p["theta"]), dt)
         self.out = OutBuf(cols=np.zeros(cmax, np.int32), cmap=np.zeros(cmax, np.int32),
                           Wc=np.zeros((cmax, Hc), dt), bc=z(cmax), O_flat=z(bs * cmax),
@@ -291,6 +289,8 @@ class Trainer:
         # output features (``Fy`` in params, :mod:`gru_engine.output_features`): their own
         # gradient rows and optimiser state (not part of optimizer_state())
         self.of = new_record(p, cmax) if "Fy" in p else None
+        if optimizer_state is not None:
+            self.load_state(optimizer_state=optimizer_state)
 
     def start_profile(self):
         """Time every phase of the following steps (:mod:`.profile`; the profiled kernels are
@@ -328,19 +328,30 @@ class Trainer:
 
     def optimizer_state(self) -> dict:
         """``{'acc': {'theta', 'T', 'Wy', 'By'}, 'vel': {...}}``: the Adagrad accumulators and
-        momentum velocities (host arrays shaped like the parameters; live, not copies)."""
+        momentum velocities (host arrays shaped like the parameters; live, not copies), keyed
+        by parameter name; with context also ``context_in``/``context_out``, with output
+        features ``Fy``/``Fb``."""
         o = self.opt
-        return {"acc": {"theta": o.acc_d, "T": o.acc_t, "Wy": o.acc_y, "By": o.acc_b},
-                "vel": {"theta": o.vel_d, "T": o.vel_t, "Wy": o.vel_y, "By": o.vel_b}}
+        out = {"acc": {"theta": o.acc_d, "T": o.acc_t, "Wy": o.acc_y, "By": o.acc_b},
+               "vel": {"theta": o.vel_d, "T": o.vel_t, "Wy": o.vel_y, "By": o.vel_b}}
+        if self.cx.cfg.any():
+            cx = self.cx
+            out["acc"].update(context_in=cx.acc_in, context_out=cx.acc_out)
+            out["vel"].update(context_in=cx.vel_in, context_out=cx.vel_out)
+        if self.of is not None:
+            out["acc"].update(Fy=self.of.acc_f, Fb=self.of.acc_b)
+            out["vel"].update(Fy=self.of.vel_f, Fb=self.of.vel_b)
+        return out
 
     def load_state(self, params=None, optimizer_state=None):
-        """Copy ``params`` (``theta``/``T``/``Wy``/``By``) and/or an ``optimizer_state`` (as
-        :meth:`optimizer_state` returns) into the trainer's arrays (warm start, checkpoints)."""
+        """Copy ``params`` (every parameter :meth:`optimizer_state` has a state of) and/or an
+        ``optimizer_state`` (as :meth:`optimizer_state` returns; parameters it lacks keep
+        their state) into the trainer's arrays (warm start, checkpoints)."""
         live = self.optimizer_state()
-        for key in ("theta", "T", "Wy", "By"):
+        for key in live["acc"]:
             if params is not None:
                 self.params[key][...] = params[key]
-            if optimizer_state is not None:
+            if optimizer_state is not None and key in optimizer_state["acc"]:
                 live["acc"][key][...] = optimizer_state["acc"][key]
                 live["vel"][key][...] = optimizer_state["vel"][key]
 
