@@ -283,6 +283,55 @@ def fit_context(model, p, layout, params, sessions, table):
     return training_context(p, params, sessions, encoder, table, p["batch_size"])
 
 
+def _row_map(old: ContextEncoder, new: ContextEncoder) -> np.ndarray:
+    """(R_in old,) int64: the input-table row under ``new`` of each input-table row under
+    ``old`` (same time features and columns; each new vocabulary holds the old one)."""
+    parts = [np.arange(old._time_size(t)) for t in old.time]
+    parts += [np.concatenate([[0], 1 + np.searchsorted(nv, ov)])
+              for ov, nv in zip(old.vocab, new.vocab)]
+    off = np.concatenate([[0], np.cumsum(new.sizes_in)[:-1]]).astype(np.int64)
+    return np.concatenate([off[f] + part for f, part in enumerate(parts)]).astype(np.int64) \
+        if parts else np.zeros(0, np.int64)
+
+
+def warm_context(model, p, params, state, sessions, table):
+    """Start a warm start (``partial_fit``) of a fitted context-aware ``model`` on
+    ``sessions`` (``table``: the new event table): checks the data as :func:`fit_context`
+    does; a categorical column's values new to the model join its vocabulary
+    (``model.context_vocab_``, kept sorted) with zero table rows and zero optimiser state, as
+    ``fit`` starts its tables (as new items join ``item_index_``); the other rows keep their
+    values and state. ``params`` gets copies of the tables (the fitted model's stay
+    unchanged) and ``state`` (``{'acc', 'vel'}`` or None) their optimiser state. Returns the
+    training :class:`~gru_engine.backends.cpu.context_step.Ctx`."""
+    if p["context_time"]:
+        check_times(sessions.times, model.keys_["time_key"])
+    columns = read_columns(table, p["context_columns"], sessions.rows)
+    old = ContextEncoder(p["context_time"], p["context_columns"], model.context_vocab_)
+    new = ContextEncoder(old.time, old.columns,
+                         [np.union1d(v, np.asarray(columns[c]).astype(str))
+                          for c, v in zip(old.columns, old.vocab)])
+    rows = _row_map(old, new)
+    for key in TABLE_KEYS:
+        if key == "context_in" and p["context_input"] != "none":
+            grow = lambda a: _moved_rows(a, rows, sum(new.sizes_in))
+        else:
+            grow = np.copy
+        params[key] = grow(model.params_[key])
+        kept = getattr(model, "optimizer_state_", None) or {}
+        if state is not None and key in kept.get("acc", {}):
+            for kind in ("acc", "vel"):
+                state[kind][key] = grow(kept[kind][key])
+    model.context_vocab_ = new.vocab
+    return training_context(p, params, sessions, new, table, p["batch_size"])
+
+
+def _moved_rows(a: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """(n_rows, width) zeros with ``a``'s rows at ``rows``."""
+    out = np.zeros((n_rows, a.shape[1]), a.dtype)
+    out[rows] = a
+    return out
+
+
 def saved_params(params: dict) -> dict:
     """``params`` as a model file's header stores them: without the context options when
     both sides are off (files of plain models stay readable by versions without context)."""

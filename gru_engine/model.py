@@ -249,7 +249,8 @@ class SessionGRU(SessionModel):
                                 checkpoint, resume)
 
     def partial_fit(self, data, n_epochs=None, session_key: str | None = None,
-                    item_key: str | None = None, time_key: str | None = None, callback=None):
+                    item_key: str | None = None, time_key: str | None = None, callback=None,
+                    user_key: str = "UserId"):
         """Warm start: continue training the fitted model on new events (e.g. the last day's)
         for ``n_epochs`` epochs (default: the ``n_epochs`` hyperparameter). Returns self.
 
@@ -262,9 +263,19 @@ class SessionGRU(SessionModel):
         that negative samples are drawn by) becomes old + new counts. Column names default to
         those of ``fit``. ``callback`` as in :meth:`fit`; divergence raises ``ModelFitError``
         and leaves the model as it was before the call.
+
+        A context-aware model reads the new events' context as ``fit`` does (real timestamps
+        for ``context_time``, the ``context_columns``); a column value new to the model joins
+        ``context_vocab_`` with a zero context row, as ``fit`` starts its tables (old rows and
+        their optimiser state are kept). A user-level model (``user_layers > 0``) needs the
+        user column ``user_key`` (default ``'UserId'``, as ``fit``; pass the one ``fit`` used)
+        and walks each user's sessions of ``data`` from an empty user state (the model keeps
+        no per-user rows, so users new to the model need nothing; include a user's earlier
+        sessions in ``data`` to train on their history); with ``user_input='items'`` new items
+        get rows of the user input table drawn as ``fit`` draws them.
         """
         return self._partial_fit(data, n_epochs, session_key, item_key, time_key, callback,
-                                 None)
+                                 None, user_key)
 
     def _fit_events(self, data, session_key, item_key, time_key, callback, item_features,
                     checkpoint=None, resume=False):
@@ -337,16 +348,10 @@ class SessionGRU(SessionModel):
             run.epochs(first, p["n_epochs"], callback)
 
     def _partial_fit(self, data, n_epochs, session_key, item_key, time_key, callback,
-                     item_features):
+                     item_features, user_key="UserId"):
         from .data import ItemIndex, build_sessions, extract_events
         self._check_fitted()
         p = self._validated()
-        if context.enabled(p):
-            raise ValueError("partial_fit is not supported with context_input/context_output "
-                             "yet; refit the model")
-        if "UI" in self.params_:
-            raise ValueError("partial_fit is not supported for a model with a user-level GRU "
-                             f"(user_layers={p['user_layers']}); fit it again")
         keys = dict(self.keys_)
         keys.update({k: v for k, v in (("session_key", session_key), ("item_key", item_key),
                                         ("time_key", time_key)) if v is not None})
@@ -355,6 +360,10 @@ class SessionGRU(SessionModel):
             raise ValueError(f"n_epochs must be a positive integer, got {n_epochs!r}")
         _, item_ids, _ = extract_events(data, keys["session_key"], keys["item_key"],
                                         keys["time_key"])
+        user_table = None
+        if "UI" in self.params_:
+            from .user_level import fit_users
+            user_table = fit_users(data, keys["session_key"], user_key, p["user_layers"])
         old = self.item_index_
         new_ids = ItemIndex.from_events(item_ids).ids
         new_ids = new_ids[old.lookup(new_ids) < 0]
@@ -370,16 +379,24 @@ class SessionGRU(SessionModel):
             logger.info("partial_fit: no optimiser state kept with this model; Adagrad "
                         "accumulators start from zero")
         has_id = self.subnet_names_[0] == "id"
-        params, grown = grow_items(self.params_, len(new_ids), bags, has_id,
-                                   np.random.default_rng(grow_seed),
+        grow_rng, order_rng = np.random.default_rng(grow_seed), np.random.default_rng(order_seed)
+        params, grown = grow_items(self.params_, len(new_ids), bags, has_id, grow_rng,
                                    state=() if state is None else (state["acc"], state["vel"]))
+        grown_state = None if state is None else {"acc": grown[0], "vel": grown[1]}
         support = np.concatenate([self.item_support_, np.zeros(len(new_ids), np.int64)])
         support = support + sessions.item_support(len(index))
         before = {k: getattr(self, k) for k in ("item_index_", "item_support_", "params_",
                                                  "loss_history_", "epoch_times_",
-                                                 "events_per_s_")
+                                                 "events_per_s_", "context_vocab_")
                   if hasattr(self, k)}
         before["optimizer_state_"] = state
+        ctx = users = None
+        if context.enabled(p):  # new column values join the vocabulary (context_vocab_)
+            ctx = context.warm_context(self, p, params, grown_state, sessions, data)
+        if user_table is not None:
+            from .user_level import warm_users
+            users = warm_users(self, p, params, grown_state, len(new_ids), sessions,
+                               user_table, order_rng, grow_rng)
         self.item_index_, self.item_support_, self.params_ = index, support, params
         self.loss_history_ = list(self.loss_history_)
         self.epoch_times_ = list(getattr(self, "epoch_times_", []))
@@ -387,11 +404,11 @@ class SessionGRU(SessionModel):
         self.device_ = "cpu" if device is None else "cuda"
         numba_state = numba_seed.generate_state(2)
         p = dict(p, n_epochs=n_epochs)
-        trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]),
-                                     None if state is None else {"acc": grown[0],
-                                                                 "vel": grown[1]})
-        run = EpochRun(self, p, trainer, sessions, np.random.default_rng(order_seed), None)
         try:
+            trainer = self._make_trainer(p, params, spec, support, device,
+                                         int(numba_state[1]), grown_state, context=ctx,
+                                         users=users)
+            run = EpochRun(self, p, trainer, sessions, order_rng, None)
             numba_threads, blas_threads = training_threads(
                 p["loss"], params["Wy"].shape[1], resolve_threads(p["n_threads"]))
             with thread_limit(numba_threads, blas=blas_threads):
@@ -425,7 +442,8 @@ class SessionGRU(SessionModel):
             if users is not None:
                 from .backends.cpu.user_trainer import UserTrainer
                 return UserTrainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
-                                   names=self.subnet_names_, **users)
+                                   names=self.subnet_names_, optimizer_state=optimizer_state,
+                                   context=context, **users)
             return Trainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
                            names=self.subnet_names_, optimizer_state=optimizer_state,
                            context=context)

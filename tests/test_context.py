@@ -289,8 +289,6 @@ def test_missing_column_and_unsupported_calls(tmp_path):
     from gru_engine.scoring import ChunkScorer
     with pytest.raises(ValueError, match="scoring files"):
         ChunkScorer(m)
-    with pytest.raises(ValueError, match="partial_fit"):
-        m.partial_fit(_gap_data())
 
 
 def test_session_store_answers_as_recommend(tmp_path):

@@ -97,3 +97,138 @@ def test_cuda_checkpoint_of_an_extension_is_refused():
         check_supported({"Wy": 0, "U": 0}, object())
     check_supported({"Wy": 0, "U": 0}, None)
     check_supported({"Wy": 0}, object())
+
+
+# ---------------------------------------------------------------------------------------------
+# partial_fit
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["context", "user_items", "user_hidden_both"])
+def test_partial_fit_from_a_checkpoint_equals_continuing_in_process(case, tmp_path):
+    """The warm start reads the extension's optimiser state: a model read from a checkpoint
+    continues exactly as the model that stayed in memory."""
+    model, data, _ = CASES[case]()
+    kw = dict(model.get_params(), n_epochs=1)
+    m = SessionGRU(**kw).fit(data, checkpoint=tmp_path)
+    from_ck = load_checkpoint(tmp_path, SessionGRU)
+    m.partial_fit(data, n_epochs=2)
+    from_ck.partial_fit(data, n_epochs=2)
+    assert _same(m, from_ck) and len(m.loss_history_) == 3
+    assert m.loss_history_[2] < m.loss_history_[0]
+
+
+def _typed_sessions(kinds, n_sessions=300, seed=0):
+    """Two-click sessions starting at item 0 whose first click's 'Type' (one of ``kinds``)
+    decides the second item (10 + its position in ``kinds``)."""
+    from test_context import T0
+    rng = np.random.default_rng(seed)
+    k = rng.integers(0, len(kinds), n_sessions)
+    start = T0 + rng.integers(0, 86400 * 30, n_sessions)
+    return {"SessionId": np.repeat(np.arange(n_sessions), 2),
+            "ItemId": np.stack([np.zeros(n_sessions, int), 10 + k], 1).ravel(),
+            "Time": np.stack([start, start + 60], 1).ravel().astype(float),
+            "Type": np.stack([np.asarray(kinds)[k], np.full(n_sessions, kinds[0])], 1).ravel()}
+
+
+def test_context_partial_fit_adds_new_column_values_and_learns_them():
+    from gru_engine import context
+    kw = dict(layers=[8], n_epochs=6, batch_size=16, n_sample=0, n_threads=1, random_state=0,
+              context_input="concat", context_time=["hour"], context_columns=["Type"])
+    m = SessionGRU(**kw).fit(_typed_sessions(["cart", "view"]))
+    assert [list(v) for v in m.context_vocab_] == [["cart", "view"]]
+    new = _typed_sessions(["cart", "view", "basket"], seed=1)  # a value and an item (12) new
+    # the table before training: old rows moved to their place in the grown vocabulary
+    params, state = {}, {k: {} for k in ("acc", "vel")}
+    probe = SessionGRU(**kw).fit(_typed_sessions(["cart", "view"]))
+    from gru_engine.data import ItemIndex, build_sessions
+    sessions, _, _ = build_sessions(new, ItemIndex(np.unique(new["ItemId"])), "SessionId",
+                                    "ItemId", "Time")
+    context.warm_context(probe, probe._validated(), params, state, sessions, new)
+    old = m.params_["context_in"]  # rows: 24 hours, then Type: unknown, cart, view
+    got = params["context_in"]  # 24 hours, unknown, basket, cart, view
+    assert [list(v) for v in probe.context_vocab_] == [["basket", "cart", "view"]]
+    np.testing.assert_array_equal(got[:25], old[:25])
+    np.testing.assert_array_equal(got[26:], old[25:])
+    assert not np.any(got[25]) and np.any(old[25:])
+    for kind in ("acc", "vel"):
+        assert state[kind]["context_in"].shape == got.shape and not np.any(
+            state[kind]["context_in"][25])
+    # training: the new value is learnt (the new item follows it)
+    m.partial_fit(new, n_epochs=8)
+    assert [list(v) for v in m.context_vocab_] == [["basket", "cart", "view"]]
+    assert m.item_index_.ids[-1] == 12
+    for kind, item in (("basket", 12), ("cart", 10), ("view", 11)):
+        ids, _ = m.recommend([0], k=1, times=new["Time"][:1], now=new["Time"][1],
+                             columns={"Type": [kind]})
+        assert ids[0] == item
+
+
+def test_context_partial_fit_failure_leaves_the_model_as_it_was(monkeypatch):
+    from gru_engine import config
+    from gru_engine import ModelFitError
+    kw = dict(layers=[8], n_epochs=1, batch_size=16, n_sample=0, n_threads=1, random_state=0,
+              context_input="concat", context_columns=["Type"])
+    m = SessionGRU(**kw).fit(_typed_sessions(["cart", "view"]))
+    before = {k: v.copy() for k, v in m.params_.items()}
+    vocab = [v.copy() for v in m.context_vocab_]
+    monkeypatch.setattr(config, "DIVERGENCE_MAX_WEIGHT", 1e-9)
+    with pytest.raises(ModelFitError):
+        m.partial_fit(_typed_sessions(["cart", "view", "basket"], seed=1), n_epochs=1)
+    assert [list(v) for v in m.context_vocab_] == [list(v) for v in vocab]
+    assert set(m.params_) == set(before)
+    assert all(np.array_equal(m.params_[k], v) for k, v in before.items())
+    d = _typed_sessions(["cart"])
+    d["Time"] = np.arange(len(d["Time"]), dtype=float)
+    with pytest.raises(ValueError, match="real timestamps"):
+        m.partial_fit(d)
+    with pytest.raises(ValueError, match="'Type'"):
+        m.partial_fit({k: v for k, v in _typed_sessions(["cart"]).items() if k != "Type"})
+
+
+def test_user_partial_fit_with_new_users_and_new_items(tmp_path):
+    from gru_engine.evaluation import evaluate_session_aware
+    from gru_engine.session_aware import build_user_sessions
+    from gru_engine.user_level import U_NROWS, user_views
+    train, test = _user_data(n_users=40)
+    model, _, _ = _user_case()
+    users = np.asarray(train["UserId"])
+    items = np.asarray(train["ItemId"])
+    first = np.isin(users, np.unique(users)[:25]) & (items < np.unique(items)[-8])
+    old_part = {k: np.asarray(v)[first] for k, v in train.items()}
+    m = SessionGRU(**dict(model.get_params(), n_epochs=2)).fit(old_part)
+    n0 = m.n_items_
+    U0, UI0 = m.params_["U"].copy(), m.params_["UI"].copy()
+    # before training: the old table rows and the dense part stay, 8 rows drawn for new items
+    from gru_engine.data import build_sessions, ItemIndex
+    from gru_engine.user_level import fit_users, warm_users
+    sess, _, _ = build_sessions(train, ItemIndex(np.unique(items)), "SessionId", "ItemId", "Time")
+    params, state = {}, {k: {} for k in ("acc", "vel")}
+    warm_users(m, m._validated(), params, state, 8, sess,
+               fit_users(train, "SessionId", "UserId", 5), np.random.default_rng(0),
+               np.random.default_rng(1))
+    g, v0 = user_views(params["UI"], params["U"]), user_views(UI0, U0)
+    for key in v0:
+        if v0[key] is not None:
+            np.testing.assert_array_equal(g[key][:len(v0[key])], v0[key])
+    assert g["Wx"].shape[0] == n0 + 8 and np.all(np.abs(g["Wx"][n0:]) > 0)
+    acc = user_views(params["UI"], state["acc"]["U"])["Wx"]
+    np.testing.assert_array_equal(acc[:n0], user_views(UI0, m.optimizer_state_["acc"]["U"])["Wx"])
+    assert not np.any(acc[n0:]) and np.any(acc[:n0])
+    m.partial_fit(train, n_epochs=2)  # 15 users and 8 items new to the model
+    n1 = m.n_items_
+    assert n1 == n0 + 8 and int(m.params_["UI"][U_NROWS]) == n1
+    v0, v1 = user_views(UI0, U0), user_views(m.params_["UI"], m.params_["U"])
+    assert v1["Wx"].shape == (n1, v0["Wx"].shape[1]) and np.any(v1["Wx"][n0:])
+    assert not np.array_equal(v1["Wh"], v0["Wh"])  # trained
+    te, _, _ = build_user_sessions(test, m.item_index_)
+    hi, _, _ = build_user_sessions(train, m.item_index_)
+    res = evaluate_session_aware(m.scorer(), te, hi, cutoffs=(5,))
+    assert res["user_aware"] and np.isfinite(res["recall@5"])
+    m.save(tmp_path / "m.npz")
+    back = SessionGRU.load(tmp_path / "m.npz")
+    res2 = evaluate_session_aware(back.scorer(), te, hi, cutoffs=(5,))
+    assert res2["recall@5"] == res["recall@5"]
+    no_user = {k: v for k, v in train.items() if k != "UserId"}
+    with pytest.raises(ValueError, match="user column 'UserId'"):
+        m.partial_fit(no_user)
+    with pytest.raises(ValueError, match="user column 'Customer'"):
+        m.partial_fit(train, user_key="Customer")

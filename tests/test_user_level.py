@@ -187,13 +187,6 @@ def test_bad_user_options_raise(bad, match):
         _small(**bad).fit(train)
 
 
-def test_partial_fit_is_refused():
-    train, _ = _data()
-    m = _small().fit(train)
-    with pytest.raises(ValueError, match="partial_fit is not supported"):
-        m.partial_fit(train)
-
-
 @pytest.mark.parametrize("mode,user_input", [("all", "items"), ("init", "hidden"),
                                              ("both", "items")])
 def test_save_load_keeps_scores(tmp_path, mode, user_input):
