@@ -48,9 +48,8 @@ def _extension_data(trainer) -> list:
     """Arrays beyond the sessions that the fit trains on: the per-event context rows of a
     context model, the users' walks of a user-level model (none for other models)."""
     out = []
-    cx = getattr(trainer, "cx", None)
-    if cx is not None and cx.cfg.any():
-        out += [cx.ev_in, cx.ev_out]
+    if getattr(trainer, "follows_events", False):
+        out += list(trainer.event_context)
     walks = getattr(trainer, "walks", None)
     if walks is not None:
         out += [np.array([len(w) for w in walks], np.int64)] + list(walks)

@@ -97,13 +97,6 @@ def validate_context(p: dict) -> dict:
     if columns and cin == "none":
         raise ValueError(f"context_columns={columns!r} enter the input side only, but "
                          "context_input='none'")
-    on = cin != "none" or cout != "none"
-    if on:
-        for key, off in (("augment_crop_p", 0.0), ("augment_drop_p", 0.0)):
-            if p.get(key, off) != off:
-                raise ValueError(f"{key}={p[key]!r} is not supported with context (the "
-                                 "augmented sessions would lose their events' context); set it "
-                                 "to 0")
     return {"context_time": times, "context_columns": columns}
 
 

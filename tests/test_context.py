@@ -267,7 +267,6 @@ def test_ordinal_times_are_refused():
     (dict(context_output="multiply", context_time=[], context_columns=["Type"],
           context_input="concat"), "time features"),
     (dict(context_columns=["Type"]), "input side only"),
-    (dict(context_input="concat", augment_drop_p=0.1), "augment_drop_p"),
     (dict(context_input="concat", device="cuda"), "CPU backend only"),
     (dict(context_output="multiply", device="auto"), "CPU backend only"),
 ])

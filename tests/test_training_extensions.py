@@ -32,7 +32,12 @@ def _output_case():
                               random_state=0, **RUN), events, {"item_features": feats})
 
 
-CASES = {"context": _context_case, "user_items": _user_case,
+def _augmented_context_case():
+    model, data, fit_args = _context_case()
+    return model.set_params(augment_crop_p=0.4, augment_drop_p=0.2), data, fit_args
+
+
+CASES = {"context": _context_case, "context_augmented": _augmented_context_case, "user_items": _user_case,
          "user_hidden_both": lambda: _user_case("both", "hidden"), "output": _output_case}
 
 
@@ -51,8 +56,8 @@ def test_checkpoint_resume_equals_uninterrupted_run(case, tmp_path):
     # differ: the Adagrad accumulators of these parameters would restart at zero)
     ck = load_checkpoint(tmp_path, model.__class__)
     extra = set(ck.optimizer_state_["acc"]) - {"theta", "T", "Wy", "By"}
-    assert extra == {"context": {"context_in", "context_out"}, "output": {"Fy", "Fb"}}.get(
-        case, {"U"})
+    assert extra == {"output": {"Fy", "Fb"}}.get(case, {"U"} if case.startswith("user")
+                                                  else {"context_in", "context_out"})
     for key in extra:
         assert np.any(ck.optimizer_state_["acc"][key] != 0)
 
@@ -232,3 +237,69 @@ def test_user_partial_fit_with_new_users_and_new_items(tmp_path):
         m.partial_fit(no_user)
     with pytest.raises(ValueError, match="user column 'Customer'"):
         m.partial_fit(train, user_key="Customer")
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation with context
+# ---------------------------------------------------------------------------------------------
+def test_augmented_sessions_keep_each_kept_events_context(monkeypatch):
+    """Every epoch's crops and drops carry the kept events' context rows: the epoch trains on
+    events of the data (increasing within each session, inside it), and the context rows the
+    trainer reads for each are that event's rows."""
+    from gru_engine.backends.cpu import Trainer
+    seen = []
+    real_select, real_start = Trainer.select_events, Trainer.start_epoch
+
+    def select(self, rows):
+        seen.append([np.array(rows)])
+        return real_select(self, rows)
+
+    def start(self, items, order, offsets):
+        seen[-1] += [items.copy(), offsets.copy(), self.cx.ev_in.copy(), self.cx.ev_out.copy(),
+                     [a.copy() for a in self.event_context]]
+        return real_start(self, items, order, offsets)
+    monkeypatch.setattr(Trainer, "select_events", select)
+    monkeypatch.setattr(Trainer, "start_epoch", start)
+    data = _mixed_data()
+    m = SessionGRU(layers=[8], n_epochs=3, batch_size=16, n_sample=8, n_threads=1,
+                   random_state=0, augment_crop_p=0.5, augment_drop_p=0.3, **FULL).fit(data)
+    from gru_engine.data import build_sessions
+    sessions, _, _ = build_sessions(data, m.item_index_, "SessionId", "ItemId", "Time")
+    assert len(seen) == 3
+    for rows, items, offsets, ev_in, ev_out, (base_in, base_out) in seen:
+        assert len(items) < len(sessions.items)  # clicks were cropped or dropped
+        for s in range(len(offsets) - 1):
+            r = rows[offsets[s]:offsets[s + 1]]
+            assert np.all(np.diff(r) > 0) and len(r) >= 2
+            assert sessions.offsets[s] <= r[0] and r[-1] < sessions.offsets[s + 1]
+        np.testing.assert_array_equal(items, sessions.items[rows])
+        np.testing.assert_array_equal(ev_in, base_in[rows])
+        np.testing.assert_array_equal(ev_out, base_out[rows])
+        assert base_in.shape == (len(sessions.items), 4)
+    assert not np.array_equal(seen[0][0], seen[1][0])  # redrawn every epoch
+
+
+def test_context_still_learns_under_augmentation():
+    """The event type of the click before the target decides the target; with drops and crops
+    that keep its context, the model still learns it."""
+    from test_context import T0
+    rng = np.random.default_rng(4)
+    sid, items, times, types = [], [], [], []
+    for s in range(400):
+        cart = rng.random() < 0.5
+        seq = list(rng.integers(20, 40, 2)) + [0, 3 if cart else 4]
+        kinds = ["view", "view", "cart" if cart else "view", "view"]
+        t = T0 + rng.integers(0, 86400 * 30)
+        for k, (it, kind) in enumerate(zip(seq, kinds)):
+            sid.append(s)
+            items.append(int(it))
+            times.append(float(t + 60 * k))
+            types.append(kind)
+    data = {"SessionId": np.array(sid), "ItemId": np.array(items), "Time": np.array(times),
+            "Type": np.array(types)}
+    m = SessionGRU(layers=[16], n_epochs=10, batch_size=16, n_sample=0, n_threads=1,
+                   random_state=0, context_input="concat", context_time=[],
+                   context_columns=["Type"], augment_crop_p=0.5, augment_drop_p=0.2).fit(data)
+    for kind, want in (("cart", 3), ("view", 4)):
+        ids, _ = m.recommend([25, 0], k=1, columns={"Type": ["view", kind]})
+        assert ids[0] == want

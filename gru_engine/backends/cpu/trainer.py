@@ -286,6 +286,9 @@ class Trainer:
         self.names = list(names) if names is not None else [str(s) for s in range(S)]
         self.prof = None
         self.cx = no_context(dt) if context is None else context
+        # the training events' context rows; an epoch's cx.ev_in/ev_out follow its augmented
+        # events (select_events)
+        self.event_context = (self.cx.ev_in, self.cx.ev_out)
         # output features (``Fy`` in params, :mod:`gru_engine.output_features`): their own
         # gradient rows and optimiser state (not part of optimizer_state())
         self.of = new_record(p, cmax) if "Fy" in p else None
@@ -368,6 +371,19 @@ class Trainer:
         self.store.samples[...] = state["store"]
         self.sched_state[2], self.sched_state[4], self.epoch = (int(x) for x in
                                                                   state["counters"])
+
+    @property
+    def follows_events(self) -> bool:
+        """Whether the network reads per-event data besides the items (context rows): an
+        augmented epoch then names its events (:meth:`select_events`)."""
+        return bool(self.cx.cfg.any())
+
+    def select_events(self, rows) -> None:
+        """The coming epoch trains on the training events ``rows`` ((n,) int, in their epoch
+        order: the kept events of augmented sessions); their context rows go with them."""
+        ev_in, ev_out = self.event_context
+        pick = lambda ev: np.ascontiguousarray(ev[rows]) if len(ev) else ev
+        self.cx = self.cx._replace(ev_in=pick(ev_in), ev_out=pick(ev_out))
 
     def host_params(self) -> dict:
         """The trained parameters (host arrays, updated in place during training)."""
