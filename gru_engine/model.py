@@ -533,23 +533,34 @@ class SessionGRU(SessionModel):
         items = self.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
         return self._recommend(sc, items, k, exclude)
 
-    def predict_next(self, sessions_items) -> np.ndarray:
+    def predict_next(self, sessions_items, times=None, now=None, columns=None) -> np.ndarray:
         """Scores of every item as the next click of each live session.
 
         sessions_items: list of sessions, each a sequence of original item ids in click order.
         Returns (n_sessions, n_items) float32; column ``j`` is item ``item_index_.ids[j]``.
         Unknown item ids raise ``KeyError``; an empty session raises ``ValueError``.
+
+        A context-aware model also needs, per session, its clicks' ``times`` (list of
+        sequences of Unix seconds, for ``context_time``) and ``columns`` (name -> list of
+        per-click value sequences, for ``context_columns``); ``now``: per session the
+        request's seconds (the next event's context), default each session's last click time
+        (the answer right after that click, as ``SessionStore.step`` gives). Other models
+        ignore them.
         """
         self._check_fitted()
-        if "context_in" in self.params_:
-            raise ValueError("predict_next has no click times: a context-aware model scores "
-                             "through recommend(items, times=..., now=...), evaluate or "
-                             "SessionStore")
         seqs = [self.item_index_.to_index(np.atleast_1d(np.asarray(s))) for s in sessions_items]
-        return self._predict_next(self.scorer(), seqs)
+        if "context_in" not in self.params_ or not seqs:
+            return self._predict_next(self.scorer(), seqs)
+        if any(len(s) == 0 for s in seqs):
+            raise ValueError("every session needs at least one click")
+        from .context_scoring import predict_scorer
+        sc, starts = predict_scorer(self, seqs, times, now, columns)
+        return self._predict_next(sc, seqs, starts)
 
-    def _predict_next(self, sc, seqs) -> np.ndarray:
-        """:meth:`predict_next` for sessions of indices understood by the scorer ``sc``."""
+    def _predict_next(self, sc, seqs, starts=None) -> np.ndarray:
+        """:meth:`predict_next` for sessions of indices understood by the scorer ``sc``;
+        ``starts``: a context scorer's first bound event of each session (its rows' context
+        is set before every step)."""
         if not seqs:
             return np.zeros((0, self.n_items_), np.float32)
         if any(len(s) == 0 for s in seqs):
@@ -560,6 +571,8 @@ class SessionGRU(SessionModel):
         for t in range(lengths.max()):
             rows = np.flatnonzero(lengths > t).astype(np.int64)
             items = np.array([seqs[r][t] for r in rows], dtype=np.int32)
+            if starts is not None:
+                sc.set_events(starts[rows] + t)
             scores = sc.score(rows, items, np.full(len(rows), t == 0))
             last = lengths[rows] == t + 1
             out[rows[last]] = scores[last]

@@ -283,11 +283,8 @@ def test_missing_column_and_unsupported_calls(tmp_path):
         m.recommend([0])
     with pytest.raises(ValueError, match="order"):
         m.recommend([0, 1], times=[T0 + 9, T0], now=T0 + 10)
-    with pytest.raises(ValueError, match="predict_next"):
+    with pytest.raises(ValueError, match="predict_next needs times="):
         m.predict_next([[0]])
-    from gru_engine.scoring import ChunkScorer
-    with pytest.raises(ValueError, match="scoring files"):
-        ChunkScorer(m)
 
 
 def test_session_store_answers_as_recommend(tmp_path):
@@ -406,6 +403,71 @@ def test_session_store_snapshot_refuses_a_context_that_does_not_fit(tmp_path):
         np.savez(bad, **dict(arrays, **{name: value}))
         with pytest.raises(ValueError, match=name):
             SessionStore.load(bad, m)
+
+
+def _session_lists(data, sids):
+    sid, items, times, types = (data[k] for k in ("SessionId", "ItemId", "Time", "Type"))
+    idx = [np.flatnonzero(sid == s) for s in sids]
+    return ([items[i] for i in idx], [times[i] for i in idx], {"Type": [types[i] for i in idx]})
+
+
+def test_predict_next_with_times_equals_recommend():
+    data = _mixed_data()
+    m = _model(n_epochs=2, n_sample=8, **FULL).fit(data)
+    seqs, times, cols = _session_lists(data, range(12))
+    scores = m.predict_next(seqs, times=times, columns=cols)
+    later = [t[-1] + 900.0 * (j % 3) for j, t in enumerate(times)]
+    at_later = m.predict_next(seqs, times=times, now=later, columns=cols)
+    assert scores.shape == (12, m.n_items_)
+    for j in range(12):
+        for got, now in ((scores[j], times[j][-1]), (at_later[j], later[j])):
+            ids, vals = m.recommend(seqs[j], k=m.n_items_, times=times[j], now=now,
+                                    columns={"Type": cols["Type"][j]})
+            np.testing.assert_allclose(got[m.item_index_.lookup(ids)], vals, rtol=1e-5,
+                                       atol=1e-6)
+    assert not np.allclose(scores[1], at_later[1])  # the request's time matters
+    with pytest.raises(ValueError, match="times="):
+        m.predict_next(seqs, columns=cols)
+    with pytest.raises(ValueError, match=r"columns= with \['Type'\]"):
+        m.predict_next(seqs, times=times)
+    with pytest.raises(ValueError, match="2 entries for"):
+        m.predict_next(seqs[:1], times=[times[0][:2]], columns={"Type": cols["Type"][:1]})
+    with pytest.raises(ValueError, match="order"):
+        m.predict_next(seqs[:1], times=times[:1], now=[times[0][-1] - 1.0],
+                       columns={"Type": cols["Type"][:1]})
+    assert m.predict_next([]).shape == (0, m.n_items_)
+
+
+def test_score_file_reads_each_clicks_context(tmp_path):
+    from gru_engine import scoring
+    from gru_engine.data import write_events
+    data = _mixed_data()
+    m = _model(n_epochs=2, n_sample=8, **FULL).fit(data)
+    m.save(tmp_path / "m.npz")
+    keep = data["SessionId"] < 40
+    ev = {k: v[keep] for k, v in data.items()}
+    ev["ItemId"] = ev["ItemId"].copy()
+    ev["ItemId"][3] = 999  # an unknown click: dropped with its context
+    order = np.lexsort((np.random.default_rng(0).random(keep.sum()), ev["SessionId"]))
+    shuffled = {k: v[order] for k, v in ev.items()}  # rows shuffled within sessions
+    write_events(tmp_path / "s.tsv", shuffled)
+    stats = scoring.score_file(tmp_path / "m.npz", tmp_path / "s.tsv", tmp_path / "top.tsv",
+                               k=5, chunk_sessions=7, n_threads=1)
+    assert stats.n_sessions == 40 and stats.n_unknown_item_events == 1
+    rows = [line.split("\t") for line in (tmp_path / "top.tsv").read_text().splitlines()[1:]]
+    seqs, times, cols = _session_lists(ev, range(40))
+    for j in range(40):
+        known = m.item_index_.lookup(seqs[j]) >= 0
+        ids, vals = m.recommend(seqs[j][known], k=5, times=times[j][known],
+                                now=times[j][known][-1],
+                                columns={"Type": cols["Type"][j][known]})
+        got = [r for r in rows if int(r[0]) == j]
+        assert [int(r[2]) for r in got] == ids.tolist()
+        np.testing.assert_allclose([float(r[3]) for r in got], vals, rtol=1e-5)
+    no_type = {k: v for k, v in shuffled.items() if k != "Type"}
+    write_events(tmp_path / "bad.tsv", no_type)
+    with pytest.raises(ValueError, match="'Type'"):
+        scoring.score_file(tmp_path / "m.npz", tmp_path / "bad.tsv", tmp_path / "x.tsv")
 
 
 def test_param_string():
