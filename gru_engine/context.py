@@ -30,12 +30,16 @@ as the plain network):
   target's time; at serving the request's time, ``recommend(..., now=...)``). Categorical
   columns enter the input side only (a request does not know its own event type).
 
-Serving: :mod:`gru_engine.context_scoring` (``evaluate``, ``recommend(..., times=, now=)``)
-and :mod:`gru_engine.serving.context_store` (``SessionStore``). Not built: the paper's
-context-dependent transition matrices (``W_h`` as a function of the context), the CUDA backend
-(``device='cuda'``/``'auto'`` with context raises ``ValueError``), ``partial_fit``,
-checkpoints, store snapshots, ``predict_next`` and file scoring of context models (each raises
-``ValueError``). Kernels: :mod:`gru_engine.backends.cpu.context_step`.
+Serving: :mod:`gru_engine.context_scoring` (``evaluate``, ``recommend(..., times=, now=)``,
+``predict_next(..., times=, now=, columns=)``, file scoring through
+:mod:`gru_engine.scoring`) and :mod:`gru_engine.serving.context_store` (``SessionStore``, its
+snapshots keep each session's context). Training in production as for the plain model:
+checkpoints (the tables' optimiser state, :mod:`gru_engine.checkpoint`), ``partial_fit``
+(:func:`warm_context`: new column values join the vocabulary), session augmentation (each kept
+click keeps its context rows). Not built: the paper's context-dependent transition matrices
+(``W_h`` as a function of the context), the CUDA backend (``device='cuda'``/``'auto'`` with
+context raises ``ValueError``), context together with ``user_layers > 0`` or
+``output_features=True`` (``ValueError``). Kernels: :mod:`gru_engine.backends.cpu.context_step`.
 """
 from __future__ import annotations
 

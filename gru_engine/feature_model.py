@@ -73,8 +73,8 @@ class FeatureSessionGRU(SessionGRU):
       learned ``(Hc,)`` row per feature code (dense sources: a learned ``(d, Hc)`` projection),
       pooled with the item's input bag weights, and likewise the bias (module docstring);
       needs ``architecture`` ``'parallel'`` or ``'feature'``; CPU only (``ValueError`` on
-      CUDA); ``fit(checkpoint=...)`` is refused (the feature rows' optimiser state is not
-      checkpointed). New items: :meth:`add_items`.
+      CUDA); ``fit(checkpoint=...)`` saves the feature rows' optimiser state (resumes as an
+      uninterrupted run). New items: :meth:`add_items`.
 
     Example::
 

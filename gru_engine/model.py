@@ -96,7 +96,8 @@ class SessionGRU(SessionModel):
     context-aware GRU (Smirnova & Vasile 2017), the current event's context on the input and
     the next event's on the output; needs real timestamps for ``context_time``; CPU only. See
     :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the
-    request's time ``now``.
+    request's time ``now``, ``predict_next`` per session ``times`` (and ``now``); checkpoints,
+    ``partial_fit``, augmentation, store snapshots and file scoring work as without context.
     ``user_layers``, ``user_mode``, ``user_input``: the user-level GRU across a user's sessions
     (HRNN, Quadrana et al. RecSys 2017; :data:`gru_engine.params.USER_KEYS`,
     :mod:`gru_engine.user_level`): ``user_layers`` units (0: off, the default), fed to each
@@ -105,7 +106,8 @@ class SessionGRU(SessionModel):
     input table (``'items'``, default) or as the session's last combined state (``'hidden'``).
     ``fit`` then needs a user column (``user_key``, default ``'UserId'``; missing values =
     anonymous sessions, which, like a user's first session, run as plain sessions); training
-    walks users (user-parallel rows); CPU only (``device='cuda'`` raises ``ValueError``).
+    walks users (user-parallel rows); CPU only (``device='cuda'`` raises ``ValueError``);
+    checkpoints and ``partial_fit`` (``user_key``) as for the plain model.
     Scoring a user's session with the user state: :func:`gru_engine.evaluation.
     evaluate_session_aware` (the scorer reads the users' history) or ``recommend(...,
     user_sessions=...)``; without a user, a session scores as in the plain model.
