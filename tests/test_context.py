@@ -240,6 +240,16 @@ def test_feature_model_takes_context():
                           random_state=0, context_output="multiply", context_time=["gap"])
     m.fit(data, item_features=feats)
     assert m.evaluate(data, cutoffs=(1,))["recall@1"] > 0.95
+    # recommend / predict_next take the request's time as SessionGRU's do
+    for gap, want in ((2.0, 1), (2000.0, 2)):
+        assert m.recommend([0], k=1, times=[T0], now=T0 + gap)[0][0] == want
+        scores = m.predict_next([[0]], times=[[T0]], now=[T0 + gap])
+        assert m.item_index_.ids[np.argmax(scores[0])] == want
+    with pytest.raises(ValueError, match="times="):
+        m.recommend([0])
+    new = {"cat": CategoricalFeatures(np.array([7]), np.array([1]), dim=2)}
+    with pytest.raises(ValueError, match="new items"):
+        m.recommend([0, 7], times=[T0, T0 + 1], now=T0 + 2, item_features=new)
     with pytest.raises(ValueError, match="architecture='feature'"):
         FeatureSessionGRU(architecture="feature", context_input="concat", n_epochs=1,
                           n_threads=1).fit(data, item_features=feats)
