@@ -303,3 +303,24 @@ def test_context_still_learns_under_augmentation():
     for kind, want in (("cart", 3), ("view", 4)):
         ids, _ = m.recommend([25, 0], k=1, columns={"Type": ["view", kind]})
         assert ids[0] == want
+
+
+def test_output_feature_partial_fit_continues_the_feature_rows_optimiser_state(tmp_path):
+    """Adagrad accumulators only grow: after a warm start (with new items joining through
+    their features) every feature row's accumulator is at least what it was, so the state was
+    carried, not restarted; a model read from a checkpoint continues as the one in memory."""
+    events, feats = _feature_data()
+    held = np.arange(250, 300)
+    keep = ~np.isin(events["ItemId"], held)
+    old = {k: v[keep] for k, v in events.items()}
+    kw = dict(layers=[8], n_epochs=1, batch_size=16, n_sample=16, random_state=0, n_threads=1,
+              output_features=True)
+    m = FeatureSessionGRU(**kw).fit(old, item_features=feats, checkpoint=tmp_path)
+    before = {k: m.optimizer_state_["acc"][k].copy() for k in ("Fy", "Fb")}
+    from_ck = load_checkpoint(tmp_path, FeatureSessionGRU)
+    for model in (m, from_ck):
+        model.partial_fit(events, item_features=feats, n_epochs=1)
+    assert m.n_items_ > len(np.unique(old["ItemId"]))
+    for k, a in before.items():
+        assert np.any(a > 0) and np.all(m.optimizer_state_["acc"][k] >= a)
+    assert _same(m, from_ck)
