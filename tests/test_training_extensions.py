@@ -134,7 +134,7 @@ def _typed_sessions(kinds, n_sessions=300, seed=0):
             "Type": np.stack([np.asarray(kinds)[k], np.full(n_sessions, kinds[0])], 1).ravel()}
 
 
-def test_context_partial_fit_adds_new_column_values_and_learns_them():
+def test_context_partial_fit_adds_new_column_values_and_learns_them(tmp_path):
     from gru_engine import context
     kw = dict(layers=[8], n_epochs=6, batch_size=16, n_sample=0, n_threads=1, random_state=0,
               context_input="concat", context_time=["hour"], context_columns=["Type"])
@@ -161,10 +161,13 @@ def test_context_partial_fit_adds_new_column_values_and_learns_them():
     m.partial_fit(new, n_epochs=8)
     assert [list(v) for v in m.context_vocab_] == [["basket", "cart", "view"]]
     assert m.item_index_.ids[-1] == 12
+    m.save(tmp_path / "m.npz")
+    back = SessionGRU.load(tmp_path / "m.npz")  # the grown vocabulary and table are saved
     for kind, item in (("basket", 12), ("cart", 10), ("view", 11)):
-        ids, _ = m.recommend([0], k=1, times=new["Time"][:1], now=new["Time"][1],
-                             columns={"Type": [kind]})
-        assert ids[0] == item
+        for model in (m, back):
+            ids, _ = model.recommend([0], k=1, times=new["Time"][:1], now=new["Time"][1],
+                                     columns={"Type": [kind]})
+            assert ids[0] == item
 
 
 def test_context_partial_fit_failure_leaves_the_model_as_it_was(monkeypatch):
