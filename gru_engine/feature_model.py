@@ -234,9 +234,8 @@ class FeatureSessionGRU(SessionGRU):
         params, grown = grow_items(self.params_, len(new_ids), bags, has_id,
                                    np.random.default_rng(0),
                                    state=() if state is None else (state["acc"], state["vel"]))
-        if state is not None:  # the output-feature rows' state stays (their rows do not grow)
-            self.optimizer_state_ = {kind: dict(state[kind], **g)
-                                     for kind, g in zip(("acc", "vel"), grown)}
+        if state is not None:
+            self.optimizer_state_ = {"acc": grown[0], "vel": grown[1]}
         params["Wy"][n_items:] = 0.0
         if has_id and subnet_views(params, 0)["table"] is not None:
             subnet_views(params, 0)["table"][n_items:] = 0.0

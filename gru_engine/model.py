@@ -385,12 +385,6 @@ class SessionGRU(SessionModel):
         params, grown = grow_items(self.params_, len(new_ids), bags, has_id, grow_rng,
                                    state=() if state is None else (state["acc"], state["vel"]))
         grown_state = None if state is None else {"acc": grown[0], "vel": grown[1]}
-        if state is not None:  # parameters that do not grow with the items (output-feature
-            for kind in ("acc", "vel"):  # rows): their state carries over
-                for key, a in state[kind].items():
-                    if key not in grown_state[kind] and getattr(params.get(key), "shape",
-                                                                None) == a.shape:
-                        grown_state[kind][key] = a.copy()
         support = np.concatenate([self.item_support_, np.zeros(len(new_ids), np.int64)])
         support = support + sessions.item_support(len(index))
         before = {k: getattr(self, k) for k in ("item_index_", "item_support_", "params_",
