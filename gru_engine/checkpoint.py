@@ -52,7 +52,8 @@ def _extension_data(trainer) -> list:
         out += list(trainer.event_context)
     walks = getattr(trainer, "walks", None)
     if walks is not None:
-        out += [np.array([len(w) for w in walks], np.int64)] + list(walks)
+        out += [np.array([len(w) for w in walks], np.int64),
+                np.concatenate(walks) if walks else np.zeros(0, np.int64)]
     return out
 
 
