@@ -7,6 +7,12 @@ negative-sample store and counters, the state of Numba's random generator (dropo
 store redraws) and of the session-order generator, the per-epoch figures, and a fingerprint of
 the hyperparameters and the training data. Both are written atomically, the state first; the
 epoch recorded in both must agree. Files hold no pickle (``.npz`` + JSON header).
+
+The extensions on the CPU checkpoint the same way: the optimiser state covers every trained
+parameter (a context model's tables, a user-level model's ``U``, the output-feature rows
+``Fy``/``Fb``; :meth:`~gru_engine.backends.cpu.trainer.Trainer.optimizer_state`), and the
+fingerprint covers what they train on beyond the sessions (the events' context, the users'
+walks). A CUDA fit of an extension model refuses ``checkpoint=`` (:func:`check_supported`).
 """
 from __future__ import annotations
 
@@ -24,13 +30,47 @@ STATE_VERSION = 1
 _FREE = ("n_threads", "show_progress", "n_epochs")
 
 
-def _fingerprint(model, sessions) -> dict:
+#: parameters of the extensions (context tables, user GRU, output-feature rows)
+EXTENSION_KEYS = ("context_in", "context_out", "U", "Fy")
+
+
+def check_supported(params: dict, device) -> None:
+    """``ValueError`` when a fit over ``params`` on ``device`` (None: the CPU) cannot be
+    checkpointed: an extension model on CUDA (its trainer's extra state is not saved)."""
+    ext = [k for k in EXTENSION_KEYS if k in params]
+    if device is not None and ext:
+        raise ValueError("checkpoint= is supported on the CPU only for context-aware, "
+                         "user-level and output-feature models (parameters "
+                         f"{ext}); use device='cpu' or fit without checkpoint")
+
+
+def _extension_data(trainer) -> list:
+    """Arrays beyond the sessions that the fit trains on: the per-event context rows of a
+    context model, the users' walks of a user-level model (none for other models)."""
+    out = []
+    if getattr(trainer, "follows_events", False):
+        out += list(trainer.event_context)
+    walks = getattr(trainer, "walks", None)
+    if walks is not None:
+        out += [np.array([len(w) for w in walks], np.int64),
+                np.concatenate(walks) if walks else np.zeros(0, np.int64)]
+    return out
+
+
+def _fingerprint(model, sessions, trainer) -> dict:
     params = {k: v for k, v in model.get_params().items() if k not in _FREE}
     data = zlib.crc32(np.ascontiguousarray(sessions.items).tobytes())
     data = zlib.crc32(np.ascontiguousarray(sessions.offsets).tobytes(), data)
     ids = zlib.crc32(np.asarray(model.item_index_.ids).astype(str).astype("U").tobytes())
-    return {"params": json.loads(json.dumps(params, default=list)), "events": int(data),
-            "item_ids": int(ids)}
+    out = {"params": json.loads(json.dumps(params, default=list)), "events": int(data),
+           "item_ids": int(ids)}
+    extra = _extension_data(trainer)
+    if extra:  # absent for other models: their checkpoints keep their fingerprint
+        crc = 0
+        for a in extra:
+            crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
+        out["extension_data"] = int(crc)
+    return out
 
 
 def _numba_rng():
@@ -48,7 +88,7 @@ def save_checkpoint(model, folder, trainer, order_rng, epoch: int, sessions) -> 
     pos, mt = lib.rnd_get_state(ptr)
     header = {"state_version": STATE_VERSION, "epoch": int(epoch),
               "order_rng": order_rng.bit_generator.state,
-              "fingerprint": _fingerprint(model, sessions),
+              "fingerprint": _fingerprint(model, sessions, trainer),
               "loss_history": [float(x) for x in model.loss_history_],
               "epoch_times": [float(x) for x in model.epoch_times_],
               "events_per_s": [float(x) for x in model.events_per_s_],
@@ -79,12 +119,21 @@ def _read_state(folder):
     return header, arrays
 
 
-def _optimizer_state(arrays, model, path) -> dict:
-    """The optimiser state of a checkpoint, checked against the model's parameter shapes."""
+def _optimizer_state(arrays, model, path, keys=None) -> dict:
+    """The optimiser state of a checkpoint, checked against the model's parameter shapes.
+    ``keys``: the parameters whose state is needed (None: ``theta``/``T``/``Wy``/``By`` and
+    every other parameter of the model whose state the file holds)."""
+    if keys is None:
+        keys = ["theta", "T", "Wy", "By"]
+        keys += sorted(k[len("opt_acc_"):] for k in arrays if k.startswith("opt_acc_")
+                       and k[len("opt_acc_"):] not in keys)
     out = {}
     for kind in ("acc", "vel"):
         out[kind] = {}
-        for key in ("theta", "T", "Wy", "By"):
+        for key in keys:
+            if key not in model.params_:
+                raise ModelFileError(f"{path}: opt_{kind}_{key} is the state of a parameter "
+                                     "the model does not have")
             a = arrays.get(f"opt_{kind}_{key}")
             want = model.params_[key]
             if a is None or a.shape != want.shape or a.dtype != want.dtype \
@@ -101,7 +150,7 @@ def restore_training(model, folder, trainer, order_rng, sessions) -> int:
     figures. Returns the checkpoint's epoch; ``ValueError`` when the checkpoint belongs to
     other hyperparameters or data, or its two files disagree."""
     header, arrays = _read_state(folder)
-    if header["fingerprint"] != _fingerprint(model, sessions):
+    if header["fingerprint"] != _fingerprint(model, sessions, trainer):
         raise ValueError(f"{folder}: the checkpoint was made with other hyperparameters or "
                          "other training data; resume needs the same (n_threads, n_epochs and "
                          "show_progress may differ)")
@@ -109,7 +158,8 @@ def restore_training(model, folder, trainer, order_rng, sessions) -> int:
     if len(saved.loss_history_) != header["epoch"]:
         raise ValueError(f"{folder}: model.npz and state.npz are of different epochs")
     trainer.load_state(params=saved.params_,
-                       optimizer_state=_optimizer_state(arrays, saved, folder))
+                       optimizer_state=_optimizer_state(arrays, saved, folder,
+                                                        list(trainer.optimizer_state()["acc"])))
     trainer.restore_training_state({k[len("train_"):]: v for k, v in arrays.items()
                                     if k.startswith("train_")})
     lib, ptr = _numba_rng()

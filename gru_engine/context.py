@@ -35,14 +35,18 @@ as the plain network):
   it (``gh = (h_prev * (1 + c Ch)) W_h``; the update gate still mixes the plain ``h_prev``),
   ``Ch`` (R_in, H_0) over the input-side features.
 
-Serving: :mod:`gru_engine.context_scoring` (``evaluate``, ``recommend(..., times=, now=)``)
-and :mod:`gru_engine.serving.context_store` (``SessionStore``). Kernels: on the CPU
-:mod:`gru_engine.backends.cpu.context_step`; on CUDA (``device='cuda'``/``'auto'``)
-:mod:`gru_engine.backends.cuda.context` over ``kernels/context.cu``, the same operations in the
-same order (a CUDA fit gives the CPU fit's parameters to float32 rounding), and a CUDA-trained
-model scores on the device (:class:`~gru_engine.context_scoring.DeviceContextScorer`). Not
-built: ``partial_fit``, checkpoints, store snapshots, ``predict_next`` and file scoring of
-context models (each raises ``ValueError``).
+Serving: :mod:`gru_engine.context_scoring` (``evaluate``, ``recommend(..., times=, now=)``,
+``predict_next(..., times=, now=, columns=)``, file scoring through
+:mod:`gru_engine.scoring`) and :mod:`gru_engine.serving.context_store` (``SessionStore``, its
+snapshots keep each session's context). Training in production as for the plain model (CPU):
+checkpoints (the tables' optimiser state, :mod:`gru_engine.checkpoint`), ``partial_fit``
+(:func:`warm_context`: new column values join the vocabulary), session augmentation (each kept
+click keeps its context rows). Kernels: on the CPU :mod:`gru_engine.backends.cpu.context_step`;
+on CUDA (``device='cuda'``/``'auto'``) :mod:`gru_engine.backends.cuda.context` over
+``kernels/context.cu``, the same operations in the same order (a CUDA fit gives the CPU fit's
+parameters to float32 rounding), and a CUDA-trained model scores on the device
+(:class:`~gru_engine.context_scoring.DeviceContextScorer`). Not built: context together with
+``user_layers > 0`` or ``output_features=True`` (``ValueError``).
 """
 from __future__ import annotations
 
@@ -109,13 +113,6 @@ def validate_context(p: dict) -> dict:
     if columns and cin == "none" and ctr == "none":
         raise ValueError(f"context_columns={columns!r} enter the input side only, but "
                          "context_input='none' and context_transition='none'")
-    on = cin != "none" or cout != "none" or ctr != "none"
-    if on:
-        for key, off in (("augment_crop_p", 0.0), ("augment_drop_p", 0.0)):
-            if p.get(key, off) != off:
-                raise ValueError(f"{key}={p[key]!r} is not supported with context (the "
-                                 "augmented sessions would lose their events' context); set it "
-                                 "to 0")
     return {"context_time": times, "context_columns": columns}
 
 
@@ -305,6 +302,55 @@ def fit_context(model, p, layout, params, sessions, table):
     model.context_vocab_ = encoder.vocab
     params.update(init_tables(p, layout, encoder, params["Wy"].dtype))
     return training_context(p, params, sessions, encoder, table, p["batch_size"])
+
+
+def _row_map(old: ContextEncoder, new: ContextEncoder) -> np.ndarray:
+    """(R_in old,) int64: the input-table row under ``new`` of each input-table row under
+    ``old`` (same time features and columns; each new vocabulary holds the old one)."""
+    parts = [np.arange(old._time_size(t)) for t in old.time]
+    parts += [np.concatenate([[0], 1 + np.searchsorted(nv, ov)])
+              for ov, nv in zip(old.vocab, new.vocab)]
+    off = np.concatenate([[0], np.cumsum(new.sizes_in)[:-1]]).astype(np.int64)
+    return np.concatenate([off[f] + part for f, part in enumerate(parts)]).astype(np.int64) \
+        if parts else np.zeros(0, np.int64)
+
+
+def warm_context(model, p, params, state, sessions, table):
+    """Start a warm start (``partial_fit``) of a fitted context-aware ``model`` on
+    ``sessions`` (``table``: the new event table): checks the data as :func:`fit_context`
+    does; a categorical column's values new to the model join its vocabulary
+    (``model.context_vocab_``, kept sorted) with zero table rows and zero optimiser state, as
+    ``fit`` starts its tables (as new items join ``item_index_``); the other rows keep their
+    values and state. ``params`` gets copies of the tables (the fitted model's stay
+    unchanged) and ``state`` (``{'acc', 'vel'}`` or None) their optimiser state. Returns the
+    training :class:`~gru_engine.backends.cpu.context_step.Ctx`."""
+    if p["context_time"]:
+        check_times(sessions.times, model.keys_["time_key"])
+    columns = read_columns(table, p["context_columns"], sessions.rows)
+    old = ContextEncoder(p["context_time"], p["context_columns"], model.context_vocab_)
+    new = ContextEncoder(old.time, old.columns,
+                         [np.union1d(v, np.asarray(columns[c]).astype(str))
+                          for c, v in zip(old.columns, old.vocab)])
+    rows = _row_map(old, new)
+    for key in TABLE_KEYS:
+        if key == "context_in" and p["context_input"] != "none":
+            grow = lambda a: _moved_rows(a, rows, sum(new.sizes_in))
+        else:
+            grow = np.copy
+        params[key] = grow(model.params_[key])
+        kept = getattr(model, "optimizer_state_", None) or {}
+        if state is not None and key in kept.get("acc", {}):
+            for kind in ("acc", "vel"):
+                state[kind][key] = grow(kept[kind][key])
+    model.context_vocab_ = new.vocab
+    return training_context(p, params, sessions, new, table, p["batch_size"])
+
+
+def _moved_rows(a: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """(n_rows, width) zeros with ``a``'s rows at ``rows``."""
+    out = np.zeros((n_rows, a.shape[1]), a.dtype)
+    out[rows] = a
+    return out
 
 
 def saved_params(params: dict) -> dict:

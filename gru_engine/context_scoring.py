@@ -143,6 +143,53 @@ def scorer_for_sessions(model, sessions, table) -> ContextScorer:
     return sc
 
 
+def request_rows(model, lengths, times, now, columns, call: str) -> tuple:
+    """``(ev_in, ev_out, starts)``: the context rows of sessions of ``lengths`` clicks, each
+    followed by its request (the next event, whose time context is the output context), and
+    each session's first event index. ``times``: per session its clicks' Unix seconds (needed
+    for time context); ``now``: per session the request's seconds (None: its last click's
+    time, the answer right after that click); ``columns``: name -> per session its clicks'
+    values. ``ValueError`` naming what ``call`` is missing or malformed."""
+    enc = encoder_of(model)
+    n_s = len(lengths)
+    if enc.time:
+        if times is None:
+            raise ValueError(f"this model has time context: {call} needs times= (the clicks' "
+                             "times, Unix seconds) and now= (the request's time)")
+        if len(times) != n_s:
+            raise ValueError(f"times has {len(times)} sessions for {n_s}")
+        if now is not None and len(now) != n_s:
+            raise ValueError(f"now has {len(now)} entries for {n_s} sessions")
+        parts = []
+        for j, n in enumerate(lengths):
+            t = np.asarray(times[j], np.float64).reshape(-1)
+            if len(t) != n:
+                raise ValueError(f"times has {len(t)} entries for {n} clicks")
+            parts.append(np.concatenate([t, [t[-1] if now is None else float(now[j])]]))
+        ev_t = np.concatenate(parts) if parts else np.zeros(0)
+        ok = [np.all(np.isfinite(q)) and np.all(np.diff(q) >= 0) for q in parts]
+        if not all(ok):
+            raise ValueError("times and now must be finite and in click order (non-decreasing)")
+        check_times(ev_t, "times")
+    else:
+        ev_t = np.zeros(int(np.sum(lengths)) + n_s)
+    enc.checked_columns({c: () for c in (columns or {})}, 0, call)  # names a missing column
+    cols = {}
+    for c in enc.columns:
+        per, parts = columns[c], []
+        if len(per) != n_s:
+            raise ValueError(f"columns[{c!r}] has {len(per)} sessions for {n_s}")
+        for j, n in enumerate(lengths):
+            v = np.atleast_1d(np.asarray(per[j]))
+            if len(v) != n:
+                raise ValueError(f"columns[{c!r}] has {len(v)} values for {n} clicks")
+            parts += [v.astype(str), np.array([""])]
+        cols[c] = np.concatenate(parts)
+    offsets = np.concatenate([[0], np.cumsum(np.asarray(lengths, np.int64) + 1)])
+    ev_in, ev_out = enc.event_rows(ev_t, offsets, cols)
+    return ev_in, ev_out, offsets[:-1]
+
+
 def recommend(model, items, k, exclude, times, now, columns):
     """:meth:`SessionGRU.recommend` of a context-aware model: ``items`` (n,) indices clicked at
     ``times`` (n,) seconds, the request at ``now`` (seconds; its time context is the output
@@ -150,22 +197,12 @@ def recommend(model, items, k, exclude, times, now, columns):
     from .ranking import Exclusions
     enc = encoder_of(model)
     n = len(items)
-    if enc.time:
-        if times is None or now is None:
-            raise ValueError("this model has time context: recommend needs times= (the clicks' "
-                             "times, Unix seconds) and now= (the request's time)")
-        times = np.asarray(times, np.float64).reshape(-1)
-        if len(times) != n:
-            raise ValueError(f"times has {len(times)} entries for {n} clicks")
-        ev_t = np.concatenate([times, [float(now)]])
-        if not np.all(np.isfinite(ev_t)) or np.any(np.diff(ev_t) < 0):
-            raise ValueError("times and now must be finite and in click order (non-decreasing)")
-        check_times(ev_t, "times")
-    else:
-        ev_t = np.zeros(n + 1)
-    cols = {c: np.concatenate([v.astype(str), [""]])
-            for c, v in enc.checked_columns(columns, n, "recommend").items()}
-    ev_in, ev_out = enc.event_rows(ev_t, np.array([0, n + 1]), cols)
+    if enc.time and (times is None or now is None):
+        raise ValueError("this model has time context: recommend needs times= (the clicks' "
+                         "times, Unix seconds) and now= (the request's time)")
+    ev_in, ev_out, _ = request_rows(
+        model, [n], None if times is None else [times], None if now is None else [now],
+        None if columns is None else {c: [v] for c, v in columns.items()}, "recommend")
     sc = model.scorer()
     sc.bind_events(ev_in, ev_out)
     sc.begin(1)
@@ -182,3 +219,14 @@ def recommend(model, items, k, exclude, times, now, columns):
                         min(int(k), sc.n_items), excl)
     keep = np.isfinite(vals[0])
     return model.item_index_.ids[np.asarray(idx[0], np.int64)[keep]], vals[0][keep]
+
+
+def predict_scorer(model, seqs, times, now, columns) -> tuple:
+    """``(scorer, starts)`` for :meth:`SessionGRU.predict_next` of a context-aware model:
+    a scorer bound to the context rows of the sessions ``seqs`` and their requests
+    (:func:`request_rows`), ``starts`` (n_sessions,) each session's first event."""
+    ev_in, ev_out, starts = request_rows(model, [len(s) for s in seqs], times, now, columns,
+                                         "predict_next")
+    sc = model.scorer()
+    sc.bind_events(ev_in, ev_out)
+    return sc, starts

@@ -246,15 +246,16 @@ def ray_score(model_file, sessions_path, output, k: int = 20, chunk_sessions: in
     ``'actor_peak_rss_mb'`` (one value per actor). Returns
     :class:`gru_engine.scoring.ScoreStats`."""
     from .model import SessionGRU
-    from .scoring import ResultWriter, ScoreStats, add_counts, iter_chunks
+    from .scoring import ChunkScorer, ResultWriter, ScoreStats, add_counts, iter_chunks
     for name, v in (("n_actors", n_actors), ("n_threads", n_threads)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     t0 = time.perf_counter()
     model_file = os.fspath(model_file)
-    ids_dtype = SessionGRU.load(model_file).item_index_.ids.dtype  # fail early on a bad file
+    loaded = SessionGRU.load(model_file)  # fail early on a bad file
+    ids_dtype = loaded.item_index_.ids.dtype
     chunks = iter_chunks(sessions_path, chunk_sessions, session_key, item_key, time_key, sep,
-                         session_order)
+                         session_order, ChunkScorer(loaded).columns)
     ray = connect(address)
     from ray.util import ActorPool
     with open(model_file, "rb") as f:

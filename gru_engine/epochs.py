@@ -53,9 +53,7 @@ class EpochRun:
             for epoch in range(first, last + 1):
                 order = session_order(sessions, p["shuffle_sessions"], self.order_rng)
                 t0 = time.perf_counter()  # the epoch's time includes drawing its augmentation
-                items, offsets = augment_sessions(sessions.items, sessions.offsets,
-                                                  p["augment_crop_p"], p["augment_drop_p"],
-                                                  self.order_rng)
+                items, offsets = self._augmented(trainer, sessions, p)
                 trainer.start_epoch(items, order, offsets)
                 bar = progress(epoch, len(items) - sessions.n_sessions)
                 loss_sum, events, finite = 0.0, 0, True
@@ -94,6 +92,19 @@ class EpochRun:
             raise
         model.params_ = trainer.host_params()
         model.optimizer_state_ = trainer.optimizer_state()
+
+    def _augmented(self, trainer, sessions, p) -> tuple:
+        """``(items, offsets)`` of the epoch's augmented sessions (:func:`augment_sessions`;
+        the inputs without augmentation). A network that reads per-event data (context) gets
+        the kept events' numbers, so that each kept event keeps its own context rows."""
+        crop, drop = p["augment_crop_p"], p["augment_drop_p"]
+        if (crop == 0 and drop == 0) or not getattr(trainer, "follows_events", False):
+            return augment_sessions(sessions.items, sessions.offsets, crop, drop,
+                                    self.order_rng)
+        events = np.arange(len(sessions.items), dtype=sessions.items.dtype)
+        rows, offsets = augment_sessions(events, sessions.offsets, crop, drop, self.order_rng)
+        trainer.select_events(rows)
+        return sessions.items[rows], offsets
 
     def _check(self, epoch, finite, loss, best, params):
         """``ModelFitError`` when epoch ``epoch`` diverged (see :meth:`SessionGRU.fit`)."""

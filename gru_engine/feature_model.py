@@ -74,8 +74,8 @@ class FeatureSessionGRU(SessionGRU):
       pooled with the item's input bag weights, and likewise the bias (module docstring);
       needs ``architecture`` ``'parallel'`` or ``'feature'``; trains and scores on either
       device (CUDA: :mod:`gru_engine.backends.cuda.output_features`); ``fit(checkpoint=...)``
-      is refused (the feature rows' optimiser state is not checkpointed). New items:
-      :meth:`add_items`.
+      saves the feature rows' optimiser state (resumes as an uninterrupted run; CPU fits).
+      New items: :meth:`add_items`.
 
     Example::
 
@@ -177,9 +177,6 @@ class FeatureSessionGRU(SessionGRU):
         if p["architecture"] != "id" and not feats:
             raise ValueError(f"architecture={p['architecture']!r} needs item_features "
                              "(a dict {name: DenseFeatures | CategoricalFeatures | TokenFeatures})")
-        if p["output_features"] and checkpoint is not None:
-            raise ValueError("output_features=True: fit(checkpoint=...) is not supported (the "
-                             "feature rows' optimiser state is not checkpointed)")
         return self._fit_events(data, session_key, item_key, time_key, callback, feats,
                                 checkpoint, resume)
 
@@ -281,21 +278,43 @@ class FeatureSessionGRU(SessionGRU):
         return encoded
 
     # ---- scoring ----------------------------------------------------------------------------
-    def recommend(self, session_items, k: int = 20, exclude=None, item_features=None):
+    def recommend(self, session_items, k: int = 20, exclude=None, item_features=None,
+                  times=None, now=None, columns=None):
         """Top-``k`` next items after the clicks ``session_items`` (see
         :meth:`SessionModel.recommend`). ``item_features`` (``{source_name: spec}``, as in
         ``fit``) lets the session hold new items (class docstring); they are never recommended.
+        A context-aware model takes ``times``, ``now`` and ``columns`` as
+        :meth:`SessionGRU.recommend` does (its sessions hold model items only).
         """
         self._check_fitted()
+        if self._context_call([session_items], item_features):
+            return SessionGRU.recommend(self, session_items, k, exclude, times, now, columns)
         scorer, seqs = self._scorer_for([session_items], item_features)
         return self._recommend(scorer, seqs[0], k, exclude)
 
-    def predict_next(self, sessions_items, item_features=None) -> np.ndarray:
+    def predict_next(self, sessions_items, item_features=None, times=None, now=None,
+                     columns=None) -> np.ndarray:
         """Scores of every model item after each session (see :meth:`SessionGRU.predict_next`);
-        ``item_features`` as in :meth:`recommend`."""
+        ``item_features`` as in :meth:`recommend`; a context-aware model takes ``times``,
+        ``now`` and ``columns`` as :meth:`SessionGRU.predict_next` does."""
         self._check_fitted()
+        if self._context_call(sessions_items, item_features):
+            return SessionGRU.predict_next(self, sessions_items, times, now, columns)
         scorer, seqs = self._scorer_for(sessions_items, item_features)
         return self._predict_next(scorer, seqs)
+
+    def _context_call(self, sessions_items, item_features) -> bool:
+        """Whether a context-aware model scores these sessions (``ValueError`` when they hold
+        items new to the model: the context scorer has no rows for them)."""
+        if "context_in" not in self.params_:
+            return False
+        if item_features is not None:
+            flat = [np.atleast_1d(np.asarray(s)) for s in sessions_items]
+            flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+            if np.any(self.item_index_.lookup(flat) < 0):
+                raise ValueError("a context-aware model scores sessions of model items only; "
+                                 "new items (item_features) are not supported with context")
+        return True
 
     def _scorer_for(self, sessions_items, item_features):
         """``(scorer, index sequences)`` for sessions of original ids. New items listed in

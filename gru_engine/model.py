@@ -99,7 +99,8 @@ class SessionGRU(SessionModel):
     (``'none'|'multiply'``): the paper's context-dependent hidden dynamics, layer 0's recurrent
     matrix ``W_h(c) = diag(1 + W c) W_h`` of the current event's context. See
     :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the request's
-    time ``now``.
+    time ``now``, ``predict_next`` per session ``times`` (and ``now``); checkpoints,
+    ``partial_fit``, augmentation, store snapshots and file scoring work as without context.
     ``user_layers``, ``user_mode``, ``user_input``: the user-level GRU across a user's sessions
     (HRNN, Quadrana et al. RecSys 2017; :data:`gru_engine.params.USER_KEYS`,
     :mod:`gru_engine.user_level`): ``user_layers`` units (0: off, the default), fed to each
@@ -110,7 +111,8 @@ class SessionGRU(SessionModel):
     anonymous sessions, which, like a user's first session, run as plain sessions); training
     walks users (user-parallel rows), on either device (``backends/cpu/user_trainer.py``,
     ``backends/cuda/user_trainer.py``: the same steps, results equal to float32 rounding; a
-    CUDA-trained model also scores on the device).
+    CUDA-trained model also scores on the device); checkpoints and ``partial_fit``
+    (``user_key``) as for the plain model.
     Scoring a user's session with the user state: :func:`gru_engine.evaluation.
     evaluate_session_aware` (the scorer reads the users' history) or ``recommend(...,
     user_sessions=...)``; without a user, a session scores as in the plain model.
@@ -245,14 +247,13 @@ class SessionGRU(SessionModel):
         self._user_table = None
         if hp.validate(self.get_params()).get("user_layers", 0) > 0:
             from .user_level import fit_users
-            if checkpoint is not None:
-                raise ValueError("checkpoint is not supported with user_layers > 0")
             self._user_table = fit_users(data, session_key, user_key, self.user_layers)
         return self._fit_events(data, session_key, item_key, time_key, callback, None,
                                 checkpoint, resume)
 
     def partial_fit(self, data, n_epochs=None, session_key: str | None = None,
-                    item_key: str | None = None, time_key: str | None = None, callback=None):
+                    item_key: str | None = None, time_key: str | None = None, callback=None,
+                    user_key: str = "UserId"):
         """Warm start: continue training the fitted model on new events (e.g. the last day's)
         for ``n_epochs`` epochs (default: the ``n_epochs`` hyperparameter). Returns self.
 
@@ -265,9 +266,19 @@ class SessionGRU(SessionModel):
         that negative samples are drawn by) becomes old + new counts. Column names default to
         those of ``fit``. ``callback`` as in :meth:`fit`; divergence raises ``ModelFitError``
         and leaves the model as it was before the call.
+
+        A context-aware model reads the new events' context as ``fit`` does (real timestamps
+        for ``context_time``, the ``context_columns``); a column value new to the model joins
+        ``context_vocab_`` with a zero context row, as ``fit`` starts its tables (old rows and
+        their optimiser state are kept). A user-level model (``user_layers > 0``) needs the
+        user column ``user_key`` (default ``'UserId'``, as ``fit``; pass the one ``fit`` used)
+        and walks each user's sessions of ``data`` from an empty user state (the model keeps
+        no per-user rows, so users new to the model need nothing; include a user's earlier
+        sessions in ``data`` to train on their history); with ``user_input='items'`` new items
+        get rows of the user input table drawn as ``fit`` draws them.
         """
         return self._partial_fit(data, n_epochs, session_key, item_key, time_key, callback,
-                                 None)
+                                 None, user_key)
 
     def _fit_events(self, data, session_key, item_key, time_key, callback, item_features,
                     checkpoint=None, resume=False):
@@ -276,9 +287,6 @@ class SessionGRU(SessionModel):
             raise ValueError("resume=True needs checkpoint=<folder>")
         extra = {}
         if context.enabled(p):
-            if checkpoint is not None:
-                raise ValueError("checkpoint= is not supported with context_input/"
-                                 "context_output (the context tables are not checkpointed)")
             extra["context_table"] = data
         return SessionModel.fit(self, data, session_key=session_key, item_key=item_key,
                                 time_key=time_key, callback=callback,
@@ -318,6 +326,9 @@ class SessionGRU(SessionModel):
         self.subnet_names_ = layout["names"]
         self.params_ = params
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
+        if checkpoint is not None:
+            from .checkpoint import check_supported
+            check_supported(params, device)
         numba_state = numba_seed.generate_state(2)
         trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]),
                                      context=ctx, users=users)
@@ -340,16 +351,10 @@ class SessionGRU(SessionModel):
             run.epochs(first, p["n_epochs"], callback)
 
     def _partial_fit(self, data, n_epochs, session_key, item_key, time_key, callback,
-                     item_features):
+                     item_features, user_key="UserId"):
         from .data import ItemIndex, build_sessions, extract_events
         self._check_fitted()
         p = self._validated()
-        if context.enabled(p):
-            raise ValueError("partial_fit is not supported with context_input/context_output "
-                             "yet; refit the model")
-        if "UI" in self.params_:
-            raise ValueError("partial_fit is not supported for a model with a user-level GRU "
-                             f"(user_layers={p['user_layers']}); fit it again")
         keys = dict(self.keys_)
         keys.update({k: v for k, v in (("session_key", session_key), ("item_key", item_key),
                                         ("time_key", time_key)) if v is not None})
@@ -358,6 +363,10 @@ class SessionGRU(SessionModel):
             raise ValueError(f"n_epochs must be a positive integer, got {n_epochs!r}")
         _, item_ids, _ = extract_events(data, keys["session_key"], keys["item_key"],
                                         keys["time_key"])
+        user_table = None
+        if "UI" in self.params_:
+            from .user_level import fit_users
+            user_table = fit_users(data, keys["session_key"], user_key, p["user_layers"])
         old = self.item_index_
         new_ids = ItemIndex.from_events(item_ids).ids
         new_ids = new_ids[old.lookup(new_ids) < 0]
@@ -373,16 +382,24 @@ class SessionGRU(SessionModel):
             logger.info("partial_fit: no optimiser state kept with this model; Adagrad "
                         "accumulators start from zero")
         has_id = self.subnet_names_[0] == "id"
-        params, grown = grow_items(self.params_, len(new_ids), bags, has_id,
-                                   np.random.default_rng(grow_seed),
+        grow_rng, order_rng = np.random.default_rng(grow_seed), np.random.default_rng(order_seed)
+        params, grown = grow_items(self.params_, len(new_ids), bags, has_id, grow_rng,
                                    state=() if state is None else (state["acc"], state["vel"]))
+        grown_state = None if state is None else {"acc": grown[0], "vel": grown[1]}
         support = np.concatenate([self.item_support_, np.zeros(len(new_ids), np.int64)])
         support = support + sessions.item_support(len(index))
         before = {k: getattr(self, k) for k in ("item_index_", "item_support_", "params_",
                                                  "loss_history_", "epoch_times_",
-                                                 "events_per_s_")
+                                                 "events_per_s_", "context_vocab_")
                   if hasattr(self, k)}
         before["optimizer_state_"] = state
+        ctx = users = None
+        if context.enabled(p):  # new column values join the vocabulary (context_vocab_)
+            ctx = context.warm_context(self, p, params, grown_state, sessions, data)
+        if user_table is not None:
+            from .user_level import warm_users
+            users = warm_users(self, p, params, grown_state, len(new_ids), sessions,
+                               user_table, order_rng, grow_rng)
         self.item_index_, self.item_support_, self.params_ = index, support, params
         self.loss_history_ = list(self.loss_history_)
         self.epoch_times_ = list(getattr(self, "epoch_times_", []))
@@ -390,11 +407,11 @@ class SessionGRU(SessionModel):
         self.device_ = "cpu" if device is None else "cuda"
         numba_state = numba_seed.generate_state(2)
         p = dict(p, n_epochs=n_epochs)
-        trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]),
-                                     None if state is None else {"acc": grown[0],
-                                                                 "vel": grown[1]})
-        run = EpochRun(self, p, trainer, sessions, np.random.default_rng(order_seed), None)
         try:
+            trainer = self._make_trainer(p, params, spec, support, device,
+                                         int(numba_state[1]), grown_state, context=ctx,
+                                         users=users)
+            run = EpochRun(self, p, trainer, sessions, order_rng, None)
             numba_threads, blas_threads = training_threads(
                 p["loss"], params["Wy"].shape[1], resolve_threads(p["n_threads"]))
             with thread_limit(numba_threads, blas=blas_threads):
@@ -429,7 +446,8 @@ class SessionGRU(SessionModel):
             if users is not None:
                 from .backends.cpu.user_trainer import UserTrainer
                 return UserTrainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
-                                   names=self.subnet_names_, **users)
+                                   names=self.subnet_names_, optimizer_state=optimizer_state,
+                                   context=context, **users)
             return Trainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
                            names=self.subnet_names_, optimizer_state=optimizer_state,
                            context=context)
@@ -530,23 +548,34 @@ class SessionGRU(SessionModel):
         items = self.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
         return self._recommend(sc, items, k, exclude)
 
-    def predict_next(self, sessions_items) -> np.ndarray:
+    def predict_next(self, sessions_items, times=None, now=None, columns=None) -> np.ndarray:
         """Scores of every item as the next click of each live session.
 
         sessions_items: list of sessions, each a sequence of original item ids in click order.
         Returns (n_sessions, n_items) float32; column ``j`` is item ``item_index_.ids[j]``.
         Unknown item ids raise ``KeyError``; an empty session raises ``ValueError``.
+
+        A context-aware model also needs, per session, its clicks' ``times`` (list of
+        sequences of Unix seconds, for ``context_time``) and ``columns`` (name -> list of
+        per-click value sequences, for ``context_columns``); ``now``: per session the
+        request's seconds (the next event's context), default each session's last click time
+        (the answer right after that click, as ``SessionStore.step`` gives). Other models
+        ignore them.
         """
         self._check_fitted()
-        if "context_in" in self.params_:
-            raise ValueError("predict_next has no click times: a context-aware model scores "
-                             "through recommend(items, times=..., now=...), evaluate or "
-                             "SessionStore")
         seqs = [self.item_index_.to_index(np.atleast_1d(np.asarray(s))) for s in sessions_items]
-        return self._predict_next(self.scorer(), seqs)
+        if "context_in" not in self.params_ or not seqs:
+            return self._predict_next(self.scorer(), seqs)
+        if any(len(s) == 0 for s in seqs):
+            raise ValueError("every session needs at least one click")
+        from .context_scoring import predict_scorer
+        sc, starts = predict_scorer(self, seqs, times, now, columns)
+        return self._predict_next(sc, seqs, starts)
 
-    def _predict_next(self, sc, seqs) -> np.ndarray:
-        """:meth:`predict_next` for sessions of indices understood by the scorer ``sc``."""
+    def _predict_next(self, sc, seqs, starts=None) -> np.ndarray:
+        """:meth:`predict_next` for sessions of indices understood by the scorer ``sc``;
+        ``starts``: a context scorer's first bound event of each session (its rows' context
+        is set before every step)."""
         if not seqs:
             return np.zeros((0, self.n_items_), np.float32)
         if any(len(s) == 0 for s in seqs):
@@ -557,6 +586,8 @@ class SessionGRU(SessionModel):
         for t in range(lengths.max()):
             rows = np.flatnonzero(lengths > t).astype(np.int64)
             items = np.array([seqs[r][t] for r in rows], dtype=np.int32)
+            if starts is not None:
+                sc.set_events(starts[rows] + t)
             scores = sc.score(rows, items, np.full(len(rows), t == 0))
             last = lengths[rows] == t + 1
             out[rows[last]] = scores[last]

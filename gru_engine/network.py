@@ -216,8 +216,9 @@ def grow_items(params: dict, n_new: int, bags: list, has_id: bool, rng, state=()
     items, ``By`` zeros; the ID subnet (``has_id``) its identity bags and new rows of its item
     table (one-hot or embedding input; drawn likewise); feature subnet ``k`` the new items' bags
     ``bags[k]``. ``state``: dicts of arrays shaped like ``theta``/``T``/``Wy``/``By`` (keys of
-    those names; optimiser state) grown the same way with zeros. Returns ``(params, state)``,
-    new arrays (the inputs are not changed)."""
+    those names; optimiser state) grown the same way with zeros; their other arrays (the state
+    of parameters that do not grow with the items, e.g. output-feature rows) are copied.
+    Returns ``(params, state)``, new arrays (the inputs are not changed)."""
     n_items = params["Wy"].shape[0]
     N = n_items + n_new
     p = (with_new_items(params, n_items, bags, has_id, n_new=n_new, id_bags="identity")
@@ -255,7 +256,8 @@ def grow_items(params: dict, n_new: int, bags: list, has_id: bool, rng, state=()
     zeros = lambda rows, cols, n_rows, fan: np.zeros((rows, cols), dt)
     SI_new, values = grown(params, uniform)
     out = dict(p, SI=SI_new, **values)
-    return out, tuple(grown(st, zeros)[1] for st in state)
+    return out, tuple(dict({k: v.copy() for k, v in st.items()}, **grown(st, zeros)[1])
+                      for st in state)
 
 
 def epoch_plan(strategy: str, n_subnets: int, n_epochs: int) -> list:

@@ -91,7 +91,9 @@ USER_INPUTS = ("items", "hidden")
 #:       consecutive), unless fewer than 2 clicks of the session would remain, in which case it
 #:       is kept whole. A removed click is neither an input nor a target in that epoch.
 #: Cropping happens first, then dropping within the crop. 0 (default) leaves training as without
-#: the option, bit for bit.
+#: the option, bit for bit. With context (:mod:`gru_engine.context`) each kept click keeps its
+#: own context rows, as recorded (its time-gap bucket is still the gap to its original
+#: predecessor; the target's output context is the kept next click's).
 AUGMENT_KEYS = ("augment_crop_p", "augment_drop_p")
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")

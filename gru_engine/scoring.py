@@ -12,7 +12,11 @@ line. Sort a file first with e.g. ``sort -t$'\\t' -k1,1n -s``.
 
 Each session is scored after its last event (its whole history, as ``predict_next``): events
 on items unknown to the model are dropped (counted), sessions with no known item produce no
-row (counted). Output, one row per (session, rank): ``SessionId``, ``Rank`` (1 = best),
+row (counted). A context-aware model (``context_input``/``context_output``) reads each click's
+context from the file: its time (``time_key``, Unix seconds, for ``context_time``) and its
+``context_columns`` (columns of the file, by name; ``ValueError`` when one is missing); the
+request is the next event right after the session's last known click (its time, a gap of 0
+seconds), as :meth:`SessionStore.step` answers; dropped clicks take their context with them. Output, one row per (session, rank): ``SessionId``, ``Rank`` (1 = best),
 ``ItemId``, ``Score`` (float32; text: ``%.9g``, which round-trips). Parquet (``.parquet``,
 needs pyarrow: ``pip install "gru_engine[parquet]"``) or tab-separated text otherwise.
 Both are written to a temporary name and renamed when complete.
@@ -55,11 +59,15 @@ class ScoreStats:
 class Chunk:
     """Sessions read from the file: ``session_ids`` (list of str, as written in the file),
     ``items`` (list of 1-D arrays of item-id strings, sorted by time), ``first_line`` (file line
-    of the chunk's first event)."""
+    of the chunk's first event), ``times`` (list of 1-D float64 arrays: the events' times, in
+    the same order), ``columns`` (name -> list of 1-D str arrays, same order: the extra
+    columns asked for)."""
 
     session_ids: list
     items: list
     first_line: int
+    times: list = None
+    columns: dict = None
 
 
 def _int_or_none(text: str):
@@ -71,9 +79,10 @@ def _int_or_none(text: str):
 
 def iter_chunks(path, chunk_sessions: int = 1024, session_key: str = "SessionId",
                 item_key: str = "ItemId", time_key: str = "Time", sep: str = "\t",
-                session_order: str = "contiguous"):
+                session_order: str = "contiguous", columns=()):
     """Yield :class:`Chunk` s of up to ``chunk_sessions`` sessions from an event file, reading
-    it line by line (see the module docstring for the order the file must have)."""
+    it line by line (see the module docstring for the order the file must have); ``columns``:
+    names of further columns to read per event (``Chunk.columns``)."""
     if isinstance(chunk_sessions, bool) or not isinstance(chunk_sessions, int) or chunk_sessions < 1:
         raise ValueError(f"chunk_sessions must be a positive integer, got {chunk_sessions!r}")
     if session_order not in SESSION_ORDERS:
@@ -87,21 +96,29 @@ def iter_chunks(path, chunk_sessions: int = 1024, session_key: str = "SessionId"
         header = next(reader, None)
         if header is None:
             raise ValueError(f"{path} is empty")
-        missing = [c for c in (session_key, item_key, time_key) if c not in header]
+        columns = list(columns)
+        missing = [c for c in [session_key, item_key, time_key] + columns if c not in header]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; header is {header}")
         js, ji, jt = (header.index(c) for c in (session_key, item_key, time_key))
+        jc = [header.index(c) for c in columns]
         seen = set() if session_order == "contiguous" else None
         last_key = None
-        sessions, items = [], []
-        cur_id, cur_items, cur_times = None, [], []
+        sessions, items, times, extra = [], [], [], {c: [] for c in columns}
+        cur_id, cur_items, cur_times, cur_extra = None, [], [], []
         first_line = line = 1
 
         def close_session():
-            times = np.array(cur_times, dtype=np.float64)
-            order = np.argsort(times, kind="stable")
+            t = np.array(cur_times, dtype=np.float64)
+            order = np.argsort(t, kind="stable")
             sessions.append(cur_id)
             items.append(np.array(cur_items, dtype=object)[order])
+            times.append(t[order])
+            for j, c in enumerate(columns):
+                extra[c].append(np.array([row[j] for row in cur_extra], dtype=str)[order])
+
+        def chunk():
+            return Chunk(sessions, items, first_line, times, extra)
 
         for line, row in enumerate(reader, start=2):
             if len(row) != len(header):
@@ -111,8 +128,9 @@ def iter_chunks(path, chunk_sessions: int = 1024, session_key: str = "SessionId"
                 if cur_id is not None:
                     close_session()
                     if len(sessions) == chunk_sessions:
-                        yield Chunk(sessions, items, first_line)
-                        sessions, items, first_line = [], [], line
+                        yield chunk()
+                        sessions, items, times, first_line = [], [], [], line
+                        extra = {c: [] for c in columns}
                 if seen is not None:
                     if sid in seen:
                         raise ValueError(
@@ -128,8 +146,10 @@ def iter_chunks(path, chunk_sessions: int = 1024, session_key: str = "SessionId"
                             f"{path}, line {line}: session {sid!r} comes after a larger session "
                             f"id; session_order='sorted' needs ascending {session_key}")
                     last_key = key
-                cur_id, cur_items, cur_times = sid, [], []
+                cur_id, cur_items, cur_times, cur_extra = sid, [], [], []
             cur_items.append(row[ji])
+            if jc:
+                cur_extra.append([row[j] for j in jc])
             try:
                 cur_times.append(float(row[jt]))
             except ValueError:
@@ -137,7 +157,7 @@ def iter_chunks(path, chunk_sessions: int = 1024, session_key: str = "SessionId"
         if cur_id is not None:
             close_session()
         if sessions:
-            yield Chunk(sessions, items, first_line)
+            yield chunk()
 
 
 class ChunkScorer:
@@ -146,15 +166,18 @@ class ChunkScorer:
 
     model: a fitted :class:`~gru_engine.SessionGRU`. k: items per session (at most n_items).
     exclude_seen: never recommend a session's clicked items. n_threads: BLAS threads (None:
-    the library's default).
+    the library's default). ``columns``: the per-event columns a chunk must carry for this
+    model (a context-aware model's ``context_columns``; read them with
+    ``iter_chunks(..., columns=scorer.columns)``).
     """
 
     def __init__(self, model, k: int = 20, exclude_seen: bool = False, n_threads=None):
         model._check_fitted()
-        if "context_in" in getattr(model, "params_", {}):
-            raise ValueError("scoring files of a context-aware model (context_input/"
-                             "context_output) is not supported: it needs the clicks' times and "
-                             "the request's; use recommend(times=, now=) or SessionStore")
+        self.context = "context_in" in model.params_
+        self.columns = []
+        if self.context:
+            from .context_scoring import encoder_of
+            self.columns = list(encoder_of(model).columns)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int)
@@ -185,7 +208,8 @@ class ChunkScorer:
 
         from .ranking import top_k
         kept_ids, seqs, n_events, n_unknown = [], [], 0, 0
-        for sid, texts in zip(chunk.session_ids, chunk.items):
+        times, cols = [], {c: [] for c in self.columns}
+        for j, (sid, texts) in enumerate(zip(chunk.session_ids, chunk.items)):
             items = self._parse(texts)
             idx = self.model.item_index_.lookup(items)
             n_events += len(items)
@@ -193,13 +217,18 @@ class ChunkScorer:
             if np.any(idx >= 0):
                 kept_ids.append(sid)
                 seqs.append(items[idx >= 0])
+                if self.context:  # the known clicks' own context
+                    times.append(chunk.times[j][idx >= 0])
+                    for c in self.columns:
+                        cols[c].append(chunk.columns[c][j][idx >= 0])
         n = len(seqs)
         top_items = np.empty((n, self.k), dtype=self.ids.dtype)
         top_scores = np.empty((n, self.k), dtype=np.float32)
         counts = np.zeros(n, dtype=np.int64)
         if n:
             with threadpool_limits(self.n_threads):
-                scores = self.model.predict_next(seqs)
+                scores = (self.model.predict_next(seqs, times=times, columns=cols)
+                          if self.context else self.model.predict_next(seqs))
             if self.exclude_seen:
                 for r, s in enumerate(seqs):
                     scores[r, self.model.item_index_.lookup(s)] = -np.inf
@@ -349,7 +378,7 @@ def score_file(model_file, sessions_path, output, k: int = 20, chunk_sessions: i
     model = model_file if isinstance(model_file, SessionGRU) else SessionGRU.load(model_file)
     scorer = ChunkScorer(model, k=k, exclude_seen=exclude_seen, n_threads=n_threads)
     chunks = iter_chunks(sessions_path, chunk_sessions, session_key, item_key, time_key, sep,
-                         session_order)
+                         session_order, scorer.columns)
     writer = ResultWriter(output, scorer.ids.dtype, output_format, sep, session_key, item_key)
     stats = ScoreStats()
     try:

@@ -280,3 +280,38 @@ def user_training(p: dict, layout: dict, params: dict, sessions, user_table, ord
                               rng))
     return training_walks(sessions, user_table, order_rng, p["shuffle_sessions"],
                           p["user_dropout"])
+
+
+def warm_users(model, p: dict, params: dict, state, n_new: int, sessions, user_table,
+               order_rng, rng) -> dict:
+    """Start a warm start (``partial_fit``) of a fitted user-level ``model`` on ``sessions``
+    (``user_table``: :func:`fit_users` of the new events) with ``n_new`` items new to it:
+    ``params`` gets a copy of ``U`` whose user input table (``user_input='items'``) has rows
+    for the new items, drawn from ``rng`` as ``fit`` draws the table (``state``: their
+    optimiser state zero, the old rows' kept). Users need no rows: the user GRU walks each
+    user's sessions of the new events from an empty state (users new to the model and known
+    ones alike). Returns the user trainer's keyword arguments (:func:`training_walks`)."""
+    UI, U = model.params_["UI"].copy(), model.params_["U"]
+    kept = getattr(model, "optimizer_state_", None) or {}
+    grow = bool(UI[U_ITEMS]) and n_new > 0
+    d0, Hu = int(UI[U_DENSE]), int(UI[U_HU])
+    N = int(UI[U_NROWS]) + n_new
+    s = np.sqrt(6.0 / (N + Hu))  # the scale fit draws a table of N rows with
+
+    def grown(a, rows):
+        return np.concatenate([a[:d0], rows.ravel(), a[d0:]]).astype(a.dtype) if grow \
+            else a.copy()
+
+    params["U"] = grown(U, rng.uniform(-s, s, size=(n_new, 3 * Hu)) if grow else None)
+    if state is not None and "U" in kept.get("acc", {}):
+        for kind in ("acc", "vel"):
+            state[kind]["U"] = grown(kept[kind]["U"], np.zeros((n_new, 3 * Hu)))
+    if grow:
+        for col in (U_BX, U_WH, U_BHN, U_WI, U_BI, U_WU):
+            if UI[col] >= 0:
+                UI[col] += n_new * 3 * Hu
+        UI[U_DENSE] += n_new * 3 * Hu
+        UI[U_NROWS] = N
+    params["UI"] = UI
+    return training_walks(sessions, user_table, order_rng, p["shuffle_sessions"],
+                          p["user_dropout"])

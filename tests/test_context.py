@@ -293,6 +293,16 @@ def test_feature_model_takes_context():
                           random_state=0, context_output="multiply", context_time=["gap"])
     m.fit(data, item_features=feats)
     assert m.evaluate(data, cutoffs=(1,))["recall@1"] > 0.95
+    # recommend / predict_next take the request's time as SessionGRU's do
+    for gap, want in ((2.0, 1), (2000.0, 2)):
+        assert m.recommend([0], k=1, times=[T0], now=T0 + gap)[0][0] == want
+        scores = m.predict_next([[0]], times=[[T0]], now=[T0 + gap])
+        assert m.item_index_.ids[np.argmax(scores[0])] == want
+    with pytest.raises(ValueError, match="times="):
+        m.recommend([0])
+    new = {"cat": CategoricalFeatures(np.array([7]), np.array([1]), dim=2)}
+    with pytest.raises(ValueError, match="new items"):
+        m.recommend([0, 7], times=[T0, T0 + 1], now=T0 + 2, item_features=new)
     with pytest.raises(ValueError, match="architecture='feature'"):
         FeatureSessionGRU(architecture="feature", context_input="concat", n_epochs=1,
                           n_threads=1).fit(data, item_features=feats)
@@ -322,7 +332,6 @@ def test_ordinal_times_are_refused():
     (dict(context_columns=["Type"]), "input side only"),
     (dict(context_transition="add"), "context_transition"),
     (dict(context_transition="multiply", context_time=[]), "at least one feature"),
-    (dict(context_input="concat", augment_drop_p=0.1), "augment_drop_p"),
 ])
 def test_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -337,15 +346,8 @@ def test_missing_column_and_unsupported_calls(tmp_path):
         m.recommend([0])
     with pytest.raises(ValueError, match="order"):
         m.recommend([0, 1], times=[T0 + 9, T0], now=T0 + 10)
-    with pytest.raises(ValueError, match="predict_next"):
+    with pytest.raises(ValueError, match="predict_next needs times="):
         m.predict_next([[0]])
-    from gru_engine.scoring import ChunkScorer
-    with pytest.raises(ValueError, match="scoring files"):
-        ChunkScorer(m)
-    with pytest.raises(ValueError, match="partial_fit"):
-        m.partial_fit(_gap_data())
-    with pytest.raises(ValueError, match="checkpoint"):
-        _model(context_input="concat").fit(_gap_data(), checkpoint=tmp_path)
 
 
 def check_store_answers_as_recommend(store, reference, data) -> tuple:
@@ -390,8 +392,156 @@ def test_session_store_answers_as_recommend(tmp_path):
         store.step([0], items[:1], times=times[:1])
     with pytest.raises(ValueError, match="now="):
         store.recommend_for([0])
-    with pytest.raises(ValueError, match="snapshots"):
-        store.save(tmp_path / "s.npz")
+
+
+def _snapshot_header(path) -> dict:
+    import json
+    with np.load(path) as f:
+        return json.loads(bytes(f["header"]).decode())
+
+
+def _snapshot_store(m, data):
+    """A store over ``m`` with sessions 0..3 of ``data`` live after 3 clicks each (capacity 8,
+    k 5), and the events' arrays."""
+    from gru_engine.serving import SessionStore
+    store = SessionStore(m, capacity=8, k=5, n_threads=1)
+    sid, items, times, types = (data[k] for k in ("SessionId", "ItemId", "Time", "Type"))
+    clicks = {s: np.flatnonzero(sid == s) for s in range(4)}
+    for n in range(3):
+        batch = [s for s in clicks if n < len(clicks[s])]
+        ev = [clicks[s][n] for s in batch]
+        store.step(batch, items[ev], times=times[ev], columns={"Type": types[ev]})
+    return store, clicks, (items, times, types)
+
+
+def test_session_store_snapshot_keeps_each_sessions_context(tmp_path):
+    """A snapshot of a store over a context-aware model keeps each session's last click time,
+    the time before it and its column ids: after a restore, recommend_for at a later time and
+    the next clicks (whose gap bucket needs the last click's time) answer bit for bit as the
+    store that was never saved."""
+    from gru_engine.serving import SessionStore
+    data = _mixed_data()
+    m = _model(n_epochs=2, n_sample=8, **FULL).fit(data)
+    store, clicks, (items, times, types) = _snapshot_store(m, data)
+    path = tmp_path / "s.npz"
+    store.save(path)
+    assert _snapshot_header(path)["format_version"] == 2 and _snapshot_header(path)["context"]
+    back = SessionStore.load(path, m, n_threads=1)
+    assert back.session_ids() == store.session_ids()
+    sids = sorted(clicks)
+    later = max(times[clicks[s][2]] for s in sids) + 700.0
+    a, b = store.recommend_for(sids, now=later), back.recommend_for(sids, now=later)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    # and against recommend with the session's whole history
+    want = m.recommend(items[clicks[0][:3]], 5, times=times[clicks[0][:3]], now=later,
+                       columns={"Type": types[clicks[0][:3]]})
+    np.testing.assert_array_equal(b.items[0], want[0])
+    batch = [s for s in sids if len(clicks[s]) > 3]
+    ev = [clicks[s][3] for s in batch]
+    req = dict(times=times[ev], columns={"Type": types[ev]})
+    a, b = store.step(batch, items[ev], **req), back.step(batch, items[ev], **req)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    # a restore that forgot the times would answer differently: the context matters here
+    blind = SessionStore.load(path, m, n_threads=1)
+    blind._context.last_time[:] = 0.0
+    assert not np.array_equal(blind.step(batch, items[ev], **req).scores, a.scores)
+
+
+def test_session_store_snapshot_refuses_a_context_that_does_not_fit(tmp_path):
+    from gru_engine.serving import SessionStore
+    data = _mixed_data()
+    m = _model(n_epochs=1, n_sample=8, **FULL).fit(data)
+    store, _, _ = _snapshot_store(m, data)
+    path = tmp_path / "s.npz"
+    store.save(path)
+    plain = _model(n_epochs=1, n_sample=8).fit(data)
+    with pytest.raises(ValueError, match="session context does not fit"):
+        SessionStore.load(path, plain)
+    plain_path = tmp_path / "plain.npz"
+    SessionStore(plain).save(plain_path)
+    # a snapshot without context stays version 1 (readable by versions without context)
+    assert _snapshot_header(plain_path)["format_version"] == 1
+    assert "context" not in _snapshot_header(plain_path)
+    with pytest.raises(ValueError, match="session context does not fit"):
+        SessionStore.load(plain_path, m)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    n = len(arrays["session_ids"])
+    cases = {"context_last_cols": np.full((n, 1), 3, np.int32),  # vocabulary: 2 values + 0
+             "context_last_time": np.full(n, np.nan),
+             "context_prev_time": np.zeros(n, np.float32)}
+    for name, value in cases.items():
+        bad = tmp_path / f"bad_{name}.npz"
+        np.savez(bad, **dict(arrays, **{name: value}))
+        with pytest.raises(ValueError, match=name):
+            SessionStore.load(bad, m)
+
+
+def _session_lists(data, sids):
+    sid, items, times, types = (data[k] for k in ("SessionId", "ItemId", "Time", "Type"))
+    idx = [np.flatnonzero(sid == s) for s in sids]
+    return ([items[i] for i in idx], [times[i] for i in idx], {"Type": [types[i] for i in idx]})
+
+
+def test_predict_next_with_times_equals_recommend():
+    data = _mixed_data()
+    m = _model(n_epochs=2, n_sample=8, **FULL).fit(data)
+    seqs, times, cols = _session_lists(data, range(12))
+    scores = m.predict_next(seqs, times=times, columns=cols)
+    later = [t[-1] + 900.0 * (j % 3) for j, t in enumerate(times)]
+    at_later = m.predict_next(seqs, times=times, now=later, columns=cols)
+    assert scores.shape == (12, m.n_items_)
+    for j in range(12):
+        for got, now in ((scores[j], times[j][-1]), (at_later[j], later[j])):
+            ids, vals = m.recommend(seqs[j], k=m.n_items_, times=times[j], now=now,
+                                    columns={"Type": cols["Type"][j]})
+            np.testing.assert_allclose(got[m.item_index_.lookup(ids)], vals, rtol=1e-5,
+                                       atol=1e-6)
+    assert not np.allclose(scores[1], at_later[1])  # the request's time matters
+    with pytest.raises(ValueError, match="times="):
+        m.predict_next(seqs, columns=cols)
+    with pytest.raises(ValueError, match=r"columns= with \['Type'\]"):
+        m.predict_next(seqs, times=times)
+    with pytest.raises(ValueError, match="2 entries for"):
+        m.predict_next(seqs[:1], times=[times[0][:2]], columns={"Type": cols["Type"][:1]})
+    with pytest.raises(ValueError, match="order"):
+        m.predict_next(seqs[:1], times=times[:1], now=[times[0][-1] - 1.0],
+                       columns={"Type": cols["Type"][:1]})
+    assert m.predict_next([]).shape == (0, m.n_items_)
+
+
+def test_score_file_reads_each_clicks_context(tmp_path):
+    from gru_engine import scoring
+    from gru_engine.data import write_events
+    data = _mixed_data()
+    m = _model(n_epochs=2, n_sample=8, **FULL).fit(data)
+    m.save(tmp_path / "m.npz")
+    keep = data["SessionId"] < 40
+    ev = {k: v[keep] for k, v in data.items()}
+    ev["ItemId"] = ev["ItemId"].copy()
+    ev["ItemId"][3] = 999  # an unknown click: dropped with its context
+    order = np.lexsort((np.random.default_rng(0).random(keep.sum()), ev["SessionId"]))
+    shuffled = {k: v[order] for k, v in ev.items()}  # rows shuffled within sessions
+    write_events(tmp_path / "s.tsv", shuffled)
+    stats = scoring.score_file(tmp_path / "m.npz", tmp_path / "s.tsv", tmp_path / "top.tsv",
+                               k=5, chunk_sessions=7, n_threads=1)
+    assert stats.n_sessions == 40 and stats.n_unknown_item_events == 1
+    rows = [line.split("\t") for line in (tmp_path / "top.tsv").read_text().splitlines()[1:]]
+    seqs, times, cols = _session_lists(ev, range(40))
+    for j in range(40):
+        known = m.item_index_.lookup(seqs[j]) >= 0
+        ids, vals = m.recommend(seqs[j][known], k=5, times=times[j][known],
+                                now=times[j][known][-1],
+                                columns={"Type": cols["Type"][j][known]})
+        got = [r for r in rows if int(r[0]) == j]
+        assert [int(r[2]) for r in got] == ids.tolist()
+        np.testing.assert_allclose([float(r[3]) for r in got], vals, rtol=1e-5)
+    no_type = {k: v for k, v in shuffled.items() if k != "Type"}
+    write_events(tmp_path / "bad.tsv", no_type)
+    with pytest.raises(ValueError, match="'Type'"):
+        scoring.score_file(tmp_path / "m.npz", tmp_path / "bad.tsv", tmp_path / "x.tsv")
 
 
 def test_param_string():

@@ -210,9 +210,6 @@ def test_errors():
         FeatureSessionGRU(output_features="yes", **SMALL).fit(events, item_features=feats)
     with pytest.raises(ValueError, match="architecture='id'"):
         FeatureSessionGRU(architecture="id", output_features=True, **SMALL).fit(events)
-    with pytest.raises(ValueError, match="checkpoint"):
-        FeatureSessionGRU(output_features=True, **SMALL).fit(events, item_features=feats,
-                                                             checkpoint="/nonexistent")
     with pytest.raises(ValueError, match="cannot be combined with context"):
         FeatureSessionGRU(output_features=True, context_output="multiply", **SMALL).fit(
             events, item_features=feats)

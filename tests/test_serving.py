@@ -328,6 +328,28 @@ def test_snapshot_refuses_files_that_do_not_fit(model, model2, tmp_path):
         SessionStore.load(model_file, model)
 
 
+@pytest.mark.parametrize("name", ["gru_v1", "user_v1"])
+def test_snapshot_of_format_version_1_still_loads(name):
+    """Snapshots written by the release before context snapshots (08a3000, format version 1;
+    tests/fixtures/snapshots/make_fixtures.py) load and answer as that release did."""
+    import os
+    HERE = os.path.join(os.path.dirname(__file__), "fixtures", "snapshots")
+    import json
+    with np.load(os.path.join(HERE, name + ".npz")) as f:
+        assert json.loads(bytes(f["header"]).decode())["format_version"] == 1
+    model = SessionGRU.load(os.path.join(HERE, name + ".model.npz"))
+    store = SessionStore.load(os.path.join(HERE, name + ".npz"), model, n_threads=1)
+    with np.load(os.path.join(HERE, name + ".answers.npz")) as f:
+        want = {k: f[k] for k in f.files}
+    assert store.session_ids() == want["live"].tolist()
+    a = store.recommend_for(store.session_ids())
+    np.testing.assert_array_equal(a.items, want["items"])
+    np.testing.assert_allclose(a.scores, want["scores"], rtol=1e-6)
+    b = store.step(want["next_sessions"].tolist(), want["next_clicks"])
+    np.testing.assert_array_equal(b.items, want["next_items"])
+    np.testing.assert_allclose(b.scores, want["next_scores"], rtol=1e-6)
+
+
 # ---- scorers built once ---------------------------------------------------------------------
 def test_scorers_share_item_tables_until_params_change(model):
     import copy

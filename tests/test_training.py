@@ -226,3 +226,25 @@ def test_checkpoint_resume_on_emulated_cuda(cuda_model, tmp_path):
     warm = load_checkpoint(tmp_path, SessionGRU)
     warm.set_params(device="cuda").partial_fit(_new_item_events(), n_epochs=1)
     assert warm.item_index_.ids[-1] == 1007 and np.isfinite(warm.params_["Wy"]).all()
+
+
+def test_a_checkpoint_written_by_08a3000_resumes_to_that_releases_parameters(tmp_path):
+    """Checkpoints of plain models keep their format and fingerprint: one written by the
+    release before the extensions' checkpoints (tests/fixtures/checkpoints/make_fixtures.py)
+    resumes, with this release, to the parameters of that release's uninterrupted fit."""
+    import importlib.util
+    import os
+    import shutil
+    here = os.path.join(os.path.dirname(__file__), "fixtures", "checkpoints")
+    spec = importlib.util.spec_from_file_location("ck_fixtures",
+                                                  os.path.join(here, "make_fixtures.py"))
+    fx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fx)
+    folder = tmp_path / "ck"
+    shutil.copytree(os.path.join(here, "gru_epoch2"), folder)
+    resumed = SessionGRU(**fx.PARAMS).fit(fx.events(), checkpoint=folder, resume=True)
+    with np.load(os.path.join(here, "gru_whole.npz")) as f:
+        want = {k: f[k] for k in f.files}
+    assert set(want) == set(resumed.params_)
+    for k, v in want.items():
+        np.testing.assert_array_equal(resumed.params_[k], v)

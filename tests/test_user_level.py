@@ -186,15 +186,6 @@ def test_bad_user_options_raise(bad, match):
         _small(**bad).fit(train)
 
 
-def test_partial_fit_and_checkpoint_are_refused(tmp_path):
-    train, _ = _data()
-    with pytest.raises(ValueError, match="checkpoint is not supported with user_layers"):
-        _small().fit(train, checkpoint=tmp_path / "ck")
-    m = _small().fit(train)
-    with pytest.raises(ValueError, match="partial_fit is not supported"):
-        m.partial_fit(train)
-
-
 @pytest.mark.parametrize("mode,user_input", [("all", "items"), ("init", "hidden"),
                                              ("both", "items")])
 def test_save_load_keeps_scores(tmp_path, mode, user_input):

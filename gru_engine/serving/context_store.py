@@ -6,6 +6,8 @@ A click at time ``t`` (``step(..., times=)``, Unix seconds) enters with its own 
 since the session's previous click, hour, weekday, column values); its answer is for a next
 event at the request's own time: the output context of ``t`` with a gap of 0 seconds.
 ``recommend_for(..., now=)`` answers for a next event at ``now`` (gap ``now`` - last click).
+Snapshots (:mod:`gru_engine.serving.snapshot`) keep each live session's context
+(:meth:`StoreContext.to_arrays`).
 """
 from __future__ import annotations
 
@@ -75,3 +77,35 @@ class StoreContext:
         if not np.isfinite(float(now)):
             raise ValueError(f"now must be finite seconds, got {now!r}")
         return float(now)
+
+    def to_arrays(self, slots) -> dict:
+        """Arrays of a snapshot, per live session in slot order ``slots``: the time of its last
+        click and of the click before (``context_last_time``/``context_prev_time`` (n,) float64
+        seconds) and its last click's column ids (``context_last_cols`` (n, n_columns)
+        int32)."""
+        slots = np.asarray(slots, np.int64)
+        return {"context_last_time": self.last_time[slots].copy(),
+                "context_prev_time": self.prev_time[slots].copy(),
+                "context_last_cols": self.last_cols[slots].copy()}
+
+    def from_arrays(self, arrays, n: int, fail) -> None:
+        """Inverse of :meth:`to_arrays` for ``n`` sessions in slots ``0..n-1``;
+        ``fail(message)`` raises the caller's file error (missing arrays, wrong shapes or
+        dtypes, non-finite times, column ids outside the model's vocabularies)."""
+        n_cols = len(self.enc.columns)
+        want = {"context_last_time": (np.float64, (n,)), "context_prev_time": (np.float64, (n,)),
+                "context_last_cols": (np.int32, (n, n_cols))}
+        for name, (dtype, shape) in want.items():
+            a = arrays.get(name)
+            if a is None or a.dtype != dtype or a.shape != shape:
+                fail(f"array {name!r} of the sessions' context is missing or not {shape} "
+                     f"{np.dtype(dtype)}")
+        last, prev = arrays["context_last_time"], arrays["context_prev_time"]
+        if not (np.all(np.isfinite(last)) and np.all(np.isfinite(prev))):
+            fail("arrays 'context_last_time'/'context_prev_time' hold non-finite times")
+        cols = arrays["context_last_cols"]
+        limit = np.array([len(v) + 1 for v in self.enc.vocab], np.int64)
+        if np.any(cols < 0) or np.any(cols >= limit):
+            fail("array 'context_last_cols' holds ids outside the model's column vocabularies "
+                 f"(sizes {limit.tolist()}, 0 = unknown)")
+        self.last_time[:n], self.prev_time[:n], self.last_cols[:n] = last, prev, cols

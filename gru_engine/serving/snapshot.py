@@ -1,8 +1,14 @@
 """Snapshots of a :class:`~gru_engine.serving.store.SessionStore`: one ``.npz`` (JSON header, no
 pickle, atomic write through :func:`gru_engine.safe_npz.write_npz`) with, per live session, its id,
 hidden state, state before its last click, last item, click count, seen items and idle time (in
-LRU order), and the new items of a FeatureSessionGRU store. ``load_store`` checks every array
-against the header and the model before any of it reaches a scorer."""
+LRU order), the new items of a FeatureSessionGRU store, the users' states of a user-level
+model and the sessions' context of a context-aware model. ``load_store`` checks every array
+against the header and the model before any of it reaches a scorer.
+
+Versions: 1 (no context), 2 (adds ``context``: the header flag and the arrays of
+:meth:`~gru_engine.serving.context_store.StoreContext.to_arrays`). A snapshot is written as
+version 1 unless it holds context, so snapshots of other stores stay readable by versions
+without context; both versions load."""
 from __future__ import annotations
 
 import json
@@ -19,14 +25,18 @@ except ImportError:  # pragma: no cover
     _FileError = ValueError
 
 SNAPSHOT_FORMAT = "gru_engine.SessionStore"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+#: the versions this one reads; a snapshot without context is written as version 1
+READ_VERSIONS = (1, 2)
 
 
 def save_store(store, path) -> None:
     """Write the live sessions to ``path`` (``.npz``: JSON header, no pickle, atomic
     write; :func:`gru_engine.safe_npz.write_npz`): per session its id, state, state before its
-    last click, last item, click count, seen items and idle time, in LRU order, and the new
-    items of a FeatureSessionGRU store. Session ids must all be integers or all strings."""
+    last click, last item, click count, seen items and idle time, in LRU order, the new
+    items of a FeatureSessionGRU store, the users' states of a user-level model and the
+    sessions' click times and column ids of a context-aware model. Session ids must all be
+    integers or all strings."""
     from ..safe_npz import write_npz
     with store._lock:
         now = store.clock()
@@ -41,7 +51,9 @@ def save_store(store, path) -> None:
         state, prev = store._slots.host(rows) if len(rows) else (
             np.zeros((0, full), np.float32), np.zeros((0, full), np.float32))
         seen = [np.array(sorted(v.seen), np.int64) for v in lives]
-        header = {"format": SNAPSHOT_FORMAT, "format_version": SNAPSHOT_VERSION,
+        context = store._context  # a context-aware model's per-slot context, or None
+        header = {"format": SNAPSHOT_FORMAT,
+                  "format_version": 1 if context is None else SNAPSHOT_VERSION,
                   "model_class": type(store.model).__name__, "n_items": store.n_items,
                   "width": store.width, "capacity": store.capacity,
                   "idle_timeout_s": store.idle_timeout_s, "k": store.k,
@@ -50,6 +62,8 @@ def save_store(store, path) -> None:
                   "n_new_items": 0 if store._new_ids is None else len(store._new_ids),
                   "n_sources": 0 if store._new_bags is None else len(store._new_bags),
                   "user_states": users is not None}
+        if context is not None:
+            header["context"] = True
         arrays = {
             "header": np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8),
             "session_ids": ids, "state": state, "prev_state": prev,
@@ -61,6 +75,8 @@ def save_store(store, path) -> None:
             "seen_indices": np.concatenate(seen) if seen else np.zeros(0, np.int64)}
         if users is not None:
             arrays.update(users.to_arrays(rows.tolist()))
+        if context is not None:
+            arrays.update(context.to_arrays(rows))
         if store._new_ids is not None:
             arrays["new_item_ids"] = np.asarray(store._new_ids.ids)
             for s, (ip, ind, w) in enumerate(store._new_bags):
@@ -81,6 +97,9 @@ def load_store(cls, path, model, **options):
 
     def bad(what):
         return _FileError(f"{path}: {what}")
+
+    def fail(what):
+        raise bad(what)
     if header.get("model_class") != type(model).__name__:
         raise bad(f"a snapshot of a {header.get('model_class')!r} store, not of a "
                   f"{type(model).__name__}")
@@ -143,9 +162,12 @@ def load_store(cls, path, model, **options):
     if users is not None:
         if len(arrays.get("session_user_known", ())) != n:
             raise bad(f"array 'session_user_known' must have {n} entries")
-        def fail(message):
-            raise bad(message)
         users.from_arrays(arrays, n_all, fail)
+    if bool(header.get("context", False)) != (store._context is not None):
+        raise bad("the snapshot's session context does not fit the model (a context-aware "
+                  "model's store has it, any other not)")
+    if store._context is not None:
+        store._context.from_arrays(arrays, n, fail)
     if header.get("model_crc32") != _fingerprint(model.params_):
         warnings.warn(f"{path}: the model's parameters differ from those the sessions were "
                       "saved with; their states may not mean the same", stacklevel=2)
@@ -193,9 +215,10 @@ def _load_new_items(store, arrays, n_new, n_src, path) -> None:
 
 
 def _fingerprint(params) -> int:
-    """CRC-32 of ``Wy`` and ``theta``: tells a snapshot's model from another of the same shape."""
+    """CRC-32 of ``Wy`` and ``theta`` (and a context-aware model's context tables): tells a
+    snapshot's model from another of the same shape."""
     crc = 0
-    for key in ("Wy", "theta"):
+    for key in ("Wy", "theta") + tuple(k for k in ("context_in", "context_out") if k in params):
         crc = zlib.crc32(np.ascontiguousarray(params[key]).view(np.uint8), crc)
     return int(crc)
 
@@ -220,9 +243,9 @@ def _read_snapshot(path: str):
         raise _FileError(f"{path}: unreadable snapshot header") from None
     if not isinstance(header, dict) or header.get("format") != SNAPSHOT_FORMAT:
         raise _FileError(f"{path} is not a session store snapshot")
-    if header.get("format_version") != SNAPSHOT_VERSION:
+    if header.get("format_version") not in READ_VERSIONS:
         raise _FileError(f"{path}: snapshot version {header.get('format_version')!r} is not "
-                         f"supported (this version reads {SNAPSHOT_VERSION})")
+                         f"supported (this version reads {list(READ_VERSIONS)})")
     return arrays, header
 
 

@@ -112,6 +112,9 @@ class SessionStore:
       of a user starts from the user's state, and ``end(session_id)`` or the session's
       eviction (idle or least recently used) steps the user's state with the session (2+
       known clicks). Snapshots keep the users' states and each live session's user.
+    - A context-aware model (``context_input``/``context_output``): ``step``/``advance`` take
+      the clicks' ``times`` and ``columns``, ``recommend_for`` the request's ``now``
+      (:mod:`gru_engine.serving.context_store`); snapshots keep each live session's context.
     - FeatureSessionGRU: ``item_features`` (as in ``fit``/``recommend``) lets sessions click new
       items; the store keeps their encodings for later calls (and snapshots). New items are
       never recommended.
@@ -258,11 +261,10 @@ class SessionStore:
     def save(self, path) -> None:
         """Write the live sessions to ``path`` (``.npz``: JSON header, no pickle, atomic
         write; :mod:`gru_engine.serving.snapshot`): per session its id, state, state before its
-        last click, last item, click count, seen items and idle time, in LRU order, and the new
-        items of a FeatureSessionGRU store. Session ids must all be integers or all strings."""
-        if self._context is not None:
-            raise ValueError("snapshots of a store over a context-aware model are not "
-                             "supported yet (the sessions' click times are not saved)")
+        last click, last item, click count, seen items and idle time, in LRU order, the new
+        items of a FeatureSessionGRU store, a user-level model's user states and a
+        context-aware model's per-session context (last click's time and column ids, the time
+        of the click before). Session ids must all be integers or all strings."""
         from .snapshot import save_store
         save_store(self, path)
 

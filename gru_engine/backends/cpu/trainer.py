@@ -260,8 +260,6 @@ class Trainer:
         self.opt = OptState(acc_d=like(p["theta"]), vel_d=like(p["theta"]), acc_t=like(p["T"]),
                             vel_t=like(p["T"]), acc_y=like(p["Wy"]), vel_y=like(p["Wy"]),
                             acc_b=like(p["By"]), vel_b=like(p["By"]))
-        if optimizer_state is not None:
-            self.load_state(optimizer_state=optimizer_state)
         self.work = work_buffers(SI, p["LI"], bs, Hc, len(p["theta"]), dt)
         self.out = OutBuf(cols=np.zeros(cmax, np.int32), cmap=np.zeros(cmax, np.int32),
                           Wc=np.zeros((cmax, Hc), dt), bc=z(cmax), O_flat=z(bs * cmax),
@@ -288,9 +286,14 @@ class Trainer:
         self.names = list(names) if names is not None else [str(s) for s in range(S)]
         self.prof = None
         self.cx = no_context(dt) if context is None else context
+        # the training events' context rows; an epoch's cx.ev_in/ev_out follow its augmented
+        # events (select_events)
+        self.event_context = (self.cx.ev_in, self.cx.ev_out)
         # output features (``Fy`` in params, :mod:`gru_engine.output_features`): their own
         # gradient rows and optimiser state (not part of optimizer_state())
         self.of = new_record(p, cmax) if "Fy" in p else None
+        if optimizer_state is not None:
+            self.load_state(optimizer_state=optimizer_state)
 
     def start_profile(self):
         """Time every phase of the following steps (:mod:`.profile`; the profiled kernels are
@@ -328,19 +331,30 @@ class Trainer:
 
     def optimizer_state(self) -> dict:
         """``{'acc': {'theta', 'T', 'Wy', 'By'}, 'vel': {...}}``: the Adagrad accumulators and
-        momentum velocities (host arrays shaped like the parameters; live, not copies)."""
+        momentum velocities (host arrays shaped like the parameters; live, not copies), keyed
+        by parameter name; with context also ``context_in``/``context_out``, with output
+        features ``Fy``/``Fb``."""
         o = self.opt
-        return {"acc": {"theta": o.acc_d, "T": o.acc_t, "Wy": o.acc_y, "By": o.acc_b},
-                "vel": {"theta": o.vel_d, "T": o.vel_t, "Wy": o.vel_y, "By": o.vel_b}}
+        out = {"acc": {"theta": o.acc_d, "T": o.acc_t, "Wy": o.acc_y, "By": o.acc_b},
+               "vel": {"theta": o.vel_d, "T": o.vel_t, "Wy": o.vel_y, "By": o.vel_b}}
+        if self.cx.cfg.any():
+            cx = self.cx
+            out["acc"].update(context_in=cx.acc_in, context_out=cx.acc_out)
+            out["vel"].update(context_in=cx.vel_in, context_out=cx.vel_out)
+        if self.of is not None:
+            out["acc"].update(Fy=self.of.acc_f, Fb=self.of.acc_b)
+            out["vel"].update(Fy=self.of.vel_f, Fb=self.of.vel_b)
+        return out
 
     def load_state(self, params=None, optimizer_state=None):
-        """Copy ``params`` (``theta``/``T``/``Wy``/``By``) and/or an ``optimizer_state`` (as
-        :meth:`optimizer_state` returns) into the trainer's arrays (warm start, checkpoints)."""
+        """Copy ``params`` (every parameter :meth:`optimizer_state` has a state of) and/or an
+        ``optimizer_state`` (as :meth:`optimizer_state` returns; parameters it lacks keep
+        their state) into the trainer's arrays (warm start, checkpoints)."""
         live = self.optimizer_state()
-        for key in ("theta", "T", "Wy", "By"):
+        for key in live["acc"]:
             if params is not None:
                 self.params[key][...] = params[key]
-            if optimizer_state is not None:
+            if optimizer_state is not None and key in optimizer_state["acc"]:
                 live["acc"][key][...] = optimizer_state["acc"][key]
                 live["vel"][key][...] = optimizer_state["vel"][key]
 
@@ -357,6 +371,19 @@ class Trainer:
         self.store.samples[...] = state["store"]
         self.sched_state[2], self.sched_state[4], self.epoch = (int(x) for x in
                                                                   state["counters"])
+
+    @property
+    def follows_events(self) -> bool:
+        """Whether the network reads per-event data besides the items (context rows): an
+        augmented epoch then names its events (:meth:`select_events`)."""
+        return bool(self.cx.cfg.any())
+
+    def select_events(self, rows) -> None:
+        """The coming epoch trains on the training events ``rows`` ((n,) int, in their epoch
+        order: the kept events of augmented sessions); their context rows go with them."""
+        ev_in, ev_out = self.event_context
+        pick = lambda ev: np.ascontiguousarray(ev[rows]) if len(ev) else ev
+        self.cx = self.cx._replace(ev_in=pick(ev_in), ev_out=pick(ev_out))
 
     def host_params(self) -> dict:
         """The trained parameters (host arrays, updated in place during training)."""

@@ -47,7 +47,7 @@ class UserTrainer(Trainer):
     (``plan`` must train every subnet in every epoch)."""
 
     def __init__(self, params, hyper, support, walks, start_times, shuffle, rng,
-                 user_dropout: float = 0.0, **kwargs):
+                 user_dropout: float = 0.0, optimizer_state=None, **kwargs):
         super().__init__(params, hyper, support, **kwargs)
         p = params
         self.UI, self.U = p["UI"], p["U"]
@@ -66,6 +66,8 @@ class UserTrainer(Trainer):
         self.acc_u, self.vel_u = np.zeros_like(self.U), np.zeros_like(self.U)
         self.walk, self.bags = None, None
         self.user_dropout = float(user_dropout)
+        if optimizer_state is not None:
+            self.load_state(optimizer_state=optimizer_state)
 
     # ---- the user part of one step ----------------------------------------------------------
     def _layer_views(self, g):
@@ -236,6 +238,7 @@ class UserTrainer(Trainer):
         return loss, grads
 
     def optimizer_state(self) -> dict:
+        """As :meth:`Trainer.optimizer_state`, with the user GRU's ``U``."""
         out = super().optimizer_state()
         out["acc"]["U"], out["vel"]["U"] = self.acc_u, self.vel_u
         return out
