@@ -13,7 +13,52 @@ number of the input.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+from numba import njit
+
+
+class Walk(NamedTuple):
+    """The arrays of a :class:`UserSchedule` (compiled code walks them: :func:`advance_walk`).
+    Per input (all inputs of the epoch in walk order): event (int64, index into the epoch's
+    ``items``), session (int64), start, last (bool); per user with inputs: seq_start, seq_end
+    (int64) its range of inputs; per row (bs,): p (int64) the current input, e (int64) the end
+    of the row's user, new_user (bool), src (int64) the row before the last compaction; state
+    (2,) int64 ``[n_rows, next user]``."""
+    event: np.ndarray
+    session: np.ndarray
+    start: np.ndarray
+    last: np.ndarray
+    seq_start: np.ndarray
+    seq_end: np.ndarray
+    p: np.ndarray
+    e: np.ndarray
+    new_user: np.ndarray
+    src: np.ndarray
+    state: np.ndarray
+
+
+@njit(cache=True, error_model="numpy")
+def advance_walk(w, min_rows):
+    """Move every row of the :class:`Walk` ``w`` one input on (a row past its user's end takes
+    the next user; rows without one drop out, the rest are compacted in order, ``src``);
+    returns the new ``n_rows`` (0: fewer than ``min_rows`` left, the epoch is over)."""
+    n_rows, nxt = w.state[0], w.state[1]
+    out = 0
+    for r in range(n_rows):
+        c, e, new = w.p[r] + 1, w.e[r], False
+        if c >= e:
+            if nxt >= len(w.seq_start):
+                continue
+            c, e = w.seq_start[nxt], w.seq_end[nxt]
+            nxt += 1
+            new = True
+        w.p[out], w.e[out], w.new_user[out], w.src[out] = c, e, new, r
+        out += 1
+    w.state[0] = out if out >= min_rows else 0
+    w.state[1] = nxt
+    return w.state[0]
 
 
 class UserSchedule:
@@ -48,12 +93,18 @@ class UserSchedule:
         self.e = np.zeros(bs, np.int64)
         self.new_user = np.zeros(bs, np.bool_)
         self.src = np.arange(bs, dtype=np.int64)
-        self.next_seq = 0
         n = min(bs, len(self.seq_start))
         self.p[:n], self.e[:n] = self.seq_start[:n], self.seq_end[:n]
         self.new_user[:n] = True
-        self.next_seq = n
-        self.n_rows = n if n >= self.min_rows else 0
+        self.arrays = Walk(self.event, self.session, self.start, self.last,
+                           self.seq_start.astype(np.int64), self.seq_end.astype(np.int64),
+                           self.p, self.e, self.new_user, self.src,
+                           np.array([n if n >= self.min_rows else 0, n], np.int64))
+
+    @property
+    def n_rows(self) -> int:
+        """Live rows of the current step (0: the epoch is over)."""
+        return int(self.arrays.state[0])
 
     def rows(self):
         """``(cur, reset, new_user, last, session)`` of the live rows (views/copies of
@@ -64,19 +115,7 @@ class UserSchedule:
 
     def advance(self) -> int:
         """Move every row one input on; returns the new ``n_rows`` (0: the epoch is over)."""
-        w = 0
-        for r in range(self.n_rows):
-            c, e, new = self.p[r] + 1, self.e[r], False
-            if c >= e:
-                if self.next_seq >= len(self.seq_start):
-                    continue
-                c, e = self.seq_start[self.next_seq], self.seq_end[self.next_seq]
-                self.next_seq += 1
-                new = True
-            self.p[w], self.e[w], self.new_user[w], self.src[w] = c, e, new, r
-            w += 1
-        self.n_rows = w if w >= self.min_rows else 0
-        return self.n_rows
+        return int(advance_walk(self.arrays, self.min_rows))
 
 
 def user_walks(user_sessions) -> list:

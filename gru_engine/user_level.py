@@ -1,5 +1,7 @@
 """The user-level GRU across sessions (HRNN: Quadrana, Karatzoglou, Hidasi & Cremonesi, RecSys
-2017): its parameters, forward and hand-written backward (NumPy, any float dtype).
+2017): its parameters and forward (NumPy, any float dtype; the scorers' user states). The
+training step's forward and hand-written backward are compiled: ``backends/cpu/user_step.py``
+(CPU), ``backends/cuda/user_trainer.py`` (CUDA).
 
 A user GRU (hidden ``Hu = user_layers``) is stepped once per finished session of the user,
 ``u_k = GRU_u(s_k, u_{k-1})``, ``u_0 = 0``; ``s_k`` is the session's representation
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .network import L_H, L_HOFF, init_block
+from .network import L_H, init_block
 
 #: keys of the user part in a model's params_ (options: :data:`gru_engine.params.USER_KEYS`)
 USER_PARAM_KEYS = ("UI", "U")
@@ -116,16 +118,6 @@ def gru_step(gx, h, Wh, bhn):
     return (1 - z) * n + z * h, (r, z, n, a)
 
 
-def gru_step_backward(dh, h, cache):
-    """``(dgx, dgh)`` of :func:`gru_step` (previous state constant): ``dWx = x^T dgx``,
-    ``dbx = sum dgx``, ``dWh = h^T dgh``, ``dbhn = sum dgh[:, 2H:]``."""
-    r, z, n, a = cache
-    dn = dh * (1 - z) * (1 - n * n)
-    dz = dh * (h - n) * z * (1 - z)
-    dr = dn * a * r * (1 - r)
-    return np.concatenate([dr, dz, dn], 1), np.concatenate([dr, dz, dn * r], 1)
-
-
 class SessionBags:
     """The session representation of ``user_input='items'``: session ``s`` is the bag of its
     clicks ``items[offsets[s]:offsets[s+1]]`` (int32, CSR), each with weight ``1 / length``."""
@@ -158,85 +150,6 @@ def user_input_gates(UI, views, S, bags):
         return S @ views["Wx"] + views["bx"]
     Wx = views["Wx"]
     return np.asarray(bag_matrix(bags, S, Wx.shape[0], Wx.dtype) @ Wx) + views["bx"]
-
-
-class UserStep:
-    """One training step's user part for the rows with a user state: forward
-    (:meth:`forward`: ``u``, ``h0``, extra gates) and backward (:meth:`backward`: the gradient
-    of ``U`` from the step's buffers). Arrays: ``S`` the rows' session representations (see
-    :func:`user_input_gates`), ``Ub`` (R, Hu) the user states before the last update."""
-
-    def __init__(self, UI, U, bags=None):
-        self.UI, self.U, self.bags = UI, U, bags
-        self.views = user_views(UI, U)
-
-    def forward(self, S, Ub, init_mask, drop=None):
-        """Returns ``(u (R, Hu), h0 (Ri, W) or None, gates (R, 3H0) or None)``; ``init_mask``
-        (R,) bool: rows that start a session now (get ``h0``); ``drop``: None or an (R, Hu)
-        inverted-dropout mask applied to ``u`` where it feeds the session (training)."""
-        v = self.views
-        self.S, self.Ub, self.init_mask, self.drop = S, Ub, init_mask, drop
-        u, self.cache = gru_step(user_input_gates(self.UI, v, S, self.bags), Ub, v["Wh"], v["bhn"])
-        if drop is not None:
-            u = u * drop
-        self.u = u
-        self.h0 = None
-        if self.UI[U_INIT] and init_mask.any():
-            self.h0 = np.tanh(u[init_mask] @ v["Wi"] + v["bi"])
-        gates = u @ v["Wu"] if self.UI[U_ALL] else None
-        return u, self.h0, gates
-
-    def backward(self, dgates, dhp):
-        """Gradient of ``U`` (flat, ``U``'s shape) from ``dgates`` (R, 3H0) (the step's layer-0
-        gate gradient of the rows; 'all') and ``dhp`` (Ri, W) (the gradient w.r.t. the initial
-        state of the init rows; 'init'). Items-table rows: only the bags' rows are non-zero."""
-        UI, v = self.UI, self.views
-        g = np.zeros_like(self.U)
-        gv = user_views(UI, g)
-        du = np.zeros_like(self.u)
-        if UI[U_ALL]:
-            gv["Wu"][...] = self.u.T @ dgates
-            du += dgates @ v["Wu"].T
-        if self.h0 is not None:
-            dpre = dhp * (1 - self.h0 * self.h0)
-            gv["Wi"][...] = self.u[self.init_mask].T @ dpre
-            gv["bi"][...] = dpre.sum(0)
-            du[self.init_mask] += dpre @ v["Wi"].T
-        if self.drop is not None:
-            du *= self.drop
-        dgx, dgh = gru_step_backward(du, self.Ub, self.cache)
-        Hu = int(UI[U_HU])
-        gv["bx"][...] = dgx.sum(0)
-        gv["Wh"][...] = self.Ub.T @ dgh
-        gv["bhn"][...] = dgh[:, 2 * Hu:].sum(0)
-        if UI[U_ITEMS]:
-            bag = bag_matrix(self.bags, self.S, gv["Wx"].shape[0], dgx.dtype).tocsc()
-            self.touched = np.flatnonzero(np.diff(bag.indptr))
-            gv["Wx"][self.touched] = np.asarray(bag[:, self.touched].T @ dgx)
-        else:
-            gv["Wx"][...] = self.S.T @ dgx
-        return g
-
-
-def initial_state_gradient(LI, wk_views, rows):
-    """(len(rows), W) gradient of the step's loss w.r.t. the previous hidden state ``HP`` of
-    ``rows``, every layer: ``dh * z + dgh Wh^T`` from the buffers a training step leaves
-    (``wk_views(g)`` -> ``(dh, gates, dgh, Wh)`` of layer ``g``: the output gradient before
-    dropout (bs, H), the gates ``[r|z|n]``, the hidden-side gate gradient (bs, 3H), Wh)."""
-    parts = []
-    for g in range(LI.shape[0]):
-        H = int(LI[g, L_H])
-        dh, gates, dgh, Wh = wk_views(g)
-        parts.append(dh[rows] * gates[rows, H:2 * H] + dgh[rows] @ Wh.T)
-    return np.concatenate(parts, 1)
-
-
-def scatter_initial_state(LI, hp_view, rows, h0):
-    """Write ``h0`` (len(rows), W) into the previous-state buffer of every layer
-    (``hp_view(g)`` -> (bs, H) view of layer ``g``; columns ``L_HOFF`` of ``h0``)."""
-    for g in range(LI.shape[0]):
-        H, off = int(LI[g, L_H]), int(LI[g, L_HOFF])
-        hp_view(g)[rows] = h0[:, off:off + H]
 
 
 def fit_users(data, session_key: str, user_key: str, user_layers: int):

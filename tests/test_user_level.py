@@ -389,3 +389,22 @@ def test_session_store_eviction_updates_the_user_like_end():
     got = store.step(["c"], [ids[7]], user_ids=[7])
     want = m.recommend([ids[7]], k=5, user_sessions=[list(ids[[1, 2]])])
     assert np.array_equal(got.items[0], want[0])
+
+
+def test_plain_fit_does_not_load_the_user_kernels():
+    """The user trainer's Numba kernels (backends/cpu/user_step.py) compile only for
+    user_layers > 0: a plain fit in a fresh process never imports them."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "from gru_engine.model import SessionGRU\n"
+            "from gru_engine.synthetic import session_aware_events, session_aware_split\n"
+            "ev, _ = session_aware_events(n_users=10, sessions_per_user=3, n_items=12, "
+            "n_tastes=3, persistent=True, seed=0)\n"
+            "train, _ = session_aware_split(ev)\n"
+            "SessionGRU(layers=[4], batch_size=4, n_sample=0, n_epochs=1, n_threads=1)"
+            ".fit(train)\n"
+            "print('gru_engine.backends.cpu.user_step' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
