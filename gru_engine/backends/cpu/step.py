@@ -439,9 +439,10 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
         return nY
     tc = SI[s, S_TCOLS]
     cap = SI[s, S_GCAP]
+    zero = np.int64(0)  # not the literal 0: Numba would compile acc_bag for it too
     sp.nT[s] = acc_bag(sp.slotT[SI[s, S_SOFF]:SI[s, S_SOFF] + SI[s, S_TROWS]],
-                       sp.rowsT[SI[s, S_ROFF]:SI[s, S_ROFF] + cap], 0,
-                       flat_view(sp.GT, SI[s, S_GOFF], cap, tc), 0, SI[s, S_IPOFF], net,
+                       sp.rowsT[SI[s, S_ROFF]:SI[s, S_ROFF] + cap], zero,
+                       flat_view(sp.GT, SI[s, S_GOFF], cap, tc), zero, SI[s, S_IPOFF], net,
                        in_items, B, DX)
     tick(prof, P_SPARSE)
     return nY
@@ -521,19 +522,19 @@ def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, m
     acc_y, vel_y, GY = opt.acc_y, opt.vel_y, sp.GY
     for u in range(nY):
         r = sp.rowsY[u]
-        if sum_mode:
-            if u < n_out or (active[0] and train[0] and SI[0, S_TAB] == T_WY):
-                adagrad_flat(Wy[r], GY[u], acc_y[r], vel_y[r], lr, mom)
-            continue
-        for s in range(S):
-            if not active[s]:
-                continue
-            if u < n_out:
-                if freeze_out and not train[s]:
+        for s in range(1 if sum_mode else S):  # one call site: adagrad_flat is inlined
+            if sum_mode:
+                if not (u < n_out or (active[0] and train[0] and SI[0, S_TAB] == T_WY)):
                     continue
-            elif not (train[s] and SI[s, S_TAB] == T_WY):
+                c0, c1 = 0, Wy.shape[1]
+            elif not active[s]:
                 continue
-            c0, c1 = SI[s, S_C0], SI[s, S_C1]
+            elif u < n_out and freeze_out and not train[s]:
+                continue
+            elif u >= n_out and not (train[s] and SI[s, S_TAB] == T_WY):
+                continue
+            else:
+                c0, c1 = SI[s, S_C0], SI[s, S_C1]
             adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1], lr, mom)
     adagrad_rows_1d(net.By, opt.acc_b, opt.vel_b, sp.rowsY, sp.gBy, n_out, lr, mom)
     release_all(SI, sp)
