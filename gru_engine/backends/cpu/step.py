@@ -110,7 +110,8 @@ class OutBuf(NamedTuple):
     (cmax,) the gathered ``Wy`` rows and ``By`` entries of the slots; O_flat (bs * cmax,) the
     slots' scores then their gradient; lq (cmax,) log q per column; ra (cmax,) loss scratch;
     rank: None under cross-entropy, else the ranking losses' scratch ``(r, g, scr)``: (cmax,),
-    (cmax,), (2, cmax) (it decides which loss kernels a trainer compiles: :func:`slot_loss`)."""
+    (cmax,), (2, cmax) (it decides which loss kernels a trainer compiles:
+    :func:`output_forward_backward`)."""
     cols: np.ndarray
     cmap: np.ndarray
     Wc: np.ndarray
@@ -271,18 +272,20 @@ def combine_forward(net, active, B, bs, Y, hc, sum_mode):
 
 
 @njit(cache=True, error_model="numpy")
-def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of):
+def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of, rank):
     """Sampled output layer of one step, on the ``U`` distinct items of ``cols`` (a column that
     repeats an item shares its row of every product): the items get the sparse-sum slots
     ``0..U-1`` in order of first appearance (``sp.rowsY[u]``, ``sp.slotY[item]``;
     ``ob.cmap[j]`` is column ``j``'s slot), ``Wc[u] = Wy[rowsY[u]]``, scores
     ``S = hc[:B] @ Wc[:U].T``; the loss over the ``C`` columns ``O[:, j] = S[:, cmap[j]] +
     By[cols[j]]``; its gradient summed per slot, ``dS``, gives the slots' sums directly:
-    ``GY[:U] = dS.T @ hc[:B]``, ``gBy[:U]``, and ``dhc[:B] = dS @ Wc[:U]`` (:func:`slot_loss`,
-    after the gather). ``ob``:
+    ``GY[:U] = dS.T @ hc[:B]``, ``gBy[:U]``, and ``dhc[:B] = dS @ Wc[:U]``. ``ob``:
     :class:`OutBuf`, ``sp``: :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`;
     ``of``: None or the output features' record (:mod:`.output_features`: their rows are added
-    to the gathered ``Wc``/``bc``). Returns ``(step loss, U)``."""
+    to the gathered ``Wc``/``bc``). ``rank`` (``ob.rank``, an argument of its own so that Numba
+    compiles only the branch of its type): None for cross-entropy, all of it after the gather
+    in the parts of :mod:`.output_parts` (on threads); else the ranking loss ``hy.loss`` with
+    ``rank`` its scratch. Returns ``(step loss, U)``."""
     Wy, By, cols, Wc, bc, cmap = net.Wy, net.By, ob.cols, ob.Wc, ob.bc, ob.cmap
     slot, rows = sp.slotY, sp.rowsY
     H = hc.shape[1]
@@ -302,27 +305,16 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of):
     if of is not None:
         add_output_features(of, rows, U, Wc, bc)
     tick(prof, P_OUT_GATHER)
-    return slot_loss(ob.rank, hc, dhc, B, C, U, ob, sp, hy, prof), U
-
-
-@njit(cache=True, error_model="numpy")
-def slot_loss(rank, hc, dhc, B, C, U, ob, sp, hy, prof):
-    """Scores, loss and gradients of the ``U`` gathered slots (``ob.Wc``, ``ob.bc``):
-    ``sp.GY[:U]``, ``sp.gBy[:U]``, ``dhc[:B]``; returns the step loss. ``rank`` None:
-    cross-entropy, all of it in the parts of :mod:`.output_parts` (on threads); else the
-    ranking loss ``hy.loss`` with ``rank`` (``ob.rank``) its scratch. Numba compiles only the
-    branch of ``rank``'s type (an argument that is None prunes the other), so a trainer's
-    kernels carry one of the two."""
-    Wc, cmap, H = ob.Wc, ob.cmap, hc.shape[1]
     if rank is None:
-        return cross_entropy_output(hc, dhc, Wc, ob.bc, cmap, ob.lq, ob.ra, B, C, U,
-                                    TRAIN_OUTPUT_PARTS, ob.O_flat, hy.final_act,
-                                    hy.final_act_param, hy.logq, float(hy.batch_size), sp.GY,
-                                    sp.gBy, prof)
+        total = cross_entropy_output(hc, dhc, Wc, bc, cmap, ob.lq, ob.ra, B, C, U,
+                                     TRAIN_OUTPUT_PARTS, ob.O_flat, hy.final_act,
+                                     hy.final_act_param, hy.logq, float(hy.batch_size), sp.GY,
+                                     sp.gBy, prof)
+        return total, U
     S = ob.O_flat[:B * U].reshape(B, U)
     np.dot(hc[:B], Wc[:U].T, S)
     tick_gemm(prof, P_SCORE_GEMM, B, U, H)
-    total = loss_forward_backward(S, cmap, ob.bc, B, C, U, hy.loss, hy.final_act,
+    total = loss_forward_backward(S, cmap, bc, B, C, U, hy.loss, hy.final_act,
                                   hy.final_act_param, hy.bpreg, hy.elu_param,
                                   float(hy.batch_size), ob.ra, rank[0], rank[1], rank[2])
     column_sums(S, B, sp.gBy, 0, U)
@@ -331,7 +323,7 @@ def slot_loss(rank, hc, dhc, B, C, U, ob, sp, hy, prof):
     tick_gemm(prof, P_DWY_GEMM, U, H, B)
     np.dot(S, Wc[:U], dhc[:B])
     tick_gemm(prof, P_DH_GEMM, B, H, U)
-    return total
+    return total, U
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,7 +461,8 @@ def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, 
     if cx is not None and cx.cfg[1] != COUT_NONE:
         context_output_forward(cx, wk.hc, B)
     tick(prof, P_GATES)
-    total, nY = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy, prof, of)
+    total, nY = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy, prof, of,
+                                        ob.rank)
     if cx is not None and cx.cfg[1] != COUT_NONE:
         context_output_backward(cx, wk.dhc, B)
     n_out = nY
