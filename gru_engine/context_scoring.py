@@ -91,7 +91,7 @@ class ContextScorer(ContextRows, Scorer):
 
     def _workspace(self, k, R):
         ws = super()._workspace(k, R)
-        if ws.context.rin.shape[0] != ws.cap or not ws.context.cfg.any():
+        if ws.context is None or ws.context.rin.shape[0] != ws.cap:
             ws.context = make_ctx(self.cfg, self.Cin, self.Cout, ws.cap,
                                   np.zeros((0, self.n_in), np.int32),
                                   np.zeros((0, self.n_out), np.int32), grads=False, Ch=self.Ch)

@@ -23,3 +23,36 @@ def test_first_fit_says_it_is_compiling(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="gru_engine"):
         SessionGRU(**SMALL).fit(_events())
     assert "compiling" not in caplog.text
+
+
+_PLAIN_FIT_COMPILES = """
+import numpy as np
+from gru_engine import SessionGRU
+from gru_engine.backends.cpu import context_step, losses, output_parts
+rng = np.random.default_rng(0)
+ev = {"SessionId": np.repeat(np.arange(20), 3), "ItemId": rng.integers(0, 15, 60),
+      "Time": np.arange(60, dtype=np.float64)}
+SessionGRU(layers=[8], n_epochs=1, batch_size=4, n_sample=6, n_threads=1).fit(ev)
+kernels = {"cross_entropy": output_parts.cross_entropy_output,
+           "ranking": losses.loss_forward_backward,
+           "context": context_step.context_input_forward,
+           "context_out": context_step.context_output_forward,
+           "context_update": context_step.context_update}
+print(*(f"{k}={len(v.signatures)}" for k, v in kernels.items()))
+"""
+
+
+def test_a_plain_fit_compiles_no_extension_code(tmp_path):
+    """Compiled from scratch (a cached kernel compiles none of its callees), a plain
+    cross-entropy fit compiles the cross-entropy output layer but neither the ranking losses nor
+    the context hooks: those branches are pruned on the type of an argument (None)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _PLAIN_FIT_COMPILES], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    counts = dict(item.split("=") for item in out[-5:])
+    assert counts["cross_entropy"] == "1"  # the check sees what the fit compiles
+    assert counts == {"cross_entropy": "1", "ranking": "0", "context": "0", "context_out": "0",
+                      "context_update": "0"}

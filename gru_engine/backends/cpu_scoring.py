@@ -22,7 +22,6 @@ from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
                        T_OWN, T_WY)
 from ..output_features import effective_output
 from ..ranking import Exclusions, ItemPanels, panels_available, rank_targets, top_k
-from .cpu.context_step import no_context
 from .cpu.infer import apply_final_act, infer_step
 from .cpu.step import Net
 from .cpu.trainer import work_buffers
@@ -367,7 +366,7 @@ class _Workspace:
         self.work = work_buffers(net.SI, net.LI, cap, Hc, 0, np.float32, grads=False)
         self.aug = np.zeros((cap, Hc + 1), np.float32)
         self.out = None
-        self.context = no_context(np.float32)  # replaced by a context-aware scorer
+        self.context = None  # no context; a context-aware scorer sets its record
 
     def scores(self, n_items: int) -> np.ndarray:
         if self.out is None:

@@ -1,9 +1,11 @@
 """Ahead-of-time compilation of the CPU kernels (``gru-engine compile``, for container images).
 
 Numba compiles the kernels on their first call and caches the machine code beside the modules
-(``__pycache__``, or ``NUMBA_CACHE_DIR``). Every network runs through the same compiled
-specialisation (the flat layout of :mod:`gru_engine.network`), so one small fit and evaluation
-per float type compiles everything a fit or an evaluation needs.
+(``__pycache__``, or ``NUMBA_CACHE_DIR``). Every network runs through the same kernels (the
+flat layout of :mod:`gru_engine.network`), compiled once per variant of the step: cross-entropy
+or a ranking loss, with or without context, output features or the user-level GRU (a plain fit
+compiles none of the others' code). One small fit and evaluation of each variant compiles
+everything a fit or an evaluation needs.
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ def kernels_cached() -> bool:
 
 
 def compile_kernels() -> float:
-    """Compile (and cache) every CPU kernel a fit and an evaluation use: fits a tiny
-    SessionGRU and FeatureSessionGRU on generated data and evaluates them. Returns seconds."""
+    """Compile (and cache) every CPU kernel a fit and an evaluation use: fits a tiny model of
+    each variant of the step on generated data and evaluates it. Returns seconds."""
     from ...feature_model import FeatureSessionGRU
     from ...features import CategoricalFeatures
     from ...model import SessionGRU
@@ -42,12 +44,17 @@ def compile_kernels() -> float:
     rng = np.random.default_rng(0)
     n = 400
     events = {"SessionId": np.repeat(np.arange(n // 4), 4),
-              "ItemId": rng.integers(0, 40, n), "Time": np.arange(n, dtype=np.float64)}
+              "UserId": np.repeat(np.arange(n // 16), 16), "ItemId": rng.integers(0, 40, n),
+              "Time": 1.6e9 + 60.0 * np.arange(n)}
     kw = dict(layers=[8], n_epochs=1, batch_size=8, n_sample=16, n_threads=1, random_state=0)
-    SessionGRU(**kw).fit(events).evaluate(events)
+    for variant in (dict(), dict(loss="bpr-max"), dict(user_layers=4),
+                    dict(context_input="concat", context_output="multiply",
+                         context_time=["hour"])):
+        SessionGRU(**kw, **variant).fit(events).evaluate(events)
     ids = np.arange(40)
     feats = {"cat": CategoricalFeatures(ids, [[i % 5] for i in ids], dim=4)}
-    FeatureSessionGRU(**kw).fit(events, item_features=feats).evaluate(events)
+    for variant in (dict(), dict(output_features=True)):
+        FeatureSessionGRU(**kw, **variant).fit(events, item_features=feats).evaluate(events)
     return time.perf_counter() - t0
 
 

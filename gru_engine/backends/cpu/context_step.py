@@ -1,6 +1,6 @@
 """The context layers of the context-aware GRU (:mod:`gru_engine.context`) in Numba: the hooks
-that :mod:`.step` calls when a network has context (``Ctx.cfg`` non-zero); with ``cfg`` zero
-none of them changes anything.
+that :mod:`.step` calls when a network has context (a :class:`Ctx`; the step kernels take
+``None`` without context, and then none of these is compiled into them).
 
 A context feature (time-gap bucket, hour, weekday, a categorical column) is an integer id per
 event; each feature has its own rows in a context table, and an event's context vector is the
@@ -98,12 +98,6 @@ def make_ctx(cfg, Cin, Cout, bs: int, ev_in=None, ev_out=None, grads: bool = Tru
                Ch=Ch, gh=like(Ch), acc_h=like(Ch), vel_h=like(Ch),
                mod_h=np.ones((bs, Ch.shape[1]), dt), hmod=np.zeros((bs, Ch.shape[1]), dt),
                dh=np.zeros((bs if grads else 0, Ch.shape[1]), dt))
-
-
-def no_context(dtype) -> Ctx:
-    """The :class:`Ctx` of a network without context (``cfg`` zero, tiny empty arrays)."""
-    return make_ctx((CIN_NONE, COUT_NONE), np.zeros((0, 1), dtype), np.zeros((0, 1), dtype), 1,
-                    grads=False)
 
 
 @njit(cache=True, error_model="numpy")

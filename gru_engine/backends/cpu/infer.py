@@ -27,7 +27,7 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
     state: (n_slots, sum of layer sizes) float32, layer ``g`` in columns ``L_STOFF``..; rows are
     gathered (zero where ``new_session``), stepped and scattered back. ``hc_aug[:R]`` gets
     ``[combined hidden | 1]``, the combined state modulated by the output context in ``cx``
-    (:mod:`.context_step`; ``cx.rin``/``cx.rout`` set by the caller). Releases the GIL: calls
+    (:mod:`.context_step`; ``cx.rin``/``cx.rout`` set by the caller; None: no context). Releases the GIL: calls
     on disjoint ``rows`` with their own buffers (``wk``, ``hc_aug``, ``cx``) may run on
     separate threads. With a non-empty ``wk.GU`` (user-level GRU, ``user_mode='all'``) the
     last ``len(GU) / bs`` columns of each state row are the slot's extra layer-0 gates (read,
@@ -41,7 +41,8 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
         gu = block_view(wk.GU, 0, bs, gw)
         c0 = state.shape[1] - gw
         for i in range(R):
-            gu[i, :] = state[rows[i], c0:c0 + gw]
+            for j in range(gw):  # element loops (a row slice copy: see below)
+                gu[i, j] = state[rows[i], c0 + j]
     for g in range(LI.shape[0]):
         H = LI[g, L_H]
         st0 = LI[g, L_STOFF]
@@ -57,7 +58,7 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
     Hc = hc_aug.shape[1] - 1
     hc = hc_aug[:, :Hc]
     combine_forward(net, active, R, bs, wk.Y, hc, sum_mode)
-    if cx.cfg[1] != COUT_NONE:
+    if cx is not None and cx.cfg[1] != COUT_NONE:
         context_output_forward(cx, hc, R)
     for i in range(R):
         hc_aug[i, Hc] = 1.0

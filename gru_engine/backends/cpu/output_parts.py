@@ -30,8 +30,13 @@ from .profile import P_CE_GRADS, P_CE_JOIN, P_CE_SCORES, tick
 @njit(cache=True, error_model="numpy")
 def _scores_and_sums_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z,
                              A_pos, bad, scratch):
-    """Part ``h`` of :func:`part_scores_and_sums` (a plain kernel: the parallel loop around it
-    stays small, which keeps Numba's parallel compilation short)."""
+    """First pass of part ``h`` (slots ``h U // P`` to ``(h + 1) U // P``): its scores ``S_h =
+    hc[:B] @ Wc[lo:hi].T`` in ``O_flat[B lo:B hi]`` as ``(B, hi - lo)``, and per row ``i``
+    ``M[h, i] = max_u (a_iu + lw_u)``, ``Z[h, i] = sum_u exp(a_iu + lw_u - M[h, i])`` (float64;
+    an empty part: -inf, 0), ``a = final_act(S + bc)``. With a linear final activation ``S_h``
+    is then overwritten with those exps. ``A_pos[i]``: ``a`` of row ``i``'s positive (slot
+    ``cmap[i]``), by the part that has it; ``bad[h]``: non-finite ``a`` count. scratch:
+    (P, >=U) of the scores' dtype."""
     lo = h * U // P
     hi = (h + 1) * U // P
     n = hi - lo
@@ -70,19 +75,6 @@ def _scores_and_sums_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_
     bad[h] = nb
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def part_scores_and_sums(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z, A_pos,
-                         bad, scratch):
-    """Per part ``h`` (slots ``h U // P`` to ``(h + 1) U // P``): its scores ``S_h = hc[:B] @
-    Wc[lo:hi].T`` in ``O_flat[B lo:B hi]`` as ``(B, hi - lo)``, and per row ``i``
-    ``M[h, i] = max_u (a_iu + lw_u)``, ``Z[h, i] = sum_u exp(a_iu + lw_u - M[h, i])`` (float64;
-    an empty part: -inf, 0), ``a = final_act(S + bc)``. With a linear final activation ``S_h``
-    is then overwritten with those exps. ``A_pos[i]``: ``a`` of row ``i``'s positive (slot
-    ``cmap[i]``), by the part that has it; ``bad[h]``: non-finite ``a`` count. scratch:
-    (P, >=U) of the scores' dtype."""
-    for h in prange(P):
-        _scores_and_sums_of_part(np.int64(h), hc, Wc, bc, lw, cmap, B, U, P, O_flat, act,
-                                 act_param, M, Z, A_pos, bad, scratch)
 
 @njit(cache=True, error_model="numpy")
 def softmax_join(cmap, lq, B, logq, M, Z, A_pos, MM, CZ, CC):
@@ -112,8 +104,10 @@ def softmax_join(cmap, lq, B, logq, M, Z, A_pos, MM, CZ, CC):
 @njit(cache=True, error_model="numpy")
 def _gradients_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, MM, CZ, CC,
                        inv_scale, GY, gBy, DH, scratch):
-    """Part ``h`` of :func:`part_gradients` (a plain kernel, as
-    :func:`_scores_and_sums_of_part`)."""
+    """Second pass of part ``h``: its slots' ``dS = dL/dS`` (the softmax gradient of the
+    columns of a slot summed, times ``inv_scale``) over its exps (linear final activation) or
+    scores in ``O_flat``, ``gBy[lo:hi]`` (column sums), ``GY[lo:hi] = dS.T @ hc[:B]`` and the
+    partial ``DH[h, :B] = dS @ Wc[lo:hi]``."""
     lo = h * U // P
     hi = (h + 1) * U // P
     n = hi - lo
@@ -150,16 +144,20 @@ def _gradients_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param,
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def part_gradients(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, MM, CZ, CC, scale,
-                   GY, gBy, DH, scratch):
-    """Per part: its slots' ``dS = dL/dS`` (the softmax gradient of the columns of a slot
-    summed, divided by ``scale``) over its exps (linear final activation) or scores in
-    ``O_flat``, ``gBy[lo:hi]`` (column sums), ``GY[lo:hi] = dS.T @ hc[:B]`` and the partial
-    ``DH[h, :B] = dS @ Wc[lo:hi]``."""
-    inv_scale = cast_like(O_flat, 1.0 / scale)
+def run_parts(grads, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z, A_pos, bad,
+              MM, CZ, CC, inv_scale, GY, gBy, DH, scratch):
+    """Every part ``h < P`` on the Numba threads: the first pass
+    (:func:`_scores_and_sums_of_part`), or with ``grads`` the second
+    (:func:`_gradients_of_part`). One parallel kernel for both passes: each parallel kernel
+    costs over a second of compiling of its own. The part kernels are plain ones: the parallel
+    loop stays small, which keeps Numba's parallel compilation short."""
     for h in prange(P):
-        _gradients_of_part(np.int64(h), hc, Wc, bc, lw, cmap, B, U, P, O_flat, act,
-                           act_param, M, MM, CZ, CC, inv_scale, GY, gBy, DH, scratch)
+        if grads:
+            _gradients_of_part(np.int64(h), hc, Wc, bc, lw, cmap, B, U, P, O_flat, act,
+                               act_param, M, MM, CZ, CC, inv_scale, GY, gBy, DH, scratch)
+        else:
+            _scores_and_sums_of_part(np.int64(h), hc, Wc, bc, lw, cmap, B, U, P, O_flat, act,
+                                     act_param, M, Z, A_pos, bad, scratch)
 
 @njit(cache=True, error_model="numpy")
 def cross_entropy_output(hc, dhc, Wc, bc, cmap, lq, lw, B, C, U, P, O_flat, act, act_param,
@@ -175,17 +173,19 @@ def cross_entropy_output(hc, dhc, Wc, bc, cmap, lq, lw, B, C, U, P, O_flat, act,
     bad = np.zeros(P, np.int64)
     scratch = np.empty((P, max(U, 1)), dt)
     A_pos = np.empty(B, dt)
-    part_scores_and_sums(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z, A_pos, bad,
-                         scratch)
+    MM, CZ, CC = np.empty(B), np.empty(B), np.empty(B)
+    DH = np.empty((P, B, hc.shape[1]), dt)
+    inv_scale = cast_like(O_flat, 1.0 / scale)
+    # np.bool_, not the literals: Numba would compile run_parts once per literal value
+    run_parts(np.bool_(False), hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z,
+              A_pos, bad, MM, CZ, CC, inv_scale, GY, gBy, DH, scratch)
     tick(prof, P_CE_SCORES)
     if bad.sum() > 0:
         return np.nan
-    MM, CZ, CC = np.empty(B), np.empty(B), np.empty(B)
     total = softmax_join(cmap, lq, B, logq, M, Z, A_pos, MM, CZ, CC)
-    DH = np.empty((P, B, hc.shape[1]), dt)
     tick(prof, P_CE_JOIN)
-    part_gradients(hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, MM, CZ, CC, scale,
-                   GY, gBy, DH, scratch)
+    run_parts(np.bool_(True), hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z,
+              A_pos, bad, MM, CZ, CC, inv_scale, GY, gBy, DH, scratch)
     tick(prof, P_CE_GRADS)
     for i in range(B):
         for k in range(hc.shape[1]):

@@ -46,13 +46,13 @@ from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN,
                         L_WX, S_A, S_C0, S_C1, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_KIND,
                         S_L0, S_L1, S_ROFF, S_SOFF, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0,
                         S_XOFF, T_NONE, T_OWN, T_WY)
-from .context_step import (CIN_CONCAT, CIN_MULTIPLY, COUT_NONE, CTR_NONE,
+from .context_step import (CIN_CONCAT, CIN_MULTIPLY, CIN_NONE, COUT_NONE, CTR_NONE,
                            context_input_backward, context_input_forward, context_input_gates,
                            context_output_backward, context_output_forward,
                            context_transition_backward, context_transition_forward,
                            context_zero_grads)
 from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
-from .losses import CROSS_ENTROPY, loss_forward_backward
+from .losses import loss_forward_backward
 from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
 from .output_features import add_output_features, scatter_output_gradients
 from .output_parts import cross_entropy_output
@@ -110,8 +110,10 @@ class OutBuf(NamedTuple):
     """Sampled output layer of a step (cmax = batch_size + n_sample columns): cols (cmax,) int32
     the columns' items, cmap (cmax,) int32 their slots (distinct items); Wc (cmax, Hc), bc
     (cmax,) the gathered ``Wy`` rows and ``By`` entries of the slots; O_flat (bs * cmax,) the
-    slots' scores then their gradient; lq (cmax,) log q per column; ra, rb, rc (cmax,), rs (2,
-    cmax) loss scratch."""
+    slots' scores then their gradient; lq (cmax,) log q per column; ra (cmax,) loss scratch;
+    rank: None under cross-entropy, else the ranking losses' scratch ``(r, g, scr)``: (cmax,),
+    (cmax,), (2, cmax) (it decides which loss kernels a trainer compiles:
+    :func:`output_forward_backward`)."""
     cols: np.ndarray
     cmap: np.ndarray
     Wc: np.ndarray
@@ -119,9 +121,7 @@ class OutBuf(NamedTuple):
     O_flat: np.ndarray
     lq: np.ndarray
     ra: np.ndarray
-    rb: np.ndarray
-    rc: np.ndarray
-    rs: np.ndarray
+    rank: tuple | None
 
 
 class Sparse(NamedTuple):
@@ -201,11 +201,12 @@ def gather_input(s, net, in_items, B, bs, Xf, M0f):
 def subnet_forward(s, net, in_items, B, bs, wk, cx, prof):
     """Forward of subnet ``s`` for the first ``B`` rows: input gather, its GRU layers, outputs
     ``y = h' * mask`` per layer (buffers of ``wk``, a :class:`Work`); subnet 0 takes the input
-    context of ``cx`` (:mod:`.context_step`)."""
+    context of ``cx`` (:mod:`.context_step`; None: no context, whose hooks then compile to
+    nothing)."""
     SI, LI, theta = net.SI, net.LI, net.theta
     X = gather_input(s, net, in_items, B, bs, wk.Xf, wk.M0f)
-    cin = cx.cfg[0] if s == 0 else 0
-    if cin == CIN_MULTIPLY:
+    cin = cx.cfg[0] if cx is not None and s == 0 else CIN_NONE
+    if cx is not None and cin == CIN_MULTIPLY:
         context_input_forward(cx, X[:B], B)
     tick(prof, P_IN_GATHER)
     l0, l1 = SI[s, S_L0], SI[s, S_L1]
@@ -223,7 +224,7 @@ def subnet_forward(s, net, in_items, B, bs, wk, cx, prof):
                 np.dot(X[:B], flat_view(theta, LI[g, L_WX], LI[g, L_IN], 3 * H), gx[:B])
                 add_bias(gx, bx, B)
                 tick_gemm(prof, P_IN_GEMM, B, 3 * H, LI[g, L_IN])
-            if cin == CIN_CONCAT:
+            if cx is not None and cin == CIN_CONCAT:
                 context_input_gates(cx, gx, B)
             if s == 0 and wk.GU.shape[0] > 0:
                 gu = block_view(wk.GU, 0, bs, 3 * H)
@@ -240,7 +241,7 @@ def subnet_forward(s, net, in_items, B, bs, wk, cx, prof):
         ho = block_view(wk.HO, LI[g, L_HOFF], bs, H)
         gh = block_view(wk.GH, LI[g, L_GOFF], bs, 3 * H)
         hw = hp  # the previous state as Wh reads it (context_transition: modulated)
-        if s == 0 and g == l0 and cx.cfg[2] != CTR_NONE:
+        if cx is not None and s == 0 and g == l0 and cx.cfg[2] != CTR_NONE:
             hw = context_transition_forward(cx, hp, B)
         np.dot(hw[:B], flat_view(theta, LI[g, L_WH], H, 3 * H), gh[:B])
         tick_gemm(prof, P_H_GEMM, B, 3 * H, H)
@@ -276,18 +277,20 @@ def combine_forward(net, active, B, bs, Y, hc, sum_mode):
 
 
 @njit(cache=True, error_model="numpy")
-def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of):
+def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of, rank):
     """Sampled output layer of one step, on the ``U`` distinct items of ``cols`` (a column that
     repeats an item shares its row of every product): the items get the sparse-sum slots
     ``0..U-1`` in order of first appearance (``sp.rowsY[u]``, ``sp.slotY[item]``;
     ``ob.cmap[j]`` is column ``j``'s slot), ``Wc[u] = Wy[rowsY[u]]``, scores
     ``S = hc[:B] @ Wc[:U].T``; the loss over the ``C`` columns ``O[:, j] = S[:, cmap[j]] +
     By[cols[j]]``; its gradient summed per slot, ``dS``, gives the slots' sums directly:
-    ``GY[:U] = dS.T @ hc[:B]``, ``gBy[:U]``, and ``dhc[:B] = dS @ Wc[:U]``; cross-entropy does
-    all of that after the gather in the parts of :mod:`.output_parts` (on threads). ``ob``:
+    ``GY[:U] = dS.T @ hc[:B]``, ``gBy[:U]``, and ``dhc[:B] = dS @ Wc[:U]``. ``ob``:
     :class:`OutBuf`, ``sp``: :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`;
     ``of``: None or the output features' record (:mod:`.output_features`: their rows are added
-    to the gathered ``Wc``/``bc``). Returns ``(step loss, U)``."""
+    to the gathered ``Wc``/``bc``). ``rank`` (``ob.rank``, an argument of its own so that Numba
+    compiles only the branch of its type): None for cross-entropy, all of it after the gather
+    in the parts of :mod:`.output_parts` (on threads); else the ranking loss ``hy.loss`` with
+    ``rank`` its scratch. Returns ``(step loss, U)``."""
     Wy, By, cols, Wc, bc, cmap = net.Wy, net.By, ob.cols, ob.Wc, ob.bc, ob.cmap
     slot, rows = sp.slotY, sp.rowsY
     H = hc.shape[1]
@@ -307,7 +310,7 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of):
     if of is not None:
         add_output_features(of, rows, U, Wc, bc)
     tick(prof, P_OUT_GATHER)
-    if hy.loss == CROSS_ENTROPY:
+    if rank is None:
         total = cross_entropy_output(hc, dhc, Wc, bc, cmap, ob.lq, ob.ra, B, C, U,
                                      TRAIN_OUTPUT_PARTS, ob.O_flat, hy.final_act,
                                      hy.final_act_param, hy.logq, float(hy.batch_size), sp.GY,
@@ -318,7 +321,7 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of):
     tick_gemm(prof, P_SCORE_GEMM, B, U, H)
     total = loss_forward_backward(S, cmap, bc, B, C, U, hy.loss, hy.final_act,
                                   hy.final_act_param, hy.bpreg, hy.elu_param,
-                                  float(hy.batch_size), ob.ra, ob.rb, ob.rc, ob.rs)
+                                  float(hy.batch_size), ob.ra, rank[0], rank[1], rank[2])
     column_sums(S, B, sp.gBy, 0, U)
     tick(prof, P_LOSS)
     np.dot(S.T, hc[:B], sp.GY[:U])
@@ -354,9 +357,10 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
     """Gradients of subnet ``s`` from ``wk.dhc`` (gradient w.r.t. the combined hidden state):
     dense ones into ``wk.gtheta`` (its range ``S_D0:S_D1``, combine weight included), table rows
     into ``sp.GT`` (own table; count in ``sp.nT[s]``) or ``sp.GY`` (constrained ID input);
-    subnet 0's input context into ``cx.gin``. Returns the new ``nY``."""
+    subnet 0's input context into ``cx.gin`` (``cx`` None: no context). Returns the new
+    ``nY``."""
     SI, LI, theta, gtheta, dhc = net.SI, net.LI, net.theta, wk.gtheta, wk.dhc
-    cin = cx.cfg[0] if s == 0 else 0
+    cin = cx.cfg[0] if cx is not None and s == 0 else CIN_NONE
     l0, l1 = SI[s, S_L0], SI[s, S_L1]
     gl = l1 - 1
     H = LI[gl, L_H]
@@ -392,10 +396,10 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
         column_sums(dgh, B, gtheta[LI[g, L_BHN]:LI[g, L_BHN] + H], 2 * H, H)
         column_sums(dgx, B, gtheta[LI[g, L_BX]:LI[g, L_BX] + 3 * H], 0, 3 * H)
         tick(prof, P_GRU_BACK)
-        if g == l0 and cin == CIN_CONCAT:
+        if cx is not None and g == l0 and cin == CIN_CONCAT:
             context_input_backward(cx, dgx[:B], B)
         hw = hp
-        if s == 0 and g == l0 and cx.cfg[2] != CTR_NONE:
+        if cx is not None and s == 0 and g == l0 and cx.cfg[2] != CTR_NONE:
             hw = cx.hmod
             context_transition_backward(cx, dgh, flat_view(theta, LI[g, L_WH], H, 3 * H), hp, B)
         np.dot(hw[:B].T, dgh[:B], flat_view(gtheta, LI[g, L_WH], H, 3 * H))
@@ -412,7 +416,7 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
             for i in range(B):
                 for k in range(3 * H):
                     DX[i, k] = dgx[i, k]
-            if cin == CIN_MULTIPLY:
+            if cx is not None and cin == CIN_MULTIPLY:
                 context_input_backward(cx, DX[:B], B)
             tick(prof, P_GRU_BACK)
         else:
@@ -422,7 +426,7 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
             if tab != T_NONE or cin == CIN_MULTIPLY:
                 np.dot(dgx[:B], Wx.T, DX[:B])
                 tick_gemm(prof, P_DX_GEMM, B, din, 3 * H)
-            if cin == CIN_MULTIPLY:
+            if cx is not None and cin == CIN_MULTIPLY:
                 context_input_backward(cx, DX[:B], B)
     if tab == T_NONE:
         return nY
@@ -436,9 +440,10 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
         return nY
     tc = SI[s, S_TCOLS]
     cap = SI[s, S_GCAP]
+    zero = np.int64(0)  # not the literal 0: Numba would compile acc_bag for it too
     sp.nT[s] = acc_bag(sp.slotT[SI[s, S_SOFF]:SI[s, S_SOFF] + SI[s, S_TROWS]],
-                       sp.rowsT[SI[s, S_ROFF]:SI[s, S_ROFF] + cap], 0,
-                       flat_view(sp.GT, SI[s, S_GOFF], cap, tc), 0, SI[s, S_IPOFF], net,
+                       sp.rowsT[SI[s, S_ROFF]:SI[s, S_ROFF] + cap], zero,
+                       flat_view(sp.GT, SI[s, S_GOFF], cap, tc), zero, SI[s, S_IPOFF], net,
                        in_items, B, DX)
     tick(prof, P_SPARSE)
     return nY
@@ -448,24 +453,26 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
 def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, sp, hy, cx,
                           prof, of):
     """Forward over the active subnets, sampled loss, and the gradients of the trained subnets
-    and of the output layer (steps 4-7); context (``cx``, :mod:`.context_step`) on subnet 0's
-    input and on the combined state, its gradients in ``cx.gin``/``cx.gout``. ``sp.counts``
+    and of the output layer (steps 4-7); context (``cx``, :mod:`.context_step`; None without)
+    on subnet 0's input and on the combined state, its gradients in ``cx.gin``/``cx.gout``. ``sp.counts``
     gets ``[n Wy rows, n output rows]``; table rows per subnet are in ``sp.nT``; ``of`` (None
     or the output features' record) gets its rows' gradients. Slots stay set (release with
     :func:`step_update` or :func:`release_all`). Returns the step loss."""
     S = net.SI.shape[0]
     bs = hy.batch_size
-    context_zero_grads(cx)
+    if cx is not None:
+        context_zero_grads(cx)
     for s in range(S):
         sp.nT[s] = 0
         if active[s]:
             subnet_forward(s, net, in_items, B, bs, wk, cx, prof)
     combine_forward(net, active, B, bs, wk.Y, wk.hc, sum_mode)
-    if cx.cfg[1] != COUT_NONE:
+    if cx is not None and cx.cfg[1] != COUT_NONE:
         context_output_forward(cx, wk.hc, B)
     tick(prof, P_GATES)
-    total, nY = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy, prof, of)
-    if cx.cfg[1] != COUT_NONE:
+    total, nY = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy, prof, of,
+                                        ob.rank)
+    if cx is not None and cx.cfg[1] != COUT_NONE:
         context_output_backward(cx, wk.dhc, B)
     n_out = nY
     if of is not None:
@@ -517,19 +524,19 @@ def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, m
     acc_y, vel_y, GY = opt.acc_y, opt.vel_y, sp.GY
     for u in range(nY):
         r = sp.rowsY[u]
-        if sum_mode:
-            if u < n_out or (active[0] and train[0] and SI[0, S_TAB] == T_WY):
-                adagrad_flat(Wy[r], GY[u], acc_y[r], vel_y[r], lr, mom)
-            continue
-        for s in range(S):
-            if not active[s]:
-                continue
-            if u < n_out:
-                if freeze_out and not train[s]:
+        for s in range(1 if sum_mode else S):  # one call site: adagrad_flat is inlined
+            if sum_mode:
+                if not (u < n_out or (active[0] and train[0] and SI[0, S_TAB] == T_WY)):
                     continue
-            elif not (train[s] and SI[s, S_TAB] == T_WY):
+                c0, c1 = 0, Wy.shape[1]
+            elif not active[s]:
                 continue
-            c0, c1 = SI[s, S_C0], SI[s, S_C1]
+            elif u < n_out and freeze_out and not train[s]:
+                continue
+            elif u >= n_out and not (train[s] and SI[s, S_TAB] == T_WY):
+                continue
+            else:
+                c0, c1 = SI[s, S_C0], SI[s, S_C1]
             adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1], lr, mom)
     adagrad_rows_1d(net.By, opt.acc_b, opt.vel_b, sp.rowsY, sp.gBy, n_out, lr, mom)
     release_all(SI, sp)

@@ -17,7 +17,7 @@ from ...batching import schedule_advance, schedule_start
 from ...network import L_H, L_HOFF, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_ROFF, S_TAB
 from ...network import S_TCOLS, S_TOFF, S_TROWS, S_XOFF, T_OWN
 from ...sampling import SampleStore, draw
-from .context_step import context_rows, context_update, no_context
+from .context_step import context_rows, context_update
 from .losses import CROSS_ENTROPY
 from .output_features import new_record, release_output_rows, update_output_features
 from .profile import (P_CARRY, P_MASKS, P_SAMPLING, P_SCHEDULE, new_profile, tick,
@@ -128,8 +128,8 @@ def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, m
     ``interleave`` the trained subnet is ``state[4] % S`` (global step count); ``draw_dropout`` False
     keeps the dropout masks in ``wk`` as they are (tests). Returns ``(sum of step_loss * rows,
     events, finite)``; stops at the first non-finite step loss (``finite`` False, parameters of
-    that step not updated). ``cx``: the context record (:mod:`.context_step`; ``cfg`` zero
-    without context); ``prof``: ``None`` or a per-phase profile (:mod:`.profile`); ``of``:
+    that step not updated). ``cx``: None or the context record (:mod:`.context_step`);
+    ``prof``: ``None`` or a per-phase profile (:mod:`.profile`); ``of``:
     ``None`` or the output features' record (:mod:`.output_features`)."""
     S = net.SI.shape[0]
     LI = net.LI
@@ -151,7 +151,8 @@ def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, m
             for s in range(S):
                 train[s] = s == k
         C, store_pos = step_columns(sc, B, ob, st, store_pos, hy)
-        context_rows(cx, sc.cur, B)
+        if cx is not None:
+            context_rows(cx, sc.cur, B)
         tick(prof, P_SAMPLING)
         if draw_dropout:
             draw_masks(net, active, B, bs, wk.M0f, wk.MK, hy.dropout_p_embed,
@@ -167,7 +168,8 @@ def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, m
             break
         step_update(net, active, train, sum_mode, freeze_out, wk.gtheta, opt, sp,
                     hy.learning_rate, hy.momentum, prof)
-        context_update(cx, hy.learning_rate, hy.momentum)
+        if cx is not None:
+            context_update(cx, hy.learning_rate, hy.momentum)
         if of is not None:
             update_output_features(of, net.SI, active, train, sum_mode, freeze_out,
                                    hy.learning_rate, hy.momentum)
@@ -263,8 +265,9 @@ class Trainer:
         self.work = work_buffers(SI, p["LI"], bs, Hc, len(p["theta"]), dt)
         self.out = OutBuf(cols=np.zeros(cmax, np.int32), cmap=np.zeros(cmax, np.int32),
                           Wc=np.zeros((cmax, Hc), dt), bc=z(cmax), O_flat=z(bs * cmax),
-                          lq=z(cmax), ra=z(cmax), rb=z(cmax), rc=z(cmax),
-                          rs=np.zeros((2, cmax), dt))
+                          lq=z(cmax), ra=z(cmax),
+                          rank=None if hyper.loss == CROSS_ENTROPY else
+                          (z(cmax), z(cmax), np.zeros((2, cmax), dt)))
         own = SI[:, S_TAB] == T_OWN
         self.sparse = Sparse(
             slotY=np.full(n_items, -1, np.int32), rowsY=np.zeros(cmax + bs, np.int32),
@@ -285,10 +288,10 @@ class Trainer:
         self.plan, self.epoch = plan, 0
         self.names = list(names) if names is not None else [str(s) for s in range(S)]
         self.prof = None
-        self.cx = no_context(dt) if context is None else context
+        self.cx = context  # None: the context hooks of the step are not even compiled
         # the training events' context rows; an epoch's cx.ev_in/ev_out follow its augmented
         # events (select_events)
-        self.event_context = (self.cx.ev_in, self.cx.ev_out)
+        self.event_context = None if context is None else (context.ev_in, context.ev_out)
         # output features (``Fy`` in params, :mod:`gru_engine.output_features`): their own
         # gradient rows and optimiser state (not part of optimizer_state())
         self.of = new_record(p, cmax) if "Fy" in p else None
@@ -337,7 +340,7 @@ class Trainer:
         o = self.opt
         out = {"acc": {"theta": o.acc_d, "T": o.acc_t, "Wy": o.acc_y, "By": o.acc_b},
                "vel": {"theta": o.vel_d, "T": o.vel_t, "Wy": o.vel_y, "By": o.vel_b}}
-        if self.cx.cfg.any():
+        if self.cx is not None:
             cx = self.cx
             out["acc"].update(context_in=cx.acc_in, context_out=cx.acc_out)
             out["vel"].update(context_in=cx.vel_in, context_out=cx.vel_out)
@@ -376,7 +379,7 @@ class Trainer:
     def follows_events(self) -> bool:
         """Whether the network reads per-event data besides the items (context rows): an
         augmented epoch then names its events (:meth:`select_events`)."""
-        return bool(self.cx.cfg.any())
+        return self.cx is not None
 
     def select_events(self, rows) -> None:
         """The coming epoch trains on the training events ``rows`` ((n,) int, in their epoch
@@ -447,7 +450,7 @@ class Trainer:
         for u in range(n_out):
             grads["By"][sp.rowsY[u]] += sp.gBy[u]
         release_all(SI, sp)
-        if self.cx.cfg.any():
+        if self.cx is not None:
             grads["context_in"], grads["context_out"] = self.cx.gin.copy(), self.cx.gout.copy()
             grads["context_h"] = self.cx.gh.copy()
         if self.of is not None:
