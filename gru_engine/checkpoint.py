@@ -73,6 +73,19 @@ def _fingerprint(model, sessions, trainer) -> dict:
     return out
 
 
+def _same_fingerprint(stored: dict, current: dict) -> bool:
+    """Whether a checkpoint's fingerprint matches the running fit's. A hyperparameter newer
+    than the checkpoint (absent from its fingerprint) matches when the fit leaves it at its
+    default, so checkpoints of earlier releases still resume."""
+    from .params import DEFAULTS
+    defaults = json.loads(json.dumps(DEFAULTS, default=list))
+    params = dict(stored.get("params", {}))
+    for key, value in current["params"].items():
+        if key not in params and key in defaults and value == defaults[key]:
+            params[key] = value
+    return {**stored, "params": params} == current
+
+
 def _numba_rng():
     from numba import _helperlib
     return _helperlib, _helperlib.rnd_get_np_state_ptr()
@@ -150,7 +163,7 @@ def restore_training(model, folder, trainer, order_rng, sessions) -> int:
     figures. Returns the checkpoint's epoch; ``ValueError`` when the checkpoint belongs to
     other hyperparameters or data, or its two files disagree."""
     header, arrays = _read_state(folder)
-    if header["fingerprint"] != _fingerprint(model, sessions, trainer):
+    if not _same_fingerprint(header["fingerprint"], _fingerprint(model, sessions, trainer)):
         raise ValueError(f"{folder}: the checkpoint was made with other hyperparameters or "
                          "other training data; resume needs the same (n_threads, n_epochs and "
                          "show_progress may differ)")
