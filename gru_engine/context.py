@@ -332,8 +332,10 @@ def warm_context(model, p, params, state, sessions, table):
                          [np.union1d(v, np.asarray(columns[c]).astype(str))
                           for c, v in zip(old.columns, old.vocab)])
     rows = _row_map(old, new)
+    input_rows = {"context_in": p["context_input"] != "none",  # one row per input feature value
+                  "context_h": p.get("context_transition", "none") != "none"}
     for key in TABLE_KEYS:
-        if key == "context_in" and p["context_input"] != "none":
+        if input_rows.get(key, False):
             grow = lambda a: _moved_rows(a, rows, sum(new.sizes_in))
         else:
             grow = np.copy
