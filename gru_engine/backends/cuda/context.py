@@ -48,7 +48,8 @@ class DeviceContext:
     to the device as float32); n_in, n_out: features per side (F_in, F_out); ``buf``: the
     owner's scratch allocator (``ScratchBuffers._buf``); ``events``:
     training only, ``(ev_in (n_events, F_in), ev_out (n_events, F_out))`` int32 host table
-    rows of the training events (gradients and optimiser state are allocated then).
+    rows of the training events (``all_events``; gradients and optimiser state are allocated
+    then), ``events`` those of the epoch's events (:meth:`select_events`).
     """
 
     def __init__(self, device: Device, cfg, Cin, Cout, n_in: int, n_out: int, buf,
@@ -63,7 +64,7 @@ class DeviceContext:
         self.Ch = d.to_device(np.zeros((0, 1)) if Ch is None else np.asarray(Ch), np.float32)
         self.w_in, self.w_out = int(self.Cin.shape[1]), int(self.Cout.shape[1])
         self._buf = buf
-        self.events = events
+        self.events = self.all_events = events
         self.rin = self.rout = None  # (R, F) int32 device rows of the current step
         self._hraw = None            # the unmodulated combined state of the current step
         self._epoch = None           # training: (rin, rout) of every row of the epoch
@@ -92,6 +93,13 @@ class DeviceContext:
             d.copy(self.rin, rin)
         if self.n_out and R:
             d.copy(self.rout, rout)
+
+    def select_events(self, rows) -> None:
+        """Training: the coming epochs train on the training events ``rows`` ((n,) int, in
+        their epoch order: the kept events of augmented sessions); :meth:`start_epoch`'s event
+        numbers then count these (each kept event keeps its own table rows)."""
+        pick = lambda ev: np.ascontiguousarray(ev[rows]) if len(ev) else ev
+        self.events = tuple(pick(ev) for ev in self.all_events)
 
     def start_epoch(self, events) -> None:
         """Training: the epoch's rows, ``events`` (n,) int the input event of every row of

@@ -100,6 +100,8 @@ class Trainer(StepOps):
         self._rows = np.zeros(0, np.int64)
         self._step = 0
         self.context = None if context is None else training_context(device, context, self._buf)
+        # the training events' context rows (an augmented epoch selects its events' rows)
+        self.event_context = None if context is None else self.context.all_events
 
     # ---- phase -------------------------------------------------------------------------------
     def set_phase(self, active, train, interleave: bool = False, freeze_out: bool = False):
@@ -474,6 +476,17 @@ class Trainer(StepOps):
         if self.context is not None:  # the input event of every row (its target: the next)
             self.context.start_epoch(full_schedule(np.arange(len(items), dtype=np.int32), order,
                                                    offsets, self.batch_size, self.min_rows)[1])
+
+    @property
+    def follows_events(self) -> bool:
+        """Whether the network reads per-event data besides the items (context rows): an
+        augmented epoch then names its events (:meth:`select_events`)."""
+        return self.context is not None
+
+    def select_events(self, rows) -> None:
+        """The coming epoch trains on the training events ``rows`` ((n,) int, in their epoch
+        order: the kept events of augmented sessions); their context rows go with them."""
+        self.context.select_events(rows)
 
     def rows_left(self) -> bool:
         return self._step < len(self._rows)
