@@ -455,7 +455,8 @@ class SessionGRU(SessionModel):
         if users is not None:
             from .backends.cuda.user_trainer import UserTrainer
             return UserTrainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
-                               names=self.subnet_names_, seed=seed, **users)
+                               names=self.subnet_names_, seed=seed,
+                               optimizer_state=optimizer_state, **users)
         return Trainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
                        names=self.subnet_names_, seed=seed, optimizer_state=optimizer_state,
                        context=context)

@@ -236,6 +236,32 @@ class DeviceContext:
                 self.dev.launch("adagrad_dense", grid(p.size), BLOCK,
                                 [p, g, acc, vel, p.size, lr, momentum])
 
+    def _state_arrays(self) -> dict:
+        """``{key: (acc, vel)}`` device arrays of the trained tables, keyed as the CPU
+        trainer's :meth:`~gru_engine.backends.cpu.trainer.Trainer.optimizer_state`."""
+        out = {"context_in": (self.acc_in, self.vel_in),
+               "context_out": (self.acc_out, self.vel_out)}
+        if self.ctr != CTR_NONE:
+            out["context_h"] = (self.acc_h, self.vel_h)
+        return out
+
+    def optimizer_state(self) -> dict:
+        """Training: ``{'acc': {...}, 'vel': {...}}`` host float32 copies of the tables'
+        Adagrad accumulators and momentum velocities (``context_in``, ``context_out``, with a
+        transition ``context_h``; shaped like the tables)."""
+        arrays = self._state_arrays().items()
+        return {kind: {k: self.dev.to_host(pair[j]) for k, pair in arrays}
+                for j, kind in enumerate(("acc", "vel"))}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Training: copy the tables' entries of ``state`` (as :meth:`optimizer_state`
+        returns; tables it lacks keep theirs) onto the device."""
+        for key, pair in self._state_arrays().items():
+            if key in state["acc"]:
+                for dst, kind in zip(pair, ("acc", "vel")):
+                    self.dev.copy(dst, self.dev.to_device(
+                        np.reshape(np.asarray(state[kind][key], np.float32), dst.shape)))
+
     def host_tables(self) -> dict:
         """``{'context_in', 'context_out', 'context_h'}``: host float32 copies of the tables."""
         return {"context_in": self.dev.to_host(self.Cin),

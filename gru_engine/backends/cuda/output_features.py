@@ -91,10 +91,27 @@ class OutputFeatures:
             self._masks[phase] = self.dev.to_device(m)
         return self._masks[phase]
 
-    def to_host(self) -> dict:
-        """``{'Fy': (n_rows, Hc), 'Fb': (n_rows,)}`` float32 host copies."""
-        F = self.dev.to_host(self.F[:self.n_rows])
+    def to_host(self, table=None) -> dict:
+        """``{'Fy': (n_rows, Hc), 'Fb': (n_rows,)}`` float32 host copies of ``F`` (or of
+        ``table``, shaped like ``F``: its optimiser state)."""
+        F = self.dev.to_host((self.F if table is None else table)[:self.n_rows])
         return {"Fy": np.ascontiguousarray(F[:, :self.Hc]), "Fb": F[:, self.Hc].copy()}
+
+    def optimizer_state(self) -> dict:
+        """Training: ``{'acc': {'Fy', 'Fb'}, 'vel': {...}}`` host float32 copies of the rows'
+        Adagrad accumulators and momentum velocities (as the CPU trainer's)."""
+        return {"acc": self.to_host(self.acc), "vel": self.to_host(self.vel)}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Training: copy ``state``'s ``Fy``/``Fb`` entries (as :meth:`optimizer_state`
+        returns; none: nothing changes) onto the device (the spare rows stay zero)."""
+        if "Fy" not in state["acc"]:
+            return
+        for kind, dst in (("acc", self.acc), ("vel", self.vel)):
+            F = np.zeros(dst.shape, np.float32)
+            F[:self.n_rows, :self.Hc] = state[kind]["Fy"]
+            F[:self.n_rows, self.Hc] = state[kind]["Fb"]
+            self.dev.copy(dst, self.dev.to_device(F))
 
 
 def effective_output(device: Device, Wy, By, params: dict):
