@@ -326,9 +326,6 @@ class SessionGRU(SessionModel):
         self.subnet_names_ = layout["names"]
         self.params_ = params
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
-        if checkpoint is not None:
-            from .checkpoint import check_supported
-            check_supported(params, device)
         numba_state = numba_seed.generate_state(2)
         trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]),
                                      context=ctx, users=users)

@@ -1,6 +1,6 @@
 """Training in production for the extensions on the CPU (issue 14): checkpoints and resume of
 context-aware, user-level and output-feature models give the parameters of an uninterrupted
-run, and the refusals that remain."""
+run (on the emulated CUDA backend too), and the refusals that remain."""
 import numpy as np
 import pytest
 
@@ -70,6 +70,25 @@ def test_checkpoint_resume_equals_uninterrupted_run(case, tmp_path):
         assert np.any(ck.optimizer_state_["acc"][key] != 0)
 
 
+@pytest.mark.cuda_emulated
+@pytest.mark.parametrize("case", ["context_augmented", "context_transition", "user_items",
+                                  "output"])
+def test_cuda_checkpoint_resume_equals_uninterrupted_run(cuda_model, case, tmp_path):
+    """On the (emulated) CUDA backend: the extension's tables, their optimiser state and the
+    dropout step counter go through the checkpoint as on the CPU."""
+    model, data, fit_args = CASES[case]()
+    kw = dict(model.get_params(), n_epochs=3, device="cuda")
+    cls = model.__class__
+    whole = cls(**kw).fit(data, **fit_args)
+    with pytest.raises(KeyboardInterrupt):
+        cls(**kw).fit(data, checkpoint=tmp_path, callback=_stop_after(2), **fit_args)
+    resumed = cls(**kw).fit(data, checkpoint=tmp_path, resume=True, **fit_args)
+    assert resumed.device_ == "cuda" and set(resumed.params_) == set(whole.params_)
+    assert _same(whole, resumed) and resumed.loss_history_ == whole.loss_history_
+    ck = load_checkpoint(tmp_path, cls)
+    assert set(ck.optimizer_state_["acc"]) == set(whole.optimizer_state_["acc"])
+
+
 def test_resume_without_the_extension_state_differs(tmp_path, monkeypatch):
     """The check above can fail: dropping the context tables' optimiser state from the restore
     changes the resumed parameters."""
@@ -100,16 +119,6 @@ def test_resume_refuses_other_context_or_users(tmp_path):
                                           np.where(users == users[-1], users[0], users)))
     with pytest.raises(ValueError, match="other training data"):
         SessionGRU(**model.get_params()).fit(swapped, checkpoint=tmp_path / "u", resume=True)
-
-
-def test_cuda_checkpoint_of_an_extension_is_refused():
-    from gru_engine.checkpoint import check_supported
-    with pytest.raises(ValueError, match="CPU only.*'context_in'"):
-        check_supported({"Wy": 0, "context_in": 0, "context_out": 0}, object())
-    with pytest.raises(ValueError, match="'U'"):
-        check_supported({"Wy": 0, "U": 0}, object())
-    check_supported({"Wy": 0, "U": 0}, None)
-    check_supported({"Wy": 0}, object())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -253,14 +253,21 @@ class DeviceContext:
         return {kind: {k: self.dev.to_host(pair[j]) for k, pair in arrays}
                 for j, kind in enumerate(("acc", "vel"))}
 
-    def load_optimizer_state(self, state: dict) -> None:
-        """Training: copy the tables' entries of ``state`` (as :meth:`optimizer_state`
-        returns; tables it lacks keep theirs) onto the device."""
-        for key, pair in self._state_arrays().items():
-            if key in state["acc"]:
-                for dst, kind in zip(pair, ("acc", "vel")):
-                    self.dev.copy(dst, self.dev.to_device(
-                        np.reshape(np.asarray(state[kind][key], np.float32), dst.shape)))
+    def load_state(self, params=None, optimizer_state=None) -> None:
+        """Training: copy the tables of host ``params`` (``context_in``/``context_out``/
+        ``context_h``) and/or their entries of ``optimizer_state`` (as :meth:`optimizer_state`
+        returns; tables it lacks keep theirs) onto the device (warm start, checkpoints)."""
+        tables = {"context_in": self.Cin, "context_out": self.Cout, "context_h": self.Ch}
+        pairs = []
+        for key, (acc, vel) in self._state_arrays().items():
+            if params is not None:
+                pairs.append((tables[key], params[key]))
+            if optimizer_state is not None and key in optimizer_state["acc"]:
+                pairs += [(acc, optimizer_state["acc"][key]), (vel, optimizer_state["vel"][key])]
+        for dst, src in pairs:
+            if dst.size:
+                self.dev.copy(dst, self.dev.to_device(
+                    np.reshape(np.asarray(src, np.float32), dst.shape)))
 
     def host_tables(self) -> dict:
         """``{'context_in', 'context_out', 'context_h'}``: host float32 copies of the tables."""

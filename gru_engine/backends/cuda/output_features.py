@@ -102,15 +102,17 @@ class OutputFeatures:
         Adagrad accumulators and momentum velocities (as the CPU trainer's)."""
         return {"acc": self.to_host(self.acc), "vel": self.to_host(self.vel)}
 
-    def load_optimizer_state(self, state: dict) -> None:
-        """Training: copy ``state``'s ``Fy``/``Fb`` entries (as :meth:`optimizer_state`
-        returns; none: nothing changes) onto the device (the spare rows stay zero)."""
-        if "Fy" not in state["acc"]:
-            return
-        for kind, dst in (("acc", self.acc), ("vel", self.vel)):
+    def load_state(self, params=None, optimizer_state=None) -> None:
+        """Training: copy the rows ``Fy``/``Fb`` of host ``params`` and/or of
+        ``optimizer_state`` (as :meth:`optimizer_state` returns; without ``Fy``: the state
+        stays) onto the device (warm start, checkpoints; the spare rows stay zero)."""
+        pairs = [] if params is None else [(self.F, params)]
+        if optimizer_state is not None and "Fy" in optimizer_state["acc"]:
+            pairs += [(self.acc, optimizer_state["acc"]), (self.vel, optimizer_state["vel"])]
+        for dst, src in pairs:
             F = np.zeros(dst.shape, np.float32)
-            F[:self.n_rows, :self.Hc] = state[kind]["Fy"]
-            F[:self.n_rows, self.Hc] = state[kind]["Fb"]
+            F[:self.n_rows, :self.Hc] = src["Fy"]
+            F[:self.n_rows, self.Hc] = src["Fb"]
             self.dev.copy(dst, self.dev.to_device(F))
 
 

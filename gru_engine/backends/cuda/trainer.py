@@ -546,13 +546,12 @@ class Trainer(StepOps):
         return out
 
     def load_state(self, params=None, optimizer_state=None):
-        """Copy host ``params`` (``theta``/``T``/``Wy``/``By``) and/or an ``optimizer_state``
-        (as :meth:`optimizer_state` returns; extension tables it lacks keep their state) onto
-        the device (warm start, checkpoints)."""
+        """Copy host ``params`` (``theta``/``T``/``Wy``/``By``, the extensions' tables) and/or
+        an ``optimizer_state`` (as :meth:`optimizer_state` returns; extension tables it lacks
+        keep their state) onto the device (warm start, checkpoints)."""
         d, net = self.dev, self.net
-        if optimizer_state is not None:
-            for ext in self._extensions():
-                ext.load_optimizer_state(optimizer_state)
+        for ext in self._extensions():
+            ext.load_state(params, optimizer_state)
         for key in ("theta", "T", "Wy", "By"):
             shape = net.host_view(net.p[key], key).shape
             pairs = []
