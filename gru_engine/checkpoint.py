@@ -29,6 +29,9 @@ from .safe_npz import read_arrays, read_header, write_npz
 STATE_VERSION = 1
 #: hyperparameters that may differ between the interrupted run and its resumption
 _FREE = ("n_threads", "show_progress", "n_epochs")
+#: hyperparameters newer than the checkpoint format, at the value that their absence meant: left
+#: out of the fingerprint, so that checkpoints written before them still resume
+_LATER_DEFAULTS = {"context_transition": "none"}
 
 
 def _extension_data(trainer) -> list:
@@ -45,7 +48,8 @@ def _extension_data(trainer) -> list:
 
 
 def _fingerprint(model, sessions, trainer) -> dict:
-    params = {k: v for k, v in model.get_params().items() if k not in _FREE}
+    params = {k: v for k, v in model.get_params().items()
+              if k not in _FREE and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
     data = zlib.crc32(np.ascontiguousarray(sessions.items).tobytes())
     data = zlib.crc32(np.ascontiguousarray(sessions.offsets).tobytes(), data)
     ids = zlib.crc32(np.asarray(model.item_index_.ids).astype(str).astype("U").tobytes())

@@ -121,6 +121,16 @@ def test_resume_refuses_other_context_or_users(tmp_path):
         SessionGRU(**model.get_params()).fit(swapped, checkpoint=tmp_path / "u", resume=True)
 
 
+def test_resume_refuses_another_context_transition(tmp_path):
+    """``context_transition`` at its default is left out of the fingerprint (older checkpoints
+    resume: tests/test_training.py), any other value is in it."""
+    model, data, _ = _context_case()
+    SessionGRU(**dict(model.get_params(), n_epochs=1)).fit(data, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="other hyperparameters"):
+        SessionGRU(**dict(model.get_params(), context_transition="multiply")).fit(
+            data, checkpoint=tmp_path, resume=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # partial_fit
 # ---------------------------------------------------------------------------------------------
