@@ -94,3 +94,23 @@ def test_a_cuda_fit_continues_on_the_cpu_with_its_tables_state(cuda_model):
         m.partial_fit(data, n_epochs=2)
     assert moved.device_ == "cpu"
     _assert_same(moved, cpu, ["theta", "T", "Wy", "By"] + sorted(extension))
+
+
+def test_partial_fit_on_the_device_with_a_new_column_value_equals_cpu(cuda_model):
+    """A value new to the vocabulary grows ``context_in`` and ``context_h`` (and their state)
+    before the device trainer is built: the warm start on CUDA then equals the CPU's."""
+    from test_context import _transition_data
+    kw = dict(BASE, n_epochs=1, context_input="concat", context_transition="multiply",
+              context_time=[], context_columns=["Type"])
+    new = _transition_data(seed=4)
+    new["Type"] = np.where((new["Type"] == "cart") & (np.arange(len(new["Type"])) % 2 == 1),
+                           "basket", new["Type"])
+    models = {}
+    for device in ("cpu", "cuda"):
+        m = SessionGRU(**kw, device=device).fit(_transition_data())
+        m.partial_fit(new, n_epochs=1)
+        assert [list(v) for v in m.context_vocab_] == [["basket", "cart", "view"]]
+        models[device] = m
+    assert np.any(models["cpu"].params_["context_h"][1])  # rows: unknown, basket, cart, view
+    _assert_same(models["cuda"], models["cpu"],
+                 ["theta", "T", "Wy", "By", "context_in", "context_h"])
