@@ -12,7 +12,8 @@ The extensions on the CPU checkpoint the same way: the optimiser state covers ev
 parameter (a context model's tables, a user-level model's ``U``, the output-feature rows
 ``Fy``/``Fb``; :meth:`~gru_engine.backends.cpu.trainer.Trainer.optimizer_state`), and the
 fingerprint covers what they train on beyond the sessions (the events' context, the users'
-walks). A CUDA fit of an extension model refuses ``checkpoint=`` (:func:`check_supported`).
+walks). On CUDA likewise: the CUDA trainers return and load the same state under the same
+keys (their dropout step counter in the trainer state).
 """
 from __future__ import annotations
 
@@ -28,20 +29,6 @@ from .safe_npz import read_arrays, read_header, write_npz
 STATE_VERSION = 1
 #: hyperparameters that may differ between the interrupted run and its resumption
 _FREE = ("n_threads", "show_progress", "n_epochs")
-
-
-#: parameters of the extensions (context tables, user GRU, output-feature rows)
-EXTENSION_KEYS = ("context_in", "context_out", "U", "Fy")
-
-
-def check_supported(params: dict, device) -> None:
-    """``ValueError`` when a fit over ``params`` on ``device`` (None: the CPU) cannot be
-    checkpointed: an extension model on CUDA (its trainer's extra state is not saved)."""
-    ext = [k for k in EXTENSION_KEYS if k in params]
-    if device is not None and ext:
-        raise ValueError("checkpoint= is supported on the CPU only for context-aware, "
-                         "user-level and output-feature models (parameters "
-                         f"{ext}); use device='cpu' or fit without checkpoint")
 
 
 def _extension_data(trainer) -> list:

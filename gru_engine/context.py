@@ -38,15 +38,15 @@ as the plain network):
 Serving: :mod:`gru_engine.context_scoring` (``evaluate``, ``recommend(..., times=, now=)``,
 ``predict_next(..., times=, now=, columns=)``, file scoring through
 :mod:`gru_engine.scoring`) and :mod:`gru_engine.serving.context_store` (``SessionStore``, its
-snapshots keep each session's context). Training in production as for the plain model (CPU):
-checkpoints (the tables' optimiser state, :mod:`gru_engine.checkpoint`), ``partial_fit``
-(:func:`warm_context`: new column values join the vocabulary), session augmentation (each kept
-click keeps its context rows). Kernels: on the CPU :mod:`gru_engine.backends.cpu.context_step`;
-on CUDA (``device='cuda'``/``'auto'``) :mod:`gru_engine.backends.cuda.context` over
-``kernels/context.cu``, the same operations in the same order (a CUDA fit gives the CPU fit's
-parameters to float32 rounding), and a CUDA-trained model scores on the device
-(:class:`~gru_engine.context_scoring.DeviceContextScorer`). Not built: context together with
-``user_layers > 0`` or ``output_features=True`` (``ValueError``).
+snapshots keep each session's context). Training in production as for the plain model (both
+devices): checkpoints (the tables' optimiser state, :mod:`gru_engine.checkpoint`),
+``partial_fit`` (:func:`warm_context`: new column values join the vocabulary), session
+augmentation (each kept click keeps its context rows). Kernels: on the CPU
+:mod:`gru_engine.backends.cpu.context_step`; on CUDA (``device='cuda'``/``'auto'``)
+:mod:`gru_engine.backends.cuda.context` over ``kernels/context.cu``, the same operations in the
+same order (a CUDA fit gives the CPU fit's parameters to float32 rounding), and a CUDA-trained
+model scores on the device (:class:`~gru_engine.context_scoring.DeviceContextScorer`). Not
+built: context together with ``user_layers > 0`` or ``output_features=True`` (``ValueError``).
 """
 from __future__ import annotations
 
@@ -332,8 +332,10 @@ def warm_context(model, p, params, state, sessions, table):
                          [np.union1d(v, np.asarray(columns[c]).astype(str))
                           for c, v in zip(old.columns, old.vocab)])
     rows = _row_map(old, new)
+    input_rows = {"context_in": p["context_input"] != "none",  # one row per input feature value
+                  "context_h": p.get("context_transition", "none") != "none"}
     for key in TABLE_KEYS:
-        if key == "context_in" and p["context_input"] != "none":
+        if input_rows.get(key, False):
             grow = lambda a: _moved_rows(a, rows, sum(new.sizes_in))
         else:
             grow = np.copy

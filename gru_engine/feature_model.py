@@ -74,7 +74,7 @@ class FeatureSessionGRU(SessionGRU):
       pooled with the item's input bag weights, and likewise the bias (module docstring);
       needs ``architecture`` ``'parallel'`` or ``'feature'``; trains and scores on either
       device (CUDA: :mod:`gru_engine.backends.cuda.output_features`); ``fit(checkpoint=...)``
-      saves the feature rows' optimiser state (resumes as an uninterrupted run; CPU fits).
+      saves the feature rows' optimiser state (resumes as an uninterrupted run; both devices).
       New items: :meth:`add_items`.
 
     Example::

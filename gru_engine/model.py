@@ -326,9 +326,6 @@ class SessionGRU(SessionModel):
         self.subnet_names_ = layout["names"]
         self.params_ = params
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
-        if checkpoint is not None:
-            from .checkpoint import check_supported
-            check_supported(params, device)
         numba_state = numba_seed.generate_state(2)
         trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]),
                                      context=ctx, users=users)
@@ -455,7 +452,8 @@ class SessionGRU(SessionModel):
         if users is not None:
             from .backends.cuda.user_trainer import UserTrainer
             return UserTrainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
-                               names=self.subnet_names_, seed=seed, **users)
+                               names=self.subnet_names_, seed=seed,
+                               optimizer_state=optimizer_state, **users)
         return Trainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
                        names=self.subnet_names_, seed=seed, optimizer_state=optimizer_state,
                        context=context)

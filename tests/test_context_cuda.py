@@ -7,9 +7,9 @@ context tables included, with random non-zero tables, shared context rows, non-t
 and the same dropout masks) per input mode and context variant; whole fits against the CPU
 fit (no dropout: parameters, tables and losses to float32 tolerance) for each variant (concat,
 multiply, output multiply, a categorical column, a FeatureSessionGRU whose ID subnet is off in
-some epochs); CUDA-graph replays equal to uncaptured steps bit for bit; and scoring on the
-device (``evaluate``, ``recommend(times=, now=)``, ``SessionStore``) against the CPU scorer of
-the same parameters, through a model file. As in tests/test_cuda_model.py, ``device='cuda'``
+some epochs; crops and drops of augmented sessions); CUDA-graph replays equal to uncaptured
+steps bit for bit; and scoring on the device (``evaluate``, ``recommend(times=, now=)``,
+``SessionStore``) against the CPU scorer of the same parameters, through a model file. As in tests/test_cuda_model.py, ``device='cuda'``
 resolves to the ``cuda_device`` fixture (tests/test_context_cuda_gpu.py: a real GPU).
 """
 from __future__ import annotations
@@ -246,6 +246,18 @@ def _assert_fits_equal(cpu, gpu, tol=2e-5, same_device=False):
 @pytest.mark.parametrize("case", sorted(FIT_CASES))
 def test_fits_equal_cpu(cuda_model, case):
     kw = {**BASE, **FIT_CASES[case]}
+    data = _mixed_data()
+    cpu = SessionGRU(**kw).fit(data)
+    gpu = SessionGRU(**kw, device="cuda").fit(data)
+    _assert_fits_equal(cpu, gpu)
+
+
+@pytest.mark.parametrize("case", ["transition-column-all", "column-only-multiply"])
+def test_augmented_fits_equal_cpu(cuda_model, case):
+    """Crops and drops redrawn every epoch: each kept click trains with its own context rows
+    on the device as on the CPU (``Trainer.select_events``)."""
+    kw = {**BASE, **FIT_CASES[case], "n_epochs": 3, "augment_crop_p": 0.5,
+          "augment_drop_p": 0.3}
     data = _mixed_data()
     cpu = SessionGRU(**kw).fit(data)
     gpu = SessionGRU(**kw, device="cuda").fit(data)

@@ -1,6 +1,6 @@
 """Training in production for the extensions on the CPU (issue 14): checkpoints and resume of
 context-aware, user-level and output-feature models give the parameters of an uninterrupted
-run, and the refusals that remain."""
+run (on the emulated CUDA backend too), and the refusals that remain."""
 import numpy as np
 import pytest
 
@@ -37,7 +37,14 @@ def _augmented_context_case():
     return model.set_params(augment_crop_p=0.4, augment_drop_p=0.2), data, fit_args
 
 
-CASES = {"context": _context_case, "context_augmented": _augmented_context_case, "user_items": _user_case,
+def _transition_context_case():
+    """A context transition (``context_h``) beside the input and output tables."""
+    model, data, fit_args = _context_case()
+    return model.set_params(context_transition="multiply"), data, fit_args
+
+
+CASES = {"context": _context_case, "context_augmented": _augmented_context_case,
+         "context_transition": _transition_context_case, "user_items": _user_case,
          "user_hidden_both": lambda: _user_case("both", "hidden"), "output": _output_case}
 
 
@@ -56,10 +63,30 @@ def test_checkpoint_resume_equals_uninterrupted_run(case, tmp_path):
     # differ: the Adagrad accumulators of these parameters would restart at zero)
     ck = load_checkpoint(tmp_path, model.__class__)
     extra = set(ck.optimizer_state_["acc"]) - {"theta", "T", "Wy", "By"}
-    assert extra == {"output": {"Fy", "Fb"}}.get(case, {"U"} if case.startswith("user")
-                                                  else {"context_in", "context_out"})
+    assert extra == {"output": {"Fy", "Fb"},
+                     "context_transition": {"context_in", "context_out", "context_h"}}.get(
+        case, {"U"} if case.startswith("user") else {"context_in", "context_out"})
     for key in extra:
         assert np.any(ck.optimizer_state_["acc"][key] != 0)
+
+
+@pytest.mark.cuda_emulated
+@pytest.mark.parametrize("case", ["context_augmented", "context_transition", "user_items",
+                                  "output"])
+def test_cuda_checkpoint_resume_equals_uninterrupted_run(cuda_model, case, tmp_path):
+    """On the (emulated) CUDA backend: the extension's tables, their optimiser state and the
+    dropout step counter go through the checkpoint as on the CPU."""
+    model, data, fit_args = CASES[case]()
+    kw = dict(model.get_params(), n_epochs=3, device="cuda")
+    cls = model.__class__
+    whole = cls(**kw).fit(data, **fit_args)
+    with pytest.raises(KeyboardInterrupt):
+        cls(**kw).fit(data, checkpoint=tmp_path, callback=_stop_after(2), **fit_args)
+    resumed = cls(**kw).fit(data, checkpoint=tmp_path, resume=True, **fit_args)
+    assert resumed.device_ == "cuda" and set(resumed.params_) == set(whole.params_)
+    assert _same(whole, resumed) and resumed.loss_history_ == whole.loss_history_
+    ck = load_checkpoint(tmp_path, cls)
+    assert set(ck.optimizer_state_["acc"]) == set(whole.optimizer_state_["acc"])
 
 
 def test_resume_without_the_extension_state_differs(tmp_path, monkeypatch):
@@ -94,20 +121,21 @@ def test_resume_refuses_other_context_or_users(tmp_path):
         SessionGRU(**model.get_params()).fit(swapped, checkpoint=tmp_path / "u", resume=True)
 
 
-def test_cuda_checkpoint_of_an_extension_is_refused():
-    from gru_engine.checkpoint import check_supported
-    with pytest.raises(ValueError, match="CPU only.*'context_in'"):
-        check_supported({"Wy": 0, "context_in": 0, "context_out": 0}, object())
-    with pytest.raises(ValueError, match="'U'"):
-        check_supported({"Wy": 0, "U": 0}, object())
-    check_supported({"Wy": 0, "U": 0}, None)
-    check_supported({"Wy": 0}, object())
+def test_resume_refuses_another_context_transition(tmp_path):
+    """``context_transition`` at its default is left out of the fingerprint (older checkpoints
+    resume: tests/test_training.py), any other value is in it."""
+    model, data, _ = _context_case()
+    SessionGRU(**dict(model.get_params(), n_epochs=1)).fit(data, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="other hyperparameters"):
+        SessionGRU(**dict(model.get_params(), context_transition="multiply")).fit(
+            data, checkpoint=tmp_path, resume=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # partial_fit
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["context", "user_items", "user_hidden_both"])
+@pytest.mark.parametrize("case", ["context", "context_transition", "user_items",
+                                  "user_hidden_both"])
 def test_partial_fit_from_a_checkpoint_equals_continuing_in_process(case, tmp_path):
     """The warm start reads the extension's optimiser state: a model read from a checkpoint
     continues exactly as the model that stayed in memory."""
@@ -168,6 +196,36 @@ def test_context_partial_fit_adds_new_column_values_and_learns_them(tmp_path):
             ids, _ = model.recommend([0], k=1, times=new["Time"][:1], now=new["Time"][1],
                                      columns={"Type": [kind]})
             assert ids[0] == item
+
+
+def test_context_transition_partial_fit_moves_the_transition_rows_of_a_new_value():
+    """``context_h`` has a row per input feature value like ``context_in``: a new column
+    value moves the old rows (and their optimiser state) to their place in the grown
+    vocabulary, and the warm start continues from them."""
+    from gru_engine import context
+    kw = dict(layers=[8], n_epochs=2, batch_size=16, n_sample=0, n_threads=1, random_state=0,
+              context_transition="multiply", context_time=[], context_columns=["Type"])
+    from test_context import _transition_data
+    m = SessionGRU(**kw).fit(_transition_data())
+    old, old_acc = m.params_["context_h"], m.optimizer_state_["acc"]["context_h"]
+    assert old.shape[0] == 3 and np.any(old_acc)  # unknown, cart, view
+    new = _transition_data(seed=4)
+    new["Type"] = np.where((new["Type"] == "cart") & (np.arange(len(new["Type"])) % 2 == 1),
+                           "basket", new["Type"])
+    from gru_engine.data import ItemIndex, build_sessions
+    sessions, _, _ = build_sessions(new, ItemIndex(np.unique(new["ItemId"])), "SessionId",
+                                    "ItemId", "Time")
+    probe = SessionGRU(**kw).fit(_transition_data())
+    params, state = {}, {"acc": {}, "vel": {}}
+    cx = context.warm_context(probe, probe._validated(), params, state, sessions, new)
+    got = params["context_h"]  # unknown, basket, cart, view
+    assert got.shape == (4, old.shape[1]) and cx.Ch is got
+    np.testing.assert_array_equal(got[[0, 2, 3]], old)
+    assert not np.any(got[1])
+    np.testing.assert_array_equal(state["acc"]["context_h"][[0, 2, 3]], old_acc)
+    m.partial_fit(new, n_epochs=1)
+    assert m.params_["context_h"].shape == got.shape and np.any(m.params_["context_h"][1])
+    assert np.all(m.optimizer_state_["acc"]["context_h"][[0, 2, 3]] >= old_acc)
 
 
 def test_context_partial_fit_failure_leaves_the_model_as_it_was(monkeypatch):

@@ -17,7 +17,7 @@ from ...batching import schedule_advance, schedule_start
 from ...network import L_H, L_HOFF, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_ROFF, S_TAB
 from ...network import S_TCOLS, S_TOFF, S_TROWS, S_XOFF, T_OWN
 from ...sampling import SampleStore, draw
-from .context_step import context_rows, context_update
+from .context_step import CTR_NONE, context_rows, context_update
 from .losses import CROSS_ENTROPY
 from .output_features import new_record, release_output_rows, update_output_features
 from .profile import (P_CARRY, P_MASKS, P_SAMPLING, P_SCHEDULE, new_profile, tick,
@@ -335,8 +335,8 @@ class Trainer:
     def optimizer_state(self) -> dict:
         """``{'acc': {'theta', 'T', 'Wy', 'By'}, 'vel': {...}}``: the Adagrad accumulators and
         momentum velocities (host arrays shaped like the parameters; live, not copies), keyed
-        by parameter name; with context also ``context_in``/``context_out``, with output
-        features ``Fy``/``Fb``."""
+        by parameter name; with context also ``context_in``/``context_out`` (and
+        ``context_h`` with a context transition), with output features ``Fy``/``Fb``."""
         o = self.opt
         out = {"acc": {"theta": o.acc_d, "T": o.acc_t, "Wy": o.acc_y, "By": o.acc_b},
                "vel": {"theta": o.vel_d, "T": o.vel_t, "Wy": o.vel_y, "By": o.vel_b}}
@@ -344,6 +344,8 @@ class Trainer:
             cx = self.cx
             out["acc"].update(context_in=cx.acc_in, context_out=cx.acc_out)
             out["vel"].update(context_in=cx.vel_in, context_out=cx.vel_out)
+            if cx.cfg[2] != CTR_NONE:
+                out["acc"]["context_h"], out["vel"]["context_h"] = cx.acc_h, cx.vel_h
         if self.of is not None:
             out["acc"].update(Fy=self.of.acc_f, Fb=self.of.acc_b)
             out["vel"].update(Fy=self.of.vel_f, Fb=self.of.vel_b)

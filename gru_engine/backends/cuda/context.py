@@ -48,7 +48,8 @@ class DeviceContext:
     to the device as float32); n_in, n_out: features per side (F_in, F_out); ``buf``: the
     owner's scratch allocator (``ScratchBuffers._buf``); ``events``:
     training only, ``(ev_in (n_events, F_in), ev_out (n_events, F_out))`` int32 host table
-    rows of the training events (gradients and optimiser state are allocated then).
+    rows of the training events (``all_events``; gradients and optimiser state are allocated
+    then), ``events`` those of the epoch's events (:meth:`select_events`).
     """
 
     def __init__(self, device: Device, cfg, Cin, Cout, n_in: int, n_out: int, buf,
@@ -63,7 +64,7 @@ class DeviceContext:
         self.Ch = d.to_device(np.zeros((0, 1)) if Ch is None else np.asarray(Ch), np.float32)
         self.w_in, self.w_out = int(self.Cin.shape[1]), int(self.Cout.shape[1])
         self._buf = buf
-        self.events = events
+        self.events = self.all_events = events
         self.rin = self.rout = None  # (R, F) int32 device rows of the current step
         self._hraw = None            # the unmodulated combined state of the current step
         self._epoch = None           # training: (rin, rout) of every row of the epoch
@@ -92,6 +93,13 @@ class DeviceContext:
             d.copy(self.rin, rin)
         if self.n_out and R:
             d.copy(self.rout, rout)
+
+    def select_events(self, rows) -> None:
+        """Training: the coming epochs train on the training events ``rows`` ((n,) int, in
+        their epoch order: the kept events of augmented sessions); :meth:`start_epoch`'s event
+        numbers then count these (each kept event keeps its own table rows)."""
+        pick = lambda ev: np.ascontiguousarray(ev[rows]) if len(ev) else ev
+        self.events = tuple(pick(ev) for ev in self.all_events)
 
     def start_epoch(self, events) -> None:
         """Training: the epoch's rows, ``events`` (n,) int the input event of every row of
@@ -227,6 +235,39 @@ class DeviceContext:
             if on and p.size:
                 self.dev.launch("adagrad_dense", grid(p.size), BLOCK,
                                 [p, g, acc, vel, p.size, lr, momentum])
+
+    def _state_arrays(self) -> dict:
+        """``{key: (acc, vel)}`` device arrays of the trained tables, keyed as the CPU
+        trainer's :meth:`~gru_engine.backends.cpu.trainer.Trainer.optimizer_state`."""
+        out = {"context_in": (self.acc_in, self.vel_in),
+               "context_out": (self.acc_out, self.vel_out)}
+        if self.ctr != CTR_NONE:
+            out["context_h"] = (self.acc_h, self.vel_h)
+        return out
+
+    def optimizer_state(self) -> dict:
+        """Training: ``{'acc': {...}, 'vel': {...}}`` host float32 copies of the tables'
+        Adagrad accumulators and momentum velocities (``context_in``, ``context_out``, with a
+        transition ``context_h``; shaped like the tables)."""
+        arrays = self._state_arrays().items()
+        return {kind: {k: self.dev.to_host(pair[j]) for k, pair in arrays}
+                for j, kind in enumerate(("acc", "vel"))}
+
+    def load_state(self, params=None, optimizer_state=None) -> None:
+        """Training: copy the tables of host ``params`` (``context_in``/``context_out``/
+        ``context_h``) and/or their entries of ``optimizer_state`` (as :meth:`optimizer_state`
+        returns; tables it lacks keep theirs) onto the device (warm start, checkpoints)."""
+        tables = {"context_in": self.Cin, "context_out": self.Cout, "context_h": self.Ch}
+        pairs = []
+        for key, (acc, vel) in self._state_arrays().items():
+            if params is not None:
+                pairs.append((tables[key], params[key]))
+            if optimizer_state is not None and key in optimizer_state["acc"]:
+                pairs += [(acc, optimizer_state["acc"][key]), (vel, optimizer_state["vel"][key])]
+        for dst, src in pairs:
+            if dst.size:
+                self.dev.copy(dst, self.dev.to_device(
+                    np.reshape(np.asarray(src, np.float32), dst.shape)))
 
     def host_tables(self) -> dict:
         """``{'context_in', 'context_out', 'context_h'}``: host float32 copies of the tables."""

@@ -91,10 +91,29 @@ class OutputFeatures:
             self._masks[phase] = self.dev.to_device(m)
         return self._masks[phase]
 
-    def to_host(self) -> dict:
-        """``{'Fy': (n_rows, Hc), 'Fb': (n_rows,)}`` float32 host copies."""
-        F = self.dev.to_host(self.F[:self.n_rows])
+    def to_host(self, table=None) -> dict:
+        """``{'Fy': (n_rows, Hc), 'Fb': (n_rows,)}`` float32 host copies of ``F`` (or of
+        ``table``, shaped like ``F``: its optimiser state)."""
+        F = self.dev.to_host((self.F if table is None else table)[:self.n_rows])
         return {"Fy": np.ascontiguousarray(F[:, :self.Hc]), "Fb": F[:, self.Hc].copy()}
+
+    def optimizer_state(self) -> dict:
+        """Training: ``{'acc': {'Fy', 'Fb'}, 'vel': {...}}`` host float32 copies of the rows'
+        Adagrad accumulators and momentum velocities (as the CPU trainer's)."""
+        return {"acc": self.to_host(self.acc), "vel": self.to_host(self.vel)}
+
+    def load_state(self, params=None, optimizer_state=None) -> None:
+        """Training: copy the rows ``Fy``/``Fb`` of host ``params`` and/or of
+        ``optimizer_state`` (as :meth:`optimizer_state` returns; without ``Fy``: the state
+        stays) onto the device (warm start, checkpoints; the spare rows stay zero)."""
+        pairs = [] if params is None else [(self.F, params)]
+        if optimizer_state is not None and "Fy" in optimizer_state["acc"]:
+            pairs += [(self.acc, optimizer_state["acc"]), (self.vel, optimizer_state["vel"])]
+        for dst, src in pairs:
+            F = np.zeros(dst.shape, np.float32)
+            F[:self.n_rows, :self.Hc] = src["Fy"]
+            F[:self.n_rows, self.Hc] = src["Fb"]
+            self.dev.copy(dst, self.dev.to_device(F))
 
 
 def effective_output(device: Device, Wy, By, params: dict):

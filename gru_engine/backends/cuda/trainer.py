@@ -32,7 +32,8 @@ class Trainer(StepOps):
     masks (drawn on the device by ``dropout_mask``, so a fit with dropout follows another random
     stream than on the CPU); ``use_graphs``: replay full steps from captured CUDA graphs (None:
     on for a CupyDevice); ``optimizer_state``: optional ``{'acc': {...}, 'vel': {...}}`` host
-    arrays shaped like ``theta``/``T``/``Wy``/``By`` to continue from (warm start);
+    arrays shaped like ``theta``/``T``/``Wy``/``By`` (and the extensions' tables, as
+    :meth:`optimizer_state` returns) to continue from (warm start);
     ``context``: the CPU context record of a context-aware network (:func:`gru_engine.context.
     fit_context`; its tables and events' rows go to a :class:`~.context.DeviceContext`).
 
@@ -54,8 +55,6 @@ class Trainer(StepOps):
         self.masks_per_step = net.S + net.G
         self.acc = {k: d.zeros(net.p[k].shape) for k in ("theta", "T", "Wy", "By")}
         self.vel = {k: d.zeros(net.p[k].shape) for k in ("theta", "T", "Wy", "By")}
-        if optimizer_state is not None:
-            self.load_state(optimizer_state=optimizer_state)
         self.gtheta = d.zeros(net.p["theta"].shape)
         # output features (``Fy`` in params): their rows, one spare row per sampled column
         self.output_features = (OutputFeatures(d, params, B + self.n_sample, train=True)
@@ -100,6 +99,10 @@ class Trainer(StepOps):
         self._rows = np.zeros(0, np.int64)
         self._step = 0
         self.context = None if context is None else training_context(device, context, self._buf)
+        # the training events' context rows (an augmented epoch selects its events' rows)
+        self.event_context = None if context is None else self.context.all_events
+        if optimizer_state is not None:
+            self.load_state(optimizer_state=optimizer_state)
 
     # ---- phase -------------------------------------------------------------------------------
     def set_phase(self, active, train, interleave: bool = False, freeze_out: bool = False):
@@ -475,6 +478,17 @@ class Trainer(StepOps):
             self.context.start_epoch(full_schedule(np.arange(len(items), dtype=np.int32), order,
                                                    offsets, self.batch_size, self.min_rows)[1])
 
+    @property
+    def follows_events(self) -> bool:
+        """Whether the network reads per-event data besides the items (context rows): an
+        augmented epoch then names its events (:meth:`select_events`)."""
+        return self.context is not None
+
+    def select_events(self, rows) -> None:
+        """The coming epoch trains on the training events ``rows`` ((n,) int, in their epoch
+        order: the kept events of augmented sessions); their context rows go with them."""
+        self.context.select_events(rows)
+
     def rows_left(self) -> bool:
         return self._step < len(self._rows)
 
@@ -514,17 +528,30 @@ class Trainer(StepOps):
             out.update(self.context.host_tables())
         return out
 
+    def _extensions(self) -> list:
+        """The trained extensions with their own optimiser state (context tables, output
+        feature rows)."""
+        return [e for e in (self.context, self.output_features) if e is not None]
+
     def optimizer_state(self) -> dict:
         """``{'acc': {'theta', 'T', 'Wy', 'By'}, 'vel': {...}}``: host copies of the Adagrad
-        accumulators and momentum velocities (float32, shaped like the parameters)."""
+        accumulators and momentum velocities (float32, shaped like the parameters); with
+        context and output features also their tables' (keys as the CPU trainer's)."""
         d, net = self.dev, self.net
-        return {"acc": {k: d.to_host(net.host_view(v, k)) for k, v in self.acc.items()},
-                "vel": {k: d.to_host(net.host_view(v, k)) for k, v in self.vel.items()}}
+        out = {"acc": {k: d.to_host(net.host_view(v, k)) for k, v in self.acc.items()},
+               "vel": {k: d.to_host(net.host_view(v, k)) for k, v in self.vel.items()}}
+        for ext in self._extensions():
+            for kind, group in ext.optimizer_state().items():
+                out[kind].update(group)
+        return out
 
     def load_state(self, params=None, optimizer_state=None):
-        """Copy host ``params`` (``theta``/``T``/``Wy``/``By``) and/or an ``optimizer_state``
-        (as :meth:`optimizer_state` returns) onto the device (warm start, checkpoints)."""
+        """Copy host ``params`` (``theta``/``T``/``Wy``/``By``, the extensions' tables) and/or
+        an ``optimizer_state`` (as :meth:`optimizer_state` returns; extension tables it lacks
+        keep their state) onto the device (warm start, checkpoints)."""
         d, net = self.dev, self.net
+        for ext in self._extensions():
+            ext.load_state(params, optimizer_state)
         for key in ("theta", "T", "Wy", "By"):
             shape = net.host_view(net.p[key], key).shape
             pairs = []

@@ -46,7 +46,7 @@ class UserTrainer(Trainer):
     train every subnet in every epoch)."""
 
     def __init__(self, device, params, hyper, item_support, *, walks, start_times, shuffle,
-                 rng, user_dropout: float = 0.0, **kwargs):
+                 rng, user_dropout: float = 0.0, optimizer_state=None, **kwargs):
         kwargs["use_graphs"] = False
         super().__init__(device, params, hyper, item_support, **kwargs)
         d, B = self.dev, self.batch_size
@@ -58,6 +58,8 @@ class UserTrainer(Trainer):
         self.d0 = int(UI[U_DENSE])
         self.walks, self.start_times, self.shuffle, self.rng = walks, start_times, shuffle, rng
         self.user_dropout = float(user_dropout)
+        if optimizer_state is not None:  # after U exists
+            self.load_state(optimizer_state=optimizer_state)
         self.items_input = bool(UI[U_ITEMS])
         self.W = sum(self.net.H)
         # the rows' user state: Ub on the device, the flags on the host; S and the pending
@@ -379,3 +381,14 @@ class UserTrainer(Trainer):
         out = super().optimizer_state()
         out["acc"]["U"], out["vel"]["U"] = self.dev.to_host(self.acc_u), self.dev.to_host(self.vel_u)
         return out
+
+    def load_state(self, params=None, optimizer_state=None):
+        """As :meth:`Trainer.load_state`, with the user GRU's ``U`` and its state."""
+        super().load_state(params, optimizer_state)
+        d = self.dev
+        pairs = [] if params is None else [(self.U, params["U"])]
+        if optimizer_state is not None and "U" in optimizer_state["acc"]:
+            pairs += [(self.acc_u, optimizer_state["acc"]["U"]),
+                      (self.vel_u, optimizer_state["vel"]["U"])]
+        for dst, src in pairs:
+            d.copy(dst, d.to_device(np.asarray(src, np.float32).reshape(dst.shape)))
