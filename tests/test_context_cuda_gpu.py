@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from gru_engine.backends.device import CupyDevice, cuda_available
+from gru_engine.backends.device import cuda_available
 
 pytestmark = pytest.mark.cuda
 
@@ -21,7 +21,7 @@ if not cuda_available():
     pytest.skip("CuPy sees no CUDA device: the GPU tests of the context-aware GRU need an "
                 "NVIDIA GPU", allow_module_level=True)
 
-from test_cuda_gpu import HostMirrorDevice  # noqa: E402
+from test_cuda_gpu import cuda_device, dev  # noqa: E402,F401  (the GPU fixtures)
 from test_context_cuda import (  # noqa: E402,F401  (collected here against the GPU)
     cuda_pair, test_concat_gates_equal_the_cpu_bits, test_context_rows_sum,
     test_context_table_grad, test_device_auto_trains_context_on_the_device,
@@ -30,13 +30,3 @@ from test_context_cuda import (  # noqa: E402,F401  (collected here against the 
     test_scorers_and_evaluate_equal_cpu, test_session_store_on_the_device_answers_as_recommend,
     test_step_gradients_equal_cpu)
 
-
-@pytest.fixture(scope="module")
-def dev():
-    return HostMirrorDevice()
-
-
-@pytest.fixture(scope="module")
-def cuda_device():
-    """The device SessionGRU(device='cuda') resolves to in the model tests."""
-    return CupyDevice()

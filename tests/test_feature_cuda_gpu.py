@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from gru_engine.backends.device import CupyDevice, cuda_available
+from gru_engine.backends.device import cuda_available
 
 pytestmark = pytest.mark.cuda
 
@@ -20,7 +20,7 @@ if not cuda_available():
     pytest.skip("CuPy sees no CUDA device: the GPU tests of FeatureSessionGRU need an NVIDIA GPU",
                 allow_module_level=True)
 
-from test_cuda_gpu import HostMirrorDevice  # noqa: E402
+from test_cuda_gpu import cuda_device, dev  # noqa: E402,F401  (the GPU fixtures)
 from test_feature_cuda import (  # noqa: E402,F401  (collected here against the GPU)
     fitted_pair, record_init, test_bag_gather, test_bag_offsets_and_grad,
     test_device_scores_equal_cpu_scorer, test_dropout_masks_drawn_on_the_device,
@@ -30,13 +30,3 @@ from test_feature_cuda import (  # noqa: E402,F401  (collected here against the 
     test_step_gradients_frozen_and_inactive_subnets_equal_cpu, test_strategies_equal_cpu,
     test_training_steps_equal_cpu)
 
-
-@pytest.fixture(scope="module")
-def dev():
-    return HostMirrorDevice()
-
-
-@pytest.fixture(scope="module")
-def cuda_device():
-    """The device FeatureSessionGRU(device='cuda') resolves to in the model tests."""
-    return CupyDevice()

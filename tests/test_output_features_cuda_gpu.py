@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from gru_engine.backends.device import CupyDevice, cuda_available
+from gru_engine.backends.device import cuda_available
 
 pytestmark = pytest.mark.cuda
 
@@ -21,7 +21,7 @@ if not cuda_available():
     pytest.skip("CuPy sees no CUDA device: the GPU tests of output features need an NVIDIA GPU",
                 allow_module_level=True)
 
-from test_cuda_gpu import HostMirrorDevice  # noqa: E402
+from test_cuda_gpu import cuda_device, dev  # noqa: E402,F401  (the GPU fixtures)
 from test_output_features_cuda import (  # noqa: E402,F401  (collected here against the GPU)
     fitted, record_init, test_add_items_scores_the_new_items_on_the_device,
     test_bag_accumulate, test_device_scores_equal_cpu_scorer,
@@ -29,13 +29,3 @@ from test_output_features_cuda import (  # noqa: E402,F401  (collected here agai
     test_partial_fit_on_the_device_adds_and_trains_new_items,
     test_session_store_over_a_cuda_model, test_step_gradients_equal_cpu)
 
-
-@pytest.fixture(scope="module")
-def dev():
-    return HostMirrorDevice()
-
-
-@pytest.fixture(scope="module")
-def cuda_device():
-    """The device FeatureSessionGRU(device='cuda') resolves to in the model tests."""
-    return CupyDevice()
