@@ -147,10 +147,7 @@ class SessionModel:
     def _recommend(self, scorer, items, k, exclude):
         """:meth:`recommend` for the clicks ``items`` (indices understood by ``scorer``)."""
         from .ranking import Exclusions, top_k
-        if len(items) == 0:
-            raise ValueError("session_items is empty: a session needs at least one click")
-        if not (isinstance(k, (int, np.integer)) and k >= 1):
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        check_request(items, k)
         scorer.begin(1)
         row = np.zeros(1, dtype=np.int64)
         excl = None
@@ -176,3 +173,12 @@ class SessionModel:
             idx, vals = top_k(scores, min(int(k), scores.shape[1]))
         keep = np.isfinite(vals[0])
         return self.item_index_.ids[idx[0][keep]], vals[0][keep]
+
+
+def check_request(items, k) -> None:
+    """``ValueError`` for a recommendation request without clicks (``items`` empty) or whose
+    ``k`` is not a positive integer."""
+    if len(items) == 0:
+        raise ValueError("session_items is empty: a session needs at least one click")
+    if not (isinstance(k, (int, np.integer)) and k >= 1):
+        raise ValueError(f"k must be a positive integer, got {k!r}")

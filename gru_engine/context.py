@@ -304,6 +304,55 @@ def fit_context(model, p, layout, params, sessions, table):
     return training_context(p, params, sessions, encoder, table, p["batch_size"])
 
 
+def fit_events(p: dict, data, session_key: str, user_key: str):
+    """Hook of the estimator (:mod:`gru_engine.model`): what a fit with validated ``p`` reads
+    of the event table ``data``: the table itself (:func:`start_fit` reads its
+    ``context_columns``), None when ``p`` asks for no context."""
+    return data if enabled(p) else None
+
+
+def warm_events(model, p: dict, data, session_key: str, user_key: str):
+    """Hook: what ``model.partial_fit`` reads of the new event table, as :func:`fit_events`."""
+    return fit_events(p, data, session_key, user_key)
+
+
+def start_fit(model, p, layout, params, sessions, table, order_rng, rng) -> dict:
+    """Hook: the context part of a new fit (:func:`fit_context`; the random generators are not
+    used: the tables start at zero). Returns the trainer's keyword arguments
+    (``context``)."""
+    return {"context": fit_context(model, p, layout, params, sessions, table)}
+
+
+def start_warm(model, p, params, state, n_new, sessions, table, order_rng, rng) -> dict:
+    """Hook: the context part of a warm start (:func:`warm_context`; ``n_new`` and the random
+    generators are not used: new rows start at zero). Returns the trainer's keyword
+    arguments (``context``)."""
+    return {"context": warm_context(model, p, params, state, sessions, table)}
+
+
+#: fitted attributes besides ``params_`` that a warm start changes (restored when it fails)
+FITTED_ATTRS = ("context_vocab_",)
+
+
+def fitted(model) -> bool:
+    """Whether ``model`` is a fitted context-aware model (its ``params_`` hold the tables)."""
+    return "context_in" in getattr(model, "params_", {})
+
+
+def scorer(model, params, device):
+    """Hook: the scorer of a fitted context-aware ``model`` over its own ``params_``
+    (``params`` None or ``params_``): :class:`~gru_engine.context_scoring.DeviceContextScorer`
+    on ``device`` (a CUDA :class:`~gru_engine.backends.device.Device`), else the CPU
+    :class:`~gru_engine.context_scoring.ContextScorer`. None for any other model or
+    ``params`` (they score as the plain network)."""
+    if not fitted(model) or (params is not None and params is not model.params_):
+        return None
+    from . import context_scoring
+    if device is not None:
+        return context_scoring.DeviceContextScorer(model, device)
+    return context_scoring.ContextScorer(model)
+
+
 def _row_map(old: ContextEncoder, new: ContextEncoder) -> np.ndarray:
     """(R_in old,) int64: the input-table row under ``new`` of each input-table row under
     ``old`` (same time features and columns; each new vocabulary holds the old one)."""

@@ -190,11 +190,15 @@ def request_rows(model, lengths, times, now, columns, call: str) -> tuple:
     return ev_in, ev_out, offsets[:-1]
 
 
-def recommend(model, items, k, exclude, times, now, columns):
-    """:meth:`SessionGRU.recommend` of a context-aware model: ``items`` (n,) indices clicked at
-    ``times`` (n,) seconds, the request at ``now`` (seconds; its time context is the output
-    context), ``columns``: name -> (n,) values of the clicks' ``context_columns``."""
+def recommend(model, session_items, k, exclude, times, now, columns):
+    """:meth:`SessionGRU.recommend` of a context-aware model: the clicks ``session_items`` (n,)
+    original ids at ``times`` (n,) seconds, the request at ``now`` (seconds; its time context
+    is the output context), ``columns``: name -> (n,) values of the clicks'
+    ``context_columns``."""
+    from .base import check_request
     from .ranking import Exclusions
+    items = model.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
+    check_request(items, k)
     enc = encoder_of(model)
     n = len(items)
     if enc.time and (times is None or now is None):

@@ -8,13 +8,24 @@ sampled output layer. ``SessionGRU`` is the network with one ID subnet; ``Featur
 trainer of the device, :class:`gru_engine.epochs.EpochRun`), scoring,
 ``recommend``/``predict_next``, files.
 
+Extensions of the network (:data:`EXTENSIONS`: the context-aware GRU, :mod:`gru_engine.context`;
+the user-level GRU, :mod:`gru_engine.user_level`) keep their logic in their modules; the
+estimator asks each through the same hooks: ``fit_events`` / ``warm_events`` (what a fit /
+``partial_fit`` reads of the event table; None: the extension is off), ``start_fit`` /
+``start_warm`` (add its parameters; returns the trainer's keyword arguments) and
+``FITTED_ATTRS``. Scoring: :func:`gru_engine.context.scorer` (a context model's own scorers)
+and :func:`gru_engine.user_level.scorer_class` / :func:`~gru_engine.user_level.trainer_class`
+(the user GRU's subclasses of the plain scorers and trainers, same arguments).
+
 Backends (``device``): ``'cpu'`` (:mod:`gru_engine.backends.cpu`: the whole epoch in Numba),
 ``'cuda'`` (:mod:`gru_engine.backends.cuda`: CUDA kernels through CuPy; ``ValueError`` without
 CuPy and a GPU), ``'auto'`` (CUDA when CuPy sees a GPU, else CPU; checked once, lazily). Both
 trainers follow one interface, ``fill_store() / start_epoch(items, order, offsets) /
-rows_left() / run(max_steps) -> (loss_sum, events, finite) / host_params()``, consume the same
-negative-sample draws in the same order and give the same parameters up to float32 rounding
-(without dropout: the CUDA backend draws its dropout masks on the device).
+rows_left() / run(max_steps) -> (loss_sum, events, finite) / host_params()`` (and
+``follows_events`` / ``select_events(rows)`` for per-event data under augmentation:
+:class:`gru_engine.epochs.EpochRun`), consume the same negative-sample draws in the same order
+and give the same parameters up to float32 rounding (without dropout: the CUDA backend draws
+its dropout masks on the device).
 
 Fitted attributes:
     device_:          'cpu' | 'cuda', the backend that trained the model (and scores it)
@@ -37,7 +48,7 @@ import time
 
 import numpy as np
 
-from . import context
+from . import context, user_level
 from . import params as hp
 from .backends.device import Device
 from .base import SessionModel
@@ -48,6 +59,9 @@ from .sampling import seed_numba
 from .threads import resolve_threads, thread_limit, training_threads, warn_if_cpus_busy
 
 logger = logging.getLogger("gru_engine")
+
+#: the extension modules of the network, asked through the hooks of the module docstring
+EXTENSIONS = (context, user_level)
 
 
 def _resolve_device(name: str) -> Device | None:
@@ -94,13 +108,11 @@ class SessionGRU(SessionModel):
     (``'none'|'multiply'``), ``context_time`` (subset of ``('gap', 'hour', 'weekday')``; None:
     all three), ``context_columns`` (per-event categorical column names; None: none): the
     context-aware GRU (Smirnova & Vasile 2017), the current event's context on the input and
-    the next event's on the output; needs real timestamps for ``context_time``; on CPU and
-    CUDA (a CUDA-trained model scores on the device). ``context_transition``
-    (``'none'|'multiply'``): the paper's context-dependent hidden dynamics, layer 0's recurrent
-    matrix ``W_h(c) = diag(1 + W c) W_h`` of the current event's context. See
-    :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and the request's
-    time ``now``, ``predict_next`` per session ``times`` (and ``now``); checkpoints,
-    ``partial_fit``, augmentation, store snapshots and file scoring work as without context.
+    the next event's on the output; needs real timestamps for ``context_time``.
+    ``context_transition`` (``'none'|'multiply'``): the paper's context-dependent hidden
+    dynamics, layer 0's recurrent matrix ``W_h(c) = diag(1 + W c) W_h`` of the current event's
+    context. See :mod:`gru_engine.context`. ``recommend`` then takes the clicks' ``times`` and
+    the request's time ``now``, ``predict_next`` per session ``times`` (and ``now``).
     ``user_layers``, ``user_mode``, ``user_input``: the user-level GRU across a user's sessions
     (HRNN, Quadrana et al. RecSys 2017; :data:`gru_engine.params.USER_KEYS`,
     :mod:`gru_engine.user_level`): ``user_layers`` units (0: off, the default), fed to each
@@ -108,14 +120,11 @@ class SessionGRU(SessionModel):
     or both; the user GRU reads each finished session as the mean of its clicks' rows in a user
     input table (``'items'``, default) or as the session's last combined state (``'hidden'``).
     ``fit`` then needs a user column (``user_key``, default ``'UserId'``; missing values =
-    anonymous sessions, which, like a user's first session, run as plain sessions); training
-    walks users (user-parallel rows), on either device (``backends/cpu/user_trainer.py``,
-    ``backends/cuda/user_trainer.py``: the same steps, results equal to float32 rounding; a
-    CUDA-trained model also scores on the device); checkpoints and ``partial_fit``
-    (``user_key``) as for the plain model.
-    Scoring a user's session with the user state: :func:`gru_engine.evaluation.
-    evaluate_session_aware` (the scorer reads the users' history) or ``recommend(...,
-    user_sessions=...)``; without a user, a session scores as in the plain model.
+    anonymous sessions, which, like a user's first session, run as plain sessions). Scoring
+    with the user state: :func:`gru_engine.evaluation.evaluate_session_aware` or
+    ``recommend(..., user_sessions=...)``; without a user, a session scores as in the plain
+    model. Both extensions train and score on either device; checkpoints, ``partial_fit`` and
+    (context) augmentation, store snapshots and file scoring work as for the plain model.
 
     ``device``: ``'cpu'`` (default), ``'cuda'`` (needs CuPy and an NVIDIA GPU; ``ValueError``
     in ``fit`` otherwise) or ``'auto'`` (CUDA when available, else CPU). The backend used is
@@ -183,10 +192,7 @@ class SessionGRU(SessionModel):
     def _validated(self) -> dict:
         """The validated hyperparameters (``ValueError`` naming a bad one)."""
         p = hp.validate(self.get_params())
-        if context.enabled(p) and p.get("user_layers", 0) > 0:
-            raise ValueError("context_input/context_output and user_layers > 0 cannot be "
-                             "combined yet (the user-level trainer has no context input); use "
-                             "one of them")
+        user_level.check_options(p)
         if p["device"] == "cuda":
             _resolve_device("cuda")  # ValueError now, before the data is read, without a GPU
         return p
@@ -244,12 +250,8 @@ class SessionGRU(SessionModel):
         error names the epoch; its ``model`` attribute holds a fitted copy with the last good
         epoch's parameters (None when the first epoch diverged), and this model is unfitted.
         """
-        self._user_table = None
-        if hp.validate(self.get_params()).get("user_layers", 0) > 0:
-            from .user_level import fit_users
-            self._user_table = fit_users(data, session_key, user_key, self.user_layers)
         return self._fit_events(data, session_key, item_key, time_key, callback, None,
-                                checkpoint, resume)
+                                checkpoint, resume, user_key)
 
     def partial_fit(self, data, n_epochs=None, session_key: str | None = None,
                     item_key: str | None = None, time_key: str | None = None, callback=None,
@@ -281,20 +283,20 @@ class SessionGRU(SessionModel):
                                  None, user_key)
 
     def _fit_events(self, data, session_key, item_key, time_key, callback, item_features,
-                    checkpoint=None, resume=False):
+                    checkpoint=None, resume=False, user_key="UserId"):
         p = self._validated()  # fail before reading the data
         if resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=<folder>")
-        extra = {}
-        if context.enabled(p):
-            extra["context_table"] = data
+        events = {ext: ext.fit_events(p, data, session_key, user_key) for ext in EXTENSIONS}
         return SessionModel.fit(self, data, session_key=session_key, item_key=item_key,
                                 time_key=time_key, callback=callback,
                                 item_features=item_features, checkpoint=checkpoint,
-                                resume=resume, **extra)
+                                resume=resume, events=events)
 
     def _fit(self, sessions, callback=None, item_features=None, checkpoint=None, resume=False,
-             context_table=None):
+             events=None):
+        """Train the new network on ``sessions``; ``events``: per extension, what its
+        ``fit_events`` hook read of the event table (None: the extension is off)."""
         self._interrupted_usable = False
         p = self._validated()
         spec = self._network_spec(p)
@@ -310,15 +312,11 @@ class SessionGRU(SessionModel):
                               p["embedding"], spec["feature_layers"], encoded, rng)
         params = {k: layout[k] for k in PARAM_KEYS}
         params.update(self._output_params(p, encoded, n_items, layout["Hc"]))
-        ctx = None
-        if context.enabled(p):
-            ctx = context.fit_context(self, p, layout, params, sessions, context_table)
-        users = None
-        if p.get("user_layers", 0) > 0:
-            from .user_level import user_training
-            users = user_training(p, layout, params, sessions, self._user_table,
-                                  order_rng, rng)
-            self._user_table = None
+        extension_args = {}
+        for ext, read in (events or {}).items():
+            if read is not None:
+                extension_args.update(ext.start_fit(self, p, layout, params, sessions, read,
+                                                    order_rng, rng))
         support = sessions.item_support(n_items)
         self.device_ = "cpu" if device is None else "cuda"
         self.item_support_ = support
@@ -328,7 +326,7 @@ class SessionGRU(SessionModel):
         self.loss_history_, self.epoch_times_, self.events_per_s_ = [], [], []
         numba_state = numba_seed.generate_state(2)
         trainer = self._make_trainer(p, params, spec, support, device, int(numba_state[1]),
-                                     context=ctx, users=users)
+                                     **extension_args)
         run = EpochRun(self, p, trainer, sessions, order_rng, checkpoint)
         if device is None:
             warn_if_cpus_busy(resolve_threads(p["n_threads"]))
@@ -360,10 +358,8 @@ class SessionGRU(SessionModel):
             raise ValueError(f"n_epochs must be a positive integer, got {n_epochs!r}")
         _, item_ids, _ = extract_events(data, keys["session_key"], keys["item_key"],
                                         keys["time_key"])
-        user_table = None
-        if "UI" in self.params_:
-            from .user_level import fit_users
-            user_table = fit_users(data, keys["session_key"], user_key, p["user_layers"])
+        events = {ext: ext.warm_events(self, p, data, keys["session_key"], user_key)
+                  for ext in EXTENSIONS}
         old = self.item_index_
         new_ids = ItemIndex.from_events(item_ids).ids
         new_ids = new_ids[old.lookup(new_ids) < 0]
@@ -385,18 +381,15 @@ class SessionGRU(SessionModel):
         grown_state = None if state is None else {"acc": grown[0], "vel": grown[1]}
         support = np.concatenate([self.item_support_, np.zeros(len(new_ids), np.int64)])
         support = support + sessions.item_support(len(index))
-        before = {k: getattr(self, k) for k in ("item_index_", "item_support_", "params_",
-                                                 "loss_history_", "epoch_times_",
-                                                 "events_per_s_", "context_vocab_")
-                  if hasattr(self, k)}
+        kept = ("item_index_", "item_support_", "params_", "loss_history_", "epoch_times_",
+                "events_per_s_") + tuple(a for ext in EXTENSIONS for a in ext.FITTED_ATTRS)
+        before = {k: getattr(self, k) for k in kept if hasattr(self, k)}
         before["optimizer_state_"] = state
-        ctx = users = None
-        if context.enabled(p):  # new column values join the vocabulary (context_vocab_)
-            ctx = context.warm_context(self, p, params, grown_state, sessions, data)
-        if user_table is not None:
-            from .user_level import warm_users
-            users = warm_users(self, p, params, grown_state, len(new_ids), sessions,
-                               user_table, order_rng, grow_rng)
+        extension_args = {}
+        for ext, read in events.items():
+            if read is not None:
+                extension_args.update(ext.start_warm(self, p, params, grown_state, len(new_ids),
+                                                     sessions, read, order_rng, grow_rng))
         self.item_index_, self.item_support_, self.params_ = index, support, params
         self.loss_history_ = list(self.loss_history_)
         self.epoch_times_ = list(getattr(self, "epoch_times_", []))
@@ -406,8 +399,7 @@ class SessionGRU(SessionModel):
         p = dict(p, n_epochs=n_epochs)
         try:
             trainer = self._make_trainer(p, params, spec, support, device,
-                                         int(numba_state[1]), grown_state, context=ctx,
-                                         users=users)
+                                         int(numba_state[1]), grown_state, **extension_args)
             run = EpochRun(self, p, trainer, sessions, order_rng, None)
             numba_threads, blas_threads = training_threads(
                 p["loss"], params["Wy"].shape[1], resolve_threads(p["n_threads"]))
@@ -428,35 +420,24 @@ class SessionGRU(SessionModel):
     def _make_trainer(self, p, params, spec, support, device, seed, optimizer_state=None,
                       context=None, users=None):
         """The device's trainer over the initial ``params`` (see the module docstring);
-        ``context``: the context record of a context-aware network (:func:`gru_engine.context.
-        fit_context`; both backends); ``users``: keyword arguments of the device's
-        ``UserTrainer`` (a user-level GRU: ``backends/cpu/user_trainer.py``,
-        ``backends/cuda/user_trainer.py``)."""
+        ``context``: the context record of a context-aware network (both backends' trainers
+        take it); ``users``: the user-level GRU's trainer keyword arguments (its trainer then
+        is :func:`gru_engine.user_level.trainer_class`'s). Both come from the extensions'
+        ``start_fit``/``start_warm`` hooks."""
         hyper = hp.hyper(p)
         plan = epoch_plan(spec["strategy"], len(self.subnet_names_), p["n_epochs"])
-        sum_mode = spec["combine"] == "sum"
+        args = dict(sum_mode=spec["combine"] == "sum", plan=plan, names=self.subnet_names_,
+                    optimizer_state=optimizer_state, context=context, **(users or {}))
         logger.info("training on %s", "CPU" if device is None else f"CUDA ({device.name})")
         if device is None:
             from .backends.cpu import Trainer
             from .backends.cpu.compile import announce_compilation
             announce_compilation()
-            if users is not None:
-                from .backends.cpu.user_trainer import UserTrainer
-                return UserTrainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
-                                   names=self.subnet_names_, optimizer_state=optimizer_state,
-                                   context=context, **users)
-            return Trainer(params, hyper, support, sum_mode=sum_mode, plan=plan,
-                           names=self.subnet_names_, optimizer_state=optimizer_state,
-                           context=context)
+            cls = Trainer if users is None else user_level.trainer_class(device)
+            return cls(params, hyper, support, **args)
         from .backends.cuda import Trainer
-        if users is not None:
-            from .backends.cuda.user_trainer import UserTrainer
-            return UserTrainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
-                               names=self.subnet_names_, seed=seed,
-                               optimizer_state=optimizer_state, **users)
-        return Trainer(device, params, hyper, support, sum_mode=sum_mode, plan=plan,
-                       names=self.subnet_names_, seed=seed, optimizer_state=optimizer_state,
-                       context=context)
+        cls = Trainer if users is None else user_level.trainer_class(device)
+        return cls(device, params, hyper, support, seed=seed, **args)
 
     def _keep_after_interrupt(self) -> bool:
         return self._interrupted_usable
@@ -482,28 +463,22 @@ class SessionGRU(SessionModel):
         """A scorer built from scratch over ``params`` (default ``params_``): CUDA as in
         :meth:`scorer` unless ``device='cpu'``, else CPU."""
         self._check_fitted()
+        on_device = (params is None and device != "cpu"
+                     and getattr(self, "device_", "cpu") == "cuda")
+        dev = _resolve_device("cuda") if on_device else None
+        sc = context.scorer(self, params, dev)
+        if sc is not None:
+            return sc
         act, act_param = hp.parse_final_act(self.final_act)
         sum_mode = bool(self.params_["SI"][0, S_A] >= 0)  # combine weights exist only for 'sum'
-        if "context_in" in self.params_ and (params is None or params is self.params_):
-            from . import context_scoring
-            if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda":
-                return context_scoring.DeviceContextScorer(self, _resolve_device("cuda"))
-            return context_scoring.ContextScorer(self)
-        if params is None and device != "cpu" and getattr(self, "device_", "cpu") == "cuda":
-            if "UI" in self.params_:
-                from .backends.cuda.user_scorer import UserScorer
-                return UserScorer(_resolve_device("cuda"), self.params_, sum_mode,
-                                  (act, act_param), cache_on=self)
+        if dev is not None:
             from .backends.cuda import Scorer
-            return Scorer(_resolve_device("cuda"), self.params_, sum_mode, (act, act_param),
-                          cache_on=self)
-        if "UI" in self.params_:
-            from .backends.cpu_user_scoring import UserScorer
-            return UserScorer(self.params_ if params is None else params, sum_mode, act,
-                              act_param, resolve_threads(self.n_threads))
+            cls = user_level.scorer_class(self, dev) or Scorer
+            return cls(dev, self.params_, sum_mode, (act, act_param), cache_on=self)
         from .backends.cpu_scoring import Scorer
-        return Scorer(self.params_ if params is None else params, sum_mode, act, act_param,
-                      resolve_threads(self.n_threads))
+        cls = user_level.scorer_class(self, None) or Scorer
+        return cls(self.params_ if params is None else params, sum_mode, act, act_param,
+                   resolve_threads(self.n_threads))
 
     def evaluate(self, test, *args, **kwargs) -> dict:
         """Next-item evaluation (see :meth:`SessionModel.evaluate`), under ``n_threads``."""
@@ -512,7 +487,7 @@ class SessionGRU(SessionModel):
             return super().evaluate(test, *args, **kwargs)
 
     def _eval_scorer(self, sessions, test):
-        if "context_in" not in self.params_:
+        if not context.fitted(self):
             return self.scorer()
         from .context_scoring import scorer_for_sessions
         return scorer_for_sessions(self, sessions, test)
@@ -528,14 +503,9 @@ class SessionGRU(SessionModel):
         sequence of original item ids (unknown ids raise ``KeyError``; sessions of fewer than
         2 clicks are skipped); the session then starts from the user state they give. Without
         it (or when no earlier session has 2 clicks) the session scores as a plain session."""
-        if "context_in" in getattr(self, "params_", {}):
+        if context.fitted(self):
             from .context_scoring import recommend
-            items = self.item_index_.to_index(np.atleast_1d(np.asarray(session_items)))
-            if len(items) == 0:
-                raise ValueError("session_items is empty: a session needs at least one click")
-            if not (isinstance(k, (int, np.integer)) and k >= 1):
-                raise ValueError(f"k must be a positive integer, got {k!r}")
-            return recommend(self, items, k, exclude, times, now, columns)
+            return recommend(self, session_items, k, exclude, times, now, columns)
         if user_sessions is None:
             return super().recommend(session_items, k, exclude)
         self._check_fitted()
@@ -562,7 +532,7 @@ class SessionGRU(SessionModel):
         """
         self._check_fitted()
         seqs = [self.item_index_.to_index(np.atleast_1d(np.asarray(s))) for s in sessions_items]
-        if "context_in" not in self.params_ or not seqs:
+        if not context.fitted(self) or not seqs:
             return self._predict_next(self.scorer(), seqs)
         if any(len(s) == 0 for s in seqs):
             raise ValueError("every session needs at least one click")

@@ -152,6 +152,74 @@ def user_input_gates(UI, views, S, bags):
     return np.asarray(bag_matrix(bags, S, Wx.shape[0], Wx.dtype) @ Wx) + views["bx"]
 
 
+def check_options(p: dict) -> None:
+    """``ValueError`` when validated parameters ``p`` combine the user-level GRU with the
+    context-aware GRU (the user-level trainer has no context input)."""
+    from .context import enabled as context_enabled
+    if context_enabled(p) and p.get("user_layers", 0) > 0:
+        raise ValueError("context_input/context_output and user_layers > 0 cannot be "
+                         "combined yet (the user-level trainer has no context input); use "
+                         "one of them")
+
+
+def fit_events(p: dict, data, session_key: str, user_key: str):
+    """Hook of the estimator (:mod:`gru_engine.model`): what a fit with validated ``p`` reads
+    of the event table ``data``: its users (:func:`fit_users`), None when ``user_layers`` is
+    0 (or the estimator has no user GRU)."""
+    if p.get("user_layers", 0) > 0:
+        return fit_users(data, session_key, user_key, p["user_layers"])
+    return None
+
+
+def warm_events(model, p: dict, data, session_key: str, user_key: str):
+    """Hook: the users of the new event table of ``model.partial_fit``, None when ``model``
+    has no user GRU (its ``params_``, not the hyperparameters, decide)."""
+    if "UI" in model.params_:
+        return fit_users(data, session_key, user_key, p["user_layers"])
+    return None
+
+
+def start_fit(model, p, layout, params, sessions, user_table, order_rng, rng) -> dict:
+    """Hook: the user part of a new fit (:func:`user_training`). Returns the trainer's keyword
+    arguments (``users``: those of the user trainer, :func:`trainer_class`)."""
+    return {"users": user_training(p, layout, params, sessions, user_table, order_rng, rng)}
+
+
+def start_warm(model, p, params, state, n_new, sessions, user_table, order_rng, rng) -> dict:
+    """Hook: the user part of a warm start (:func:`warm_users`). Returns the trainer's keyword
+    arguments (``users``)."""
+    return {"users": warm_users(model, p, params, state, n_new, sessions, user_table,
+                                order_rng, rng)}
+
+
+#: fitted attributes besides ``params_`` that a warm start changes (none: users need no rows)
+FITTED_ATTRS = ()
+
+
+def trainer_class(device):
+    """The user-level trainer of ``device`` (None: the CPU, else a CUDA
+    :class:`~gru_engine.backends.device.Device`): a subclass of that backend's ``Trainer``
+    taking its arguments plus the ``users`` keyword arguments of :func:`start_fit`."""
+    if device is None:
+        from .backends.cpu.user_trainer import UserTrainer
+    else:
+        from .backends.cuda.user_trainer import UserTrainer
+    return UserTrainer
+
+
+def scorer_class(model, device):
+    """The user-level scorer class of a fitted ``model`` with a user GRU on ``device`` (None:
+    the CPU, else a CUDA ``Device``): a subclass of that backend's ``Scorer`` taking its
+    arguments; None for a model without a user GRU."""
+    if "UI" not in model.params_:
+        return None
+    if device is None:
+        from .backends.cpu_user_scoring import UserScorer
+    else:
+        from .backends.cuda.user_scorer import UserScorer
+    return UserScorer
+
+
 def fit_users(data, session_key: str, user_key: str, user_layers: int):
     """``(session ids (sorted), user of each, known)`` of a training table for a user-level
     model; ``ValueError`` naming ``user_key`` and the table's columns when it has no such
