@@ -339,6 +339,22 @@ def fitted(model) -> bool:
     return "context_in" in getattr(model, "params_", {})
 
 
+def serves(model, sessions_items, item_features) -> bool:
+    """Whether the context scorer answers ``recommend``/``predict_next`` of ``model`` (a
+    fitted context-aware model) for these sessions of original ids; ``ValueError`` when
+    ``item_features`` brings items new to the model (the context scorer has no rows for
+    them)."""
+    if not fitted(model):
+        return False
+    if item_features is not None:
+        flat = [np.atleast_1d(np.asarray(s)) for s in sessions_items]
+        flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+        if np.any(model.item_index_.lookup(flat) < 0):
+            raise ValueError("a context-aware model scores sessions of model items only; "
+                             "new items (item_features) are not supported with context")
+    return True
+
+
 def scorer(model, params, device):
     """Hook: the scorer of a fitted context-aware ``model`` over its own ``params_``
     (``params`` None or ``params_``): :class:`~gru_engine.context_scoring.DeviceContextScorer`

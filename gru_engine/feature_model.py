@@ -45,12 +45,14 @@ import logging
 
 import numpy as np
 
+from . import context
 from . import params as hp
 from .data import ItemIndex, extract_events, show_id
 from .features import _as_ids, encode_item_features, encode_new_items, validate_item_features
 from .model import SessionGRU
 from .network import ARCHITECTURES, COMBINES, STRATEGIES, grow_items, subnet_views, with_new_items
 from .output_features import build as build_output_features
+from .output_features import check_options as check_output_features
 from .output_features import extend_output_bags, merge_bags
 
 logger = logging.getLogger("gru_engine")
@@ -148,7 +150,7 @@ class FeatureSessionGRU(SessionGRU):
         if p["combine"] == "sum" and p["architecture"] == "parallel" and fl[-1] != p["layers"][-1]:
             raise ValueError(f"combine='sum' needs subnets of one size: "
                              f"layers[-1]={p['layers'][-1]} but feature_layers[-1]={fl[-1]}")
-        _check_output_features(p)
+        check_output_features(p)
         if p["strategy"] == "residual" and p["combine"] != "concat":
             raise ValueError("strategy='residual' needs combine='concat' (each subnet has its own "
                              "output block)")
@@ -287,7 +289,7 @@ class FeatureSessionGRU(SessionGRU):
         :meth:`SessionGRU.recommend` does (its sessions hold model items only).
         """
         self._check_fitted()
-        if self._context_call([session_items], item_features):
+        if context.serves(self, [session_items], item_features):
             return SessionGRU.recommend(self, session_items, k, exclude, times, now, columns)
         scorer, seqs = self._scorer_for([session_items], item_features)
         return self._recommend(scorer, seqs[0], k, exclude)
@@ -298,23 +300,10 @@ class FeatureSessionGRU(SessionGRU):
         ``item_features`` as in :meth:`recommend`; a context-aware model takes ``times``,
         ``now`` and ``columns`` as :meth:`SessionGRU.predict_next` does."""
         self._check_fitted()
-        if self._context_call(sessions_items, item_features):
+        if context.serves(self, sessions_items, item_features):
             return SessionGRU.predict_next(self, sessions_items, times, now, columns)
         scorer, seqs = self._scorer_for(sessions_items, item_features)
         return self._predict_next(scorer, seqs)
-
-    def _context_call(self, sessions_items, item_features) -> bool:
-        """Whether a context-aware model scores these sessions (``ValueError`` when they hold
-        items new to the model: the context scorer has no rows for them)."""
-        if "context_in" not in self.params_:
-            return False
-        if item_features is not None:
-            flat = [np.atleast_1d(np.asarray(s)) for s in sessions_items]
-            flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
-            if np.any(self.item_index_.lookup(flat) < 0):
-                raise ValueError("a context-aware model scores sessions of model items only; "
-                                 "new items (item_features) are not supported with context")
-        return True
 
     def _scorer_for(self, sessions_items, item_features):
         """``(scorer, index sequences)`` for sessions of original ids. New items listed in
@@ -351,21 +340,3 @@ class FeatureSessionGRU(SessionGRU):
         params = with_new_items(self.params_, n_items, bags,
                                 has_id=self.subnet_names_[0] == "id")
         return self.scorer(params), out
-
-
-def _check_output_features(p: dict) -> None:
-    """``ValueError`` for ``output_features`` that is not a bool, on an ``'id'`` network, or
-    with context input/output."""
-    of = p["output_features"]
-    if not isinstance(of, (bool, np.bool_)):
-        raise ValueError(f"output_features must be True or False, got {of!r}")
-    if not of:
-        return
-    if p["architecture"] == "id":
-        raise ValueError("output_features=True needs item features: architecture 'parallel' or "
-                         "'feature', got architecture='id'")
-    if (p["context_input"] != "none" or p["context_output"] != "none"
-            or p["context_transition"] != "none"):
-        raise ValueError("output_features=True cannot be combined with context_input/"
-                         "context_output yet (the context scorer has no output features); use "
-                         "one of them")

@@ -31,6 +31,24 @@ from .features import RAW
 OUTPUT_KEYS = ("Fy", "Fb", "oindptr", "oindices", "oweights")
 
 
+def check_options(p: dict) -> None:
+    """``ValueError`` for validated FeatureSessionGRU parameters ``p`` whose
+    ``output_features`` is not a bool, or is True on an ``'id'`` network or with context."""
+    from .context import enabled as context_enabled
+    of = p["output_features"]
+    if not isinstance(of, (bool, np.bool_)):
+        raise ValueError(f"output_features must be True or False, got {of!r}")
+    if not of:
+        return
+    if p["architecture"] == "id":
+        raise ValueError("output_features=True needs item features: architecture 'parallel' or "
+                         "'feature', got architecture='id'")
+    if context_enabled(p):
+        raise ValueError("output_features=True cannot be combined with context_input/"
+                         "context_output yet (the context scorer has no output features); use "
+                         "one of them")
+
+
 def source_rows(encoded) -> list:
     """Rows of ``Fy`` per encoded source: its table rows, or its vector length (raw dense)."""
     return [int(e.dim if e.kind == RAW else e.n_rows) for e in encoded]
