@@ -100,6 +100,13 @@ def make_ctx(cfg, Cin, Cout, bs: int, ev_in=None, ev_out=None, grads: bool = Tru
                dh=np.zeros((bs if grads else 0, Ch.shape[1]), dt))
 
 
+def kept_events(events: tuple, rows) -> tuple:
+    """The per-event table rows ``events`` (each (n, F) int32; a side that is off (0, F)) of
+    the training events ``rows`` ((n',) int, in epoch order: the kept events of augmented
+    sessions), for both backends' ``select_events``."""
+    return tuple(np.ascontiguousarray(ev[rows]) if len(ev) else ev for ev in events)
+
+
 @njit(cache=True, error_model="numpy")
 def context_rows(cx, cur, B):
     """Training: the context rows of the step's ``B`` rows from their current events ``cur``

@@ -17,7 +17,7 @@ from ...batching import schedule_advance, schedule_start
 from ...network import L_H, L_HOFF, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_ROFF, S_TAB
 from ...network import S_TCOLS, S_TOFF, S_TROWS, S_XOFF, T_OWN
 from ...sampling import SampleStore, draw
-from .context_step import CTR_NONE, context_rows, context_update
+from .context_step import CTR_NONE, context_rows, context_update, kept_events
 from .losses import CROSS_ENTROPY
 from .output_features import new_record, release_output_rows, update_output_features
 from .profile import (P_CARRY, P_MASKS, P_SAMPLING, P_SCHEDULE, new_profile, tick,
@@ -386,9 +386,8 @@ class Trainer:
     def select_events(self, rows) -> None:
         """The coming epoch trains on the training events ``rows`` ((n,) int, in their epoch
         order: the kept events of augmented sessions); their context rows go with them."""
-        ev_in, ev_out = self.event_context
-        pick = lambda ev: np.ascontiguousarray(ev[rows]) if len(ev) else ev
-        self.cx = self.cx._replace(ev_in=pick(ev_in), ev_out=pick(ev_out))
+        ev_in, ev_out = kept_events(self.event_context, rows)
+        self.cx = self.cx._replace(ev_in=ev_in, ev_out=ev_out)
 
     def host_params(self) -> dict:
         """The trained parameters (host arrays, updated in place during training)."""

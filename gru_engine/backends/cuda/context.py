@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cpu.context_step import (CIN_CONCAT, CIN_MULTIPLY, CIN_NONE, COUT_MULTIPLY, COUT_NONE,
-                                CTR_NONE)
+                                CTR_NONE, kept_events)
 from ..device import Device
 from .ops import BLOCK, grid
 
@@ -98,8 +98,7 @@ class DeviceContext:
         """Training: the coming epochs train on the training events ``rows`` ((n,) int, in
         their epoch order: the kept events of augmented sessions); :meth:`start_epoch`'s event
         numbers then count these (each kept event keeps its own table rows)."""
-        pick = lambda ev: np.ascontiguousarray(ev[rows]) if len(ev) else ev
-        self.events = tuple(pick(ev) for ev in self.all_events)
+        self.events = kept_events(self.all_events, rows)
 
     def start_epoch(self, events) -> None:
         """Training: the epoch's rows, ``events`` (n,) int the input event of every row of
