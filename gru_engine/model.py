@@ -8,14 +8,12 @@ sampled output layer. ``SessionGRU`` is the network with one ID subnet; ``Featur
 trainer of the device, :class:`gru_engine.epochs.EpochRun`), scoring,
 ``recommend``/``predict_next``, files.
 
-Extensions of the network (:data:`EXTENSIONS`: the context-aware GRU, :mod:`gru_engine.context`;
-the user-level GRU, :mod:`gru_engine.user_level`) keep their logic in their modules; the
-estimator asks each through the same hooks: ``fit_events`` / ``warm_events`` (what a fit /
-``partial_fit`` reads of the event table; None: the extension is off), ``start_fit`` /
-``start_warm`` (add its parameters; returns the trainer's keyword arguments) and
-``FITTED_ATTRS``. Scoring: :func:`gru_engine.context.scorer` (a context model's own scorers)
-and :func:`gru_engine.user_level.scorer_class` / :func:`~gru_engine.user_level.trainer_class`
-(the user GRU's subclasses of the plain scorers and trainers, same arguments).
+Extensions (:data:`EXTENSIONS`: :mod:`gru_engine.context`, :mod:`gru_engine.user_level`) keep
+their logic in their modules; the estimator asks each through the same hooks: ``fit_events`` /
+``warm_events`` (what a fit / ``partial_fit`` reads of the event table; None: off),
+``start_fit`` / ``start_warm`` (adds its parameters, returns the trainer's keyword arguments),
+``FITTED_ATTRS``; scoring: ``context.scorer`` (a context model's scorers), ``user_level.
+scorer_class`` / ``trainer_class`` (the user GRU's subclasses of the plain ones).
 
 Backends (``device``): ``'cpu'`` (:mod:`gru_engine.backends.cpu`: the whole epoch in Numba),
 ``'cuda'`` (:mod:`gru_engine.backends.cuda`: CUDA kernels through CuPy; ``ValueError`` without
@@ -284,10 +282,12 @@ class SessionGRU(SessionModel):
 
     def _fit_events(self, data, session_key, item_key, time_key, callback, item_features,
                     checkpoint=None, resume=False, user_key="UserId"):
-        p = self._validated()  # fail before reading the data
+        # the extensions' columns first: a missing user column is the first error, as it was
+        valid = hp.validate(self.get_params())
+        events = {ext: ext.fit_events(valid, data, session_key, user_key) for ext in EXTENSIONS}
+        p = self._validated()
         if resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=<folder>")
-        events = {ext: ext.fit_events(p, data, session_key, user_key) for ext in EXTENSIONS}
         return SessionModel.fit(self, data, session_key=session_key, item_key=item_key,
                                 time_key=time_key, callback=callback,
                                 item_features=item_features, checkpoint=checkpoint,
