@@ -54,8 +54,10 @@ def test_parts_equal_the_column_softmax(parts, elu, logq, n_distinct):
     dhc = np.zeros((B + 2, H))
     GY = np.zeros((C + B, H))
     gBy = np.zeros(C + B)
-    loss = cross_entropy_output(hc, dhc, Wc, bc, cmap, lq, np.zeros(C), B, C, U, parts, O_flat,
-                                ELU if elu else LINEAR, elu, logq, 3.0, GY, gBy, None)
+    src = (Wc, bc, np.arange(C, dtype=np.int32))
+    loss = cross_entropy_output(hc, dhc, Wc, bc, src, False, cmap, lq, np.zeros(C), B, C, U,
+                                parts, O_flat, ELU if elu else LINEAR, elu, logq, 3.0, GY, gBy,
+                                None)
     ref = _reference(hc, Wc, bc, cmap, lq, B, C, U, elu, logq, 3.0)
     np.testing.assert_allclose(loss, ref[0], rtol=1e-12)
     np.testing.assert_allclose(GY[:U], ref[1], rtol=1e-10, atol=1e-13)
@@ -69,9 +71,10 @@ def test_non_finite_score_gives_nan_loss():
     Wc = np.ones((C, H))
     Wc[4, 0] = np.inf
     cmap = np.arange(C, dtype=np.int32)
-    loss = cross_entropy_output(hc, np.zeros((B, H)), Wc, np.zeros(C), cmap, np.zeros(C),
-                                np.zeros(C), B, C, C, 2, np.zeros(B * C), LINEAR, 0.0, 0.0, 1.0,
-                                np.zeros((C, H)), np.zeros(C), None)
+    src = (Wc, np.zeros(C), cmap)
+    loss = cross_entropy_output(hc, np.zeros((B, H)), Wc, np.zeros(C), src, False, cmap,
+                                np.zeros(C), np.zeros(C), B, C, C, 2, np.zeros(B * C), LINEAR,
+                                0.0, 0.0, 1.0, np.zeros((C, H)), np.zeros(C), None)
     assert np.isnan(loss)
 
 
