@@ -65,19 +65,20 @@ def _scores_and_sums_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_
         S = O_flat[B * lo:B * hi].reshape(B, n)
         np.dot(hc[:B], Wc[lo:hi].T, S)
         r = scratch[h]
+        bh, lwh = bc[lo:hi], lw[lo:hi]  # not bc[lo + u]: that index does not vectorise (3x)
         for i in range(B):
             Si = S[i]
             pos = cmap[i] - lo
             if act == LINEAR:
                 if 0 <= pos < n:
-                    A_pos[i] = Si[pos] + bc[lo + pos]
+                    A_pos[i] = Si[pos] + bh[pos]
                 for u in range(n):
-                    r[u] = Si[u] + bc[lo + u] + lw[lo + u]
+                    r[u] = Si[u] + bh[u] + lwh[u]
             else:
                 if 0 <= pos < n:
-                    A_pos[i] = activate(Si[pos] + bc[lo + pos], act, act_param)
+                    A_pos[i] = activate(Si[pos] + bh[pos], act, act_param)
                 for u in range(n):
-                    r[u] = cast_like(r, activate(Si[u] + bc[lo + u], act, act_param)) + lw[lo + u]
+                    r[u] = cast_like(r, activate(Si[u] + bh[u], act, act_param)) + lwh[u]
             m, nb_row = row_max_finite(r, n)
             nb += nb_row
             e = Si if act == LINEAR else r  # the raw scores stay for the second pass
@@ -128,7 +129,7 @@ def _gradients_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param,
     else:
         S = O_flat[B * lo:B * hi].reshape(B, n)
         r = scratch[h]
-        g = gBy[lo:hi]
+        bh, lwh, g = bc[lo:hi], lw[lo:hi], gBy[lo:hi]
         for u in range(n):
             g[u] = 0.0
         for i in range(B):
@@ -146,13 +147,13 @@ def _gradients_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param,
                 m = cast_like(O_flat, MM[i])
                 cz = cast_like(O_flat, CZ[i])
                 for u in range(n):
-                    r[u] = activate(Si[u] + bc[lo + u], act, act_param)
+                    r[u] = activate(Si[u] + bh[u], act, act_param)
                 if has_pos:
-                    p = cast_like(O_flat, cz * fexp(r[pos] + lw[lo + pos] - m))
+                    p = cast_like(O_flat, cz * fexp(r[pos] + lwh[pos] - m))
                     d_pos = cast_like(O_flat, p - CC[i]) * (activate_grad(r[pos], act, act_param)
                                                              * inv_scale)
                 for u in range(n):
-                    Si[u] = (cast_like(O_flat, cz * fexp(r[u] + lw[lo + u] - m))
+                    Si[u] = (cast_like(O_flat, cz * fexp(r[u] + lwh[u] - m))
                              * (activate_grad(r[u], act, act_param) * inv_scale))
             if has_pos:
                 Si[pos] = d_pos
