@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...config import LOG_EPS
+from .blas import gemm_into
 from .losses import LINEAR, activate, activate_grad, row_max_finite, row_sum, slot_log_weights
 from .mathfuncs import cast_like, fexp
 from .profile import P_CE_GRADS, P_CE_JOIN, P_CE_SCORES, tick
@@ -63,7 +64,7 @@ def _scores_and_sums_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_
         if gather:
             copy_slot_rows(src, lo, hi, Wc, bc)
         S = O_flat[B * lo:B * hi].reshape(B, n)
-        np.dot(hc[:B], Wc[lo:hi].T, S)
+        gemm_into(hc[:B], Wc[lo:hi].T, S)
         r = scratch[h]
         bh, lwh = bc[lo:hi], lw[lo:hi]  # not bc[lo + u]: that index does not vectorise (3x)
         for i in range(B):
@@ -159,8 +160,8 @@ def _gradients_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param,
                 Si[pos] = d_pos
             for u in range(n):
                 g[u] += Si[u]
-        np.dot(S.T, hc[:B], GY[lo:hi])
-        np.dot(S, Wc[lo:hi], DH[h, :B])
+        gemm_into(S.T, hc[:B], GY[lo:hi])
+        gemm_into(S, Wc[lo:hi], DH[h, :B])
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
