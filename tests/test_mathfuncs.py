@@ -2,7 +2,8 @@
 import numpy as np
 from numba import njit
 
-from gru_engine.backends.cpu.mathfuncs import cast_like, fexp, frsqrt, fsigmoid, fsoftplus, ftanh
+from gru_engine.backends.cpu.mathfuncs import (cast_like, fexp, float32_of_ordered_bits, frsqrt,
+                                              fsigmoid, fsoftplus, ftanh, ordered_bits32)
 
 
 @njit(error_model="numpy")
@@ -72,3 +73,26 @@ def test_rsqrt():
     out64 = np.empty_like(x64)
     _rsqrt_all(x64, out64)
     np.testing.assert_allclose(out64, 1.0 / np.sqrt(x64), rtol=1e-15)
+
+
+@njit(error_model="numpy")
+def _ordered(x, k, back):
+    for i in range(len(x)):
+        k[i] = ordered_bits32(x[i])
+        back[i] = float32_of_ordered_bits(k[i])
+
+
+def test_ordered_bits_order_like_the_floats():
+    f = np.finfo(np.float32)
+    x = np.array([-np.inf, -f.max, -1.5, -f.tiny, -1e-45, -0.0, 0.0, 1e-45, f.tiny, 1.0, 1.5,
+                  f.max, np.inf], np.float32)
+    k, back = np.empty(len(x), np.int32), np.empty_like(x)
+    _ordered(x, k, back)
+    assert np.all(np.diff(k.astype(np.int64)) > 0)  # -0.0 just below +0.0
+    assert back.tobytes() == x.tobytes()
+    rng = np.random.default_rng(0)
+    y = (rng.normal(size=1000) * 10.0 ** rng.integers(-30, 30, 1000)).astype(np.float32)
+    ky, by = np.empty(len(y), np.int32), np.empty_like(y)
+    _ordered(y, ky, by)
+    assert np.array_equal(np.argsort(ky, kind="stable"), np.argsort(y, kind="stable"))
+    assert by.tobytes() == y.tobytes()

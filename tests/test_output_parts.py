@@ -3,9 +3,10 @@ softmax over the columns, and training results that do not depend on n_threads."
 import numba
 import numpy as np
 import pytest
+from numba import njit
 
 from gru_engine import SessionGRU
-from gru_engine.backends.cpu.losses import ELU, LINEAR
+from gru_engine.backends.cpu.losses import ELU, LINEAR, row_max_finite
 from gru_engine.backends.cpu.output_parts import cross_entropy_output
 from gru_engine.config import LOG_EPS
 
@@ -34,7 +35,8 @@ def _reference(hc, Wc, bc, cmap, lq, B, C, U, act_elu, logq, scale):
 @pytest.mark.parametrize("parts", [1, 2, 3])
 @pytest.mark.parametrize("elu, logq", [(0.0, 0.0), (0.0, 1.0), (0.5, 0.7)])
 @pytest.mark.parametrize("n_distinct", [1, 2, 9])
-def test_parts_equal_the_column_softmax(parts, elu, logq, n_distinct):
+@pytest.mark.parametrize("dtype, gather", [(np.float64, False), (np.float32, True)])
+def test_parts_equal_the_column_softmax(parts, elu, logq, n_distinct, dtype, gather):
     rng = np.random.default_rng(parts * 100 + n_distinct)
     B, n_sample, H = 5, 11, 4
     C = B + n_sample
@@ -46,33 +48,70 @@ def test_parts_equal_the_column_softmax(parts, elu, logq, n_distinct):
         order.setdefault(int(u), len(order))
     cmap = np.array([order[int(u)] for u in cmap], np.int32)
     U = len(order)
-    hc = rng.normal(size=(B + 2, H))
-    Wc = rng.normal(size=(C, H))
-    bc = rng.normal(size=C)
-    lq = rng.normal(size=C)
-    O_flat = np.zeros(B * C)
-    dhc = np.zeros((B + 2, H))
-    GY = np.zeros((C + B, H))
-    gBy = np.zeros(C + B)
-    loss = cross_entropy_output(hc, dhc, Wc, bc, cmap, lq, np.zeros(C), B, C, U, parts, O_flat,
+    hc = rng.normal(size=(B + 2, H)).astype(dtype)
+    Wy = rng.normal(size=(C + 3, H)).astype(dtype)
+    By = rng.normal(size=C + 3).astype(dtype)
+    rows = rng.permutation(C + 3)[:C].astype(np.int32)  # the slots' rows of Wy
+    lq = rng.normal(size=C).astype(dtype)
+    if gather:  # the parts copy their slots' rows; rows past U stay untouched
+        Wc, bc = np.full((C, H), np.nan, dtype), np.full(C, np.nan, dtype)
+    else:
+        Wc, bc = Wy[rows], By[rows]
+    O_flat = np.zeros(B * C, dtype)
+    dhc = np.zeros((B + 2, H), dtype)
+    GY = np.zeros((C + B, H), dtype)
+    gBy = np.zeros(C + B, dtype)
+    loss = cross_entropy_output(hc, dhc, Wc, bc, (Wy, By, rows), gather, cmap, lq,
+                                np.zeros(C, dtype), B, C, U, parts, O_flat,
                                 ELU if elu else LINEAR, elu, logq, 3.0, GY, gBy, None)
-    ref = _reference(hc, Wc, bc, cmap, lq, B, C, U, elu, logq, 3.0)
-    np.testing.assert_allclose(loss, ref[0], rtol=1e-12)
-    np.testing.assert_allclose(GY[:U], ref[1], rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(gBy[:U], ref[2], rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(dhc[:B], ref[3], rtol=1e-10, atol=1e-13)
+    np.testing.assert_array_equal(Wc[:U], Wy[rows[:U]])
+    np.testing.assert_array_equal(bc[:U], By[rows[:U]])
+    f64 = [a.astype(np.float64) for a in (hc, Wc, bc, lq)]
+    ref = _reference(f64[0], f64[1], f64[2], cmap, f64[3], B, C, U, elu, logq, 3.0)
+    tol = dict(rtol=1e-10, atol=1e-13) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(loss, ref[0], rtol=1e-12 if dtype == np.float64 else 1e-5)
+    np.testing.assert_allclose(GY[:U], ref[1], **tol)
+    np.testing.assert_allclose(gBy[:U], ref[2], **tol)
+    np.testing.assert_allclose(dhc[:B], ref[3], **tol)
 
 
-def test_non_finite_score_gives_nan_loss():
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("act, value", [(LINEAR, np.nan), (LINEAR, -np.nan), (LINEAR, np.inf),
+                                        (LINEAR, -np.inf), (ELU, np.nan), (ELU, np.inf)])
+def test_non_finite_score_gives_nan_loss(dtype, act, value):
+    """(ELU(-inf) = -1 is finite.)"""
     B, C, H = 3, 6, 2
-    hc = np.ones((B, H))
-    Wc = np.ones((C, H))
-    Wc[4, 0] = np.inf
+    hc = np.ones((B, H), dtype)
+    Wc = np.ones((C, H), dtype)
+    Wc[4, 0] = value
     cmap = np.arange(C, dtype=np.int32)
-    loss = cross_entropy_output(hc, np.zeros((B, H)), Wc, np.zeros(C), cmap, np.zeros(C),
-                                np.zeros(C), B, C, C, 2, np.zeros(B * C), LINEAR, 0.0, 0.0, 1.0,
-                                np.zeros((C, H)), np.zeros(C), None)
+    src = (Wc, np.zeros(C, dtype), cmap)
+    loss = cross_entropy_output(hc, np.zeros((B, H), dtype), Wc, np.zeros(C, dtype), src, False,
+                                cmap, np.zeros(C, dtype), np.zeros(C, dtype), B, C, C, 2,
+                                np.zeros(B * C, dtype), act, 1.0, 0.0, 1.0,
+                                np.zeros((C, H), dtype), np.zeros(C, dtype), None)
     assert np.isnan(loss)
+
+
+@njit(error_model="numpy")
+def _row_max_finite(r):
+    return row_max_finite(r, len(r))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_row_max_finite(dtype):
+    rng = np.random.default_rng(1)
+    big = np.finfo(dtype).max
+    for n in (1, 2, 17, 674):
+        x = (rng.normal(size=n) * 10).astype(dtype)
+        x[rng.integers(n)] = -big
+        assert _row_max_finite(x) == (x.max(), 0)
+        assert _row_max_finite(-x) == ((-x).max(), 0)
+        for value in (np.nan, -np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[rng.integers(n)] = value
+            assert _row_max_finite(y)[1] == 1
+    assert _row_max_finite(np.array([-0.0, -1.0], dtype))[0] == 0.0
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")

@@ -18,10 +18,12 @@ The step loss is the sum over the ``B`` rows divided by ``scale`` (the configure
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from ...config import LOG_EPS
-from .mathfuncs import cast_like, fexp, fsigmoid, fsoftplus
+from .mathfuncs import (cast_like, fexp, float32_of_ordered_bits, fsigmoid, fsoftplus,
+                        ordered_bits32)
 
 CROSS_ENTROPY, BPR_MAX, TOP1_MAX, BPR, TOP1 = 0, 1, 2, 3, 4
 LINEAR, RELU, TANH, LEAKY, ELU = 0, 1, 2, 3, 4
@@ -55,13 +57,35 @@ def activate_grad(y, act, param):
     return 1.0
 
 
-@njit(cache=True, error_model="numpy", fastmath={"nnan", "nsz"})
-def row_max(r, C):
-    """``max(r[:C])`` as a vector reduction (no NaN: callers detect NaN scores themselves)."""
-    m = r[0]
-    for j in range(1, C):
-        m = max(m, r[j])
-    return m
+def row_max_finite(r, C):
+    """``(max(r[:C]), number of NaN or infinite r[:C])`` (``C >= 1``; the max is meaningless
+    when the count is not 0). float32: one integer pass over the bits
+    (:func:`~.mathfuncs.ordered_bits32`), vectorised; float64: a plain loop (Numba only)."""
+    raise NotImplementedError("row_max_finite is for Numba-compiled code")
+
+
+@overload(row_max_finite, jit_options={"cache": True, "error_model": "numpy"})
+def _ov_row_max_finite(r, C):
+    if isinstance(r, types.Array) and r.dtype == types.float32:
+        def impl(r, C):
+            k = np.int32(-2147483648)
+            bad = 0
+            for j in range(C):
+                b = ordered_bits32(r[j])
+                k = max(k, b)
+                # the magnitude bits of r[j]: all exponent bits set = NaN or +-inf
+                bad += np.int32(b ^ (b >> np.int32(31))) >= np.int32(0x7F800000)
+            return float32_of_ordered_bits(k), bad
+        return impl
+
+    def impl64(r, C):
+        m = r[0]
+        bad = 0
+        for j in range(C):
+            m = max(m, r[j])
+            bad += (r[j] - r[j]) != 0.0
+        return m, bad
+    return impl64
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})

@@ -38,6 +38,21 @@ def _float32_bits_as_int32(typingctx, x):
 
 
 @njit(inline="always")
+def ordered_bits32(x):
+    """The bits of float32 ``x`` as an int32 that orders like ``x`` (-0.0 just below +0.0;
+    NaNs beyond the infinities, by their sign bit): max/min over floats become integer
+    reductions, which LLVM vectorises (float max reductions it does not)."""
+    b = _float32_bits_as_int32(x)
+    return np.int32(b ^ ((b >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
+
+@njit(inline="always")
+def float32_of_ordered_bits(k):
+    """Inverse of :func:`ordered_bits32`."""
+    return _int32_bits_as_float32(np.int32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+
+
+@njit(inline="always")
 def _rsqrt32(x):
     """1/sqrt(x) for positive normal float32 ``x``: the bit-pattern first guess (relative error
     < 3.5%) and three Newton steps (max relative error 1.5e-7, about 1 ulp; correctly rounded

@@ -21,22 +21,37 @@ import numpy as np
 from numba import njit, prange
 
 from ...config import LOG_EPS
-from .gru import column_sums
-from .losses import LINEAR, activate, activate_grad, row_max, row_sum, slot_log_weights
+from .blas import gemm_into
+from .losses import LINEAR, activate, activate_grad, row_max_finite, row_sum, slot_log_weights
 from .mathfuncs import cast_like, fexp
 from .profile import P_CE_GRADS, P_CE_JOIN, P_CE_SCORES, tick
 
 
 @njit(cache=True, error_model="numpy")
+def copy_slot_rows(src, lo, hi, Wc, bc):
+    """The gather of slots ``lo..hi-1``: ``Wc[u] = Wy[rowsY[u]]``, ``bc[u] = By[rowsY[u]]``;
+    ``src`` = ``(Wy, By, rowsY)``."""
+    Wy, By, rows = src
+    H = Wc.shape[1]
+    for u in range(lo, hi):
+        c = rows[u]
+        for k in range(H):  # an explicit loop: the slice assignment profiled 2x slower
+            Wc[u, k] = Wy[c, k]
+        bc[u] = By[c]
+
+
+@njit(cache=True, error_model="numpy")
 def _scores_and_sums_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z,
-                             A_pos, bad, scratch):
-    """First pass of part ``h`` (slots ``h U // P`` to ``(h + 1) U // P``): its scores ``S_h =
-    hc[:B] @ Wc[lo:hi].T`` in ``O_flat[B lo:B hi]`` as ``(B, hi - lo)``, and per row ``i``
-    ``M[h, i] = max_u (a_iu + lw_u)``, ``Z[h, i] = sum_u exp(a_iu + lw_u - M[h, i])`` (float64;
-    an empty part: -inf, 0), ``a = final_act(S + bc)``. With a linear final activation ``S_h``
-    is then overwritten with those exps. ``A_pos[i]``: ``a`` of row ``i``'s positive (slot
-    ``cmap[i]``), by the part that has it; ``bad[h]``: non-finite ``a`` count. scratch:
-    (P, >=U) of the scores' dtype."""
+                             A_pos, bad, scratch, src, gather):
+    """First pass of part ``h`` (slots ``h U // P`` to ``(h + 1) U // P``): with ``gather``
+    its slots' rows first (:func:`copy_slot_rows` from ``src``, on the part's own thread:
+    the rows are then in its core's cache for the products), its scores ``S_h = hc[:B] @
+    Wc[lo:hi].T`` in ``O_flat[B lo:B hi]`` as ``(B, hi - lo)``, and per row ``i`` ``M[h, i] =
+    max_u (a_iu + lw_u)``, ``Z[h, i] = sum_u exp(a_iu + lw_u - M[h, i])`` (float64; an empty
+    part: -inf, 0), ``a = final_act(S + bc)``. With a linear final activation ``S_h`` is then
+    overwritten with those exps. ``A_pos[i]``: ``a`` of row ``i``'s positive (slot
+    ``cmap[i]``), by the part that has it; ``bad[h]``: the count of non-finite ``a + lw``
+    (NaN or inf: the fast exp would hide them). scratch: (P, >=U) of the scores' dtype."""
     lo = h * U // P
     hi = (h + 1) * U // P
     n = hi - lo
@@ -46,34 +61,33 @@ def _scores_and_sums_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_
             M[h, i] = -np.inf
             Z[h, i] = 0.0
     else:
+        if gather:
+            copy_slot_rows(src, lo, hi, Wc, bc)
         S = O_flat[B * lo:B * hi].reshape(B, n)
-        np.dot(hc[:B], Wc[lo:hi].T, S)
+        gemm_into(hc[:B], Wc[lo:hi].T, S)
         r = scratch[h]
+        bh, lwh = bc[lo:hi], lw[lo:hi]  # not bc[lo + u]: that index does not vectorise (3x)
         for i in range(B):
             Si = S[i]
+            pos = cmap[i] - lo
             if act == LINEAR:
+                if 0 <= pos < n:
+                    A_pos[i] = Si[pos] + bh[pos]
                 for u in range(n):
-                    r[u] = Si[u] + bc[lo + u]
+                    r[u] = Si[u] + bh[u] + lwh[u]
             else:
+                if 0 <= pos < n:
+                    A_pos[i] = activate(Si[pos] + bh[pos], act, act_param)
                 for u in range(n):
-                    r[u] = activate(Si[u] + bc[lo + u], act, act_param)
+                    r[u] = cast_like(r, activate(Si[u] + bh[u], act, act_param)) + lwh[u]
+            m, nb_row = row_max_finite(r, n)
+            nb += nb_row
+            e = Si if act == LINEAR else r  # the raw scores stay for the second pass
             for u in range(n):
-                nb += (r[u] - r[u]) != 0.0  # NaN or inf (the fast exp would hide them)
-            pos = cmap[i]
-            if lo <= pos < hi:
-                A_pos[i] = r[pos - lo]
-            for u in range(n):
-                r[u] += lw[lo + u]
-            m = row_max(r, n)
-            for u in range(n):
-                r[u] = fexp(r[u] - m)
+                e[u] = fexp(r[u] - m)
             M[h, i] = m
-            Z[h, i] = row_sum(r, n)
-            if act == LINEAR:
-                for u in range(n):
-                    Si[u] = r[u]
+            Z[h, i] = row_sum(e, n)
     bad[h] = nb
-
 
 
 @njit(cache=True, error_model="numpy")
@@ -106,8 +120,8 @@ def _gradients_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param,
                        inv_scale, GY, gBy, DH, scratch):
     """Second pass of part ``h``: its slots' ``dS = dL/dS`` (the softmax gradient of the
     columns of a slot summed, times ``inv_scale``) over its exps (linear final activation) or
-    scores in ``O_flat``, ``gBy[lo:hi]`` (column sums), ``GY[lo:hi] = dS.T @ hc[:B]`` and the
-    partial ``DH[h, :B] = dS @ Wc[lo:hi]``."""
+    scores in ``O_flat``, ``gBy[lo:hi]`` (column sums, row by row), ``GY[lo:hi] = dS.T @
+    hc[:B]`` and the partial ``DH[h, :B] = dS @ Wc[lo:hi]``."""
     lo = h * U // P
     hi = (h + 1) * U // P
     n = hi - lo
@@ -116,36 +130,43 @@ def _gradients_of_part(h, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param,
     else:
         S = O_flat[B * lo:B * hi].reshape(B, n)
         r = scratch[h]
+        bh, lwh, g = bc[lo:hi], lw[lo:hi], gBy[lo:hi]
+        for u in range(n):
+            g[u] = 0.0
         for i in range(B):
             Si = S[i]
-            pos = cmap[i]
+            pos = cmap[i] - lo
+            has_pos = 0 <= pos < n
+            d_pos = cast_like(O_flat, 0.0)
             if act == LINEAR:  # Si holds exp(a + lw - M[h, i])
                 f = cast_like(O_flat, CZ[i] * np.exp(M[h, i] - MM[i]))
+                if has_pos:
+                    d_pos = cast_like(O_flat, f * Si[pos] - CC[i]) * inv_scale
                 for u in range(n):
-                    Si[u] = f * Si[u]
-                if lo <= pos < hi:
-                    Si[pos - lo] -= CC[i]
-                for u in range(n):
-                    Si[u] *= inv_scale
+                    Si[u] = f * Si[u] * inv_scale
             else:
                 m = cast_like(O_flat, MM[i])
                 cz = cast_like(O_flat, CZ[i])
                 for u in range(n):
-                    r[u] = activate(Si[u] + bc[lo + u], act, act_param)
+                    r[u] = activate(Si[u] + bh[u], act, act_param)
+                if has_pos:
+                    p = cast_like(O_flat, cz * fexp(r[pos] + lwh[pos] - m))
+                    d_pos = cast_like(O_flat, p - CC[i]) * (activate_grad(r[pos], act, act_param)
+                                                             * inv_scale)
                 for u in range(n):
-                    Si[u] = cz * fexp(r[u] + lw[lo + u] - m)
-                if lo <= pos < hi:
-                    Si[pos - lo] -= CC[i]
-                for u in range(n):
-                    Si[u] *= activate_grad(r[u], act, act_param) * inv_scale
-        column_sums(S, B, gBy[lo:hi], 0, n)
-        np.dot(S.T, hc[:B], GY[lo:hi])
-        np.dot(S, Wc[lo:hi], DH[h, :B])
+                    Si[u] = (cast_like(O_flat, cz * fexp(r[u] + lwh[u] - m))
+                             * (activate_grad(r[u], act, act_param) * inv_scale))
+            if has_pos:
+                Si[pos] = d_pos
+            for u in range(n):
+                g[u] += Si[u]
+        gemm_into(S.T, hc[:B], GY[lo:hi])
+        gemm_into(S, Wc[lo:hi], DH[h, :B])
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def run_parts(grads, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z, A_pos, bad,
-              MM, CZ, CC, inv_scale, GY, gBy, DH, scratch):
+              MM, CZ, CC, inv_scale, GY, gBy, DH, scratch, src, gather):
     """Every part ``h < P`` on the Numba threads: the first pass
     (:func:`_scores_and_sums_of_part`), or with ``grads`` the second
     (:func:`_gradients_of_part`). One parallel kernel for both passes: each parallel kernel
@@ -157,15 +178,17 @@ def run_parts(grads, hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z
                                act_param, M, MM, CZ, CC, inv_scale, GY, gBy, DH, scratch)
         else:
             _scores_and_sums_of_part(np.int64(h), hc, Wc, bc, lw, cmap, B, U, P, O_flat, act,
-                                     act_param, M, Z, A_pos, bad, scratch)
+                                     act_param, M, Z, A_pos, bad, scratch, src, gather)
 
 @njit(cache=True, error_model="numpy")
-def cross_entropy_output(hc, dhc, Wc, bc, cmap, lq, lw, B, C, U, P, O_flat, act, act_param,
-                         logq, scale, GY, gBy, prof):
-    """Scores, cross-entropy and gradients of the ``U`` gathered slots (``Wc``, ``bc``) in
-    ``P`` parts: ``GY[:U]``, ``gBy[:U]`` the slots' gradient rows, ``dhc[:B]``. ``lw`` (>=U,)
-    gets the slots' log weights. Returns the step loss (sum over rows / ``scale``; NaN when a
-    score is not finite). ``prof``: ``None`` or a profile (:mod:`.profile`)."""
+def cross_entropy_output(hc, dhc, Wc, bc, src, gather, cmap, lq, lw, B, C, U, P, O_flat, act,
+                         act_param, logq, scale, GY, gBy, prof):
+    """Scores, cross-entropy and gradients of the ``U`` slots in ``P`` parts: ``GY[:U]``,
+    ``gBy[:U]`` the slots' gradient rows, ``dhc[:B]``. ``Wc[:U]``, ``bc[:U]``: the slots'
+    rows, gathered by the parts from ``src = (Wy, By, rowsY)`` with ``gather``, else already
+    there. ``lw`` (>=U,) gets the slots' log weights. Returns the step loss (sum over rows /
+    ``scale``; NaN when a score is not finite). ``prof``: ``None`` or a profile
+    (:mod:`.profile`)."""
     slot_log_weights(cmap, lq, C, U, logq, lw)
     dt = O_flat.dtype
     M = np.empty((P, B))
@@ -178,14 +201,14 @@ def cross_entropy_output(hc, dhc, Wc, bc, cmap, lq, lw, B, C, U, P, O_flat, act,
     inv_scale = cast_like(O_flat, 1.0 / scale)
     # np.bool_, not the literals: Numba would compile run_parts once per literal value
     run_parts(np.bool_(False), hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z,
-              A_pos, bad, MM, CZ, CC, inv_scale, GY, gBy, DH, scratch)
+              A_pos, bad, MM, CZ, CC, inv_scale, GY, gBy, DH, scratch, src, gather)
     tick(prof, P_CE_SCORES)
     if bad.sum() > 0:
         return np.nan
     total = softmax_join(cmap, lq, B, logq, M, Z, A_pos, MM, CZ, CC)
     tick(prof, P_CE_JOIN)
     run_parts(np.bool_(True), hc, Wc, bc, lw, cmap, B, U, P, O_flat, act, act_param, M, Z,
-              A_pos, bad, MM, CZ, CC, inv_scale, GY, gBy, DH, scratch)
+              A_pos, bad, MM, CZ, CC, inv_scale, GY, gBy, DH, scratch, src, np.bool_(False))
     tick(prof, P_CE_GRADS)
     for i in range(B):
         for k in range(hc.shape[1]):

@@ -55,7 +55,7 @@ from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_
 from .losses import loss_forward_backward
 from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
 from .output_features import add_output_features, scatter_output_gradients
-from .output_parts import cross_entropy_output
+from .output_parts import copy_slot_rows, cross_entropy_output
 from .profile import (P_ADA_DENSE, P_ADA_SPARSE, P_DH_GEMM, P_DWH_GEMM, P_DWX_GEMM, P_DWY_GEMM,
                       P_DX_GEMM, P_GATES, P_GRU_BACK, P_H_GEMM, P_IN_GATHER, P_IN_GEMM, P_LOSS,
                       P_OUT_GATHER, P_SCORE_GEMM, P_SPARSE, tick, tick_gemm)
@@ -288,9 +288,10 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of, rank):
     :class:`OutBuf`, ``sp``: :class:`Sparse`, ``hy``: :class:`~gru_engine.params.Hyper`;
     ``of``: None or the output features' record (:mod:`.output_features`: their rows are added
     to the gathered ``Wc``/``bc``). ``rank`` (``ob.rank``, an argument of its own so that Numba
-    compiles only the branch of its type): None for cross-entropy, all of it after the gather
-    in the parts of :mod:`.output_parts` (on threads); else the ranking loss ``hy.loss`` with
-    ``rank`` its scratch. Returns ``(step loss, U)``."""
+    compiles only the branch of its type): None for cross-entropy, all of it after the slot
+    mapping in the parts of :mod:`.output_parts` (on threads; each part gathers its own rows,
+    except under output features); else the ranking loss ``hy.loss`` with ``rank`` its
+    scratch. Returns ``(step loss, U)``."""
     Wy, By, cols, Wc, bc, cmap = net.Wy, net.By, ob.cols, ob.Wc, ob.bc, ob.cmap
     slot, rows = sp.slotY, sp.rowsY
     H = hc.shape[1]
@@ -302,19 +303,20 @@ def output_forward_backward(hc, dhc, B, C, net, ob, sp, hy, prof, of, rank):
             u = U
             slot[c] = u
             rows[u] = c
-            for k in range(H):  # an explicit loop: the slice assignment profiled 2x slower
-                Wc[u, k] = Wy[c, k]
-            bc[u] = By[c]
             U += 1
         cmap[j] = u
+    src = (Wy, By, rows)
+    gather_here = rank is not None or of is not None  # else the parts copy their own rows
+    if gather_here:
+        copy_slot_rows(src, 0, U, Wc, bc)
     if of is not None:
         add_output_features(of, rows, U, Wc, bc)
     tick(prof, P_OUT_GATHER)
     if rank is None:
-        total = cross_entropy_output(hc, dhc, Wc, bc, cmap, ob.lq, ob.ra, B, C, U,
-                                     TRAIN_OUTPUT_PARTS, ob.O_flat, hy.final_act,
-                                     hy.final_act_param, hy.logq, float(hy.batch_size), sp.GY,
-                                     sp.gBy, prof)
+        total = cross_entropy_output(hc, dhc, Wc, bc, src, np.bool_(not gather_here), cmap,
+                                     ob.lq, ob.ra, B, C, U, TRAIN_OUTPUT_PARTS, ob.O_flat,
+                                     hy.final_act, hy.final_act_param, hy.logq,
+                                     float(hy.batch_size), sp.GY, sp.gBy, prof)
         return total, U
     S = ob.O_flat[:B * U].reshape(B, U)
     np.dot(hc[:B], Wc[:U].T, S)
