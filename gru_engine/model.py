@@ -285,7 +285,7 @@ class SessionGRU(SessionModel):
         # the extensions' columns first: a missing user column is the first error, as it was
         valid = hp.validate(self.get_params())
         events = {ext: ext.fit_events(valid, data, session_key, user_key) for ext in EXTENSIONS}
-        p = self._validated()
+        self._validated()  # the other checks, before the events are read
         if resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=<folder>")
         return SessionModel.fit(self, data, session_key=session_key, item_key=item_key,
