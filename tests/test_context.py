@@ -188,10 +188,12 @@ def test_input_context_column_learns_the_event_type(cin):
     assert ids[0] == 3
 
 
-def _mixed_data(seed=2):
+def _mixed_data(seed=2, n_sessions=150):
+    """Sessions of 2-6 clicks on 30 items with times and a 'Type'; a smaller ``n_sessions``
+    gives the first sessions of the larger set."""
     rng = np.random.default_rng(seed)
     rows = []
-    for s in range(150):
+    for s in range(n_sessions):
         t = T0 + rng.integers(0, 86400 * 7)
         for _ in range(rng.integers(2, 7)):
             t += float(rng.integers(1, 4000))

@@ -227,6 +227,7 @@ FIT_CASES = {
                                   constrained_embedding=False, embedding=4),
 }
 TRAINED = ("theta", "T", "Wy", "By", "context_in", "context_out", "context_h")
+FIT_SESSIONS = 60  # 257 events of the first 60 sessions: resets, a shrinking last batch
 
 
 def _assert_fits_equal(cpu, gpu, tol=2e-5, same_device=False):
@@ -246,7 +247,7 @@ def _assert_fits_equal(cpu, gpu, tol=2e-5, same_device=False):
 @pytest.mark.parametrize("case", sorted(FIT_CASES))
 def test_fits_equal_cpu(cuda_model, case):
     kw = {**BASE, **FIT_CASES[case]}
-    data = _mixed_data()
+    data = _mixed_data(n_sessions=FIT_SESSIONS)
     cpu = SessionGRU(**kw).fit(data)
     gpu = SessionGRU(**kw, device="cuda").fit(data)
     _assert_fits_equal(cpu, gpu)
@@ -258,7 +259,7 @@ def test_augmented_fits_equal_cpu(cuda_model, case):
     on the device as on the CPU (``Trainer.select_events``)."""
     kw = {**BASE, **FIT_CASES[case], "n_epochs": 3, "augment_crop_p": 0.5,
           "augment_drop_p": 0.3}
-    data = _mixed_data()
+    data = _mixed_data(n_sessions=FIT_SESSIONS)
     cpu = SessionGRU(**kw).fit(data)
     gpu = SessionGRU(**kw, device="cuda").fit(data)
     _assert_fits_equal(cpu, gpu)
@@ -267,7 +268,7 @@ def test_augmented_fits_equal_cpu(cuda_model, case):
 def test_feature_model_fit_with_an_inactive_id_subnet_equals_cpu(cuda_model):
     """Alternating strategy: the ID subnet (with the input context) sits out every other
     epoch, while the tables keep their momentum updates."""
-    data = _mixed_data()
+    data = _mixed_data(n_sessions=FIT_SESSIONS)
     feats = {"cat": CategoricalFeatures(np.arange(30), np.arange(30) % 4, dim=3)}
     kw = dict(BASE, n_epochs=3, architecture="parallel", feature_layers=[4],
               strategy="alternating", context_input="multiply", context_output="multiply",
@@ -283,7 +284,7 @@ def test_feature_model_fit_with_an_inactive_id_subnet_equals_cpu(cuda_model):
     dict(context_input="concat", context_transition="multiply", constrained_embedding=False)])
 def test_graph_replays_equal_uncaptured_steps(cuda_model, monkeypatch, case):
     kw = {**BASE, **case}
-    data = _mixed_data()
+    data = _mixed_data(n_sessions=FIT_SESSIONS)
     runs = {}
     make = SessionGRU._make_trainer
     for graphs in (False, True):
