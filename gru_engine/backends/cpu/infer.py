@@ -54,7 +54,7 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
                 for j in range(H):
                     hp[i, j] = state[rows[i], st0 + j]
     for s in range(net.SI.shape[0]):
-        subnet_forward(s, net, items, R, bs, wk, cx, None)
+        subnet_forward(s, net, items, R, bs, wk, cx, None, False)
     Hc = hc_aug.shape[1] - 1
     hc = hc_aug[:, :Hc]
     combine_forward(net, active, R, bs, wk.Y, hc, sum_mode)
