@@ -49,8 +49,8 @@ def _task(t, net, active, train, sum_mode, freeze_out, in_items, B, wk, sp, opt,
     if t == 0:
         step_backward(net, active, train, sum_mode, in_items, B, wk, sp, hy, cx, prof)
     else:
-        update_wy_rows(net, active, train, sum_mode, freeze_out, opt, sp, sp.counts[1], True,
-                       hy.learning_rate, hy.momentum)
+        update_wy_rows(net, active, train, sum_mode, freeze_out, opt, sp, sp.counts[1],
+                       np.bool_(True), hy.learning_rate, hy.momentum)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)

@@ -509,8 +509,9 @@ def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, 
     gradients of the trained subnets and of the output layer; ``sp.counts`` gets ``[n Wy rows,
     n output rows]``; table rows per subnet are in ``sp.nT``. Slots stay set (release with
     :func:`step_update` or :func:`release_all`). Returns the step loss."""
+    # np.bool_, not the literal: Numba would compile the callees once more for it
     total = step_forward_output(net, active, sum_mode, in_items, B, C, wk, ob, sp, hy, cx,
-                                prof, of, False)
+                                prof, of, np.bool_(False))
     step_backward(net, active, train, sum_mode, in_items, B, wk, sp, hy, cx, prof)
     return total
 
@@ -581,7 +582,8 @@ def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, m
                 a, b = toff + r * tc, toff + (r + 1) * tc
                 adagrad_flat(T[a:b], sp.GT[goff + u * tc:goff + (u + 1) * tc], opt.acc_t[a:b],
                              opt.vel_t[a:b], lr, mom)
-    update_wy_rows(net, active, train, sum_mode, freeze_out, opt, sp, nY, False, lr, mom)
+    update_wy_rows(net, active, train, sum_mode, freeze_out, opt, sp, nY, np.bool_(False), lr,
+                   mom)
     for u in range(n_out):
         sp.early[u] = False
     adagrad_rows_1d(net.By, opt.acc_b, opt.vel_b, sp.rowsY, sp.gBy, n_out, lr, mom)
