@@ -74,7 +74,7 @@ at = list(inspect.signature(train_steps.py_func).parameters).index("prof")
 with warnings.catch_warnings():
     warnings.simplefilter("error")  # cached code gives no valid assembly: fail, not pass
     asm, asm_prof = train_steps.inspect_asm(plain), train_steps.inspect_asm(prof)
-print(len(asm), "rdtsc" in asm, "step_forward_backward" in asm, "rdtsc" in asm_prof)
+print(len(asm), "rdtsc" in asm, "step_forward_output" in asm, "rdtsc" in asm_prof)
 """
 
 

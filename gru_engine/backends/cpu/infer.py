@@ -2,6 +2,7 @@
 sessions' state rows, with the layer, combine and context kernels of :mod:`.step`."""
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from ...network import L_H, L_HOFF, L_STOFF
@@ -54,7 +55,7 @@ def infer_step(net, active, sum_mode, rows, items, new_session, state, wk, hc_au
                 for j in range(H):
                     hp[i, j] = state[rows[i], st0 + j]
     for s in range(net.SI.shape[0]):
-        subnet_forward(s, net, items, R, bs, wk, cx, None)
+        subnet_forward(s, net, items, R, bs, wk, cx, None, np.bool_(False))
     Hc = hc_aug.shape[1] - 1
     hc = hc_aug[:, :Hc]
     combine_forward(net, active, R, bs, wk.Y, hc, sum_mode)

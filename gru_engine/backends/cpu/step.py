@@ -51,7 +51,7 @@ from .context_step import (CIN_CONCAT, CIN_MULTIPLY, CIN_NONE, COUT_NONE, CTR_NO
                            context_output_backward, context_output_forward,
                            context_transition_backward, context_transition_forward,
                            context_zero_grads)
-from .gru import column_sums, dropout_mask, gru_backward, gru_forward, multiply_rows
+from .gru import column_sums, dropout_mask, gemm_pair, gru_backward, gru_forward, multiply_rows
 from .losses import loss_forward_backward
 from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
 from .output_features import add_output_features, scatter_output_gradients
@@ -128,7 +128,8 @@ class Sparse(NamedTuple):
     """Sparse gradient accumulators. slotY (n_items,) int32 (-1: no row), rowsY (cap,) int32,
     GY (cap, Hc), gBy (cap,): rows of Wy / By; slotT (table rows of all own tables,) int32,
     rowsT, GT (flat), nT (S,) int64: table rows per subnet (capacities in ``SI[:, S_GCAP]``);
-    counts (2,) int64: ``[n Wy rows, n output rows]``."""
+    counts (2,) int64: ``[n Wy rows, n output rows]``; early (cap,) bool: the Wy rows updated
+    beside the backward (:mod:`.overlap`; all False between steps)."""
     slotY: np.ndarray
     rowsY: np.ndarray
     GY: np.ndarray
@@ -138,6 +139,7 @@ class Sparse(NamedTuple):
     GT: np.ndarray
     nT: np.ndarray
     counts: np.ndarray
+    early: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,11 +200,13 @@ def gather_input(s, net, in_items, B, bs, Xf, M0f):
 
 
 @njit(cache=True, error_model="numpy")
-def subnet_forward(s, net, in_items, B, bs, wk, cx, prof):
+def subnet_forward(s, net, in_items, B, bs, wk, cx, prof, two):
     """Forward of subnet ``s`` for the first ``B`` rows: input gather, its GRU layers, outputs
     ``y = h' * mask`` per layer (buffers of ``wk``, a :class:`Work`); subnet 0 takes the input
     context of ``cx`` (:mod:`.context_step`; None: no context, whose hooks then compile to
-    nothing)."""
+    nothing). ``two``: a layer's input and hidden products run side by side on two Numba
+    threads (:func:`~.gru.gemm_pair`; same results); the input GEMM phase of a profile then
+    holds both."""
     SI, LI, theta = net.SI, net.LI, net.theta
     X = gather_input(s, net, in_items, B, bs, wk.Xf, wk.M0f)
     cin = cx.cfg[0] if cx is not None and s == 0 else CIN_NONE
@@ -214,16 +218,31 @@ def subnet_forward(s, net, in_items, B, bs, wk, cx, prof):
         H = LI[g, L_H]
         gx = block_view(wk.GX, LI[g, L_GOFF], bs, 3 * H)
         bx = theta[LI[g, L_BX]:LI[g, L_BX] + 3 * H]
-        if g == l0:
-            if SI[s, S_KIND] == K_DIRECT:
-                for i in range(B):
-                    for k in range(3 * H):
-                        gx[i, k] = X[i, k] + bx[k]
-                tick(prof, P_IN_GATHER)
+        hp = block_view(wk.HP, LI[g, L_HOFF], bs, H)
+        ho = block_view(wk.HO, LI[g, L_HOFF], bs, H)
+        gh = block_view(wk.GH, LI[g, L_GOFF], bs, 3 * H)
+        Wh = flat_view(theta, LI[g, L_WH], H, 3 * H)
+        hw = hp  # the previous state as Wh reads it (context_transition: modulated)
+        if cx is not None and s == 0 and g == l0 and cx.cfg[2] != CTR_NONE:
+            hw = context_transition_forward(cx, hp, B)
+        direct = g == l0 and SI[s, S_KIND] == K_DIRECT
+        paired = two and not direct
+        if direct:
+            for i in range(B):
+                for k in range(3 * H):
+                    gx[i, k] = X[i, k] + bx[k]
+            tick(prof, P_IN_GATHER)
+        else:
+            xin = X if g == l0 else block_view(wk.Y, LI[g - 1, L_HOFF], bs, LI[g, L_IN])
+            Wx = flat_view(theta, LI[g, L_WX], LI[g, L_IN], 3 * H)
+            if paired:
+                gemm_pair(xin[:B], Wx, gx[:B], hw[:B], Wh, gh[:B])
             else:
-                np.dot(X[:B], flat_view(theta, LI[g, L_WX], LI[g, L_IN], 3 * H), gx[:B])
-                add_bias(gx, bx, B)
-                tick_gemm(prof, P_IN_GEMM, B, 3 * H, LI[g, L_IN])
+                np.dot(xin[:B], Wx, gx[:B])
+            add_bias(gx, bx, B)
+            # paired: both products, as the one of [x | h] with [Wx; Wh] they amount to
+            tick_gemm(prof, P_IN_GEMM, B, 3 * H, LI[g, L_IN] + (H if paired else 0))
+        if g == l0:
             if cx is not None and cin == CIN_CONCAT:
                 context_input_gates(cx, gx, B)
             if s == 0 and wk.GU.shape[0] > 0:
@@ -231,20 +250,9 @@ def subnet_forward(s, net, in_items, B, bs, wk, cx, prof):
                 for i in range(B):
                     for k in range(3 * H):
                         gx[i, k] += gu[i, k]
-        else:
-            Hp = LI[g - 1, L_H]
-            np.dot(block_view(wk.Y, LI[g - 1, L_HOFF], bs, Hp)[:B],
-                   flat_view(theta, LI[g, L_WX], LI[g, L_IN], 3 * H), gx[:B])
-            add_bias(gx, bx, B)
-            tick_gemm(prof, P_IN_GEMM, B, 3 * H, Hp)
-        hp = block_view(wk.HP, LI[g, L_HOFF], bs, H)
-        ho = block_view(wk.HO, LI[g, L_HOFF], bs, H)
-        gh = block_view(wk.GH, LI[g, L_GOFF], bs, 3 * H)
-        hw = hp  # the previous state as Wh reads it (context_transition: modulated)
-        if cx is not None and s == 0 and g == l0 and cx.cfg[2] != CTR_NONE:
-            hw = context_transition_forward(cx, hp, B)
-        np.dot(hw[:B], flat_view(theta, LI[g, L_WH], H, 3 * H), gh[:B])
-        tick_gemm(prof, P_H_GEMM, B, 3 * H, H)
+        if not paired:
+            np.dot(hw[:B], Wh, gh[:B])
+            tick_gemm(prof, P_H_GEMM, B, 3 * H, H)
         gru_forward(gx, hp, theta[LI[g, L_BHN]:LI[g, L_BHN] + H], gh,
                     block_view(wk.GA, LI[g, L_GOFF], bs, 3 * H), ho, B)
         y = block_view(wk.Y, LI[g, L_HOFF], bs, H)
@@ -452,14 +460,14 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
 
 
 @njit(cache=True, error_model="numpy")
-def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, sp, hy, cx,
-                          prof, of):
-    """Forward over the active subnets, sampled loss, and the gradients of the trained subnets
-    and of the output layer (steps 4-7); context (``cx``, :mod:`.context_step`; None without)
-    on subnet 0's input and on the combined state, its gradients in ``cx.gin``/``cx.gout``. ``sp.counts``
-    gets ``[n Wy rows, n output rows]``; table rows per subnet are in ``sp.nT``; ``of`` (None
-    or the output features' record) gets its rows' gradients. Slots stay set (release with
-    :func:`step_update` or :func:`release_all`). Returns the step loss."""
+def step_forward_output(net, active, sum_mode, in_items, B, C, wk, ob, sp, hy, cx, prof, of,
+                        two):
+    """Forward over the active subnets, sampled loss and the output layer's gradients (steps
+    4-6 up to ``wk.dhc``; ``two``: see :func:`subnet_forward`); context (``cx``,
+    :mod:`.context_step`; None without) on subnet 0's input and on the combined state;
+    ``of`` (None or the output features' record) gets its rows' gradients. ``sp.counts`` gets
+    ``[n output rows, n output rows]`` (:func:`step_backward` adds the input rows). Returns
+    the step loss."""
     S = net.SI.shape[0]
     bs = hy.batch_size
     if cx is not None:
@@ -467,23 +475,46 @@ def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, 
     for s in range(S):
         sp.nT[s] = 0
         if active[s]:
-            subnet_forward(s, net, in_items, B, bs, wk, cx, prof)
+            subnet_forward(s, net, in_items, B, bs, wk, cx, prof, two)
     combine_forward(net, active, B, bs, wk.Y, wk.hc, sum_mode)
     if cx is not None and cx.cfg[1] != COUT_NONE:
         context_output_forward(cx, wk.hc, B)
     tick(prof, P_GATES)
-    total, nY = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy, prof, of,
-                                        ob.rank)
+    total, n_out = output_forward_backward(wk.hc, wk.dhc, B, C, net, ob, sp, hy, prof, of,
+                                           ob.rank)
     if cx is not None and cx.cfg[1] != COUT_NONE:
         context_output_backward(cx, wk.dhc, B)
-    n_out = nY
     if of is not None:
         scatter_output_gradients(of, sp.rowsY, n_out, sp.GY, sp.gBy)
-    for s in range(S):
-        if active[s] and train[s]:
-            nY = subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof)
-    sp.counts[0] = nY
+    sp.counts[0] = n_out
     sp.counts[1] = n_out
+    return total
+
+
+@njit(cache=True, error_model="numpy")
+def step_backward(net, active, train, sum_mode, in_items, B, wk, sp, hy, cx, prof):
+    """Gradients of the trained subnets from ``wk.dhc`` (steps 6-7 after
+    :func:`step_forward_output`; their context's in ``cx.gin``); ``sp.counts[0]`` gets the
+    number of ``Wy`` rows (output rows, then rows met only as constrained input)."""
+    nY = sp.counts[1]
+    for s in range(net.SI.shape[0]):
+        if active[s] and train[s]:
+            nY = subnet_backward(s, net, in_items, B, hy.batch_size, wk, sum_mode, sp, nY, cx,
+                                 prof)
+    sp.counts[0] = nY
+
+
+@njit(cache=True, error_model="numpy")
+def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, sp, hy, cx,
+                          prof, of):
+    """:func:`step_forward_output` then :func:`step_backward` (steps 4-7, one thread): the
+    gradients of the trained subnets and of the output layer; ``sp.counts`` gets ``[n Wy rows,
+    n output rows]``; table rows per subnet are in ``sp.nT``. Slots stay set (release with
+    :func:`step_update` or :func:`release_all`). Returns the step loss."""
+    # np.bool_, not the literal: Numba would compile the callees once more for it
+    total = step_forward_output(net, active, sum_mode, in_items, B, C, wk, ob, sp, hy, cx,
+                                prof, of, np.bool_(False))
+    step_backward(net, active, train, sum_mode, in_items, B, wk, sp, hy, cx, prof)
     return total
 
 
@@ -501,30 +532,19 @@ def release_all(SI, sp):
 # update
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, mom, prof):
-    """Adagrad + momentum (step 8): dense ranges and tables of the trained subnets; rows of
-    ``Wy`` in the column blocks being trained (output rows: every active subnet's block, or only
-    the trained ones' under ``freeze_out``; rows met only as constrained input: the ID block);
-    ``By`` on the output rows. ``opt``: the trainer's optimiser state record. Releases the
-    slots."""
-    SI, theta, T, Wy = net.SI, net.theta, net.T, net.Wy
+def update_wy_rows(net, active, train, sum_mode, freeze_out, opt, sp, n, early, lr, mom):
+    """Adagrad + momentum of the step's ``Wy`` rows ``u < n`` (``sp.rowsY``) whose
+    ``sp.early[u]`` is ``early``, in the column blocks being trained (output rows: every active
+    subnet's block, or only the trained ones' under ``freeze_out``; rows met only as
+    constrained input: the ID block). Rows are independent: any split of them gives the same
+    results."""
+    SI, Wy = net.SI, net.Wy
     S = SI.shape[0]
-    nY, n_out = sp.counts[0], sp.counts[1]
-    for s in range(S):
-        if not (active[s] and train[s]):
-            continue
-        d0, d1 = SI[s, S_D0], SI[s, S_D1]
-        adagrad_flat(theta[d0:d1], gtheta[d0:d1], opt.acc_d[d0:d1], opt.vel_d[d0:d1], lr, mom)
-        tick(prof, P_ADA_DENSE)
-        if SI[s, S_TAB] == T_OWN and sp.nT[s] > 0:
-            tc, toff, goff, roff = SI[s, S_TCOLS], SI[s, S_TOFF], SI[s, S_GOFF], SI[s, S_ROFF]
-            for u in range(sp.nT[s]):
-                r = sp.rowsT[roff + u]
-                a, b = toff + r * tc, toff + (r + 1) * tc
-                adagrad_flat(T[a:b], sp.GT[goff + u * tc:goff + (u + 1) * tc], opt.acc_t[a:b],
-                             opt.vel_t[a:b], lr, mom)
+    n_out = sp.counts[1]
     acc_y, vel_y, GY = opt.acc_y, opt.vel_y, sp.GY
-    for u in range(nY):
+    for u in range(n):
+        if sp.early[u] != early:
+            continue
         r = sp.rowsY[u]
         for s in range(1 if sum_mode else S):  # one call site: adagrad_flat is inlined
             if sum_mode:
@@ -540,6 +560,34 @@ def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, m
             else:
                 c0, c1 = SI[s, S_C0], SI[s, S_C1]
             adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1], lr, mom)
+
+
+@njit(cache=True, error_model="numpy")
+def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, mom, prof):
+    """Adagrad + momentum (step 8): dense ranges and tables of the trained subnets; the
+    ``Wy`` rows (:func:`update_wy_rows`) except those marked ``sp.early`` (updated already,
+    beside the backward: :mod:`.overlap`; the marks are cleared); ``By`` on the output rows.
+    ``opt``: the trainer's optimiser state record. Releases the slots."""
+    SI, theta, T = net.SI, net.theta, net.T
+    S = SI.shape[0]
+    nY, n_out = sp.counts[0], sp.counts[1]
+    for s in range(S):
+        if not (active[s] and train[s]):
+            continue
+        d0, d1 = SI[s, S_D0], SI[s, S_D1]
+        adagrad_flat(theta[d0:d1], gtheta[d0:d1], opt.acc_d[d0:d1], opt.vel_d[d0:d1], lr, mom)
+        tick(prof, P_ADA_DENSE)
+        if SI[s, S_TAB] == T_OWN and sp.nT[s] > 0:
+            tc, toff, goff, roff = SI[s, S_TCOLS], SI[s, S_TOFF], SI[s, S_GOFF], SI[s, S_ROFF]
+            for u in range(sp.nT[s]):
+                r = sp.rowsT[roff + u]
+                a, b = toff + r * tc, toff + (r + 1) * tc
+                adagrad_flat(T[a:b], sp.GT[goff + u * tc:goff + (u + 1) * tc], opt.acc_t[a:b],
+                             opt.vel_t[a:b], lr, mom)
+    update_wy_rows(net, active, train, sum_mode, freeze_out, opt, sp, nY, np.bool_(False), lr,
+                   mom)
+    for u in range(n_out):
+        sp.early[u] = False
     adagrad_rows_1d(net.By, opt.acc_b, opt.vel_b, sp.rowsY, sp.gBy, n_out, lr, mom)
     release_all(SI, sp)
     tick(prof, P_ADA_SPARSE)

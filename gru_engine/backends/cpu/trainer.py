@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -20,10 +21,11 @@ from ...sampling import SampleStore, draw
 from .context_step import CTR_NONE, context_rows, context_update, kept_events
 from .losses import CROSS_ENTROPY
 from .output_features import new_record, release_output_rows, update_output_features
-from .profile import (P_CARRY, P_MASKS, P_SAMPLING, P_SCHEDULE, new_profile, tick,
-                      tick_start)
+from .overlap import backward_beside_output_rows, mark_early_rows
+from .profile import (P_ADA_SPARSE, P_CARRY, P_MASKS, P_SAMPLING, P_SCHEDULE, new_profile,
+                      tick, tick_start)
 from .step import (Net, OutBuf, Sparse, Work, block_view, draw_masks, release_all,
-                   step_forward_backward, step_update)
+                   step_backward, step_forward_backward, step_forward_output, step_update)
 
 logger = logging.getLogger("gru_engine")
 
@@ -124,9 +126,11 @@ def carry_hidden(hp, y, reset, src, n_rows):
 def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, min_rows,
                 draw_dropout, hy, cx, prof, of):
     """Up to ``max_steps`` steps (all remaining when < 0) of the epoch started by
-    :func:`epoch_start`. ``flags`` (3,) bool ``[interleave, freeze_out, sum_mode]``: with
-    ``interleave`` the trained subnet is ``state[4] % S`` (global step count); ``draw_dropout`` False
-    keeps the dropout masks in ``wk`` as they are (tests). Returns ``(sum of step_loss * rows,
+    :func:`epoch_start`. ``flags`` (4,) bool ``[interleave, freeze_out, sum_mode,
+    two_threads]``: with ``interleave`` the trained subnet is ``state[4] % S`` (global step
+    count); with ``two_threads`` the step's independent products and updates run side by
+    side on two Numba threads (:func:`~.gru.gemm_pair`, :mod:`.overlap`; the same results);
+    ``draw_dropout`` False keeps the dropout masks in ``wk`` as they are (tests). Returns ``(sum of step_loss * rows,
     events, finite)``; stops at the first non-finite step loss (``finite`` False, parameters of
     that step not updated). ``cx``: None or the context record (:mod:`.context_step`);
     ``prof``: ``None`` or a per-phase profile (:mod:`.profile`); ``of``:
@@ -134,7 +138,7 @@ def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, m
     S = net.SI.shape[0]
     LI = net.LI
     bs = hy.batch_size
-    interleave, freeze_out, sum_mode = flags[0], flags[1], flags[2]
+    interleave, freeze_out, sum_mode, two = flags[0], flags[1], flags[2], flags[3]
     loss_sum = 0.0
     events = 0
     steps = 0
@@ -158,14 +162,21 @@ def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, m
             draw_masks(net, active, B, bs, wk.M0f, wk.MK, hy.dropout_p_embed,
                        hy.dropout_p_hidden)
         tick(prof, P_MASKS)
-        step_loss = step_forward_backward(net, active, train, sum_mode, sc.in_items, B, C, wk,
-                                          ob, sp, hy, cx, prof, of)
+        step_loss = step_forward_output(net, active, sum_mode, sc.in_items, B, C, wk, ob, sp,
+                                        hy, cx, prof, of, two)
         if not np.isfinite(step_loss):
             release_all(net.SI, sp)
             if of is not None:
                 release_output_rows(of)
             finite = False
             break
+        if two:
+            mark_early_rows(net, active, train, sc.in_items, B, sp)
+            backward_beside_output_rows(net, active, train, sum_mode, freeze_out, sc.in_items,
+                                        B, wk, sp, opt, hy, cx, prof)
+            tick(prof, P_ADA_SPARSE)
+        else:
+            step_backward(net, active, train, sum_mode, sc.in_items, B, wk, sp, hy, cx, prof)
         step_update(net, active, train, sum_mode, freeze_out, wk.gtheta, opt, sp,
                     hy.learning_rate, hy.momentum, prof)
         if cx is not None:
@@ -275,7 +286,8 @@ class Trainer:
             slotT=np.full(max(int(SI[own, S_TROWS].sum()), 1), -1, np.int32),
             rowsT=np.zeros(max(int(SI[own, S_GCAP].sum()), 1), np.int32),
             GT=z(max(int((SI[own, S_GCAP] * SI[own, S_TCOLS]).sum()), 1)),
-            nT=np.zeros(S, np.int64), counts=np.zeros(2, np.int64))
+            nT=np.zeros(S, np.int64), counts=np.zeros(2, np.int64),
+            early=np.zeros(cmax + bs, np.bool_))
         self.sched_state = np.zeros(5, np.int64)
         self.rows = dict(cur=np.zeros(bs, np.int64), end=np.zeros(bs, np.int64),
                          src=np.zeros(bs, np.int64), reset=np.zeros(bs, np.bool_),
@@ -283,7 +295,7 @@ class Trainer:
         self.sched = None
         self.active = np.ones(S, np.bool_)
         self.train = np.ones(S, np.bool_)
-        self.flags = np.array([False, False, bool(sum_mode)])
+        self.flags = np.array([False, False, bool(sum_mode), False])
         self.draw_masks = True
         self.plan, self.epoch = plan, 0
         self.names = list(names) if names is not None else [str(s) for s in range(S)]
@@ -413,6 +425,8 @@ class Trainer:
         """Up to ``max_steps`` steps (-1: to the end of the epoch).
         Returns ``(sum of step_loss * rows, events, finite)``."""
         st = Store(samples=self.store.samples, cdf=self.store.cdf, log_support=self.log_support)
+        # BLAS runs on one thread whenever Numba has more (threads.training_threads)
+        self.flags[3] = numba.get_num_threads() >= 2
         return train_steps(max_steps, self.net, self.sched, st, self.work, self.out,
                            self.sparse, self.opt, self.active, self.train, self.flags,
                            self.min_rows, self.draw_masks, self.hyper, self.cx, self.prof,
