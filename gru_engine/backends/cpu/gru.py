@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .blas import gemm_into
 from .mathfuncs import cast_like, fsigmoid, ftanh
 
 
@@ -49,14 +50,14 @@ def gru_forward(gx, h, bhn, gh, gates, hout, B):
 def gemm_pair(A0, B0, C0, A1, B1, C1):
     """``C0 = A0 @ B0`` and ``C1 = A1 @ B1`` side by side, one per Numba thread (a layer's
     input and hidden products ``x Wx``, ``h Wh``: independent). The same BLAS calls as one
-    after the other, so the same results; for training with BLAS on one thread
+    after the other (:func:`~.blas.gemm_into`), so the same results; for training with BLAS on one thread
     (:func:`gru_engine.threads.training_threads`), where each product would leave the other
     thread idle."""
     for t in prange(2):
         if t == 0:
-            np.dot(A0, B0, C0)
+            gemm_into(A0, B0, C0)
         else:
-            np.dot(A1, B1, C1)
+            gemm_into(A1, B1, C1)
 
 
 @njit(cache=True, error_model="numpy")

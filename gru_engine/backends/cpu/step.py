@@ -51,6 +51,7 @@ from .context_step import (CIN_CONCAT, CIN_MULTIPLY, CIN_NONE, COUT_NONE, CTR_NO
                            context_output_backward, context_output_forward,
                            context_transition_backward, context_transition_forward,
                            context_zero_grads)
+from .blas import gemm_into
 from .gru import column_sums, dropout_mask, gemm_pair, gru_backward, gru_forward, multiply_rows
 from .losses import loss_forward_backward
 from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
@@ -238,7 +239,7 @@ def subnet_forward(s, net, in_items, B, bs, wk, cx, prof, two):
             if paired:
                 gemm_pair(xin[:B], Wx, gx[:B], hw[:B], Wh, gh[:B])
             else:
-                np.dot(xin[:B], Wx, gx[:B])
+                gemm_into(xin[:B], Wx, gx[:B])
             add_bias(gx, bx, B)
             # paired: both products, as the one of [x | h] with [Wx; Wh] they amount to
             tick_gemm(prof, P_IN_GEMM, B, 3 * H, LI[g, L_IN] + (H if paired else 0))
@@ -251,7 +252,7 @@ def subnet_forward(s, net, in_items, B, bs, wk, cx, prof, two):
                     for k in range(3 * H):
                         gx[i, k] += gu[i, k]
         if not paired:
-            np.dot(hw[:B], Wh, gh[:B])
+            gemm_into(hw[:B], Wh, gh[:B])
             tick_gemm(prof, P_H_GEMM, B, 3 * H, H)
         gru_forward(gx, hp, theta[LI[g, L_BHN]:LI[g, L_BHN] + H], gh,
                     block_view(wk.GA, LI[g, L_GOFF], bs, 3 * H), ho, B)
@@ -412,15 +413,15 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
         if cx is not None and s == 0 and g == l0 and cx.cfg[2] != CTR_NONE:
             hw = cx.hmod
             context_transition_backward(cx, dgh, flat_view(theta, LI[g, L_WH], H, 3 * H), hp, B)
-        np.dot(hw[:B].T, dgh[:B], flat_view(gtheta, LI[g, L_WH], H, 3 * H))
+        gemm_into(hw[:B].T, dgh[:B], flat_view(gtheta, LI[g, L_WH], H, 3 * H))
         tick_gemm(prof, P_DWH_GEMM, H, 3 * H, B)
         if g > l0:
             Hp = LI[g - 1, L_H]
             Wx = flat_view(theta, LI[g, L_WX], Hp, 3 * H)
-            np.dot(block_view(wk.Y, LI[g - 1, L_HOFF], bs, Hp)[:B].T, dgx[:B],
+            gemm_into(block_view(wk.Y, LI[g - 1, L_HOFF], bs, Hp)[:B].T, dgx[:B],
                    flat_view(gtheta, LI[g, L_WX], Hp, 3 * H))
             tick_gemm(prof, P_DWX_GEMM, Hp, 3 * H, B)
-            np.dot(dgx[:B], Wx.T, block_view(wk.DY, LI[g - 1, L_HOFF], bs, Hp)[:B])
+            gemm_into(dgx[:B], Wx.T, block_view(wk.DY, LI[g - 1, L_HOFF], bs, Hp)[:B])
             tick_gemm(prof, P_DX_GEMM, B, Hp, 3 * H)
         elif kind == K_DIRECT:
             for i in range(B):
@@ -431,10 +432,10 @@ def subnet_backward(s, net, in_items, B, bs, wk, sum_mode, sp, nY, cx, prof):
             tick(prof, P_GRU_BACK)
         else:
             Wx = flat_view(theta, LI[g, L_WX], din, 3 * H)
-            np.dot(X[:B].T, dgx[:B], flat_view(gtheta, LI[g, L_WX], din, 3 * H))
+            gemm_into(X[:B].T, dgx[:B], flat_view(gtheta, LI[g, L_WX], din, 3 * H))
             tick_gemm(prof, P_DWX_GEMM, din, 3 * H, B)
             if tab != T_NONE or cin == CIN_MULTIPLY:
-                np.dot(dgx[:B], Wx.T, DX[:B])
+                gemm_into(dgx[:B], Wx.T, DX[:B])
                 tick_gemm(prof, P_DX_GEMM, B, din, 3 * H)
             if cx is not None and cin == CIN_MULTIPLY:
                 context_input_backward(cx, DX[:B], B)
