@@ -9,7 +9,8 @@ from gru_engine import SessionGRU
 from gru_engine.backends.cpu import Trainer
 from gru_engine.backends.cpu.gru import gemm_pair
 from gru_engine.backends.cpu.overlap import mark_early_rows
-from gru_engine.backends.cpu.step import release_all, step_forward_output
+from gru_engine.backends.cpu.step import step_forward_output
+from gru_engine.backends.cpu.update import release_all
 from gru_engine.feature_model import FeatureSessionGRU
 from gru_engine.features import CategoricalFeatures
 from gru_engine.network import PARAM_KEYS, build_layout

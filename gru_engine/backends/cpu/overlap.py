@@ -6,7 +6,7 @@ Adagrad of the output rows of ``Wy`` (most of the step's rows) touch different a
 the output rows that are also constrained-input rows of the step: the backward adds their
 input gradient, so their update waits. :func:`mark_early_rows` marks the others, and
 :func:`backward_beside_output_rows` runs the backward on one thread and their update on the
-other; :func:`.step.step_update` then updates the rest. Every row is updated once with its
+other; :func:`.update.step_update` then updates the rest. Every row is updated once with its
 complete gradient, in the same arithmetic as on one thread: the same results. For training
 with BLAS on one thread (:func:`gru_engine.threads.training_threads`); the trainer takes this
 path when Numba has two threads or more.
@@ -17,7 +17,8 @@ import numpy as np
 from numba import njit, prange
 
 from ...network import S_IPOFF, S_TAB, T_WY
-from .step import step_backward, update_wy_rows
+from .step import step_backward
+from .update import update_wy_rows
 
 
 @njit(cache=True, error_model="numpy")
@@ -57,7 +58,7 @@ def _task(t, net, active, train, sum_mode, freeze_out, in_items, B, wk, sp, opt,
 def backward_beside_output_rows(net, active, train, sum_mode, freeze_out, in_items, B, wk, sp,
                                 opt, hy, cx, prof):
     """:func:`.step.step_backward` on one thread beside the update of the rows marked by
-    :func:`mark_early_rows` (:func:`.step.update_wy_rows`) on another. ``prof``: the
+    :func:`mark_early_rows` (:func:`.update.update_wy_rows`) on another. ``prof``: the
     backward's phases are timed (the other task is not); the caller's next tick gets the wait
     for the other task."""
     for t in prange(2):

@@ -21,8 +21,9 @@ One training step (all gradients use the parameters as they were before the step
    ``dbhn``, ``dWx = x^T dgx``, ``dbx``, ``dx = dgx Wx^T``;
 7. sparse sums per row: output rows of ``Wy``/``By`` first (step 6 writes them), then
    constrained-input rows of ``Wy`` (``dx * mask0``), then table rows per subnet;
-8. Adagrad + momentum (``optim.py``): dense ranges of ``theta`` and the touched table rows of the
-   trained subnets, the touched ``Wy`` rows in the trained column blocks, ``By`` on output rows;
+8. Adagrad + momentum (``update.py``, with ``optim.py``): dense ranges of ``theta`` and the
+   touched table rows of the trained subnets, the touched ``Wy`` rows in the trained column
+   blocks, ``By`` on output rows;
 9. carry: ``hprev = y`` (the dropped-out output), compacted/zeroed by the schedule.
 
 The kernels take records (:class:`Net`, :class:`Work`, :class:`OutBuf`, :class:`Sparse`) instead
@@ -43,21 +44,21 @@ from numba import njit
 
 from ...config import TRAIN_OUTPUT_PARTS
 from ...network import (K_DIRECT, K_RAW, L_BHN, L_BX, L_GOFF, L_H, L_HOFF, L_IN, L_WH,
-                        L_WX, S_A, S_C0, S_C1, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_KIND,
+                        L_WX, S_A, S_C0, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_KIND,
                         S_L0, S_L1, S_ROFF, S_SOFF, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0,
-                        S_XOFF, T_NONE, T_OWN, T_WY)
+                        S_XOFF, T_NONE, T_WY)
+from .blas import gemm_into
 from .context_step import (CIN_CONCAT, CIN_MULTIPLY, CIN_NONE, COUT_NONE, CTR_NONE,
                            context_input_backward, context_input_forward, context_input_gates,
                            context_output_backward, context_output_forward,
                            context_transition_backward, context_transition_forward,
                            context_zero_grads)
-from .blas import gemm_into
 from .gru import column_sums, dropout_mask, gemm_pair, gru_backward, gru_forward, multiply_rows
 from .losses import loss_forward_backward
-from .optim import adagrad_flat, adagrad_rows_1d, claim_row, release_rows
+from .optim import claim_row
 from .output_features import add_output_features, scatter_output_gradients
 from .output_parts import copy_slot_rows, cross_entropy_output
-from .profile import (P_ADA_DENSE, P_ADA_SPARSE, P_DH_GEMM, P_DWH_GEMM, P_DWX_GEMM, P_DWY_GEMM,
+from .profile import (P_DH_GEMM, P_DWH_GEMM, P_DWX_GEMM, P_DWY_GEMM,
                       P_DX_GEMM, P_GATES, P_GRU_BACK, P_H_GEMM, P_IN_GATHER, P_IN_GEMM, P_LOSS,
                       P_OUT_GATHER, P_SCORE_GEMM, P_SPARSE, tick, tick_gemm)
 
@@ -511,87 +512,12 @@ def step_forward_backward(net, active, train, sum_mode, in_items, B, C, wk, ob, 
     """:func:`step_forward_output` then :func:`step_backward` (steps 4-7, one thread): the
     gradients of the trained subnets and of the output layer; ``sp.counts`` gets ``[n Wy rows,
     n output rows]``; table rows per subnet are in ``sp.nT``. Slots stay set (release with
-    :func:`step_update` or :func:`release_all`). Returns the step loss."""
+    :func:`.update.step_update` or :func:`.update.release_all`). Returns the step loss."""
     # np.bool_, not the literal: Numba would compile the callees once more for it
     total = step_forward_output(net, active, sum_mode, in_items, B, C, wk, ob, sp, hy, cx,
                                 prof, of, np.bool_(False))
     step_backward(net, active, train, sum_mode, in_items, B, wk, sp, hy, cx, prof)
     return total
-
-
-@njit(cache=True, error_model="numpy")
-def release_all(SI, sp):
-    """Reset every slot used by the last step."""
-    release_rows(sp.slotY, sp.rowsY, sp.counts[0])
-    for s in range(SI.shape[0]):
-        if sp.nT[s] > 0:
-            release_rows(sp.slotT[SI[s, S_SOFF]:SI[s, S_SOFF] + SI[s, S_TROWS]],
-                         sp.rowsT[SI[s, S_ROFF]:SI[s, S_ROFF] + SI[s, S_GCAP]], sp.nT[s])
-
-
-# ---------------------------------------------------------------------------------------------
-# update
-# ---------------------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy")
-def update_wy_rows(net, active, train, sum_mode, freeze_out, opt, sp, n, early, lr, mom):
-    """Adagrad + momentum of the step's ``Wy`` rows ``u < n`` (``sp.rowsY``) whose
-    ``sp.early[u]`` is ``early``, in the column blocks being trained (output rows: every active
-    subnet's block, or only the trained ones' under ``freeze_out``; rows met only as
-    constrained input: the ID block). Rows are independent: any split of them gives the same
-    results."""
-    SI, Wy = net.SI, net.Wy
-    S = SI.shape[0]
-    n_out = sp.counts[1]
-    acc_y, vel_y, GY = opt.acc_y, opt.vel_y, sp.GY
-    for u in range(n):
-        if sp.early[u] != early:
-            continue
-        r = sp.rowsY[u]
-        for s in range(1 if sum_mode else S):  # one call site: adagrad_flat is inlined
-            if sum_mode:
-                if not (u < n_out or (active[0] and train[0] and SI[0, S_TAB] == T_WY)):
-                    continue
-                c0, c1 = 0, Wy.shape[1]
-            elif not active[s]:
-                continue
-            elif u < n_out and freeze_out and not train[s]:
-                continue
-            elif u >= n_out and not (train[s] and SI[s, S_TAB] == T_WY):
-                continue
-            else:
-                c0, c1 = SI[s, S_C0], SI[s, S_C1]
-            adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1], lr, mom)
-
-
-@njit(cache=True, error_model="numpy")
-def step_update(net, active, train, sum_mode, freeze_out, gtheta, opt, sp, lr, mom, prof):
-    """Adagrad + momentum (step 8): dense ranges and tables of the trained subnets; the
-    ``Wy`` rows (:func:`update_wy_rows`) except those marked ``sp.early`` (updated already,
-    beside the backward: :mod:`.overlap`; the marks are cleared); ``By`` on the output rows.
-    ``opt``: the trainer's optimiser state record. Releases the slots."""
-    SI, theta, T = net.SI, net.theta, net.T
-    S = SI.shape[0]
-    nY, n_out = sp.counts[0], sp.counts[1]
-    for s in range(S):
-        if not (active[s] and train[s]):
-            continue
-        d0, d1 = SI[s, S_D0], SI[s, S_D1]
-        adagrad_flat(theta[d0:d1], gtheta[d0:d1], opt.acc_d[d0:d1], opt.vel_d[d0:d1], lr, mom)
-        tick(prof, P_ADA_DENSE)
-        if SI[s, S_TAB] == T_OWN and sp.nT[s] > 0:
-            tc, toff, goff, roff = SI[s, S_TCOLS], SI[s, S_TOFF], SI[s, S_GOFF], SI[s, S_ROFF]
-            for u in range(sp.nT[s]):
-                r = sp.rowsT[roff + u]
-                a, b = toff + r * tc, toff + (r + 1) * tc
-                adagrad_flat(T[a:b], sp.GT[goff + u * tc:goff + (u + 1) * tc], opt.acc_t[a:b],
-                             opt.vel_t[a:b], lr, mom)
-    update_wy_rows(net, active, train, sum_mode, freeze_out, opt, sp, nY, np.bool_(False), lr,
-                   mom)
-    for u in range(n_out):
-        sp.early[u] = False
-    adagrad_rows_1d(net.By, opt.acc_b, opt.vel_b, sp.rowsY, sp.gBy, n_out, lr, mom)
-    release_all(SI, sp)
-    tick(prof, P_ADA_SPARSE)
 
 
 @njit(cache=True, error_model="numpy")

@@ -24,8 +24,9 @@ from .output_features import new_record, release_output_rows, update_output_feat
 from .overlap import backward_beside_output_rows, mark_early_rows
 from .profile import (P_ADA_SPARSE, P_CARRY, P_MASKS, P_SAMPLING, P_SCHEDULE, new_profile,
                       tick, tick_start)
-from .step import (Net, OutBuf, Sparse, Work, block_view, draw_masks, release_all,
-                   step_backward, step_forward_backward, step_forward_output, step_update)
+from .step import (Net, OutBuf, Sparse, Work, block_view, draw_masks, step_backward,
+                   step_forward_backward, step_forward_output)
+from .update import release_all, step_update
 
 logger = logging.getLogger("gru_engine")
 

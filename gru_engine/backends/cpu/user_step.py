@@ -10,7 +10,7 @@ One step of :func:`user_train_steps` (the order of ``backends/cuda/user_trainer.
    ``'init'``: the rows starting a session start from ``h0 = tanh(u Wi + bi)`` (every layer);
    ``'all'``: ``u Wu`` goes to the extra layer-0 gates ``GU`` (:func:`user_forward`);
 3. the network's step (:func:`.step.step_forward_backward`), the user part's backward from the
-   step's buffers (:func:`user_backward`), the network's update (:func:`.step.step_update`),
+   step's buffers (:func:`user_backward`), the network's update (:func:`.update.step_update`),
    then Adagrad of ``U`` (:func:`user_update`: the dense part and the touched items-table rows);
 4. rows that walked a session's last input keep its representation as pending; the walk
    advances (:func:`gru_engine.user_batching.advance_walk`) and every row array is compacted.
@@ -33,8 +33,8 @@ from ...user_level import (U_ALL, U_BHN, U_BI, U_BX, U_DENSE, U_G0, U_HU, U_INIT
 from .gru import column_sums, gru_backward, gru_forward
 from .mathfuncs import cast_like, ftanh
 from .optim import adagrad_flat, claim_row, release_rows
-from .step import block_view, draw_masks, flat_view, release_all, step_forward_backward
-from .step import step_update
+from .step import block_view, draw_masks, flat_view, step_forward_backward
+from .update import release_all, step_update
 from .trainer import carry_hidden, step_columns
 
 
