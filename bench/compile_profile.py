@@ -1,7 +1,7 @@
 """First-run cost: CPU seconds Numba spends compiling each kernel of `gru-engine demo`.
 
 Runs the demo (bundled rsc15-100k sample) in a child process with an empty Numba cache and
-records every ``numba:compile`` event: per top-level kernel its compile CPU seconds, and per
+records every ``numba:compile`` event (and every C callback's compile): per top-level kernel its compile CPU seconds, and per
 function (nested compiles included) the inclusive seconds, largest first. CPU seconds
 (``time.process_time``) rather than wall time, so the figures survive a busy machine.
 
@@ -20,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = r"""
 import collections, sys, time
 from numba.core import event
+from numba.core.ccallback import CFunc
 from gru_engine.cli import main
 
 class Compiles(event.Listener):
@@ -27,7 +28,9 @@ class Compiles(event.Listener):
         self.stack, self.top, self.inclusive, self.count = [], collections.Counter(), collections.Counter(), collections.Counter()
     def on_start(self, ev):
         d = ev.data.get("dispatcher")
-        self.stack.append((time.process_time(), d.py_func.__qualname__ if d is not None else "?"))
+        self.push(d.py_func.__qualname__ if d is not None else "?")
+    def push(self, name):
+        self.stack.append((time.process_time(), name))
     def on_end(self, ev):
         t0, name = self.stack.pop()
         dt = time.process_time() - t0
@@ -38,6 +41,14 @@ class Compiles(event.Listener):
 
 compiles = Compiles()
 event.register("numba:compile", compiles)
+cfunc_compile = CFunc.compile
+def timed_cfunc_compile(self):  # C callbacks compile without a numba:compile event
+    compiles.push(self._pyfunc.__qualname__ + " (cfunc)")
+    try:
+        return cfunc_compile(self)
+    finally:
+        compiles.on_end(None)
+CFunc.compile = timed_cfunc_compile
 epochs, top_n = sys.argv[1], int(sys.argv[2])
 c0, w0 = time.process_time(), time.perf_counter()
 sys.argv = ["gru-engine", "demo", "--epochs", epochs]

@@ -98,7 +98,7 @@ def test_two_threads_train_as_one(kw):
     events = _events()
     one = _Kept(**dict(BASE, **kw), n_threads=1).fit(events)
     two = _Kept(**dict(BASE, **kw), n_threads=2).fit(events)
-    assert not one.trainer.flags[3] and two.trainer.flags[3]
+    assert not one.trainer.two_threads and two.trainer.two_threads
     for k in ("theta", "T", "Wy", "By"):
         assert np.array_equal(one.params_[k], two.params_[k]), k
 
@@ -113,6 +113,6 @@ def test_two_threads_train_feature_subnets_as_one(kw):
     fits = [_KeptFeature(**BASE, **kw, architecture="parallel", constrained_embedding=True,
                          embedding=0, n_threads=n).fit(events, item_features=feats)
             for n in (1, 2)]
-    assert fits[1].trainer.flags[3]
+    assert fits[1].trainer.two_threads
     for k in ("theta", "T", "Wy", "By"):
         assert np.array_equal(fits[0].params_[k], fits[1].params_[k]), k

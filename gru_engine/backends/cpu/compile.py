@@ -3,9 +3,10 @@
 Numba compiles the kernels on their first call and caches the machine code beside the modules
 (``__pycache__``, or ``NUMBA_CACHE_DIR``). Every network runs through the same kernels (the
 flat layout of :mod:`gru_engine.network`), compiled once per variant of the step: cross-entropy
-or a ranking loss, with or without context, output features or the user-level GRU (a plain fit
-compiles none of the others' code). One small fit and evaluation of each variant compiles
-everything a fit or an evaluation needs.
+or a ranking loss, with or without context, output features or the user-level GRU, training on
+one Numba thread or on two (a plain fit compiles none of the others' code). One small fit of
+each variant on one thread and on two, and an evaluation, compile everything a fit or an
+evaluation needs.
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def kernels_cached() -> bool:
 
 def compile_kernels() -> float:
     """Compile (and cache) every CPU kernel a fit and an evaluation use: fits a tiny model of
-    each variant of the step on generated data and evaluates it. Returns seconds."""
+    each variant of the step on generated data, on one thread and (where Numba has two) on
+    two, and evaluates it. Returns seconds."""
+    import numba
     from ...feature_model import FeatureSessionGRU
     from ...features import CategoricalFeatures
     from ...model import SessionGRU
@@ -46,15 +49,17 @@ def compile_kernels() -> float:
     events = {"SessionId": np.repeat(np.arange(n // 4), 4),
               "UserId": np.repeat(np.arange(n // 16), 16), "ItemId": rng.integers(0, 40, n),
               "Time": 1.6e9 + 60.0 * np.arange(n)}
-    kw = dict(layers=[8], n_epochs=1, batch_size=8, n_sample=16, n_threads=1, random_state=0)
-    for variant in (dict(), dict(loss="bpr-max"), dict(user_layers=4),
-                    dict(context_input="concat", context_output="multiply",
-                         context_time=["hour"])):
-        SessionGRU(**kw, **variant).fit(events).evaluate(events)
     ids = np.arange(40)
     feats = {"cat": CategoricalFeatures(ids, [[i % 5] for i in ids], dim=4)}
-    for variant in (dict(), dict(output_features=True)):
-        FeatureSessionGRU(**kw, **variant).fit(events, item_features=feats).evaluate(events)
+    for n_threads in (1, 2) if numba.config.NUMBA_NUM_THREADS >= 2 else (1,):
+        kw = dict(layers=[8], n_epochs=1, batch_size=8, n_sample=16, n_threads=n_threads,
+                  random_state=0)
+        for variant in (dict(), dict(loss="bpr-max"), dict(user_layers=4),
+                        dict(context_input="concat", context_output="multiply",
+                             context_time=["hour"])):
+            SessionGRU(**kw, **variant).fit(events).evaluate(events)
+        for variant in (dict(), dict(output_features=True)):
+            FeatureSessionGRU(**kw, **variant).fit(events, item_features=feats).evaluate(events)
     return time.perf_counter() - t0
 
 

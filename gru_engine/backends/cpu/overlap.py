@@ -13,8 +13,10 @@ path when Numba has two threads or more.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from numba import njit, prange
+from numba import cfunc, njit, prange, typeof, types
 
 from ...network import S_IPOFF, S_TAB, T_WY
 from .step import step_backward
@@ -42,11 +44,9 @@ def mark_early_rows(net, active, train, in_items, B, sp):
                     sp.early[u] = False
 
 
-@njit(cache=True, error_model="numpy")
-def _task(t, net, active, train, sum_mode, freeze_out, in_items, B, wk, sp, opt, hy, cx,
-          prof):
-    """Task ``t`` of :func:`backward_beside_output_rows` (a plain kernel: the parallel loop
-    stays small, which keeps Numba's parallel compilation short)."""
+def _task(t, net, active, train, sum_mode, freeze_out, in_items, B, wk, sp, opt, hy, cx, prof):
+    """Task ``t`` of :func:`backward_beside_output_rows`: 0 the backward, 1 the early rows'
+    update. Compiled as a C callback (:func:`backward_task`), called through its address."""
     if t == 0:
         step_backward(net, active, train, sum_mode, in_items, B, wk, sp, hy, cx, prof)
     else:
@@ -54,13 +54,30 @@ def _task(t, net, active, train, sum_mode, freeze_out, in_items, B, wk, sp, opt,
                        np.bool_(True), hy.learning_rate, hy.momentum)
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_task(signature):
+    return cfunc(signature, cache=True, error_model="numpy")(_task)
+
+
+def backward_task(net, active, train, in_items, wk, sp, opt, hy, cx, prof):
+    """The tasks of :func:`backward_beside_output_rows` compiled (or loaded from the cache)
+    for the types of these arguments (those :func:`.trainer.train_steps` passes on), once per
+    process: a C callback, passed to the kernels by address. Called through its address, the
+    backward's code is not compiled again into each layer of the parallel loop (its kernel,
+    its wrapper, the caller), and a fit on one thread never compiles it."""
+    sig = types.void(types.int64, typeof(net), typeof(active), typeof(train), types.boolean,
+                     types.boolean, typeof(in_items), types.int64, typeof(wk), typeof(sp),
+                     typeof(opt), typeof(hy), typeof(cx), typeof(prof))
+    return _compiled_task(sig)
+
+
 @njit(cache=True, error_model="numpy", parallel=True)
-def backward_beside_output_rows(net, active, train, sum_mode, freeze_out, in_items, B, wk, sp,
-                                opt, hy, cx, prof):
+def backward_beside_output_rows(task, net, active, train, sum_mode, freeze_out, in_items, B,
+                                wk, sp, opt, hy, cx, prof):
     """:func:`.step.step_backward` on one thread beside the update of the rows marked by
-    :func:`mark_early_rows` (:func:`.update.update_wy_rows`) on another. ``prof``: the
-    backward's phases are timed (the other task is not); the caller's next tick gets the wait
-    for the other task."""
+    :func:`mark_early_rows` (:func:`.update.update_wy_rows`) on another: ``task``, the
+    :func:`backward_task` of the other arguments. ``prof``: the backward's phases are timed
+    (the other task is not); the caller's next tick gets the wait for the other task."""
     for t in prange(2):
-        _task(np.int64(t), net, active, train, sum_mode, freeze_out, in_items, B, wk, sp, opt,
-              hy, cx, prof)
+        task(np.int64(t), net, active, train, sum_mode, freeze_out, in_items, B, wk, sp, opt,
+             hy, cx, prof)

@@ -21,7 +21,7 @@ from ...sampling import SampleStore, draw
 from .context_step import CTR_NONE, context_rows, context_update, kept_events
 from .losses import CROSS_ENTROPY
 from .output_features import new_record, release_output_rows, update_output_features
-from .overlap import backward_beside_output_rows, mark_early_rows
+from .overlap import backward_beside_output_rows, backward_task, mark_early_rows
 from .profile import (P_ADA_SPARSE, P_CARRY, P_MASKS, P_SAMPLING, P_SCHEDULE, new_profile,
                       tick, tick_start)
 from .step import (Net, OutBuf, Sparse, Work, block_view, draw_masks, step_backward,
@@ -125,21 +125,23 @@ def carry_hidden(hp, y, reset, src, n_rows):
 
 @njit(cache=True, error_model="numpy")
 def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, min_rows,
-                draw_dropout, hy, cx, prof, of):
+                draw_dropout, hy, cx, prof, of, overlap_task):
     """Up to ``max_steps`` steps (all remaining when < 0) of the epoch started by
-    :func:`epoch_start`. ``flags`` (4,) bool ``[interleave, freeze_out, sum_mode,
-    two_threads]``: with ``interleave`` the trained subnet is ``state[4] % S`` (global step
-    count); with ``two_threads`` the step's independent products and updates run side by
-    side on two Numba threads (:func:`~.gru.gemm_pair`, :mod:`.overlap`; the same results);
-    ``draw_dropout`` False keeps the dropout masks in ``wk`` as they are (tests). Returns ``(sum of step_loss * rows,
-    events, finite)``; stops at the first non-finite step loss (``finite`` False, parameters of
+    :func:`epoch_start`. ``flags`` (3,) bool ``[interleave, freeze_out, sum_mode]``: with
+    ``interleave`` the trained subnet is ``state[4] % S`` (global step count).
+    ``overlap_task``: None (one thread), or the :func:`~.overlap.backward_task` of these
+    arguments: the step's independent products and updates then run side by side on two Numba
+    threads (:func:`~.gru.gemm_pair`, :mod:`.overlap`; the same results; a branch pruned on
+    the argument's type, so one thread compiles none of it). ``draw_dropout`` False keeps the
+    dropout masks in ``wk`` as they are (tests). Returns ``(sum of step_loss * rows, events,
+    finite)``; stops at the first non-finite step loss (``finite`` False, parameters of
     that step not updated). ``cx``: None or the context record (:mod:`.context_step`);
     ``prof``: ``None`` or a per-phase profile (:mod:`.profile`); ``of``:
     ``None`` or the output features' record (:mod:`.output_features`)."""
     S = net.SI.shape[0]
     LI = net.LI
     bs = hy.batch_size
-    interleave, freeze_out, sum_mode, two = flags[0], flags[1], flags[2], flags[3]
+    interleave, freeze_out, sum_mode = flags[0], flags[1], flags[2]
     loss_sum = 0.0
     events = 0
     steps = 0
@@ -164,17 +166,17 @@ def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, m
                        hy.dropout_p_hidden)
         tick(prof, P_MASKS)
         step_loss = step_forward_output(net, active, sum_mode, sc.in_items, B, C, wk, ob, sp,
-                                        hy, cx, prof, of, two)
+                                        hy, cx, prof, of, overlap_task is not None)
         if not np.isfinite(step_loss):
             release_all(net.SI, sp)
             if of is not None:
                 release_output_rows(of)
             finite = False
             break
-        if two:
+        if overlap_task is not None:
             mark_early_rows(net, active, train, sc.in_items, B, sp)
-            backward_beside_output_rows(net, active, train, sum_mode, freeze_out, sc.in_items,
-                                        B, wk, sp, opt, hy, cx, prof)
+            backward_beside_output_rows(overlap_task, net, active, train, sum_mode, freeze_out,
+                                        sc.in_items, B, wk, sp, opt, hy, cx, prof)
             tick(prof, P_ADA_SPARSE)
         else:
             step_backward(net, active, train, sum_mode, sc.in_items, B, wk, sp, hy, cx, prof)
@@ -296,7 +298,8 @@ class Trainer:
         self.sched = None
         self.active = np.ones(S, np.bool_)
         self.train = np.ones(S, np.bool_)
-        self.flags = np.array([False, False, bool(sum_mode), False])
+        self.flags = np.array([False, False, bool(sum_mode)])
+        self.two_threads = False  # whether the last run() trained on two Numba threads
         self.draw_masks = True
         self.plan, self.epoch = plan, 0
         self.names = list(names) if names is not None else [str(s) for s in range(S)]
@@ -427,11 +430,14 @@ class Trainer:
         Returns ``(sum of step_loss * rows, events, finite)``."""
         st = Store(samples=self.store.samples, cdf=self.store.cdf, log_support=self.log_support)
         # BLAS runs on one thread whenever Numba has more (threads.training_threads)
-        self.flags[3] = numba.get_num_threads() >= 2
+        self.two_threads = numba.get_num_threads() >= 2
+        task = (backward_task(self.net, self.active, self.train, self.sched.in_items, self.work,
+                              self.sparse, self.opt, self.hyper, self.cx, self.prof)
+                if self.two_threads else None)
         return train_steps(max_steps, self.net, self.sched, st, self.work, self.out,
                            self.sparse, self.opt, self.active, self.train, self.flags,
                            self.min_rows, self.draw_masks, self.hyper, self.cx, self.prof,
-                           self.of)
+                           self.of, task)
 
     def forward_backward(self, in_items, B, cols, C):
         """One step's loss and gradients without an update (gradient checks), with the current
