@@ -21,6 +21,18 @@ def resolve_threads(n_threads) -> int:
         return os.cpu_count() or 1
 
 
+def start_numba_threads() -> int:
+    """Start Numba's thread pool (the threading layer) if no kernel started it yet; returns
+    its thread count. A kernel loaded from Numba's disk cache that calls a parallel kernel
+    (the training step calls the output layer's parts) jumps into the pool's scheduler, which
+    only compiling a parallel kernel or a thread-count call sets up: in a fresh process that
+    loads everything from the cache it is a null pointer (a segfault). Call it before running
+    cached training kernels; started lazily, not at import, so that a process that forks
+    before training still works with fork-unsafe layers (GNU OpenMP)."""
+    import numba
+    return numba.get_num_threads()
+
+
 def other_runnable_tasks() -> int:
     """Tasks other than the caller that are runnable right now (Linux ``/proc/loadavg``; 0
     where it cannot be read)."""

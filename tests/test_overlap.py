@@ -116,3 +116,30 @@ def test_two_threads_train_feature_subnets_as_one(kw):
     assert fits[1].trainer.two_threads
     for k in ("theta", "T", "Wy", "By"):
         assert np.array_equal(fits[0].params_[k], fits[1].params_[k]), k
+
+
+def test_a_trainer_starts_numba_threads_before_cached_kernels_run():
+    """A fresh process that loads the step from Numba's cache and calls it without a fit
+    (gradient checks) segfaulted: the cached step calls the output parts' parallel loop, whose
+    scheduler only a compile or a thread-count call sets up. The trainer starts it."""
+    import subprocess
+    import sys
+    script = (
+        "import numba, numpy as np\n"
+        "from gru_engine.backends.cpu import Trainer\n"
+        "from gru_engine.network import PARAM_KEYS, build_layout\n"
+        "from gru_engine.params import DEFAULTS, hyper, validate\n"
+        "lay = build_layout(12, 'id', 'concat', 'constrained', [6], 3, [6], [],\n"
+        "                   np.random.default_rng(2), np.float64)\n"
+        "hy = hyper(validate(dict(DEFAULTS, n_sample=5, batch_size=4, sample_store_size=100)))\n"
+        "try:\n"
+        "    numba.threading_layer()\n"
+        "    raise SystemExit('the threading layer was started before the trainer')\n"
+        "except ValueError:\n"
+        "    pass\n"
+        "Trainer({k: lay[k] for k in PARAM_KEYS}, hy, np.ones(12, np.int64))\n"
+        "print(numba.threading_layer())\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip()

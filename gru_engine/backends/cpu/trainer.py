@@ -18,6 +18,7 @@ from ...batching import schedule_advance, schedule_start
 from ...network import L_H, L_HOFF, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_ROFF, S_TAB
 from ...network import S_TCOLS, S_TOFF, S_TROWS, S_XOFF, T_OWN
 from ...sampling import SampleStore, draw
+from ...threads import start_numba_threads
 from .context_step import CTR_NONE, context_rows, context_update, kept_events
 from .losses import CROSS_ENTROPY
 from .output_features import new_record, release_output_rows, update_output_features
@@ -255,6 +256,7 @@ class Trainer:
 
     def __init__(self, params: dict, hyper, support, *, sum_mode: bool = False, plan=None,
                  names=None, optimizer_state=None, context=None):
+        start_numba_threads()
         p = params
         dt = p["Wy"].dtype
         n_items = len(support)
