@@ -484,10 +484,14 @@ def test_adagrad_dense(dev, momentum):
 
 @pytest.mark.parametrize("W", [1, 13, 300])
 @pytest.mark.parametrize("momentum", [0.0, 0.4])
-def test_sparse_adagrad(dev, W, momentum):
+@pytest.mark.parametrize("many_rows", [False, True])  # True: sparse_claim on more than one block
+def test_sparse_adagrad(dev, W, momentum, many_rows):
     rng = np.random.default_rng(W)
     N = 40
     idx = np.array([5, 17, 5, 0, 39, 17, 5, 22], np.int32)
+    if many_rows:  # rows of one item in both blocks, and items first met in the second block
+        idx = np.concatenate([rng.integers(0, N // 2, BLOCK), rng.integers(0, N, 45)])
+        idx = idx.astype(np.int32)
     n = len(idx)
     p, acc, v = f32(rng, N, W), np.abs(f32(rng, N, W)), f32(rng, N, W)
     G = f32(rng, n, W)
