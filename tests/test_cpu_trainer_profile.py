@@ -10,6 +10,7 @@ from gru_engine.backends.cpu.profile import (P_CE_GRADS, P_CE_SCORES, P_H_GEMM, 
                                              tick_gemm, tick_start)
 from gru_engine.batching import full_schedule
 from gru_engine.data import build_sessions
+from test_compile import fresh_fit_report
 
 KW = dict(layers=[8], n_epochs=2, batch_size=4, n_sample=6, n_threads=1, random_state=3,
           dropout_p_hidden=0.3)
@@ -51,44 +52,12 @@ def test_ticks_compile_to_nothing_without_a_profile():
     assert prof[1, 2] == 2 * 3 * 4 * 5 and prof[2, 2] == 1 and prof[0, 1] >= 0
 
 
-_PLAIN_KERNEL_ASM = """
-import warnings
-import numpy as np
-from gru_engine import SessionGRU
-from gru_engine.backends.cpu.trainer import train_steps
-rng = np.random.default_rng(0)
-ev = {"SessionId": np.repeat(np.arange(20), 3), "ItemId": rng.integers(0, 15, 60),
-      "Time": np.arange(60, dtype=np.float64)}
-class Profiled(SessionGRU):
-    def _make_trainer(self, *args, **kwargs):
-        trainer = super()._make_trainer(*args, **kwargs)
-        trainer.start_profile()
-        return trainer
-kw = dict(layers=[8], n_epochs=1, batch_size=4, n_sample=6, n_threads=1)
-SessionGRU(**kw).fit(ev)
-Profiled(**kw).fit(ev)
-import inspect
-at = list(inspect.signature(train_steps.py_func).parameters).index("prof")
-(plain,) = [sig for sig in train_steps.signatures if str(sig[at]) == "none"]
-(prof,) = [sig for sig in train_steps.signatures if str(sig[at]) != "none"]
-with warnings.catch_warnings():
-    warnings.simplefilter("error")  # cached code gives no valid assembly: fail, not pass
-    asm, asm_prof = train_steps.inspect_asm(plain), train_steps.inspect_asm(prof)
-print(len(asm), "rdtsc" in asm, "step_forward_output" in asm, "rdtsc" in asm_prof)
-"""
-
-
-def test_the_training_kernel_has_no_timing_code_without_a_profile(tmp_path):
-    """Compiled from scratch (an empty Numba cache: cached code cannot be inspected), the
-    ``prof=None`` training kernel, with the step kernels it calls, has no ``rdtsc``."""
-    import os
-    import subprocess
-    import sys
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", _PLAIN_KERNEL_ASM], env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
-    size, has_rdtsc, has_step, profiled_has_rdtsc = int(out[-4]), out[-3], out[-2], out[-1]
-    assert size > 10000 and has_step == "True"  # the whole kernel, callees linked in
+def test_the_training_kernel_has_no_timing_code_without_a_profile():
+    """Compiled from scratch (an empty Numba cache: cached code cannot be inspected; the
+    subprocess of test_compile.fresh_fit_report), the ``prof=None`` training kernel, with the
+    step kernels it calls, has no ``rdtsc``."""
+    size, has_rdtsc, has_step, profiled_has_rdtsc = fresh_fit_report()["asm"]
+    assert int(size) > 10000 and has_step == "True"  # the whole kernel, callees linked in
     assert profiled_has_rdtsc == "True"  # the check sees timing code where there is some
     assert has_rdtsc == "False"
 

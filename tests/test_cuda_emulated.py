@@ -125,21 +125,53 @@ def test_every_kernel_has_an_emulated_test():
     assert set(found) == set(K.kernel_index())  # every file is in KERNEL_FILES
 
 
-def test_every_kernel_is_launched_by_its_test():
-    """Each test named in the KERNEL_TESTS maps really launches its kernel: launches counted
-    through the device interface per test (tests/conftest.py records them; this test runs after
-    the others, see pytest_collection_modifyitems there)."""
+def _kernel_tests():
+    """(module name, kernel, test name) of every kernel test, and those not run in this session
+    (tests/conftest.py records the launches of each test)."""
     import conftest
     expected = [("test_cuda_emulated", k, t) for k, t in KERNEL_TESTS.items()]
     for module in _kernel_test_modules():
         expected += [(module.__name__, k, t) for k, t in module.KERNEL_TESTS.items()]
     ran = conftest.KERNEL_LAUNCHES_BY_TEST
+    return expected, sorted({f"{m}::{t}" for m, k, t in expected if (m, t) not in ran})
+
+
+def test_every_kernel_is_launched_by_its_test():
+    """Each test named in the KERNEL_TESTS maps really launches its kernel: launches counted
+    through the device interface per test (tests/conftest.py records them; this test runs after
+    the others, see pytest_collection_modifyitems there)."""
+    import conftest
+    expected, not_run = _kernel_tests()
+    ran = conftest.KERNEL_LAUNCHES_BY_TEST
     not_launched = [f"{m}::{t} never launched {k}" for m, k, t in expected
                     if (m, t) in ran and ran[(m, t)][k] == 0]
     assert not not_launched, not_launched
-    not_run = sorted({f"{m}::{t}" for m, k, t in expected if (m, t) not in ran})
     if not_run:
         pytest.skip(f"kernel tests not run in this session: {not_run}")
+
+
+def test_every_model_level_kernel_runs_under_the_race_detector():
+    """The model-level tests run without the race detector (conftest's MODEL_CHECKS); each
+    kernel they launch is launched under it (STRICT) too, in this session, with more than one
+    block and more than one thread per block wherever a launch without it had more than one
+    (runs last, after every other test, as the check above)."""
+    import conftest
+    shapes = conftest.EMULATED_LAUNCH_SHAPES
+    unwatched = {k: s for (k, races), s in shapes.items() if not races and k in K.kernel_index()}
+    if not unwatched:
+        pytest.skip("no kernel ran without the race detector in this session")
+    _, not_run = _kernel_tests()
+    if not_run:
+        pytest.skip(f"kernel tests not run in this session: {not_run}")
+    uncovered = []
+    for kernel, seen in sorted(unwatched.items()):
+        watched = shapes.get((kernel, True), set())
+        for b, t in sorted(seen):
+            if not any(wb >= b and wt >= t for wb, wt in watched):
+                uncovered.append(f"{kernel}: launched with {'>1' if b > 1 else '1'} block(s) of "
+                                 f"{'>1' if t > 1 else '1'} thread(s) only without the race "
+                                 f"detector (under it: {sorted(watched)})")
+    assert not uncovered, uncovered
 
 
 @pytest.fixture(scope="module")
@@ -452,10 +484,14 @@ def test_adagrad_dense(dev, momentum):
 
 @pytest.mark.parametrize("W", [1, 13, 300])
 @pytest.mark.parametrize("momentum", [0.0, 0.4])
-def test_sparse_adagrad(dev, W, momentum):
+@pytest.mark.parametrize("many_rows", [False, True])  # True: sparse_claim on more than one block
+def test_sparse_adagrad(dev, W, momentum, many_rows):
     rng = np.random.default_rng(W)
     N = 40
     idx = np.array([5, 17, 5, 0, 39, 17, 5, 22], np.int32)
+    if many_rows:  # rows of one item in both blocks, and items first met in the second block
+        idx = np.concatenate([rng.integers(0, N // 2, BLOCK), rng.integers(0, N, 45)])
+        idx = idx.astype(np.int32)
     n = len(idx)
     p, acc, v = f32(rng, N, W), np.abs(f32(rng, N, W)), f32(rng, N, W)
     G = f32(rng, n, W)

@@ -12,7 +12,6 @@ per-step value passed as a scalar (frozen) is caught here.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import shutil
@@ -20,11 +19,11 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import model_level_device
 from gru_engine import params as hp
 from gru_engine.backends import device as device_mod
 from gru_engine.backends.cuda import Trainer
 from gru_engine.backends.device import EmulatedDevice, GraphCaptureError
-from gru_engine.backends.emulator import STRICT
 from gru_engine.data import ItemIndex, build_sessions
 from gru_engine.features import CategoricalFeatures, DenseFeatures, TokenFeatures, encode_item_features
 from gru_engine.network import PARAM_KEYS, build_layout, epoch_plan
@@ -39,8 +38,8 @@ B = 6
 
 
 def _device():
-    """The emulator with every check on but blocks run in order: reproducible bits."""
-    return EmulatedDevice(dataclasses.replace(STRICT, block_order="forward"))
+    """The model-level emulator (conftest) with blocks run in order: reproducible bits."""
+    return model_level_device(block_order="forward")
 
 
 def _sessions(seed=3, n_sessions=20):

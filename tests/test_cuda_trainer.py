@@ -9,18 +9,17 @@ scores, ranks and top-k; and the CupyDevice code path on a stand-in CuPy.
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import zlib
 
 import numpy as np
 import pytest
 
+from conftest import model_level_device
 import naive as ref
 from gru_engine import params as hp
 from gru_engine.backends.cuda import BLOCK, Scorer, Trainer
 from gru_engine.backends.device import EmulatedDevice, get_device
-from gru_engine.backends.emulator import STRICT
 from gru_engine.data import build_sessions
 from gru_engine.network import from_layers, subnet_views
 from gru_engine.sampling import seed_numba
@@ -225,7 +224,7 @@ def test_state_of_a_trainer_continues_the_fit_exactly():
     ``optimizer_state()`` and ``training_state()`` (warm start / checkpoint) equals the second
     epoch of one trainer running both, bit for bit (blocks in order, so float atomics add in the
     same order); dropout checks the restored step counter."""
-    dev = EmulatedDevice(dataclasses.replace(STRICT, block_order="forward"))
+    dev = model_level_device(block_order="forward")
     rng = np.random.default_rng(4)
     n = 40
     items = rng.integers(0, N_ITEMS, 4 * n)

@@ -113,10 +113,13 @@ def test_bag_gather(dev):
     close(out, want)
 
 
-def test_bag_offsets_and_grad(dev):
+@pytest.mark.parametrize("many_rows", [False, True])  # True: bag_grad on more than one block
+def test_bag_offsets_and_grad(dev, many_rows):
     rng = np.random.default_rng(1)
     indptr, indices, weights = _csr(rng, 10, 7, 3)
     items = np.array([2, 9, 2, 0, 4, 6], np.int32)
+    if many_rows:
+        items = rng.integers(0, 10, 45).astype(np.int32)
     n = len(items)
     offs = nan((n + 1,), np.int32)
     dev.launch("bag_offsets", 1, 1, [indptr, items, n, offs])

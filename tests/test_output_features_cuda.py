@@ -14,19 +14,18 @@ on a real GPU).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import shutil
 
 import numpy as np
 import pytest
 
+from conftest import model_level_device
 from gru_engine import model as model_mod
 from gru_engine.backends import cuda as cuda_mod
 from gru_engine.backends.cpu_scoring import Scorer as CPUScorer
 from gru_engine.backends.cuda import BLOCK, Scorer, Trainer
 from gru_engine.backends.device import EmulatedDevice
-from gru_engine.backends.emulator import STRICT
 from gru_engine.feature_model import FeatureSessionGRU
 from gru_engine.network import PARAM_KEYS
 from gru_engine.output_features import OUTPUT_KEYS, effective_output
@@ -197,7 +196,7 @@ def test_cuda_graphs_equal_uncaptured_bit_for_bit(monkeypatch, record_init):
     feats = _item_features(15, np.arange(15) * 3 + 1)
     fits = []
     for graphs in (False, True):
-        device = EmulatedDevice(dataclasses.replace(STRICT, block_order="forward"))
+        device = model_level_device(block_order="forward")
         monkeypatch.setattr(model_mod, "_resolve_device",
                             lambda name, d=device: None if name == "cpu" else d)
         monkeypatch.setattr(cuda_mod, "Trainer", functools.partial(Trainer, use_graphs=graphs))
