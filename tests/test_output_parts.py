@@ -131,5 +131,6 @@ def test_training_does_not_depend_on_n_threads():
 def test_threads_go_to_the_parts_or_to_blas():
     from gru_engine.threads import training_threads
     assert training_threads("cross-entropy", 100, 2) == (2, 1)
-    assert training_threads("cross-entropy", 480, 2) == (1, 2)
+    assert training_threads("cross-entropy", 480, 2) == (2, 1)
+    assert training_threads("cross-entropy", 1000, 2) == (1, 2)
     assert training_threads("bpr-max", 100, 2) == (1, 2)
