@@ -27,12 +27,6 @@ TRAIN_OUTPUT_PARTS = 2
 #: by side, ``backends/cpu/overlap.py``) vs 6.50k with BLAS threads (session 8; 6.4-7.2k vs
 #: 7.1-8.9k before the side-by-side work); larger hidden sizes not measured
 TRAIN_PARTS_MAX_HIDDEN = 512
-#: CPU training on two threads: output rows of ``Wy`` updated beside the backward
-#: (``backends/cpu/overlap.py``), at most this many row elements per multiply-add of the
-#: backward's products (``update.cap_early_rows``); the rest are updated after it on both
-#: threads. Measured on rsc15-100k (2 cores): the backward took 94 us, the update of all
-#: ~1,800 output rows x 100 beside it 220 us (about 77k elements per 2.9M multiply-adds)
-TRAIN_EARLY_ROW_ELEMENTS_PER_MAC = 0.025
 #: CUDA: threads per block of the element-wise and row kernels (a multiple of 32, <= 1024)
 CUDA_BLOCK = 256
 #: CUDA: the most CUDA graphs one trainer keeps (one per phase and table-entry count of a step)

@@ -10,9 +10,7 @@ from gru_engine.backends.cpu import Trainer
 from gru_engine.backends.cpu.gru import gemm_pair
 from gru_engine.backends.cpu.overlap import mark_early_rows
 from gru_engine.backends.cpu.step import step_forward_output
-from gru_engine.backends.cpu.step import step_forward_backward
-from gru_engine.backends.cpu.update import (cap_early_rows, release_all, step_update,
-                                            step_update_on_threads, update_share)
+from gru_engine.backends.cpu.update import release_all
 from gru_engine.feature_model import FeatureSessionGRU
 from gru_engine.features import CategoricalFeatures
 from gru_engine.network import PARAM_KEYS, build_layout
@@ -63,67 +61,12 @@ def test_output_rows_of_input_items_wait_for_the_backward():
     rows = sp.rowsY[:n_out]
     assert np.array_equal(sp.early[:n_out], ~np.isin(rows, items))
     assert not sp.early[:n_out].all() and sp.early[:n_out].any()
-    # the cap keeps the first early rows in slot order, as many as its budget of elements
-    early = sp.early[:n_out].copy()
-    macs = B * 3 * 6 * (6 + 2 * 6)
-    cap_early_rows(tr.net, tr.active, tr.train, B, sp, 2.5 * 6 / macs)
-    kept = np.flatnonzero(early)[:2]
-    assert np.array_equal(np.flatnonzero(sp.early[:n_out]), kept)
-    sp.early[:n_out] = early
-    cap_early_rows(tr.net, tr.active, tr.train, B, sp, float(n_out))  # budget beyond the rows
-    assert np.array_equal(sp.early[:n_out], early)
     # a frozen subnet adds no input gradient: all its output rows are early
     tr.train[:] = False
     mark_early_rows(tr.net, tr.active, tr.train, in_buf, B, sp)
     assert sp.early[:n_out].all()
     sp.early[:] = False
     release_all(tr.net.SI, sp)
-
-
-@pytest.mark.parametrize("embedding", [0, 5], ids=["constrained", "table"])
-def test_update_in_shares_is_the_update(embedding):
-    """Step 8 split in shares (dense ranges, table rows, late Wy rows, By rows): every
-    parameter updated once, in the same arithmetic: bit-identical to one share, with one
-    thread or two (:func:`step_update_on_threads`), for any number of shares."""
-    n_items, B, n_sample = 30, 6, 9
-    rng = np.random.default_rng(3)
-    lay = build_layout(n_items, "id", "concat", "constrained" if embedding == 0 else "embedding",
-                       [7], embedding, [7], [], rng, np.float32)
-    hy = hyper(validate(dict(DEFAULTS, n_sample=n_sample, batch_size=B, momentum=0.3,
-                             sample_store_size=100, constrained_embedding=embedding == 0,
-                             embedding=embedding)))
-    tr = Trainer({k: lay[k] for k in PARAM_KEYS}, hy, np.ones(n_items, np.int64))
-    in_buf = tr.rows["in_items"]
-    in_buf[:B] = rng.integers(0, n_items, B)
-    tr.out.cols[:B + n_sample] = rng.integers(0, n_items, B + n_sample)
-    sp, opt = tr.sparse, tr.opt
-    for a in opt:  # a warm optimiser state
-        a[...] = rng.random(a.shape, np.float32)
-    state = [tr.net.theta, tr.net.T, tr.net.Wy, tr.net.By, *opt]
-    start = [a.copy() for a in state]
-
-    def updated(update):
-        for a, a0 in zip(state, start):
-            a[...] = a0
-        step_forward_backward(tr.net, tr.active, tr.train, False, in_buf, B, B + n_sample,
-                              tr.work, tr.out, sp, hy, None, None, None)
-        assert sp.counts[1] > 0 and (embedding == 0 or sp.nT[0] > 0)
-        update()
-        assert (sp.slotY == -1).all() and (sp.slotT == -1).all()  # released
-        return [a.copy() for a in state]
-
-    args = lambda: (tr.net, tr.active, tr.train, False, False, tr.work.gtheta, opt, sp,
-                    hy.learning_rate, hy.momentum)
-    one = updated(lambda: step_update(*args(), None))
-
-    def in_three():
-        for t in range(3):
-            update_share(np.int64(t), np.int64(3), *args(), None)
-        release_all(tr.net.SI, sp)
-    for got in (updated(lambda: step_update_on_threads(*args(), None)), updated(in_three)):
-        for a, b in zip(one, got):
-            assert np.array_equal(a, b)
-    assert not all(np.array_equal(a, a0) for a, a0 in zip(one, start))
 
 
 class _Kept(SessionGRU):

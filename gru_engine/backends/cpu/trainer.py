@@ -15,7 +15,6 @@ import numpy as np
 from numba import njit
 
 from ...batching import schedule_advance, schedule_start
-from ...config import TRAIN_EARLY_ROW_ELEMENTS_PER_MAC
 from ...network import L_H, L_HOFF, S_D0, S_D1, S_GCAP, S_GOFF, S_IN, S_IPOFF, S_ROFF, S_TAB
 from ...network import S_TCOLS, S_TOFF, S_TROWS, S_XOFF, T_OWN
 from ...sampling import SampleStore, draw
@@ -27,7 +26,7 @@ from .profile import (P_ADA_SPARSE, P_CARRY, P_MASKS, P_SAMPLING, P_SCHEDULE, ne
                       tick, tick_start)
 from .step import (Net, OutBuf, Sparse, Work, block_view, draw_masks, step_backward,
                    step_forward_backward, step_forward_output)
-from .update import cap_early_rows, release_all, step_update, step_update_on_threads
+from .update import release_all, step_update
 
 logger = logging.getLogger("gru_engine")
 
@@ -174,18 +173,13 @@ def train_steps(max_steps, net, sc, st, wk, ob, sp, opt, active, train, flags, m
             break
         if two:
             mark_early_rows(net, active, train, sc.in_items, B, sp)
-            cap_early_rows(net, active, train, B, sp, TRAIN_EARLY_ROW_ELEMENTS_PER_MAC)
             backward_beside_output_rows(net, active, train, sum_mode, freeze_out, sc.in_items,
                                         B, wk, sp, opt, hy, cx, prof)
             tick(prof, P_ADA_SPARSE)
         else:
             step_backward(net, active, train, sum_mode, sc.in_items, B, wk, sp, hy, cx, prof)
-        if two:
-            step_update_on_threads(net, active, train, sum_mode, freeze_out, wk.gtheta, opt,
-                                   sp, hy.learning_rate, hy.momentum, prof)
-        else:
-            step_update(net, active, train, sum_mode, freeze_out, wk.gtheta, opt, sp,
-                        hy.learning_rate, hy.momentum, prof)
+        step_update(net, active, train, sum_mode, freeze_out, wk.gtheta, opt, sp,
+                    hy.learning_rate, hy.momentum, prof)
         if cx is not None:
             context_update(cx, hy.learning_rate, hy.momentum)
         if of is not None:
