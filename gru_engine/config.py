@@ -23,8 +23,10 @@ TRAIN_OUTPUT_PARTS = 2
 #: CPU training, cross-entropy: the parts run on threads (BLAS on one) up to this combined
 #: hidden size, above it BLAS gets the threads (``threads.training_threads``). Measured on 2
 #: cores: hidden 100 (rsc15-100k) 59-67k events/s with parts vs 36-52k with BLAS threads;
-#: hidden 480 (yoochoose-1-64) 6.4-7.2k with parts vs 7.1-8.9k with BLAS threads
-TRAIN_PARTS_MAX_HIDDEN = 256
+#: hidden 480 (yoochoose-1-64, batch 48) 7.46k with parts (and the products and updates side
+#: by side, ``backends/cpu/overlap.py``) vs 6.50k with BLAS threads (session 8; 6.4-7.2k vs
+#: 7.1-8.9k before the side-by-side work); larger hidden sizes not measured
+TRAIN_PARTS_MAX_HIDDEN = 512
 #: CUDA: threads per block of the element-wise and row kernels (a multiple of 32, <= 1024)
 CUDA_BLOCK = 256
 #: CUDA: the most CUDA graphs one trainer keeps (one per phase and table-entry count of a step)

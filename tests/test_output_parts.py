@@ -115,12 +115,15 @@ def test_row_max_finite(dtype):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
-def test_training_does_not_depend_on_n_threads():
+@pytest.mark.parametrize("hidden", [8, 480], ids=["h8", "h480"])
+def test_training_does_not_depend_on_n_threads(hidden):
+    """Up to ``config.TRAIN_PARTS_MAX_HIDDEN`` (here hidden 480, yoochoose's) two threads
+    train the one-thread model bit for bit."""
     rng = np.random.default_rng(0)
     n = 600
     events = {"SessionId": np.repeat(np.arange(n // 6), 6), "ItemId": rng.integers(0, 50, n),
               "Time": np.arange(n, dtype=np.float64)}
-    kw = dict(layers=[8], n_epochs=2, batch_size=8, n_sample=20, logq=1.0, sample_alpha=0.5,
+    kw = dict(layers=[hidden], n_epochs=2, batch_size=8, n_sample=20, logq=1.0, sample_alpha=0.5,
               random_state=1)
     one = SessionGRU(**kw, n_threads=1).fit(events)
     two = SessionGRU(**kw, n_threads=2).fit(events)
@@ -131,5 +134,6 @@ def test_training_does_not_depend_on_n_threads():
 def test_threads_go_to_the_parts_or_to_blas():
     from gru_engine.threads import training_threads
     assert training_threads("cross-entropy", 100, 2) == (2, 1)
-    assert training_threads("cross-entropy", 480, 2) == (1, 2)
+    assert training_threads("cross-entropy", 480, 2) == (2, 1)
+    assert training_threads("cross-entropy", 1000, 2) == (1, 2)
     assert training_threads("bpr-max", 100, 2) == (1, 2)

@@ -28,29 +28,30 @@ def update_wy_rows(net, active, train, sum_mode, freeze_out, opt, sp, n, early, 
     ``sp.early[u]`` is ``early``, in the column blocks being trained (output rows: every active
     subnet's block, or only the trained ones' under ``freeze_out``; rows met only as
     constrained input: the ID block). Rows are independent: any split of them gives the same
-    results."""
+    results. Column block by column block, the rows' tests hoisted out of the row loop (83
+    vs 91 us for 1,900 rows x 100 on one thread)."""
     SI, Wy = net.SI, net.Wy
-    S = SI.shape[0]
     n_out = sp.counts[1]
-    acc_y, vel_y, GY = opt.acc_y, opt.vel_y, sp.GY
-    for u in range(n):
-        if sp.early[u] != early:
+    acc_y, vel_y, GY, rows, marks = opt.acc_y, opt.vel_y, sp.GY, sp.rowsY, sp.early
+    # sum mode: one block of full width (every subnet's output is summed into all of it)
+    n_blocks = 1 if sum_mode else SI.shape[0]
+    for q in range(2 * n_blocks):  # (block, output rows | input-only rows): one call site
+        s, inputs = q // 2, q % 2 == 1
+        u0, u1 = (n_out, n) if inputs else (0, min(n, n_out))
+        if sum_mode:
+            trained = not inputs or (active[0] and train[0] and SI[0, S_TAB] == T_WY)
+            c0, c1 = 0, Wy.shape[1]
+        else:
+            trained = active[s] and (train[s] and SI[s, S_TAB] == T_WY if inputs else
+                                     not (freeze_out and not train[s]))
+            c0, c1 = SI[s, S_C0], SI[s, S_C1]
+        if not trained:
             continue
-        r = sp.rowsY[u]
-        for s in range(1 if sum_mode else S):  # one call site: adagrad_flat is inlined
-            if sum_mode:
-                if not (u < n_out or (active[0] and train[0] and SI[0, S_TAB] == T_WY)):
-                    continue
-                c0, c1 = 0, Wy.shape[1]
-            elif not active[s]:
-                continue
-            elif u < n_out and freeze_out and not train[s]:
-                continue
-            elif u >= n_out and not (train[s] and SI[s, S_TAB] == T_WY):
-                continue
-            else:
-                c0, c1 = SI[s, S_C0], SI[s, S_C1]
-            adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1], lr, mom)
+        for u in range(u0, u1):
+            if marks[u] == early:
+                r = rows[u]
+                adagrad_flat(Wy[r, c0:c1], GY[u, c0:c1], acc_y[r, c0:c1], vel_y[r, c0:c1], lr,
+                             mom)
 
 
 @njit(cache=True, error_model="numpy")
