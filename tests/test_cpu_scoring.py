@@ -7,6 +7,7 @@ import pytest
 
 from gru_engine.backends import cpu_scoring
 from gru_engine.backends.cpu_scoring import OutputLayer, run_row_blocks
+from gru_engine.exceptions import ModelFitError
 from gru_engine.ranking import PANEL_PATHS, panel_path, panels_available, rank_targets
 from test_ranking import isa, needs_panels  # noqa: F401  (the per-ISA fixture)
 
@@ -76,6 +77,27 @@ def test_panels_and_blas_give_the_same_ranks_on_exact_data(isa, monkeypatch):  #
             np.testing.assert_array_equal(
                 got, blas.rank(aug, targets, mode, np.empty((70, 1001), np.float32)))
         assert fused.path_counts == {want: 3} and blas.path_counts == {"blas": 3}
+
+
+@needs_panels
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_rank_split_over_items_equals_rank(n_threads, isa, monkeypatch):  # noqa: F811
+    """rank_split (the items split over threads, every thread counting all rows) gives the
+    ranks of rank, ties included, in every tie mode; one call counts once."""
+    rng = np.random.default_rng(20 + n_threads)
+    Wy = rng.integers(-2, 3, (1500, 24)).astype(np.float32)  # 47 panels: several blocks
+    By = rng.integers(-2, 3, 1500).astype(np.float32)
+    aug = np.hstack([rng.integers(-2, 3, (300, 24)), np.ones((300, 1))]).astype(np.float32)
+    targets = rng.integers(0, 1500, 300)
+    layer = _layer(True, monkeypatch, Wy, By)
+    t = layer.panels.target_scores(aug, targets)
+    for mode in ("conservative", "optimistic", "median"):
+        np.testing.assert_array_equal(layer.rank_split(aug, t, mode, n_threads),
+                                      layer.rank(aug, targets, mode))
+    assert layer.path_counts == {PANEL_PATHS[isa]: 6}
+    aug[5, 3] = np.nan
+    with pytest.raises(ModelFitError, match="row 5"):
+        layer.rank_split(aug, layer.panels.target_scores(aug, targets), "median", n_threads)
 
 
 def test_no_panel_tile_falls_back_to_blas(monkeypatch):
