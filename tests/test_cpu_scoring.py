@@ -309,3 +309,39 @@ def test_scorer_topk_and_advance_equal_score(small_model, n_threads, use_panels,
     with pytest.raises(ValueError, match="exclude must be Exclusions of 150 rows"):
         a.topk(rows, items, new, 5, Exclusions([()], m.n_items_))
     np.testing.assert_array_equal(a.state, before)
+
+
+@needs_panels
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_scorer_rank_item_split_equals_row_blocks(small_model, n_threads, isa,  # noqa: F811
+                                                   monkeypatch):
+    """Scorer.rank with the items split over the threads (the AVX2 tile's path) gives the ranks
+    and states of the row-block path (each block stepped, scored and ranked on its own
+    thread), over steps with new and continuing sessions, in every tie mode."""
+    m = small_model
+    a, b = _two_scorers(m, n_threads, 200)
+    assert a.output.splits_items() == (isa == 1)
+    monkeypatch.setattr(OutputLayer, "splits_items", lambda self: True)
+    split_calls = []
+    real_split = OutputLayer.rank_split
+
+    def counted(self, *args):
+        split_calls.append(1)
+        return real_split(self, *args)
+
+    monkeypatch.setattr(OutputLayer, "rank_split", counted)
+    rng = np.random.default_rng(n_threads)
+    for step, mode in enumerate(("conservative", "optimistic", "median")):
+        rows = np.sort(rng.choice(200, 150, replace=False)).astype(np.int64)
+        items = rng.integers(0, m.n_items_, 150).astype(np.int32)
+        new = rng.random(150) < (1.0 if step == 0 else 0.2)
+        targets = rng.integers(0, m.n_items_, 150)
+        got = a.rank(rows, items, new, targets, mode)
+        with monkeypatch.context() as mp:
+            mp.setattr(OutputLayer, "splits_items", lambda self: False)
+            want = b.rank(rows, items, new, targets, mode)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(a.state, b.state)
+    assert len(split_calls) == 3
+    with pytest.raises(ValueError, match="unknown rank mode"):
+        a.rank(rows, items, new, targets, "best")
