@@ -89,9 +89,10 @@ class OutputLayer:
         (:meth:`rank_split`): on the fused path with the AVX2 tile in use. Measured (quiet
         2-core Zen 5, 17,376 items x 481): two threads of the AVX2 tile on 32-row blocks ran
         at 110 GFLOP/s against 195 on 224-row ones, and a row split ends each 512-row step
-        with such blocks; the item split gives every call all rows (AVX2 evaluation 5.40 s
-        against 5.72 s). The AVX-512 tile scales on small blocks (342 against 403) and there
-        the two phases of the split cost more than they save (3.51 s against 3.43 s)."""
+        with such blocks; the item split gives every call all rows (yoochoose-1-64
+        evaluation, medians of 3 interleaved pairs: 5.40 s against 5.72 s, 5.54 against
+        6.01). The AVX-512 tile loses less on small blocks (342 against 403), too little to
+        pay for the split's second phase (3.51 s against 3.43 s, within the spread)."""
         return self.fused_rank and panel_path() == "panels-avx2"
 
     def rank_split(self, aug, t, mode: str, n_threads: int) -> np.ndarray:
