@@ -411,8 +411,8 @@ static void gru_half_panel_avx2(const float *A, ptrdiff_t r0, ptrdiff_t r1, ptrd
 
 /* Panels [p0, p1) go in groups of this many (about 1 MB of B at K = 481): a group is read
    from memory once and from the L3 cache for the other row chunks of A, so that B streams
-   from memory once per call whatever R (a call per row chunk would stream it R / 256 times,
-   which is what limited the AVX2 tile where memory bandwidth is scarce). */
+   from memory once per call whatever R (row chunks outermost would stream it R / 256
+   times). */
 #define GRU_PANEL_GROUP 16
 
 /* The loop shared by the kernels over panels [p0, p1) (results to the sink): panel groups,
