@@ -15,7 +15,8 @@
    AVX-512F 8 rows x 32 items (16 zmm accumulators); AVX2 + FMA 6 rows x 16 items (12 ymm
    accumulators; 4-, 2- and 1-row tiles for the last rows), walking one half panel over all
    rows of a chunk so that the half (K x 64 bytes) stays in L1/L2. Rows go in chunks of 256
-   (the chunk of A stays in L2 while the panels stream by once per chunk). x86-64 with
+   (the chunk of A stays in L2), panels in groups that every row chunk meets in turn (B
+   streams from memory once per call, see GRU_PANEL_GROUP). x86-64 with
    GCC/Clang only; without AVX2 + FMA callers use BLAS. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -408,42 +409,55 @@ static void gru_half_panel_avx2(const float *A, ptrdiff_t r0, ptrdiff_t r1, ptrd
 #undef GRU_AVX2_RUN
 }
 
-/* The loop shared by the kernels (results to the sink); no target attribute: it runs on
-   every x86-64 CPU and calls the tiles of the chosen ISA. Returns that ISA level. */
+/* Panels [p0, p1) go in groups of this many (about 1 MB of B at K = 481): a group is read
+   from memory once and from the L3 cache for the other row chunks of A, so that B streams
+   from memory once per call whatever R (row chunks outermost would stream it R / 256
+   times). */
+#define GRU_PANEL_GROUP 16
+
+/* The loop shared by the kernels over panels [p0, p1) (results to the sink): panel groups,
+   then row chunks, then the group's panels; no target attribute: it runs on every x86-64 CPU
+   and calls the tiles of the chosen ISA. Returns that ISA level. */
 static int gru_panel_loop(const float *A, ptrdiff_t R, ptrdiff_t K, const float *Bp,
-                          ptrdiff_t N, const gru_sink *sk) {
-    ptrdiff_t n_panels = (N + GRU_NR - 1) / GRU_NR;
+                          ptrdiff_t N, ptrdiff_t p0, ptrdiff_t p1, const gru_sink *sk) {
     int isa = gru_panel_isa();
     if (isa <= 0) return 0;
-    for (ptrdiff_t r0 = 0; r0 < R; r0 += GRU_ROW_CHUNK) {
-        ptrdiff_t r1 = R - r0 < GRU_ROW_CHUNK ? R : r0 + GRU_ROW_CHUNK;
-        for (ptrdiff_t p = 0; p < n_panels; p++) {
-            ptrdiff_t live = N - p * GRU_NR < GRU_NR ? N - p * GRU_NR : GRU_NR;
-            const float *bp = Bp + p * K * GRU_NR;
-            ptrdiff_t c = p * GRU_NR;
-            if (isa == 1) {
-                for (int h = 0; h < 2 && live > GRU_HALF * h; h++) {
-                    int n_live = (int)(live - GRU_HALF * h < GRU_HALF ? live - GRU_HALF * h : GRU_HALF);
-                    const float *bh = bp + h * K * GRU_HALF;
-                    /* the next half in memory: this panel's second, or the next panel's first */
-                    const float *next = 2 * p + h + 1 < 2 * n_panels ? bh + K * GRU_HALF : NULL;
-                    gru_half_panel_avx2(A, r0, r1, K, bh, next, n_live, sk, c + GRU_HALF * h);
+    for (ptrdiff_t g0 = p0; g0 < p1; g0 += GRU_PANEL_GROUP) {
+        ptrdiff_t g1 = p1 - g0 < GRU_PANEL_GROUP ? p1 : g0 + GRU_PANEL_GROUP;
+        for (ptrdiff_t r0 = 0; r0 < R; r0 += GRU_ROW_CHUNK) {
+            ptrdiff_t r1 = R - r0 < GRU_ROW_CHUNK ? R : r0 + GRU_ROW_CHUNK;
+            /* the panel after the group's last: the group again for the next row chunk */
+            ptrdiff_t after = r1 < R ? g0 : g1;
+            for (ptrdiff_t p = g0; p < g1; p++) {
+                ptrdiff_t live = N - p * GRU_NR < GRU_NR ? N - p * GRU_NR : GRU_NR;
+                const float *bp = Bp + p * K * GRU_NR;
+                ptrdiff_t c = p * GRU_NR;
+                const float *next_panel = p + 1 < g1 ? bp + K * GRU_NR
+                                        : (after < p1 ? Bp + after * K * GRU_NR : NULL);
+                if (isa == 1) {
+                    for (int h = 0; h < 2 && live > GRU_HALF * h; h++) {
+                        int n_live = (int)(live - GRU_HALF * h < GRU_HALF ? live - GRU_HALF * h : GRU_HALF);
+                        const float *bh = bp + h * K * GRU_HALF;
+                        /* the next half to go: this panel's second, or the next panel's first */
+                        const float *next = h == 0 && live > GRU_HALF ? bh + K * GRU_HALF : next_panel;
+                        gru_half_panel_avx2(A, r0, r1, K, bh, next, n_live, sk, c + GRU_HALF * h);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            __mmask16 m0 = live >= 16 ? 0xFFFF : (__mmask16)((1u << live) - 1);
-            __mmask16 m1 = live >= 32 ? 0xFFFF
-                         : (live > 16 ? (__mmask16)((1u << (live - 16)) - 1) : 0);
-            const float *next = p + 1 < n_panels ? bp + K * GRU_NR : NULL;
-            ptrdiff_t n_tiles = (r1 - r0 + GRU_MR - 1) / GRU_MR;
-            for (ptrdiff_t i0 = r0; i0 < r1; i0 += GRU_MR) {
-                int mr = r1 - i0 < GRU_MR ? (int)(r1 - i0) : GRU_MR;
-                const float *pf;
-                ptrdiff_t pf_n = gru_prefetch_slice(next, 2 * K, K, (i0 - r0) / GRU_MR, n_tiles, &pf);
-                const float *a[GRU_MR];
-                for (int r = 0; r < GRU_MR; r++)
-                    a[r] = A + (i0 + (r < mr ? r : mr - 1)) * K;
-                gru_tile(a, K, bp, m0, m1, mr, sk, i0, c, pf, pf_n);
+                __mmask16 m0 = live >= 16 ? 0xFFFF : (__mmask16)((1u << live) - 1);
+                __mmask16 m1 = live >= 32 ? 0xFFFF
+                             : (live > 16 ? (__mmask16)((1u << (live - 16)) - 1) : 0);
+                ptrdiff_t n_tiles = (r1 - r0 + GRU_MR - 1) / GRU_MR;
+                for (ptrdiff_t i0 = r0; i0 < r1; i0 += GRU_MR) {
+                    int mr = r1 - i0 < GRU_MR ? (int)(r1 - i0) : GRU_MR;
+                    const float *pf;
+                    ptrdiff_t pf_n = gru_prefetch_slice(next_panel, 2 * K, K, (i0 - r0) / GRU_MR,
+                                                     n_tiles, &pf);
+                    const float *a[GRU_MR];
+                    for (int r = 0; r < GRU_MR; r++)
+                        a[r] = A + (i0 + (r < mr ? r : mr - 1)) * K;
+                    gru_tile(a, K, bp, m0, m1, mr, sk, i0, c, pf, pf_n);
+                }
             }
         }
     }
@@ -470,37 +484,53 @@ static void gru_target_scores(const float *A, ptrdiff_t R, ptrdiff_t K, const fl
 }
 #endif
 
+#define GRU_N_PANELS(N) (((N) + GRU_NR - 1) / GRU_NR)
+
 /* S[i, j] for all items into out (R rows, row stride ldc >= N). Returns the ISA level of the
    tile that ran (gru_panel_isa), 0 when none did. */
 static int gru_panel_scores(const float *A, ptrdiff_t R, ptrdiff_t K, const float *Bp,
                              ptrdiff_t N, float *out, ptrdiff_t ldc) {
 #if GRU_PANELS
     gru_sink sk = {out, ldc, NULL, NULL, NULL, NULL, NULL};
-    return gru_panel_loop(A, R, K, Bp, N, &sk);
+    return gru_panel_loop(A, R, K, Bp, N, 0, GRU_N_PANELS(N), &sk);
 #else
     return 0;
 #endif
 }
 
-/* Per row i: #{j: S[i,j] > S[i,t_i]}, #{j: S[i,j] == S[i,t_i]}, any NaN. Returns -1 when
-   out of memory, else the ISA level of the tile that ran (0: none did). */
-static int gru_panel_rank_counts(const float *A, ptrdiff_t R, ptrdiff_t K,
-                                 const float *Bp, ptrdiff_t N, const int64_t *targets,
-                                 int64_t *n_greater, int64_t *n_equal, uint8_t *has_nan) {
+/* t[i] = S[i, targets[i]], bit for bit the tiles' value (the counting kernel's reference).
+   Returns the ISA level of the tiles (0: none; t is then not written). */
+static int gru_panel_target_scores(const float *A, ptrdiff_t R, ptrdiff_t K, const float *Bp,
+                                   const int64_t *targets, float *t) {
 #if GRU_PANELS
-    if (gru_panel_isa() <= 0) return 0;  /* before any FMA instruction */
-    float *t = (float *)calloc((size_t)R, sizeof(float));
+    int isa = gru_panel_isa();
+    if (isa > 0) gru_target_scores(A, R, K, Bp, targets, t);  /* FMA only where a tile runs */
+    return isa;
+#else
+    return 0;
+#endif
+}
+
+/* Per row i, over the items of panels [p0, p1) (columns 32 p0 .. 32 p1 - 1): adds
+   #{j: S[i,j] > t[i]} to n_greater[i] and #{j: S[i,j] == t[i]} to n_equal[i], and sets
+   has_nan[i] where a score is NaN; t from gru_panel_target_scores. The counts add up over
+   any split of the panels (callers split them over threads). Returns -1 when out of memory,
+   else the ISA level of the tile that ran (0: none did). */
+static int gru_panel_rank_counts(const float *A, ptrdiff_t R, ptrdiff_t K,
+                                 const float *Bp, ptrdiff_t N, const float *t, ptrdiff_t p0,
+                                 ptrdiff_t p1, int64_t *n_greater, int64_t *n_equal,
+                                 uint8_t *has_nan) {
+#if GRU_PANELS
+    if (gru_panel_isa() <= 0) return 0;
     int *cnt = (int *)calloc(3 * (size_t)R, sizeof(int));
-    if (!t || !cnt) { free(t); free(cnt); return -1; }
-    gru_target_scores(A, R, K, Bp, targets, t);
+    if (!cnt) return -1;
     gru_sink sk = {NULL, 0, t, cnt, cnt + R, cnt + 2 * R, NULL};
-    int isa = gru_panel_loop(A, R, K, Bp, N, &sk);
+    int isa = gru_panel_loop(A, R, K, Bp, N, p0, p1, &sk);
     for (ptrdiff_t i = 0; i < R; i++) {
-        n_greater[i] = cnt[i];
-        n_equal[i] = cnt[R + i];
-        has_nan[i] = (uint8_t)cnt[2 * R + i];
+        n_greater[i] += cnt[i];
+        n_equal[i] += cnt[R + i];
+        has_nan[i] |= (uint8_t)cnt[2 * R + i];
     }
-    free(t);
     free(cnt);
     return isa;
 #else
@@ -530,7 +560,7 @@ static int gru_panel_top_k(const float *A, ptrdiff_t R, ptrdiff_t K, const float
     }
     gru_topk tp = {k, val, idx, thr, cnt, excl ? excl_ptr : NULL, excl, cursor, cnt + R};
     gru_sink sk = {NULL, 0, NULL, NULL, NULL, NULL, &tp};
-    int isa = gru_panel_loop(A, R, K, Bp, N, &sk);
+    int isa = gru_panel_loop(A, R, K, Bp, N, 0, GRU_N_PANELS(N), &sk);
     for (ptrdiff_t i = 0; i < R; i++) {
         gru_topk_finish(&tp, i);
         has_nan[i] = (uint8_t)tp.nan[i];

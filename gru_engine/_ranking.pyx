@@ -21,9 +21,11 @@ cdef extern from "_panels.h":
     void gru_pack_panels(const float* B, Py_ssize_t K, Py_ssize_t N, float* Bp) noexcept nogil
     int gru_panel_scores(const float* A, Py_ssize_t R, Py_ssize_t K, const float* Bp,
                           Py_ssize_t N, float* out, Py_ssize_t ldc) noexcept nogil
+    int gru_panel_target_scores(const float* A, Py_ssize_t R, Py_ssize_t K, const float* Bp,
+                                const int64_t* targets, float* t) noexcept nogil
     int gru_panel_rank_counts(const float* A, Py_ssize_t R, Py_ssize_t K, const float* Bp,
-                              Py_ssize_t N, const int64_t* targets, int64_t* n_greater,
-                              int64_t* n_equal, uint8_t* has_nan) noexcept nogil
+                              Py_ssize_t N, const float* t, Py_ssize_t p0, Py_ssize_t p1,
+                              int64_t* n_greater, int64_t* n_equal, uint8_t* has_nan) noexcept nogil
     int gru_panel_top_k(const float* A, Py_ssize_t R, Py_ssize_t K, const float* Bp,
                         Py_ssize_t N, Py_ssize_t k, const int64_t* excl_ptr,
                         const int64_t* excl, int64_t* idx, float* val,
@@ -222,17 +224,36 @@ def panel_scores(const float[:, ::1] A, const float[::1] Bp, Py_ssize_t n_items,
     return isa
 
 
-def panel_rank_counts(const float[:, ::1] A, const float[::1] Bp, Py_ssize_t n_items,
-                      const int64_t[::1] targets, int64_t[::1] n_greater,
-                      int64_t[::1] n_equal, uint8_t[::1] has_nan) -> int:
-    """:func:`rank_counts` of the scores ``A @ B`` without forming them (_panels.h). Returns
-    the ISA level of the tile that ran (as :func:`panel_isa`; 0 for no rows)."""
+def panel_target_scores(const float[:, ::1] A, const float[::1] Bp,
+                        const int64_t[::1] targets, float[::1] t) -> int:
+    """``t[i] = (A @ B)[i, targets[i]]`` (R,), bit for bit the value the tiles compute, for
+    :func:`panel_rank_counts`. Returns the ISA level of the tiles (as :func:`panel_isa`; 0 for
+    no rows, or no tile: t not written)."""
     cdef int isa = 0
     if A.shape[0] == 0:
         return 0
     with nogil:
-        isa = gru_panel_rank_counts(&A[0, 0], A.shape[0], A.shape[1], &Bp[0], n_items,
-                                    &targets[0], &n_greater[0], &n_equal[0], &has_nan[0])
+        isa = gru_panel_target_scores(&A[0, 0], A.shape[0], A.shape[1], &Bp[0], &targets[0],
+                                      &t[0])
+    return isa
+
+
+def panel_rank_counts(const float[:, ::1] A, const float[::1] Bp, Py_ssize_t n_items,
+                      const float[::1] t, int64_t[::1] n_greater, int64_t[::1] n_equal,
+                      uint8_t[::1] has_nan, Py_ssize_t first_panel, Py_ssize_t end_panel) -> int:
+    """:func:`rank_counts` of the scores ``A @ B`` without forming them (_panels.h), over the
+    items of panels ``first_panel <= p < end_panel`` (columns ``32 p .. 32 p + 31``; ``0 <=
+    first_panel <= end_panel <= ceil(n_items / 32)``, not checked here), against ``t`` of
+    :func:`panel_target_scores`: ADDS the counts to ``n_greater`` / ``n_equal`` and ORs the
+    NaN flags into ``has_nan`` (so that a split of the panels sums to the whole). Returns the
+    ISA level of the tile that ran (as :func:`panel_isa`; 0 for no rows)."""
+    cdef int isa = 0
+    if A.shape[0] == 0:
+        return 0
+    with nogil:
+        isa = gru_panel_rank_counts(&A[0, 0], A.shape[0], A.shape[1], &Bp[0], n_items, &t[0],
+                                    first_panel, end_panel, &n_greater[0], &n_equal[0],
+                                    &has_nan[0])
     if isa < 0:
         raise MemoryError("panel_rank_counts: out of memory")
     return isa

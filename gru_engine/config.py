@@ -40,6 +40,10 @@ INPUT_TABLE_MAX_ENTRIES = 50_000_000
 BALANCE_MIN_WORK = 2_000_000
 #: CPU scorer: fewest rows per thread block of ``rank`` (smaller blocks cost more than they save)
 MIN_BLOCK_ROWS = 32
+#: CPU scorer: fewest item panels (32 items each) per thread block where ``rank`` splits the
+#: fused counting over the items (every block meets all rows of the step): small last blocks
+#: let the threads finish together (4 panels x 512 rows x 481: ~0.3 ms), a call costs ~5 us
+MIN_BLOCK_PANELS = 4
 #: CPU scorer: ``topk`` keeps each row's k best inside the fused panel kernel for k up to this
 #: (k = 20 of 40k items: 1.4x faster than scores + top-k; the two meet near k = 200); larger k
 #: scores all items into a buffer first

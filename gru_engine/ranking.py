@@ -118,11 +118,13 @@ def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 1
     n_equal = np.empty(batch, dtype=np.int64)
     has_nan = np.empty(batch, dtype=np.uint8)
     _kernels().rank_counts(block, tgt, n_greater, n_equal, has_nan, n_threads)
-    return _ranks_from_counts(n_greater, n_equal, has_nan, mode, "rank_targets")
+    return ranks_from_counts(n_greater, n_equal, has_nan, mode, "rank_targets")
 
 
-def _ranks_from_counts(n_greater, n_equal, has_nan, mode: str, what: str) -> np.ndarray:
-    """Ranks in tie mode ``mode`` from the counting kernels' outputs; NaN rows refuse."""
+def ranks_from_counts(n_greater, n_equal, has_nan, mode: str, what: str) -> np.ndarray:
+    """(B,) float64 ranks in tie mode ``mode`` from the counting kernels' outputs: per row the
+    items scoring above / equal to the target (int64) and a NaN flag; a row with NaN raises
+    ``ModelFitError`` naming ``what``."""
     _raise_on_nan(has_nan, what)
     if mode == "conservative":
         return (n_greater + n_equal).astype(np.float64)
@@ -160,7 +162,9 @@ class ItemPanels:
             raise ValueError(f"item matrix must be (K >= 1, 1 <= n_items < 2**31), got {B.shape}")
         self.K, self.n_items = B.shape
         cols = _kernels().PANEL_COLUMNS
-        self.packed = np.empty(-(-self.n_items // cols) * self.K * cols, np.float32)
+        #: number of panels (blocks of 32 item columns) the kernels walk
+        self.n_panels = -(-self.n_items // cols)
+        self.packed = np.empty(self.n_panels * self.K * cols, np.float32)
         _kernels().pack_panels(B, self.packed)
 
     def _rows(self, A) -> np.ndarray:
@@ -188,23 +192,50 @@ class ItemPanels:
                                "is false); use a BLAS GEMM and rank_targets")
         self.last_path = PANEL_PATHS[isa]
 
-    def rank(self, A, targets, mode: str = "conservative") -> np.ndarray:
-        """(R,) float64 ranks of ``targets`` (R,) among the rows of ``A @ B`` (tie modes of
-        :func:`rank_targets`); ``ModelFitError`` when a row holds NaN."""
+    def target_scores(self, A, targets) -> np.ndarray:
+        """(R,) float32 ``(A @ B)[i, targets[i]]``, bit for bit the values :meth:`scores` writes:
+        what :meth:`count` compares each row with. targets: (R,) item indices."""
         A = self._rows(A)
-        if mode not in RANK_MODES:
-            raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
         tgt = np.ascontiguousarray(targets, dtype=np.int64)
         if tgt.shape != (A.shape[0],):
             raise ValueError(f"targets must have shape ({A.shape[0]},), got {tgt.shape}")
         if len(tgt) and (tgt.min() < 0 or tgt.max() >= self.n_items):
             raise ValueError(f"target item index outside [0, {self.n_items})")
-        n = len(tgt)
-        n_greater, n_equal = np.empty(n, np.int64), np.empty(n, np.int64)
+        t = np.empty(len(tgt), np.float32)
+        self._ran(_kernels().panel_target_scores(A, self.packed, tgt, t), len(tgt))
+        return t
+
+    def count(self, A, t, n_greater, n_equal, has_nan, panels: tuple | None = None) -> None:
+        """Per row ``i`` of ``A @ B``, over the items of panels ``p0 <= p < p1`` (``panels =
+        (p0, p1)``, items ``32 p .. 32 p + 31``; None: all :attr:`n_panels`): ADDS the number
+        of items scoring above / equal to ``t[i]`` (:meth:`target_scores`) to ``n_greater[i]``
+        / ``n_equal[i]`` ((R,) int64) and sets ``has_nan[i]`` ((R,) uint8) where a score is
+        NaN. Counts over a split of the panels (e.g. one range per thread) sum to those of
+        all items; :func:`ranks_from_counts` turns them into ranks."""
+        A = self._rows(A)
+        p0, p1 = (0, self.n_panels) if panels is None else (int(panels[0]), int(panels[1]))
+        if not 0 <= p0 <= p1 <= self.n_panels:
+            raise ValueError(f"panels must be a range within [0, {self.n_panels}], got {panels!r}")
+        R = A.shape[0]
+        for name, arr, dt in (("t", t, np.float32), ("n_greater", n_greater, np.int64),
+                              ("n_equal", n_equal, np.int64), ("has_nan", has_nan, np.uint8)):
+            if arr.shape != (R,) or arr.dtype != dt or not arr.flags.c_contiguous:
+                raise ValueError(f"{name} must be a contiguous ({R},) {np.dtype(dt)} array, got "
+                                 f"{arr.dtype} {arr.shape}")
+        self._ran(_kernels().panel_rank_counts(A, self.packed, self.n_items, t, n_greater,
+                                               n_equal, has_nan, p0, p1), R)
+
+    def rank(self, A, targets, mode: str = "conservative") -> np.ndarray:
+        """(R,) float64 ranks of ``targets`` (R,) among the rows of ``A @ B`` (tie modes of
+        :func:`rank_targets`); ``ModelFitError`` when a row holds NaN."""
+        if mode not in RANK_MODES:
+            raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+        t = self.target_scores(A, targets)
+        n = len(t)
+        n_greater, n_equal = np.zeros(n, np.int64), np.zeros(n, np.int64)
         has_nan = np.zeros(n, np.uint8)
-        self._ran(_kernels().panel_rank_counts(A, self.packed, self.n_items, tgt, n_greater,
-                                               n_equal, has_nan), n)
-        return _ranks_from_counts(n_greater, n_equal, has_nan, mode, "ItemPanels.rank")
+        self.count(A, t, n_greater, n_equal, has_nan)
+        return ranks_from_counts(n_greater, n_equal, has_nan, mode, "ItemPanels.rank")
 
     def top_k(self, A, k: int, exclude: "Exclusions | None" = None):
         """The ``k`` best items of each row of ``A @ B``, best first, ties to the lower item

@@ -7,6 +7,7 @@ import pytest
 
 from gru_engine.backends import cpu_scoring
 from gru_engine.backends.cpu_scoring import OutputLayer, run_row_blocks
+from gru_engine.exceptions import ModelFitError
 from gru_engine.ranking import PANEL_PATHS, panel_path, panels_available, rank_targets
 from test_ranking import isa, needs_panels  # noqa: F401  (the per-ISA fixture)
 
@@ -76,6 +77,27 @@ def test_panels_and_blas_give_the_same_ranks_on_exact_data(isa, monkeypatch):  #
             np.testing.assert_array_equal(
                 got, blas.rank(aug, targets, mode, np.empty((70, 1001), np.float32)))
         assert fused.path_counts == {want: 3} and blas.path_counts == {"blas": 3}
+
+
+@needs_panels
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_rank_split_over_items_equals_rank(n_threads, isa, monkeypatch):  # noqa: F811
+    """rank_split (the items split over threads, every thread counting all rows) gives the
+    ranks of rank, ties included, in every tie mode; one call counts once."""
+    rng = np.random.default_rng(20 + n_threads)
+    Wy = rng.integers(-2, 3, (1500, 24)).astype(np.float32)  # 47 panels: several blocks
+    By = rng.integers(-2, 3, 1500).astype(np.float32)
+    aug = np.hstack([rng.integers(-2, 3, (300, 24)), np.ones((300, 1))]).astype(np.float32)
+    targets = rng.integers(0, 1500, 300)
+    layer = _layer(True, monkeypatch, Wy, By)
+    t = layer.panels.target_scores(aug, targets)
+    for mode in ("conservative", "optimistic", "median"):
+        np.testing.assert_array_equal(layer.rank_split(aug, t, mode, n_threads),
+                                      layer.rank(aug, targets, mode))
+    assert layer.path_counts == {PANEL_PATHS[isa]: 6}
+    aug[5, 3] = np.nan
+    with pytest.raises(ModelFitError, match="row 5"):
+        layer.rank_split(aug, layer.panels.target_scores(aug, targets), "median", n_threads)
 
 
 def test_no_panel_tile_falls_back_to_blas(monkeypatch):
@@ -287,3 +309,39 @@ def test_scorer_topk_and_advance_equal_score(small_model, n_threads, use_panels,
     with pytest.raises(ValueError, match="exclude must be Exclusions of 150 rows"):
         a.topk(rows, items, new, 5, Exclusions([()], m.n_items_))
     np.testing.assert_array_equal(a.state, before)
+
+
+@needs_panels
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_scorer_rank_item_split_equals_row_blocks(small_model, n_threads, isa,  # noqa: F811
+                                                   monkeypatch):
+    """Scorer.rank with the items split over the threads (the AVX2 tile's path) gives the ranks
+    and states of the row-block path (each block stepped, scored and ranked on its own
+    thread), over steps with new and continuing sessions, in every tie mode."""
+    m = small_model
+    a, b = _two_scorers(m, n_threads, 200)
+    assert a.output.splits_items() == (isa == 1)
+    monkeypatch.setattr(OutputLayer, "splits_items", lambda self: True)
+    split_calls = []
+    real_split = OutputLayer.rank_split
+
+    def counted(self, *args):
+        split_calls.append(1)
+        return real_split(self, *args)
+
+    monkeypatch.setattr(OutputLayer, "rank_split", counted)
+    rng = np.random.default_rng(n_threads)
+    for step, mode in enumerate(("conservative", "optimistic", "median")):
+        rows = np.sort(rng.choice(200, 150, replace=False)).astype(np.int64)
+        items = rng.integers(0, m.n_items_, 150).astype(np.int32)
+        new = rng.random(150) < (1.0 if step == 0 else 0.2)
+        targets = rng.integers(0, m.n_items_, 150)
+        got = a.rank(rows, items, new, targets, mode)
+        with monkeypatch.context() as mp:
+            mp.setattr(OutputLayer, "splits_items", lambda self: False)
+            want = b.rank(rows, items, new, targets, mode)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(a.state, b.state)
+    assert len(split_calls) == 3
+    with pytest.raises(ValueError, match="unknown rank mode"):
+        a.rank(rows, items, new, targets, "best")

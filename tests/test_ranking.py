@@ -234,7 +234,8 @@ def test_kernel_introspection():
 
 
 # ---- fused scoring + ranking over item panels (AVX-512F and AVX2 + FMA tiles) ----------------
-from gru_engine.ranking import PANEL_PATHS, ItemPanels, panel_path, panels_available  # noqa: E402
+from gru_engine.ranking import (PANEL_PATHS, ItemPanels, panel_path, panels_available,  # noqa: E402
+                                ranks_from_counts)
 
 needs_panels = pytest.mark.skipif(not panels_available(),
                                   reason="the panel kernels need x86-64 with AVX-512F or AVX2")
@@ -308,8 +309,9 @@ def integer_problem(rng, R, K, N, levels=3):
 
 
 # rows not a multiple of the 8-row tile, items not a multiple of the 32-item panel, K = 1,
-# more rows than the kernel's 256-row chunk
-PANEL_SHAPES = [(1, 1, 1), (3, 1, 5), (8, 7, 32), (13, 101, 2933), (9, 64, 31), (300, 17, 77)]
+# more rows than the kernel's 256-row chunk; 3 row chunks x 3 groups of 16 panels
+PANEL_SHAPES = [(1, 1, 1), (3, 1, 5), (8, 7, 32), (13, 101, 2933), (9, 64, 31), (300, 17, 77),
+                (520, 5, 1100)]
 
 
 @needs_panels
@@ -426,6 +428,57 @@ def test_panels_nan_and_bad_input(isa):
         panels.scores(A, np.empty((10, 39), np.float32))
     with pytest.raises(ValueError, match="item matrix"):
         ItemPanels(np.zeros((0, 3), np.float32))
+
+
+@needs_panels
+@pytest.mark.parametrize("R,K,N", [(13, 101, 2933), (520, 5, 1100), (7, 3, 40)])
+def test_panels_counts_over_a_split_of_the_items_add_up(R, K, N, isa):
+    """count over any split of the panel range (as threads split it) adds up to the counts of
+    all items, ties included; target_scores are the tiles' own values bit for bit."""
+    rng = np.random.default_rng(R + N)
+    A, B = integer_problem(rng, R, K, N, levels=1)  # tie-heavy
+    panels = ItemPanels(B)
+    assert panels.n_panels == -(-N // 32)
+    targets = rng.integers(0, N, R)
+    S = A @ B
+    t = panels.target_scores(A, targets)
+    np.testing.assert_array_equal(t.view(np.int32), S[np.arange(R), targets].view(np.int32))
+    cuts = np.unique(np.r_[0, rng.integers(0, panels.n_panels + 1, 4), panels.n_panels])
+    n_greater, n_equal = np.zeros(R, np.int64), np.zeros(R, np.int64)
+    has_nan = np.zeros(R, np.uint8)
+    for p0, p1 in zip(cuts[:-1], cuts[1:]):
+        panels.count(A, t, n_greater, n_equal, has_nan, (p0, p1))
+    panels.count(A, t, n_greater, n_equal, has_nan, (1, 1))  # an empty range adds nothing
+    np.testing.assert_array_equal(n_greater, (S > t[:, None]).sum(1))
+    np.testing.assert_array_equal(n_equal, (S == t[:, None]).sum(1))
+    assert not has_nan.any() and panels.last_path == PANEL_PATHS[isa]
+    for mode in ("conservative", "median"):
+        np.testing.assert_array_equal(ranks_from_counts(n_greater, n_equal, has_nan, mode, "x"),
+                                      reference_ranks(S, targets, mode))
+    A[2, 0] = np.nan
+    nan_flags = np.zeros(R, np.uint8)
+    panels.count(A, panels.target_scores(A, targets), n_greater, n_equal, nan_flags, (0, 1))
+    assert nan_flags[2] == 1 and nan_flags.sum() == 1
+
+
+@needs_panels
+def test_panels_count_bad_input(isa):
+    rng = np.random.default_rng(4)
+    A, B = integer_problem(rng, 6, 4, 70)
+    panels = ItemPanels(B)  # 3 panels
+    t = panels.target_scores(A, np.zeros(6, np.int64))
+    arrays = np.zeros(6, np.int64), np.zeros(6, np.int64), np.zeros(6, np.uint8)
+    for bad in ((0, 4), (2, 1), (-1, 2)):
+        with pytest.raises(ValueError, match="panels must be a range within"):
+            panels.count(A, t, *arrays, bad)
+    with pytest.raises(ValueError, match="n_greater must be a contiguous"):
+        panels.count(A, t, np.zeros(6, np.int32), *arrays[1:])
+    with pytest.raises(ValueError, match="t must be a contiguous"):
+        panels.count(A, t[:5], *arrays)
+    with pytest.raises(ValueError, match="target item index outside"):
+        panels.target_scores(A, np.full(6, 70))
+    with pytest.raises(ValueError, match="targets must have shape"):
+        panels.target_scores(A, np.zeros(5, np.int64))
 
 
 @needs_panels

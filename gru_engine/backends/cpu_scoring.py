@@ -16,12 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..config import (BALANCE_MIN_WORK, FUSED_TOP_K_MAX, INPUT_TABLE_MAX_ENTRIES,
-                      MIN_BLOCK_ROWS)
+                      MIN_BLOCK_PANELS, MIN_BLOCK_ROWS)
 from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
                        S_KIND, S_L0, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE,
                        T_OWN, T_WY)
 from ..output_features import effective_output
-from ..ranking import Exclusions, ItemPanels, panels_available, rank_targets, top_k
+from ..ranking import (RANK_MODES, Exclusions, ItemPanels, panel_path, panels_available,
+                       rank_targets, ranks_from_counts, top_k)
 from .cpu.infer import apply_final_act, infer_step
 from .cpu.step import Net
 from .cpu.trainer import work_buffers
@@ -83,6 +84,36 @@ class OutputLayer:
             return ranks
         return rank_targets(self.scores(aug, out), targets, mode)
 
+    def splits_items(self) -> bool:
+        """A threaded ``rank`` should split the items rather than the rows
+        (:meth:`rank_split`): on the fused path with the AVX2 tile in use. Measured (quiet
+        2-core Zen 5, 17,376 items x 481): two threads of the AVX2 tile on 32-row blocks ran
+        at 110 GFLOP/s against 195 on 224-row ones, and a row split ends each 512-row step
+        with such blocks; the item split gives every call all rows (yoochoose-1-64
+        evaluation, medians of 3 interleaved pairs: 5.40 s against 5.72 s, 5.54 against
+        6.01). The AVX-512 tile loses less on small blocks (342 against 403), too little to
+        pay for the split's second phase (3.51 s against 3.43 s, within the spread)."""
+        return self.fused_rank and panel_path() == "panels-avx2"
+
+    def rank_split(self, aug, t, mode: str, n_threads: int) -> np.ndarray:
+        """:meth:`rank` of the fused path (:attr:`fused_rank`) with the items split over up to
+        ``n_threads`` threads (:func:`run_row_blocks` over the panels): every thread counts
+        all rows of ``aug`` (R, H+1) against its share of the items, so that the item matrix
+        streams from memory once for all rows and both threads stay busy to the end whatever
+        R. t: (R,) float32 target scores (:meth:`ItemPanels.target_scores`)."""
+        R, n_workers = len(aug), max(1, int(n_threads))
+        n_greater = np.zeros((n_workers, R), np.int64)
+        n_equal = np.zeros((n_workers, R), np.int64)
+        has_nan = np.zeros((n_workers, R), np.uint8)
+
+        def block(k, p0, p1):
+            self.panels.count(aug, t, n_greater[k], n_equal[k], has_nan[k], (p0, p1))
+
+        run_row_blocks(self.panels.n_panels, n_workers, MIN_BLOCK_PANELS, block)
+        self._ran(self.panels.last_path)
+        return ranks_from_counts(n_greater.sum(0), n_equal.sum(0), has_nan.max(0), mode,
+                                 "OutputLayer.rank")
+
     def fused_top_k(self, k: int) -> bool:
         """``top_k`` runs the fused kernel for this ``k`` (no score buffer): the panel kernels
         are in use, no final activation, ``k <= config.FUSED_TOP_K_MAX``."""
@@ -138,6 +169,7 @@ class Scorer:
         self.width = int(p["LI"][:, L_H].sum())
         self.active = np.ones(p["SI"].shape[0], np.bool_)
         self._ws = []
+        self._aug = np.zeros((0, self.Hc + 1), dt)  # all rows' [h_comb | 1] of a fused rank
         self.state = np.zeros((0, self.width), dt)
 
     def _workspace(self, k: int, R: int) -> _Workspace:
@@ -224,14 +256,35 @@ class Scorer:
 
     def rank(self, rows, items, new_session, targets, mode: str = "conservative") -> np.ndarray:
         """(R,) float64 ranks of ``targets`` after the clicks (the evaluator's optional
-        ``rank``). The rows are split into up to ``n_threads`` blocks; each block's step,
-        scoring (fused panel kernels, or a single-threaded BLAS GEMM) and ranking run on one
-        thread without the GIL. On small GEMMs this beats multi-threaded BLAS, whose idle
-        workers spin while the rest of the step runs. NaN scores raise ``ModelFitError``."""
+        ``rank``). The rows are split into up to ``n_threads`` blocks, each stepped on one
+        thread without the GIL. Where :meth:`OutputLayer.splits_items` (the AVX2 tile) each
+        block also gets its target scores, then the items are split over the threads for the
+        counting (:meth:`OutputLayer.rank_split`: every call counts all rows, the item matrix
+        streams from memory once per step); otherwise each block is scored (fused panel
+        kernels, or a single-threaded BLAS GEMM) and ranked on its own thread, which on small
+        GEMMs beats multi-threaded BLAS, whose idle workers spin while the rest of the step
+        runs. NaN scores raise ``ModelFitError``."""
         rows, items, new_session = self._inputs(rows, items, new_session)
         targets = np.asarray(targets, np.int64)
-        ranks = np.empty(len(rows), np.float64)
+        R = len(rows)
         self._reserve(self.n_threads)
+        balance = self.n_items * self.Hc >= BALANCE_MIN_WORK
+        if self.n_threads > 1 and self.output.splits_items():
+            # step and target scores by row blocks, then the counting by item blocks
+            if mode not in RANK_MODES:
+                raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+            if self._aug.shape[0] < R:
+                self._aug = np.zeros((R, self.Hc + 1), np.float32)
+            aug, t = self._aug[:R], np.empty(R, np.float32)
+
+            def step_block(k, a, b):
+                aug[a:b] = self._step(self._workspace(k, b - a), rows[a:b], items[a:b],
+                                      new_session[a:b])
+                t[a:b] = self.output.panels.target_scores(aug[a:b], targets[a:b])
+
+            run_row_blocks(R, self.n_threads, MIN_BLOCK_ROWS, step_block, balance=balance)
+            return self.output.rank_split(aug, t, mode, self.n_threads)
+        ranks = np.empty(R, np.float64)
 
         def block(k, a, b):
             ws = self._workspace(k, b - a)
@@ -239,8 +292,7 @@ class Scorer:
             out = None if self.output.fused_rank else ws.scores(self.n_items)[:b - a]
             ranks[a:b] = self.output.rank(aug, targets[a:b], mode, out)
 
-        run_row_blocks(len(rows), self.n_threads, MIN_BLOCK_ROWS, block,
-                       balance=self.n_items * self.Hc >= BALANCE_MIN_WORK)
+        run_row_blocks(R, self.n_threads, MIN_BLOCK_ROWS, block, balance=balance)
         return ranks
 
 
