@@ -25,7 +25,6 @@ from gru_engine import model as model_mod
 from gru_engine.backends import cuda as cuda_mod
 from gru_engine.backends.cpu_scoring import Scorer as CPUScorer
 from gru_engine.backends.cuda import BLOCK, Scorer, Trainer
-from gru_engine.backends.device import EmulatedDevice
 from gru_engine.feature_model import FeatureSessionGRU
 from gru_engine.network import PARAM_KEYS
 from gru_engine.output_features import OUTPUT_KEYS, effective_output
