@@ -1,7 +1,8 @@
 """Where a CPU training step's time goes: per-phase profile of SessionGRU training on the
 official configurations, against the sgemm ceiling of the step's own GEMM shapes.
 
-For each job: one plain fit (training events/s per epoch, the headline), then one profiled fit
+For each job: an untimed fit of a few steps on the same threads (compiles this thread count's
+kernels), one plain fit (training events/s per epoch, the headline), then one profiled fit
 (:meth:`Trainer.start_profile`: ms per step and share per phase, achieved GFLOP/s per GEMM
 phase), then each GEMM phase's ceiling: the best GFLOP/s of its mean shape run back to back
 through the same ``np.dot`` with warm operands, on the training threads. "GEMM-bound" is the
@@ -60,6 +61,9 @@ def end_epochs_after(trainer, steps: int) -> None:
         trainer.sched_state[0] = 0  # the epoch ends here
         return result
     trainer.run = limited
+
+
+WARMUP_STEPS = 5  # steps of the untimed fit before each job's timed one
 
 
 def fit(train, params: str, threads: int, seed: int, max_steps, profile: bool):
@@ -155,6 +159,9 @@ def main(argv=None):
         train = read_events(os.path.join(a.data, path))
         params = job_params(text, a.epochs)
         max_steps = (limits[j] if len(limits) > 1 else limits[0]) or None  # 0: no limit
+        # compile (or load) this thread count's kernels outside the timing: a fit compiles
+        # only the path it runs (the two-thread step only on two threads)
+        fit(train, job_params(text, 1), a.threads, a.seed, WARMUP_STEPS, False)
         t0 = time.perf_counter()
         model = fit(train, params, a.threads, a.seed, max_steps, False)
         res = {"params": params, "max_steps": max_steps,
