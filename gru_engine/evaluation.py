@@ -19,7 +19,7 @@ import numpy as np
 
 from .exceptions import ModelFitError
 from .data import show_id
-from .ranking import RANK_MODES, _check_threads, rank_targets
+from .ranking import _check_threads, check_rank_mode, rank_targets
 from .session_aware import UserSessions
 
 logger = logging.getLogger("gru_engine")
@@ -226,8 +226,7 @@ def evaluate_sessions(scorer: SessionScorer, sessions, cutoffs=(1, 5, 10, 20),
     >= 20 share the last bucket, ``position='20+'``. Raises ``ModelFitError`` if the scorer
     produces NaN for any scored click (also one not ranked under ``targets='last'``).
     """
-    if mode not in RANK_MODES:
-        raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+    check_rank_mode(mode)
     cutoffs = _check_cutoffs(cutoffs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")

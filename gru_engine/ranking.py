@@ -33,6 +33,13 @@ from .exceptions import ModelFitError
 #: Tie modes of :func:`rank_targets`; ``standard`` is the official name of ``optimistic``.
 RANK_MODES = ("conservative", "optimistic", "standard", "median")
 
+
+def check_rank_mode(mode) -> None:
+    """``ValueError`` unless ``mode`` is one of :data:`RANK_MODES` (the tie modes)."""
+    if mode not in RANK_MODES:
+        raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+
+
 def _kernels():
     try:
         from . import _ranking
@@ -96,8 +103,7 @@ def rank_targets(scores, targets, mode: str = "conservative", n_threads: int = 1
     Raises ``ValueError`` on a bad shape, dtype, target or mode and
     :class:`~gru_engine.exceptions.ModelFitError` when a row contains NaN.
     """
-    if mode not in RANK_MODES:
-        raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+    check_rank_mode(mode)
     n_threads = _check_threads(n_threads)
     block = _score_block(scores)
     batch, n_items = block.shape
@@ -228,8 +234,7 @@ class ItemPanels:
     def rank(self, A, targets, mode: str = "conservative") -> np.ndarray:
         """(R,) float64 ranks of ``targets`` (R,) among the rows of ``A @ B`` (tie modes of
         :func:`rank_targets`); ``ModelFitError`` when a row holds NaN."""
-        if mode not in RANK_MODES:
-            raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+        check_rank_mode(mode)
         t = self.target_scores(A, targets)
         n = len(t)
         n_greater, n_equal = np.zeros(n, np.int64), np.zeros(n, np.int64)

@@ -21,7 +21,7 @@ from ..network import (K_BAG, K_DIRECT, L_BX, L_H, L_IN, L_WX, PARAM_KEYS, S_IN,
                        S_KIND, S_L0, S_TAB, S_TCOLS, S_TOFF, S_TROWS, S_WYC0, S_XOFF, T_NONE,
                        T_OWN, T_WY)
 from ..output_features import effective_output
-from ..ranking import (RANK_MODES, Exclusions, ItemPanels, panel_path, panels_available,
+from ..ranking import (Exclusions, ItemPanels, check_rank_mode, panel_path, panels_available,
                        rank_targets, ranks_from_counts, top_k)
 from .cpu.infer import apply_final_act, infer_step
 from .cpu.step import Net
@@ -271,8 +271,7 @@ class Scorer:
         balance = self.n_items * self.Hc >= BALANCE_MIN_WORK
         if self.n_threads > 1 and self.output.splits_items():
             # step and target scores by row blocks, then the counting by item blocks
-            if mode not in RANK_MODES:
-                raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+            check_rank_mode(mode)
             if self._aug.shape[0] < R:
                 self._aug = np.zeros((R, self.Hc + 1), np.float32)
             aug, t = self._aug[:R], np.empty(R, np.float32)

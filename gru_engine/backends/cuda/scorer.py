@@ -6,6 +6,7 @@ import weakref
 
 import numpy as np
 
+from ...ranking import check_rank_mode
 from ..device import Device
 from .net import DeviceNet
 from .ops import BLOCK, ScratchBuffers, grid
@@ -137,8 +138,7 @@ class Scorer(ScratchBuffers):
         """(R,) float32 rank of each row's target item among all items (1 = best); NaN for a
         row whose scores hold NaN anywhere (``evaluate_sessions`` then refuses the model with
         ``ModelFitError``)."""
-        if mode not in RANK_MODES:
-            raise ValueError(f"mode must be one of {sorted(RANK_MODES)}, got {mode!r}")
+        check_rank_mode(mode)
         S = self._scores_device(rows, items, new_session)
         R, N = S.shape
         ranks = self._buf("ranks", (R,))
