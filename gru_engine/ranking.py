@@ -37,7 +37,7 @@ RANK_MODES = ("conservative", "optimistic", "standard", "median")
 def check_rank_mode(mode) -> None:
     """``ValueError`` unless ``mode`` is one of :data:`RANK_MODES` (the tie modes)."""
     if mode not in RANK_MODES:
-        raise ValueError(f"unknown rank mode {mode!r}; valid: {list(RANK_MODES)}")
+        raise ValueError(f"unknown rank mode {mode!r}: mode must be one of {list(RANK_MODES)}")
 
 
 def _kernels():
